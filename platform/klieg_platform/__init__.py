@@ -1,0 +1,1 @@
+"""Klieg platform: gateway, broker, scheduler, registry, packager, storage and workers."""

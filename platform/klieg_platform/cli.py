@@ -1,0 +1,62 @@
+"""Platform subcommands of ``klieg``, registered through the ``klieg.cli`` entry point group:
+``klieg up``, ``klieg demo``, ``klieg worker``, ``klieg gateway``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def _up(args: argparse.Namespace) -> int:
+    from klieg_platform.config import Settings
+    from klieg_platform.local import up
+
+    settings = Settings.from_env()
+    if args.port is not None:
+        settings = settings.with_(port=args.port)
+    if args.home is not None:
+        settings = settings.with_(home=Path(args.home).resolve())
+    return up(settings, ready_file=Path(args.ready_file) if args.ready_file else None)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from klieg_platform.demo import main
+
+    return main(port=args.port, apps_dir=Path(args.apps))
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from klieg_platform.worker.__main__ import main
+
+    main(args.rest)
+    return 0
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from klieg_platform.gateway.__main__ import main
+
+    main()
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add the platform's subcommands to the ``klieg`` parser."""
+    up = sub.add_parser("up", help="run the whole platform locally (embedded Redis, SQLite)")
+    up.add_argument("--port", type=int, default=None, help="gateway port (default 8000)")
+    up.add_argument("--home", default=None, help="data folder (default $KLIEG_HOME or ~/.klieg)")
+    up.add_argument("--ready-file", default=None, help=argparse.SUPPRESS)
+    up.set_defaults(func=_up)
+
+    demo = sub.add_parser("demo", help="start the platform, deploy the example apps, call them")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--apps", default="apps")
+    demo.set_defaults(func=_demo)
+
+    worker = sub.add_parser("worker", help="run a worker agent (see --help)")
+    worker.add_argument("rest", nargs=argparse.REMAINDER)
+    worker.set_defaults(func=_worker)
+
+    gateway = sub.add_parser("gateway", help="run the gateway")
+    gateway.set_defaults(func=_gateway)

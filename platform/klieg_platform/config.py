@@ -1,0 +1,141 @@
+"""Frozen settings. ``Settings.from_env()`` is the only place environment variables are read.
+
+Every process (gateway, worker, ``klieg up``) builds one ``Settings`` at start and passes it down.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PipSettings:
+    """Index settings of the machine's pip, handed to uv (which does not read pip's config)."""
+
+    index_url: str | None = None
+    extra_index_urls: tuple[str, ...] = ()
+    find_links: tuple[str, ...] = ()
+
+    def uv_args(self) -> list[str]:
+        """Command-line flags that give uv the same view of packages as pip."""
+        args: list[str] = []
+        if self.index_url:
+            args += ["--index-url", self.index_url]
+        for url in self.extra_index_urls:
+            args += ["--extra-index-url", url]
+        for link in self.find_links:
+            args += ["--find-links", link]
+        return args
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration of one Klieg process. Paths default under ``home`` (``$KLIEG_HOME``)."""
+
+    home: Path = field(default_factory=lambda: Path("~/.klieg").expanduser())
+    redis_url: str | None = None
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str | None = None
+    max_body_bytes: int = 10 * 1024 * 1024
+    lease_s: float = 30.0
+    max_attempts: int = 3
+    result_ttl_s: int = 24 * 3600
+    worker_slots: int = 4
+    worker_pools: tuple[str, ...] = ()
+    setup_backoff_s: float = 5.0
+    pip: PipSettings = field(default_factory=PipSettings)
+    log_level: str = "info"
+
+    @property
+    def env_dir(self) -> Path:
+        return self.home / "envs"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.home / "blobs"
+
+    @property
+    def code_dir(self) -> Path:
+        return self.home / "code"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def redis_socket(self) -> Path:
+        return self.run_dir / "redis.sock"
+
+    @property
+    def effective_redis_url(self) -> str:
+        return self.redis_url or f"unix://{self.redis_socket}"
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'registry.db'}"
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        home = Path(env.get("KLIEG_HOME", "~/.klieg")).expanduser().resolve()
+        pools = tuple(p for p in env.get("KLIEG_WORKER_POOLS", "").split(",") if p)
+        return cls(
+            home=home,
+            redis_url=env.get("KLIEG_REDIS_URL") or None,
+            database_url=env.get("KLIEG_DATABASE_URL") or None,
+            host=env.get("KLIEG_HOST", "127.0.0.1"),
+            port=int(env.get("KLIEG_PORT", "8000")),
+            public_url=env.get("KLIEG_PUBLIC_URL") or None,
+            max_body_bytes=int(env.get("KLIEG_MAX_BODY_BYTES", str(10 * 1024 * 1024))),
+            lease_s=float(env.get("KLIEG_LEASE_S", "30")),
+            max_attempts=int(env.get("KLIEG_MAX_ATTEMPTS", "3")),
+            result_ttl_s=int(env.get("KLIEG_RESULT_TTL_S", str(24 * 3600))),
+            worker_slots=int(env.get("KLIEG_WORKER_SLOTS", "4")),
+            worker_pools=pools,
+            setup_backoff_s=float(env.get("KLIEG_SETUP_BACKOFF_S", "5")),
+            pip=read_pip_settings(env),
+            log_level=env.get("KLIEG_LOG_LEVEL", "info"),
+        )
+
+
+def _split(value: str | None) -> tuple[str, ...]:
+    return tuple(v for v in (value or "").split() if v)
+
+
+def read_pip_settings(env: Mapping[str, str]) -> PipSettings:
+    """pip's index settings: ``PIP_*`` variables win over pip.conf files (global, then user)."""
+    conf = configparser.ConfigParser()
+    home = Path(env.get("HOME", "~")).expanduser()
+    files = ["/etc/pip.conf", str(home / ".pip/pip.conf"), str(home / ".config/pip/pip.conf")]
+    if env.get("PIP_CONFIG_FILE"):
+        files.append(env["PIP_CONFIG_FILE"])
+    conf.read(files)
+
+    def get(name: str) -> str | None:
+        value = env.get("PIP_" + name.upper().replace("-", "_"))
+        if value is not None:
+            return value
+        for section in ("install", "global"):
+            if conf.has_option(section, name):
+                return conf.get(section, name)
+        return None
+
+    return PipSettings(
+        index_url=get("index-url"),
+        extra_index_urls=_split(get("extra-index-url")),
+        find_links=_split(get("find-links")),
+    )

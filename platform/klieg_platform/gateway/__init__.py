@@ -1,0 +1,1 @@
+"""The HTTP gateway: a Starlette app speaking the fal-style protocol, plus the admin API."""

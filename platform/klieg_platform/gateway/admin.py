@@ -1,0 +1,247 @@
+"""Admin routes: API keys, apps, revisions, aliases, deploy. All scoped to the caller's tenant.
+
+POST /keys                          new key (first call on an empty platform bootstraps a tenant)
+GET  /apps                          the caller's apps with their aliases
+GET  /apps/{name}/revisions         revisions, newest first
+POST /apps/{name}/deploy?alias=A    JSON {spec, archive(base64)} -> NDJSON progress stream
+PUT  /apps/{name}/aliases/{alias}   JSON {revision: id or alias}
+POST /apps/{name}/rollback?alias=A  move an alias back one step
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pydantic
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from klieg.exceptions import (
+    AuthenticationError,
+    InvalidRequestError,
+    KliegError,
+    NotFoundError,
+    PermissionDeniedError,
+    ValidationError,
+)
+from klieg.types import AppSpec
+from klieg_platform import keys
+from klieg_platform.deploy import DeployResult, deploy
+from klieg_platform.gateway.run import read_body
+from klieg_platform.gateway.state import GatewayState
+from klieg_platform.registry import AppRecord, Revision, Tenant
+
+RESERVED = {"queue", "apps", "keys", "health", "files", "workflows", "admin", "metrics"}
+_ALIAS = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+MAX_DEPLOY_BYTES = 128 * 1024 * 1024
+
+
+def _gw(request: Request) -> GatewayState:
+    gw: GatewayState = request.app.state.gateway
+    return gw
+
+
+async def _json(request: Request, limit: int) -> dict[str, Any]:
+    body = await read_body(request, limit)
+    data = json.loads(body) if body.strip() else {}
+    if not isinstance(data, dict):
+        raise ValidationError([{"loc": ["body"], "msg": "expected a JSON object", "type": "type"}])
+    return data
+
+
+async def create_key(request: Request) -> Response:
+    gw = _gw(request)
+    data = await _json(request, 64 * 1024)
+    caller = await gw.optional_tenant(request)
+    wanted = data.get("tenant")
+    tier = str(data.get("tier") or "free")
+    if caller is None:
+        if await asyncio.to_thread(gw.registry.count_tenants) > 0:
+            raise AuthenticationError("creating a key needs an existing key (KLIEG_KEY)")
+        name = str(wanted or "local")
+        _check_tenant_name(name)
+        tenant = await asyncio.to_thread(gw.registry.create_tenant, name, "enterprise", True)
+    elif wanted in (None, caller.name):
+        tenant = caller
+    else:
+        if not caller.admin:
+            raise PermissionDeniedError("only an admin tenant may create other tenants")
+        _check_tenant_name(str(wanted))
+        found = await asyncio.to_thread(gw.registry.get_tenant, str(wanted))
+        if found is None:
+            found = await asyncio.to_thread(gw.registry.create_tenant, str(wanted), tier)
+        tenant = found
+    key, secret = await asyncio.to_thread(gw.registry.create_key, tenant.id, data.get("label"))
+    return JSONResponse(
+        {"key_id": key.id, "secret": secret, "key": f"{key.id}:{secret}", "tenant": tenant.name},
+        201,
+    )
+
+
+def _check_tenant_name(name: str) -> None:
+    if name in RESERVED:
+        raise InvalidRequestError(f"{name!r} is reserved and cannot name a tenant")
+
+
+async def _app(gw: GatewayState, tenant: Tenant, name: str) -> AppRecord:
+    app = await asyncio.to_thread(gw.registry.get_app, tenant.name, name)
+    if app is None:
+        raise NotFoundError(f"app {tenant.name}/{name} not found")
+    return app
+
+
+async def list_apps(request: Request) -> Response:
+    gw = _gw(request)
+    tenant = await gw.tenant(request)
+
+    def load() -> list[dict[str, Any]]:
+        return [
+            {
+                "owner": a.owner,
+                "name": a.name,
+                "created_at": a.created_at,
+                "aliases": gw.registry.list_aliases(a),
+            }
+            for a in gw.registry.list_apps(tenant.id)
+        ]
+
+    return JSONResponse(await asyncio.to_thread(load))
+
+
+def _revision_json(rev: Revision, aliases: dict[str, str]) -> dict[str, Any]:
+    return {
+        "id": rev.id,
+        "app": rev.app,
+        "owner": rev.owner,
+        "created_at": rev.created_at,
+        "code_hash": rev.code_hash,
+        "env_key": rev.env_key,
+        "python": rev.python,
+        "aliases": sorted(a for a, r in aliases.items() if r == rev.id),
+    }
+
+
+async def list_revisions(request: Request) -> Response:
+    gw = _gw(request)
+    app = await _app(gw, await gw.tenant(request), request.path_params["name"])
+
+    def load() -> list[dict[str, Any]]:
+        aliases = gw.registry.list_aliases(app)
+        return [_revision_json(r, aliases) for r in gw.registry.list_revisions(app)]
+
+    return JSONResponse(await asyncio.to_thread(load))
+
+
+async def _alias_moved(gw: GatewayState, owner: str, app: str) -> None:
+    gw.forget_app(f"{owner}/{app}")
+    await gw.broker.redis.publish(keys.ALIAS_CHANNEL, f"{owner}/{app}")
+
+
+def _alias_name(value: str) -> str:
+    if not _ALIAS.match(value) or "@" in value:
+        raise InvalidRequestError(f"invalid alias {value!r}")
+    return value
+
+
+async def set_alias(request: Request) -> Response:
+    gw = _gw(request)
+    tenant = await gw.tenant(request)
+    app = await _app(gw, tenant, request.path_params["name"])
+    alias = _alias_name(request.path_params["alias"])
+    ref = str((await _json(request, 64 * 1024)).get("revision") or "")
+    rev = await asyncio.to_thread(gw.registry.resolve, tenant.name, app.name, ref)
+    if rev is None:
+        raise NotFoundError(f"{tenant.name}/{app.name} has no revision or alias {ref!r}")
+    previous = await asyncio.to_thread(gw.registry.set_alias, app, alias, rev.id)
+    await _alias_moved(gw, tenant.name, app.name)
+    return JSONResponse({"app": app.name, "alias": alias, "revision": rev.id, "previous": previous})
+
+
+async def rollback(request: Request) -> Response:
+    gw = _gw(request)
+    tenant = await gw.tenant(request)
+    app = await _app(gw, tenant, request.path_params["name"])
+    alias = _alias_name(request.query_params.get("alias", "latest"))
+    previous = await asyncio.to_thread(gw.registry.get_alias, app, alias)
+    revision = await asyncio.to_thread(gw.registry.rollback, app, alias)
+    await _alias_moved(gw, tenant.name, app.name)
+    return JSONResponse(
+        {"app": app.name, "alias": alias, "revision": revision, "previous": previous}
+    )
+
+
+async def deploy_app(request: Request) -> Response:
+    gw = _gw(request)
+    tenant = await gw.tenant(request)
+    alias = _alias_name(request.query_params.get("alias", "latest"))
+    data = await _json(request, MAX_DEPLOY_BYTES)
+    try:
+        spec = AppSpec.model_validate(data.get("spec"))
+        code = base64.b64decode(str(data.get("archive") or ""), validate=True)
+    except (pydantic.ValidationError, binascii.Error) as exc:
+        raise ValidationError(f"invalid deploy body: {exc}") from exc
+    if spec.name != request.path_params["name"]:
+        raise InvalidRequestError(
+            f"spec names app {spec.name!r}, the URL {request.path_params['name']!r}"
+        )
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+    def progress(line: str) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, {"event": "progress", "message": line})
+
+    def work() -> DeployResult:
+        return deploy(
+            registry=gw.registry,
+            packager=gw.packager,
+            store=gw.store,
+            tenant=tenant,
+            spec=spec,
+            code=code,
+            alias=alias,
+            progress=progress,
+        )
+
+    async def run() -> None:
+        try:
+            res = await asyncio.to_thread(work)
+            await _alias_moved(gw, tenant.name, spec.name)
+            done = {
+                "event": "done",
+                "revision": res.revision.id,
+                "created": res.created,
+                "env_built": res.env_built,
+                "env_key": res.revision.env_key,
+                "alias": res.alias,
+                "previous": res.previous,
+                "app": spec.name,
+                "owner": tenant.name,
+            }
+            events.put_nowait(done)
+        except KliegError as exc:
+            events.put_nowait({"event": "error", **exc.to_dict()})
+        except Exception as exc:
+            events.put_nowait(
+                {
+                    "event": "error",
+                    "detail": f"{type(exc).__name__}: {exc}",
+                    "error_type": "DeployError",
+                }
+            )
+        finally:
+            events.put_nowait(None)
+
+    task = asyncio.create_task(run())
+
+    async def stream() -> AsyncIterator[bytes]:
+        while (event := await events.get()) is not None:
+            yield (json.dumps(event) + "\n").encode()
+        await task
+
+    return StreamingResponse(stream(), media_type="application/x-ndjson")

@@ -1,0 +1,63 @@
+"""The gateway's Starlette app: routes, error handlers, and the services' lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from klieg_platform.config import Settings
+from klieg_platform.gateway import admin, run
+from klieg_platform.gateway.errors import HANDLERS
+from klieg_platform.gateway.state import GatewayState
+from klieg_platform.gateway.waiter import Waiter
+from klieg_platform.packager import Packager
+from klieg_platform.services import open_broker, open_registry, open_store
+
+
+async def health(request: Request) -> Response:
+    gw: GatewayState = request.app.state.gateway
+    await gw.broker.redis.ping()
+    return JSONResponse({"status": "ok"})
+
+
+ROUTES = [
+    Route("/health", health, methods=["GET"]),
+    Route("/keys", admin.create_key, methods=["POST"]),
+    Route("/apps", admin.list_apps, methods=["GET"]),
+    Route("/apps/{name}/revisions", admin.list_revisions, methods=["GET"]),
+    Route("/apps/{name}/deploy", admin.deploy_app, methods=["POST"]),
+    Route("/apps/{name}/aliases/{alias}", admin.set_alias, methods=["PUT"]),
+    Route("/apps/{name}/rollback", admin.rollback, methods=["POST"]),
+    Route("/queue/{owner}/{app}/requests/{request_id}/status", run.status, methods=["GET"]),
+    Route("/queue/{owner}/{app}/requests/{request_id}/cancel", run.cancel, methods=["PUT"]),
+    Route("/queue/{owner}/{app}/requests/{request_id}", run.result, methods=["GET"]),
+    Route("/queue/{owner}/{app}", run.submit, methods=["POST"]),
+    Route("/queue/{owner}/{app}/{path:path}", run.submit, methods=["POST"]),
+    Route("/{owner}/{app}", run.run_sync, methods=["POST"]),
+    Route("/{owner}/{app}/{path:path}", run.run_sync, methods=["POST"]),
+]
+
+
+def create_app(settings: Settings) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        broker = open_broker(settings)
+        registry = open_registry(settings)
+        gw = GatewayState(settings, broker, registry, open_store(settings), Packager(settings))
+        waiter = Waiter(broker, gw.forget_app)
+        await waiter.start()
+        app.state.gateway = gw
+        app.state.waiter = waiter
+        try:
+            yield
+        finally:
+            await waiter.stop()
+            await broker.close()
+            registry.close()
+
+    return Starlette(routes=ROUTES, exception_handlers=HANDLERS, lifespan=lifespan)

@@ -1,0 +1,57 @@
+"""Every error leaves the gateway as ``{"detail", "error_type"}`` with the class's HTTP status.
+
+The status of each error class is defined once, on the class (``klieg.exceptions``); this module
+turns exceptions into responses and is the only place that does.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from klieg.exceptions import KliegError
+
+log = logging.getLogger("klieg.gateway")
+
+_HTTP_TYPES = {
+    400: "InvalidRequestError",
+    401: "AuthenticationError",
+    403: "PermissionDeniedError",
+    404: "NotFoundError",
+    405: "MethodNotAllowedError",
+    413: "PayloadTooLargeError",
+}
+
+
+def error_response(
+    status: int, detail: Any, error_type: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"detail": detail, "error_type": error_type}, status, headers=headers)
+
+
+async def klieg_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, KliegError)
+    return error_response(exc.status_code, exc.detail, exc.error_type)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    kind = _HTTP_TYPES.get(exc.status_code, "HTTPError")
+    headers = dict(exc.headers) if exc.headers else None
+    return error_response(exc.status_code, exc.detail, kind, headers=headers)
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal error", "InternalError")
+
+
+HANDLERS: dict[Any, Any] = {
+    KliegError: klieg_error,
+    HTTPException: http_error,
+    Exception: internal_error,
+}

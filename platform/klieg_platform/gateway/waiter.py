@@ -1,0 +1,83 @@
+"""Completion waiters: one Redis subscription per gateway process, a future per waiting request.
+
+Register before enqueueing, so a completion can never be missed; ``wait`` also re-reads the
+record every few seconds, so a dropped pub/sub message only delays, never hangs, a caller.
+The same subscription carries alias changes, which drop the gateway's revision cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import redis.asyncio as aioredis
+
+from klieg_platform import keys
+from klieg_platform.broker import Broker
+
+log = logging.getLogger("klieg.gateway")
+
+
+class Waiter:
+    def __init__(self, broker: Broker, on_alias_change: Callable[[str], None]) -> None:
+        self.broker = broker
+        self.on_alias_change = on_alias_change
+        self._futures: dict[str, asyncio.Future[None]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._listen())
+        await asyncio.wait_for(self._ready.wait(), 10)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _listen(self) -> None:
+        while True:
+            pubsub: aioredis.client.PubSub = self.broker.redis.pubsub()
+            try:
+                await pubsub.subscribe(keys.DONE_CHANNEL, keys.ALIAS_CHANNEL)
+                self._ready.set()
+                async for message in pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    data = message["data"].decode()
+                    if message["channel"] == keys.ALIAS_CHANNEL.encode():
+                        self.on_alias_change(data)
+                        continue
+                    fut = self._futures.get(data)
+                    if fut is not None and not fut.done():
+                        fut.set_result(None)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("completion subscription failed; resubscribing")
+                await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    def expect(self, request_id: str) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._futures[request_id] = fut
+        return fut
+
+    async def wait(self, request_id: str, fut: asyncio.Future[None], poll_s: float = 5.0) -> None:
+        """Return once the request is COMPLETED."""
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(asyncio.shield(fut), poll_s)
+                    return
+                except TimeoutError:
+                    state = await self.broker.get(request_id, with_result=False)
+                    if state is None or state.status == "COMPLETED":
+                        return
+        finally:
+            self._futures.pop(request_id, None)

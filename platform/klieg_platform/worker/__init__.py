@@ -1,0 +1,1 @@
+"""Node agent: pulls requests for its pools, runs them on warm runner processes, reports results."""

@@ -1,0 +1,231 @@
+"""The worker agent: pull, run, report. One per node (or per GPU pool on a node).
+
+Loop: while a slot is free, dispatch the next request of our pools (atomic, leased); run it on a
+warm runner of its revision or a cold-started one; renew the lease while it runs; complete it
+with the result or a typed error. Periodically requeue expired leases (any worker's), stop idle
+runners past keep_alive. A revision whose setup() failed is not restarted in a tight loop: its
+requests fail fast with the recorded setup error until a doubling backoff has passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from klieg.exceptions import KliegError, NotFoundError, SetupError, error_class
+from klieg.types import AppSpec, FunctionSpec
+from klieg_platform.broker import Broker, Job, Outcome
+from klieg_platform.config import Settings
+from klieg_platform.packager import LockedEnv, Packager
+from klieg_platform.registry import Registry, Revision
+from klieg_platform.worker.code import CodeCache
+from klieg_platform.worker.process import RunnerKey, RunnerProcess, SetupFailed
+from klieg_platform.worker.runners import RunnerSet
+
+log = logging.getLogger("klieg.worker")
+
+
+@dataclass
+class _Backoff:
+    until: float
+    delay: float
+    error: dict[str, Any]
+    logs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _error_outcome(exc: KliegError, logs: list[dict[str, Any]] | None = None) -> Outcome:
+    return Outcome(ok=False, error=exc.to_dict(), http_status=exc.status_code, logs=logs or [])
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker,
+        registry: Registry,
+        packager: Packager,
+        code: CodeCache,
+        *,
+        pools: tuple[str, ...] = ("*",),
+        slots: int | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.registry = registry
+        self.packager = packager
+        self.code = code
+        self.pools = pools
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.runners = RunnerSet(slots or settings.worker_slots)
+        self._busy = 0
+        self._slot_free = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._revisions: dict[str, tuple[Revision, AppSpec]] = {}
+        self._backoff: dict[RunnerKey, _Backoff] = {}
+        self._spec_dir = settings.run_dir / "specs"
+
+    # ---- main loops -------------------------------------------------------------------
+    async def run(self) -> None:
+        """Serve until ``stop()``; then finish in-flight requests and stop the runners."""
+        self._spec_dir.mkdir(parents=True, exist_ok=True)
+        housekeeping = asyncio.create_task(self._housekeeping())
+        log.info(
+            "worker %s serving pools %s with %d slots", self.id, self.pools, self.runners.slots
+        )
+        try:
+            while not self._stopping.is_set():
+                if self._busy >= self.runners.slots:
+                    self._slot_free.clear()
+                    await self._wait(self._slot_free.wait(), 1.0)
+                    continue
+                job = await self.broker.dispatch(self.pools, self.id, self.settings.lease_s)
+                if job is None:
+                    await self._wait(self.broker.wait_for_work(self.pools, 1.0), 1.5)
+                    continue
+                self._busy += 1
+                task = asyncio.create_task(self._handle(job))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        finally:
+            if self._tasks:
+                await asyncio.wait(self._tasks, timeout=self.settings.lease_s)
+            housekeeping.cancel()
+            await self.runners.stop_all()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _wait(self, aw: Any, timeout: float) -> None:
+        stop = asyncio.create_task(self._stopping.wait())
+        work = asyncio.ensure_future(aw)
+        await asyncio.wait({stop, work}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for task in (stop, work):
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _housekeeping(self) -> None:
+        period = max(0.2, min(1.0, self.settings.lease_s / 3))
+        while True:
+            await asyncio.sleep(period)
+            try:
+                requeued = await self.broker.requeue_expired()
+                if requeued:
+                    log.warning("requeued %d requests with expired leases", requeued)
+                await self.runners.reap_idle()
+            except Exception:
+                log.exception("housekeeping failed")
+
+    # ---- one request ------------------------------------------------------------------
+    async def _handle(self, job: Job) -> None:
+        renew = asyncio.create_task(self._renew(job.id))
+        try:
+            outcome = await self._execute(job)
+        except KliegError as exc:
+            outcome = _error_outcome(exc)
+        except Exception as exc:
+            log.exception("request %s failed inside the worker", job.id)
+            outcome = _error_outcome(KliegError(f"worker error: {type(exc).__name__}: {exc}"))
+        finally:
+            renew.cancel()
+            self._busy -= 1
+            self._slot_free.set()
+        if not await self.broker.complete(job.id, self.id, outcome):
+            log.warning("request %s: lease lost before completion; result dropped", job.id)
+
+    async def _renew(self, request_id: str) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease_s / 3)
+            await self.broker.renew(request_id, self.id, self.settings.lease_s)
+
+    async def _execute(self, job: Job) -> Outcome:
+        rev, spec = await self._revision(job.revision)
+        fn = spec.function(job.function)
+        if fn is None:
+            raise NotFoundError(f"revision {rev.id} has no function {job.function!r}")
+        key: RunnerKey = (rev.id, fn.name)
+        backoff = self._backoff.get(key)
+        if backoff and time.monotonic() < backoff.until:
+            wait = backoff.until - time.monotonic()
+            err = dict(backoff.error)
+            err["detail"] = f"{err.get('detail')} (setup is retried in {wait:.0f}s)"
+            return Outcome(
+                ok=False, error=err, http_status=SetupError.status_code, logs=backoff.logs
+            )
+        try:
+            runner = await self.runners.acquire(key, fn, lambda r: self._start(r, rev, fn))
+        except SetupFailed as failed:
+            return self._setup_failed(key, failed)
+        self._backoff.pop(key, None)
+        try:
+            header, body = await runner.call(
+                job.id, job.endpoint, job.payload, min(job.timeout_s, fn.request_timeout)
+            )
+        except KliegError as exc:
+            log.warning("request %s: %s", job.id, exc)
+            return _error_outcome(exc)
+        finally:
+            await self.runners.release(runner)
+        logs = list(header.get("logs") or [])
+        if header.get("ok"):
+            return Outcome(ok=True, result=body, logs=logs)
+        raw = header.get("error") or {}
+        cls = error_class(raw.get("error_type"))
+        err = {"detail": raw.get("detail"), "error_type": raw.get("error_type") or cls.__name__}
+        return Outcome(ok=False, error=err, http_status=cls.status_code, logs=logs)
+
+    def _setup_failed(self, key: RunnerKey, failed: SetupFailed) -> Outcome:
+        previous = self._backoff.get(key)
+        delay = min(300.0, previous.delay * 2) if previous else self.settings.setup_backoff_s
+        err = {"detail": failed.error.get("detail") or "setup failed", "error_type": "SetupError"}
+        self._backoff[key] = _Backoff(time.monotonic() + delay, delay, err, failed.logs)
+        log.warning("revision %s function %s: %s (backing off %.0fs)", *key, err["detail"], delay)
+        return Outcome(ok=False, error=err, http_status=SetupError.status_code, logs=failed.logs)
+
+    async def _revision(self, revision_id: str) -> tuple[Revision, AppSpec]:
+        cached = self._revisions.get(revision_id)
+        if cached is None:
+            rev = await asyncio.to_thread(self.registry.get_revision, revision_id)
+            if rev is None:
+                raise NotFoundError(f"revision {revision_id} not found")
+            cached = (rev, AppSpec.model_validate(rev.spec))
+            self._revisions[revision_id] = cached
+        return cached
+
+    async def _start(self, runner: RunnerProcess, rev: Revision, fn: FunctionSpec) -> None:
+        locked = LockedEnv(python=rev.python, lock=rev.lock, key=rev.env_key)
+        try:
+            await asyncio.to_thread(self.packager.build, locked)
+            code_dir = await asyncio.to_thread(self.code.ensure, rev.code_hash)
+        except KliegError as exc:
+            raise SetupFailed(
+                {
+                    "detail": f"could not prepare revision {rev.id}: {exc.detail}",
+                    "error_type": "SetupError",
+                },
+                [],
+            ) from exc
+        spec_file = self._spec_dir / f"{rev.id}-{fn.name}.json"
+        if not spec_file.exists():
+            tmp = spec_file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(fn.model_dump_json())
+            os.replace(tmp, spec_file)
+        await runner.start(self.packager.python(rev.env_key), code_dir, spec_file, _runner_env())
+        log.info("started runner pid %s for %s/%s", runner.pid, rev.id, fn.name)
+
+
+def _runner_env() -> dict[str, str]:
+    """The runner's environment: ours, minus what would leak this venv into the app's."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

@@ -1,0 +1,151 @@
+"""One runner process: a child on the env's interpreter, spoken to over a socketpair.
+
+``start`` returns once the runner said ``ready``; raises :class:`SetupFailed` when setup() raised,
+the process died or it did not get ready within ``startup_timeout``. ``call`` serves one request;
+raises ``RequestTimeoutError`` (the process is killed) or ``RunnerCrashedError`` (it died).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from klieg._runtime import protocol
+from klieg.exceptions import RequestTimeoutError, RunnerCrashedError
+from klieg.types import FunctionSpec
+
+RunnerKey = tuple[str, str]  # (revision id, function name)
+
+
+class SetupFailed(Exception):
+    """The runner could not get ready; ``error`` is the wire error, ``logs`` its output."""
+
+    def __init__(self, error: dict[str, Any], logs: list[dict[str, Any]]) -> None:
+        super().__init__(error.get("detail"))
+        self.error = error
+        self.logs = logs
+
+
+class RunnerProcess:
+    """A runner of one (revision, function); serves one request at a time."""
+
+    def __init__(self, key: RunnerKey, spec: FunctionSpec) -> None:
+        self.key = key
+        self.spec = spec
+        self.busy = True
+        self.last_used = time.monotonic()
+        self.proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    async def start(
+        self, python: Path, code_dir: Path, spec_file: Path, env: dict[str, str]
+    ) -> None:
+        parent, child = socket.socketpair()
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                str(python),
+                "-m",
+                "klieg._runtime.runner",
+                "--fd",
+                str(child.fileno()),
+                "--code",
+                str(code_dir),
+                "--spec",
+                str(spec_file),
+                pass_fds=[child.fileno()],
+                env=env,
+                cwd=str(code_dir),
+                start_new_session=True,
+            )
+        finally:
+            child.close()
+        self._reader, self._writer = await asyncio.open_unix_connection(sock=parent)
+        try:
+            header, _ = await asyncio.wait_for(
+                protocol.read(self._reader), self.spec.startup_timeout
+            )
+        except TimeoutError:
+            await self.kill()
+            raise SetupFailed(
+                {
+                    "detail": f"runner not ready within startup_timeout="
+                    f"{self.spec.startup_timeout}s",
+                    "error_type": "SetupError",
+                },
+                [],
+            ) from None
+        except EOFError:
+            code = await self.proc.wait()
+            raise SetupFailed(
+                {
+                    "detail": f"runner exited with code {code} before it was ready",
+                    "error_type": "SetupError",
+                },
+                [],
+            ) from None
+        if header.get("type") != "ready":
+            await self.kill()
+            raise SetupFailed(dict(header.get("error") or {}), list(header.get("logs") or []))
+
+    async def call(
+        self, request_id: str, endpoint: str, payload: bytes, timeout_s: float
+    ) -> tuple[dict[str, Any], bytes]:
+        assert self._reader is not None and self._writer is not None
+        self.last_used = time.monotonic()
+        try:
+            self._writer.write(
+                protocol.encode({"type": "call", "id": request_id, "endpoint": endpoint}, payload)
+            )
+            await self._writer.drain()
+            return await asyncio.wait_for(protocol.read(self._reader), timeout_s)
+        except TimeoutError:
+            await self.kill()
+            raise RequestTimeoutError(f"request ran past its timeout of {timeout_s:g}s") from None
+        except (EOFError, ConnectionError):
+            code = await self.proc.wait() if self.proc else None
+            how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            raise RunnerCrashedError(f"the runner process died ({how})") from None
+        finally:
+            self.last_used = time.monotonic()
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Ask for teardown() and exit; kill if it does not exit within ``grace_s``."""
+        if not self.alive:
+            return
+        assert self.proc is not None
+        with contextlib.suppress(Exception):
+            assert self._writer is not None
+            self._writer.write(protocol.encode({"type": "shutdown"}))
+            await self._writer.drain()
+        try:
+            await asyncio.wait_for(self.proc.wait(), grace_s)
+        except TimeoutError:
+            await self.kill()
+        self._close()
+
+    async def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            await self.proc.wait()
+        self._close()
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -1,0 +1,45 @@
+"""Klieg SDK: define serverless media apps and call them over HTTP.
+
+Example::
+
+    import klieg
+
+    app = klieg.App("echo")
+
+    @app.function()
+    @klieg.endpoint("/")
+    def echo(req: EchoIn) -> EchoOut:
+        return EchoOut(text=req.text)
+"""
+
+from __future__ import annotations
+
+from klieg.app import App, endpoint
+from klieg.client import Client, RequestHandle
+from klieg.exceptions import (
+    AppError,
+    AuthenticationError,
+    DeployError,
+    KliegError,
+    NotFoundError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+    SetupError,
+    ValidationError,
+)
+
+__all__ = [
+    "App",
+    "AppError",
+    "AuthenticationError",
+    "Client",
+    "DeployError",
+    "KliegError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "RequestHandle",
+    "RequestTimeoutError",
+    "SetupError",
+    "ValidationError",
+    "endpoint",
+]

@@ -1,0 +1,1 @@
+"""What runs inside an app env: load a revision's code, run setup(), serve calls over IPC."""

@@ -1,0 +1,114 @@
+"""Load a revision's function or class from its unpacked code and wrap its endpoints.
+
+A :class:`Target` is what the runner serves: ``setup()`` once, then ``call(path, body)`` per
+request, where ``body`` and the return value are JSON bytes. Input validation happens here, with
+the endpoint's pydantic model, so a 422 names the offending field exactly as pydantic does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import pydantic_core
+
+from klieg.app import io_models
+from klieg.exceptions import AppError, NotFoundError, ValidationError
+from klieg.types import FunctionSpec, normalize_path
+
+
+def import_entry(code_dir: Path, module: str) -> Any:
+    """Import ``module`` with ``code_dir`` first on sys.path (the app's folder is its root)."""
+    root = str(code_dir)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return importlib.import_module(module)
+
+
+def _resolve(obj: Any, qualname: str) -> Any:
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class Endpoint:
+    """One callable endpoint with its input model; ``__call__`` maps JSON bytes to JSON bytes."""
+
+    def __init__(self, fn: Callable[..., Any], loop: asyncio.AbstractEventLoop) -> None:
+        self.fn = fn
+        self.loop = loop
+        self.model, _ = io_models(fn)
+        self.takes_arg = bool(
+            [p for p in inspect.signature(fn).parameters.values() if p.name != "self"]
+        )
+
+    def parse(self, body: bytes) -> Any:
+        raw = body or b"{}"
+        if self.model is None:
+            try:
+                return pydantic_core.from_json(raw)
+            except ValueError as exc:
+                raise ValidationError(
+                    [{"loc": ["body"], "msg": str(exc), "type": "json_invalid"}]
+                ) from exc
+        try:
+            return self.model.model_validate_json(raw)
+        except pydantic.ValidationError as exc:
+            raise ValidationError(
+                [
+                    {"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]}
+                    for e in exc.errors(include_url=False)
+                ]
+            ) from exc
+
+    def __call__(self, body: bytes) -> bytes:
+        arg = self.parse(body)
+        try:
+            result = self.fn(arg) if self.takes_arg else self.fn()
+            if inspect.isawaitable(result):
+                result = self.loop.run_until_complete(result)
+        except Exception as exc:
+            raise AppError({"type": type(exc).__name__, "message": str(exc)}) from exc
+        if isinstance(result, pydantic.BaseModel):
+            return result.model_dump_json().encode()
+        return pydantic_core.to_json(result)
+
+
+class Target:
+    """The loaded function or class instance of one FunctionSpec."""
+
+    def __init__(self, code_dir: Path, spec: FunctionSpec) -> None:
+        self.spec = spec
+        self.loop = asyncio.new_event_loop()
+        module = import_entry(code_dir, spec.module)
+        obj = _resolve(module, spec.qualname)
+        self.instance: Any = obj() if spec.kind == "cls" else None
+        self.endpoints: dict[str, Endpoint] = {}
+        for ep in spec.endpoints:
+            fn = getattr(self.instance, ep.method) if self.instance is not None else obj
+            self.endpoints[normalize_path(ep.path)] = Endpoint(fn, self.loop)
+
+    def _hook(self, name: str) -> None:
+        hook = getattr(self.instance, name, None)
+        if callable(hook):
+            result = hook()
+            if inspect.isawaitable(result):
+                self.loop.run_until_complete(result)
+
+    def setup(self) -> None:
+        self._hook("setup")
+
+    def teardown(self) -> None:
+        self._hook("teardown")
+
+    def call(self, path: str, body: bytes) -> bytes:
+        endpoint = self.endpoints.get(normalize_path(path))
+        if endpoint is None:
+            raise NotFoundError(f"no endpoint at {path!r}")
+        return endpoint(body)

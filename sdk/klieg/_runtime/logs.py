@@ -1,0 +1,89 @@
+"""Per-request log capture in the runner: stdout, stderr and `logging` records, timestamped.
+
+Lines are collected for the request being served and also written through to the runner's
+real stderr, so ``klieg up`` shows them live.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+LogLine = dict[str, Any]
+
+
+class LogSink:
+    """Collects log lines until ``drain()``; thread-safe."""
+
+    def __init__(self, passthrough: TextIO) -> None:
+        self._lines: list[LogLine] = []
+        self._lock = threading.Lock()
+        self.passthrough = passthrough
+
+    def add(self, message: str, level: str, source: str) -> None:
+        ts = datetime.fromtimestamp(time.time(), tz=UTC).isoformat()
+        with self._lock:
+            self._lines.append(
+                {"message": message, "level": level, "source": source, "timestamp": ts}
+            )
+
+    def drain(self) -> list[LogLine]:
+        with self._lock:
+            lines, self._lines = self._lines, []
+        return lines
+
+
+class _Stream(io.TextIOBase):
+    def __init__(self, sink: LogSink, level: str) -> None:
+        self._sink = sink
+        self._level = level
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._sink.passthrough.write(text)
+        self._partial += text
+        *lines, self._partial = self._partial.split("\n")
+        for line in lines:
+            self._sink.add(line, self._level, "stdout" if self._level == "INFO" else "stderr")
+        return len(text)
+
+    def flush(self) -> None:
+        self._sink.passthrough.flush()
+        if self._partial:
+            self._sink.add(self._partial, self._level, "stdout")
+            self._partial = ""
+
+
+class _Handler(logging.Handler):
+    def __init__(self, sink: LogSink) -> None:
+        super().__init__()
+        self._sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._sink.passthrough.write(self.format(record) + "\n")
+        self._sink.add(record.getMessage(), record.levelname, record.name)
+
+
+def install() -> LogSink:
+    """Redirect stdout/stderr and the root logger into a new sink; return it."""
+    sink = LogSink(sys.__stderr__ or sys.stderr)
+    sys.stdout = _Stream(sink, "INFO")
+    sys.stderr = _Stream(sink, "STDERR")
+    root = logging.getLogger()
+    root.addHandler(_Handler(sink))
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    return sink
+
+
+def flush_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()

@@ -1,0 +1,121 @@
+"""Management API client: keys, deploys, apps, revisions, aliases. Used by the ``klieg`` CLI.
+
+Example::
+
+    from klieg.admin import AdminClient, load_app
+
+    admin = AdminClient()                               # KLIEG_URL, KLIEG_KEY
+    app, folder, entry = load_app("apps/echo/app.py")
+    done = admin.deploy(app, folder, entry, alias="latest", progress=print)
+    print(done["revision"])
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from klieg import archive
+from klieg.app import App
+from klieg.client import Client, raise_for_error
+from klieg.exceptions import DeployError, from_wire
+
+
+def load_app(path: str | Path, name: str | None = None) -> tuple[App, Path, str]:
+    """Import an app file and return (its App, its folder, the entrypoint file name)."""
+    file = Path(path).resolve()
+    if not file.is_file():
+        raise DeployError(f"no such app file: {path}")
+    module_name = file.stem
+    spec = importlib.util.spec_from_file_location(module_name, file)
+    if spec is None or spec.loader is None:
+        raise DeployError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    sys.path.insert(0, str(file.parent))
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise DeployError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        sys.path.remove(str(file.parent))
+    apps = [v for v in vars(module).values() if isinstance(v, App)]
+    if name is not None:
+        apps = [a for a in apps if a.name == name]
+    if len(apps) != 1:
+        raise DeployError(f"{path} must define exactly one klieg.App (found {len(apps)})")
+    return apps[0], file.parent, file.name
+
+
+class AdminClient(Client):
+    """Client for the management routes (same URL and key as :class:`klieg.Client`)."""
+
+    def create_key(
+        self, tenant: str | None = None, *, label: str | None = None, tier: str | None = None
+    ) -> dict[str, Any]:
+        body = {k: v for k, v in {"tenant": tenant, "label": label, "tier": tier}.items() if v}
+        r = self.http.post("/keys", json=body)
+        raise_for_error(r)
+        out: dict[str, Any] = r.json()
+        return out
+
+    def deploy(
+        self,
+        app: App,
+        folder: Path,
+        entrypoint: str,
+        *,
+        alias: str = "latest",
+        progress: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
+        """Upload the app's folder and spec; stream build progress; return the ``done`` event."""
+        spec = app.spec(entrypoint)
+        code = archive.pack(folder)
+        body = {"spec": spec.model_dump(mode="json"), "archive": base64.b64encode(code).decode()}
+        with self.http.stream(
+            "POST", f"/apps/{app.name}/deploy", params={"alias": alias}, json=body, timeout=None
+        ) as r:
+            if not r.is_success:
+                r.read()
+                raise_for_error(r)
+            for line in r.iter_lines():
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                if event["event"] == "progress" and progress is not None:
+                    progress(event["message"])
+                elif event["event"] == "error":
+                    raise from_wire(event, 400)
+                elif event["event"] == "done":
+                    done: dict[str, Any] = event
+                    return done
+        raise DeployError("the deploy stream ended without a result")
+
+    def apps(self) -> list[dict[str, Any]]:
+        r = self.http.get("/apps")
+        raise_for_error(r)
+        out: list[dict[str, Any]] = r.json()
+        return out
+
+    def revisions(self, app: str) -> list[dict[str, Any]]:
+        r = self.http.get(f"/apps/{app}/revisions")
+        raise_for_error(r)
+        out: list[dict[str, Any]] = r.json()
+        return out
+
+    def set_alias(self, app: str, alias: str, revision: str) -> dict[str, Any]:
+        r = self.http.put(f"/apps/{app}/aliases/{alias}", json={"revision": revision})
+        raise_for_error(r)
+        out: dict[str, Any] = r.json()
+        return out
+
+    def rollback(self, app: str, alias: str = "latest") -> dict[str, Any]:
+        r = self.http.post(f"/apps/{app}/rollback", params={"alias": alias})
+        raise_for_error(r)
+        out: dict[str, Any] = r.json()
+        return out

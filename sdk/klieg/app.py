@@ -1,0 +1,281 @@
+"""Apps, functions, classes and endpoints. Decorators only RECORD; nothing runs at import.
+
+Example::
+
+    import klieg
+    from pydantic import BaseModel
+
+    class In(BaseModel):
+        text: str
+
+    class Out(BaseModel):
+        text: str
+
+    app = klieg.App("echo", requirements=["markdown==3.7"], python="3.11")
+
+    @app.function(keep_alive=60)
+    @klieg.endpoint("/")
+    def echo(req: In) -> Out:
+        return Out(text=req.text)
+
+    @app.cls(gpu="H100", max_concurrency=2)
+    class Model:
+        def setup(self) -> None:       # once per runner, before the first request
+            self.prefix = ">> "
+
+        @klieg.endpoint("/say")
+        def say(self, req: In) -> Out:
+            return Out(text=self.prefix + req.text)
+
+``klieg deploy app.py`` reads ``app.spec()`` and ships the app's folder as the code archive.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from klieg.exceptions import KliegError
+from klieg.types import AppSpec, EndpointSpec, FunctionSpec, normalize_path
+
+T = TypeVar("T")
+
+ENDPOINT_ATTR = "__klieg_endpoint__"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+def endpoint(path: str = "/") -> Callable[[T], T]:
+    """Expose a function or method at ``POST /{owner}/{app}{path}``.
+
+    Example::
+
+        @klieg.endpoint("/thumbnail")
+        def thumbnail(self, req: ThumbIn) -> ThumbOut: ...
+    """
+
+    def mark(fn: T) -> T:
+        setattr(fn, ENDPOINT_ATTR, normalize_path(path))
+        return fn
+
+    return mark
+
+
+@dataclass(frozen=True)
+class _Options:
+    gpu: str | None
+    num_gpus: int
+    keep_alive: float
+    min_concurrency: int
+    max_concurrency: int
+    request_timeout: float
+    startup_timeout: float
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    kind: str
+    obj: Any
+    options: _Options
+
+
+class App:
+    """A named app: its environment (Python + requirements) and its functions and classes.
+
+    Example::
+
+        app = klieg.App("digits", requirements=["torch==2.13.0"], python="3.11")
+    """
+
+    def __init__(
+        self, name: str, *, requirements: Sequence[str] = (), python: str = "3.11"
+    ) -> None:
+        if not _NAME.match(name):
+            raise KliegError(f"invalid app name {name!r}: use lowercase letters, digits, - and _")
+        self.name = name
+        self.requirements = tuple(requirements)
+        self.python = python
+        self._entries: list[_Entry] = []
+
+    def function(
+        self,
+        *,
+        gpu: str | None = None,
+        num_gpus: int | None = None,
+        keep_alive: float = 60.0,
+        min_concurrency: int = 0,
+        max_concurrency: int = 1,
+        request_timeout: float = 600.0,
+        startup_timeout: float = 300.0,
+        name: str | None = None,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Record a plain function; served at its ``@endpoint`` path or at ``/{name}``.
+
+        Example::
+
+            @app.function(keep_alive=30)
+            def thumbnail(req: ThumbIn) -> ThumbOut: ...
+        """
+        opts = _options(
+            gpu,
+            num_gpus,
+            keep_alive,
+            min_concurrency,
+            max_concurrency,
+            request_timeout,
+            startup_timeout,
+        )
+
+        def record(fn: Callable[..., Any]) -> Callable[..., Any]:
+            if inspect.isclass(fn):
+                raise KliegError("use @app.cls for classes")
+            self._add(_Entry(name or fn.__name__, "function", fn, opts))
+            return fn
+
+        return record
+
+    def cls(
+        self,
+        *,
+        gpu: str | None = None,
+        num_gpus: int | None = None,
+        keep_alive: float = 60.0,
+        min_concurrency: int = 0,
+        max_concurrency: int = 1,
+        request_timeout: float = 600.0,
+        startup_timeout: float = 300.0,
+        name: str | None = None,
+    ) -> Callable[[type[T]], type[T]]:
+        """Record a class: ``setup()`` runs once per runner; ``@endpoint`` methods serve requests.
+
+        Example::
+
+            @app.cls(gpu="H100", keep_alive=300)
+            class Model:
+                def setup(self) -> None: ...
+                @klieg.endpoint("/")
+                def generate(self, req: In) -> Out: ...
+        """
+        opts = _options(
+            gpu,
+            num_gpus,
+            keep_alive,
+            min_concurrency,
+            max_concurrency,
+            request_timeout,
+            startup_timeout,
+        )
+
+        def record(klass: type[T]) -> type[T]:
+            if not inspect.isclass(klass):
+                raise KliegError("@app.cls decorates a class")
+            self._add(_Entry(name or klass.__name__, "cls", klass, opts))
+            return klass
+
+        return record
+
+    def _add(self, entry: _Entry) -> None:
+        if any(e.name == entry.name for e in self._entries):
+            raise KliegError(f"app {self.name!r} already has a function named {entry.name!r}")
+        self._entries.append(entry)
+
+    def spec(self, entrypoint: str = "app.py") -> AppSpec:
+        """The declarative description the platform stores in a revision."""
+        functions = tuple(_function_spec(e) for e in self._entries)
+        seen: dict[str, str] = {}
+        for fn in functions:
+            for ep in fn.endpoints:
+                if ep.path in seen:
+                    raise KliegError(
+                        f"path {ep.path!r} is served by both {seen[ep.path]!r} and {fn.name!r}"
+                    )
+                seen[ep.path] = fn.name
+        return AppSpec(
+            name=self.name,
+            python=self.python,
+            requirements=self.requirements,
+            entrypoint=entrypoint,
+            functions=functions,
+        )
+
+
+def _options(
+    gpu: str | None,
+    num_gpus: int | None,
+    keep_alive: float,
+    min_concurrency: int,
+    max_concurrency: int,
+    request_timeout: float,
+    startup_timeout: float,
+) -> _Options:
+    gpus = num_gpus if num_gpus is not None else (1 if gpu else 0)
+    if gpus < 0 or (gpu is None and gpus > 0):
+        raise KliegError("num_gpus needs a gpu type and must be >= 0")
+    if min_concurrency < 0 or max_concurrency < 1 or min_concurrency > max_concurrency:
+        raise KliegError("need 0 <= min_concurrency <= max_concurrency and max_concurrency >= 1")
+    if keep_alive < 0 or request_timeout <= 0 or startup_timeout <= 0:
+        raise KliegError("keep_alive must be >= 0 and timeouts > 0")
+    return _Options(
+        gpu, gpus, keep_alive, min_concurrency, max_concurrency, request_timeout, startup_timeout
+    )
+
+
+def _function_spec(entry: _Entry) -> FunctionSpec:
+    if entry.kind == "cls":
+        methods = [
+            (name, member)
+            for name, member in inspect.getmembers(entry.obj, inspect.isfunction)
+            if hasattr(member, ENDPOINT_ATTR)
+        ]
+        if not methods:
+            raise KliegError(f"class {entry.name!r} has no @klieg.endpoint method")
+        endpoints = tuple(_endpoint_spec(m, getattr(m, ENDPOINT_ATTR), n) for n, m in methods)
+    else:
+        path = getattr(entry.obj, ENDPOINT_ATTR, normalize_path(entry.name))
+        endpoints = (_endpoint_spec(entry.obj, path, entry.obj.__name__),)
+    o = entry.options
+    return FunctionSpec(
+        name=entry.name,
+        kind="cls" if entry.kind == "cls" else "function",
+        module=entry.obj.__module__,
+        qualname=entry.obj.__qualname__,
+        gpu=o.gpu,
+        num_gpus=o.num_gpus,
+        keep_alive=o.keep_alive,
+        min_concurrency=o.min_concurrency,
+        max_concurrency=o.max_concurrency,
+        request_timeout=o.request_timeout,
+        startup_timeout=o.startup_timeout,
+        endpoints=endpoints,
+    )
+
+
+def io_models(fn: Callable[..., Any]) -> tuple[type[BaseModel] | None, Any]:
+    """The pydantic input model (first non-self parameter) and the return annotation of ``fn``."""
+    hints = typing.get_type_hints(fn)
+    params = [p for p in inspect.signature(fn).parameters.values() if p.name != "self"]
+    model: type[BaseModel] | None = None
+    if params:
+        hint = hints.get(params[0].name)
+        if inspect.isclass(hint) and issubclass(hint, BaseModel):
+            model = hint
+    return model, hints.get("return")
+
+
+def _endpoint_spec(fn: Callable[..., Any], path: str, method: str) -> EndpointSpec:
+    model, out = io_models(fn)
+    out_schema = (
+        out.model_json_schema() if inspect.isclass(out) and issubclass(out, BaseModel) else None
+    )
+    return EndpointSpec(
+        path=path,
+        method=method,
+        input_schema=model.model_json_schema() if model else None,
+        output_schema=out_schema,
+    )

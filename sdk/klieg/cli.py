@@ -1,0 +1,188 @@
+"""The ``klieg`` command. Talks to ``KLIEG_URL`` with ``KLIEG_KEY``; the platform package adds
+``klieg up``, ``klieg demo`` and ``klieg worker`` through the ``klieg.cli`` entry point group.
+
+Example::
+
+    klieg keys create                      # prints id:secret on its last line
+    export KLIEG_KEY=...
+    klieg deploy apps/echo/app.py --alias prod
+    klieg call local/echo --json '{"text": "hi"}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib.metadata import entry_points
+from typing import Any
+
+import yaml
+
+from klieg.admin import AdminClient, load_app
+from klieg.exceptions import KliegError
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    out = AdminClient().create_key(args.tenant, label=args.label, tier=args.tier)
+    print(
+        f"created key for tenant {out['tenant']}; export it with: export KLIEG_KEY={out['key']}",
+        file=sys.stderr,
+    )
+    print(out["key"])
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    app, folder, entry = load_app(args.path, args.app)
+    with AdminClient() as admin:
+        done = admin.deploy(
+            app,
+            folder,
+            entry,
+            alias=args.alias,
+            progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True),
+        )
+    env = "built" if done["env_built"] else "reused"
+    print(
+        f"deployed {done['owner']}/{done['app']} revision {done['revision']} "
+        f"(env {done['env_key'][:12]} {env}); alias {done['alias']} -> {done['revision']}"
+    )
+    return 0
+
+
+def cmd_apps_list(args: argparse.Namespace) -> int:
+    apps = AdminClient().apps()
+    if args.json:
+        _print_json(apps)
+    for a in [] if args.json else apps:
+        aliases = ", ".join(f"{k}={v}" for k, v in sorted(a["aliases"].items()))
+        print(f"{a['owner']}/{a['name']}  {aliases}")
+    return 0
+
+
+def cmd_revisions(args: argparse.Namespace) -> int:
+    revs = AdminClient().revisions(args.app)
+    if args.json:
+        _print_json(revs)
+    for r in [] if args.json else revs:
+        print(
+            f"{r['id']}  env {r['env_key'][:12]}  code {r['code_hash'][:12]}  "
+            f"{','.join(r['aliases'])}"
+        )
+    return 0
+
+
+def cmd_alias_set(args: argparse.Namespace) -> int:
+    out = AdminClient().set_alias(args.app, args.alias, args.revision)
+    print(f"{out['app']}: {out['alias']} -> {out['revision']} (was {out['previous']})")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    out = AdminClient().rollback(args.app, args.alias)
+    print(f"{out['app']}: {out['alias']} -> {out['revision']} (was {out['previous']})")
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    """FILE: ``apps: {NAME: {aliases: {ALIAS: revision-id-or-alias}}}``."""
+    with open(args.file) as f:
+        doc = yaml.safe_load(f) or {}
+    apps = doc.get("apps") if isinstance(doc, dict) else None
+    if not isinstance(apps, dict):
+        raise KliegError(f"{args.file}: expected a mapping 'apps: {{name: {{aliases: ...}}}}'")
+    admin = AdminClient()
+    for name, entry in apps.items():
+        for alias, ref in ((entry or {}).get("aliases") or {}).items():
+            out = admin.set_alias(str(name), str(alias), str(ref))
+            print(f"{name}: {alias} -> {out['revision']} (was {out['previous']})")
+    return 0
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    payload = json.loads(args.json) if args.json else {}
+    client = AdminClient()
+    if args.queue:
+        handle = client.submit(args.app_id, payload)
+        print(f"request {handle.request_id} queued", file=sys.stderr)
+        _print_json(client.wait(handle))
+    else:
+        _print_json(client.run(args.app_id, payload))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="klieg", description="Klieg: serverless media apps")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_cmd", required=True)
+    kc = keys.add_parser("create", help="create a key (bootstraps the first tenant)")
+    kc.add_argument("--tenant", help="tenant for the key (admin only, unless bootstrapping)")
+    kc.add_argument("--label")
+    kc.add_argument("--tier", help="tier of a new tenant")
+    kc.set_defaults(func=cmd_keys_create)
+
+    dp = sub.add_parser("deploy", help="deploy an app file as a new immutable revision")
+    dp.add_argument("path")
+    dp.add_argument("--alias", default="latest")
+    dp.add_argument("--app", help="app name, when the file defines several")
+    dp.set_defaults(func=cmd_deploy)
+
+    apps = sub.add_parser("apps", help="apps").add_subparsers(dest="apps_cmd", required=True)
+    al = apps.add_parser("list")
+    al.add_argument("--json", action="store_true")
+    al.set_defaults(func=cmd_apps_list)
+
+    rv = sub.add_parser("revisions", help="revisions of an app, newest first")
+    rv.add_argument("app")
+    rv.add_argument("--json", action="store_true")
+    rv.set_defaults(func=cmd_revisions)
+
+    alias = sub.add_parser("alias", help="aliases").add_subparsers(dest="alias_cmd", required=True)
+    aset = alias.add_parser("set")
+    aset.add_argument("app")
+    aset.add_argument("alias")
+    aset.add_argument("revision", help="revision id, or another alias")
+    aset.set_defaults(func=cmd_alias_set)
+
+    rb = sub.add_parser("rollback", help="move an alias back to its previous revision")
+    rb.add_argument("app")
+    rb.add_argument("--alias", default="latest")
+    rb.set_defaults(func=cmd_rollback)
+
+    ap = sub.add_parser("apply", help="set the aliases of many apps from a YAML file")
+    ap.add_argument("file")
+    ap.set_defaults(func=cmd_apply)
+
+    call = sub.add_parser("call", help="call owner/app[/path] and print the result")
+    call.add_argument("app_id")
+    call.add_argument("--json", help="request body (JSON)")
+    call.add_argument("--queue", action="store_true", help="go through the queue API")
+    call.set_defaults(func=cmd_call)
+
+    for ep in entry_points(group="klieg.cli"):
+        ep.load()(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except KliegError as exc:
+        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        print(f"error: {exc.error_type}: {detail}", file=sys.stderr)
+        code = 1
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 1
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

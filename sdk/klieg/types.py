@@ -1,0 +1,81 @@
+"""Wire models shared by the SDK, the runtime and the platform.
+
+An :class:`AppSpec` is what ``klieg deploy`` sends: the app's environment (Python version and
+requirements) and, for every function or class, its hardware, scaling and endpoints. The platform
+stores it inside an immutable revision; the runner uses it to find the code to call.
+
+Example::
+
+    spec = app.spec()              # from a klieg.App
+    print(spec.functions[0].endpoints[0].path)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EndpointSpec(BaseModel):
+    """One HTTP endpoint: ``POST /{owner}/{app}{path}`` calls ``method`` of a function or class."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str = "/"
+    method: str
+    input_schema: dict[str, Any] | None = None
+    output_schema: dict[str, Any] | None = None
+
+
+class FunctionSpec(BaseModel):
+    """A function or class of an app, with everything the platform needs to place and scale it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    kind: Literal["function", "cls"]
+    module: str
+    qualname: str
+    gpu: str | None = None
+    num_gpus: int = 0
+    keep_alive: float = 60.0
+    min_concurrency: int = 0
+    max_concurrency: int = 1
+    request_timeout: float = 600.0
+    startup_timeout: float = 300.0
+    endpoints: tuple[EndpointSpec, ...] = ()
+
+    @property
+    def pool(self) -> str:
+        """The machine pool this function runs in: ``CPU`` or ``GPU-<type>``."""
+        return f"GPU-{self.gpu.upper()}" if self.gpu else "CPU"
+
+
+class AppSpec(BaseModel):
+    """The declarative description of an app, as recorded by its decorators."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    python: str = "3.11"
+    requirements: tuple[str, ...] = ()
+    entrypoint: str = "app.py"
+    functions: tuple[FunctionSpec, ...] = Field(default_factory=tuple)
+
+    def route(self, path: str) -> tuple[FunctionSpec, EndpointSpec] | None:
+        """The function and endpoint serving ``path`` (leading/trailing slashes ignored)."""
+        want = normalize_path(path)
+        for fn in self.functions:
+            for ep in fn.endpoints:
+                if normalize_path(ep.path) == want:
+                    return fn, ep
+        return None
+
+    def function(self, name: str) -> FunctionSpec | None:
+        return next((f for f in self.functions if f.name == name), None)
+
+
+def normalize_path(path: str) -> str:
+    """``""``, ``"/"`` and ``"//"`` are the root; ``"a/"`` equals ``"/a"``."""
+    return "/" + path.strip("/")

@@ -1,0 +1,436 @@
+"""Registry behaviour, run against SQLite and a real PostgreSQL.
+
+PostgreSQL comes from ``KLIEG_TEST_POSTGRES_URL`` (default: trust auth on 127.0.0.1, database
+``test``). The session creates a throwaway database there and drops it at the end; each test
+starts from an empty ``public`` schema. An unreachable server fails the tests, it never skips.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from psycopg import sql
+
+from klieg.exceptions import InvalidRequestError, NotFoundError
+from klieg_platform.registry import AppRecord, Registry, Revision, Tenant
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "KLIEG_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+SPEC: dict[str, Any] = {"functions": {"run": {"gpu": "A100", "timeout": 60}}}
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """The URL of a fresh database on the test server, dropped when the session ends."""
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL is required for the registry tests and is not reachable at "
+            f"{POSTGRES_ADMIN_URL} (set KLIEG_TEST_POSTGRES_URL): {exc}",
+            pytrace=False,
+        )
+    name = f"klieg_test_{secrets.token_hex(6)}"
+    with admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        try:
+            url = sa.make_url(POSTGRES_ADMIN_URL).set(database=name)
+            yield url.render_as_string(hide_password=False)
+        finally:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A registry URL for an empty database of each kind."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'registry.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+    return url
+
+
+@pytest.fixture
+def registry(db_url: str) -> Iterator[Registry]:
+    reg = Registry(db_url)
+    reg.create_all()
+    yield reg
+    reg.close()
+
+
+@pytest.fixture
+def tenant(registry: Registry) -> Tenant:
+    return registry.create_tenant("acme", tier="pro")
+
+
+@pytest.fixture
+def app(registry: Registry, tenant: Tenant) -> AppRecord:
+    return registry.ensure_app(tenant.id, "echo")
+
+
+def put(registry: Registry, app: AppRecord, revision_id: str, **spec: Any) -> Revision:
+    revision, _ = registry.put_revision(
+        app, revision_id, spec or SPEC, "code-" + revision_id, "env-1", "3.11", "numpy==2.0\n"
+    )
+    return revision
+
+
+def test_create_all_is_idempotent(registry: Registry, tenant: Tenant) -> None:
+    registry.create_all()
+    assert registry.get_tenant("acme") == tenant
+
+
+def test_unsupported_url_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unsupported"):
+        Registry("mysql://root@localhost/klieg")
+
+
+def test_tenant_create_get_count(registry: Registry) -> None:
+    assert registry.count_tenants() == 0
+    created = registry.create_tenant("acme-2")
+    assert created.tier == "free"
+    assert registry.get_tenant("acme-2") == created
+    assert registry.get_tenant("nobody") is None
+    assert created.admin is False
+    admin = registry.create_tenant("root", tier="enterprise", admin=True)
+    assert registry.get_tenant("root") == admin and admin.admin is True
+    assert registry.count_tenants() == 2
+
+
+def test_tenant_duplicate_name_rejected(registry: Registry, tenant: Tenant) -> None:
+    with pytest.raises(InvalidRequestError, match="taken"):
+        registry.create_tenant("acme")
+    assert registry.count_tenants() == 1
+
+
+@pytest.mark.parametrize("name", ["", "Acme", "-acme", "a_b", "a b", "a" * 64, "é"])
+def test_tenant_invalid_name_rejected(registry: Registry, name: str) -> None:
+    with pytest.raises(InvalidRequestError):
+        registry.create_tenant(name)
+    assert registry.count_tenants() == 0
+
+
+def test_key_authenticates_its_tenant(registry: Registry, tenant: Tenant) -> None:
+    key, secret = registry.create_key(tenant.id, label="ci")
+    assert key.id.startswith("k_") and len(key.id) == 18
+    assert key.tenant_id == tenant.id and key.label == "ci"
+    assert registry.authenticate(key.id, secret) == tenant
+    admin = registry.create_tenant("root", admin=True)
+    admin_key, admin_secret = registry.create_key(admin.id)
+    assert registry.authenticate(admin_key.id, admin_secret) == admin
+    assert registry.authenticate(admin_key.id, secret) is None
+
+
+def test_key_wrong_secret_or_unknown_id(registry: Registry, tenant: Tenant) -> None:
+    key, secret = registry.create_key(tenant.id)
+    assert registry.authenticate(key.id, secret + "x") is None
+    assert registry.authenticate(key.id, "") is None
+    assert registry.authenticate("k_0000000000000000", secret) is None
+
+
+def test_key_for_unknown_tenant(registry: Registry) -> None:
+    with pytest.raises(NotFoundError):
+        registry.create_key("0" * 32)
+
+
+def test_revoked_key_no_longer_authenticates(registry: Registry, tenant: Tenant) -> None:
+    key, secret = registry.create_key(tenant.id)
+    other, other_secret = registry.create_key(tenant.id)
+    assert registry.revoke_key(key.id) is True
+    assert registry.authenticate(key.id, secret) is None
+    assert registry.revoke_key(key.id) is False
+    assert registry.revoke_key("k_missing") is False
+    assert registry.authenticate(other.id, other_secret) == tenant
+
+
+def test_secret_is_not_stored(registry: Registry, tenant: Tenant) -> None:
+    key, secret = registry.create_key(tenant.id, label="laptop")
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    cells: list[str] = []
+    with registry.engine.connect() as conn:
+        for table in sa.inspect(conn).get_table_names():
+            for row in conn.execute(sa.text(f"SELECT * FROM {table}")):
+                cells.extend(str(value) for value in row)
+    assert key.id in cells and digest in cells  # the scan sees the key row
+    assert not any(secret in cell for cell in cells)
+
+
+def test_ensure_app_is_idempotent(registry: Registry, tenant: Tenant) -> None:
+    first = registry.ensure_app(tenant.id, "img_gen")
+    again = registry.ensure_app(tenant.id, "img_gen")
+    assert again == first
+    assert first.owner == "acme" and first.owner_id == tenant.id and first.name == "img_gen"
+    assert registry.get_app("acme", "img_gen") == first
+    assert registry.get_app("acme", "missing") is None
+    assert registry.get_app("other", "img_gen") is None
+
+
+def test_ensure_app_validates(registry: Registry, tenant: Tenant) -> None:
+    with pytest.raises(InvalidRequestError):
+        registry.ensure_app(tenant.id, "Bad/Name")
+    with pytest.raises(NotFoundError):
+        registry.ensure_app("0" * 32, "echo")
+
+
+def test_list_apps_per_owner(registry: Registry, tenant: Tenant) -> None:
+    other = registry.create_tenant("other")
+    mine = [registry.ensure_app(tenant.id, name) for name in ("zeta", "alpha")]
+    theirs = registry.ensure_app(other.id, "alpha")
+    assert registry.list_apps(tenant.id) == sorted(mine, key=lambda a: a.name)
+    assert registry.list_apps(other.id) == [theirs]
+    assert theirs.id != mine[1].id
+
+
+def test_put_revision_new(registry: Registry, app: AppRecord) -> None:
+    revision, created = registry.put_revision(app, "r1", SPEC, "c1", "e1", "3.11", "lock")
+    assert created is True
+    assert (revision.owner, revision.app, revision.app_id) == ("acme", "echo", app.id)
+    assert revision.spec == SPEC and revision.lock == "lock" and revision.python == "3.11"
+    assert registry.get_revision("r1") == revision
+    assert registry.get_revision("r9") is None
+
+
+def test_put_revision_is_immutable(registry: Registry, app: AppRecord) -> None:
+    first, created = registry.put_revision(app, "r1", SPEC, "c1", "e1", "3.11", "lock")
+    second, again = registry.put_revision(app, "r1", {"other": 1}, "c2", "e2", "3.12", "x")
+    assert created is True and again is False
+    assert second == first
+    assert registry.get_revision("r1") == first
+    assert len(registry.list_revisions(app)) == 1
+
+
+def test_put_revision_id_of_another_app(registry: Registry, app: AppRecord) -> None:
+    other = registry.ensure_app(app.owner_id, "other")
+    put(registry, app, "r1")
+    with pytest.raises(InvalidRequestError):
+        put(registry, other, "r1")
+    assert registry.list_revisions(other) == []
+
+
+def test_list_revisions_newest_first(registry: Registry, app: AppRecord) -> None:
+    other = registry.ensure_app(app.owner_id, "other")
+    for rid in ("r-b", "r-c", "r-a"):
+        put(registry, app, rid)
+    put(registry, other, "r-z")
+    assert [r.id for r in registry.list_revisions(app)] == ["r-a", "r-c", "r-b"]
+
+
+def test_concurrent_put_revision_one_row(registry: Registry, app: AppRecord) -> None:
+    threads = 8
+    barrier = threading.Barrier(threads)
+    results: list[tuple[Revision, bool]] = []
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            barrier.wait(timeout=10)
+            results.append(registry.put_revision(app, "same", {"n": n}, "c", "e", "3.11", "lock"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join(timeout=60)
+    assert errors == []
+    assert sum(created for _, created in results) == 1
+    assert len({r.spec["n"] for r, _ in results}) == 1  # every caller sees the stored row
+    assert len(registry.list_revisions(app)) == 1
+
+
+def test_alias_set_get_list(registry: Registry, app: AppRecord) -> None:
+    put(registry, app, "r1")
+    put(registry, app, "r2")
+    assert registry.get_alias(app, "latest") is None
+    assert registry.set_alias(app, "latest", "r1") is None
+    assert registry.set_alias(app, "latest", "r2") == "r1"
+    assert registry.set_alias(app, "v1.0", "r1") is None
+    assert registry.get_alias(app, "latest") == "r2"
+    assert registry.list_aliases(app) == {"latest": "r2", "v1.0": "r1"}
+    with pytest.raises(InvalidRequestError):
+        registry.set_alias(app, "Bad Alias", "r1")
+
+
+def test_alias_to_other_apps_revision(registry: Registry, app: AppRecord) -> None:
+    other = registry.ensure_app(app.owner_id, "other")
+    put(registry, other, "theirs")
+    with pytest.raises(NotFoundError):
+        registry.set_alias(app, "latest", "theirs")
+    with pytest.raises(NotFoundError):
+        registry.set_alias(app, "latest", "missing")
+    assert registry.list_aliases(app) == {}
+
+
+def test_rollback_walks_back_like_a_stack(registry: Registry, app: AppRecord) -> None:
+    for rid in ("r1", "r2", "r3"):
+        put(registry, app, rid)
+        registry.set_alias(app, "latest", rid)
+    assert registry.rollback(app) == "r2"
+    assert registry.get_alias(app, "latest") == "r2"
+    assert registry.rollback(app) == "r1"
+    assert registry.get_alias(app, "latest") == "r1"
+    with pytest.raises(NotFoundError):
+        registry.rollback(app)
+    assert registry.get_alias(app, "latest") == "r1"
+    moves = registry.alias_history(app, "latest")
+    assert [(m.action, m.revision_id, m.previous_revision_id) for m in moves] == [
+        ("set", "r1", None),
+        ("set", "r2", "r1"),
+        ("set", "r3", "r2"),
+        ("rollback", "r2", "r3"),
+        ("rollback", "r1", "r2"),
+    ]
+
+
+def test_rollback_after_new_deploy(registry: Registry, app: AppRecord) -> None:
+    for rid in ("r1", "r2", "r3", "r4"):
+        put(registry, app, rid)
+    for rid in ("r1", "r2", "r3"):
+        registry.set_alias(app, "latest", rid)
+    assert registry.rollback(app) == "r2"
+    registry.set_alias(app, "latest", "r4")
+    assert registry.rollback(app) == "r2"  # r3 was popped; it does not come back
+    assert registry.rollback(app) == "r1"
+
+
+def test_rollback_is_per_alias(registry: Registry, app: AppRecord) -> None:
+    put(registry, app, "r1")
+    put(registry, app, "r2")
+    registry.set_alias(app, "latest", "r1")
+    registry.set_alias(app, "latest", "r2")
+    registry.set_alias(app, "stable", "r1")
+    with pytest.raises(NotFoundError):
+        registry.rollback(app, "stable")
+    with pytest.raises(NotFoundError):
+        registry.rollback(app, "unset")
+    assert registry.rollback(app, "latest") == "r1"
+    assert registry.list_aliases(app) == {"latest": "r1", "stable": "r1"}
+
+
+def test_set_alias_to_current_target_records_nothing(registry: Registry, app: AppRecord) -> None:
+    put(registry, app, "r1")
+    put(registry, app, "r2")
+    registry.set_alias(app, "latest", "r1")
+    registry.set_alias(app, "latest", "r2")
+    assert registry.set_alias(app, "latest", "r2") == "r2"
+    assert len(registry.alias_history(app, "latest")) == 2
+    assert registry.rollback(app) == "r1"
+
+
+def test_concurrent_set_alias_keeps_one_stack(registry: Registry, app: AppRecord) -> None:
+    threads = 6
+    ids = [f"r{n}" for n in range(threads)]
+    for rid in ids:
+        put(registry, app, rid)
+    barrier = threading.Barrier(threads)
+    errors: list[BaseException] = []
+
+    def worker(rid: str) -> None:
+        try:
+            barrier.wait(timeout=10)
+            registry.set_alias(app, "latest", rid)
+        except BaseException as exc:
+            errors.append(exc)
+
+    pool = [threading.Thread(target=worker, args=(rid,)) for rid in ids]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join(timeout=60)
+    assert errors == []
+    moves = registry.alias_history(app, "latest")
+    assert [m.previous_revision_id for m in moves[1:]] == [m.revision_id for m in moves[:-1]]
+    current = registry.get_alias(app, "latest")
+    assert current is not None
+    seen = [current] + [registry.rollback(app) for _ in range(threads - 1)]
+    assert sorted(seen) == ids  # each set pushed exactly one stack entry
+    with pytest.raises(NotFoundError):
+        registry.rollback(app)
+
+
+def test_resolve_by_alias_and_id(registry: Registry, app: AppRecord) -> None:
+    other = registry.ensure_app(app.owner_id, "other")
+    r1, r2 = put(registry, app, "r1"), put(registry, app, "r2")
+    put(registry, other, "theirs")
+    registry.set_alias(app, "latest", "r2")
+    assert registry.resolve("acme", "echo", "latest") == r2
+    assert registry.resolve("acme", "echo", "r1") == r1
+    assert registry.resolve("acme", "echo", "theirs") is None
+    assert registry.resolve("acme", "echo", "nope") is None
+    assert registry.resolve("acme", "missing", "latest") is None
+    assert registry.resolve("nobody", "echo", "r1") is None
+
+
+def test_sqlite_shared_between_registries(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'nested' / 'shared.db'}"
+    gateway, worker = Registry(url), Registry(url)
+    try:
+        gateway.create_all()
+        worker.create_all()
+        tenant = gateway.create_tenant("acme")
+        app = worker.ensure_app(tenant.id, "echo")
+        put(worker, app, "r1")
+        gateway.set_alias(app, "latest", "r1")
+        assert gateway.get_app("acme", "echo") == app
+        resolved = worker.resolve("acme", "echo", "latest")
+        assert resolved is not None and resolved.id == "r1"
+        with worker.engine.connect() as conn:
+            mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+        assert mode == "wal"
+    finally:
+        gateway.close()
+        worker.close()
+
+
+WRITER = """
+import sys
+from klieg_platform.registry import Registry
+reg = Registry(sys.argv[1])
+reg.create_all()
+tenant_id, name = sys.argv[2], sys.argv[3]
+for i in range(40):
+    app = reg.ensure_app(tenant_id, "shared")
+    reg.put_revision(app, f"{name}-{i}", {"i": i}, "c", "e", "3.11", "lock")
+    reg.put_revision(app, f"both-{i}", {"i": i}, "c", "e", "3.11", "lock")
+    reg.set_alias(app, name, f"{name}-{i}")
+reg.close()
+"""
+
+
+def test_sqlite_concurrent_processes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    reg = Registry(url)
+    reg.create_all()
+    tenant = reg.create_tenant("acme")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, url, tenant.id, name], stderr=subprocess.PIPE
+        )
+        for name in ("gw", "wk")
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+    app = reg.get_app("acme", "shared")
+    assert app is not None
+    assert len(reg.list_revisions(app)) == 3 * 40
+    assert reg.list_aliases(app) == {"gw": "gw-39", "wk": "wk-39"}
+    assert reg.rollback(app, "gw") == "gw-38"
+    reg.close()
