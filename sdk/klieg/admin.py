@@ -90,7 +90,7 @@ class AdminClient(Client):
                 if event["event"] == "progress" and progress is not None:
                     progress(event["message"])
                 elif event["event"] == "error":
-                    raise from_wire(event, 400)
+                    raise from_wire(event, 400, DeployError)
                 elif event["event"] == "done":
                     done: dict[str, Any] = event
                     return done

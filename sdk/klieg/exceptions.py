@@ -22,15 +22,23 @@ class KliegError(Exception):
 
     status_code: int = 500
 
-    def __init__(self, detail: Any = None, *, status_code: int | None = None) -> None:
+    def __init__(
+        self,
+        detail: Any = None,
+        *,
+        status_code: int | None = None,
+        error_type: str | None = None,
+    ) -> None:
         self.detail = detail if detail is not None else self.__class__.__doc__
         if status_code is not None:
             self.status_code = status_code
+        self._error_type = error_type
         super().__init__(detail if isinstance(detail, str) else repr(detail))
 
     @property
     def error_type(self) -> str:
-        return type(self).__name__
+        """The wire name: the class name, or the more specific name the server sent."""
+        return self._error_type or type(self).__name__
 
     def to_dict(self) -> dict[str, Any]:
         return {"detail": self.detail, "error_type": self.error_type}
@@ -144,9 +152,16 @@ def error_class(error_type: str | None) -> type[KliegError]:
     return _BY_NAME.get(error_type or "", KliegError)
 
 
-def from_wire(body: Any, status_code: int) -> KliegError:
-    """Rebuild a typed error from a JSON error body ``{"detail", "error_type"}``."""
+def from_wire(body: Any, status_code: int, fallback: type[KliegError] = KliegError) -> KliegError:
+    """Rebuild a typed error from a JSON error body ``{"detail", "error_type"}``.
+
+    A server-side type the SDK does not define (say ``EnvResolutionError``) becomes ``fallback``
+    and keeps its wire name in ``error_type``.
+    """
     if isinstance(body, dict):
-        cls = error_class(body.get("error_type"))
-        return cls(body.get("detail"), status_code=status_code)
-    return KliegError(body, status_code=status_code)
+        name = body.get("error_type")
+        cls = error_class(name)
+        if cls is KliegError:
+            cls = fallback
+        return cls(body.get("detail"), status_code=status_code, error_type=name)
+    return fallback(body, status_code=status_code)

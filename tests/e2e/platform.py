@@ -58,7 +58,12 @@ def running_platform(
     """Start ``klieg up`` in ``home`` on a free port; stop it (SIGINT) afterwards."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KLIEG_")}
-    env.update(KLIEG_HOME=str(home), KLIEG_LEASE_S="5", KLIEG_SETUP_BACKOFF_S="30")
+    env.update(
+        KLIEG_HOME=str(home),
+        KLIEG_LEASE_S="5",
+        KLIEG_SETUP_BACKOFF_S="30",
+        KLIEG_MAX_BODY_BYTES=str(1024 * 1024),
+    )
     env.update(extra_env or {})
     home.mkdir(parents=True, exist_ok=True)
     ready = home / "ready"

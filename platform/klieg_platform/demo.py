@@ -1,0 +1,108 @@
+"""``klieg demo``: start the platform, deploy every app under ``apps/``, call each, print results.
+
+Uses ``$KLIEG_HOME`` (default ``~/.klieg``). On a fresh home it bootstraps the first tenant and
+keeps its key in ``$KLIEG_HOME/demo-key`` so later demos reuse it. Each app's calls come from
+``apps/<name>/examples.json``: ``[{"path": "/", "input": {...}, "queue": false}, ...]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from klieg.admin import AdminClient, load_app
+from klieg.client import Client
+from klieg.exceptions import KliegError
+from klieg_platform.config import Settings
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _key(settings: Settings, url: str) -> str:
+    stored = settings.home / "demo-key"
+    if stored.exists():
+        return stored.read_text().strip()
+    with AdminClient(url, key="") as anonymous:
+        key = str(anonymous.create_key()["key"])
+    stored.write_text(key)
+    stored.chmod(0o600)
+    return key
+
+
+def _call(client: Client, owner: str, app: str, example: dict[str, Any]) -> Any:
+    app_id = f"{owner}/{app}{example.get('path', '/')}".rstrip("/")
+    if example.get("queue"):
+        handle = client.submit(app_id, example.get("input", {}))
+        _say(f"  queued {handle.request_id}; polling {handle.status_url}")
+        return client.wait(handle, timeout=300)
+    return client.run(app_id, example.get("input", {}))
+
+
+def run_demo(settings: Settings, url: str, apps_dir: Path) -> int:
+    key = _key(settings, url)
+    failures = 0
+    with AdminClient(url, key) as admin:
+        for app_file in sorted(apps_dir.glob("*/app.py")):
+            app, folder, entry = load_app(app_file)
+            _say(f"\n== deploying {app_file} ==")
+            done = admin.deploy(app, folder, entry, progress=lambda m: _say(f"  {m}"))
+            env = "built" if done["env_built"] else "reused"
+            _say(f"  -> {done['owner']}/{done['app']} revision {done['revision']} (env {env})")
+            examples_file = folder / "examples.json"
+            examples = json.loads(examples_file.read_text()) if examples_file.exists() else []
+            for example in examples:
+                path = example.get("path", "/")
+                _say(
+                    f"== POST /{done['owner']}/{app.name}{path.rstrip('/')} "
+                    f"{json.dumps(example.get('input', {}))}"
+                )
+                started = time.perf_counter()
+                try:
+                    out = _call(admin, str(done["owner"]), app.name, example)
+                except KliegError as exc:
+                    failures += 1
+                    _say(f"  FAILED {exc.error_type}: {exc.detail}")
+                    continue
+                _say(f"  ({(time.perf_counter() - started) * 1000:.0f} ms) {json.dumps(out)}")
+    _say(
+        f"\nDemo finished with {failures} failure(s). To use the platform yourself:\n"
+        f"  klieg up --port {url.rsplit(':', 1)[1]}   # then, in another shell:\n"
+        f"  export KLIEG_URL={url} KLIEG_KEY={key}\n"
+        f'  klieg call local/echo --json \'{{"text": "hi"}}\''
+    )
+    return 1 if failures else 0
+
+
+def main(*, port: int, apps_dir: Path) -> int:
+    settings = Settings.from_env().with_(port=port)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    ready = settings.home / "run" / "demo-ready"
+    ready.unlink(missing_ok=True)
+    _say(f"starting Klieg on port {port} (home {settings.home}) ...")
+    cmd = [sys.executable, "-m", "klieg.cli", "up", "--port", str(port), "--ready-file", str(ready)]
+    proc = subprocess.Popen(cmd, env=dict(os.environ, KLIEG_HOME=str(settings.home)))
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            if proc.poll() is not None:
+                _say(f"klieg up exited with code {proc.returncode} (is port {port} free?)")
+                return 1
+            if time.monotonic() > deadline:
+                _say("klieg up did not become ready within 120s")
+                return 1
+            time.sleep(0.1)
+        return run_demo(settings, f"http://127.0.0.1:{port}", apps_dir)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()

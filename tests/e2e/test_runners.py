@@ -1,0 +1,73 @@
+"""Runner lifecycle through the real platform: warm reuse, keep-alive expiry, setup failures."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.platform import APPS, TEST_APPS, Platform
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/status").read_text().find("zombie") < 0
+
+
+def test_setup_runs_once_and_second_request_is_warm(platform: Platform) -> None:
+    platform.deploy(APPS / "markdown" / "app.py")
+    with platform.http() as http:
+        a = http.post("/local/markdown", json={"text": "# Title"})
+        assert a.status_code == 200, a.text
+        assert a.json()["html"] == "<h1>Title</h1>"
+        b = http.post("/local/markdown", json={"text": "*x*"}).json()
+        assert b["html"] == "<p><em>x</em></p>"
+        assert b["runner_pid"] == a.json()["runner_pid"]
+        assert b["setup_calls"] == 1
+
+
+def test_idle_runner_stops_after_keep_alive(platform: Platform) -> None:
+    platform.deploy(TEST_APPS / "shortlived" / "app.py")
+    with platform.http() as http:
+        first = http.post("/local/shortlived").json()["pid"]
+        assert _alive(first)
+        deadline = time.monotonic() + 15
+        while _alive(first):
+            assert time.monotonic() < deadline, "runner outlived keep_alive=1"
+            time.sleep(0.2)
+        second = http.post("/local/shortlived").json()["pid"]
+        assert second != first
+
+
+def test_setup_failure_is_visible_and_not_retried_in_a_loop(
+    platform: Platform, echo_deployed: object
+) -> None:
+    platform.deploy(TEST_APPS / "setupfail" / "app.py")
+    attempts = platform.home / "setupfail-attempts"
+    with platform.http() as http:
+        sub = http.post("/queue/local/setupfail", json={"x": 1}).json()
+        deadline = time.monotonic() + 60
+        while (st := http.get(sub["status_url"], params={"logs": "true"}).json())[
+            "status"
+        ] != "COMPLETED":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert st["error_type"] == "SetupError"
+        assert "weights missing" in st["error"]
+        assert any("loading weights" in line["message"] for line in st["logs"])
+        r = http.get(sub["response_url"])
+        assert r.status_code == 503 and r.json()["error_type"] == "SetupError"
+        for _ in range(5):
+            again = http.post("/local/setupfail", json={"x": 1})
+            assert again.status_code == 503
+            assert "retried in" in again.json()["detail"]
+        assert attempts.read_text() == "1"
+        ok = http.post("/local/echo", json={"text": "still serving"})
+        assert ok.status_code == 200

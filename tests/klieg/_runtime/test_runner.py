@@ -1,0 +1,345 @@
+"""The runner as a real child process, spoken to over a socketpair with the IPC protocol."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import klieg
+from klieg._runtime import protocol
+
+pytestmark = pytest.mark.timeout(60)
+
+APP_SOURCE = textwrap.dedent(
+    """
+    from __future__ import annotations
+
+    import asyncio
+    import logging
+    import sys
+    from pathlib import Path
+
+    from pydantic import BaseModel
+
+    import klieg
+
+    HERE = Path(__file__).parent
+    app = klieg.App("runnertest")
+
+
+    class In(BaseModel):
+        text: str
+        n: int = 1
+
+
+    class Out(BaseModel):
+        text: str
+        setups: int
+
+
+    @app.cls()
+    class Echo:
+        setups = 0
+
+        def setup(self) -> None:
+            Echo.setups += 1
+            count = HERE / "setup-count"
+            count.write_text(str(int(count.read_text()) + 1 if count.exists() else 1))
+            print("setup ran")
+
+        def teardown(self) -> None:
+            (HERE / "teardown").write_text(f"torn down after {Echo.setups} setup")
+
+        @klieg.endpoint("/")
+        def echo(self, req: In) -> Out:
+            return Out(text=req.text * req.n, setups=Echo.setups)
+
+        @klieg.endpoint("/fail")
+        def fail(self, req: In) -> Out:
+            raise ValueError(f"cannot handle {req.text}")
+
+        @klieg.endpoint("/log")
+        def log(self, req: In) -> dict[str, bool]:
+            print(f"printed {req.text}")
+            logging.getLogger("myapp").warning("warned %s", req.text)
+            logging.getLogger("myapp").info("informed %s", req.text)
+            return {"ok": True}
+
+        @klieg.endpoint("/stderr")
+        def stderr(self, req: In) -> dict[str, bool]:
+            print(f"full {req.text}", file=sys.stderr)
+            sys.stderr.write(f"partial {req.text}")
+            return {"ok": True}
+
+        @klieg.endpoint("/async")
+        async def slow(self, req: In) -> Out:
+            await asyncio.sleep(0.01)
+            return Out(text=req.text[::-1], setups=Echo.setups)
+
+
+    @app.function()
+    @klieg.endpoint("/plain")
+    def plain(req: In) -> dict[str, int]:
+        return {"length": len(req.text) * req.n}
+
+
+    broken = klieg.App("runnerbroken")
+
+
+    @broken.cls()
+    class Broken:
+        def setup(self) -> None:
+            print("loading weights that are not there")
+            raise RuntimeError("weights missing: /models/x.safetensors")
+
+        @klieg.endpoint("/")
+        def run(self, req: In) -> Out:
+            return Out(text=req.text, setups=0)
+    """
+)
+MODULE = "klieg_runner_test_app"
+
+
+@dataclass
+class Runner:
+    proc: subprocess.Popen[bytes]
+    sock: socket.socket
+    code: Path
+
+    def send(self, header: dict[str, Any], body: bytes = b"") -> None:
+        self.sock.sendall(protocol.encode(header, body))
+
+    def recv(self) -> tuple[dict[str, Any], bytes]:
+        return protocol.recv(self.sock)
+
+    def call(self, endpoint: str, body: Any, rid: str = "r") -> tuple[dict[str, Any], Any]:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send({"type": "call", "id": rid, "endpoint": endpoint}, raw)
+        header, out = self.recv()
+        assert header["type"] == "result" and header["id"] == rid
+        return header, json.loads(out) if out else None
+
+
+@pytest.fixture(scope="module")
+def code_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    code = tmp_path_factory.mktemp("code")
+    (code / f"{MODULE}.py").write_text(APP_SOURCE)
+    return code
+
+
+def app_specs(code: Path) -> tuple[klieg.App, klieg.App]:
+    spec = importlib.util.spec_from_file_location(MODULE, code / f"{MODULE}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[MODULE] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[MODULE]
+    return module.app, module.broken
+
+
+def start_runner(code: Path, app: klieg.App, function: str, workdir: Path) -> Runner:
+    fn = app.spec().function(function)
+    assert fn is not None and fn.module == MODULE
+    spec_file = workdir / f"{function}.json"
+    spec_file.write_text(fn.model_dump_json())
+    parent, child = socket.socketpair()
+    parent.settimeout(30)
+    with (workdir / f"{function}.stderr").open("wb") as err:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "klieg._runtime.runner",
+                "--fd",
+                str(child.fileno()),
+                "--code",
+                str(code),
+                "--spec",
+                str(spec_file),
+            ],
+            pass_fds=[child.fileno()],
+            cwd=str(code),
+            stdout=err,
+            stderr=err,
+        )
+    child.close()
+    return Runner(proc, parent, code)
+
+
+@pytest.fixture()
+def runners(code_dir: Path, tmp_path: Path) -> Iterator[list[Runner]]:
+    started: list[Runner] = []
+    yield started
+    for r in started:
+        r.sock.close()
+        if r.proc.poll() is None:
+            r.proc.kill()
+        r.proc.wait(timeout=10)
+
+
+@pytest.fixture()
+def echo(code_dir: Path, tmp_path: Path, runners: list[Runner]) -> Runner:
+    for leftover in ("setup-count", "teardown"):
+        (code_dir / leftover).unlink(missing_ok=True)
+    app, _ = app_specs(code_dir)
+    runner = start_runner(code_dir, app, "Echo", tmp_path)
+    runners.append(runner)
+    header, body = runner.recv()
+    assert header == {"type": "ready", "pid": runner.proc.pid}
+    assert body == b""
+    return runner
+
+
+def test_call_returns_the_endpoint_output(echo: Runner) -> None:
+    header, out = echo.call("/", {"text": "ab", "n": 3}, rid="req-1")
+    assert header["ok"] is True and "error" not in header
+    assert out == {"text": "ababab", "setups": 1}
+
+
+def test_plain_function_kind(code_dir: Path, tmp_path: Path, runners: list[Runner]) -> None:
+    app, _ = app_specs(code_dir)
+    runner = start_runner(code_dir, app, "plain", tmp_path)
+    runners.append(runner)
+    assert runner.recv()[0]["type"] == "ready"
+    header, out = runner.call("plain/", {"text": "abcd", "n": 2})
+    assert header["ok"] is True and out == {"length": 8}
+
+
+def test_setup_runs_once_across_calls(echo: Runner) -> None:
+    for i in range(4):
+        header, out = echo.call("/", {"text": str(i)}, rid=f"r{i}")
+        assert header["ok"] is True
+        assert out == {"text": str(i), "setups": 1}
+    assert (echo.code / "setup-count").read_text() == "1"
+
+
+def test_setup_output_does_not_leak_into_the_first_request(echo: Runner) -> None:
+    header, _ = echo.call("/", {"text": "x"})
+    assert all("setup ran" not in line["message"] for line in header["logs"])
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [({"n": 2}, "text"), ({"text": "a", "n": "many"}, "n"), ({"text": 5}, "text")],
+)
+def test_invalid_body_is_a_validation_error_naming_the_field(
+    echo: Runner, body: dict[str, Any], field: str
+) -> None:
+    header, out = echo.call("/", body)
+    assert header["ok"] is False and out is None
+    error = header["error"]
+    assert error["error_type"] == "ValidationError"
+    assert [d["loc"] for d in error["detail"]] == [["body", field]]
+    assert all(d["msg"] and d["type"] for d in error["detail"])
+    header, out = echo.call("/", {"text": "ok"})
+    assert header["ok"] is True and out["text"] == "ok"
+
+
+def test_malformed_json_is_a_validation_error(echo: Runner) -> None:
+    header, _ = echo.call("/", b"{not json")
+    assert header["ok"] is False
+    assert header["error"]["error_type"] == "ValidationError"
+
+
+def test_endpoint_raising_is_an_app_error_and_the_runner_keeps_serving(echo: Runner) -> None:
+    header, out = echo.call("/fail", {"text": "this"}, rid="bad")
+    assert header["ok"] is False and out is None
+    error = header["error"]
+    assert error["error_type"] == "AppError"
+    assert error["detail"] == {"type": "ValueError", "message": "cannot handle this"}
+    assert "ValueError" in error["traceback"]
+    header, out = echo.call("/", {"text": "next"}, rid="good")
+    assert header["ok"] is True and out == {"text": "next", "setups": 1}
+    assert all("ValueError" not in line["message"] for line in header["logs"])
+
+
+def test_print_and_logging_come_back_per_request(echo: Runner) -> None:
+    header, out = echo.call("/log", {"text": "one"})
+    assert header["ok"] is True and out == {"ok": True}
+    lines = header["logs"]
+    by_message = {line["message"]: line for line in lines}
+    assert by_message["printed one"]["level"] == "INFO"
+    assert by_message["warned one"]["level"] == "WARNING"
+    assert by_message["informed one"]["level"] == "INFO"
+    for line in lines:
+        stamp = datetime.fromisoformat(line["timestamp"])
+        assert stamp.tzinfo is not None
+    header, _ = echo.call("/log", {"text": "two"})
+    messages = [line["message"] for line in header["logs"]]
+    assert "printed two" in messages and "warned two" in messages
+    assert not any("one" in m for m in messages)
+    header, _ = echo.call("/", {"text": "quiet"})
+    assert header["logs"] == []
+
+
+def test_stderr_lines_are_tagged_stderr_even_without_a_newline(echo: Runner) -> None:
+    header, _ = echo.call("/stderr", {"text": "e"})
+    by_message = {line["message"]: line for line in header["logs"]}
+    assert (by_message["full e"]["level"], by_message["full e"]["source"]) == ("STDERR", "stderr")
+    partial = by_message["partial e"]
+    assert (partial["level"], partial["source"]) == ("STDERR", "stderr")
+
+
+def test_async_endpoint(echo: Runner) -> None:
+    header, out = echo.call("/async", {"text": "abc"})
+    assert header["ok"] is True and out == {"text": "cba", "setups": 1}
+    header, out = echo.call("async/", {"text": "xy"})
+    assert header["ok"] is True and out == {"text": "yx", "setups": 1}
+
+
+def test_unknown_endpoint_is_not_found(echo: Runner) -> None:
+    header, out = echo.call("/nope", {"text": "x"})
+    assert header["ok"] is False and out is None
+    assert header["error"]["error_type"] == "NotFoundError"
+    assert "/nope" in header["error"]["detail"]
+    assert echo.call("/", {"text": "still"})[0]["ok"] is True
+
+
+def test_unknown_message_types_are_ignored(echo: Runner) -> None:
+    echo.send({"type": "hello"})
+    header, out = echo.call("/", {"text": "after"})
+    assert header["ok"] is True and out["text"] == "after"
+
+
+def test_setup_failure_reports_and_exits_non_zero(
+    code_dir: Path, tmp_path: Path, runners: list[Runner]
+) -> None:
+    _, broken = app_specs(code_dir)
+    runner = start_runner(code_dir, broken, "Broken", tmp_path)
+    runners.append(runner)
+    header, _ = runner.recv()
+    assert header["type"] == "setup_failed"
+    error = header["error"]
+    assert error["error_type"] == "SetupError"
+    assert "weights missing: /models/x.safetensors" in error["detail"]
+    assert "RuntimeError" in error["detail"]
+    messages = [line["message"] for line in header["logs"]]
+    assert "loading weights that are not there" in messages
+    assert runner.proc.wait(timeout=15) != 0
+
+
+def test_shutdown_runs_teardown_and_exits_zero(echo: Runner) -> None:
+    assert echo.call("/", {"text": "x"})[0]["ok"] is True
+    assert not (echo.code / "teardown").exists()
+    echo.send({"type": "shutdown"})
+    assert echo.proc.wait(timeout=15) == 0
+    assert (echo.code / "teardown").read_text() == "torn down after 1 setup"
+
+
+def test_closing_the_socket_makes_the_runner_exit(echo: Runner) -> None:
+    assert echo.call("/", {"text": "x"})[0]["ok"] is True
+    echo.sock.close()
+    assert echo.proc.wait(timeout=15) == 0
