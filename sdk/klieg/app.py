@@ -3,7 +3,8 @@
 Example::
 
     import klieg
-    from pydantic import BaseModel
+    import cloudpickle
+from pydantic import BaseModel
 
     class In(BaseModel):
         text: str
@@ -32,6 +33,7 @@ Example::
 
 from __future__ import annotations
 
+import base64
 import inspect
 import re
 import typing
@@ -39,6 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import cloudpickle
 from pydantic import BaseModel
 
 from klieg.exceptions import KliegError
@@ -240,6 +243,9 @@ def _function_spec(entry: _Entry) -> FunctionSpec:
         path = getattr(entry.obj, ENDPOINT_ATTR, normalize_path(entry.name))
         endpoints = (_endpoint_spec(entry.obj, path, entry.obj.__name__),)
     o = entry.options
+    by_value = entry.obj.__module__ == "__main__" or "<locals>" in entry.obj.__qualname__
+    if by_value:
+        _resolve_annotations(entry.obj)
     return FunctionSpec(
         name=entry.name,
         kind="cls" if entry.kind == "cls" else "function",
@@ -253,7 +259,19 @@ def _function_spec(entry: _Entry) -> FunctionSpec:
         request_timeout=o.request_timeout,
         startup_timeout=o.startup_timeout,
         endpoints=endpoints,
+        pickled=base64.b64encode(cloudpickle.dumps(entry.obj)).decode() if by_value else None,
     )
+
+
+def _resolve_annotations(obj: Any) -> None:
+    """Replace string annotations by the objects they name, so a by-value pickle carries them."""
+    targets = (
+        [m for _, m in inspect.getmembers(obj, inspect.isfunction)]
+        if inspect.isclass(obj)
+        else [obj]
+    )
+    for fn in targets:
+        fn.__annotations__ = typing.get_type_hints(fn)
 
 
 def io_models(fn: Callable[..., Any]) -> tuple[type[BaseModel] | None, Any]:

@@ -45,6 +45,8 @@ class FunctionSpec(BaseModel):
     request_timeout: float = 600.0
     startup_timeout: float = 300.0
     endpoints: tuple[EndpointSpec, ...] = ()
+    pickled: str | None = None
+    """base64 cloudpickle of the function or class, when it cannot be imported by name."""
 
     @property
     def pool(self) -> str:

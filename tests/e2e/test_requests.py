@@ -136,3 +136,12 @@ def test_other_tenants_app_is_404(platform: Platform, echo_deployed: object) -> 
     with platform.http(key=other["key"]) as http:
         r = http.post("/keys", json={"tenant": "third"})
         _err(r, 403, "PermissionDeniedError")
+
+
+def test_function_made_by_a_factory_travels_by_value(platform: Platform) -> None:
+    platform.deploy(TEST_APPS / "byvalue" / "app.py")
+    with platform.http() as http:
+        assert http.post("/local/byvalue", json={"n": 1}).json() == {"sum": 11}
+        assert http.post("/local/byvalue/five", json={"n": 1}).json() == {"sum": 6}
+        body = _err(http.post("/local/byvalue", json={"n": "x"}), 422, "ValidationError")
+        assert body["detail"][0]["loc"] == ["body", "n"]  # type: ignore[index]

@@ -8,6 +8,7 @@ the endpoint's pydantic model, so a 422 names the offending field exactly as pyd
 from __future__ import annotations
 
 import asyncio
+import base64
 import importlib
 import inspect
 import sys
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import pydantic
 import pydantic_core
 
@@ -86,8 +88,12 @@ class Target:
     def __init__(self, code_dir: Path, spec: FunctionSpec) -> None:
         self.spec = spec
         self.loop = asyncio.new_event_loop()
-        module = import_entry(code_dir, spec.module)
-        obj = _resolve(module, spec.qualname)
+        if spec.pickled:
+            if spec.module != "__main__":
+                import_entry(code_dir, spec.module)
+            obj = cloudpickle.loads(base64.b64decode(spec.pickled))
+        else:
+            obj = _resolve(import_entry(code_dir, spec.module), spec.qualname)
         self.instance: Any = obj() if spec.kind == "cls" else None
         self.endpoints: dict[str, Endpoint] = {}
         for ep in spec.endpoints:
