@@ -71,3 +71,27 @@ def test_setup_failure_is_visible_and_not_retried_in_a_loop(
         assert attempts.read_text() == "1"
         ok = http.post("/local/echo", json={"text": "still serving"})
         assert ok.status_code == 200
+
+
+def test_request_timeout_ends_request_and_recycles_runner(platform: Platform) -> None:
+    platform.deploy(TEST_APPS / "slow" / "app.py")
+    with platform.http() as http:
+        fast = http.post("/local/slow/capped", json={"seconds": 0.01}).json()
+        started = time.monotonic()
+        r = http.post("/local/slow/capped", json={"seconds": 5})
+        assert r.status_code == 504 and r.json()["error_type"] == "RequestTimeoutError"
+        assert time.monotonic() - started < 4
+        assert not _alive(int(fast["pid"]))
+        again = http.post("/local/slow/capped", json={"seconds": 0.01}).json()
+        assert again["pid"] != fast["pid"]
+
+
+def test_startup_timeout_fails_with_setup_error(platform: Platform) -> None:
+    platform.deploy(TEST_APPS / "slow" / "app.py")
+    with platform.http() as http:
+        started = time.monotonic()
+        r = http.post("/local/slow/slowstart", json={})
+        assert r.status_code == 503, r.text
+        assert r.json()["error_type"] == "SetupError"
+        assert "startup_timeout" in r.json()["detail"]
+        assert time.monotonic() - started < 4.5
