@@ -8,10 +8,6 @@ keeps its key in ``$KLIEG_HOME/demo-key`` so later demos reuse it. Each app's ca
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +16,7 @@ from klieg.admin import AdminClient, load_app
 from klieg.client import Client
 from klieg.exceptions import KliegError
 from klieg_platform.config import Settings
+from klieg_platform.local import launched
 
 
 def _say(text: str) -> None:
@@ -83,26 +80,6 @@ def run_demo(settings: Settings, url: str, apps_dir: Path) -> int:
 
 def main(*, port: int, apps_dir: Path) -> int:
     settings = Settings.from_env().with_(port=port)
-    settings.home.mkdir(parents=True, exist_ok=True)
-    ready = settings.home / "run" / "demo-ready"
-    ready.unlink(missing_ok=True)
     _say(f"starting Klieg on port {port} (home {settings.home}) ...")
-    cmd = [sys.executable, "-m", "klieg.cli", "up", "--port", str(port), "--ready-file", str(ready)]
-    proc = subprocess.Popen(cmd, env=dict(os.environ, KLIEG_HOME=str(settings.home)))
-    try:
-        deadline = time.monotonic() + 120
-        while not ready.exists():
-            if proc.poll() is not None:
-                _say(f"klieg up exited with code {proc.returncode} (is port {port} free?)")
-                return 1
-            if time.monotonic() > deadline:
-                _say("klieg up did not become ready within 120s")
-                return 1
-            time.sleep(0.1)
-        return run_demo(settings, f"http://127.0.0.1:{port}", apps_dir)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with launched(settings.home, port) as url:
+        return run_demo(settings, url, apps_dir)

@@ -14,9 +14,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 import redis
@@ -158,3 +160,46 @@ def up(settings: Settings, *, ready_file: Path | None = None) -> int:
         if redis_proc is not None:
             redis_proc.terminate()
             redis_proc.wait(timeout=10)
+
+
+@contextmanager
+def launched(
+    home: Path,
+    port: int,
+    *,
+    env: Mapping[str, str] | None = None,
+    log: IO[bytes] | None = None,
+    timeout_s: float = 120.0,
+) -> Iterator[str]:
+    """Run ``klieg up`` as a child process until the block ends; yields its base URL.
+
+    The child reads its settings from ``env`` (default: this process's environment) with
+    ``KLIEG_HOME`` set to ``home``; it is stopped with SIGINT (then killed after 60 s).
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    ready = home / "run" / f"ready-{port}"
+    ready.unlink(missing_ok=True)
+    child_env = dict(os.environ if env is None else env, KLIEG_HOME=str(home))
+    cmd = [sys.executable, "-m", "klieg.cli", "up", "--port", str(port), "--ready-file", str(ready)]
+    proc = subprocess.Popen(
+        cmd, env=child_env, stdout=log, stderr=subprocess.STDOUT if log else None
+    )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not ready.exists():
+            if proc.poll() is not None:
+                raise SystemExit(
+                    f"klieg up exited with code {proc.returncode} (is port {port} free?)"
+                )
+            if time.monotonic() > deadline:
+                raise SystemExit(f"klieg up did not become ready within {timeout_s:g}s")
+            time.sleep(0.1)
+        yield ready.read_text().strip()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

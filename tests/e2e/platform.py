@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from klieg.admin import AdminClient
+from klieg_platform.local import launched
 
 REPO = Path(__file__).resolve().parents[2]
 APPS = REPO / "apps"
@@ -32,7 +29,6 @@ def free_port() -> int:
 class Platform:
     url: str
     home: Path
-    proc: subprocess.Popen[bytes]
     key: str = ""
 
     def admin(self, key: str | None = None) -> AdminClient:
@@ -56,46 +52,13 @@ def running_platform(
     home: Path, *, extra_env: dict[str, str] | None = None, log_name: str = "platform.log"
 ) -> Iterator[Platform]:
     """Start ``klieg up`` in ``home`` on a free port; stop it (SIGINT) afterwards."""
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KLIEG_")}
     env.update(
-        KLIEG_HOME=str(home),
         KLIEG_LEASE_S="5",
         KLIEG_SETUP_BACKOFF_S="30",
         KLIEG_MAX_BODY_BYTES=str(1024 * 1024),
     )
     env.update(extra_env or {})
     home.mkdir(parents=True, exist_ok=True)
-    ready = home / "ready"
-    with open(home / log_name, "ab") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "klieg.cli",
-                "up",
-                "--port",
-                str(port),
-                "--ready-file",
-                str(ready),
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 90
-        while not ready.exists():
-            if proc.poll() is not None:
-                raise RuntimeError(f"klieg up exited {proc.returncode}: see {home / log_name}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"klieg up not ready in 90s: see {home / log_name}")
-            time.sleep(0.1)
-        yield Platform(url=f"http://127.0.0.1:{port}", home=home, proc=proc)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with open(home / log_name, "ab") as log, launched(home, free_port(), env=env, log=log) as url:
+        yield Platform(url=url, home=home)
