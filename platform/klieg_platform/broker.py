@@ -21,14 +21,15 @@ import redis.asyncio as aioredis
 from klieg_platform import keys
 
 ENQUEUE = """
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('SADD', KEYS[5], ARGV[3])
+local seq = redis.call('INCR', KEYS[6])
+redis.call('HSET', KEYS[1], 'seq', seq, unpack(ARGV, 3))
+redis.call('ZADD', KEYS[2], seq, ARGV[1])
+redis.call('SADD', KEYS[5], ARGV[2])
 for i = 3, 4 do
   redis.call('LPUSH', KEYS[i], '1')
   redis.call('LTRIM', KEYS[i], 0, 63)
 end
-return 1
+return seq
 """
 
 DISPATCH = """
@@ -86,14 +87,16 @@ local n = 0
 for _, id in ipairs(ids) do
   redis.call('ZREM', KEYS[1], id)
   local rk = ARGV[3] .. id
-  local st = redis.call('HMGET', rk, 'status', 'attempts', 'pool', 'created_ms')
+  local st = redis.call('HMGET', rk, 'status', 'attempts', 'pool', 'seq')
   if st[1] == 'IN_PROGRESS' then
     n = n + 1
     if tonumber(st[2]) < tonumber(ARGV[2]) then
       redis.call('HSET', rk, 'status', 'IN_QUEUE', 'worker', '')
       redis.call('ZADD', ARGV[4] .. st[3], st[4], id)
-      redis.call('LPUSH', ARGV[5] .. st[3], '1')
-      redis.call('LPUSH', ARGV[5] .. '*', '1')
+      for _, wake in ipairs({ARGV[5] .. st[3], ARGV[5] .. '*'}) do
+        redis.call('LPUSH', wake, '1')
+        redis.call('LTRIM', wake, 0, 63)
+      end
     else
       redis.call('HSET', rk, 'status', 'COMPLETED', 'outcome', 'error', 'error', ARGV[8],
                  'http_status', '500', 'finished_ms', ARGV[1])
@@ -248,7 +251,6 @@ class Broker:
             "attempts",
             "0",
         ]
-        score = now_ms()
         await self._enqueue(
             keys=[
                 keys.request(req.id),
@@ -256,8 +258,9 @@ class Broker:
                 keys.wake(req.pool),
                 keys.wake(keys.ALL_POOLS),
                 keys.POOLS,
+                keys.SEQ,
             ],
-            args=[req.id, score, req.pool, *fields],
+            args=[req.id, req.pool, *fields],
         )
 
     async def dispatch(self, pools: Sequence[str], worker_id: str, lease_s: float) -> Job | None:

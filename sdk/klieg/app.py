@@ -3,8 +3,7 @@
 Example::
 
     import klieg
-    import cloudpickle
-from pydantic import BaseModel
+    from pydantic import BaseModel
 
     class In(BaseModel):
         text: str

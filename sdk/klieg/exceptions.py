@@ -134,21 +134,15 @@ class UnavailableError(KliegError):
     status_code = 503
 
 
-_BY_NAME: dict[str, type[KliegError]] = {}
-
-
-def _register() -> None:
-    stack: list[type[KliegError]] = [KliegError]
-    while stack:
-        cls = stack.pop()
-        _BY_NAME[cls.__name__] = cls
-        stack.extend(cls.__subclasses__())
+_BY_NAME: dict[str, type[KliegError]] = {
+    cls.__name__: cls
+    for cls in list(globals().values())
+    if isinstance(cls, type) and issubclass(cls, KliegError)
+}
 
 
 def error_class(error_type: str | None) -> type[KliegError]:
-    """The class named by a wire ``error_type``; ``KliegError`` for unknown names."""
-    if not _BY_NAME:
-        _register()
+    """The SDK class named by a wire ``error_type``; ``KliegError`` for other names."""
     return _BY_NAME.get(error_type or "", KliegError)
 
 

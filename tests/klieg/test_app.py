@@ -271,7 +271,7 @@ def test_wrong_decorator_for_kind_raises() -> None:
     with pytest.raises(KliegError):
         app.function()(Klass)
     with pytest.raises(KliegError):
-        app.cls()(shout)  # type: ignore[type-var]
+        app.cls()(shout)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("name", ["", "Echo", "my app", "-lead", "a/b", "x" * 64, "ü"])

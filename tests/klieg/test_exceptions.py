@@ -66,11 +66,26 @@ def test_from_wire_keeps_structured_detail_and_given_status() -> None:
 def test_from_wire_unknown_or_malformed_bodies() -> None:
     err = exc.from_wire({"detail": "boom", "error_type": "Mystery"}, 502)
     assert type(err) is exc.KliegError and err.status_code == 502 and err.detail == "boom"
+    assert err.error_type == "Mystery"
+    assert err.to_dict() == {"detail": "boom", "error_type": "Mystery"}
     err = exc.from_wire({"detail": "no type"}, 500)
     assert type(err) is exc.KliegError and err.detail == "no type"
     err = exc.from_wire("Bad Gateway", 502)
     assert type(err) is exc.KliegError
     assert err.detail == "Bad Gateway" and err.status_code == 502
+
+
+def test_from_wire_fallback_class_for_unknown_types() -> None:
+    body = {"detail": "no such version", "error_type": "ImaginaryServerError"}
+    err = exc.from_wire(body, 400, exc.DeployError)
+    assert type(err) is exc.DeployError
+    assert err.error_type == "ImaginaryServerError" and err.status_code == 400
+    assert err.to_dict() == body
+    env = exc.from_wire({"detail": "x", "error_type": "EnvResolutionError"}, 400, exc.DeployError)
+    assert isinstance(env, exc.DeployError) and env.error_type == "EnvResolutionError"
+    known = exc.from_wire({"detail": "x", "error_type": "NotFoundError"}, 404, exc.DeployError)
+    assert type(known) is exc.NotFoundError
+    assert type(exc.from_wire("plain text", 400, exc.DeployError)) is exc.DeployError
 
 
 def test_errors_are_catchable_as_the_base_and_carry_a_message() -> None:

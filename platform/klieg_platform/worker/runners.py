@@ -32,7 +32,9 @@ class RunnerSet:
         """A busy runner for ``key``: warm if one is idle, else a new one started by ``start``."""
         async with self._cond:
             while True:
-                idle = [r for r in self.runners if r.key == key and not r.busy and r.alive]
+                for dead in [r for r in self.runners if not r.busy and not r.alive]:
+                    self._remove(dead)
+                idle = [r for r in self.runners if r.key == key and not r.busy]
                 if idle:
                     runner = max(idle, key=lambda r: r.last_used)
                     runner.busy = True

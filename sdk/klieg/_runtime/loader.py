@@ -21,7 +21,7 @@ import pydantic
 import pydantic_core
 
 from klieg.app import io_models
-from klieg.exceptions import AppError, NotFoundError, ValidationError
+from klieg.exceptions import AppError, KliegError, NotFoundError, ValidationError
 from klieg.types import FunctionSpec, normalize_path
 
 
@@ -75,6 +75,8 @@ class Endpoint:
             result = self.fn(arg) if self.takes_arg else self.fn()
             if inspect.isawaitable(result):
                 result = self.loop.run_until_complete(result)
+        except KliegError:
+            raise
         except Exception as exc:
             raise AppError({"type": type(exc).__name__, "message": str(exc)}) from exc
         if isinstance(result, pydantic.BaseModel):

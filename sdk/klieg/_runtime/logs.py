@@ -39,9 +39,10 @@ class LogSink:
 
 
 class _Stream(io.TextIOBase):
-    def __init__(self, sink: LogSink, level: str) -> None:
+    def __init__(self, sink: LogSink, level: str, source: str) -> None:
         self._sink = sink
         self._level = level
+        self._source = source
         self._partial = ""
 
     def writable(self) -> bool:
@@ -52,13 +53,13 @@ class _Stream(io.TextIOBase):
         self._partial += text
         *lines, self._partial = self._partial.split("\n")
         for line in lines:
-            self._sink.add(line, self._level, "stdout" if self._level == "INFO" else "stderr")
+            self._sink.add(line, self._level, self._source)
         return len(text)
 
     def flush(self) -> None:
         self._sink.passthrough.flush()
         if self._partial:
-            self._sink.add(self._partial, self._level, "stdout")
+            self._sink.add(self._partial, self._level, self._source)
             self._partial = ""
 
 
@@ -75,8 +76,8 @@ class _Handler(logging.Handler):
 def install() -> LogSink:
     """Redirect stdout/stderr and the root logger into a new sink; return it."""
     sink = LogSink(sys.__stderr__ or sys.stderr)
-    sys.stdout = _Stream(sink, "INFO")
-    sys.stderr = _Stream(sink, "STDERR")
+    sys.stdout = _Stream(sink, "INFO", "stdout")
+    sys.stderr = _Stream(sink, "STDERR", "stderr")
     root = logging.getLogger()
     root.addHandler(_Handler(sink))
     if root.level > logging.INFO or root.level == logging.NOTSET:

@@ -94,6 +94,18 @@ APP_SOURCE = textwrap.dedent(
         return {"length": len(req.text) * req.n}
 
 
+    def _register_local() -> None:
+        suffix = "!"
+
+        @app.function(name="local")
+        @klieg.endpoint("/local")
+        def local(req: In) -> dict[str, str]:
+            return {"local": req.text + suffix}
+
+
+    _register_local()
+
+
     broken = klieg.App("runnerbroken")
 
 
@@ -216,6 +228,21 @@ def test_plain_function_kind(code_dir: Path, tmp_path: Path, runners: list[Runne
     assert runner.recv()[0]["type"] == "ready"
     header, out = runner.call("plain/", {"text": "abcd", "n": 2})
     assert header["ok"] is True and out == {"length": 8}
+
+
+def test_function_defined_inside_a_function_travels_by_value(
+    code_dir: Path, tmp_path: Path, runners: list[Runner]
+) -> None:
+    app, _ = app_specs(code_dir)
+    fn = app.spec().function("local")
+    assert fn is not None and fn.pickled is not None
+    runner = start_runner(code_dir, app, "local", tmp_path)
+    runners.append(runner)
+    assert runner.recv()[0]["type"] == "ready"
+    header, out = runner.call("/local", {"text": "hey"})
+    assert header["ok"] is True and out == {"local": "hey!"}
+    header, _ = runner.call("/local", {"n": 1})
+    assert header["error"]["error_type"] == "ValidationError"
 
 
 def test_setup_runs_once_across_calls(echo: Runner) -> None:

@@ -1,0 +1,434 @@
+"""The Redis broker against real servers (embedded and the machine's): queue, lease, complete."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from klieg_platform import keys
+from klieg_platform.broker import Broker, Job, NewRequest, Outcome, now_ms
+
+pytestmark = pytest.mark.timeout(30)
+
+TTL_S = 120
+Body = Callable[[Broker], Awaitable[None]]
+
+
+def run(url: str, body: Body, *, max_attempts: int = 3) -> None:
+    """Run ``body`` with a fresh broker on ``url`` in a new event loop."""
+
+    async def main() -> None:
+        broker = Broker.from_url(url, result_ttl_s=TTL_S, max_attempts=max_attempts)
+        try:
+            await body(broker)
+        finally:
+            await broker.close()
+
+    asyncio.run(main())
+
+
+def new(pool: str = "CPU", rid: str | None = None, payload: bytes = b'{"x": 1}') -> NewRequest:
+    return NewRequest(
+        id=rid or uuid.uuid4().hex,
+        owner="alice",
+        tenant="t-alice",
+        app="echo",
+        revision="rev-1",
+        function="echo",
+        endpoint="/say",
+        pool=pool,
+        payload=payload,
+        timeout_s=30.0,
+    )
+
+
+async def enqueue_spaced(b: Broker, *reqs: NewRequest) -> None:
+    """Enqueue in order, a few ms apart, so enqueue times differ."""
+    for req in reqs:
+        await b.enqueue(req)
+        await asyncio.sleep(0.005)
+
+
+async def subscribe(b: Broker) -> aioredis.client.PubSub:
+    pubsub = b.redis.pubsub()
+    await pubsub.subscribe(keys.DONE_CHANNEL)
+    confirm = await pubsub.get_message(timeout=5)
+    assert confirm is not None and confirm["type"] == "subscribe"
+    return pubsub
+
+
+async def next_done(pubsub: aioredis.client.PubSub) -> bytes:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        msg: dict[str, Any] | None = await pubsub.get_message(
+            ignore_subscribe_messages=True, timeout=1
+        )
+        if msg is not None:
+            assert msg["channel"] == keys.DONE_CHANNEL.encode()
+            data: bytes = msg["data"]
+            return data
+    raise AssertionError("no message on the done channel within 5s")
+
+
+def test_enqueue_then_get_shows_in_queue_with_position(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        reqs = [new(), new(), new()]
+        before = now_ms()
+        await enqueue_spaced(b, *reqs)
+        for position, req in enumerate(reqs):
+            state = await b.get(req.id)
+            assert state is not None
+            assert (state.status, state.queue_position, state.attempts) == ("IN_QUEUE", position, 0)
+            assert (state.owner, state.tenant, state.app, state.pool) == (
+                "alice",
+                "t-alice",
+                "echo",
+                "CPU",
+            )
+            assert state.created_ms >= before and state.started_ms is None
+            assert state.outcome is None and state.result == b"" and state.error is None
+        await b.dispatch(["CPU"], "w1", 30)
+        positions = [(await b.get(r.id)) for r in reqs[1:]]
+        assert [s.queue_position for s in positions if s] == [0, 1]
+        assert await b.get("no-such-id") is None
+
+    run(redis_url, body)
+
+
+def test_enqueue_is_atomic(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        req = new()
+        await b.enqueue(req)
+        assert await b.redis.exists(keys.request(req.id)) == 1
+        assert await b.redis.zscore(keys.queue("CPU"), req.id) is not None
+        assert await b.redis.sismember(keys.POOLS, "CPU")
+        assert await b.redis.llen(keys.wake("CPU")) == 1
+        assert await b.redis.llen(keys.wake(keys.ALL_POOLS)) == 1
+
+        ids = [uuid.uuid4().hex for _ in range(150)]
+        torn: list[str] = []
+        stop = asyncio.Event()
+
+        async def watch() -> None:
+            while not stop.is_set():
+                for rid in ids:
+                    async with b.redis.pipeline(transaction=True) as pipe:
+                        pipe.exists(keys.request(rid))
+                        pipe.zscore(keys.queue("GPU-X"), rid)
+                        record, score = await pipe.execute()
+                    if bool(record) != (score is not None):
+                        torn.append(rid)
+
+        watcher = asyncio.create_task(watch())
+        await asyncio.gather(*(b.enqueue(new("GPU-X", rid)) for rid in ids))
+        stop.set()
+        await watcher
+        assert torn == []
+        assert await b.redis.zcard(keys.queue("GPU-X")) == len(ids)
+        assert await b.redis.llen(keys.wake("GPU-X")) <= 64
+
+    run(redis_url, body)
+
+
+def test_dispatch_is_fifo_across_two_enqueues(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        first, second = new(), new()
+        await enqueue_spaced(b, first, second)
+        a = await b.dispatch(["CPU"], "w1", 30)
+        c = await b.dispatch(["CPU"], "w1", 30)
+        assert a is not None and c is not None
+        assert [a.id, c.id] == [first.id, second.id]
+        assert await b.dispatch(["CPU"], "w1", 30) is None
+
+    run(redis_url, body)
+
+
+def test_dispatch_is_fifo_for_requests_enqueued_in_the_same_millisecond(redis_url: str) -> None:
+    """Back-to-back enqueues share a millisecond; their order must still be kept (ids are
+    random, so ties must not be broken by id)."""
+
+    async def body(b: Broker) -> None:
+        reqs = [new(rid=f"{9 - i}-{uuid.uuid4().hex}") for i in range(10)]
+        for req in reqs:
+            await b.enqueue(req)
+        positions = [(await b.get(r.id)) for r in reqs]
+        assert [s.queue_position for s in positions if s] == list(range(10))
+        got = [await b.dispatch(["CPU"], "w1", 30) for _ in reqs]
+        assert [j.id for j in got if j] == [r.id for r in reqs]
+
+    run(redis_url, body)
+
+
+def test_dispatch_pools(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        gpu, cpu = new("GPU-H100"), new("CPU")
+        await enqueue_spaced(b, gpu, cpu)
+        assert await b.dispatch(["GPU-A100"], "w1", 30) is None
+        only_cpu = await b.dispatch(["CPU"], "w1", 30)
+        assert only_cpu is not None and only_cpu.id == cpu.id
+        assert await b.dispatch(["CPU"], "w1", 30) is None
+        anything = await b.dispatch(["*"], "w2", 30)
+        assert anything is not None and anything.id == gpu.id
+        assert await b.dispatch(["*"], "w2", 30) is None
+
+    run(redis_url, body)
+
+
+def test_dispatch_star_and_pool_lists_take_the_oldest_of_every_pool(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        reqs = [new("GPU-H100"), new("CPU"), new("GPU-A100"), new("CPU")]
+        await enqueue_spaced(b, *reqs)
+        both = await b.dispatch(["CPU", "GPU-A100"], "w1", 30)
+        assert both is not None and both.id == reqs[1].id
+        order = [await b.dispatch(["*"], "w1", 30) for _ in range(3)]
+        assert [j.id for j in order if j] == [reqs[0].id, reqs[2].id, reqs[3].id]
+
+    run(redis_url, body)
+
+
+def test_dispatch_moves_to_in_progress_with_a_lease(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        req = new(payload=b'{"prompt": "cat"}')
+        await b.enqueue(req)
+        before = now_ms()
+        job = await b.dispatch(["CPU"], "w1", 30)
+        after = now_ms()
+        assert job == Job(
+            id=req.id,
+            revision="rev-1",
+            function="echo",
+            endpoint="/say",
+            payload=b'{"prompt": "cat"}',
+            timeout_s=30.0,
+            owner="alice",
+            app="echo",
+            attempts=1,
+        )
+        state = await b.get(req.id)
+        assert state is not None
+        assert (state.status, state.attempts, state.queue_position) == ("IN_PROGRESS", 1, None)
+        assert state.started_ms is not None and before <= state.started_ms <= after
+        assert await b.redis.hget(keys.request(req.id), "worker") == b"w1"
+        lease = await b.redis.zscore(keys.INFLIGHT, req.id)
+        assert lease is not None and before + 30_000 <= lease <= after + 30_000
+        assert await b.redis.zcard(keys.queue("CPU")) == 0
+
+    run(redis_url, body)
+
+
+def test_complete_by_the_lease_holder(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        req = new()
+        await b.enqueue(req)
+        await b.dispatch(["CPU"], "w1", 30)
+        pubsub = await subscribe(b)
+        logs = [{"message": "hi", "level": "INFO", "timestamp": "t"}]
+        outcome = Outcome(ok=True, result=b'{"y": 2}', logs=logs)
+        assert await b.complete(req.id, "w1", outcome) is True
+        assert await next_done(pubsub) == req.id.encode()
+        await pubsub.aclose()
+        state = await b.get(req.id)
+        assert state is not None
+        assert (state.status, state.outcome, state.http_status) == ("COMPLETED", "ok", 200)
+        assert state.result == b'{"y": 2}' and state.logs == logs and state.error is None
+        assert state.finished_ms is not None
+        assert 0 < await b.redis.ttl(keys.request(req.id)) <= TTL_S
+        assert await b.redis.zscore(keys.INFLIGHT, req.id) is None
+        assert await b.complete(req.id, "w1", outcome) is False
+
+    run(redis_url, body)
+
+
+def test_complete_with_an_error_outcome(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        req = new()
+        await b.enqueue(req)
+        await b.dispatch(["CPU"], "w1", 30)
+        error = {"detail": {"type": "ValueError", "message": "no"}, "error_type": "AppError"}
+        assert await b.complete(req.id, "w1", Outcome(ok=False, error=error, http_status=500))
+        state = await b.get(req.id, with_result=False)
+        assert state is not None
+        assert (state.status, state.outcome, state.http_status) == ("COMPLETED", "error", 500)
+        assert state.error == error and state.result == b""
+
+    run(redis_url, body)
+
+
+def test_complete_by_another_worker_is_refused(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        req = new()
+        await b.enqueue(req)
+        await b.dispatch(["CPU"], "w1", 30)
+        lease = await b.redis.zscore(keys.INFLIGHT, req.id)
+        assert await b.complete(req.id, "w2", Outcome(ok=True, result=b"late")) is False
+        state = await b.get(req.id)
+        assert state is not None
+        assert (state.status, state.result, state.outcome) == ("IN_PROGRESS", b"", None)
+        assert await b.redis.zscore(keys.INFLIGHT, req.id) == lease
+        assert await b.redis.ttl(keys.request(req.id)) == -1
+        assert await b.complete(req.id, "w1", Outcome(ok=True, result=b"mine")) is True
+        done = await b.get(req.id)
+        assert done is not None and done.result == b"mine"
+
+    run(redis_url, body)
+
+
+def test_renew_extends_the_lease_only_for_the_holder(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        req = new()
+        await b.enqueue(req)
+        await b.dispatch(["CPU"], "w1", 1)
+        first = await b.redis.zscore(keys.INFLIGHT, req.id)
+        assert first is not None
+        assert await b.renew(req.id, "w2", 60) is False
+        assert await b.redis.zscore(keys.INFLIGHT, req.id) == first
+        assert await b.renew(req.id, "w1", 60) is True
+        renewed = await b.redis.zscore(keys.INFLIGHT, req.id)
+        assert renewed is not None and renewed >= first + 58_000
+        await b.complete(req.id, "w1", Outcome(ok=True))
+        assert await b.renew(req.id, "w1", 60) is False
+        assert await b.redis.zscore(keys.INFLIGHT, req.id) is None
+        assert await b.renew("unknown", "w1", 60) is False
+
+    run(redis_url, body)
+
+
+def test_requeue_expired_puts_it_back_at_its_original_position(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        first, second = new(), new()
+        await enqueue_spaced(b, first, second)
+        job = await b.dispatch(["CPU"], "w1", 0.05)
+        assert job is not None and job.id == first.id
+        assert await b.requeue_expired() == 0
+        await asyncio.sleep(0.15)
+        assert await b.requeue_expired() == 1
+        state = await b.get(first.id)
+        assert state is not None
+        assert (state.status, state.queue_position, state.attempts) == ("IN_QUEUE", 0, 1)
+        later = await b.get(second.id)
+        assert later is not None and later.queue_position == 1
+        assert await b.redis.zscore(keys.INFLIGHT, first.id) is None
+        assert await b.complete(first.id, "w1", Outcome(ok=True)) is False
+        again = await b.dispatch(["CPU"], "w2", 30)
+        assert again is not None and (again.id, again.attempts) == (first.id, 2)
+
+    run(redis_url, body)
+
+
+def test_requeue_keeps_live_leases(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        req = new()
+        await b.enqueue(req)
+        await b.dispatch(["CPU"], "w1", 30)
+        assert await b.requeue_expired() == 0
+        state = await b.get(req.id)
+        assert state is not None and state.status == "IN_PROGRESS"
+
+    run(redis_url, body)
+
+
+def test_requeue_past_max_attempts_fails_with_worker_lost(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        req = new()
+        await b.enqueue(req)
+        for attempt in (1, 2):
+            job = await b.dispatch(["CPU"], f"w{attempt}", 0.05)
+            assert job is not None and job.attempts == attempt
+            await asyncio.sleep(0.12)
+            if attempt == 2:
+                pubsub = await subscribe(b)
+            assert await b.requeue_expired() == 1
+        assert await next_done(pubsub) == req.id.encode()
+        await pubsub.aclose()
+        state = await b.get(req.id)
+        assert state is not None
+        assert (state.status, state.outcome, state.http_status) == ("COMPLETED", "error", 500)
+        assert state.error is not None and state.error["error_type"] == "WorkerLostError"
+        assert 0 < await b.redis.ttl(keys.request(req.id)) <= TTL_S
+        assert await b.dispatch(["CPU"], "w3", 30) is None
+        assert await b.complete(req.id, "w2", Outcome(ok=True)) is False
+
+    run(redis_url, body, max_attempts=2)
+
+
+def test_cancel(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        queued, running = new(), new()
+        await enqueue_spaced(b, running, queued)
+        await b.dispatch(["CPU"], "w1", 30)
+        pubsub = await subscribe(b)
+        assert await b.cancel(queued.id) == 1
+        assert await next_done(pubsub) == queued.id.encode()
+        await pubsub.aclose()
+        state = await b.get(queued.id)
+        assert state is not None
+        assert (state.status, state.outcome, state.http_status) == ("COMPLETED", "error", 499)
+        assert state.error is not None
+        assert state.error["error_type"] == "RequestCancelledError"
+        assert state.queue_position is None
+        assert await b.redis.zscore(keys.queue("CPU"), queued.id) is None
+        assert 0 < await b.redis.ttl(keys.request(queued.id)) <= TTL_S
+        assert await b.dispatch(["CPU"], "w2", 30) is None
+
+        assert await b.cancel(running.id) == 2
+        still = await b.get(running.id)
+        assert still is not None and still.status == "IN_PROGRESS"
+        await b.complete(running.id, "w1", Outcome(ok=True, result=b"{}"))
+        assert await b.cancel(running.id) == 0
+        assert await b.cancel(queued.id) == 0
+        assert await b.cancel("no-such-id") == -1
+
+    run(redis_url, body)
+
+
+def test_wait_for_work_returns_promptly_after_an_enqueue(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        async def enqueue_later(pool: str) -> None:
+            await asyncio.sleep(0.2)
+            await b.enqueue(new(pool))
+
+        for waiting_on, pool in ((["CPU"], "CPU"), (["*"], "GPU-H100")):
+            await b.redis.delete(keys.wake("CPU"), keys.wake(keys.ALL_POOLS))
+            start = time.monotonic()
+            producer = asyncio.create_task(enqueue_later(pool))
+            await asyncio.wait_for(b.wait_for_work(waiting_on, 10), 8)
+            elapsed = time.monotonic() - start
+            await producer
+            assert 0.15 <= elapsed < 2, elapsed
+
+    run(redis_url, body)
+
+
+def test_wait_for_work_times_out_without_work_for_its_pools(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        start = time.monotonic()
+        await b.wait_for_work(["CPU"], 0.3)
+        assert 0.25 <= time.monotonic() - start < 3
+        await b.enqueue(new("GPU-H100"))
+        start = time.monotonic()
+        await b.wait_for_work(["CPU"], 0.3)
+        assert 0.25 <= time.monotonic() - start < 3
+
+    run(redis_url, body)
+
+
+def test_payload_and_results_are_bytes_exact(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        payload = json.dumps({"text": "héllo \u0000 ✓", "n": list(range(50))}).encode()
+        req = new(payload=payload)
+        await b.enqueue(req)
+        job = await b.dispatch(["CPU"], "w1", 30)
+        assert job is not None and job.payload == payload
+        result = bytes(range(256))
+        await b.complete(req.id, "w1", Outcome(ok=True, result=result))
+        state = await b.get(req.id)
+        assert state is not None and state.result == result
+
+    run(redis_url, body)
