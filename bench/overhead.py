@@ -7,7 +7,9 @@ One run measures three targets with the same load generator, at concurrency 1 an
 bare         a Starlette echo app on uvicorn (uvloop + httptools), pydantic in and out, no Klieg
 klieg_sync   ``POST /local/echo`` through a fresh ``klieg up``: gateway -> Redis -> worker -> runner
 klieg_queue  ``POST /queue/local/echo``, poll its status_url until 200, GET its response_url;
-             the whole round trip is one request's latency
+             the whole round trip is one request's latency; the status route has no blocking
+             (long-poll) form, so the first poll goes out right after the submit reply and each
+             later one ``--poll-ms`` (default 1) after a 202
 
 The load generator is a raw asyncio HTTP/1.1 client on uvloop: each virtual user owns one
 keep-alive connection and sends its next request when the previous one has been answered
@@ -72,6 +74,7 @@ def machine_info() -> dict[str, Any]:
         "cpu": model or platform.processor(),
         "os": platform.platform(),
         "python": platform.python_version(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
     }
 
 
@@ -117,29 +120,6 @@ def serve_bare(port: int) -> None:
 
 
 # ---- processes --------------------------------------------------------------------------
-def _stop(proc: subprocess.Popen[bytes], name: str, grace_s: float) -> None:
-    """SIGINT, then SIGKILL of the whole session if it has not exited within ``grace_s``."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            log(f"{name} did not stop within {grace_s:g}s; killing it")
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def _wait_until(check: Callable[[], bool], proc: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 90
-    while not check():
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {proc.returncode}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} not ready within 90s")
-        time.sleep(0.05)
-
-
 def _accepts(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -147,17 +127,32 @@ def _accepts(port: int) -> bool:
 
 @contextlib.contextmanager
 def bare_server() -> Iterator[int]:
-    """The bare echo server as a child process; yields its port."""
+    """The bare echo server as a child process in its own session; yields its port.
+
+    Stopped with SIGINT when the block ends, killed if it has not exited 10 s later.
+    """
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "--serve-bare", str(port)],
         start_new_session=True,
     )
     try:
-        _wait_until(lambda: _accepts(port), proc, "bare server")
+        deadline = time.monotonic() + 60
+        while not _accepts(port):
+            if proc.poll() is not None:
+                raise RuntimeError(f"bare server exited with code {proc.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("bare server not listening within 60s")
+            time.sleep(0.05)
         yield port
     finally:
-        _stop(proc, "bare server", 10)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 @dataclass(frozen=True)
@@ -171,41 +166,24 @@ class Klieg:
 def klieg_platform(keep_home: bool) -> Iterator[Klieg]:
     """``klieg up`` in a fresh temporary KLIEG_HOME, a bootstrapped key, apps/echo deployed."""
     from klieg.admin import AdminClient, load_app
+    from klieg_platform.local import launched
 
     home = Path(tempfile.mkdtemp(prefix="klieg-bench-"))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KLIEG_")}
-    env["KLIEG_HOME"] = str(home)
-    ready = home / "ready"
-    with open(home / "platform.log", "ab") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "klieg.cli",
-                "up",
-                "--port",
-                str(port),
-                "--ready-file",
-                str(ready),
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     try:
-        _wait_until(ready.exists, proc, f"klieg up (log: {home / 'platform.log'})")
-        url = f"http://127.0.0.1:{port}"
-        with AdminClient(url, key="", timeout=120) as anonymous:
-            key = str(anonymous.create_key()["key"])
-        app, folder, entry = load_app(ECHO_APP)
-        with AdminClient(url, key=key, timeout=300) as admin:
-            done = admin.deploy(app, folder, entry)
-        log(f"klieg up on :{port}, home {home}, deployed {done.get('revision')}")
-        yield Klieg(port, key, home)
+        with (
+            open(home / "platform.log", "ab") as out,
+            launched(home, port, env=env, log=out) as url,
+        ):
+            with AdminClient(url, key="", timeout=120) as anonymous:
+                key = str(anonymous.create_key()["key"])
+            app, folder, entry = load_app(ECHO_APP)
+            with AdminClient(url, key=key, timeout=300) as admin:
+                done = admin.deploy(app, folder, entry)
+            log(f"klieg up at {url}, home {home}, deployed {done.get('revision')}")
+            yield Klieg(port, key, home)
     finally:
-        _stop(proc, "klieg up", 40)
         if keep_home:
             log(f"kept {home}")
         else:
@@ -427,8 +405,14 @@ def main(argv: list[str] | None = None) -> int:
     counts = request_counts(base)
     poll_s = args.poll_ms / 1000
     started = time.monotonic()
-    with bare_server() as bare_port, klieg_platform(args.keep_home) as klieg:
-        results = uvloop.run(run_all(bare_port, klieg, counts, poll_s))
+    machine = machine_info()
+    try:
+        with bare_server() as bare_port, klieg_platform(args.keep_home) as klieg:
+            results = uvloop.run(run_all(bare_port, klieg, counts, poll_s))
+    except KeyboardInterrupt:
+        log("interrupted; servers stopped")
+        return 130
+    machine["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
 
     def added(target: str, cell: str) -> float:
         return round(results[target][cell]["p50_ms"] - results["bare"][cell]["p50_ms"], 3)
@@ -440,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     report = {
         "bench": "overhead",
-        "machine": machine_info(),
+        "machine": machine,
         "config": {
             "client": "raw asyncio HTTP/1.1 on uvloop, one keep-alive connection per user",
             "requests": {

@@ -58,7 +58,9 @@ for _ = 1, 64 do
     redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), best)
     local f = redis.call('HMGET', rk, 'revision', 'function', 'endpoint', 'payload', 'timeout_s',
                          'owner', 'app')
-    return {best, f[1], f[2], f[3], f[4], f[5], f[6], f[7], tostring(attempts)}
+    local more = 0
+    for _, q in ipairs(queues) do more = more + redis.call('ZCARD', q) end
+    return {best, f[1], f[2], f[3], f[4], f[5], f[6], f[7], tostring(attempts), tostring(more)}
   end
 end
 return nil
@@ -157,6 +159,8 @@ class Job:
     owner: str
     app: str
     attempts: int
+    more: bool = False
+    """Whether the worker's pools still had queued requests after this one was taken."""
 
 
 @dataclass(frozen=True)
@@ -181,7 +185,6 @@ class RequestState:
     app: str
     pool: str
     outcome: str | None
-    result: bytes
     error: dict[str, Any] | None
     http_status: int
     logs: list[dict[str, Any]] | None
@@ -281,7 +284,7 @@ class Broker:
         )
         if not row:
             return None
-        rid, rev, fn, ep, payload, timeout_s, owner, app, attempts = row
+        rid, rev, fn, ep, payload, timeout_s, owner, app, attempts, more = row
         return Job(
             id=_s(rid),
             revision=_s(rev),
@@ -292,6 +295,7 @@ class Broker:
             owner=_s(owner),
             app=_s(app),
             attempts=int(_s(attempts)),
+            more=int(_s(more)) > 0,
         )
 
     async def wait_for_work(self, pools: Sequence[str], timeout_s: float) -> None:
@@ -366,7 +370,23 @@ class Broker:
         )
         return int(n)
 
-    async def get(self, request_id: str, *, with_result: bool = True) -> RequestState | None:
+    async def outcome(self, request_id: str) -> Outcome | None:
+        """Just how a COMPLETED request ended (no logs); None when unknown or not completed."""
+        values: list[Any] = await self.redis.hmget(
+            keys.request(request_id), ["status", "outcome", "result", "error", "http_status"]
+        )
+        status, outcome, result, error, http_status = values
+        if status != b"COMPLETED":
+            return None
+        return Outcome(
+            ok=outcome == b"ok",
+            result=result or b"",
+            error=json.loads(error) if error else None,
+            http_status=int(http_status or 200),
+        )
+
+    async def get(self, request_id: str) -> RequestState | None:
+        """The record without its result (read that with ``outcome``)."""
         names = [
             "status",
             "owner",
@@ -381,10 +401,7 @@ class Broker:
             "started_ms",
             "finished_ms",
             "attempts",
-            "result",
         ]
-        if not with_result:
-            names.pop()
         values: list[Any] = await self.redis.hmget(keys.request(request_id), names)
         row: dict[str, Any] = dict(zip(names, values, strict=True))
         if row["status"] is None:
@@ -404,7 +421,6 @@ class Broker:
             app=_s(row["app"]),
             pool=_s(row["pool"]),
             outcome=_s(row["outcome"]) or None,
-            result=row.get("result") or b"",
             error=json.loads(err) if err else None,
             http_status=int(_s(row["http_status"]) or 200),
             logs=json.loads(logs) if logs else None,

@@ -93,7 +93,8 @@ def test_enqueue_then_get_shows_in_queue_with_position(redis_url: str) -> None:
                 "CPU",
             )
             assert state.created_ms >= before and state.started_ms is None
-            assert state.outcome is None and state.result == b"" and state.error is None
+            assert state.outcome is None and state.error is None
+            assert await b.outcome(req.id) is None
         await b.dispatch(["CPU"], "w1", 30)
         positions = [(await b.get(r.id)) for r in reqs[1:]]
         assert [s.queue_position for s in positions if s] == [0, 1]
@@ -237,7 +238,8 @@ def test_complete_by_the_lease_holder(redis_url: str) -> None:
         state = await b.get(req.id)
         assert state is not None
         assert (state.status, state.outcome, state.http_status) == ("COMPLETED", "ok", 200)
-        assert state.result == b'{"y": 2}' and state.logs == logs and state.error is None
+        assert state.logs == logs and state.error is None
+        assert await b.outcome(req.id) == Outcome(ok=True, result=b'{"y": 2}')
         assert state.finished_ms is not None
         assert 0 < await b.redis.ttl(keys.request(req.id)) <= TTL_S
         assert await b.redis.zscore(keys.INFLIGHT, req.id) is None
@@ -253,10 +255,11 @@ def test_complete_with_an_error_outcome(redis_url: str) -> None:
         await b.dispatch(["CPU"], "w1", 30)
         error = {"detail": {"type": "ValueError", "message": "no"}, "error_type": "AppError"}
         assert await b.complete(req.id, "w1", Outcome(ok=False, error=error, http_status=500))
-        state = await b.get(req.id, with_result=False)
+        state = await b.get(req.id)
         assert state is not None
         assert (state.status, state.outcome, state.http_status) == ("COMPLETED", "error", 500)
-        assert state.error == error and state.result == b""
+        assert state.error == error
+        assert await b.outcome(req.id) == Outcome(ok=False, error=error, http_status=500)
 
     run(redis_url, body)
 
@@ -270,11 +273,12 @@ def test_complete_by_another_worker_is_refused(redis_url: str) -> None:
         assert await b.complete(req.id, "w2", Outcome(ok=True, result=b"late")) is False
         state = await b.get(req.id)
         assert state is not None
-        assert (state.status, state.result, state.outcome) == ("IN_PROGRESS", b"", None)
+        assert (state.status, state.outcome) == ("IN_PROGRESS", None)
+        assert await b.outcome(req.id) is None
         assert await b.redis.zscore(keys.INFLIGHT, req.id) == lease
         assert await b.redis.ttl(keys.request(req.id)) == -1
         assert await b.complete(req.id, "w1", Outcome(ok=True, result=b"mine")) is True
-        done = await b.get(req.id)
+        done = await b.outcome(req.id)
         assert done is not None and done.result == b"mine"
 
     run(redis_url, body)
@@ -428,7 +432,7 @@ def test_payload_and_results_are_bytes_exact(redis_url: str) -> None:
         assert job is not None and job.payload == payload
         result = bytes(range(256))
         await b.complete(req.id, "w1", Outcome(ok=True, result=result))
-        state = await b.get(req.id)
-        assert state is not None and state.result == result
+        done = await b.outcome(req.id)
+        assert done is not None and done.result == result
 
     run(redis_url, body)

@@ -23,7 +23,7 @@ from klieg.exceptions import (
     PayloadTooLargeError,
     ValidationError,
 )
-from klieg_platform.broker import NewRequest, RequestState
+from klieg_platform.broker import NewRequest, Outcome, RequestState
 from klieg_platform.gateway.errors import error_response
 from klieg_platform.gateway.state import GatewayState
 from klieg_platform.gateway.waiter import Waiter
@@ -83,20 +83,13 @@ async def _enqueue(request: Request) -> tuple[GatewayState, NewRequest]:
     return gw, new
 
 
-def result_response(state: RequestState) -> Response:
-    if state.outcome == "ok":
-        return Response(
-            state.result,
-            200,
-            media_type="application/json",
-            headers={"x-klieg-request-id": state.id},
-        )
-    err = state.error or {"detail": "request failed", "error_type": "KliegError"}
+def result_response(request_id: str, outcome: Outcome) -> Response:
+    headers = {"x-klieg-request-id": request_id}
+    if outcome.ok:
+        return Response(outcome.result, 200, media_type="application/json", headers=headers)
+    err = outcome.error or {"detail": "request failed", "error_type": "KliegError"}
     return error_response(
-        state.http_status,
-        err.get("detail"),
-        str(err.get("error_type")),
-        headers={"x-klieg-request-id": state.id},
+        outcome.http_status, err.get("detail"), str(err.get("error_type")), headers=headers
     )
 
 
@@ -106,10 +99,10 @@ async def run_sync(request: Request) -> Response:
     fut = waiter.expect(new.id)
     await gw.broker.enqueue(new)
     await waiter.wait(new.id, fut)
-    state = await gw.broker.get(new.id)
-    if state is None:
+    outcome = await gw.broker.outcome(new.id)
+    if outcome is None:
         raise NotFoundError(f"request {new.id} expired before its result was read")
-    return result_response(state)
+    return result_response(new.id, outcome)
 
 
 def _urls(request: Request, owner: str, app: str, request_id: str) -> dict[str, str]:
@@ -121,7 +114,7 @@ def _urls(request: Request, owner: str, app: str, request_id: str) -> dict[str, 
 async def submit(request: Request) -> Response:
     gw, new = await _enqueue(request)
     await gw.broker.enqueue(new)
-    state = await gw.broker.get(new.id, with_result=False)
+    state = await gw.broker.get(new.id)
     body: dict[str, Any] = {
         "request_id": new.id,
         "status": "IN_QUEUE",
@@ -131,11 +124,11 @@ async def submit(request: Request) -> Response:
     return JSONResponse(body, 200)
 
 
-async def _owned(request: Request, *, with_result: bool) -> tuple[GatewayState, RequestState]:
+async def _owned(request: Request) -> tuple[GatewayState, RequestState]:
     gw = _state(request)
     tenant = await gw.tenant(request)
     rid = request.path_params["request_id"]
-    state = await gw.broker.get(rid, with_result=with_result)
+    state = await gw.broker.get(rid)
     app = request.path_params["app"].partition("@")[0]
     if (
         state is None
@@ -152,7 +145,7 @@ def _flag(request: Request, name: str) -> bool:
 
 
 async def status(request: Request) -> Response:
-    _, state = await _owned(request, with_result=False)
+    _, state = await _owned(request)
     urls = _urls(request, state.owner, state.app, state.id)
     body: dict[str, Any] = {
         "request_id": state.id,
@@ -174,14 +167,15 @@ async def status(request: Request) -> Response:
 
 
 async def result(request: Request) -> Response:
-    _, state = await _owned(request, with_result=True)
-    if state.status != "COMPLETED":
+    gw, state = await _owned(request)
+    outcome = await gw.broker.outcome(state.id) if state.status == "COMPLETED" else None
+    if outcome is None:
         raise InvalidRequestError(f"request {state.id} is {state.status}, not COMPLETED yet")
-    return result_response(state)
+    return result_response(state.id, outcome)
 
 
 async def cancel(request: Request) -> Response:
-    gw, state = await _owned(request, with_result=False)
+    gw, state = await _owned(request)
     outcome = await gw.broker.cancel(state.id)
     if outcome == 1:
         return JSONResponse({"status": "CANCELLATION_REQUESTED"}, 202)

@@ -76,7 +76,7 @@ class Waiter:
                     await asyncio.wait_for(asyncio.shield(fut), poll_s)
                     return
                 except TimeoutError:
-                    state = await self.broker.get(request_id, with_result=False)
+                    state = await self.broker.get(request_id)
                     if state is None or state.status == "COMPLETED":
                         return
         finally:

@@ -81,15 +81,19 @@ class Worker:
         log.info(
             "worker %s serving pools %s with %d slots", self.id, self.pools, self.runners.slots
         )
+        drained = False  # the last dispatch left nothing queued: block for a wake token first
         try:
             while not self._stopping.is_set():
                 if self._busy >= self.runners.slots:
                     self._slot_free.clear()
-                    await self._wait(self._slot_free.wait(), 1.0)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._slot_free.wait(), 1.0)
                     continue
+                if drained:
+                    await self.broker.wait_for_work(self.pools, 1.0)
                 job = await self.broker.dispatch(self.pools, self.id, self.settings.lease_s)
+                drained = job is None or not job.more
                 if job is None:
-                    await self._wait(self.broker.wait_for_work(self.pools, 1.0), 1.5)
                     continue
                 self._busy += 1
                 task = asyncio.create_task(self._handle(job))
@@ -103,16 +107,6 @@ class Worker:
 
     def stop(self) -> None:
         self._stopping.set()
-
-    async def _wait(self, aw: Any, timeout: float) -> None:
-        stop = asyncio.create_task(self._stopping.wait())
-        work = asyncio.ensure_future(aw)
-        await asyncio.wait({stop, work}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        for task in (stop, work):
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
 
     async def _housekeeping(self) -> None:
         period = max(0.2, min(1.0, self.settings.lease_s / 3))
