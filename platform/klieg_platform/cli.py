@@ -18,6 +18,15 @@ def _up(args: argparse.Namespace) -> int:
         settings = settings.with_(port=args.port)
     if args.home is not None:
         settings = settings.with_(home=Path(args.home).resolve())
+    if args.queue_port is not None:
+        settings = settings.with_(queue_port=args.queue_port)
+    if args.tls:
+        from klieg_platform import tls
+
+        made = tls.ensure(settings.home)
+        settings = settings.with_(tls_cert=made.cert, tls_key=made.key)
+        if settings.queue_port is None:
+            settings = settings.with_(queue_port=settings.port + 1)
     return up(settings, ready_file=Path(args.ready_file) if args.ready_file else None)
 
 
@@ -46,6 +55,18 @@ def register(sub: Any) -> None:
     up = sub.add_parser("up", help="run the whole platform locally (embedded Redis, SQLite)")
     up.add_argument("--port", type=int, default=None, help="gateway port (default 8000)")
     up.add_argument("--home", default=None, help="data folder (default $KLIEG_HOME or ~/.klieg)")
+    up.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve HTTPS with a local CA under $KLIEG_HOME/tls and a queue listener "
+        "(fal-client compatible); prints the exports fal-client needs",
+    )
+    up.add_argument(
+        "--queue-port",
+        type=int,
+        default=None,
+        help="also listen here as fal's queue host (default with --tls: port + 1)",
+    )
     up.add_argument("--ready-file", default=None, help=argparse.SUPPRESS)
     up.set_defaults(func=_up)
 

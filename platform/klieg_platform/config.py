@@ -50,6 +50,12 @@ class Settings:
     worker_slots: int = 4
     worker_pools: tuple[str, ...] = ()
     setup_backoff_s: float = 5.0
+    inline_payload_bytes: int = 256 * 1024
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    queue_port: int | None = None
+    webhook_max_attempts: int = 8
+    webhook_backoff_s: float = 2.0
     pip: PipSettings = field(default_factory=PipSettings)
     log_level: str = "info"
 
@@ -82,8 +88,14 @@ class Settings:
         return self.database_url or f"sqlite:///{self.home / 'registry.db'}"
 
     @property
+    def tls(self) -> bool:
+        """The gateway serves HTTPS (both a certificate and its key are set)."""
+        return self.tls_cert is not None and self.tls_key is not None
+
+    @property
     def base_url(self) -> str:
-        return self.public_url or f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls else "http"
+        return self.public_url or f"{scheme}://{self.host}:{self.port}"
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
@@ -107,6 +119,12 @@ class Settings:
             worker_slots=int(env.get("KLIEG_WORKER_SLOTS", "4")),
             worker_pools=pools,
             setup_backoff_s=float(env.get("KLIEG_SETUP_BACKOFF_S", "5")),
+            inline_payload_bytes=int(env.get("KLIEG_INLINE_PAYLOAD_BYTES", str(256 * 1024))),
+            tls_cert=Path(env["KLIEG_TLS_CERT"]) if env.get("KLIEG_TLS_CERT") else None,
+            tls_key=Path(env["KLIEG_TLS_KEY"]) if env.get("KLIEG_TLS_KEY") else None,
+            queue_port=int(env["KLIEG_QUEUE_PORT"]) if env.get("KLIEG_QUEUE_PORT") else None,
+            webhook_max_attempts=int(env.get("KLIEG_WEBHOOK_MAX_ATTEMPTS", "8")),
+            webhook_backoff_s=float(env.get("KLIEG_WEBHOOK_BACKOFF_S", "2")),
             pip=read_pip_settings(env),
             log_level=env.get("KLIEG_LOG_LEVEL", "info"),
         )

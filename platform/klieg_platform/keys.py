@@ -6,6 +6,8 @@ klieg:wake:{pool}   list    wake-up tokens; workers block on it when the queue i
 klieg:wake:*        list    wake-up tokens for workers that serve every pool
 klieg:pools         set     every pool that has ever had a request
 klieg:inflight      zset    dispatched request ids, scored by lease deadline (ms)
+klieg:webhooks      zset    completed request ids with a webhook, scored by when the next try is due
+                            (ms); a sender's claim pushes the score to its claim deadline
 klieg:done          channel request ids as they complete
 klieg:aliases       channel "owner/app" whenever an alias of that app moves
 klieg:worker:{id}   hash    worker heartbeat (expires)
@@ -21,7 +23,9 @@ INFLIGHT = PREFIX + "inflight"
 POOLS = PREFIX + "pools"
 SEQ = PREFIX + "seq"
 ALL_POOLS = "*"
+WEBHOOKS = PREFIX + "webhooks"
 DONE_CHANNEL = PREFIX + "done"
+CANCEL_CHANNEL = PREFIX + "cancel"
 ALIAS_CHANNEL = PREFIX + "aliases"
 
 
@@ -39,3 +43,11 @@ def wake(pool: str) -> str:
 
 def worker(worker_id: str) -> str:
     return PREFIX + "worker:" + worker_id
+
+
+def logs(request_id: str) -> str:
+    return PREFIX + "logs:" + request_id
+
+
+def chunks(request_id: str) -> str:
+    return PREFIX + "chunks:" + request_id

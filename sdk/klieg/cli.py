@@ -116,6 +116,12 @@ def cmd_call(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    for line in AdminClient().logs(args.request_id):
+        print(f"{line.get('timestamp', '')} {line.get('level', ''):7} {line.get('message', '')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="klieg", description="Klieg: serverless media apps")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -164,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--json", help="request body (JSON)")
     call.add_argument("--queue", action="store_true", help="go through the queue API")
     call.set_defaults(func=cmd_call)
+
+    lg = sub.add_parser("logs", help="print a request's log lines")
+    lg.add_argument("request_id")
+    lg.set_defaults(func=cmd_logs)
 
     for ep in entry_points(group="klieg.cli"):
         ep.load()(sub)

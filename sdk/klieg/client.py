@@ -1,20 +1,31 @@
-"""HTTP client for Klieg's inference API (sync). Reads ``KLIEG_URL`` and ``KLIEG_KEY`` by default.
+"""HTTP clients for Klieg's inference API: ``Client`` (sync) and ``AsyncClient``.
+
+Both read ``KLIEG_URL`` and ``KLIEG_KEY`` (``id:secret``) by default and raise typed
+``klieg.KliegError`` subclasses for error replies.
 
 Example::
 
     import klieg
 
-    client = klieg.Client()                       # KLIEG_URL, KLIEG_KEY (id:secret)
-    out = client.run("me/echo", {"text": "hi"})   # POST /me/echo, waits for the result
-    handle = client.submit("me/echo/upper", {"text": "hi"})
-    print(client.status(handle.app_id, handle.request_id)["status"])
+    client = klieg.Client()                            # KLIEG_URL, KLIEG_KEY
+    out = client.run("local/echo", {"text": "hi"})     # POST /local/echo, waits for the result
+    handle = client.submit("local/echo/upper", {"text": "hi"})
+    print(client.status(handle.app_id, handle.request_id, with_logs=True)["status"])
     print(client.result(handle.app_id, handle.request_id))
+    out = client.subscribe("local/echo", {"text": "hi"}, on_update=print)  # with progress
+    for item in client.stream("local/counter", {"n": 3}):                  # generator endpoint
+        print(item)
+
+    async with klieg.AsyncClient() as aclient:
+        out = await aclient.run("local/echo", {"text": "hi"})
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -24,6 +35,8 @@ from klieg.exceptions import RequestTimeoutError, from_wire
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 _C = TypeVar("_C", bound="Client")
+_A = TypeVar("_A", bound="AsyncClient")
+StatusCallback = Callable[[dict[str, Any]], None]
 
 
 def raise_for_error(response: httpx.Response) -> None:
@@ -56,16 +69,104 @@ class RequestHandle:
     cancel_url: str
 
 
+class _SseParser:
+    """Incremental server-sent-events parser: ``feed`` one line, get the events it completes."""
+
+    def __init__(self) -> None:
+        self.name = "message"
+        self.data: list[str] = []
+
+    def feed(self, line: str) -> Iterator[Any]:
+        if line.startswith("event:"):
+            self.name = line[6:].strip()
+        elif line.startswith("data:"):
+            self.data.append(line[5:].strip())
+        elif not line and self.data:
+            name, data = self.name, "\n".join(self.data)
+            self.name, self.data = "message", []
+            yield _sse_item(name, data)
+
+    def end(self) -> Iterator[Any]:
+        return self.feed("")
+
+
+def _sse_item(name: str, data: str) -> Any:
+    item = json.loads(data)
+    if name == "error":
+        raise from_wire(item, 500)
+    return item
+
+
+def _events(lines: Iterator[str]) -> Iterator[Any]:
+    parser = _SseParser()
+    for line in lines:
+        yield from parser.feed(line)
+    yield from parser.end()
+
+
+async def _aevents(lines: AsyncIterator[str]) -> AsyncIterator[Any]:
+    parser = _SseParser()
+    async for line in lines:
+        for item in parser.feed(line):
+            yield item
+    for item in parser.end():
+        yield item
+
+
+class _Api:
+    """URLs and headers shared by the sync and async clients."""
+
+    def __init__(self, url: str | None, key: str | None) -> None:
+        self.url = (url or os.environ.get("KLIEG_URL") or DEFAULT_URL).rstrip("/")
+        self.key = key if key is not None else os.environ.get("KLIEG_KEY")
+        self.headers = {"Authorization": f"Key {self.key}"} if self.key else {}
+
+    @staticmethod
+    def run_path(app_id: str, suffix: str = "") -> str:
+        owner, app, path = split_app_id(app_id)
+        return "/" + "/".join(p for p in (owner, app, path.strip("/"), suffix) if p)
+
+    @staticmethod
+    def request_path(app_id: str, request_id: str, suffix: str = "") -> str:
+        owner, app, _ = split_app_id(app_id)
+        return f"/queue/{owner}/{app}/requests/{request_id}{suffix}"
+
+    @staticmethod
+    def submit_params(webhook_url: str | None) -> dict[str, str]:
+        return {"fal_webhook": webhook_url} if webhook_url else {}
+
+    @staticmethod
+    def timeout_headers(request_timeout: float | None) -> dict[str, str]:
+        return {"X-Fal-Request-Timeout": str(request_timeout)} if request_timeout else {}
+
+    @staticmethod
+    def handle(app_id: str, body: dict[str, Any]) -> RequestHandle:
+        owner, app, _ = split_app_id(app_id)
+        return RequestHandle(
+            app_id=f"{owner}/{app}",
+            request_id=body["request_id"],
+            status_url=body["status_url"],
+            response_url=body["response_url"],
+            cancel_url=body["cancel_url"],
+        )
+
+
 class Client:
     """Sync client. ``key`` is ``"<key_id>:<secret>"`` (as printed by ``klieg keys create``)."""
 
     def __init__(
-        self, url: str | None = None, key: str | None = None, *, timeout: float = 600.0
+        self,
+        url: str | None = None,
+        key: str | None = None,
+        *,
+        timeout: float = 600.0,
+        verify: str | bool = True,
     ) -> None:
-        self.url = (url or os.environ.get("KLIEG_URL") or DEFAULT_URL).rstrip("/")
-        self.key = key if key is not None else os.environ.get("KLIEG_KEY")
-        headers = {"Authorization": f"Key {self.key}"} if self.key else {}
-        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self.api = _Api(url, key)
+        self.url, self.key = self.api.url, self.api.key
+        self.http = httpx.Client(
+            base_url=self.url, headers=self.api.headers, timeout=timeout, verify=verify
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -76,48 +177,65 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def run(self, app_id: str, arguments: dict[str, Any] | None = None) -> Any:
-        """Call an endpoint and wait for its output."""
-        owner, app, path = split_app_id(app_id)
-        r = self.http.post(f"/{owner}/{app}/{path}".rstrip("/"), json=arguments or {})
-        raise_for_error(r)
-        return r.json()
+    def _json(self, response: httpx.Response) -> Any:
+        raise_for_error(response)
+        return response.json()
 
-    def submit(self, app_id: str, arguments: dict[str, Any] | None = None) -> RequestHandle:
-        """Queue a request; poll it with ``status`` / ``result``."""
-        owner, app, path = split_app_id(app_id)
-        r = self.http.post(f"/queue/{owner}/{app}/{path}".rstrip("/"), json=arguments or {})
-        raise_for_error(r)
-        body = r.json()
-        return RequestHandle(
-            app_id=f"{owner}/{app}",
-            request_id=body["request_id"],
-            status_url=body["status_url"],
-            response_url=body["response_url"],
-            cancel_url=body["cancel_url"],
+    def run(
+        self,
+        app_id: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        request_timeout: float | None = None,
+    ) -> Any:
+        """Call an endpoint and wait for its output."""
+        return self._json(
+            self.http.post(
+                self.api.run_path(app_id),
+                json=arguments or {},
+                headers=self.api.timeout_headers(request_timeout),
+            )
         )
 
-    def _request_url(self, app_id: str, request_id: str) -> str:
-        owner, app, _ = split_app_id(app_id)
-        return f"/queue/{owner}/{app}/requests/{request_id}"
+    def submit(
+        self,
+        app_id: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        webhook_url: str | None = None,
+        request_timeout: float | None = None,
+    ) -> RequestHandle:
+        """Queue a request; follow it with ``status``, ``result``, ``wait`` or ``cancel``."""
+        owner, app, path = split_app_id(app_id)
+        body = self._json(
+            self.http.post(
+                "/queue/" + "/".join(p for p in (owner, app, path.strip("/")) if p),
+                json=arguments or {},
+                params=self.api.submit_params(webhook_url),
+                headers=self.api.timeout_headers(request_timeout),
+            )
+        )
+        return self.api.handle(app_id, body)
 
     def status(self, app_id: str, request_id: str, *, with_logs: bool = False) -> dict[str, Any]:
-        r = self.http.get(
-            self._request_url(app_id, request_id) + "/status",
-            params={"logs": "1" if with_logs else "0"},
+        """IN_QUEUE (with queue_position), IN_PROGRESS or COMPLETED, with logs if asked."""
+        path = self.api.request_path(app_id, request_id, "/status")
+        out: dict[str, Any] = self._json(
+            self.http.get(path, params={"logs": "1" if with_logs else "0"})
         )
-        raise_for_error(r)
-        body: dict[str, Any] = r.json()
-        return body
+        return out
 
     def result(self, app_id: str, request_id: str) -> Any:
-        r = self.http.get(self._request_url(app_id, request_id))
-        raise_for_error(r)
-        return r.json()
+        return self._json(self.http.get(self.api.request_path(app_id, request_id)))
 
     def cancel(self, app_id: str, request_id: str) -> None:
-        r = self.http.put(self._request_url(app_id, request_id) + "/cancel")
-        raise_for_error(r)
+        """Cancel a queued request, or interrupt a running one."""
+        raise_for_error(self.http.put(self.api.request_path(app_id, request_id, "/cancel")))
+
+    def logs(self, request_id: str) -> list[dict[str, Any]]:
+        """A request's log lines so far, by id alone."""
+        body = self._json(self.http.get(f"/requests/{request_id}/status", params={"logs": "1"}))
+        return list(body.get("logs") or [])
 
     def wait(self, handle: RequestHandle, *, timeout: float = 600.0, interval: float = 0.1) -> Any:
         """Poll until the request completes; return its result (or raise its error)."""
@@ -127,3 +245,142 @@ class Client:
                 return self.result(handle.app_id, handle.request_id)
             time.sleep(interval)
         raise RequestTimeoutError(f"request {handle.request_id} not done within {timeout}s")
+
+    def subscribe(
+        self,
+        app_id: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        with_logs: bool = False,
+        on_update: StatusCallback | None = None,
+    ) -> Any:
+        """Submit, report each status change (and new log lines) to ``on_update``, return the
+        result."""
+        handle = self.submit(app_id, arguments)
+        path = self.api.request_path(handle.app_id, handle.request_id, "/status/stream")
+        params = {"logs": "1" if with_logs else "0"}
+        with self.http.stream("GET", path, params=params, timeout=None) as r:
+            if not r.is_success:
+                r.read()
+                raise_for_error(r)
+            for update in _events(r.iter_lines()):
+                if on_update is not None:
+                    on_update(update)
+        return self.result(handle.app_id, handle.request_id)
+
+    def stream(self, app_id: str, arguments: dict[str, Any] | None = None) -> Iterator[Any]:
+        """The items of a generator endpoint as they are produced."""
+        path = self.api.run_path(app_id, "stream")
+        with self.http.stream("POST", path, json=arguments or {}, timeout=None) as r:
+            if not r.is_success:
+                r.read()
+                raise_for_error(r)
+            yield from _events(r.iter_lines())
+
+
+class AsyncClient:
+    """Async twin of :class:`Client` (same methods, awaited; ``stream`` is an async iterator)."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        key: str | None = None,
+        *,
+        timeout: float = 600.0,
+        verify: str | bool = True,
+    ) -> None:
+        self.api = _Api(url, key)
+        self.http = httpx.AsyncClient(
+            base_url=self.api.url, headers=self.api.headers, timeout=timeout, verify=verify
+        )
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def __aenter__(self: _A) -> _A:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    @staticmethod
+    def _json(response: httpx.Response) -> Any:
+        raise_for_error(response)
+        return response.json()
+
+    async def run(
+        self,
+        app_id: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        request_timeout: float | None = None,
+    ) -> Any:
+        r = await self.http.post(
+            self.api.run_path(app_id),
+            json=arguments or {},
+            headers=self.api.timeout_headers(request_timeout),
+        )
+        return self._json(r)
+
+    async def submit(
+        self,
+        app_id: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        webhook_url: str | None = None,
+        request_timeout: float | None = None,
+    ) -> RequestHandle:
+        owner, app, path = split_app_id(app_id)
+        r = await self.http.post(
+            "/queue/" + "/".join(p for p in (owner, app, path.strip("/")) if p),
+            json=arguments or {},
+            params=self.api.submit_params(webhook_url),
+            headers=self.api.timeout_headers(request_timeout),
+        )
+        return self.api.handle(app_id, self._json(r))
+
+    async def status(
+        self, app_id: str, request_id: str, *, with_logs: bool = False
+    ) -> dict[str, Any]:
+        path = self.api.request_path(app_id, request_id, "/status")
+        r = await self.http.get(path, params={"logs": "1" if with_logs else "0"})
+        out: dict[str, Any] = self._json(r)
+        return out
+
+    async def result(self, app_id: str, request_id: str) -> Any:
+        return self._json(await self.http.get(self.api.request_path(app_id, request_id)))
+
+    async def cancel(self, app_id: str, request_id: str) -> None:
+        r = await self.http.put(self.api.request_path(app_id, request_id, "/cancel"))
+        raise_for_error(r)
+
+    async def subscribe(
+        self,
+        app_id: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        with_logs: bool = False,
+        on_update: StatusCallback | None = None,
+    ) -> Any:
+        handle = await self.submit(app_id, arguments)
+        path = self.api.request_path(handle.app_id, handle.request_id, "/status/stream")
+        params = {"logs": "1" if with_logs else "0"}
+        async with self.http.stream("GET", path, params=params, timeout=None) as r:
+            if not r.is_success:
+                await r.aread()
+                raise_for_error(r)
+            async for update in _aevents(r.aiter_lines()):
+                if on_update is not None:
+                    on_update(update)
+        return await self.result(handle.app_id, handle.request_id)
+
+    async def stream(
+        self, app_id: str, arguments: dict[str, Any] | None = None
+    ) -> AsyncIterator[Any]:
+        path = self.api.run_path(app_id, "stream")
+        async with self.http.stream("POST", path, json=arguments or {}, timeout=None) as r:
+            if not r.is_success:
+                await r.aread()
+                raise_for_error(r)
+            async for item in _aevents(r.aiter_lines()):
+                yield item

@@ -26,6 +26,8 @@ class EndpointSpec(BaseModel):
     method: str
     input_schema: dict[str, Any] | None = None
     output_schema: dict[str, Any] | None = None
+    streaming: bool = False
+    """A generator endpoint: its items stream as server-sent events (``POST .../stream``)."""
 
 
 class FunctionSpec(BaseModel):
@@ -44,6 +46,8 @@ class FunctionSpec(BaseModel):
     max_concurrency: int = 1
     request_timeout: float = 600.0
     startup_timeout: float = 300.0
+    retries: int = 0
+    """Extra attempts when the runner process dies (segfault, OOM) while serving a request."""
     endpoints: tuple[EndpointSpec, ...] = ()
     pickled: str | None = None
     """base64 cloudpickle of the function or class, when it cannot be imported by name."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from klieg.admin import AdminClient
+from klieg_platform import tls
 from klieg_platform.local import launched
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,9 +30,14 @@ def free_port() -> int:
 
 @dataclass
 class Platform:
+    """A running platform. With TLS, ``bundle`` is its CA + public roots and ``queue_url`` its
+    fal-style queue listener; ``AdminClient`` then needs ``SSL_CERT_FILE=bundle``."""
+
     url: str
     home: Path
     key: str = ""
+    bundle: Path | None = None
+    queue_url: str | None = None
 
     def admin(self, key: str | None = None) -> AdminClient:
         return AdminClient(self.url, key if key is not None else self.key, timeout=120)
@@ -37,7 +45,8 @@ class Platform:
     def http(self, key: str | None = None) -> httpx.Client:
         k = key if key is not None else self.key
         headers = {"Authorization": f"Key {k}"} if k else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=120)
+        verify = ssl.create_default_context(cafile=self.bundle) if self.bundle else True
+        return httpx.Client(base_url=self.url, headers=headers, timeout=120, verify=verify)
 
     def deploy(self, path: Path, alias: str = "latest") -> dict[str, object]:
         from klieg.admin import load_app
@@ -49,9 +58,16 @@ class Platform:
 
 @contextmanager
 def running_platform(
-    home: Path, *, extra_env: dict[str, str] | None = None, log_name: str = "platform.log"
+    home: Path,
+    *,
+    extra_env: dict[str, str] | None = None,
+    log_name: str = "platform.log",
+    with_tls: bool = False,
 ) -> Iterator[Platform]:
-    """Start ``klieg up`` in ``home`` on a free port; stop it (SIGINT) afterwards."""
+    """Start ``klieg up`` in ``home`` on a free port; stop it (SIGINT) afterwards.
+
+    ``with_tls``: HTTPS with the home's local CA, plus a queue listener on another free port.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("KLIEG_")}
     env.update(
         KLIEG_LEASE_S="5",
@@ -60,5 +76,48 @@ def running_platform(
     )
     env.update(extra_env or {})
     home.mkdir(parents=True, exist_ok=True)
-    with open(home / log_name, "ab") as log, launched(home, free_port(), env=env, log=log) as url:
-        yield Platform(url=url, home=home)
+    made = tls.ensure(home) if with_tls else None
+    port, queue_port = free_port(), free_port()
+    while queue_port == port:
+        queue_port = free_port()
+    if made is not None:
+        env.update(
+            KLIEG_TLS_CERT=str(made.cert),
+            KLIEG_TLS_KEY=str(made.key),
+            KLIEG_QUEUE_PORT=str(queue_port),
+        )
+    with open(home / log_name, "ab") as log, launched(home, port, env=env, log=log) as url:
+        yield Platform(
+            url=url,
+            home=home,
+            bundle=made.bundle if made else None,
+            queue_url=f"https://127.0.0.1:{queue_port}" if made else None,
+        )
+
+
+def platform_pids(home: Path, module: str) -> list[int]:
+    """Pids of this platform's processes running ``python -m <module>`` (found through /proc)."""
+    found: list[int] = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if module.encode() in cmdline and f"KLIEG_HOME={home}".encode() in environ:
+            found.append(int(proc.name))
+    return found
+
+
+def wait_for_status(http: httpx.Client, status_url: str, want: str, timeout: float = 60) -> dict:
+    """Poll ``status_url`` until its status is ``want``; the last status document."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body: dict = http.get(status_url, params={"logs": "1"}).json()
+        if body.get("status") == want:
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"status stayed {body.get('status')!r}, wanted {want!r}")
+        time.sleep(0.05)

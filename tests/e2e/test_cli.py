@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.platform import APPS, TEST_APPS, Platform
+from tests.e2e.platform import APPS, TEST_APPS, Platform, wait_for_status
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -78,3 +78,14 @@ def test_rollback_with_nothing_to_roll_back_is_an_error(platform: Platform) -> N
     assert dep.returncode == 0, dep.stderr
     out = klieg(platform, "rollback", "echo", "--alias", "solo")
     assert out.returncode == 1 and "NotFoundError" in out.stderr
+
+
+def test_logs_prints_a_requests_log_lines(platform: Platform, echo_deployed: object) -> None:
+    with platform.http() as http:
+        sub = http.post("/queue/local/echo/upper", json={"text": "abcd"}).json()
+        wait_for_status(http, sub["status_url"], "COMPLETED")
+    out = klieg(platform, "logs", sub["request_id"])
+    assert out.returncode == 0, out.stderr
+    assert "INFO" in out.stdout and "upper-casing 4 characters" in out.stdout
+    other = klieg(platform, "logs", "0" * 32)
+    assert other.returncode == 1 and "NotFoundError" in other.stderr

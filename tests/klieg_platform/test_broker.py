@@ -235,7 +235,7 @@ def test_complete_by_the_lease_holder(redis_url: str) -> None:
         assert await b.complete(req.id, "w1", outcome) is True
         assert await next_done(pubsub) == req.id.encode()
         await pubsub.aclose()
-        state = await b.get(req.id)
+        state = await b.get(req.id, with_logs=True)
         assert state is not None
         assert (state.status, state.outcome, state.http_status) == ("COMPLETED", "ok", 200)
         assert state.logs == logs and state.error is None

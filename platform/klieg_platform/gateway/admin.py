@@ -33,11 +33,21 @@ from klieg.exceptions import (
 from klieg.types import AppSpec
 from klieg_platform import keys
 from klieg_platform.deploy import DeployResult, deploy
-from klieg_platform.gateway.run import read_body
+from klieg_platform.gateway.intake import read_body
 from klieg_platform.gateway.state import GatewayState
 from klieg_platform.registry import AppRecord, Revision, Tenant
 
-RESERVED = {"queue", "apps", "keys", "health", "files", "workflows", "admin", "metrics"}
+RESERVED = {
+    "queue",
+    "apps",
+    "keys",
+    "health",
+    "files",
+    "workflows",
+    "admin",
+    "metrics",
+    "requests",
+}
 _ALIAS = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 MAX_DEPLOY_BYTES = 128 * 1024 * 1024
 

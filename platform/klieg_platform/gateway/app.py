@@ -6,17 +6,20 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from klieg_platform.config import Settings
-from klieg_platform.gateway import admin, run
+from klieg_platform.gateway import admin, queue, run
 from klieg_platform.gateway.errors import HANDLERS
+from klieg_platform.gateway.listeners import ListenerSplit
 from klieg_platform.gateway.state import GatewayState
 from klieg_platform.gateway.waiter import Waiter
 from klieg_platform.packager import Packager
 from klieg_platform.services import open_broker, open_registry, open_store
+from klieg_platform.webhooks import WebhookSender
 
 
 async def health(request: Request) -> Response:
@@ -33,11 +36,17 @@ ROUTES = [
     Route("/apps/{name}/deploy", admin.deploy_app, methods=["POST"]),
     Route("/apps/{name}/aliases/{alias}", admin.set_alias, methods=["PUT"]),
     Route("/apps/{name}/rollback", admin.rollback, methods=["POST"]),
-    Route("/queue/{owner}/{app}/requests/{request_id}/status", run.status, methods=["GET"]),
-    Route("/queue/{owner}/{app}/requests/{request_id}/cancel", run.cancel, methods=["PUT"]),
-    Route("/queue/{owner}/{app}/requests/{request_id}", run.result, methods=["GET"]),
-    Route("/queue/{owner}/{app}", run.submit, methods=["POST"]),
-    Route("/queue/{owner}/{app}/{path:path}", run.submit, methods=["POST"]),
+    Route("/requests/{request_id}/status", queue.status, methods=["GET"]),
+    Route("/queue/{owner}/{app}/requests/{request_id}/status", queue.status, methods=["GET"]),
+    Route(
+        "/queue/{owner}/{app}/requests/{request_id}/status/stream",
+        queue.status_stream,
+        methods=["GET"],
+    ),
+    Route("/queue/{owner}/{app}/requests/{request_id}/cancel", queue.cancel, methods=["PUT"]),
+    Route("/queue/{owner}/{app}/requests/{request_id}", queue.result, methods=["GET"]),
+    Route("/queue/{owner}/{app}", queue.submit, methods=["POST"]),
+    Route("/queue/{owner}/{app}/{path:path}", queue.submit, methods=["POST"]),
     Route("/{owner}/{app}", run.run_sync, methods=["POST"]),
     Route("/{owner}/{app}/{path:path}", run.run_sync, methods=["POST"]),
 ]
@@ -51,13 +60,21 @@ def create_app(settings: Settings) -> Starlette:
         gw = GatewayState(settings, broker, registry, open_store(settings), Packager(settings))
         waiter = Waiter(broker, gw.forget_app)
         await waiter.start()
+        webhooks = WebhookSender(broker, gw.store, settings)
+        await webhooks.start()
         app.state.gateway = gw
         app.state.waiter = waiter
         try:
             yield
         finally:
+            await webhooks.stop()
             await waiter.stop()
             await broker.close()
             registry.close()
 
-    return Starlette(routes=ROUTES, exception_handlers=HANDLERS, lifespan=lifespan)
+    return Starlette(
+        routes=ROUTES,
+        exception_handlers=HANDLERS,
+        lifespan=lifespan,
+        middleware=[Middleware(ListenerSplit, queue_port=settings.queue_port)],
+    )

@@ -9,15 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Callable
-
-import redis.asyncio as aioredis
 
 from klieg_platform import keys
 from klieg_platform.broker import Broker
-
-log = logging.getLogger("klieg.gateway")
 
 
 class Waiter:
@@ -29,39 +24,27 @@ class Waiter:
         self._ready = asyncio.Event()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._listen())
+        self._task = asyncio.create_task(
+            self.broker.listen(
+                [keys.DONE_CHANNEL, keys.ALIAS_CHANNEL], self._on_message, self._ready
+            )
+        )
         await asyncio.wait_for(self._ready.wait(), 10)
 
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # bounded: redis-py can swallow a cancel that lands inside a command
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._task, 2)
 
-    async def _listen(self) -> None:
-        while True:
-            pubsub: aioredis.client.PubSub = self.broker.redis.pubsub()
-            try:
-                await pubsub.subscribe(keys.DONE_CHANNEL, keys.ALIAS_CHANNEL)
-                self._ready.set()
-                async for message in pubsub.listen():
-                    if message.get("type") != "message":
-                        continue
-                    data = message["data"].decode()
-                    if message["channel"] == keys.ALIAS_CHANNEL.encode():
-                        self.on_alias_change(data)
-                        continue
-                    fut = self._futures.get(data)
-                    if fut is not None and not fut.done():
-                        fut.set_result(None)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("completion subscription failed; resubscribing")
-                await asyncio.sleep(0.5)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+    def _on_message(self, channel: str, data: str) -> None:
+        if channel == keys.ALIAS_CHANNEL:
+            self.on_alias_change(data)
+            return
+        fut = self._futures.get(data)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
 
     def expect(self, request_id: str) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()

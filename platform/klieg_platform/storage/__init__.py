@@ -16,7 +16,19 @@ class BlobStore(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
+    def delete(self, key: str) -> None: ...
+
 
 def code_key(code_hash: str) -> str:
     """Where a revision's code archive lives."""
     return f"code/{code_hash}.tar.gz"
+
+
+def payload_key(request_id: str) -> str:
+    """Where a request body too large to keep in Redis lives."""
+    return f"payloads/{request_id}.json"
+
+
+def result_key(request_id: str) -> str:
+    """Where a result too large to keep in Redis lives."""
+    return f"results/{request_id}.json"

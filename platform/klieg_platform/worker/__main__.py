@@ -13,7 +13,6 @@ from klieg_platform.config import Settings
 from klieg_platform.packager import Packager
 from klieg_platform.services import open_broker, open_registry, open_store
 from klieg_platform.worker.agent import Worker
-from klieg_platform.worker.code import CodeCache
 
 
 async def serve(settings: Settings, pools: tuple[str, ...], slots: int | None) -> None:
@@ -24,7 +23,7 @@ async def serve(settings: Settings, pools: tuple[str, ...], slots: int | None) -
         broker,
         registry,
         Packager(settings),
-        CodeCache(settings.code_dir, open_store(settings)),
+        open_store(settings),
         pools=pools,
         slots=slots,
     )

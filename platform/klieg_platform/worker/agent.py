@@ -19,13 +19,24 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from klieg.exceptions import KliegError, NotFoundError, SetupError, error_class
+from klieg.exceptions import (
+    KliegError,
+    NotFoundError,
+    RequestCancelledError,
+    RequestTimeoutError,
+    RunnerCrashedError,
+    SetupError,
+    error_class,
+)
 from klieg.types import AppSpec, FunctionSpec
-from klieg_platform.broker import Broker, Job, Outcome
+from klieg_platform import keys
+from klieg_platform.broker import Broker, Job, Outcome, now_ms
 from klieg_platform.config import Settings
 from klieg_platform.packager import LockedEnv, Packager
 from klieg_platform.registry import Registry, Revision
+from klieg_platform.storage import BlobStore, result_key
 from klieg_platform.worker.code import CodeCache
+from klieg_platform.worker.events import EventForwarder
 from klieg_platform.worker.process import RunnerKey, RunnerProcess, SetupFailed
 from klieg_platform.worker.runners import RunnerSet
 
@@ -51,7 +62,7 @@ class Worker:
         broker: Broker,
         registry: Registry,
         packager: Packager,
-        code: CodeCache,
+        store: BlobStore,
         *,
         pools: tuple[str, ...] = ("*",),
         slots: int | None = None,
@@ -61,7 +72,8 @@ class Worker:
         self.broker = broker
         self.registry = registry
         self.packager = packager
-        self.code = code
+        self.store = store
+        self.code = CodeCache(settings.code_dir, store)
         self.pools = pools
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.runners = RunnerSet(slots or settings.worker_slots)
@@ -71,6 +83,8 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._revisions: dict[str, tuple[Revision, AppSpec]] = {}
         self._backoff: dict[RunnerKey, _Backoff] = {}
+        self._active: dict[str, RunnerProcess | None] = {}
+        self._cancelled: dict[str, float] = {}
         self._spec_dir = settings.run_dir / "specs"
 
     # ---- main loops -------------------------------------------------------------------
@@ -78,6 +92,9 @@ class Worker:
         """Serve until ``stop()``; then finish in-flight requests and stop the runners."""
         self._spec_dir.mkdir(parents=True, exist_ok=True)
         housekeeping = asyncio.create_task(self._housekeeping())
+        cancels = asyncio.create_task(
+            self.broker.listen([keys.CANCEL_CHANNEL], lambda _, rid: self._cancel(rid))
+        )
         log.info(
             "worker %s serving pools %s with %d slots", self.id, self.pools, self.runners.slots
         )
@@ -103,6 +120,7 @@ class Worker:
             if self._tasks:
                 await asyncio.wait(self._tasks, timeout=self.settings.lease_s)
             housekeeping.cancel()
+            cancels.cancel()
             await self.runners.stop_all()
 
     def stop(self) -> None:
@@ -123,6 +141,8 @@ class Worker:
     # ---- one request ------------------------------------------------------------------
     async def _handle(self, job: Job) -> None:
         renew = asyncio.create_task(self._renew(job.id))
+        self._active[job.id] = None
+        outcome: Outcome | None
         try:
             outcome = await self._execute(job)
         except KliegError as exc:
@@ -132,21 +152,53 @@ class Worker:
             outcome = _error_outcome(KliegError(f"worker error: {type(exc).__name__}: {exc}"))
         finally:
             renew.cancel()
+            self._active.pop(job.id, None)
             self._busy -= 1
             self._slot_free.set()
+        if outcome is None:
+            await self.broker.requeue(job.id, self.id)
+            return
+        if job.stream:
+            await self.broker.end_chunks(job.id, None if outcome.ok else outcome.error)
         if not await self.broker.complete(job.id, self.id, outcome):
             log.warning("request %s: lease lost before completion; result dropped", job.id)
+        elif job.payload_ref:
+            await asyncio.to_thread(self.store.delete, job.payload_ref)
 
     async def _renew(self, request_id: str) -> None:
         while True:
             await asyncio.sleep(self.settings.lease_s / 3)
             await self.broker.renew(request_id, self.id, self.settings.lease_s)
 
-    async def _execute(self, job: Job) -> Outcome:
+    def _cancel(self, request_id: str) -> None:
+        """Interrupt ``request_id`` if it runs here; remember it in case it starts soon."""
+        now = time.monotonic()
+        self._cancelled[request_id] = now
+        for rid, at in list(self._cancelled.items()):
+            if now - at > 300:
+                del self._cancelled[rid]
+        runner = self._active.get(request_id)
+        if runner is not None and runner.interrupt(request_id):
+            log.info("request %s: cancelling on runner pid %s", request_id, runner.pid)
+
+    def _timeout_s(self, job: Job, fn: FunctionSpec) -> float:
+        timeout = min(job.timeout_s, fn.request_timeout)
+        if job.deadline_ms:
+            remaining = (job.deadline_ms - now_ms()) / 1000
+            if remaining <= 0:
+                raise RequestTimeoutError(
+                    "the request's deadline (X-Fal-Request-Timeout) passed before it could start"
+                )
+            timeout = min(timeout, remaining)
+        return timeout
+
+    async def _execute(self, job: Job) -> Outcome | None:
+        """Run one request. None means: put it back in the queue (a retry after a crash)."""
         rev, spec = await self._revision(job.revision)
         fn = spec.function(job.function)
         if fn is None:
             raise NotFoundError(f"revision {rev.id} has no function {job.function!r}")
+        timeout = self._timeout_s(job, fn)
         key: RunnerKey = (rev.id, fn.name)
         backoff = self._backoff.get(key)
         if backoff and time.monotonic() < backoff.until:
@@ -156,27 +208,46 @@ class Worker:
             return Outcome(
                 ok=False, error=err, http_status=SetupError.status_code, logs=backoff.logs
             )
+        payload = job.payload
+        if job.payload_ref:
+            payload = await asyncio.to_thread(self.store.get, job.payload_ref)
         try:
             runner = await self.runners.acquire(key, fn, lambda r: self._start(r, rev, fn))
         except SetupFailed as failed:
             return self._setup_failed(key, failed)
         self._backoff.pop(key, None)
+        events = EventForwarder(self.broker, job.id, stream=job.stream)
         try:
-            header, body = await runner.call(
-                job.id, job.endpoint, job.payload, min(job.timeout_s, fn.request_timeout)
-            )
+            if job.id in self._cancelled:
+                raise RequestCancelledError("request cancelled")
+            self._active[job.id] = runner
+            header, body = await runner.call(job.id, job.endpoint, payload, timeout, events)
+        except RunnerCrashedError as exc:
+            if job.attempts <= fn.retries:
+                log.warning("request %s: %s; retrying (attempt %d)", job.id, exc, job.attempts)
+                return None
+            return _error_outcome(exc)
         except KliegError as exc:
             log.warning("request %s: %s", job.id, exc)
             return _error_outcome(exc)
         finally:
+            self._active[job.id] = None
             await self.runners.release(runner)
+            await events.close()
         logs = list(header.get("logs") or [])
         if header.get("ok"):
-            return Outcome(ok=True, result=body, logs=logs)
+            return await self._ok(job.id, body, logs)
         raw = header.get("error") or {}
         cls = error_class(raw.get("error_type"))
         err = {"detail": raw.get("detail"), "error_type": raw.get("error_type") or cls.__name__}
         return Outcome(ok=False, error=err, http_status=cls.status_code, logs=logs)
+
+    async def _ok(self, request_id: str, body: bytes, logs: list[dict[str, Any]]) -> Outcome:
+        if len(body) <= self.settings.inline_payload_bytes:
+            return Outcome(ok=True, result=body, logs=logs)
+        ref = result_key(request_id)
+        await asyncio.to_thread(self.store.put, ref, body)
+        return Outcome(ok=True, result_ref=ref, logs=logs)
 
     def _setup_failed(self, key: RunnerKey, failed: SetupFailed) -> Outcome:
         previous = self._backoff.get(key)

@@ -13,10 +13,12 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from klieg._runtime import protocol
+from klieg._runtime.runner import CANCEL_SIGNAL
 from klieg.exceptions import RequestTimeoutError, RunnerCrashedError
 from klieg.types import FunctionSpec
 
@@ -41,6 +43,7 @@ class RunnerProcess:
         self.busy = True
         self.last_used = time.monotonic()
         self.proc: asyncio.subprocess.Process | None = None
+        self.serving: str | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
@@ -103,16 +106,28 @@ class RunnerProcess:
             raise SetupFailed(dict(header.get("error") or {}), list(header.get("logs") or []))
 
     async def call(
-        self, request_id: str, endpoint: str, payload: bytes, timeout_s: float
+        self,
+        request_id: str,
+        endpoint: str,
+        payload: bytes,
+        timeout_s: float,
+        on_event: Callable[[dict[str, Any], bytes], None],
     ) -> tuple[dict[str, Any], bytes]:
+        """Serve one request; ``log`` and ``chunk`` frames go to ``on_event`` as they arrive."""
         assert self._reader is not None and self._writer is not None
         self.last_used = time.monotonic()
+        self.serving = request_id
         try:
             self._writer.write(
                 protocol.encode({"type": "call", "id": request_id, "endpoint": endpoint}, payload)
             )
             await self._writer.drain()
-            return await asyncio.wait_for(protocol.read(self._reader), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    header, body = await protocol.read(self._reader)
+                    if header.get("type") == "result":
+                        return header, body
+                    on_event(header, body)
         except TimeoutError:
             await self.kill()
             raise RequestTimeoutError(f"request ran past its timeout of {timeout_s:g}s") from None
@@ -121,7 +136,15 @@ class RunnerProcess:
             how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
             raise RunnerCrashedError(f"the runner process died ({how})") from None
         finally:
+            self.serving = None
             self.last_used = time.monotonic()
+
+    def interrupt(self, request_id: str) -> bool:
+        """Signal the runner to cancel ``request_id`` if that is what it is serving now."""
+        if self.serving != request_id or not self.alive or self.proc is None:
+            return False
+        os.kill(self.proc.pid, CANCEL_SIGNAL)
+        return True
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Ask for teardown() and exit; kill if it does not exit within ``grace_s``."""

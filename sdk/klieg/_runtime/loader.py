@@ -12,7 +12,7 @@ import base64
 import importlib
 import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ class Endpoint:
         self.takes_arg = bool(
             [p for p in inspect.signature(fn).parameters.values() if p.name != "self"]
         )
+        self.streaming = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
 
     def parse(self, body: bytes) -> Any:
         raw = body or b"{}"
@@ -70,6 +71,7 @@ class Endpoint:
             ) from exc
 
     def __call__(self, body: bytes) -> bytes:
+        """Run a plain endpoint: JSON in, JSON out."""
         arg = self.parse(body)
         try:
             result = self.fn(arg) if self.takes_arg else self.fn()
@@ -78,10 +80,34 @@ class Endpoint:
         except KliegError:
             raise
         except Exception as exc:
-            raise AppError({"type": type(exc).__name__, "message": str(exc)}) from exc
-        if isinstance(result, pydantic.BaseModel):
-            return result.model_dump_json().encode()
-        return pydantic_core.to_json(result)
+            raise AppError(f"{type(exc).__name__}: {exc}") from exc
+        return _dump(result)
+
+    def items(self, body: bytes) -> Iterator[bytes]:
+        """Run a generator endpoint: JSON in, one JSON document per yielded item."""
+        arg = self.parse(body)
+        gen = self.fn(arg) if self.takes_arg else self.fn()
+        try:
+            if inspect.isasyncgen(gen):
+                while True:
+                    try:
+                        item = self.loop.run_until_complete(gen.__anext__())
+                    except StopAsyncIteration:
+                        return
+                    yield _dump(item)
+            else:
+                for item in gen:
+                    yield _dump(item)
+        except KliegError:
+            raise
+        except Exception as exc:
+            raise AppError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _dump(value: Any) -> bytes:
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump_json().encode()
+    return pydantic_core.to_json(value)
 
 
 class Target:
@@ -115,8 +141,11 @@ class Target:
     def teardown(self) -> None:
         self._hook("teardown")
 
-    def call(self, path: str, body: bytes) -> bytes:
+    def endpoint(self, path: str) -> Endpoint:
         endpoint = self.endpoints.get(normalize_path(path))
         if endpoint is None:
             raise NotFoundError(f"no endpoint at {path!r}")
-        return endpoint(body)
+        return endpoint
+
+    def call(self, path: str, body: bytes) -> bytes:
+        return self.endpoint(path)(body)

@@ -11,6 +11,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -18,19 +19,24 @@ LogLine = dict[str, Any]
 
 
 class LogSink:
-    """Collects log lines until ``drain()``; thread-safe."""
+    """Collects log lines until ``drain()``, or hands each to ``emit`` when one is set (the
+    runner sets it while serving a request, so lines reach the worker live); thread-safe."""
 
     def __init__(self, passthrough: TextIO) -> None:
         self._lines: list[LogLine] = []
         self._lock = threading.Lock()
         self.passthrough = passthrough
+        self.emit: Callable[[LogLine], None] | None = None
 
     def add(self, message: str, level: str, source: str) -> None:
         ts = datetime.fromtimestamp(time.time(), tz=UTC).isoformat()
+        line = {"message": message, "level": level, "source": source, "timestamp": ts}
+        emit = self.emit
+        if emit is not None:
+            emit(line)
+            return
         with self._lock:
-            self._lines.append(
-                {"message": message, "level": level, "source": source, "timestamp": ts}
-            )
+            self._lines.append(line)
 
     def drain(self) -> list[LogLine]:
         with self._lock:

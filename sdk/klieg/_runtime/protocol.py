@@ -8,7 +8,10 @@ Messages (``type`` in the header):
   runner -> worker  ``ready`` {pid}                      after setup() succeeded
   runner -> worker  ``setup_failed`` {error, logs}        then the runner exits
   worker -> runner  ``call`` {id, endpoint} + body        run one request
-  runner -> worker  ``result`` {id, ok, error?, logs} + body (the output JSON when ok)
+  runner -> worker  ``log`` {id, line}                    a log line of the running request
+  runner -> worker  ``chunk`` {id} + body                 one item of a generator endpoint
+  runner -> worker  ``result`` {id, ok, error?, logs} + body (the output JSON when ok; for a
+                    generator endpoint its last item)
   worker -> runner  ``shutdown`` {}                       run teardown() and exit
 """
 

@@ -3,21 +3,29 @@
 Started by a worker with the env's own interpreter and one end of a socketpair (fd N). Loads
 the function, runs ``setup()`` once, says ``ready`` (or ``setup_failed`` and exits), then serves
 ``call`` messages one at a time until ``shutdown`` or the socket closes. See protocol.py.
+While a call runs, its log lines go out as ``log`` frames and a generator endpoint's items as
+``chunk`` frames; SIGUSR1 (CANCEL_SIGNAL) interrupts the endpoint code with
+RequestCancelledError, and the runner goes on serving.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
+import threading
 import traceback
 from pathlib import Path
 
 from klieg._runtime import logs, protocol
 from klieg._runtime.loader import Target
-from klieg.exceptions import AppError, KliegError
+from klieg.exceptions import AppError, KliegError, RequestCancelledError
 from klieg.types import FunctionSpec
+
+CANCEL_SIGNAL = signal.SIGUSR1
+"""The worker sends this to interrupt the running request (raises RequestCancelledError in it)."""
 
 
 def _error(exc: BaseException) -> dict[str, object]:
@@ -29,8 +37,78 @@ def _error(exc: BaseException) -> dict[str, object]:
     return out
 
 
+class _Channel:
+    """The runner's end of the socket. Sends are serialised (log lines come from any thread) and
+    run with the cancel signal blocked, so a cancellation never cuts a frame in half."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+
+    def send(self, header: protocol.Header, body: bytes = b"") -> None:
+        frame = protocol.encode(header, body)
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {CANCEL_SIGNAL})
+        try:
+            with self.lock:
+                self.sock.sendall(frame)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class _Running:
+    """The request whose endpoint code is running now; the cancel signal interrupts only it."""
+
+    request_id: str | None = None
+
+
+def _on_cancel(signum: int, frame: object) -> None:
+    if _Running.request_id is not None:
+        raise RequestCancelledError(f"request {_Running.request_id} cancelled")
+
+
+def _run(channel: _Channel, target: Target, request_id: str, path: str, body: bytes) -> bytes:
+    """Run one call; chunks of a generator endpoint are sent as they come, the last is returned."""
+    endpoint = target.endpoint(path)
+    _Running.request_id = request_id
+    try:
+        if not endpoint.streaming:
+            return endpoint(body)
+        last = b"null"
+        for item in endpoint.items(body):
+            channel.send({"type": "chunk", "id": request_id}, item)
+            last = item
+        return last
+    finally:
+        _Running.request_id = None
+
+
+def _serve_call(
+    channel: _Channel, sink: logs.LogSink, target: Target, header: protocol.Header, body: bytes
+) -> tuple[protocol.Header, bytes]:
+    request_id = str(header.get("id"))
+    reply: protocol.Header = {"type": "result", "id": request_id}
+    out = b""
+    sink.emit = lambda line: channel.send({"type": "log", "id": request_id, "line": line})
+    try:
+        out = _run(channel, target, request_id, str(header.get("endpoint", "/")), body)
+        reply["ok"] = True
+    except Exception as exc:
+        _Running.request_id = None
+        if not isinstance(exc, KliegError) or isinstance(exc, AppError):
+            traceback.print_exc()
+        reply["ok"] = False
+        reply["error"] = _error(exc)
+    finally:
+        logs.flush_streams()
+        sink.emit = None
+    reply["logs"] = sink.drain()
+    return reply, out
+
+
 def serve(sock: socket.socket, code_dir: Path, spec: FunctionSpec) -> int:
+    channel = _Channel(sock)
     sink = logs.install()
+    signal.signal(CANCEL_SIGNAL, _on_cancel)
     try:
         target = Target(code_dir, spec)
         target.setup()
@@ -40,11 +118,11 @@ def serve(sock: socket.socket, code_dir: Path, spec: FunctionSpec) -> int:
         err = _error(exc)
         err["error_type"] = "SetupError"
         err["detail"] = f"setup failed: {type(exc).__name__}: {exc}"
-        sock.sendall(protocol.encode({"type": "setup_failed", "error": err, "logs": sink.drain()}))
+        channel.send({"type": "setup_failed", "error": err, "logs": sink.drain()})
         return 1
     logs.flush_streams()
     sink.drain()
-    sock.sendall(protocol.encode({"type": "ready", "pid": os.getpid()}))
+    channel.send({"type": "ready", "pid": os.getpid()})
     while True:
         try:
             header, body = protocol.recv(sock)
@@ -55,19 +133,20 @@ def serve(sock: socket.socket, code_dir: Path, spec: FunctionSpec) -> int:
             return 0
         if header.get("type") != "call":
             continue
-        reply: dict[str, object] = {"type": "result", "id": header.get("id")}
-        out = b""
         try:
-            out = target.call(str(header.get("endpoint", "/")), body)
-            reply["ok"] = True
-        except Exception as exc:
-            if not isinstance(exc, KliegError) or isinstance(exc, AppError):
-                traceback.print_exc()
-            reply["ok"] = False
-            reply["error"] = _error(exc)
-        logs.flush_streams()
-        reply["logs"] = sink.drain()
-        sock.sendall(protocol.encode(reply, out))
+            reply, out = _serve_call(channel, sink, target, header, body)
+        except RequestCancelledError as exc:  # the signal landed just as the call ended
+            reply, out = (
+                {
+                    "type": "result",
+                    "id": header.get("id"),
+                    "ok": False,
+                    "error": _error(exc),
+                    "logs": sink.drain(),
+                },
+                b"",
+            )
+        channel.send(reply, out)
 
 
 def main(argv: list[str] | None = None) -> int:

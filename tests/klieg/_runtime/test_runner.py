@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +31,8 @@ APP_SOURCE = textwrap.dedent(
     import asyncio
     import logging
     import sys
+    import time
+    from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
     from pydantic import BaseModel
@@ -87,6 +92,23 @@ APP_SOURCE = textwrap.dedent(
             await asyncio.sleep(0.01)
             return Out(text=req.text[::-1], setups=Echo.setups)
 
+        @klieg.endpoint("/gen")
+        def gen(self, req: In) -> Iterator[Out]:
+            for i in range(req.n):
+                print(f"item {i}")
+                yield Out(text=f"{req.text}{i}", setups=Echo.setups)
+
+        @klieg.endpoint("/agen")
+        async def agen(self, req: In) -> AsyncIterator[dict[str, int]]:
+            for i in range(req.n):
+                yield {"i": i}
+
+        @klieg.endpoint("/sleep")
+        def sleep(self, req: In) -> dict[str, bool]:
+            print("going to sleep")
+            time.sleep(req.n)
+            return {"woke": True}
+
 
     @app.function()
     @klieg.endpoint("/plain")
@@ -136,10 +158,22 @@ class Runner:
         return protocol.recv(self.sock)
 
     def call(self, endpoint: str, body: Any, rid: str = "r") -> tuple[dict[str, Any], Any]:
+        """One call; live ``log`` frames are gathered into the result header's ``logs``."""
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.send({"type": "call", "id": rid, "endpoint": endpoint}, raw)
-        header, out = self.recv()
-        assert header["type"] == "result" and header["id"] == rid
+        live: list[dict[str, Any]] = []
+        self.chunks: list[Any] = []
+        while True:
+            header, out = self.recv()
+            assert header["id"] == rid
+            if header["type"] == "log":
+                live.append(header["line"])
+            elif header["type"] == "chunk":
+                self.chunks.append(json.loads(out))
+            else:
+                break
+        assert header["type"] == "result"
+        header["logs"] = live + header["logs"]
         return header, json.loads(out) if out else None
 
 
@@ -286,7 +320,7 @@ def test_endpoint_raising_is_an_app_error_and_the_runner_keeps_serving(echo: Run
     assert header["ok"] is False and out is None
     error = header["error"]
     assert error["error_type"] == "AppError"
-    assert error["detail"] == {"type": "ValueError", "message": "cannot handle this"}
+    assert error["detail"] == "ValueError: cannot handle this"
     assert "ValueError" in error["traceback"]
     header, out = echo.call("/", {"text": "next"}, rid="good")
     assert header["ok"] is True and out == {"text": "next", "setups": 1}
@@ -370,3 +404,38 @@ def test_closing_the_socket_makes_the_runner_exit(echo: Runner) -> None:
     assert echo.call("/", {"text": "x"})[0]["ok"] is True
     echo.sock.close()
     assert echo.proc.wait(timeout=15) == 0
+
+
+def test_generator_endpoint_streams_chunks_and_returns_the_last(echo: Runner) -> None:
+    header, out = echo.call("/gen", {"text": "x", "n": 3})
+    assert header["ok"] is True
+    assert [c["text"] for c in echo.chunks] == ["x0", "x1", "x2"]
+    assert out == echo.chunks[-1]
+    assert [line["message"] for line in header["logs"]] == ["item 0", "item 1", "item 2"]
+    _, out = echo.call("/agen", {"text": "", "n": 2})
+    assert echo.chunks == [{"i": 0}, {"i": 1}] and out == {"i": 1}
+
+
+def test_logs_arrive_live_before_the_result(echo: Runner) -> None:
+    echo.send({"type": "call", "id": "live", "endpoint": "/sleep"}, b'{"text": "", "n": 1}')
+    header, _ = echo.recv()
+    assert header["type"] == "log" and header["line"]["message"] == "going to sleep"
+    header, out = echo.recv()
+    assert header["type"] == "result" and json.loads(out) == {"woke": True}
+
+
+def test_cancel_signal_interrupts_the_running_call_and_the_runner_serves_on(
+    echo: Runner,
+) -> None:
+    echo.send({"type": "call", "id": "c1", "endpoint": "/sleep"}, b'{"text": "", "n": 30}')
+    header, _ = echo.recv()
+    assert header["type"] == "log"
+    started = time.monotonic()
+    os.kill(echo.proc.pid, signal.SIGUSR1)
+    header, _ = echo.recv()
+    assert time.monotonic() - started < 5
+    assert header["type"] == "result" and header["ok"] is False
+    assert header["error"]["error_type"] == "RequestCancelledError"
+    os.kill(echo.proc.pid, signal.SIGUSR1)  # idle: ignored
+    header, out = echo.call("/", {"text": "after"})
+    assert header["ok"] is True and out["text"] == "after"

@@ -1,0 +1,150 @@
+"""From an HTTP request to a queued request, and from an outcome back to a response.
+
+``intake`` authenticates, resolves ``{owner}/{app}[@ref]/{path}`` to a revision and endpoint,
+reads the body under the size limit (checking it is JSON), and builds the ``NewRequest``:
+``X-Fal-Request-Timeout`` becomes a deadline, ``?fal_webhook=`` the webhook, and a body larger
+than ``inline_payload_bytes`` goes to the blob store instead of Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from klieg.exceptions import (
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ValidationError,
+)
+from klieg.types import EndpointSpec, normalize_path
+from klieg_platform.broker import NewRequest, Outcome
+from klieg_platform.gateway.errors import error_response
+from klieg_platform.gateway.state import GatewayState
+from klieg_platform.storage import payload_key
+
+TIMEOUT_HEADER = "x-fal-request-timeout"
+
+
+def gateway(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.gateway
+    return state
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"body of {declared} bytes exceeds the limit of {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if body.strip():
+        try:
+            json.loads(body)
+        except ValueError as exc:
+            raise ValidationError(
+                [{"loc": ["body"], "msg": f"invalid JSON: {exc}", "type": "json_invalid"}]
+            ) from exc
+    return body
+
+
+def _deadline_ms(request: Request) -> int:
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return 0
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise InvalidRequestError(f"{TIMEOUT_HEADER} must be a number of seconds") from None
+    if seconds <= 0:
+        raise InvalidRequestError(f"{TIMEOUT_HEADER} must be positive")
+    return int((time.time() + seconds) * 1000)
+
+
+def _webhook(request: Request) -> str:
+    url = request.query_params.get("fal_webhook", "")
+    if url:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise InvalidRequestError(f"fal_webhook must be an http(s) URL, got {url!r}")
+    return url
+
+
+@dataclass(frozen=True)
+class Intake:
+    gw: GatewayState
+    new: NewRequest
+    endpoint: EndpointSpec
+
+
+async def intake(request: Request, *, allow_stream: bool) -> Intake:
+    """Validate and build the request to enqueue. With ``allow_stream``, a path ending in
+    ``/stream`` (or ``Accept: text/event-stream``) on a generator endpoint asks for SSE."""
+    gw = gateway(request)
+    tenant = await gw.tenant(request)
+    owner = request.path_params["owner"]
+    resolved = await gw.resolve(tenant, owner, request.path_params["app"])
+    path = normalize_path(request.path_params.get("path", ""))
+    route = resolved.spec.route(path)
+    stream = False
+    if allow_stream:
+        if route is None and path.endswith("/stream"):
+            route = resolved.spec.route(path.removesuffix("stream"))
+            if route is not None and not route[1].streaming:
+                route = None
+            stream = route is not None
+        elif route is not None and route[1].streaming:
+            accept = request.headers.get("accept", "")
+            stream = path.endswith("/stream") or "text/event-stream" in accept
+    if route is None:
+        raise NotFoundError(f"app {owner}/{resolved.spec.name} has no endpoint at '{path}'")
+    fn, ep = route
+    body = await read_body(request, gw.settings.max_body_bytes)
+    rid = uuid.uuid4().hex
+    ref = ""
+    if len(body) > gw.settings.inline_payload_bytes:
+        ref = payload_key(rid)
+        await asyncio.to_thread(gw.store.put, ref, body)
+        body = b""
+    new = NewRequest(
+        id=rid,
+        owner=owner,
+        tenant=tenant.id,
+        app=resolved.spec.name,
+        revision=resolved.revision.id,
+        function=fn.name,
+        endpoint=ep.path,
+        pool=fn.pool,
+        payload=body,
+        payload_ref=ref,
+        timeout_s=fn.request_timeout,
+        deadline_ms=_deadline_ms(request),
+        webhook=_webhook(request),
+        stream=stream,
+    )
+    return Intake(gw, new, ep)
+
+
+async def result_response(gw: GatewayState, request_id: str, outcome: Outcome) -> Response:
+    headers = {"x-klieg-request-id": request_id, "x-fal-request-id": request_id}
+    if outcome.ok:
+        body = outcome.result
+        if outcome.result_ref:
+            body = await asyncio.to_thread(gw.store.get, outcome.result_ref)
+        return Response(body, 200, media_type="application/json", headers=headers)
+    err = outcome.error or {"detail": "request failed", "error_type": "KliegError"}
+    return error_response(
+        outcome.http_status, err.get("detail"), str(err.get("error_type")), headers=headers
+    )

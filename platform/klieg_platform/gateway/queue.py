@@ -1,0 +1,155 @@
+"""Queue routes (fal's queue protocol):
+
+  POST /queue/{owner}/{app}[@ref][/{path}]           submit; {request_id, status_url, ...}
+  GET  .../requests/{id}/status[?logs=1]             IN_QUEUE (queue_position) | IN_PROGRESS |
+                                                     COMPLETED; ``logs`` always present
+  GET  .../requests/{id}/status/stream[?logs=1]      the same as server-sent events, until done
+  GET  .../requests/{id}                             the result (or the request's error)
+  PUT  .../requests/{id}/cancel                      cancel a queued or running request
+  GET  /requests/{id}/status[?logs=1]                status by id alone (``klieg logs``)
+
+``...`` is ``/queue/{owner}/{app}``. Only the tenant that submitted a request can see it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from klieg.exceptions import InvalidRequestError, NotFoundError
+from klieg_platform.broker import RequestState
+from klieg_platform.gateway import sse
+from klieg_platform.gateway.intake import gateway, intake, result_response
+from klieg_platform.gateway.state import GatewayState
+
+WEBHOOK_FIELDS = ("webhook_status", "webhook_attempts", "webhook_last_error")
+
+
+def _urls(request: Request, owner: str, app: str, request_id: str) -> dict[str, str]:
+    base = str(request.base_url).rstrip("/")
+    root = f"{base}/queue/{owner}/{app}/requests/{request_id}"
+    return {"response_url": root, "status_url": f"{root}/status", "cancel_url": f"{root}/cancel"}
+
+
+async def submit(request: Request) -> Response:
+    job = await intake(request, allow_stream=False)
+    await job.gw.broker.enqueue(job.new)
+    state = await job.gw.broker.get(job.new.id)
+    body: dict[str, Any] = {
+        "request_id": job.new.id,
+        "status": "IN_QUEUE",
+        "queue_position": state.queue_position if state else None,
+        **_urls(request, job.new.owner, job.new.app, job.new.id),
+    }
+    return JSONResponse(body, 200)
+
+
+def _flag(request: Request, name: str) -> bool:
+    return request.query_params.get(name, "").lower() in ("1", "true", "yes")
+
+
+async def _owned(request: Request, *, logs: bool = False) -> tuple[GatewayState, RequestState]:
+    """The request named in the path, if the caller's tenant submitted it (else 404)."""
+    gw = gateway(request)
+    tenant = await gw.tenant(request)
+    rid = request.path_params["request_id"]
+    state = await gw.broker.get(rid, with_logs=logs, extra=WEBHOOK_FIELDS)
+    owner = request.path_params.get("owner")
+    app = request.path_params.get("app", "").partition("@")[0]
+    if (
+        state is None
+        or state.tenant != tenant.id
+        or (owner is not None and (state.owner != owner or state.app != app))
+    ):
+        raise NotFoundError(f"request {rid} not found")
+    return gw, state
+
+
+def status_body(request: Request, state: RequestState, *, logs: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "request_id": state.id,
+        "status": state.status,
+        **_urls(request, state.owner, state.app, state.id),
+        "logs": (state.logs or []) if logs else None,
+    }
+    if state.status == "IN_QUEUE":
+        body["queue_position"] = state.queue_position
+    if state.status == "COMPLETED":
+        if state.started_ms and state.finished_ms:
+            body["metrics"] = {"inference_time": (state.finished_ms - state.started_ms) / 1000}
+        if state.outcome == "error" and state.error:
+            body["error"] = state.error.get("detail")
+            body["error_type"] = state.error.get("error_type")
+    if state.cancel_requested and state.status != "COMPLETED":
+        body["cancel_requested"] = True
+    if state.webhook:
+        body["webhook"] = {
+            "url": state.webhook,
+            "status": state.extra.get("webhook_status") or "pending",
+            "attempts": int(state.extra.get("webhook_attempts") or 0),
+            "last_error": state.extra.get("webhook_last_error") or None,
+        }
+    return body
+
+
+async def status(request: Request) -> Response:
+    logs = _flag(request, "logs")
+    _, state = await _owned(request, logs=logs)
+    body = status_body(request, state, logs=logs)
+    return JSONResponse(body, 200 if state.status == "COMPLETED" else 202)
+
+
+async def status_stream(request: Request) -> Response:
+    """SSE: a status document whenever the status changes or log lines arrive (each event
+    carries only the lines that are new since the previous one), ending with COMPLETED."""
+    logs = _flag(request, "logs")
+    gw, first = await _owned(request)
+
+    async def events() -> AsyncIterator[bytes]:
+        seen_logs = 0
+        last: tuple[str, int | None] | None = None
+        while True:
+            state = await gw.broker.get(first.id, extra=WEBHOOK_FIELDS)
+            if state is None:
+                return
+            new_lines = await gw.broker.logs(first.id, seen_logs) if logs else []
+            key = (state.status, state.queue_position)
+            if key != last or new_lines:
+                body = status_body(request, state, logs=False)
+                body["logs"] = new_lines if logs else None
+                seen_logs += len(new_lines)
+                last = key
+                yield sse.event(json.dumps(body).encode())
+            if state.status == "COMPLETED":
+                return
+            await asyncio.sleep(0.1)
+
+    return sse.response(events())
+
+
+async def result(request: Request) -> Response:
+    gw, state = await _owned(request)
+    outcome = await gw.broker.outcome(state.id) if state.status == "COMPLETED" else None
+    if outcome is None:
+        raise InvalidRequestError(f"request {state.id} is {state.status}, not COMPLETED yet")
+    return await result_response(gw, state.id, outcome)
+
+
+async def cancel(request: Request) -> Response:
+    gw, state = await _owned(request)
+    outcome = await gw.broker.cancel(state.id)
+    if outcome in (1, 2):
+        return JSONResponse({"status": "CANCELLATION_REQUESTED"}, 202)
+    if outcome == -1:
+        raise NotFoundError(f"request {state.id} not found")
+    body = {
+        "status": "ALREADY_COMPLETED",
+        "detail": f"request {state.id} is already completed",
+        "error_type": "InvalidRequestError",
+    }
+    return JSONResponse(body, 400)

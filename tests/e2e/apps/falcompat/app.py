@@ -1,0 +1,63 @@
+"""What the fal-client compatibility tests call: a logging endpoint, a generator, a slow
+endpoint to cancel, and one that raises.
+
+POST /{owner}/falcompat          {"text": "hi", "seconds": 0}  -> {"text": "hi", "index": 0}
+POST /{owner}/falcompat/stream   {"n": 3}  -> items {"text": "item 0", "index": 0}, ...
+POST /{owner}/falcompat/slow     {"seconds": 5}  -> {"text": "slept 5.0", "index": 0}
+POST /{owner}/falcompat/fail     {"text": "x"}  -> AppError
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from pydantic import BaseModel, Field
+
+import klieg
+
+app = klieg.App("falcompat")
+
+
+class In(BaseModel):
+    text: str = "hi"
+    seconds: float = Field(0.0, ge=0, le=60)
+
+
+class StreamIn(BaseModel):
+    n: int = Field(3, ge=0, le=100)
+
+
+class Out(BaseModel):
+    text: str
+    index: int = 0
+
+
+@app.function(keep_alive=300, max_concurrency=2)
+@klieg.endpoint("/")
+def hello(req: In) -> Out:
+    print(f"falcompat saw {req.text!r}", flush=True)
+    time.sleep(req.seconds)
+    return Out(text=req.text)
+
+
+@app.function(keep_alive=300)
+@klieg.endpoint("/stream")
+def stream(req: StreamIn) -> Iterator[Out]:
+    for i in range(req.n):
+        time.sleep(0.05)
+        yield Out(text=f"item {i}", index=i)
+
+
+@app.function(keep_alive=300, max_concurrency=4)
+@klieg.endpoint("/slow")
+def slow(req: In) -> Out:
+    print(f"sleeping {req.seconds}s", flush=True)
+    time.sleep(req.seconds)
+    return Out(text=f"slept {req.seconds}")
+
+
+@app.function(keep_alive=300)
+@klieg.endpoint("/fail")
+def fail(req: In) -> Out:
+    raise RuntimeError(f"falcompat refuses {req.text!r}")
