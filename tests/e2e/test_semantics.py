@@ -3,6 +3,7 @@ crashed runners, large payloads."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -147,3 +148,35 @@ def test_large_payloads_go_through_the_blob_store(semantics: Platform) -> None:
     results = list((semantics.home / "blobs" / "results").iterdir())
     assert results, "large results are stored as blobs"
     assert not list((semantics.home / "blobs" / "payloads").iterdir()), "payload blobs are removed"
+
+
+def test_async_client(semantics: Platform) -> None:
+    async def scenario() -> None:
+        async with klieg.AsyncClient(semantics.url, semantics.key) as client:
+            assert await client.run("local/semantics/count", {"n": 2}) == {"i": 1}
+            items = [item async for item in client.stream("local/semantics/count", {"n": 3})]
+            assert items == [{"i": 0}, {"i": 1}, {"i": 2}]
+            updates: list[dict[str, Any]] = []
+            out = await client.subscribe(
+                "local/semantics/count", {"n": 2}, with_logs=True, on_update=updates.append
+            )
+            assert out == {"i": 1} and updates[-1]["status"] == "COMPLETED"
+            handle = await client.submit("local/semantics/sleep", {"n": 60})
+            while (await client.status(handle.app_id, handle.request_id))["status"] != (
+                "IN_PROGRESS"
+            ):
+                await asyncio.sleep(0.05)
+            await client.cancel(handle.app_id, handle.request_id)
+            while True:
+                st = await client.status(handle.app_id, handle.request_id, with_logs=True)
+                if st["status"] == "COMPLETED":
+                    break
+                await asyncio.sleep(0.05)
+            assert st["error_type"] == "RequestCancelledError"
+            with pytest.raises(klieg.KliegError) as info:
+                await client.result(handle.app_id, handle.request_id)
+            assert info.value.error_type == "RequestCancelledError"
+            with pytest.raises(klieg.NotFoundError):
+                await client.run("local/nope", {})
+
+    asyncio.run(scenario())
