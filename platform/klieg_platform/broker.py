@@ -16,14 +16,16 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from klieg.exceptions import InvalidRequestError, QueueFullError
 from klieg_platform import broker_scripts as lua
 from klieg_platform import keys
+from klieg_platform.scheduler import DEFAULT_TIERS, Tier
 
 log = logging.getLogger("klieg.broker")
 
@@ -53,6 +55,14 @@ class NewRequest:
     deadline_ms: int = 0
     webhook: str = ""
     stream: bool = False
+    tier: str = "free"
+    tenant_cap: int = 0
+    app_cap: int = 0
+    gpus: int = 0
+
+    @property
+    def app_key(self) -> str:
+        return f"{self.owner}/{self.app}"
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,22 @@ class Job:
     payload_ref: str = ""
     deadline_ms: int = 0
     stream: bool = False
+    units: int = 1
+    """Worker slots the request takes: its function's num_gpus, at least one."""
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """Dispatch took nothing: the request the policy chose needs ``units`` slots, more than
+    the worker has free. The worker takes nothing smaller until it has room."""
+
+    units: int
+
+
+@dataclass(frozen=True)
+class Elsewhere:
+    """Dispatch took nothing: the request the policy chose is held warm by another worker,
+    which should serve it without a cold start."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +135,7 @@ class RequestState:
     attempts: int
     cancel_requested: bool = False
     webhook: str = ""
+    tier: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -118,17 +145,26 @@ def _s(value: bytes | None) -> str:
 
 _STATE_FIELDS = [
     "status", "owner", "tenant", "app", "pool", "outcome", "error", "http_status",
-    "created_ms", "started_ms", "finished_ms", "attempts", "cancel_requested", "webhook",
+    "created_ms", "started_ms", "finished_ms", "attempts", "cancel_requested", "webhook", "tier",
 ]  # fmt: skip
 
 
 class Broker:
     """All queue operations; one instance per process, sharing one Redis connection pool."""
 
-    def __init__(self, redis: aioredis.Redis, *, result_ttl_s: int, max_attempts: int) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        result_ttl_s: int,
+        max_attempts: int,
+        tiers: Sequence[Tier] = DEFAULT_TIERS,
+    ) -> None:
         self.redis = redis
         self.result_ttl_s = result_ttl_s
         self.max_attempts = max_attempts
+        self.tiers = {t.name: t for t in tiers}
+        self.tiers_spec = ",".join(f"{t.name}:{int(t.slo_s * 1000)}" for t in tiers)
         self._enqueue = redis.register_script(lua.ENQUEUE)
         self._dispatch = redis.register_script(lua.DISPATCH)
         self._renew = redis.register_script(lua.RENEW)
@@ -136,39 +172,87 @@ class Broker:
         self._requeue = redis.register_script(lua.REQUEUE)
         self._requeue_expired = redis.register_script(lua.REQUEUE_EXPIRED)
         self._cancel = redis.register_script(lua.CANCEL)
+        self._position = redis.register_script(lua.POSITION)
 
     @classmethod
-    def from_url(cls, url: str, *, result_ttl_s: int, max_attempts: int) -> Broker:
+    def from_url(
+        cls,
+        url: str,
+        *,
+        result_ttl_s: int,
+        max_attempts: int,
+        tiers: Sequence[Tier] = DEFAULT_TIERS,
+    ) -> Broker:
         return cls(
             aioredis.Redis.from_url(url, max_connections=256),
             result_ttl_s=result_ttl_s,
             max_attempts=max_attempts,
+            tiers=tiers,
         )
 
     async def close(self) -> None:
         await self.redis.aclose()
 
     # ---- the request lifecycle ---------------------------------------------------------
-    async def enqueue(self, req: NewRequest) -> None:
-        """Write the record and queue it, atomically; wakes one waiting worker of the pool."""
+    async def enqueue(self, req: NewRequest, *, at_ms: int | None = None) -> None:
+        """Write the record and queue it in its pool and tier, atomically; wakes one waiting
+        worker. Raises QueueFullError when the tier's queue is at its bound. ``at_ms``: the
+        enqueue time (default now; a clock for replays and tests)."""
+        tier = self.tiers.get(req.tier)
+        if tier is None:
+            raise InvalidRequestError(f"unknown tier {req.tier!r}")
         fields: list[Any] = [
             "id", req.id, "owner", req.owner, "tenant", req.tenant, "app", req.app,
+            "app_key", req.app_key, "tier", req.tier, "gpus", str(req.gpus),
             "revision", req.revision, "function", req.function, "endpoint", req.endpoint,
             "pool", req.pool, "payload", req.payload, "payload_ref", req.payload_ref,
             "timeout_s", str(req.timeout_s), "deadline_ms", str(req.deadline_ms),
             "webhook", req.webhook, "stream", "1" if req.stream else "",
             "status", "IN_QUEUE", "created_ms", str(now_ms()), "attempts", "0",
         ]  # fmt: skip
-        await self._enqueue(args=[req.id, req.pool, *fields])
+        head: list[Any] = [req.id, req.pool, req.tier, at_ms or now_ms(), tier.max_queued]
+        caps: list[Any] = [req.tenant, req.tenant_cap, req.app_key, req.app_cap]
+        score, queued = await self._enqueue(args=[*head, *caps, *fields])
+        if int(score) < 0:
+            raise QueueFullError(
+                f"the {req.tier} queue of pool {req.pool} is full ({int(queued)} waiting)",
+                queued=int(queued),
+            )
 
-    async def dispatch(self, pools: Sequence[str], worker_id: str, lease_s: float) -> Job | None:
-        """Take the oldest queued request of ``pools`` (``["*"]``: every pool) for ``worker_id``."""
-        row = await self._dispatch(args=[now_ms(), int(lease_s * 1000), worker_id, *pools])
+    async def dispatch(
+        self,
+        pools: Sequence[str],
+        worker_id: str,
+        lease_s: float,
+        *,
+        free_units: int = 1,
+        total_units: int = 1,
+        warm_here: Collection[str] = (),
+        warm_elsewhere: Collection[str] = (),
+        at_ms: int | None = None,
+    ) -> Job | Blocked | Elsewhere | None:
+        """Lease the request the policy picks next from ``pools`` (``["*"]``: every pool) to
+        ``worker_id``, which has ``free_units`` of ``total_units`` slots free and idle runners
+        of ``warm_here`` ("revision/function"); other workers have idle ``warm_elsewhere``."""
+        row = await self._dispatch(
+            args=[
+                at_ms or now_ms(),
+                int(lease_s * 1000),
+                worker_id,
+                self.tiers_spec,
+                free_units,
+                total_units,
+                ",".join(warm_here),
+                ",".join(warm_elsewhere),
+                *pools,
+            ]
+        )
         if not row:
             return None
-        rid, attempts, more, rev, fn, ep, payload, timeout_s, owner, app, ref, deadline, stream = (
-            row
-        )
+        if not row[0]:
+            return Blocked(int(_s(row[2]))) if _s(row[1]) == "blocked" else Elsewhere()
+        rid, attempts, more, units, rev, fn, ep, payload, timeout_s, owner, app, ref = row[:12]
+        deadline, stream = row[12:]
         return Job(
             id=_s(rid),
             revision=_s(rev),
@@ -183,6 +267,7 @@ class Broker:
             payload_ref=_s(ref),
             deadline_ms=int(_s(deadline) or 0),
             stream=bool(stream),
+            units=int(_s(units)),
         )
 
     async def wait_for_work(self, pools: Sequence[str], timeout_s: float) -> None:
@@ -260,6 +345,61 @@ class Broker:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
 
+    # ---- capacity and measurements -------------------------------------------------------
+    async def heartbeat(
+        self,
+        worker_id: str,
+        pools: Sequence[str],
+        slots: int,
+        warm: Collection[str],
+        idle: Collection[str],
+    ) -> dict[str, set[str]]:
+        """A worker says it is alive: its pools, its slots, the apps it holds warm and the
+        "revision/function" of its idle runners. Returns the idle runners of the other live
+        workers, by pool they serve."""
+        doc = {
+            "pools": list(pools), "slots": slots, "warm": sorted(set(warm)),
+            "idle": sorted(set(idle)), "seen_ms": now_ms(),
+        }  # fmt: skip
+        await self.redis.hset(keys.WORKERS, worker_id, json.dumps(doc))
+        raw: dict[Any, Any] = await self.redis.hgetall(keys.WORKERS)
+        others: dict[str, set[str]] = {}
+        for wid, value in raw.items():
+            other = json.loads(value)
+            if _s(wid) == worker_id or now_ms() - other["seen_ms"] > 15_000:
+                continue
+            for pool in other["pools"]:
+                others.setdefault(pool, set()).update(other.get("idle", []))
+        return others
+
+    async def forget_worker(self, worker_id: str) -> None:
+        await self.redis.hdel(keys.WORKERS, worker_id)
+
+    async def capacity(self, pool: str, *, fresh_s: float = 15.0) -> tuple[int, set[str]]:
+        """Slots serving ``pool`` now (from recent heartbeats) and the apps warm on them."""
+        raw: dict[Any, Any] = await self.redis.hgetall(keys.WORKERS)
+        slots, warm = 0, set()
+        for value in raw.values():
+            doc = json.loads(value)
+            if now_ms() - doc["seen_ms"] > fresh_s * 1000:
+                continue
+            if pool in doc["pools"] or keys.ALL_POOLS in doc["pools"]:
+                slots += int(doc["slots"])
+                warm.update(doc["warm"])
+        return slots, warm
+
+    async def record_time(self, kind: str, app_key: str, seconds: float) -> None:
+        """Fold a service (``kind="service"``) or cold-start time into the app's running mean."""
+        key = keys.SERVICE_STATS if kind == "service" else keys.COLD_STATS
+        old = await self.redis.hget(key, app_key)
+        ms = seconds * 1000 if old is None else 0.8 * float(old) + 0.2 * seconds * 1000
+        await self.redis.hset(key, app_key, f"{ms:.1f}")
+
+    async def mean_time(self, kind: str, app_key: str) -> float | None:
+        key = keys.SERVICE_STATS if kind == "service" else keys.COLD_STATS
+        value = await self.redis.hget(key, app_key)
+        return float(value) / 1000 if value is not None else None
+
     # ---- reading ---------------------------------------------------------------------
     async def outcome(self, request_id: str) -> Outcome | None:
         """How a COMPLETED request ended (no logs); None when unknown or not completed."""
@@ -290,8 +430,8 @@ class Broker:
         status = _s(row["status"])
         position: int | None = None
         if status == "IN_QUEUE":
-            rank = await self.redis.zrank(keys.queue(_s(row["pool"])), request_id)
-            position = rank if isinstance(rank, int) else None
+            ahead = int(await self._position(args=[request_id, now_ms(), self.tiers_spec]))
+            position = ahead if ahead >= 0 else None
         err = row["error"]
         return RequestState(
             id=request_id,
@@ -311,6 +451,7 @@ class Broker:
             attempts=int(_s(row["attempts"]) or 0),
             cancel_requested=bool(row["cancel_requested"]),
             webhook=_s(row["webhook"]),
+            tier=_s(row["tier"]),
             extra={n: _s(row[n]) for n in extra},
         )
 

@@ -13,8 +13,11 @@ from klieg_platform import keys
 
 PRELUDE = f"""
 local REQ, QUEUE, WAKE = '{keys.REQUEST_PREFIX}', '{keys.QUEUE_PREFIX}', '{keys.WAKE_PREFIX}'
-local INFLIGHT, POOLS, SEQ = '{keys.INFLIGHT}', '{keys.POOLS}', '{keys.SEQ}'
+local INFLIGHT, POOLS = '{keys.INFLIGHT}', '{keys.POOLS}'
 local HOOKS, DONE, CANCEL = '{keys.WEBHOOKS}', '{keys.DONE_CHANNEL}', '{keys.CANCEL_CHANNEL}'
+local T_RUN, A_RUN = '{keys.TENANT_INFLIGHT}', '{keys.APP_INFLIGHT}'
+local T_CAP, A_CAP = '{keys.TENANT_CAPS}', '{keys.APP_CAPS}'
+local COLD = '{keys.COLD_STATS}'
 local LOGS = '{keys.PREFIX}logs:'
 
 local function wake(pool)
@@ -24,8 +27,16 @@ local function wake(pool)
   end
 end
 
+-- a request stops running: its tenant's and app's in-flight counts go down
+local function stopped(rk)
+  local f = redis.call('HMGET', rk, 'tenant', 'app_key')
+  if f[1] then redis.call('HINCRBY', T_RUN, f[1], -1) end
+  if f[2] then redis.call('HINCRBY', A_RUN, f[2], -1) end
+end
+
 local function finish(id, now, ttl, fields)
   local rk = REQ .. id
+  if redis.call('HGET', rk, 'status') == 'IN_PROGRESS' then stopped(rk) end
   redis.call('HSET', rk, 'status', 'COMPLETED', 'finished_ms', now, unpack(fields))
   redis.call('ZREM', INFLIGHT, id)
   redis.call('EXPIRE', rk, ttl)
@@ -37,60 +48,191 @@ end
 
 local function requeue(id)
   local rk = REQ .. id
-  local st = redis.call('HMGET', rk, 'pool', 'seq')
+  local st = redis.call('HMGET', rk, 'pool', 'tier', 'score')
+  stopped(rk)
   redis.call('HSET', rk, 'status', 'IN_QUEUE', 'worker', '')
   redis.call('ZREM', INFLIGHT, id)
-  redis.call('ZADD', QUEUE .. st[1], st[2], id)
+  redis.call('ZADD', QUEUE .. st[1] .. ':' .. st[2], st[3], id)
   wake(st[1])
+end
+
+-- tiers from 'name:slo_ms,...' in rank order (first = most important)
+local function parse_tiers(spec)
+  local tiers = {{}}
+  for name, slo in string.gmatch(spec, '([^:,]+):([^,]+)') do
+    tiers[#tiers + 1] = {{name = name, slo = tonumber(slo), rank = #tiers}}
+  end
+  return tiers
 end
 """
 
-# ARGV: id, pool, field/value pairs...
+# ARGV: id, pool, tier, now_ms, max_queued, tenant, tenant cap, app key, app cap, fields...
+# returns {score, 0} when queued; {-1, queued_in_tier} when the tier's queue is full
 ENQUEUE = (
     PRELUDE
     + """
-local seq = redis.call('INCR', SEQ)
-redis.call('HSET', REQ .. ARGV[1], 'seq', seq, unpack(ARGV, 3))
-redis.call('ZADD', QUEUE .. ARGV[2], seq, ARGV[1])
+local q = QUEUE .. ARGV[2] .. ':' .. ARGV[3]
+local queued = redis.call('ZCARD', q)
+if queued >= tonumber(ARGV[5]) then return {-1, queued} end
+local score = tonumber(ARGV[4]) * 1000
+local last = redis.call('ZRANGE', q, -1, -1, 'WITHSCORES')
+if last[2] and tonumber(last[2]) >= score then score = tonumber(last[2]) + 1 end
+redis.call('HSET', REQ .. ARGV[1], 'score', string.format('%.0f', score), unpack(ARGV, 10))
+redis.call('ZADD', q, score, ARGV[1])
+redis.call('HSET', T_CAP, ARGV[6], ARGV[7])
+redis.call('HSET', A_CAP, ARGV[8], ARGV[9])
 redis.call('SADD', POOLS, ARGV[2])
 wake(ARGV[2])
-return seq
+return {string.format('%.0f', score), 0}
 """
 )
 
-# ARGV: now_ms, lease_ms, worker_id, pool... ('*' = every pool)
+# ARGV: now_ms, lease_ms, worker_id, tiers spec, free units, total units, warm here, warm
+#       elsewhere, pool... ('*': every pool). "warm here/elsewhere": comma-separated
+#       "revision/function" of runners idle on this worker / on other workers.
+# The policy of scheduler.pick_for_worker. Per queue, the first request (FIFO, at most 64 looked
+# at) whose tenant and app are under their in-flight caps, and that this worker could ever hold
+# (its gpus <= total units), is a candidate; the policy's pick among candidates: if any has
+# waited past its tier's SLO, the one with the largest wait/SLO; otherwise the most important
+# tier's. Then, for this worker:
+#   1. the pick runs on a runner idle here: take it;
+#   2. the pick needs more units than are free: take nothing, {'', 'blocked', need} (the worker
+#      drains until it fits, so large jobs are not starved by small ones);
+#   3. the pick has waited less than its app's measured cold start (and is within its SLO), and
+#      a request this worker holds warm and idle is a candidate by the same test (looked for
+#      among the same 64): the best of those, with no cold start;
+#   4. another worker holds the pick's function idle and the pick has waited less than its app's
+#      measured cold start: take nothing, {'', 'elsewhere'}, and wake that pool's workers;
+#   5. otherwise the pick, with a cold start.
+# So warm work goes first only while that is better for the queue than a cold start.
 DISPATCH = (
     PRELUDE
     + """
-local queues = {}
-if ARGV[4] == '*' then
-  for _, pool in ipairs(redis.call('SMEMBERS', POOLS)) do queues[#queues + 1] = QUEUE .. pool end
-else
-  for i = 4, #ARGV do queues[#queues + 1] = QUEUE .. ARGV[i] end
+local now = tonumber(ARGV[1])
+local tiers = parse_tiers(ARGV[4])
+local free, total = tonumber(ARGV[5]), tonumber(ARGV[6])
+local function set_of(csv)
+  local set, n = {}, 0
+  for item in string.gmatch(csv, '[^,]+') do set[item] = true; n = n + 1 end
+  return set, n
 end
-for _ = 1, 64 do
-  local best, bestscore, bestq = nil, nil, nil
-  for _, q in ipairs(queues) do
-    local head = redis.call('ZRANGE', q, 0, 0, 'WITHSCORES')
-    if head[1] and (best == nil or tonumber(head[2]) < bestscore) then
-      best, bestscore, bestq = head[1], tonumber(head[2]), q
+local here, n_here = set_of(ARGV[7])
+local elsewhere = set_of(ARGV[8])
+local pools = {}
+if ARGV[9] == '*' then
+  pools = redis.call('SMEMBERS', POOLS)
+else
+  for i = 9, #ARGV do pools[#pools + 1] = ARGV[i] end
+end
+local under = {}
+local function under_cap(hash_run, hash_cap, who)
+  local key = hash_run .. '|' .. who
+  if under[key] == nil then
+    local cap = tonumber(redis.call('HGET', hash_cap, who) or '0')
+    local running = tonumber(redis.call('HGET', hash_run, who) or '0')
+    under[key] = cap <= 0 or running < cap
+  end
+  return under[key]
+end
+-- is candidate c better than b by the policy?
+local function better(c, b)
+  if b == nil then return true end
+  if c.over ~= b.over then return c.over end
+  if c.over and c.score ~= b.score then return c.score > b.score end
+  if c.rank ~= b.rank then return c.rank < b.rank end
+  return c.enq < b.enq
+end
+local best, warm = nil, nil
+local queued = 0
+for _, tier in ipairs(tiers) do
+  for _, pool in ipairs(pools) do
+    local q = QUEUE .. pool .. ':' .. tier.name
+    queued = queued + redis.call('ZCARD', q)
+    local heads = redis.call('ZRANGE', q, 0, 63, 'WITHSCORES')
+    local first, first_warm = nil, nil
+    for i = 1, #heads, 2 do
+      local id, enq = heads[i], math.floor(tonumber(heads[i + 1]) / 1000)
+      local f = redis.call('HMGET', REQ .. id, 'status', 'tenant', 'app_key', 'gpus', 'revision',
+                           'function')
+      local need = math.max(tonumber(f[4] or '0') or 0, 1)
+      if f[1] ~= 'IN_QUEUE' then
+        redis.call('ZREM', q, id)
+      elseif need <= total and under_cap(T_RUN, T_CAP, f[2]) and under_cap(A_RUN, A_CAP, f[3])
+      then
+        local score = (now - enq) / tier.slo
+        local c = {id = id, q = q, over = score >= 1, score = score, rank = tier.rank, enq = enq,
+                   need = need, fn = f[5] .. '/' .. f[6], app = f[3], pool = pool}
+        first = first or c
+        if first_warm == nil and here[c.fn] then first_warm = c end
+        if first_warm ~= nil or n_here == 0 then break end
+      end
+    end
+    if first and better(first, best) then best = first end
+    if first_warm and better(first_warm, warm) then warm = first_warm end
+  end
+end
+if best == nil then return nil end
+local chosen = best
+if not here[best.fn] then
+  if best.need > free then return {'', 'blocked', tostring(best.need)} end
+  local cold = tonumber(redis.call('HGET', COLD, best.app) or '0')
+  local young = not best.over and now - best.enq < cold
+  if young and warm ~= nil and warm.need <= free then
+    chosen = warm
+  elseif young and elsewhere[best.fn] then
+    wake(best.pool)
+    return {'', 'elsewhere'}
+  end
+end
+redis.call('ZREM', chosen.q, chosen.id)
+local rk = REQ .. chosen.id
+redis.call('HSET', rk, 'status', 'IN_PROGRESS', 'worker', ARGV[3], 'started_ms', ARGV[1])
+local attempts = redis.call('HINCRBY', rk, 'attempts', 1)
+redis.call('ZADD', INFLIGHT, now + tonumber(ARGV[2]), chosen.id)
+local f = redis.call('HMGET', rk, 'revision', 'function', 'endpoint', 'payload', 'timeout_s',
+                     'owner', 'app', 'payload_ref', 'deadline_ms', 'stream', 'tenant', 'app_key')
+redis.call('HINCRBY', T_RUN, f[11], 1)
+redis.call('HINCRBY', A_RUN, f[12], 1)
+return {chosen.id, tostring(attempts), tostring(queued - 1), tostring(chosen.need),
+        unpack(f, 1, 10)}
+"""
+)
+
+# ARGV: id, now_ms, tiers spec. How many queued requests of its pool go before it, as the
+# policy orders them now (an estimate: caps and later arrivals can change it).
+POSITION = (
+    PRELUDE
+    + """
+local f = redis.call('HMGET', REQ .. ARGV[1], 'status', 'pool', 'tier', 'score')
+if f[1] ~= 'IN_QUEUE' then return -1 end
+local now, tiers = tonumber(ARGV[2]), parse_tiers(ARGV[3])
+local mine
+for _, t in ipairs(tiers) do if t.name == f[3] then mine = t end end
+if mine == nil then return -1 end
+local my_score = tonumber(f[4])
+local wait = now - math.floor(my_score / 1000)
+local over = wait >= mine.slo
+local ahead = 0
+for _, t in ipairs(tiers) do
+  local q = QUEUE .. f[2] .. ':' .. t.name
+  local overdue = (now - t.slo) * 1000
+  if over then
+    local cut = (now - wait * t.slo / mine.slo) * 1000
+    if t.name == mine.name then
+      ahead = ahead + redis.call('ZCOUNT', q, '-inf', '(' .. f[4])
+    else
+      ahead = ahead + redis.call('ZCOUNT', q, '-inf', '(' .. string.format('%.0f', cut))
+    end
+  else
+    ahead = ahead + redis.call('ZCOUNT', q, '-inf', '(' .. string.format('%.0f', overdue))
+    if t.rank < mine.rank then
+      ahead = ahead + redis.call('ZCOUNT', q, string.format('%.0f', overdue), '+inf')
+    elseif t.name == mine.name then
+      ahead = ahead + redis.call('ZCOUNT', q, string.format('%.0f', overdue), '(' .. f[4])
     end
   end
-  if best == nil then return nil end
-  redis.call('ZREM', bestq, best)
-  local rk = REQ .. best
-  if redis.call('HGET', rk, 'status') == 'IN_QUEUE' then
-    redis.call('HSET', rk, 'status', 'IN_PROGRESS', 'worker', ARGV[3], 'started_ms', ARGV[1])
-    local attempts = redis.call('HINCRBY', rk, 'attempts', 1)
-    redis.call('ZADD', INFLIGHT, tonumber(ARGV[1]) + tonumber(ARGV[2]), best)
-    local f = redis.call('HMGET', rk, 'revision', 'function', 'endpoint', 'payload', 'timeout_s',
-                         'owner', 'app', 'payload_ref', 'deadline_ms', 'stream')
-    local more = 0
-    for _, q in ipairs(queues) do more = more + redis.call('ZCARD', q) end
-    return {best, tostring(attempts), tostring(more), unpack(f)}
-  end
 end
-return nil
+return ahead
 """
 )
 
@@ -154,10 +296,10 @@ CANCEL = (
     PRELUDE
     + """
 local rk = REQ .. ARGV[1]
-local st = redis.call('HMGET', rk, 'status', 'pool')
+local st = redis.call('HMGET', rk, 'status', 'pool', 'tier')
 if not st[1] then return -1 end
 if st[1] == 'IN_QUEUE' then
-  redis.call('ZREM', QUEUE .. st[2], ARGV[1])
+  redis.call('ZREM', QUEUE .. st[2] .. ':' .. st[3], ARGV[1])
   finish(ARGV[1], ARGV[2], ARGV[3],
          {'outcome', 'error', 'error', ARGV[4], 'http_status', '499', 'cancelled', '1'})
   return 1

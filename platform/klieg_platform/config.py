@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from klieg_platform.scheduler import DEFAULT_TIERS, Tier, parse_tiers
+
 
 @dataclass(frozen=True)
 class PipSettings:
@@ -56,6 +58,8 @@ class Settings:
     queue_port: int | None = None
     webhook_max_attempts: int = 8
     webhook_backoff_s: float = 2.0
+    tiers: tuple[Tier, ...] = DEFAULT_TIERS
+    default_tier: str = "free"
     pip: PipSettings = field(default_factory=PipSettings)
     log_level: str = "info"
 
@@ -125,6 +129,8 @@ class Settings:
             queue_port=int(env["KLIEG_QUEUE_PORT"]) if env.get("KLIEG_QUEUE_PORT") else None,
             webhook_max_attempts=int(env.get("KLIEG_WEBHOOK_MAX_ATTEMPTS", "8")),
             webhook_backoff_s=float(env.get("KLIEG_WEBHOOK_BACKOFF_S", "2")),
+            tiers=parse_tiers(env["KLIEG_TIERS"]) if env.get("KLIEG_TIERS") else DEFAULT_TIERS,
+            default_tier=env.get("KLIEG_DEFAULT_TIER", "free"),
             pip=read_pip_settings(env),
             log_level=env.get("KLIEG_LOG_LEVEL", "info"),
         )

@@ -21,7 +21,13 @@ QUEUE_PREFIX = PREFIX + "q:"
 WAKE_PREFIX = PREFIX + "wake:"
 INFLIGHT = PREFIX + "inflight"
 POOLS = PREFIX + "pools"
-SEQ = PREFIX + "seq"
+TENANT_INFLIGHT = PREFIX + "inflight:tenant"
+APP_INFLIGHT = PREFIX + "inflight:app"
+TENANT_CAPS = PREFIX + "caps:tenant"
+APP_CAPS = PREFIX + "caps:app"
+WORKERS = PREFIX + "workers"
+SERVICE_STATS = PREFIX + "stats:service"
+COLD_STATS = PREFIX + "stats:cold"
 ALL_POOLS = "*"
 WEBHOOKS = PREFIX + "webhooks"
 DONE_CHANNEL = PREFIX + "done"
@@ -33,16 +39,12 @@ def request(request_id: str) -> str:
     return REQUEST_PREFIX + request_id
 
 
-def queue(pool: str) -> str:
-    return QUEUE_PREFIX + pool
+def queue(pool: str, tier: str) -> str:
+    return f"{QUEUE_PREFIX}{pool}:{tier}"
 
 
 def wake(pool: str) -> str:
     return WAKE_PREFIX + pool
-
-
-def worker(worker_id: str) -> str:
-    return PREFIX + "worker:" + worker_id
 
 
 def logs(request_id: str) -> str:

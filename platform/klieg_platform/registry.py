@@ -30,9 +30,9 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,31 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from klieg.exceptions import InvalidRequestError, NotFoundError
+from klieg_platform.registry_tables import (
+    APP_COLUMNS,
+    APP_FROM,
+    REVISION_COLUMNS,
+    REVISION_FROM,
+    AliasMove,
+    ApiKey,
+    AppRecord,
+    Revision,
+    Tenant,
+    add_missing_columns,
+    alias_history,
+    aliases,
+    allowed,
+    api_keys,
+    app_shares,
+    apps,
+    metadata,
+    revision_row,
+    revisions,
+    tenant_row,
+    tenants,
+)
+
+__all__ = ["AliasMove", "ApiKey", "AppRecord", "Registry", "Revision", "Tenant", "metadata"]
 
 _TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _APP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -47,133 +72,9 @@ _ALIAS = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 _TIER = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _REVISION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _WRITE = "klieg_write"
+VISIBILITIES = frozenset({"private", "shared", "public"})
 _PG_CREATE_LOCK = 0x6B6C696567  # advisory lock key serialising create_all on PostgreSQL
 _SQLITE_BUSY_S = 30.0
-
-metadata = sa.MetaData()
-
-tenants = sa.Table(
-    "tenants",
-    metadata,
-    sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("name", sa.String(63), nullable=False, unique=True),
-    sa.Column("tier", sa.String(32), nullable=False),
-    sa.Column("created_at", sa.Double, nullable=False),
-    sa.Column("admin", sa.Boolean, nullable=False, server_default=sa.false()),
-)
-
-api_keys = sa.Table(
-    "api_keys",
-    metadata,
-    sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("tenant_id", sa.String(32), sa.ForeignKey("tenants.id"), nullable=False, index=True),
-    sa.Column("secret_sha256", sa.String(64), nullable=False),
-    sa.Column("label", sa.String(200)),
-    sa.Column("created_at", sa.Double, nullable=False),
-    sa.Column("revoked_at", sa.Double),
-)
-
-apps = sa.Table(
-    "apps",
-    metadata,
-    sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("owner_id", sa.String(32), sa.ForeignKey("tenants.id"), nullable=False),
-    sa.Column("name", sa.String(63), nullable=False),
-    # Reserved for public/shared apps; every app is private until visibility is implemented.
-    sa.Column("visibility", sa.String(16), nullable=False, server_default="private"),
-    sa.Column("created_at", sa.Double, nullable=False),
-    sa.UniqueConstraint("owner_id", "name"),
-)
-
-revisions = sa.Table(
-    "revisions",
-    metadata,
-    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("id", sa.String(128), nullable=False, unique=True),
-    sa.Column("app_id", sa.String(32), sa.ForeignKey("apps.id"), nullable=False, index=True),
-    sa.Column("spec", sa.Text, nullable=False),
-    sa.Column("code_hash", sa.String(128), nullable=False),
-    sa.Column("env_key", sa.String(128), nullable=False),
-    sa.Column("python", sa.String(32), nullable=False),
-    sa.Column("lock", sa.Text, nullable=False),
-    sa.Column("created_at", sa.Double, nullable=False),
-)
-
-aliases = sa.Table(
-    "aliases",
-    metadata,
-    sa.Column("app_id", sa.String(32), sa.ForeignKey("apps.id"), primary_key=True),
-    sa.Column("name", sa.String(63), primary_key=True),
-    sa.Column("revision_id", sa.String(128), sa.ForeignKey("revisions.id"), nullable=False),
-    sa.Column("updated_at", sa.Double, nullable=False),
-)
-
-alias_history = sa.Table(
-    "alias_history",
-    metadata,
-    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("app_id", sa.String(32), sa.ForeignKey("apps.id"), nullable=False),
-    sa.Column("alias", sa.String(63), nullable=False),
-    sa.Column("action", sa.String(16), nullable=False),
-    sa.Column("revision_id", sa.String(128), nullable=False),
-    sa.Column("previous_revision_id", sa.String(128)),
-    sa.Column("depth", sa.Integer, nullable=False),
-    sa.Column("created_at", sa.Double, nullable=False),
-    sa.Index("ix_alias_history_lookup", "app_id", "alias", "depth"),
-)
-
-
-@dataclass(frozen=True)
-class Tenant:
-    """A customer account; ``admin`` tenants may manage other tenants (gateway policy)."""
-
-    id: str
-    name: str
-    tier: str
-    created_at: float
-    admin: bool = False
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    id: str
-    tenant_id: str
-    label: str | None
-    created_at: float
-
-
-@dataclass(frozen=True)
-class AppRecord:
-    id: str
-    owner: str
-    owner_id: str
-    name: str
-    created_at: float
-
-
-@dataclass(frozen=True)
-class Revision:
-    id: str
-    app_id: str
-    owner: str
-    app: str
-    spec: dict[str, Any]
-    code_hash: str
-    env_key: str
-    python: str
-    lock: str
-    created_at: float
-
-
-@dataclass(frozen=True)
-class AliasMove:
-    """One row of an alias's history: ``action`` is ``"set"`` or ``"rollback"``."""
-
-    alias: str
-    action: str
-    revision_id: str
-    previous_revision_id: str | None
-    created_at: float
 
 
 def _engine_url(url: str) -> sa.URL:
@@ -228,39 +129,6 @@ def _sqlite_engine(url: sa.URL) -> Engine:
     return engine
 
 
-_APP_COLUMNS = (
-    apps.c.id,
-    tenants.c.name.label("owner"),
-    apps.c.owner_id,
-    apps.c.name,
-    apps.c.created_at,
-)
-_APP_FROM = apps.join(tenants, apps.c.owner_id == tenants.c.id)
-_REVISION_COLUMNS = (
-    revisions.c.id,
-    revisions.c.app_id,
-    tenants.c.name.label("owner"),
-    apps.c.name.label("app"),
-    revisions.c.spec,
-    revisions.c.code_hash,
-    revisions.c.env_key,
-    revisions.c.python,
-    revisions.c.lock,
-    revisions.c.created_at,
-)
-_REVISION_FROM = revisions.join(apps, revisions.c.app_id == apps.c.id).join(
-    tenants, apps.c.owner_id == tenants.c.id
-)
-
-
-def _tenant(row: sa.RowMapping) -> Tenant:
-    return Tenant(**{column.name: row[column.name] for column in tenants.c})
-
-
-def _revision(row: sa.RowMapping) -> Revision:
-    return Revision(**{**row, "spec": json.loads(row["spec"])})
-
-
 class Registry:
     """The platform's SQL store. Thread-safe; one instance per process is enough."""
 
@@ -283,6 +151,7 @@ class Registry:
             if not self._sqlite:
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_CREATE_LOCK)))
             metadata.create_all(conn)
+            add_missing_columns(conn)
 
     def close(self) -> None:
         """Release every pooled connection."""
@@ -318,7 +187,7 @@ class Registry:
     def get_tenant(self, name: str) -> Tenant | None:
         with self._read() as conn:
             row = conn.execute(sa.select(tenants).where(tenants.c.name == name)).first()
-        return _tenant(row._mapping) if row else None
+        return tenant_row(row._mapping) if row else None
 
     def count_tenants(self) -> int:
         with self._read() as conn:
@@ -352,7 +221,7 @@ class Registry:
             row = conn.execute(query).first()
         if row is None or not hmac.compare_digest(row[0], _sha256(secret)):
             return None
-        return _tenant(row._mapping)
+        return tenant_row(row._mapping)
 
     def revoke_key(self, key_id: str) -> bool:
         """Revoke a key; True if this call revoked it, False if unknown or already revoked."""
@@ -369,7 +238,7 @@ class Registry:
     def ensure_app(self, owner_id: str, name: str) -> AppRecord:
         """The owner's app of that name, created if absent (race-safe)."""
         _check(_APP_NAME, name, "app name")
-        query = sa.select(*_APP_COLUMNS).select_from(_APP_FROM)
+        query = sa.select(*APP_COLUMNS).select_from(APP_FROM)
         query = query.where(apps.c.owner_id == owner_id, apps.c.name == name)
         try:
             with self._write() as conn:
@@ -393,17 +262,85 @@ class Registry:
 
     def get_app(self, owner: str, name: str) -> AppRecord | None:
         """The app ``owner/name``, ``owner`` being the tenant name."""
-        query = sa.select(*_APP_COLUMNS).select_from(_APP_FROM)
+        query = sa.select(*APP_COLUMNS).select_from(APP_FROM)
         with self._read() as conn:
             row = conn.execute(query.where(tenants.c.name == owner, apps.c.name == name)).first()
         return AppRecord(**row._mapping) if row else None
 
     def list_apps(self, owner_id: str) -> list[AppRecord]:
         """The owner's apps, by name."""
-        query = sa.select(*_APP_COLUMNS).select_from(_APP_FROM)
+        query = sa.select(*APP_COLUMNS).select_from(APP_FROM)
         query = query.where(apps.c.owner_id == owner_id).order_by(apps.c.name)
         with self._read() as conn:
             return [AppRecord(**row._mapping) for row in conn.execute(query)]
+
+    # access and limits
+
+    def set_visibility(
+        self, app: AppRecord, visibility: str, shared_with: Sequence[str] = ()
+    ) -> AppRecord:
+        """Make an app private, public, or shared with the named tenants (replacing the list)."""
+        if visibility not in VISIBILITIES:
+            raise InvalidRequestError(f"visibility must be one of {sorted(VISIBILITIES)}")
+        if shared_with and visibility != "shared":
+            raise InvalidRequestError("tenants can only be named for a shared app")
+        with self._write() as conn:
+            ids = []
+            for name in shared_with:
+                found = conn.execute(sa.select(tenants.c.id).where(tenants.c.name == name))
+                tenant_id = found.scalar()
+                if tenant_id is None:
+                    raise NotFoundError(f"tenant {name!r} not found")
+                ids.append(tenant_id)
+            conn.execute(apps.update().where(apps.c.id == app.id).values(visibility=visibility))
+            conn.execute(app_shares.delete().where(app_shares.c.app_id == app.id))
+            for tenant_id in sorted(set(ids)):
+                conn.execute(app_shares.insert().values(app_id=app.id, tenant_id=tenant_id))
+        return replace(app, visibility=visibility)
+
+    def shared_with(self, app: AppRecord) -> list[str]:
+        """Names of the tenants a shared app is shared with."""
+        query = (
+            sa.select(tenants.c.name)
+            .select_from(app_shares.join(tenants, app_shares.c.tenant_id == tenants.c.id))
+            .where(app_shares.c.app_id == app.id)
+            .order_by(tenants.c.name)
+        )
+        with self._read() as conn:
+            return [row[0] for row in conn.execute(query)]
+
+    def can_call(self, app: AppRecord, tenant: Tenant) -> bool:
+        """Whether ``tenant`` may call ``app``: its owner always; others per visibility."""
+        shares = self.shared_with(app) if app.visibility == "shared" else []
+        return allowed(app, shares, tenant)
+
+    def set_tenant_limits(
+        self, name: str, *, tier: str | None = None, max_inflight: int | None = None
+    ) -> Tenant:
+        """Change a tenant's tier and/or in-flight cap (0: no cap)."""
+        values: dict[str, Any] = {}
+        if tier is not None:
+            _check(_TIER, tier, "tier")
+            values["tier"] = tier
+        if max_inflight is not None:
+            if max_inflight < 0:
+                raise InvalidRequestError("max_inflight must be >= 0")
+            values["max_inflight"] = max_inflight
+        with self._write() as conn:
+            if values:
+                conn.execute(tenants.update().where(tenants.c.name == name).values(**values))
+            row = conn.execute(sa.select(tenants).where(tenants.c.name == name)).first()
+        if row is None:
+            raise NotFoundError(f"tenant {name!r} not found")
+        return tenant_row(row._mapping)
+
+    def set_app_limit(self, app: AppRecord, max_inflight: int) -> AppRecord:
+        """Cap an app's running requests across the platform (0: no cap)."""
+        if max_inflight < 0:
+            raise InvalidRequestError("max_inflight must be >= 0")
+        with self._write() as conn:
+            conn.execute(apps.update().where(apps.c.id == app.id).values(max_inflight=max_inflight))
+        return replace(app, max_inflight=max_inflight)
 
     # revisions
 
@@ -458,17 +395,17 @@ class Registry:
         return stored, False
 
     def get_revision(self, revision_id: str) -> Revision | None:
-        query = sa.select(*_REVISION_COLUMNS).select_from(_REVISION_FROM)
+        query = sa.select(*REVISION_COLUMNS).select_from(REVISION_FROM)
         with self._read() as conn:
             row = conn.execute(query.where(revisions.c.id == revision_id)).first()
-        return _revision(row._mapping) if row else None
+        return revision_row(row._mapping) if row else None
 
     def list_revisions(self, app: AppRecord) -> list[Revision]:
         """The app's revisions, newest first (insertion order, not clock order)."""
-        query = sa.select(*_REVISION_COLUMNS).select_from(_REVISION_FROM)
+        query = sa.select(*REVISION_COLUMNS).select_from(REVISION_FROM)
         query = query.where(revisions.c.app_id == app.id).order_by(revisions.c.seq.desc())
         with self._read() as conn:
-            return [_revision(row._mapping) for row in conn.execute(query)]
+            return [revision_row(row._mapping) for row in conn.execute(query)]
 
     # aliases
 

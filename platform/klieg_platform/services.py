@@ -14,6 +14,7 @@ def open_broker(settings: Settings) -> Broker:
         settings.effective_redis_url,
         result_ttl_s=settings.result_ttl_s,
         max_attempts=settings.max_attempts,
+        tiers=settings.tiers,
     )
 
 

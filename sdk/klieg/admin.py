@@ -119,3 +119,32 @@ class AdminClient(Client):
         raise_for_error(r)
         out: dict[str, Any] = r.json()
         return out
+
+    def share(self, app: str, visibility: str, tenants: list[str] | None = None) -> dict[str, Any]:
+        """Make an app private, public, or shared with the named tenants."""
+        body = {"visibility": visibility, "tenants": tenants or []}
+        r = self.http.put(f"/apps/{app}/visibility", json=body)
+        raise_for_error(r)
+        out: dict[str, Any] = r.json()
+        return out
+
+    def limit_app(self, app: str, max_inflight: int) -> dict[str, Any]:
+        """Cap an app's running requests across the platform (0: no cap)."""
+        r = self.http.put(f"/apps/{app}/limits", json={"max_inflight": max_inflight})
+        raise_for_error(r)
+        out: dict[str, Any] = r.json()
+        return out
+
+    def set_tenant(
+        self, name: str, *, tier: str | None = None, max_inflight: int | None = None
+    ) -> dict[str, Any]:
+        """Change a tenant's tier or in-flight cap (admin tenants only)."""
+        body: dict[str, Any] = {}
+        if tier is not None:
+            body["tier"] = tier
+        if max_inflight is not None:
+            body["max_inflight"] = max_inflight
+        r = self.http.put(f"/tenants/{name}", json=body)
+        raise_for_error(r)
+        out: dict[str, Any] = r.json()
+        return out

@@ -116,6 +116,31 @@ def cmd_call(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_apps_share(args: argparse.Namespace) -> int:
+    if args.public:
+        visibility, tenants = "public", []
+    elif args.tenants:
+        visibility, tenants = "shared", [t for t in args.tenants.split(",") if t]
+    else:
+        visibility, tenants = "private", []
+    out = AdminClient().share(args.app, visibility, tenants)
+    shared = f" with {', '.join(out['shared_with'])}" if out["shared_with"] else ""
+    print(f"{out['app']}: {out['visibility']}{shared}")
+    return 0
+
+
+def cmd_apps_limit(args: argparse.Namespace) -> int:
+    out = AdminClient().limit_app(args.app, args.max_inflight)
+    print(f"{out['app']}: at most {out['max_inflight'] or 'unlimited'} running requests")
+    return 0
+
+
+def cmd_tenants_set(args: argparse.Namespace) -> int:
+    out = AdminClient().set_tenant(args.name, tier=args.tier, max_inflight=args.max_inflight)
+    print(f"tenant {out['tenant']}: tier {out['tier']}, max_inflight {out['max_inflight']}")
+    return 0
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     for line in AdminClient().logs(args.request_id):
         print(f"{line.get('timestamp', '')} {line.get('level', ''):7} {line.get('message', '')}")
@@ -143,6 +168,26 @@ def build_parser() -> argparse.ArgumentParser:
     al = apps.add_parser("list")
     al.add_argument("--json", action="store_true")
     al.set_defaults(func=cmd_apps_list)
+
+    sh = apps.add_parser("share", help="who may call an app (default: private)")
+    sh.add_argument("app")
+    who = sh.add_mutually_exclusive_group()
+    who.add_argument("--public", action="store_true", help="any tenant")
+    who.add_argument("--tenants", help="comma-separated tenant names")
+    sh.set_defaults(func=cmd_apps_share)
+    lim = apps.add_parser("limit", help="cap an app's running requests (0: no cap)")
+    lim.add_argument("app")
+    lim.add_argument("--max-inflight", type=int, required=True)
+    lim.set_defaults(func=cmd_apps_limit)
+
+    tenants = sub.add_parser("tenants", help="tenants (admin)").add_subparsers(
+        dest="tenants_cmd", required=True
+    )
+    ts = tenants.add_parser("set", help="change a tenant's tier or in-flight cap")
+    ts.add_argument("name")
+    ts.add_argument("--tier")
+    ts.add_argument("--max-inflight", type=int)
+    ts.set_defaults(func=cmd_tenants_set)
 
     rv = sub.add_parser("revisions", help="revisions of an app, newest first")
     rv.add_argument("app")

@@ -81,9 +81,14 @@ class ValidationError(KliegError):
 
 
 class QueueFullError(KliegError):
-    """The queue for this tier is full; retry after the advertised delay."""
+    """The queue for this tier is full; retry after the advertised delay (``Retry-After``)."""
 
     status_code = 429
+
+    def __init__(self, detail: Any = None, *, queued: int = 0, **kwargs: Any) -> None:
+        super().__init__(detail, **kwargs)
+        self.queued = queued
+        self.retry_after_s: int | None = None
 
 
 class AppError(KliegError):

@@ -108,7 +108,7 @@ def test_enqueue_is_atomic(redis_url: str) -> None:
         req = new()
         await b.enqueue(req)
         assert await b.redis.exists(keys.request(req.id)) == 1
-        assert await b.redis.zscore(keys.queue("CPU"), req.id) is not None
+        assert await b.redis.zscore(keys.queue("CPU", "free"), req.id) is not None
         assert await b.redis.sismember(keys.POOLS, "CPU")
         assert await b.redis.llen(keys.wake("CPU")) == 1
         assert await b.redis.llen(keys.wake(keys.ALL_POOLS)) == 1
@@ -122,7 +122,7 @@ def test_enqueue_is_atomic(redis_url: str) -> None:
                 for rid in ids:
                     async with b.redis.pipeline(transaction=True) as pipe:
                         pipe.exists(keys.request(rid))
-                        pipe.zscore(keys.queue("GPU-X"), rid)
+                        pipe.zscore(keys.queue("GPU-X", "free"), rid)
                         record, score = await pipe.execute()
                     if bool(record) != (score is not None):
                         torn.append(rid)
@@ -132,7 +132,7 @@ def test_enqueue_is_atomic(redis_url: str) -> None:
         stop.set()
         await watcher
         assert torn == []
-        assert await b.redis.zcard(keys.queue("GPU-X")) == len(ids)
+        assert await b.redis.zcard(keys.queue("GPU-X", "free")) == len(ids)
         assert await b.redis.llen(keys.wake("GPU-X")) <= 64
 
     run(redis_url, body)
@@ -219,7 +219,7 @@ def test_dispatch_moves_to_in_progress_with_a_lease(redis_url: str) -> None:
         assert await b.redis.hget(keys.request(req.id), "worker") == b"w1"
         lease = await b.redis.zscore(keys.INFLIGHT, req.id)
         assert lease is not None and before + 30_000 <= lease <= after + 30_000
-        assert await b.redis.zcard(keys.queue("CPU")) == 0
+        assert await b.redis.zcard(keys.queue("CPU", "free")) == 0
 
     run(redis_url, body)
 
@@ -377,7 +377,7 @@ def test_cancel(redis_url: str) -> None:
         assert state.error is not None
         assert state.error["error_type"] == "RequestCancelledError"
         assert state.queue_position is None
-        assert await b.redis.zscore(keys.queue("CPU"), queued.id) is None
+        assert await b.redis.zscore(keys.queue("CPU", "free"), queued.id) is None
         assert 0 < await b.redis.ttl(keys.request(queued.id)) <= TTL_S
         assert await b.dispatch(["CPU"], "w2", 30) is None
 

@@ -434,3 +434,58 @@ def test_sqlite_concurrent_processes(tmp_path: Path) -> None:
     assert reg.list_aliases(app) == {"gw": "gw-39", "wk": "wk-39"}
     assert reg.rollback(app, "gw") == "gw-38"
     reg.close()
+
+
+def test_visibility_private_shared_public(registry: Registry) -> None:
+    owner = registry.create_tenant("owner")
+    friend = registry.create_tenant("friend")
+    stranger = registry.create_tenant("stranger")
+    app = registry.ensure_app(owner.id, "gen")
+    assert app.visibility == "private"
+    assert registry.can_call(app, owner) and not registry.can_call(app, friend)
+    app = registry.set_visibility(app, "shared", ["friend"])
+    assert registry.shared_with(app) == ["friend"]
+    app = registry.get_app("owner", "gen") or app
+    assert app.visibility == "shared"
+    assert registry.can_call(app, friend) and not registry.can_call(app, stranger)
+    app = registry.set_visibility(app, "public")
+    assert registry.shared_with(app) == []
+    assert registry.can_call(app, stranger)
+    with pytest.raises(NotFoundError):
+        registry.set_visibility(app, "shared", ["nobody"])
+    with pytest.raises(InvalidRequestError):
+        registry.set_visibility(app, "secret")
+    with pytest.raises(InvalidRequestError):
+        registry.set_visibility(app, "private", ["friend"])
+
+
+def test_tenant_and_app_limits(registry: Registry) -> None:
+    tenant = registry.create_tenant("capped", tier="free")
+    assert tenant.max_inflight == 0
+    changed = registry.set_tenant_limits("capped", tier="api", max_inflight=3)
+    assert (changed.tier, changed.max_inflight) == ("api", 3)
+    assert registry.get_tenant("capped") == changed
+    with pytest.raises(NotFoundError):
+        registry.set_tenant_limits("nobody", max_inflight=1)
+    with pytest.raises(InvalidRequestError):
+        registry.set_tenant_limits("capped", max_inflight=-1)
+    app = registry.set_app_limit(registry.ensure_app(tenant.id, "a"), 5)
+    assert app.max_inflight == 5
+    assert registry.get_app("capped", "a") == app
+
+
+def test_old_database_gains_new_columns(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE tenants (id VARCHAR(32) PRIMARY KEY, name VARCHAR(63) NOT NULL UNIQUE,"
+            " tier VARCHAR(32) NOT NULL, created_at FLOAT NOT NULL)"
+        )
+        conn.exec_driver_sql("INSERT INTO tenants VALUES ('t1', 'early', 'free', 1.0)")
+    engine.dispose()
+    registry = Registry(url)
+    registry.create_all()
+    early = registry.get_tenant("early")
+    assert early is not None and early.max_inflight == 0 and early.admin is False
+    registry.close()

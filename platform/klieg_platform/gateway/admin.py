@@ -70,7 +70,9 @@ async def create_key(request: Request) -> Response:
     data = await _json(request, 64 * 1024)
     caller = await gw.optional_tenant(request)
     wanted = data.get("tenant")
-    tier = str(data.get("tier") or "free")
+    tier = str(data.get("tier") or gw.settings.default_tier)
+    if tier not in gw.tiers:
+        raise InvalidRequestError(f"unknown tier {tier!r}; tiers: {', '.join(gw.tiers)}")
     if caller is None:
         if await asyncio.to_thread(gw.registry.count_tenants) > 0:
             raise AuthenticationError("creating a key needs an existing key (KLIEG_KEY)")
@@ -255,3 +257,60 @@ async def deploy_app(request: Request) -> Response:
         await task
 
     return StreamingResponse(stream(), media_type="application/x-ndjson")
+
+
+async def set_visibility(request: Request) -> Response:
+    gw = _gw(request)
+    tenant = await gw.tenant(request)
+    app = await _app(gw, tenant, request.path_params["name"])
+    data = await _json(request, 64 * 1024)
+    names = data.get("tenants") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValidationError(
+            [{"loc": ["body", "tenants"], "msg": "a list of tenant names", "type": "list_type"}]
+        )
+    visibility = str(data.get("visibility") or "")
+    app = await asyncio.to_thread(gw.registry.set_visibility, app, visibility, names)
+    await _alias_moved(gw, tenant.name, app.name)
+    return JSONResponse({"app": app.name, "visibility": app.visibility, "shared_with": names})
+
+
+def _limit(data: dict[str, Any]) -> int:
+    value = data.get("max_inflight")
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValidationError(
+            [{"loc": ["body", "max_inflight"], "msg": "a whole number >= 0", "type": "int_type"}]
+        )
+    return value
+
+
+async def set_app_limits(request: Request) -> Response:
+    gw = _gw(request)
+    tenant = await gw.tenant(request)
+    app = await _app(gw, tenant, request.path_params["name"])
+    limit = _limit(await _json(request, 64 * 1024))
+    app = await asyncio.to_thread(gw.registry.set_app_limit, app, limit)
+    await _alias_moved(gw, tenant.name, app.name)
+    return JSONResponse({"app": app.name, "max_inflight": app.max_inflight})
+
+
+async def set_tenant(request: Request) -> Response:
+    gw = _gw(request)
+    caller = await gw.tenant(request)
+    if not caller.admin:
+        raise PermissionDeniedError("only an admin tenant may change tenants")
+    data = await _json(request, 64 * 1024)
+    tier = data.get("tier")
+    if tier is not None and str(tier) not in gw.tiers:
+        raise InvalidRequestError(f"unknown tier {tier!r}; tiers: {', '.join(gw.tiers)}")
+    limit = _limit(data) if "max_inflight" in data else None
+    changed = await asyncio.to_thread(
+        gw.registry.set_tenant_limits,
+        request.path_params["name"],
+        tier=None if tier is None else str(tier),
+        max_inflight=limit,
+    )
+    gw.forget_tenant(changed.id)
+    return JSONResponse(
+        {"tenant": changed.name, "tier": changed.tier, "max_inflight": changed.max_inflight}
+    )

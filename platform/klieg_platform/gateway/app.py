@@ -36,6 +36,9 @@ ROUTES = [
     Route("/apps/{name}/deploy", admin.deploy_app, methods=["POST"]),
     Route("/apps/{name}/aliases/{alias}", admin.set_alias, methods=["PUT"]),
     Route("/apps/{name}/rollback", admin.rollback, methods=["POST"]),
+    Route("/apps/{name}/visibility", admin.set_visibility, methods=["PUT"]),
+    Route("/apps/{name}/limits", admin.set_app_limits, methods=["PUT"]),
+    Route("/tenants/{name}", admin.set_tenant, methods=["PUT"]),
     Route("/requests/{request_id}/status", queue.status, methods=["GET"]),
     Route("/queue/{owner}/{app}/requests/{request_id}/status", queue.status, methods=["GET"]),
     Route(

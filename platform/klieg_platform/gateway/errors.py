@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from klieg.exceptions import KliegError
+from klieg.exceptions import KliegError, QueueFullError
 
 log = logging.getLogger("klieg.gateway")
 
@@ -35,7 +35,10 @@ def error_response(
 
 async def klieg_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, KliegError)
-    return error_response(exc.status_code, exc.detail, exc.error_type)
+    headers = None
+    if isinstance(exc, QueueFullError) and exc.retry_after_s is not None:
+        headers = {"Retry-After": str(exc.retry_after_s)}
+    return error_response(exc.status_code, exc.detail, exc.error_type, headers=headers)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

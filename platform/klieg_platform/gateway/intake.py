@@ -22,15 +22,19 @@ from klieg.exceptions import (
     InvalidRequestError,
     NotFoundError,
     PayloadTooLargeError,
+    QueueFullError,
     ValidationError,
 )
 from klieg.types import EndpointSpec, normalize_path
 from klieg_platform.broker import NewRequest, Outcome
 from klieg_platform.gateway.errors import error_response
 from klieg_platform.gateway.state import GatewayState
+from klieg_platform.scheduler import retry_after_s
 from klieg_platform.storage import payload_key
 
 TIMEOUT_HEADER = "x-fal-request-timeout"
+DEFAULT_SERVICE_S = 10.0
+"""Assumed service time of an app that has not been measured yet."""
 
 
 def gateway(request: Request) -> GatewayState:
@@ -133,8 +137,23 @@ async def intake(request: Request, *, allow_stream: bool) -> Intake:
         deadline_ms=_deadline_ms(request),
         webhook=_webhook(request),
         stream=stream,
+        tier=gw.tier_of(tenant),
+        tenant_cap=tenant.max_inflight,
+        app_cap=resolved.app.max_inflight,
+        gpus=fn.num_gpus,
     )
     return Intake(gw, new, ep)
+
+
+async def enqueue(gw: GatewayState, new: NewRequest) -> None:
+    """Queue ``new``; a full tier queue answers 429 with a Retry-After from measured times."""
+    try:
+        await gw.broker.enqueue(new)
+    except QueueFullError as exc:
+        capacity, _ = await gw.broker.capacity(new.pool)
+        mean = await gw.broker.mean_time("service", new.app_key) or DEFAULT_SERVICE_S
+        exc.retry_after_s = retry_after_s(exc.queued, mean, capacity)
+        raise
 
 
 async def result_response(gw: GatewayState, request_id: str, outcome: Outcome) -> Response:

@@ -1,8 +1,8 @@
 """Queue routes (fal's queue protocol):
 
   POST /queue/{owner}/{app}[@ref][/{path}]           submit; {request_id, status_url, ...}
-  GET  .../requests/{id}/status[?logs=1]             IN_QUEUE (queue_position) | IN_PROGRESS |
-                                                     COMPLETED; ``logs`` always present
+  GET  .../requests/{id}/status[?logs=1]             IN_QUEUE (queue_position, queue_eta_s) |
+                                                     IN_PROGRESS | COMPLETED; ``logs`` always
   GET  .../requests/{id}/status/stream[?logs=1]      the same as server-sent events, until done
   GET  .../requests/{id}                             the result (or the request's error)
   PUT  .../requests/{id}/cancel                      cancel a queued or running request
@@ -24,8 +24,15 @@ from starlette.responses import JSONResponse, Response
 from klieg.exceptions import InvalidRequestError, NotFoundError
 from klieg_platform.broker import RequestState
 from klieg_platform.gateway import sse
-from klieg_platform.gateway.intake import gateway, intake, result_response
+from klieg_platform.gateway.intake import (
+    DEFAULT_SERVICE_S,
+    enqueue,
+    gateway,
+    intake,
+    result_response,
+)
 from klieg_platform.gateway.state import GatewayState
+from klieg_platform.scheduler import estimate_start_s
 
 WEBHOOK_FIELDS = ("webhook_status", "webhook_attempts", "webhook_last_error")
 
@@ -38,7 +45,7 @@ def _urls(request: Request, owner: str, app: str, request_id: str) -> dict[str, 
 
 async def submit(request: Request) -> Response:
     job = await intake(request, allow_stream=False)
-    await job.gw.broker.enqueue(job.new)
+    await enqueue(job.gw, job.new)
     state = await job.gw.broker.get(job.new.id)
     body: dict[str, Any] = {
         "request_id": job.new.id,
@@ -97,10 +104,25 @@ def status_body(request: Request, state: RequestState, *, logs: bool) -> dict[st
     return body
 
 
+async def queue_eta_s(gw: GatewayState, state: RequestState) -> float | None:
+    """Seconds until a queued request is expected to start, from measured service and
+    cold-start times of its app and the slots serving its pool now."""
+    if state.queue_position is None:
+        return None
+    app_key = f"{state.owner}/{state.app}"
+    capacity, warm = await gw.broker.capacity(state.pool)
+    service = await gw.broker.mean_time("service", app_key) or DEFAULT_SERVICE_S
+    cold = await gw.broker.mean_time("cold", app_key) or 0.0
+    eta = estimate_start_s(state.queue_position, service, capacity, cold, app_key in warm)
+    return round(eta, 2)
+
+
 async def status(request: Request) -> Response:
     logs = _flag(request, "logs")
-    _, state = await _owned(request, logs=logs)
+    gw, state = await _owned(request, logs=logs)
     body = status_body(request, state, logs=logs)
+    if state.status == "IN_QUEUE":
+        body["queue_eta_s"] = await queue_eta_s(gw, state)
     return JSONResponse(body, 200 if state.status == "COMPLETED" else 202)
 
 

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from klieg.exceptions import NotFoundError
 from klieg_platform.broker import CHUNK_END
 from klieg_platform.gateway import sse
-from klieg_platform.gateway.intake import intake, result_response
+from klieg_platform.gateway.intake import enqueue, intake, result_response
 from klieg_platform.gateway.state import GatewayState
 from klieg_platform.gateway.waiter import Waiter
 
@@ -20,11 +20,11 @@ from klieg_platform.gateway.waiter import Waiter
 async def run_sync(request: Request) -> Response:
     job = await intake(request, allow_stream=True)
     if job.new.stream:
-        await job.gw.broker.enqueue(job.new)
+        await enqueue(job.gw, job.new)
         return sse.response(_chunks(job.gw, job.new.id), {"x-fal-request-id": job.new.id})
     waiter: Waiter = request.app.state.waiter
     fut = waiter.expect(job.new.id)
-    await job.gw.broker.enqueue(job.new)
+    await enqueue(job.gw, job.new)
     await waiter.wait(job.new.id, fut)
     outcome = await job.gw.broker.outcome(job.new.id)
     if outcome is None:

@@ -1,8 +1,8 @@
 """What the gateway's routes share: services and the two hot-path caches.
 
 Auth cache: (key id, sha256 of secret) -> tenant, for ``auth_ttl_s``; a revoked key stops working
-within that time. Route cache: (owner, app, ref) -> revision, dropped when an alias of that app
-moves (through the Waiter's subscription, on every gateway).
+within that time. Route cache: (owner, app, ref) -> revision and access, dropped when an alias or
+the visibility of that app changes (through the Waiter's subscription, on every gateway).
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from klieg.types import AppSpec
 from klieg_platform.broker import Broker
 from klieg_platform.config import Settings
 from klieg_platform.packager import Packager
-from klieg_platform.registry import Registry, Revision, Tenant
+from klieg_platform.registry import AppRecord, Registry, Revision, Tenant
+from klieg_platform.registry_tables import allowed
+from klieg_platform.scheduler import Tier
 from klieg_platform.storage import BlobStore
 
 
@@ -27,6 +29,8 @@ from klieg_platform.storage import BlobStore
 class Resolved:
     revision: Revision
     spec: AppSpec
+    app: AppRecord
+    shared_with: frozenset[str]
 
 
 @dataclass
@@ -39,6 +43,19 @@ class GatewayState:
     auth_ttl_s: float = 30.0
     _auth: dict[tuple[str, str], tuple[float, Tenant]] = field(default_factory=dict)
     _routes: dict[tuple[str, str, str], Resolved] = field(default_factory=dict)
+
+    @property
+    def tiers(self) -> dict[str, Tier]:
+        return {t.name: t for t in self.settings.tiers}
+
+    def tier_of(self, tenant: Tenant) -> str:
+        """The tenant's tier, or the default tier when the tenant's is not configured."""
+        return tenant.tier if tenant.tier in self.tiers else self.settings.default_tier
+
+    def forget_tenant(self, tenant_id: str) -> None:
+        """Drop cached credentials of a tenant whose tier or limits changed."""
+        for key in [k for k, (_, t) in self._auth.items() if t.id == tenant_id]:
+            del self._auth[key]
 
     async def tenant(self, request: Request) -> Tenant:
         """The caller's tenant from ``Authorization: Key <id>:<secret>``; 401 otherwise."""
@@ -69,22 +86,28 @@ class GatewayState:
         return tenant
 
     async def resolve(self, caller: Tenant, owner: str, app_ref: str) -> Resolved:
-        """The revision behind ``app[@ref]`` of ``owner`` (ref: alias or revision id)."""
+        """The revision behind ``app[@ref]`` of ``owner`` (ref: alias or revision id), if the
+        caller may call it; an app the caller may not see is reported as not found."""
         app, _, ref = app_ref.partition("@")
         ref = ref or "latest"
-        if owner != caller.name:
-            raise NotFoundError(f"app {owner}/{app} not found")
         key = (owner, app, ref)
-        hit = self._routes.get(key)
-        if hit is not None:
-            return hit
-        rev = await asyncio.to_thread(self.registry.resolve, owner, app, ref)
-        if rev is None:
+        resolved = self._routes.get(key)
+        if resolved is None:
+            resolved = await asyncio.to_thread(self._load, owner, app, ref)
+            if resolved is not None:
+                self._routes[key] = resolved
+        if resolved is None or not allowed(resolved.app, resolved.shared_with, caller):
             what = f"app {owner}/{app}" if ref == "latest" else f"{owner}/{app}@{ref}"
             raise NotFoundError(f"{what} not found")
-        resolved = Resolved(rev, AppSpec.model_validate(rev.spec))
-        self._routes[key] = resolved
         return resolved
+
+    def _load(self, owner: str, app: str, ref: str) -> Resolved | None:
+        record = self.registry.get_app(owner, app)
+        rev = self.registry.resolve(owner, app, ref) if record else None
+        if record is None or rev is None:
+            return None
+        shares = self.registry.shared_with(record) if record.visibility == "shared" else []
+        return Resolved(rev, AppSpec.model_validate(rev.spec), record, frozenset(shares))
 
     def forget_app(self, owner_app: str) -> None:
         owner, _, app = owner_app.partition("/")

@@ -15,7 +15,18 @@ from klieg_platform.services import open_broker, open_registry, open_store
 from klieg_platform.worker.agent import Worker
 
 
-async def serve(settings: Settings, pools: tuple[str, ...], slots: int | None) -> None:
+def parse_gpus(value: str | None) -> tuple[int, ...]:
+    """``--gpus 4`` -> (0, 1, 2, 3); ``--gpus 2,3`` -> (2, 3); none -> ()."""
+    if not value:
+        return ()
+    if "," in value:
+        return tuple(int(v) for v in value.split(",") if v)
+    return tuple(range(int(value)))
+
+
+async def serve(
+    settings: Settings, pools: tuple[str, ...], slots: int | None, gpu_ids: tuple[int, ...]
+) -> None:
     broker = open_broker(settings)
     registry = open_registry(settings)
     worker = Worker(
@@ -26,6 +37,7 @@ async def serve(settings: Settings, pools: tuple[str, ...], slots: int | None) -
         open_store(settings),
         pools=pools,
         slots=slots,
+        gpu_ids=gpu_ids,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -40,14 +52,18 @@ async def serve(settings: Settings, pools: tuple[str, ...], slots: int | None) -
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="klieg worker")
     parser.add_argument("--pool", action="append", help="pool to serve (repeat); default: all")
-    parser.add_argument("--slots", type=int, default=None)
+    parser.add_argument("--slots", type=int, default=None, help="concurrent work (no GPUs)")
+    parser.add_argument(
+        "--gpus", default=None,
+        help="GPU slots: a count (ids 0..N-1) or ids 0,2,3; runners get CUDA_VISIBLE_DEVICES",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     pools = tuple(args.pool or settings.worker_pools or ("*",))
-    uvloop.run(serve(settings, pools, args.slots))
+    uvloop.run(serve(settings, pools, args.slots, parse_gpus(args.gpus)))
 
 
 if __name__ == "__main__":

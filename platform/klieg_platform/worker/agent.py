@@ -30,7 +30,7 @@ from klieg.exceptions import (
 )
 from klieg.types import AppSpec, FunctionSpec
 from klieg_platform import keys
-from klieg_platform.broker import Broker, Job, Outcome, now_ms
+from klieg_platform.broker import Blocked, Broker, Elsewhere, Job, Outcome, now_ms
 from klieg_platform.config import Settings
 from klieg_platform.packager import LockedEnv, Packager
 from klieg_platform.registry import Registry, Revision
@@ -66,6 +66,7 @@ class Worker:
         *,
         pools: tuple[str, ...] = ("*",),
         slots: int | None = None,
+        gpu_ids: tuple[int, ...] = (),
         worker_id: str | None = None,
     ) -> None:
         self.settings = settings
@@ -76,7 +77,7 @@ class Worker:
         self.code = CodeCache(settings.code_dir, store)
         self.pools = pools
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.runners = RunnerSet(slots or settings.worker_slots)
+        self.runners = RunnerSet(slots or settings.worker_slots, gpu_ids)
         self._busy = 0
         self._slot_free = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -84,6 +85,8 @@ class Worker:
         self._revisions: dict[str, tuple[Revision, AppSpec]] = {}
         self._backoff: dict[RunnerKey, _Backoff] = {}
         self._active: dict[str, RunnerProcess | None] = {}
+        self._app_keys: dict[str, str] = {}
+        self._warm_elsewhere: set[str] = set()
         self._cancelled: dict[str, float] = {}
         self._spec_dir = settings.run_dir / "specs"
 
@@ -99,20 +102,39 @@ class Worker:
             "worker %s serving pools %s with %d slots", self.id, self.pools, self.runners.slots
         )
         drained = False  # the last dispatch left nothing queued: block for a wake token first
+        need = 1  # slots the next request needs (more after a Blocked dispatch)
         try:
             while not self._stopping.is_set():
-                if self._busy >= self.runners.slots:
+                free = self.runners.slots - self._busy
+                if free < need:
                     self._slot_free.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._slot_free.wait(), 1.0)
+                    need = 1 if self.runners.slots - self._busy < need else need
                     continue
                 if drained:
                     await self.broker.wait_for_work(self.pools, 1.0)
-                job = await self.broker.dispatch(self.pools, self.id, self.settings.lease_s)
+                job = await self.broker.dispatch(
+                    self.pools,
+                    self.id,
+                    self.settings.lease_s,
+                    free_units=free,
+                    total_units=self.runners.slots,
+                    warm_here=self._idle_here(),
+                    warm_elsewhere=self._warm_elsewhere,
+                )
+                if isinstance(job, Blocked):
+                    need, drained = job.units, False
+                    continue
+                if isinstance(job, Elsewhere):  # a warm worker was woken for it; look again soon
+                    drained = False
+                    await asyncio.sleep(0.05)
+                    continue
+                need = 1
                 drained = job is None or not job.more
                 if job is None:
                     continue
-                self._busy += 1
+                self._busy += job.units
                 task = asyncio.create_task(self._handle(job))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -120,6 +142,8 @@ class Worker:
             if self._tasks:
                 await asyncio.wait(self._tasks, timeout=self.settings.lease_s)
             housekeeping.cancel()
+            with contextlib.suppress(Exception):
+                await self.broker.forget_worker(self.id)
             cancels.cancel()
             await self.runners.stop_all()
 
@@ -135,8 +159,20 @@ class Worker:
                 if requeued:
                     log.warning("requeued %d requests with expired leases", requeued)
                 await self.runners.reap_idle()
+                warm = [self._app_keys.get(r.key[0], "") for r in self.runners.runners]
+                others = await self.broker.heartbeat(
+                    self.id, self.pools, self.runners.slots, warm, self._idle_here()
+                )
+                serving = (
+                    others if "*" in self.pools else {p: others.get(p, set()) for p in self.pools}
+                )
+                self._warm_elsewhere = set().union(*serving.values()) if serving else set()
             except Exception:
                 log.exception("housekeeping failed")
+
+    def _idle_here(self) -> list[str]:
+        """ "revision/function" of this worker's idle, live runners."""
+        return [f"{r.key[0]}/{r.key[1]}" for r in self.runners.runners if not r.busy and r.alive]
 
     # ---- one request ------------------------------------------------------------------
     async def _handle(self, job: Job) -> None:
@@ -153,7 +189,7 @@ class Worker:
         finally:
             renew.cancel()
             self._active.pop(job.id, None)
-            self._busy -= 1
+            self._busy -= job.units
             self._slot_free.set()
         if outcome is None:
             await self.broker.requeue(job.id, self.id)
@@ -221,7 +257,12 @@ class Worker:
             if job.id in self._cancelled:
                 raise RequestCancelledError("request cancelled")
             self._active[job.id] = runner
+            started = time.monotonic()
             header, body = await runner.call(job.id, job.endpoint, payload, timeout, events)
+            if header.get("ok"):
+                await self.broker.record_time(
+                    "service", f"{job.owner}/{job.app}", time.monotonic() - started
+                )
         except RunnerCrashedError as exc:
             if job.attempts <= fn.retries:
                 log.warning("request %s: %s; retrying (attempt %d)", job.id, exc, job.attempts)
@@ -265,9 +306,11 @@ class Worker:
                 raise NotFoundError(f"revision {revision_id} not found")
             cached = (rev, AppSpec.model_validate(rev.spec))
             self._revisions[revision_id] = cached
+            self._app_keys[revision_id] = f"{rev.owner}/{rev.app}"
         return cached
 
     async def _start(self, runner: RunnerProcess, rev: Revision, fn: FunctionSpec) -> None:
+        started = time.monotonic()
         locked = LockedEnv(python=rev.python, lock=rev.lock, key=rev.env_key)
         try:
             await asyncio.to_thread(self.packager.build, locked)
@@ -285,12 +328,17 @@ class Worker:
             tmp = spec_file.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(fn.model_dump_json())
             os.replace(tmp, spec_file)
-        await runner.start(self.packager.python(rev.env_key), code_dir, spec_file, _runner_env())
+        env = _runner_env(runner.gpu_ids if self.runners.gpu_ids else None)
+        await runner.start(self.packager.python(rev.env_key), code_dir, spec_file, env)
         log.info("started runner pid %s for %s/%s", runner.pid, rev.id, fn.name)
+        await self.broker.record_time("cold", f"{rev.owner}/{rev.app}", time.monotonic() - started)
 
 
-def _runner_env() -> dict[str, str]:
-    """The runner's environment: ours, minus what would leak this venv into the app's."""
+def _runner_env(gpu_ids: tuple[int, ...] | None) -> dict[str, str]:
+    """The runner's environment: ours, minus what would leak this venv into the app's; on a
+    worker with GPU ids, CUDA_VISIBLE_DEVICES names the runner's own (none for CPU work)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    if gpu_ids is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
     env["PYTHONUNBUFFERED"] = "1"
     return env

@@ -44,6 +44,7 @@ class RunnerProcess:
         self.last_used = time.monotonic()
         self.proc: asyncio.subprocess.Process | None = None
         self.serving: str | None = None
+        self.gpu_ids: tuple[int, ...] = ()
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 

@@ -1,10 +1,13 @@
 """The runners of one worker, bounded by its slots.
 
-Guarantees: at most ``slots`` runners exist at once (a starting runner counts); a function never
-has more than its ``max_concurrency`` runners here; a warm idle runner of the same function is
-always preferred to a cold start; when the slots are full, the least recently used idle runner
-of another function is stopped to make room; idle runners past ``keep_alive`` are stopped, but
-``min_concurrency`` of each function are kept.
+A runner holds ``units(spec)`` slots: ``num_gpus`` for a GPU function, one otherwise. On a worker
+with GPU ids, a GPU function's runner also holds that many ids (its CUDA_VISIBLE_DEVICES); on a
+machine without GPUs the ids are logical. Guarantees: the runners (starting ones included) never
+hold more than ``slots`` units, and no two hold the same GPU id; a function never has more than
+its ``max_concurrency`` runners here; a warm idle runner of the same function is always
+preferred to a cold start; when the slots are full, the least recently used idle runners of
+other functions are stopped to make room (only if that makes enough room); idle runners past
+``keep_alive`` are stopped, but ``min_concurrency`` of each function are kept.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from klieg.types import FunctionSpec
 from klieg_platform.worker.process import RunnerKey, RunnerProcess
@@ -20,9 +23,15 @@ from klieg_platform.worker.process import RunnerKey, RunnerProcess
 Starter = Callable[[RunnerProcess], Awaitable[None]]
 
 
+def units(spec: FunctionSpec) -> int:
+    """Slots a runner of ``spec`` holds."""
+    return max(spec.num_gpus, 1)
+
+
 class RunnerSet:
-    def __init__(self, slots: int) -> None:
-        self.slots = slots
+    def __init__(self, slots: int, gpu_ids: Sequence[int] = ()) -> None:
+        self.gpu_ids = tuple(gpu_ids)
+        self.slots = len(self.gpu_ids) if self.gpu_ids else slots
         self.runners: list[RunnerProcess] = []
         self._cond = asyncio.Condition()
         self._stopping: set[asyncio.Task[None]] = set()
@@ -39,20 +48,12 @@ class RunnerSet:
                     runner = max(idle, key=lambda r: r.last_used)
                     runner.busy = True
                     return runner
-                if len([r for r in self.runners if r.key == key]) < spec.max_concurrency:
-                    if len(self.runners) < self.slots:
-                        break
-                    victims = sorted(
-                        (r for r in self.runners if not r.busy), key=lambda r: r.last_used
-                    )
-                    if victims:
-                        self._remove(victims[0])
-                        task = asyncio.create_task(victims[0].stop())
-                        self._stopping.add(task)
-                        task.add_done_callback(self._stopping.discard)
-                        break
+                mine = len([r for r in self.runners if r.key == key])
+                if mine < spec.max_concurrency and self._make_room(units(spec)):
+                    break
                 await self._cond.wait()
             runner = RunnerProcess(key, spec)
+            runner.gpu_ids = self._free_gpus(spec)
             self.runners.append(runner)
             self.cold_starts += 1
         try:
@@ -62,6 +63,37 @@ class RunnerSet:
             await self.discard(runner)
             raise
         return runner
+
+    def used(self) -> int:
+        return sum(units(r.spec) for r in self.runners)
+
+    def _make_room(self, need: int) -> bool:
+        """Whether ``need`` units are free, after stopping idle runners (LRU first) if that
+        frees enough; stops nothing otherwise."""
+        free = self.slots - self.used()
+        if free >= need:
+            return True
+        victims = sorted((r for r in self.runners if not r.busy), key=lambda r: r.last_used)
+        chosen: list[RunnerProcess] = []
+        for victim in victims:
+            if free >= need:
+                break
+            chosen.append(victim)
+            free += units(victim.spec)
+        if free < need:
+            return False
+        for victim in chosen:
+            self._remove(victim)
+            task = asyncio.create_task(victim.stop())
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+        return True
+
+    def _free_gpus(self, spec: FunctionSpec) -> tuple[int, ...]:
+        if not self.gpu_ids or spec.num_gpus == 0:
+            return ()
+        held = {i for r in self.runners for i in r.gpu_ids}
+        return tuple(i for i in self.gpu_ids if i not in held)[: spec.num_gpus]
 
     def _remove(self, runner: RunnerProcess) -> None:
         with contextlib.suppress(ValueError):

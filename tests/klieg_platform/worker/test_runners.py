@@ -28,12 +28,15 @@ def spec(
     max_concurrency: int = 1,
     min_concurrency: int = 0,
     keep_alive: float = 60.0,
+    gpus: int = 0,
 ) -> FunctionSpec:
     return FunctionSpec(
         name=name,
         kind="function",
         module="app",
         qualname=name,
+        gpu="H100" if gpus else None,
+        num_gpus=gpus,
         max_concurrency=max_concurrency,
         min_concurrency=min_concurrency,
         keep_alive=keep_alive,
@@ -70,9 +73,9 @@ class FakeStarter:
 Test = Callable[[RunnerSet, FakeStarter], Awaitable[None]]
 
 
-def run(slots: int, body: Test) -> None:
+def run(slots: int, body: Test, gpu_ids: tuple[int, ...] = ()) -> None:
     async def main() -> None:
-        runners = RunnerSet(slots)
+        runners = RunnerSet(slots, gpu_ids)
         starter = FakeStarter()
         try:
             await asyncio.wait_for(body(runners, starter), 20)
@@ -278,3 +281,35 @@ def test_a_failed_start_wakes_a_waiting_acquire() -> None:
         assert rs.runners == [b] and b.alive
 
     run(1, body)
+
+
+def test_gpu_runners_get_disjoint_ids_and_cpu_runners_none() -> None:
+    async def body(runners: RunnerSet, starter: FakeStarter) -> None:
+        assert runners.slots == 4
+        a = await runners.acquire(key("a"), spec("a", gpus=2), starter)
+        b = await runners.acquire(key("b"), spec("b", gpus=1), starter)
+        c = await runners.acquire(key("c"), spec("c"), starter)
+        assert len(a.gpu_ids) == 2 and len(b.gpu_ids) == 1 and c.gpu_ids == ()
+        assert set(a.gpu_ids).isdisjoint(b.gpu_ids)
+        assert set(a.gpu_ids) | set(b.gpu_ids) <= {0, 1, 2, 3}
+        assert runners.used() == 4
+
+    run(0, body, gpu_ids=(0, 1, 2, 3))
+
+
+def test_big_runner_evicts_enough_idle_runners_or_waits() -> None:
+    async def body(runners: RunnerSet, starter: FakeStarter) -> None:
+        small = [await runners.acquire(key(f"s{i}"), spec(f"s{i}", gpus=1), starter)
+                 for i in range(4)]  # fmt: skip
+        for r in small[:3]:
+            await runners.release(r)
+        waiting = asyncio.create_task(runners.acquire(key("big"), spec("big", gpus=4), starter))
+        await asyncio.sleep(0.2)
+        assert not waiting.done(), "one busy runner still holds a GPU"
+        assert len(runners.runners) == 4, "nothing is evicted while that would not make room"
+        await runners.release(small[3])
+        big = await asyncio.wait_for(waiting, 5)
+        assert sorted(big.gpu_ids) == [0, 1, 2, 3]
+        assert [r.key for r in runners.runners] == [key("big")]
+
+    run(0, body, gpu_ids=(0, 1, 2, 3))

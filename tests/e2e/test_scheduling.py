@@ -1,0 +1,201 @@
+"""Multi-tenant scheduling on the live platform: SLO-normalised order, caps, shedding, access.
+
+Tiers here are short so the tests run in seconds: enterprise (SLO 30 s), api (60 s) and free
+(SLO 3 s, at most 3 queued). Every test asserts the order or the counts, not just completion.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.e2e.platform import TEST_APPS, Platform, running_platform, wait_for_status
+
+pytestmark = pytest.mark.timeout(240)
+TIERS = "enterprise:30:100,api:60:100,free:3:3"
+
+
+def _platform(home: Any, slots: int) -> Any:
+    env = {"KLIEG_TIERS": TIERS, "KLIEG_WORKER_SLOTS": str(slots)}
+    return running_platform(home, extra_env=env)
+
+
+def _setup(p: Platform) -> dict[str, str]:
+    """Tenants ops (enterprise, owns the app), ent (enterprise), free1/free2 (free)."""
+    with p.admin(key="") as anon:
+        p.key = anon.create_key("ops")["key"]
+    p.deploy(TEST_APPS / "sched" / "app.py")
+    admin = p.admin()
+    admin.share("sched", "public")
+    keys = {"ops": p.key}
+    for name, tier in [("ent", "enterprise"), ("free1", "free"), ("free2", "free")]:
+        keys[name] = admin.create_key(name, tier=tier)["key"]
+    return keys
+
+
+def _submit(p: Platform, key: str, seconds: float, tag: str) -> dict[str, Any]:
+    with p.http(key=key) as http:
+        r = http.post("/queue/ops/sched", json={"seconds": seconds, "tag": tag})
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+
+def _result(p: Platform, key: str, sub: dict[str, Any]) -> dict[str, Any]:
+    with p.http(key=key) as http:
+        wait_for_status(http, sub["status_url"], "COMPLETED", timeout=60)
+        r = http.get(sub["response_url"])
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+
+@pytest.fixture(scope="module")
+def one_slot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Platform, dict[str, str]]]:
+    with _platform(tmp_path_factory.mktemp("one-slot"), 1) as p:
+        keys = _setup(p)
+        _result(p, keys["ops"], _submit(p, keys["ops"], 0, "warm-up"))
+        yield p, keys
+
+
+def test_paid_goes_first_while_everyone_is_within_slo(one_slot: Any) -> None:
+    p, keys = one_slot
+    blocker = _submit(p, keys["ops"], 0.8, "blocker")
+    time.sleep(0.2)
+    free = _submit(p, keys["free1"], 0.05, "free")
+    ent = _submit(p, keys["ent"], 0.05, "ent")
+    started = {
+        "free": _result(p, keys["free1"], free)["started"],
+        "ent": _result(p, keys["ent"], ent)["started"],
+    }
+    _result(p, keys["ops"], blocker)
+    assert started["ent"] < started["free"]
+
+
+def test_free_job_past_its_slo_beats_a_fresh_enterprise_job(one_slot: Any) -> None:
+    p, keys = one_slot
+    blocker = _submit(p, keys["ops"], 4.5, "blocker")
+    time.sleep(0.2)
+    free = _submit(p, keys["free1"], 0.05, "free")
+    time.sleep(3.5)  # free has now waited past its 3 s SLO; enterprise arrives fresh
+    ent = _submit(p, keys["ent"], 0.05, "ent")
+    free_started = _result(p, keys["free1"], free)["started"]
+    ent_started = _result(p, keys["ent"], ent)["started"]
+    _result(p, keys["ops"], blocker)
+    assert free_started < ent_started
+
+
+def test_fifo_within_a_tier_and_queue_eta(one_slot: Any) -> None:
+    p, keys = one_slot
+    blocker = _submit(p, keys["ops"], 1.0, "blocker")
+    time.sleep(0.2)
+    subs = [_submit(p, keys["ent"], 0.05, f"e{i}") for i in range(3)]
+    with p.http(key=keys["ent"]) as http:
+        last = http.get(subs[-1]["status_url"]).json()
+    assert last["status"] == "IN_QUEUE" and last["queue_position"] == 2
+    assert isinstance(last["queue_eta_s"], float) and last["queue_eta_s"] >= 0
+    starts = [_result(p, keys["ent"], s)["started"] for s in subs]
+    _result(p, keys["ops"], blocker)
+    assert starts == sorted(starts)
+
+
+@pytest.fixture(scope="module")
+def two_workers(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Platform, dict[str, str]]]:
+    home = tmp_path_factory.mktemp("two-workers")
+    with _platform(home, 1) as p:
+        keys = _setup(p)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KLIEG_")}
+        env.update(
+            KLIEG_HOME=str(home),
+            KLIEG_REDIS_URL=f"unix://{home / 'run' / 'redis.sock'}",
+            KLIEG_TIERS=TIERS,
+        )
+        with open(home / "worker2.log", "ab") as log:
+            extra = subprocess.Popen(
+                [sys.executable, "-m", "klieg_platform.worker", "--slots", "1"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            warm = [_submit(p, keys["ops"], 0.5, f"w{i}") for i in range(2)]
+            pids = {_result(p, keys["ops"], s)["pid"] for s in warm}
+            assert len(pids) == 2, "both workers serve"
+            yield p, keys
+        finally:
+            extra.terminate()
+            extra.wait(timeout=30)
+
+
+def test_capped_tenant_waits_without_blocking_others(two_workers: Any) -> None:
+    p, keys = two_workers
+    p.admin().set_tenant("free1", max_inflight=1)
+    try:
+        capped = [_submit(p, keys["free1"], 0.6, f"c{i}") for i in range(3)]
+        time.sleep(0.1)
+        other = _submit(p, keys["free2"], 0.05, "other")
+        runs = [_result(p, keys["free1"], s) for s in capped]
+        other_run = _result(p, keys["free2"], other)
+    finally:
+        p.admin().set_tenant("free1", max_inflight=0)
+    runs.sort(key=lambda r: r["started"])
+    for a, b in itertools.pairwise(runs):
+        assert b["started"] >= a["ended"] - 0.05, "the capped tenant never ran two at once"
+    assert other_run["started"] < runs[1]["started"], "the other tenant was not held back"
+
+
+def test_full_free_queue_sheds_with_429_and_retry_after(two_workers: Any) -> None:
+    p, keys = two_workers
+    blockers = [_submit(p, keys["ops"], 2.0, f"b{i}") for i in range(2)]
+    time.sleep(0.3)
+    accepted = [_submit(p, keys["free1"], 0.01, f"f{i}") for i in range(3)]
+    with p.http(key=keys["free2"]) as http:
+        r = http.post("/queue/ops/sched", json={"seconds": 0.01})
+        assert r.status_code == 429, r.text
+        assert r.json()["error_type"] == "QueueFullError"
+        assert int(r.headers["retry-after"]) >= 1
+        sync = http.post("/ops/sched", json={"seconds": 0.01})
+        assert sync.status_code == 429
+    ent = _submit(p, keys["ent"], 0.01, "ent")  # a paid tier is still accepted
+    for sub in accepted:
+        _result(p, keys["free1"], sub)
+    _result(p, keys["ent"], ent)
+    for sub in blockers:
+        _result(p, keys["ops"], sub)
+
+
+def test_private_shared_public_apps(two_workers: Any) -> None:
+    p, keys = two_workers
+    admin = p.admin()
+
+    def status(tenant: str) -> int:
+        with p.http(key=keys[tenant]) as http:
+            return http.post("/ops/sched", json={"seconds": 0}).status_code
+
+    admin.share("sched", "private")
+    assert [status(t) for t in ("ops", "ent", "free1")] == [200, 404, 404]
+    admin.share("sched", "shared", ["ent"])
+    assert [status(t) for t in ("ops", "ent", "free1")] == [200, 200, 404]
+    admin.share("sched", "public")
+    assert [status(t) for t in ("ops", "ent", "free1")] == [200, 200, 200]
+    with p.http(key=keys["ent"]) as http:
+        r = http.put("/apps/sched/visibility", json={"visibility": "private"})
+        assert r.status_code == 404, "only the owner manages its app"
+        r = http.put("/tenants/free1", json={"max_inflight": 5})
+        assert r.status_code == 403
+
+
+def test_warm_runner_is_not_cold_started_again_elsewhere(two_workers: Any) -> None:
+    p, keys = two_workers
+    with p.http(key=keys["ops"]) as http:
+        first = http.post("/ops/sched/solo", json={"tag": "first"}).json()["pid"]
+        time.sleep(2.5)  # heartbeats carry who holds "solo" warm
+        pids = [http.post("/ops/sched/solo", json={"tag": f"n{i}"}).json()["pid"] for i in range(8)]
+    assert set(pids) == {first}, "every request went to the one warm runner"

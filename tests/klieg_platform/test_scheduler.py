@@ -1,0 +1,387 @@
+"""The ordering rule, back pressure, and the simulator that replays traces through the rule."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from klieg_platform import scheduler
+from klieg_platform.scheduler import (
+    DEFAULT_TIERS,
+    SCAN,
+    Job,
+    Tier,
+    admit,
+    estimate_start_s,
+    parse_tiers,
+    pick,
+    pick_strict,
+    retry_after_s,
+)
+from klieg_platform.simulator import (
+    AppSpec,
+    Cluster,
+    Request,
+    Trace,
+    read_trace,
+    simulate,
+    write_trace,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "scheduling.py"
+
+
+def job(name: str, tier: str, at: float, tenant: str = "", app: str = "image") -> Job:
+    return Job(name, tier, tenant or f"{tier}-tenant", app, at)
+
+
+def ids(found: Job | None) -> str | None:
+    return None if found is None else found.id
+
+
+# -- tiers ---------------------------------------------------------------------------------------
+
+
+def test_default_tiers_rank_paid_first_and_bound_lower_tiers_tighter() -> None:
+    assert [(t.name, t.slo_s, t.rank) for t in DEFAULT_TIERS] == [
+        ("enterprise", 60, 0),
+        ("api", 120, 1),
+        ("plus", 300, 2),
+        ("light", 600, 3),
+        ("free", 1800, 4),
+    ]
+    bounds = [t.max_queued for t in DEFAULT_TIERS]
+    assert bounds == sorted(bounds, reverse=True)
+
+
+def test_parse_tiers_order_is_rank() -> None:
+    tiers = parse_tiers(" gold:30:50 , bronze:900:5")
+    assert tiers == (Tier("gold", 30.0, 50, 0), Tier("bronze", 900.0, 5, 1))
+
+
+@pytest.mark.parametrize(
+    "spec", ["", "gold:30", "gold:30:5:1", "gold:x:5", "gold:0:5", "gold:30:-1", "a:1:1,a:2:2"]
+)
+def test_parse_tiers_rejects_malformed_specs(spec: str) -> None:
+    with pytest.raises(ValueError):
+        parse_tiers(spec)
+
+
+# -- pick ----------------------------------------------------------------------------------------
+
+
+def test_empty_queues_pick_nothing() -> None:
+    assert pick({}, 0.0) is None
+    assert pick({"free": [], "enterprise": []}, 0.0) is None
+    assert pick_strict({"free": []}, 0.0) is None
+
+
+def test_fifo_within_a_tier() -> None:
+    queue = [job("first", "api", 10.0), job("second", "api", 5.0)]
+    assert ids(pick({"api": queue}, 20.0)) == "first"
+    assert ids(pick({"api": queue}, 5000.0)) == "first"
+    assert ids(pick({"api": queue[::-1]}, 20.0)) == "second"
+
+
+def test_paid_first_while_everyone_is_within_slo() -> None:
+    queues = {
+        "free": [job("free", "free", 0.0)],  # 1000/1800 of its SLO used
+        "plus": [job("plus", "plus", 800.0)],  # 200/300
+        "enterprise": [job("ent", "enterprise", 999.0)],  # 1/60
+    }
+    assert ids(pick(queues, 1000.0)) == "ent"
+    del queues["enterprise"]
+    assert ids(pick(queues, 1000.0)) == "plus"
+
+
+def test_an_over_slo_free_job_beats_a_within_slo_enterprise_job() -> None:
+    queues = {
+        "enterprise": [job("ent", "enterprise", 1850.0)],  # 50/60: within
+        "free": [job("free", "free", 0.0)],  # 1900/1800: over
+    }
+    assert ids(pick(queues, 1900.0)) == "free"
+    assert ids(pick(queues, 1799.0 + 0.0)) == "ent"  # free at 1799/1800: still within
+    assert ids(pick_strict(queues, 1900.0)) == "ent"
+
+
+def test_among_over_slo_candidates_the_highest_wait_over_slo_wins() -> None:
+    now = 10_000.0
+    api_x3 = job("api", "api", now - 360.0)  # 3.0
+    free_x2 = job("free", "free", now - 3600.0)  # 2.0
+    ent_x1 = job("ent", "enterprise", now - 61.0)  # ~1.02
+    assert ids(pick({"api": [api_x3], "free": [free_x2], "enterprise": [ent_x1]}, now)) == "api"
+    free_x4 = job("free", "free", now - 7200.0)  # 4.0: the longest wait/SLO, not the paid tier
+    assert ids(pick({"api": [api_x3], "free": [free_x4], "enterprise": [ent_x1]}, now)) == "free"
+
+
+def test_ties_go_to_the_lower_rank_then_the_earlier_job() -> None:
+    now = 1000.0
+    queues = {
+        "api": [job("api", "api", now - 240.0)],  # 2.0
+        "enterprise": [job("ent", "enterprise", now - 120.0)],  # 2.0
+    }
+    assert ids(pick(queues, now)) == "ent"
+    same_rank = (Tier("a", 10.0, 100, 0), Tier("b", 20.0, 100, 0))
+    queues = {"a": [job("a", "a", now - 20.0)], "b": [job("b", "b", now - 40.0)]}  # both 2.0
+    assert ids(pick(queues, now, tiers=same_rank)) == "b"
+
+
+def test_a_capped_tenant_is_skipped_then_served_once_under_cap() -> None:
+    queue = [
+        job("busy-1", "free", 0.0, tenant="busy"),
+        job("busy-2", "free", 1.0, tenant="busy"),
+        job("calm-1", "free", 2.0, tenant="calm"),
+    ]
+    caps = {"busy": 2, "calm": 2}
+    at_cap = {"busy": 2}
+    for fn in (pick, pick_strict):
+        found = fn({"free": queue}, 10.0, inflight_by_tenant=at_cap, tenant_caps=caps)
+        assert ids(found) == "calm-1"
+        found = fn({"free": queue}, 10.0, inflight_by_tenant={"busy": 1}, tenant_caps=caps)
+        assert ids(found) == "busy-1"
+    # Uncapped tenants (missing from tenant_caps) are never skipped.
+    assert ids(pick({"free": queue}, 10.0, inflight_by_tenant={"busy": 99})) == "busy-1"
+
+
+def test_a_capped_tenant_does_not_block_other_tiers() -> None:
+    queues = {
+        "enterprise": [job("ent", "enterprise", 0.0, tenant="acme")],
+        "free": [job("free", "free", 0.0, tenant="bob")],
+    }
+    found = pick(queues, 10.0, inflight_by_tenant={"acme": 5}, tenant_caps={"acme": 5})
+    assert ids(found) == "free"
+
+
+def test_app_caps_skip_jobs_of_a_capped_app() -> None:
+    queue = [
+        job("video-1", "api", 0.0, app="video"),
+        job("image-1", "api", 1.0, app="image"),
+    ]
+    caps = {"video": 3}
+    for fn in (pick, pick_strict):
+        assert (
+            ids(fn({"api": queue}, 5.0, inflight_by_app={"video": 3}, app_caps=caps)) == "image-1"
+        )
+        assert (
+            ids(fn({"api": queue}, 5.0, inflight_by_app={"video": 2}, app_caps=caps)) == "video-1"
+        )
+
+
+def test_the_scan_stops_after_scan_jobs_per_tier() -> None:
+    capped = [job(f"c{k}", "free", float(k), tenant="busy") for k in range(SCAN)]
+    caps = {"busy": 1}
+    inflight = {"busy": 1}
+    within = [*capped[:-1], job("ok", "free", 100.0, tenant="calm")]
+    beyond = [*capped, job("ok", "free", 100.0, tenant="calm")]
+
+    def first(queues: dict[str, Sequence[Job]]) -> str | None:
+        return ids(pick(queues, 200.0, inflight_by_tenant=inflight, tenant_caps=caps))
+
+    assert first({"free": within}) == "ok"
+    assert first({"free": beyond}) is None
+    # A tier without a candidate leaves the pick to the others.
+    assert first({"free": beyond, "light": [job("l", "light", 150.0)]}) == "l"
+
+
+def test_pick_rejects_jobs_of_an_unknown_tier() -> None:
+    with pytest.raises(ValueError, match="gold"):
+        pick({"gold": [job("g", "gold", 0.0)]}, 1.0)
+
+
+def test_pick_strict_is_lowest_rank_first_whatever_the_wait() -> None:
+    queues = {
+        "free": [job("free", "free", 0.0)],  # 100x its SLO
+        "light": [job("light-1", "light", 179_000.0), job("light-2", "light", 179_500.0)],
+    }
+    assert ids(pick_strict(queues, 180_000.0)) == "light-1"
+    assert ids(pick(queues, 180_000.0)) == "free"
+
+
+# -- back pressure and ETA -------------------------------------------------------------------------
+
+
+def test_admit_bounds_each_tier_and_free_sheds_first() -> None:
+    bound = {t.name: t.max_queued for t in DEFAULT_TIERS}
+    assert admit("free", bound["free"] - 1)
+    assert not admit("free", bound["free"])
+    assert admit("enterprise", bound["free"])
+    shed_at = {name: next(n for n in range(0, 30_000, 100) if not admit(name, n)) for name in bound}
+    assert shed_at["free"] < shed_at["light"] < shed_at["plus"] < shed_at["api"]
+    assert shed_at["api"] < shed_at["enterprise"]
+    assert not admit("gold", 0, parse_tiers("gold:10:0"))
+    with pytest.raises(ValueError):
+        admit("platinum", 0)
+
+
+@pytest.mark.parametrize(
+    ("ahead", "service", "capacity", "expected"),
+    [
+        (0, 10.0, 4, 1),  # clamped up to 1
+        (10, 3.0, 4, 8),  # ceil(7.5)
+        (100, 6.0, 0, 600),  # capacity 0 counts as 1; 600 is the ceiling
+        (10_000, 60.0, 1, 600),
+        (40, 1.0, 8, 5),
+    ],
+)
+def test_retry_after_is_the_drain_time_clamped(
+    ahead: int, service: float, capacity: int, expected: int
+) -> None:
+    assert retry_after_s(ahead, service, capacity) == expected
+
+
+def test_estimate_start_adds_a_cold_start_only_without_a_warm_runner() -> None:
+    assert estimate_start_s(0, 10.0, 4, 30.0, warm=True) == 0.0
+    assert estimate_start_s(8, 10.0, 4, 30.0, warm=True) == 20.0
+    assert estimate_start_s(8, 10.0, 4, 30.0, warm=False) == 50.0
+    assert estimate_start_s(3, 10.0, 0, 0.0, warm=False) == 30.0
+
+
+def test_module_has_no_clock() -> None:
+    assert not hasattr(scheduler, "time")
+
+
+# -- simulator -------------------------------------------------------------------------------------
+
+
+def cluster(workers: int, gpus: int, apps: dict[str, AppSpec], caps: dict[str, int]) -> Cluster:
+    return Cluster(workers, gpus, DEFAULT_TIERS, apps, caps)
+
+
+def test_simulator_waits_for_warm_runners_and_counts_cold_starts() -> None:
+    apps = {"gen": AppSpec("gen", cold_start_s=5.0, num_gpus=1)}
+    reqs = tuple(Request(0.0, "api", f"t{k}", "gen", 10.0) for k in range(3))
+    stats = simulate(Trace(cluster(1, 2, apps, {}), reqs), pick)
+    api = stats.tiers["api"]
+    # Two start at once (cold); the third waits for the first (5 s cold + 10 s) and reuses it.
+    assert api.requests == 3
+    assert api.p50_wait_s == 0.0
+    assert api.max_wait_over_slo == pytest.approx(15.0 / 120.0)
+    assert stats.cold_starts == 2
+    assert stats.makespan_s == pytest.approx(25.0)
+    assert stats.gpu_utilisation == pytest.approx(30.0 / (2 * 25.0))
+
+
+def test_simulator_keeps_a_big_job_from_being_starved_by_small_ones() -> None:
+    apps = {"small": AppSpec("small", 0.0, 1), "big": AppSpec("big", 0.0, 4)}
+    reqs = [Request(0.0, "plus", "a", "small", 10.0), Request(1.0, "enterprise", "b", "big", 10.0)]
+    reqs += [Request(2.0 + k, "api", f"c{k}", "small", 10.0) for k in range(20)]
+    stats = simulate(Trace(cluster(1, 4, apps, {}), tuple(reqs)), pick)
+    # The big job, picked at t=1 with 3 GPUs free, holds the dispatch until the first small job
+    # ends at t=10; the small jobs arriving from t=2 do not take the 3 free GPUs before it.
+    assert stats.tiers["enterprise"].max_wait_over_slo * 60.0 == pytest.approx(9.0)
+    assert stats.tiers["api"].p50_wait_s >= 15.0
+
+
+def overload_trace() -> Trace:
+    """Three hours at 9/8 of capacity: enterprise alone needs 7 of the 8 GPUs, free 2 more."""
+    apps = {"gen": AppSpec("gen", cold_start_s=5.0, num_gpus=1)}
+    reqs: list[Request] = []
+    for k in range(3 * 3600):
+        if k % 10 < 7:  # 0.7 req/s x 10 s
+            reqs.append(Request(float(k), "enterprise", f"ent-{k % 7}", "gen", 10.0))
+        if k % 5 == 0:  # 0.2 req/s x 10 s
+            reqs.append(Request(k + 0.5, "free", f"free-{k % 97}", "gen", 10.0))
+    caps = {"enterprise": 8, "free": 2}
+    return Trace(cluster(2, 4, apps, caps), tuple(reqs))
+
+
+def test_under_overload_the_policy_does_not_starve_free_and_strict_priority_does() -> None:
+    trace = overload_trace()
+    policy = simulate(trace, pick)
+    baseline = simulate(trace, pick_strict)
+    assert policy.makespan_s == pytest.approx(baseline.makespan_s, rel=0.01)
+    p_ent, p_free = policy.tiers["enterprise"], policy.tiers["free"]
+    b_ent, b_free = baseline.tiers["enterprise"], baseline.tiers["free"]
+    # Strict priority: enterprise never waits long, free waits 3x its SLO and more.
+    assert b_ent.max_wait_over_slo < 0.5
+    assert b_free.max_wait_over_slo > 2.5
+    # The policy: the worst tier is less late, free less so than under strict priority, and
+    # both tiers are equally late relative to their SLOs (within 2x of each other).
+    assert max(p_ent.max_wait_over_slo, p_free.max_wait_over_slo) < b_free.max_wait_over_slo
+    assert p_free.max_wait_over_slo < b_free.max_wait_over_slo
+    assert p_free.p50_wait_s < b_free.p50_wait_s
+    assert p_free.slo_attainment > b_free.slo_attainment
+    ratio = p_ent.max_wait_over_slo / p_free.max_wait_over_slo
+    assert 0.5 < ratio < 2.0
+    assert b_free.max_wait_over_slo / b_ent.max_wait_over_slo > 10.0
+
+
+def test_trace_round_trip_and_validation() -> None:
+    trace = overload_trace()
+    out = io.StringIO()
+    write_trace(trace, out)
+    first = json.loads(out.getvalue().splitlines()[0])
+    assert first["tiers"]["free"] == {
+        "slo_s": 1800.0,
+        "rank": 4,
+        "max_queued": 1000,
+        "tenant_cap": 2,
+    }
+    again = read_trace(io.StringIO(out.getvalue()))
+    assert again == trace
+    bad = out.getvalue().replace('"app": "gen"', '"app": "nope"', 1)
+    with pytest.raises(ValueError, match="unknown tier or app"):
+        read_trace(io.StringIO(bad))
+    head = {
+        "workers": 1,
+        "gpus_per_worker": 2,
+        "tiers": {"free": {"slo_s": 1800}, "api": {"slo_s": 120, "max_queued": 1}},
+        "apps": {"a": {"cold_start_s": 1, "num_gpus": 2}},
+    }
+    lines = [json.dumps(head)]
+    lines += [
+        json.dumps({"t": t, "tier": "api", "tenant": "x", "app": "a", "service_s": 5})
+        for t in (2, 0, 1)  # read_trace sorts by t
+    ]
+    plain = "\n".join(lines) + "\n"
+    parsed = read_trace(io.StringIO(plain))
+    assert [r.t for r in parsed.requests] == [0.0, 1.0, 2.0]
+    assert [(t.name, t.rank) for t in parsed.cluster.tiers] == [("api", 0), ("free", 1)]
+    stats = simulate(parsed, pick)
+    assert stats.tiers["api"].shed == 1  # one running, one queued, the third over max_queued
+    assert stats.tiers["api"].requests == 2
+    with pytest.raises(ValueError, match="GPUs"):
+        read_trace(io.StringIO(plain.replace('"num_gpus": 2', '"num_gpus": 3')))
+
+
+# -- the benchmark script --------------------------------------------------------------------------
+
+
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_scheduling", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generated_load_matches_the_requested_fraction() -> None:
+    module = bench()
+    trace = module.generate(1.0, 64, 3, 0.5)
+    windows = module.demand_windows(trace)
+    assert 0.4 < sum(windows) / len(windows) < 0.6
+    launch = module.demand_windows(module.generate(1.0, 64, 3, None))
+    assert max(launch) > 1.3 and min(launch) < 0.8
+
+
+def test_bench_prints_one_json_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    module = bench()
+    saved = tmp_path / "trace.jsonl"
+    assert module.main(["--hours", "0.25", "--gpus", "32", "--write-trace", str(saved)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1
+    result = json.loads(out[0])
+    assert set(result["policy"]["tiers"]) == {t.name for t in DEFAULT_TIERS}
+    assert result["trace"]["gpus"] == 32
+    assert set(result["targets"]) >= {"below_capacity_attainment_min", "overload_worst_over_best"}
+    assert module.main(["--trace", str(saved)]) == 0
+    replayed = json.loads(capsys.readouterr().out)
+    assert replayed["policy"] == {**result["policy"], "wall_s": replayed["policy"]["wall_s"]}
