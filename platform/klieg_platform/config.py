@@ -58,6 +58,8 @@ class Settings:
     queue_port: int | None = None
     webhook_max_attempts: int = 8
     webhook_backoff_s: float = 2.0
+    signing_key: str = ""
+    max_upload_bytes: int = 512 * 1024 * 1024
     tiers: tuple[Tier, ...] = DEFAULT_TIERS
     default_tier: str = "free"
     pip: PipSettings = field(default_factory=PipSettings)
@@ -131,9 +133,15 @@ class Settings:
             webhook_backoff_s=float(env.get("KLIEG_WEBHOOK_BACKOFF_S", "2")),
             tiers=parse_tiers(env["KLIEG_TIERS"]) if env.get("KLIEG_TIERS") else DEFAULT_TIERS,
             default_tier=env.get("KLIEG_DEFAULT_TIER", "free"),
+            signing_key=env.get("KLIEG_SIGNING_KEY") or _read_key(home / "signing-key"),
+            max_upload_bytes=int(env.get("KLIEG_MAX_UPLOAD_BYTES", str(512 * 1024 * 1024))),
             pip=read_pip_settings(env),
             log_level=env.get("KLIEG_LOG_LEVEL", "info"),
         )
+
+
+def _read_key(path: Path) -> str:
+    return path.read_text().strip() if path.is_file() else ""
 
 
 def _split(value: str | None) -> tuple[str, ...]:

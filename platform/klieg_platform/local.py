@@ -10,6 +10,7 @@ dies is restarted; SIGINT/SIGTERM stops them all, Redis last, so no accepted req
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import ssl
 import subprocess
@@ -49,6 +50,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         KLIEG_LEASE_S=str(settings.lease_s),
         KLIEG_WORKER_SLOTS=str(settings.worker_slots),
         KLIEG_LOG_LEVEL=settings.log_level,
+        KLIEG_SIGNING_KEY=settings.signing_key,
     )
     if settings.tls_cert and settings.tls_key:
         env.update(KLIEG_TLS_CERT=str(settings.tls_cert), KLIEG_TLS_KEY=str(settings.tls_key))
@@ -156,10 +158,22 @@ def fal_exports(settings: Settings) -> str:
     return "\n".join(exports)
 
 
+def ensure_signing_key(settings: Settings) -> Settings:
+    """The settings with a signing key for file URLs, made once per home when none is set."""
+    if settings.signing_key:
+        return settings
+    path = settings.home / "signing-key"
+    if not path.exists():
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return settings.with_(signing_key=path.read_text().strip())
+
+
 def up(settings: Settings, *, ready_file: Path | None = None) -> int:
     """Run the platform until interrupted. Returns the exit code."""
     for d in (settings.home, settings.run_dir):
         d.mkdir(parents=True, exist_ok=True)
+    settings = ensure_signing_key(settings)
     redis_proc = start_redis(settings) if settings.redis_url is None else None
     env = settings_env(settings)
     py = sys.executable

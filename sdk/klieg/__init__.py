@@ -27,14 +27,18 @@ from klieg.exceptions import (
     SetupError,
     ValidationError,
 )
+from klieg.media import Audio, File, Image, Video
 
 __all__ = [
     "App",
     "AppError",
     "AsyncClient",
+    "Audio",
     "AuthenticationError",
     "Client",
     "DeployError",
+    "File",
+    "Image",
     "KliegError",
     "NotFoundError",
     "PayloadTooLargeError",
@@ -42,5 +46,6 @@ __all__ = [
     "RequestTimeoutError",
     "SetupError",
     "ValidationError",
+    "Video",
     "endpoint",
 ]

@@ -23,15 +23,18 @@ Example::
 from __future__ import annotations
 
 import json
+import mimetypes
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 
 from klieg.exceptions import RequestTimeoutError, from_wire
+from klieg.media import File
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 _C = TypeVar("_C", bound="Client")
@@ -111,6 +114,15 @@ async def _aevents(lines: AsyncIterator[str]) -> AsyncIterator[Any]:
             yield item
     for item in parser.end():
         yield item
+
+
+def _upload_source(
+    data: bytes | str | os.PathLike[str], file_name: str | None
+) -> tuple[str, bytes]:
+    if isinstance(data, bytes):
+        return file_name or "upload.bin", data
+    path = Path(data)
+    return file_name or path.name, path.read_bytes()
 
 
 class _Api:
@@ -231,6 +243,19 @@ class Client:
     def cancel(self, app_id: str, request_id: str) -> None:
         """Cancel a queued request, or interrupt a running one."""
         raise_for_error(self.http.put(self.api.request_path(app_id, request_id, "/cancel")))
+
+    def upload_file(
+        self,
+        data: bytes | str | os.PathLike[str],
+        content_type: str | None = None,
+        file_name: str | None = None,
+    ) -> File:
+        """Upload bytes (or the file at a path); the returned File's URL can go in a request."""
+        name, raw = _upload_source(data, file_name)
+        kind = content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
+        headers = {"Content-Type": kind, "X-Klieg-File-Name": name}
+        body = self._json(self.http.post("/files/upload", content=raw, headers=headers))
+        return File.model_validate(body)
 
     def logs(self, request_id: str) -> list[dict[str, Any]]:
         """A request's log lines so far, by id alone."""

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from klieg_platform.config import Settings
-from klieg_platform.gateway import admin, queue, run
+from klieg_platform.gateway import admin, files, queue, run
 from klieg_platform.gateway.errors import HANDLERS
 from klieg_platform.gateway.listeners import ListenerSplit
 from klieg_platform.gateway.state import GatewayState
@@ -31,6 +31,8 @@ async def health(request: Request) -> Response:
 ROUTES = [
     Route("/health", health, methods=["GET"]),
     Route("/keys", admin.create_key, methods=["POST"]),
+    Route("/files/upload", files.upload, methods=["POST"]),
+    Route("/files/{key:path}", files.download, methods=["GET"]),
     Route("/apps", admin.list_apps, methods=["GET"]),
     Route("/apps/{name}/revisions", admin.list_revisions, methods=["GET"]),
     Route("/apps/{name}/deploy", admin.deploy_app, methods=["POST"]),

@@ -35,6 +35,7 @@ from klieg_platform.config import Settings
 from klieg_platform.packager import LockedEnv, Packager
 from klieg_platform.registry import Registry, Revision
 from klieg_platform.storage import BlobStore, result_key
+from klieg_platform.storage.signing import signed_url
 from klieg_platform.worker.code import CodeCache
 from klieg_platform.worker.events import EventForwarder
 from klieg_platform.worker.process import RunnerKey, RunnerProcess, SetupFailed
@@ -252,7 +253,9 @@ class Worker:
         except SetupFailed as failed:
             return self._setup_failed(key, failed)
         self._backoff.pop(key, None)
-        events = EventForwarder(self.broker, job.id, stream=job.stream)
+        events = EventForwarder(
+            self.broker, job.id, stream=job.stream, store_media=self._store_media
+        )
         try:
             if job.id in self._cancelled:
                 raise RequestCancelledError("request cancelled")
@@ -277,11 +280,20 @@ class Worker:
             await events.close()
         logs = list(header.get("logs") or [])
         if header.get("ok"):
-            return await self._ok(job.id, body, logs)
+            return await self._ok(job.id, events.rewrite(body), logs)
         raw = header.get("error") or {}
         cls = error_class(raw.get("error_type"))
         err = {"detail": raw.get("detail"), "error_type": raw.get("error_type") or cls.__name__}
         return Outcome(ok=False, error=err, http_status=cls.status_code, logs=logs)
+
+    async def _store_media(self, request_id: str, header: dict[str, Any], data: bytes) -> str:
+        """Store a file an endpoint returned; the signed URL it is served at."""
+        name = str(header.get("file_name") or "file").replace("/", "_")[-128:]
+        key = f"media/{request_id}/{header.get('token')}/{name}"
+        await asyncio.to_thread(self.store.put, key, data)
+        return signed_url(
+            self.settings.base_url, self.settings.signing_key, key, self.settings.result_ttl_s
+        )
 
     async def _ok(self, request_id: str, body: bytes, logs: list[dict[str, Any]]) -> Outcome:
         if len(body) <= self.settings.inline_payload_bytes:

@@ -1,9 +1,11 @@
-"""Live events of a running request -> Redis, in arrival order.
+"""Live events of a running request -> Redis and the blob store, in arrival order.
 
-The runner sends ``log`` and ``chunk`` frames while it serves a request; the worker must not
-await Redis inside the frame loop, and must not reorder lines. An ``EventForwarder`` queues the
-events and one task writes them, batching consecutive log lines into one append. ``close()``
-flushes everything, so the request is completed only after its last line and chunk are stored.
+The runner sends ``log``, ``media`` and ``chunk`` frames while it serves a request; the worker
+must not await I/O inside the frame loop, and must not reorder them. An ``EventForwarder``
+queues the events and one task handles them: log lines are batched into one append; media bytes
+are stored as blobs and their ``klieg-media://`` placeholders become signed URLs, in the chunks
+that follow and (``rewrite``) in the result. ``close()`` flushes everything, so the request is
+completed only after its last line, file and chunk are stored.
 """
 
 from __future__ import annotations
@@ -11,18 +13,28 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from klieg.media import PENDING_SCHEME
 from klieg_platform.broker import Broker
 
 log = logging.getLogger("klieg.worker")
 
 
+StoreMedia = Callable[[str, dict[str, Any], bytes], Awaitable[str]]
+"""(request id, media frame header, bytes) -> the URL the stored file is served at."""
+
+
 class EventForwarder:
-    def __init__(self, broker: Broker, request_id: str, *, stream: bool) -> None:
+    def __init__(
+        self, broker: Broker, request_id: str, *, stream: bool, store_media: StoreMedia
+    ) -> None:
         self.broker = broker
         self.request_id = request_id
         self.stream = stream
+        self.store_media = store_media
+        self.urls: dict[bytes, bytes] = {}
         self._pending: list[tuple[str, Any]] = []
         self._wake = asyncio.Event()
         self._closing = False
@@ -33,6 +45,8 @@ class EventForwarder:
         kind = header.get("type")
         if kind == "log":
             self._pending.append(("log", header.get("line")))
+        elif kind == "media":
+            self._pending.append(("media", (header, body)))
         elif kind == "chunk" and self.stream:
             self._pending.append(("chunk", body))
         else:
@@ -49,13 +63,24 @@ class EventForwarder:
                     items = [item for _, item in group]
                     if kind == "log":
                         await self.broker.append_logs(self.request_id, items)
+                    elif kind == "media":
+                        for header, data in items:
+                            url = await self.store_media(self.request_id, header, data)
+                            placeholder = PENDING_SCHEME + str(header.get("token"))
+                            self.urls[placeholder.encode()] = url.encode()
                     else:
                         for data in items:
-                            await self.broker.add_chunk(self.request_id, data)
+                            await self.broker.add_chunk(self.request_id, self.rewrite(data))
             except Exception:
                 log.exception("request %s: could not store live events", self.request_id)
             if self._closing and not self._pending:
                 return
+
+    def rewrite(self, body: bytes) -> bytes:
+        """``body`` with every stored media placeholder replaced by its URL."""
+        for placeholder, url in self.urls.items():
+            body = body.replace(placeholder, url)
+        return body
 
     async def close(self) -> None:
         self._closing = True

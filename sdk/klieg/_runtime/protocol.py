@@ -10,6 +10,8 @@ Messages (``type`` in the header):
   worker -> runner  ``call`` {id, endpoint} + body        run one request
   runner -> worker  ``log`` {id, line}                    a log line of the running request
   runner -> worker  ``chunk`` {id} + body                 one item of a generator endpoint
+  runner -> worker  ``media`` {id, token, content_type, file_name} + body
+                    the bytes behind a ``klieg-media://<token>`` URL in the next chunk/result
   runner -> worker  ``result`` {id, ok, error?, logs} + body (the output JSON when ok; for a
                     generator endpoint its last item)
   worker -> runner  ``shutdown`` {}                       run teardown() and exit

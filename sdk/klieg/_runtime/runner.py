@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import socket
 import sys
@@ -19,11 +20,13 @@ import threading
 import traceback
 from pathlib import Path
 
+from klieg import media
 from klieg._runtime import logs, protocol
 from klieg._runtime.loader import Target
 from klieg.exceptions import AppError, KliegError, RequestCancelledError
 from klieg.types import FunctionSpec
 
+_MEDIA_TOKEN = re.compile(re.escape(media.PENDING_SCHEME.encode()) + rb"([0-9a-f]{24})")
 CANCEL_SIGNAL = signal.SIGUSR1
 """The worker sends this to interrupt the running request (raises RequestCancelledError in it)."""
 
@@ -66,20 +69,37 @@ def _on_cancel(signum: int, frame: object) -> None:
         raise RequestCancelledError(f"request {_Running.request_id} cancelled")
 
 
+def _ship_media(channel: _Channel, request_id: str, body: bytes) -> None:
+    """Send the bytes of every media placeholder ``body`` refers to, ahead of ``body`` itself."""
+    for raw in dict.fromkeys(_MEDIA_TOKEN.findall(body)):
+        token = raw.decode()
+        item = media.PENDING.take(token)
+        if item is not None:
+            data, content_type, file_name = item
+            header = {"type": "media", "id": request_id, "token": token,
+                      "content_type": content_type, "file_name": file_name}  # fmt: skip
+            channel.send(header, data)
+
+
 def _run(channel: _Channel, target: Target, request_id: str, path: str, body: bytes) -> bytes:
-    """Run one call; chunks of a generator endpoint are sent as they come, the last is returned."""
+    """Run one call; chunks of a generator endpoint are sent as they come, the last is returned.
+    Media an output refers to is sent first (``media`` frames)."""
     endpoint = target.endpoint(path)
     _Running.request_id = request_id
     try:
         if not endpoint.streaming:
-            return endpoint(body)
+            out = endpoint(body)
+            _ship_media(channel, request_id, out)
+            return out
         last = b"null"
         for item in endpoint.items(body):
+            _ship_media(channel, request_id, item)
             channel.send({"type": "chunk", "id": request_id}, item)
             last = item
         return last
     finally:
         _Running.request_id = None
+        media.PENDING.clear()
 
 
 def _serve_call(
@@ -108,6 +128,7 @@ def _serve_call(
 def serve(sock: socket.socket, code_dir: Path, spec: FunctionSpec) -> int:
     channel = _Channel(sock)
     sink = logs.install()
+    media.PENDING.active = True
     signal.signal(CANCEL_SIGNAL, _on_cancel)
     try:
         target = Target(code_dir, spec)
