@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from klieg.admin import AdminClient, load_app
 from klieg.client import Client
 from klieg.exceptions import KliegError
@@ -43,6 +45,26 @@ def _call(client: Client, owner: str, app: str, example: dict[str, Any]) -> Any:
     return client.run(app_id, example.get("input", {}))
 
 
+def _media(value: Any) -> list[dict[str, Any]]:
+    """Every file object (``url`` + ``content_type``) inside a result."""
+    if isinstance(value, dict):
+        if isinstance(value.get("url"), str) and "content_type" in value:
+            return [value]
+        return [m for v in value.values() for m in _media(v)]
+    if isinstance(value, list):
+        return [m for v in value for m in _media(v)]
+    return []
+
+
+def _save_media(out: Any, folder: Path) -> None:
+    """Download the files a result refers to (their URLs end with the platform)."""
+    for item in _media(out):
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / str(item.get("file_name") or "file")
+        path.write_bytes(httpx.get(item["url"], timeout=60).content)
+        _say(f"  saved {path}")
+
+
 def run_demo(settings: Settings, url: str, apps_dir: Path) -> int:
     key = _key(settings, url)
     failures = 0
@@ -69,6 +91,7 @@ def run_demo(settings: Settings, url: str, apps_dir: Path) -> int:
                     _say(f"  FAILED {exc.error_type}: {exc.detail}")
                     continue
                 _say(f"  ({(time.perf_counter() - started) * 1000:.0f} ms) {json.dumps(out)}")
+                _save_media(out, settings.home / "demo-output" / app.name)
     _say(
         f"\nDemo finished with {failures} failure(s). To use the platform yourself:\n"
         f"  klieg up --port {url.rsplit(':', 1)[1]}   # then, in another shell:\n"
