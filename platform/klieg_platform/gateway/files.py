@@ -16,8 +16,8 @@ import uuid
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from klieg.exceptions import NotFoundError, PayloadTooLargeError
-from klieg_platform.gateway.intake import gateway
+from klieg.exceptions import NotFoundError
+from klieg_platform.gateway.intake import gateway, read_limited
 from klieg_platform.storage.signing import signed_url, verify
 
 _SERVED_PREFIXES = ("media/", "uploads/")
@@ -38,15 +38,7 @@ async def download(request: Request) -> Response:
 async def upload(request: Request) -> Response:
     gw = gateway(request)
     tenant = await gw.tenant(request)
-    limit = gw.settings.max_upload_bytes
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"upload exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    data = b"".join(chunks)
+    data = await read_limited(request, gw.settings.max_upload_bytes)
     name = (
         request.headers.get("x-klieg-file-name") or request.headers.get("x-fal-file-name") or ""
     ).replace("/", "_")[-128:]

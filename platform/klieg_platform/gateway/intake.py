@@ -42,7 +42,8 @@ def gateway(request: Request) -> GatewayState:
     return state
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The request body; PayloadTooLargeError as soon as it exceeds ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"body of {declared} bytes exceeds the limit of {limit}")
@@ -53,7 +54,12 @@ async def read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise PayloadTooLargeError(f"body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
-    body = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, size-limited and checked to be JSON (an empty body is allowed)."""
+    body = await read_limited(request, limit)
     if body.strip():
         try:
             json.loads(body)
