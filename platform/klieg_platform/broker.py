@@ -80,6 +80,11 @@ class Job:
     attempts: int
     more: bool = False
     """Whether the worker's pools still had queued requests after this one was taken."""
+
+    @property
+    def app_key(self) -> str:
+        return f"{self.owner}/{self.app}"
+
     payload_ref: str = ""
     deadline_ms: int = 0
     stream: bool = False
@@ -173,6 +178,7 @@ class Broker:
         self._requeue_expired = redis.register_script(lua.REQUEUE_EXPIRED)
         self._cancel = redis.register_script(lua.CANCEL)
         self._position = redis.register_script(lua.POSITION)
+        self._record_time = redis.register_script(lua.RECORD_TIME)
 
     @classmethod
     def from_url(
@@ -389,11 +395,10 @@ class Broker:
         return slots, warm
 
     async def record_time(self, kind: str, app_key: str, seconds: float) -> None:
-        """Fold a service (``kind="service"``) or cold-start time into the app's running mean."""
+        """Fold a service (``kind="service"``) or cold-start time into the app's running mean
+        (one atomic step: weight 0.2 for the new sample)."""
         key = keys.SERVICE_STATS if kind == "service" else keys.COLD_STATS
-        old = await self.redis.hget(key, app_key)
-        ms = seconds * 1000 if old is None else 0.8 * float(old) + 0.2 * seconds * 1000
-        await self.redis.hset(key, app_key, f"{ms:.1f}")
+        await self._record_time(keys=[key], args=[app_key, f"{seconds * 1000:.1f}"])
 
     async def mean_time(self, kind: str, app_key: str) -> float | None:
         key = keys.SERVICE_STATS if kind == "service" else keys.COLD_STATS

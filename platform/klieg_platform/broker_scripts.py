@@ -312,3 +312,12 @@ end
 return 0
 """
 )
+
+# KEYS: stats hash. ARGV: app key, sample (ms). A running mean, new samples weighted 0.2.
+RECORD_TIME = """
+local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+local sample = tonumber(ARGV[2])
+local mean = old and (0.8 * old + 0.2 * sample) or sample
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%.1f', mean))
+return 1
+"""

@@ -64,6 +64,13 @@ class Settings:
     default_tier: str = "free"
     pip: PipSettings = field(default_factory=PipSettings)
     log_level: str = "info"
+    s3_endpoint_url: str | None = None
+    s3_bucket: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = field(default=None, repr=False)
+    s3_prefix: str = ""
+    s3_presign: bool = False
 
     @property
     def env_dir(self) -> Path:
@@ -137,6 +144,15 @@ class Settings:
             max_upload_bytes=int(env.get("KLIEG_MAX_UPLOAD_BYTES", str(512 * 1024 * 1024))),
             pip=read_pip_settings(env),
             log_level=env.get("KLIEG_LOG_LEVEL", "info"),
+            s3_endpoint_url=env.get("KLIEG_S3_ENDPOINT_URL") or None,
+            s3_bucket=env.get("KLIEG_S3_BUCKET") or None,
+            s3_region=env.get("KLIEG_S3_REGION") or "us-east-1",
+            s3_access_key=env.get("KLIEG_S3_ACCESS_KEY") or env.get("AWS_ACCESS_KEY_ID") or None,
+            s3_secret_key=(
+                env.get("KLIEG_S3_SECRET_KEY") or env.get("AWS_SECRET_ACCESS_KEY") or None
+            ),
+            s3_prefix=env.get("KLIEG_S3_PREFIX", ""),
+            s3_presign=env.get("KLIEG_S3_PRESIGN", "").lower() in ("1", "true", "yes", "on"),
         )
 
 

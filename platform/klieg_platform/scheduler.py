@@ -23,6 +23,28 @@ Consequences: no tier starves (a waiting job's score grows without bound until i
 highest); under overload every tier ends up equally late relative to its SLO; while everyone is
 within SLO a paid job still goes first. A tenant at its cap waits without blocking others.
 
+``pick_for_worker`` is what the live dispatch runs: the same pick, asked by one worker, plus warm
+affinity and GPU draining. The worker states its free units, its total units, ``here`` (the
+function keys with an idle warm runner on it), ``elsewhere`` (function keys idle on other
+workers) and the apps' measured cold starts (``cold_start_s``, by app). A job takes
+``max(gpus, 1)`` units; its function key is ``fn`` (the app when empty). The candidates are rule
+2's, except that a job needing more units than the worker's total is never one; ``best`` is rule
+4's pick among them. Then:
+
+W1. best's function is idle here: take best;
+W2. best needs more units than are free: ``Blocked(units)``, take nothing (the worker drains
+    until it fits, so a big job is not starved by small ones);
+W3. best is young (within its SLO, and it has waited less than its app's cold start) and some
+    job whose function is idle here is a candidate by the same test (per tier, the first such
+    job among the same ``SCAN``, under caps, fitting the total): the best of those by rule 4, if
+    it fits the free units; no cold start;
+W4. best is young and its function is idle elsewhere: ``Elsewhere()``, take nothing (the warm
+    worker serves it);
+W5. otherwise best, paying a cold start.
+
+So warm work goes first only while that is better for the queue than a cold start: once best
+has waited as long as a cold start (or is over its SLO), it is served where asked.
+
 ``pick_strict`` is the strict-priority baseline the policy is measured against: the lowest rank
 with a candidate wins, FIFO within it (same candidates, same caps). Back pressure (``admit``,
 ``retry_after_s``) and the queue ETA (``estimate_start_s``) live here too, so the gateway, the
@@ -32,7 +54,7 @@ broker and the simulator share one set of numbers.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from types import MappingProxyType
@@ -45,6 +67,7 @@ RETRY_AFTER_MIN_S = 1
 RETRY_AFTER_MAX_S = 600
 
 _NO_COUNTS: Mapping[str, int] = MappingProxyType({})
+_NO_TIMES: Mapping[str, float] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +130,31 @@ class Job:
     app: str
     enqueued_at: float
     gpus: int = 1
+    fn: str = ""
+    """The function the job runs ("revision/function" live); empty: the app is the function."""
+
+    @property
+    def function_key(self) -> str:
+        """What ``here``/``elsewhere`` of ``pick_for_worker`` name: ``fn``, else ``app``."""
+        return self.fn or self.app
+
+    @property
+    def units(self) -> int:
+        """Worker units (GPUs) the job takes: ``gpus``, at least one."""
+        return max(self.gpus, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Blocked:
+    """``pick_for_worker`` took nothing: the best job needs ``units``, more than are free."""
+
+    units: int
+
+
+@dataclass(frozen=True, slots=True)
+class Elsewhere:
+    """``pick_for_worker`` took nothing: the best job is young and its function is idle warm on
+    another worker, which should serve it without a cold start."""
 
 
 class PickFn(Protocol):
@@ -125,6 +173,27 @@ class PickFn(Protocol):
     ) -> Job | None: ...
 
 
+class WorkerPickFn(Protocol):
+    """The signature of ``pick_for_worker`` (what ``simulator.simulate_per_worker`` takes)."""
+
+    def __call__(
+        self,
+        queues: Mapping[str, Sequence[Job]],
+        now: float,
+        *,
+        tiers: Sequence[Tier] = ...,
+        inflight_by_tenant: Mapping[str, int] = ...,
+        inflight_by_app: Mapping[str, int] = ...,
+        tenant_caps: Mapping[str, int] = ...,
+        app_caps: Mapping[str, int] = ...,
+        free_units: int,
+        total_units: int,
+        here: Collection[str] = ...,
+        elsewhere: Collection[str] = ...,
+        cold_start_s: Mapping[str, float] = ...,
+    ) -> Job | Blocked | Elsewhere | None: ...
+
+
 def _candidates(
     queues: Mapping[str, Sequence[Job]],
     tiers: Iterable[Tier],
@@ -132,8 +201,11 @@ def _candidates(
     inflight_by_app: Mapping[str, int],
     tenant_caps: Mapping[str, int],
     app_caps: Mapping[str, int],
+    max_units: float = math.inf,
+    warm: Collection[str] | None = None,
 ) -> list[tuple[Tier, Job]]:
-    """Per tier, the first of its first SCAN jobs whose tenant and app are under cap.
+    """Per tier, the first of its first SCAN jobs whose tenant and app are under cap, that takes
+    at most ``max_units`` units and (when ``warm`` is given) whose function key is in ``warm``.
 
     The result is sorted by (rank, enqueued_at).
 
@@ -148,7 +220,13 @@ def _candidates(
         tier = by_name.get(name)
         if tier is None:
             raise ValueError(f"jobs queued in unknown tier {name!r}")
+        if max_units < 1:
+            continue  # every job takes at least one unit
         for job in islice(queue, SCAN):
+            if job.gpus > max_units:  # units > max_units, as max_units >= 1 here
+                continue
+            if warm is not None and job.function_key not in warm:
+                continue
             cap = tenant_caps.get(job.tenant)
             if cap is not None and inflight_by_tenant.get(job.tenant, 0) >= cap:
                 continue
@@ -177,10 +255,14 @@ def pick(
     counts it in flight.
     """
     found = _candidates(queues, tiers, inflight_by_tenant, inflight_by_app, tenant_caps, app_caps)
-    if not found:
-        return None
+    return _best(found, now)[0] if found else None
+
+
+def _best(found: Sequence[tuple[Tier, Job]], now: float) -> tuple[Job, float]:
+    """Rule 4 over non-empty ``found`` (in (rank, enqueued_at) order): the pick and its score."""
     best_tier, best = found[0]
     best_score = (now - best.enqueued_at) / best_tier.slo_s
+    first_score = best_score
     for tier, job in found[1:]:
         score = (now - job.enqueued_at) / tier.slo_s
         if score > best_score:
@@ -188,7 +270,49 @@ def pick(
     # ``found`` is in (rank, enqueued_at) order and only a strictly higher score replaces the
     # best, so ties already went to the lower rank, then the earlier job. Below 1 the best score
     # does not count: found[0] (the lowest rank) wins.
-    return best if best_score >= 1.0 else found[0][1]
+    return (best, best_score) if best_score >= 1.0 else (found[0][1], first_score)
+
+
+def pick_for_worker(
+    queues: Mapping[str, Sequence[Job]],
+    now: float,
+    *,
+    tiers: Sequence[Tier] = DEFAULT_TIERS,
+    inflight_by_tenant: Mapping[str, int] = _NO_COUNTS,
+    inflight_by_app: Mapping[str, int] = _NO_COUNTS,
+    tenant_caps: Mapping[str, int] = _NO_COUNTS,
+    app_caps: Mapping[str, int] = _NO_COUNTS,
+    free_units: int,
+    total_units: int,
+    here: Collection[str] = (),
+    elsewhere: Collection[str] = (),
+    cold_start_s: Mapping[str, float] = _NO_TIMES,
+) -> Job | Blocked | Elsewhere | None:
+    """What one worker takes (module docstring, rules W1-W5); None when nothing is a candidate.
+
+    ``here``/``elsewhere`` hold function keys (``Job.function_key``); ``cold_start_s`` maps an
+    app to its measured cold start (missing: 0, so its jobs are never young). Pure, like
+    ``pick``: the caller removes a returned job from its queue and counts it in flight.
+    """
+    counts = (inflight_by_tenant, inflight_by_app, tenant_caps, app_caps)
+    found = _candidates(queues, tiers, *counts, max_units=total_units)
+    if not found:
+        return None
+    best, score = _best(found, now)
+    if best.function_key in here:
+        return best  # W1
+    if best.units > free_units:
+        return Blocked(best.units)  # W2
+    young = score < 1.0 and now - best.enqueued_at < cold_start_s.get(best.app, 0.0)
+    if not young:
+        return best  # W5
+    if here:
+        warm_found = _candidates(queues, tiers, *counts, max_units=total_units, warm=here)
+        if warm_found:
+            warm = _best(warm_found, now)[0]
+            if warm.units <= free_units:
+                return warm  # W3
+    return Elsewhere() if best.function_key in elsewhere else best  # W4, W5
 
 
 def pick_strict(

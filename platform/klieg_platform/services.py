@@ -25,4 +25,19 @@ def open_registry(settings: Settings) -> Registry:
 
 
 def open_store(settings: Settings) -> BlobStore:
-    return LocalBlobStore(settings.blob_dir)
+    """S3 when ``s3_bucket`` is set (the bucket is created if missing), else the local store."""
+    if not settings.s3_bucket:
+        return LocalBlobStore(settings.blob_dir)
+    from klieg_platform.storage.s3 import S3BlobStore  # boto3 costs ~0.3 s to import
+
+    store = S3BlobStore(
+        settings.s3_bucket,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        access_key=settings.s3_access_key,
+        secret_key=settings.s3_secret_key,
+        prefix=settings.s3_prefix,
+        presign=settings.s3_presign,
+    )
+    store.ensure_bucket()
+    return store

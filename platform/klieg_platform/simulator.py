@@ -39,7 +39,17 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, TextIO
 
-from klieg_platform.scheduler import SCAN, Job, PickFn, Tier, admit
+from klieg_platform.scheduler import (
+    SCAN,
+    Blocked,
+    Elsewhere,
+    Job,
+    PickFn,
+    Tier,
+    WorkerPickFn,
+    admit,
+    pick_for_worker,
+)
 
 UNBOUNDED = 2**62
 """``max_queued`` of a tier whose trace entry sets none."""
@@ -166,7 +176,10 @@ class _Worker:
     id: int
     free: int
     idle: dict[int, _Runner] = field(default_factory=dict)
+    """Idle runners, least recently used first."""
     idle_gpus: int = 0
+    idle_apps: dict[str, int] = field(default_factory=dict)
+    """App -> idle runners of it here (no zero counts), the ``here`` of ``pick_for_worker``."""
 
 
 @dataclass(slots=True)
@@ -178,7 +191,7 @@ class _Runner:
 
 
 class _Nodes:
-    """Workers, their runners and the placement rule. Buckets index workers by free GPUs and by
+    """Workers, their runners and the placement rules. Buckets index workers by free GPUs and by
     free-plus-idle GPUs, so a placement costs O(gpus_per_worker), not O(workers)."""
 
     def __init__(self, workers: int, gpus_per_worker: int) -> None:
@@ -190,6 +203,8 @@ class _Nodes:
         self.by_avail[gpus_per_worker].update(range(workers))
         self.idle: dict[int, _Runner] = {}
         self.idle_by_app: dict[str, dict[int, _Runner]] = {}
+        self.idle_count: dict[str, int] = {}
+        """App -> idle runners of it on all workers (no zero counts)."""
         self.runners = 0
 
     def _rebucket(self, w: _Worker, old_free: int, old_avail: int) -> None:
@@ -207,16 +222,39 @@ class _Nodes:
                 return self.workers[min(buckets[k])]
         return None
 
+    def _unidle(self, runner: _Runner) -> None:
+        """Take ``runner`` out of the idle indexes (to run a job, or to be evicted)."""
+        w = runner.worker
+        del w.idle[runner.id]
+        del self.idle[runner.id]
+        del self.idle_by_app[runner.app][runner.id]
+        w.idle_gpus -= runner.gpus
+        for counts in (w.idle_apps, self.idle_count):
+            if counts[runner.app] == 1:
+                del counts[runner.app]
+            else:
+                counts[runner.app] -= 1
+
+    def _new_runner(self, w: _Worker, app: AppSpec) -> _Runner:
+        """Start a runner of ``app`` on ``w``, evicting its idle runners (least recently used
+        first) until the GPUs are free. The caller checked that free + idle GPUs suffice."""
+        while w.free < app.num_gpus:
+            victim = next(iter(w.idle.values()))
+            self._unidle(victim)
+            w.free += victim.gpus
+        w.free -= app.num_gpus
+        self.runners += 1
+        return _Runner(self.runners, app.name, app.num_gpus, w)
+
     def place(self, app: AppSpec) -> tuple[_Runner, bool] | None:
-        """A runner for one job of ``app`` and whether it is a cold start; None: fits nowhere."""
+        """A runner for one job of ``app`` anywhere and whether it is a cold start; None: fits
+        nowhere. The global placement of ``simulate`` (module docstring)."""
         warm = self.idle_by_app.get(app.name)
         if warm:
-            _, runner = warm.popitem()
+            runner = next(reversed(warm.values()))
             w = runner.worker
             old_free, old_avail = w.free, w.free + w.idle_gpus
-            del w.idle[runner.id]
-            del self.idle[runner.id]
-            w.idle_gpus -= runner.gpus
+            self._unidle(runner)
             self._rebucket(w, old_free, old_avail)
             return runner, False
         w_or_none = self._fit(self.by_free, app.num_gpus)
@@ -231,17 +269,23 @@ class _Nodes:
             )
         w = w_or_none
         old_free, old_avail = w.free, w.free + w.idle_gpus
-        while w.free < app.num_gpus:
-            rid, victim = next(iter(w.idle.items()))
-            del w.idle[rid]
-            del self.idle[rid]
-            del self.idle_by_app[victim.app][rid]
-            w.idle_gpus -= victim.gpus
-            w.free += victim.gpus
-        w.free -= app.num_gpus
-        self.runners += 1
+        runner = self._new_runner(w, app)
         self._rebucket(w, old_free, old_avail)
-        return _Runner(self.runners, app.name, app.num_gpus, w), True
+        return runner, True
+
+    def place_on(self, w: _Worker, app: AppSpec) -> tuple[_Runner, bool]:
+        """A runner for one job of ``app`` on ``w`` and whether it is a cold start: its most
+        recently used idle runner of ``app``, else a new one (``simulate_per_worker``). The
+        caller checked that ``w`` has an idle runner of ``app`` or enough free + idle GPUs."""
+        old_free, old_avail = w.free, w.free + w.idle_gpus
+        if app.name in w.idle_apps:
+            runner = next(r for r in reversed(w.idle.values()) if r.app == app.name)
+            self._unidle(runner)
+            cold = False
+        else:
+            runner, cold = self._new_runner(w, app), True
+        self._rebucket(w, old_free, old_avail)
+        return runner, cold
 
     def release(self, runner: _Runner) -> None:
         """The runner finished its job: it stays on its worker, idle and warm."""
@@ -250,6 +294,8 @@ class _Nodes:
         w.idle[runner.id] = runner
         self.idle[runner.id] = runner
         w.idle_gpus += runner.gpus
+        w.idle_apps[runner.app] = w.idle_apps.get(runner.app, 0) + 1
+        self.idle_count[runner.app] = self.idle_count.get(runner.app, 0) + 1
         self.idle_by_app.setdefault(runner.app, {})[runner.id] = runner
         self._rebucket(w, old_free, old_avail)
 
@@ -308,91 +354,183 @@ def _tier_stats(tier: Tier, waits: list[float], shed: int) -> TierStats:
     )
 
 
+class _Replay:
+    """The state of one replay: queues, caps, runners, waits. ``run`` drives the events; the
+    dispatch step is ``dispatch_global`` (``simulate``) or ``dispatch_workers``
+    (``simulate_per_worker``)."""
+
+    def __init__(self, trace: Trace) -> None:
+        cluster = trace.cluster
+        self.trace = trace
+        self.tiers = cluster.tiers
+        self.apps = cluster.apps
+        self.nodes = _Nodes(cluster.workers, cluster.gpus_per_worker)
+        self.queues: dict[str, deque[Job]] = {t.name: deque() for t in self.tiers}
+        self.waits: dict[str, list[float]] = {t.name: [] for t in self.tiers}
+        self.shed = dict.fromkeys(self.queues, 0)
+        caps = cluster.tenant_caps
+        self.tenant_caps = {r.tenant: caps[r.tier] for r in trace.requests if r.tier in caps}
+        self.app_caps = {
+            a.name: a.max_inflight for a in self.apps.values() if a.max_inflight is not None
+        }
+        self.cold_start_s = {a.name: a.cold_start_s for a in self.apps.values()}
+        self.by_tenant: dict[str, int] = {}
+        self.by_app: dict[str, int] = {}
+        self.running: list[tuple[float, int, _Runner, Job]] = []
+        self.service = [r.service_s for r in trace.requests]
+        self.queued = self.cold_starts = self.seq = 0
+        self.busy_gpu_s = self.cold_gpu_s = 0.0
+
+    def run(
+        self, dispatch: Callable[[float], None], progress: Callable[[float], None] | None
+    ) -> RunStats:
+        """Replay every arrival and completion, calling ``dispatch(now)`` after each instant."""
+        reqs = self.trace.requests
+        apps, queues, running = self.apps, self.queues, self.running
+        i = 0
+        start = reqs[0].t if reqs else 0.0
+        now = report_at = start
+        while i < len(reqs) or running:
+            now = min(
+                reqs[i].t if i < len(reqs) else math.inf, running[0][0] if running else math.inf
+            )
+            while running and running[0][0] <= now:
+                _, _, runner, done = heapq.heappop(running)
+                self.nodes.release(runner)
+                self.by_tenant[done.tenant] -= 1
+                self.by_app[done.app] -= 1
+            while i < len(reqs) and reqs[i].t <= now:
+                r = reqs[i]
+                if admit(r.tier, len(queues[r.tier]), self.tiers):
+                    queues[r.tier].append(
+                        Job(str(i), r.tier, r.tenant, r.app, r.t, apps[r.app].num_gpus)
+                    )
+                    self.queued += 1
+                else:
+                    self.shed[r.tier] += 1
+                i += 1
+            dispatch(now)
+            if progress is not None and now >= report_at + 1800.0:
+                report_at = now
+                progress(now)
+        cluster = self.trace.cluster
+        makespan = max(now - start, 1e-9)
+        gpus = cluster.workers * cluster.gpus_per_worker
+        waits, shed = self.waits, self.shed
+        return RunStats(
+            tiers={t.name: _tier_stats(t, waits[t.name], shed[t.name]) for t in self.tiers},
+            cold_starts=self.cold_starts,
+            gpu_utilisation=self.busy_gpu_s / (gpus * makespan),
+            cold_start_gpu_share=self.cold_gpu_s / (gpus * makespan),
+            makespan_s=makespan,
+        )
+
+    def start(self, job: Job, runner: _Runner, cold: bool, now: float) -> None:
+        """``job`` leaves its queue and runs on ``runner`` (after a cold start if ``cold``)."""
+        queue = self.queues[job.tier]
+        if queue[0] is job:
+            queue.popleft()
+        else:
+            del queue[next(k for k, j in enumerate(islice(queue, SCAN)) if j is job)]
+        self.queued -= 1
+        self.waits[job.tier].append(now - job.enqueued_at)
+        self.by_tenant[job.tenant] = self.by_tenant.get(job.tenant, 0) + 1
+        self.by_app[job.app] = self.by_app.get(job.app, 0) + 1
+        app = self.apps[job.app]
+        run_s = self.service[int(job.id)]
+        self.busy_gpu_s += run_s * app.num_gpus
+        cold_s = app.cold_start_s if cold else 0.0
+        self.cold_starts += cold
+        self.cold_gpu_s += cold_s * app.num_gpus
+        self.seq += 1
+        heapq.heappush(self.running, (now + cold_s + run_s, self.seq, runner, job))
+
+    def dispatch_global(self, pick_fn: PickFn, now: float) -> None:
+        """Pick with ``pick_fn`` and place anywhere (``_Nodes.place``) until nothing is picked or
+        the pick fits nowhere."""
+        while self.queued:
+            job = pick_fn(
+                self.queues,
+                now,
+                tiers=self.tiers,
+                inflight_by_tenant=self.by_tenant,
+                inflight_by_app=self.by_app,
+                tenant_caps=self.tenant_caps,
+                app_caps=self.app_caps,
+            )
+            if job is None:
+                return
+            placed = self.nodes.place(self.apps[job.app])
+            if placed is None:
+                return
+            self.start(job, *placed, now)
+
+    def dispatch_workers(self, pick_fn: WorkerPickFn, now: float) -> None:
+        """Every worker with available GPUs asks ``pick_fn`` (module docstring) until a round of
+        asks takes nothing."""
+        nodes = self.nodes
+        size = nodes.size
+        idle_count = nodes.idle_count
+        while self.queued:
+            order = [wid for k in range(1, size + 1) for wid in sorted(nodes.by_avail[k])]
+            took = False
+            # A Blocked(units) answer holds for every worker with fewer available GPUs until
+            # the queues change: such a worker cannot hold an idle runner of that job's app.
+            blocked = 0
+            for wid in order:
+                w = nodes.workers[wid]
+                while self.queued:
+                    avail = w.free + w.idle_gpus
+                    if avail == 0 or avail < blocked:
+                        break
+                    here = w.idle_apps
+                    got = pick_fn(
+                        self.queues,
+                        now,
+                        tiers=self.tiers,
+                        inflight_by_tenant=self.by_tenant,
+                        inflight_by_app=self.by_app,
+                        tenant_caps=self.tenant_caps,
+                        app_caps=self.app_caps,
+                        free_units=avail,
+                        total_units=size,
+                        here=here,
+                        elsewhere={a for a, n in idle_count.items() if n > here.get(a, 0)},
+                        cold_start_s=self.cold_start_s,
+                    )
+                    if got is None:
+                        return  # nothing is a candidate, for any worker
+                    if isinstance(got, Blocked):
+                        blocked = got.units
+                        break
+                    if isinstance(got, Elsewhere):
+                        break
+                    self.start(got, *nodes.place_on(w, self.apps[got.app]), now)
+                    took, blocked = True, 0
+            if not took:
+                return
+
+
 def simulate(
     trace: Trace, pick_fn: PickFn, progress: Callable[[float], None] | None = None
 ) -> RunStats:
-    """Replay ``trace`` with ``pick_fn`` choosing every dispatch; every request runs to the end.
+    """Replay ``trace`` with ``pick_fn`` choosing every dispatch and the global placement; every
+    request runs to the end.
 
     ``progress`` (if given) is called with the virtual time after each virtual half hour.
     """
-    cluster = trace.cluster
-    tiers = cluster.tiers
-    apps = cluster.apps
-    nodes = _Nodes(cluster.workers, cluster.gpus_per_worker)
-    queues: dict[str, deque[Job]] = {t.name: deque() for t in tiers}
-    waits: dict[str, list[float]] = {t.name: [] for t in tiers}
-    shed = dict.fromkeys(queues, 0)
-    caps = cluster.tenant_caps
-    tenant_caps = {r.tenant: caps[r.tier] for r in trace.requests if r.tier in caps}
-    app_caps = {a.name: a.max_inflight for a in apps.values() if a.max_inflight is not None}
-    by_tenant: dict[str, int] = {}
-    by_app: dict[str, int] = {}
-    running: list[tuple[float, int, _Runner, Job]] = []
-    reqs = trace.requests
-    service = [r.service_s for r in reqs]
-    queued = cold_starts = seq = i = 0
-    busy_gpu_s = cold_gpu_s = 0.0
-    start = reqs[0].t if reqs else 0.0
-    now = report_at = start
-    while i < len(reqs) or running:
-        now = min(reqs[i].t if i < len(reqs) else math.inf, running[0][0] if running else math.inf)
-        while running and running[0][0] <= now:
-            _, _, runner, done = heapq.heappop(running)
-            nodes.release(runner)
-            by_tenant[done.tenant] -= 1
-            by_app[done.app] -= 1
-        while i < len(reqs) and reqs[i].t <= now:
-            r = reqs[i]
-            if admit(r.tier, len(queues[r.tier]), tiers):
-                queues[r.tier].append(
-                    Job(str(i), r.tier, r.tenant, r.app, r.t, apps[r.app].num_gpus)
-                )
-                queued += 1
-            else:
-                shed[r.tier] += 1
-            i += 1
-        while queued:
-            job = pick_fn(
-                queues,
-                now,
-                tiers=tiers,
-                inflight_by_tenant=by_tenant,
-                inflight_by_app=by_app,
-                tenant_caps=tenant_caps,
-                app_caps=app_caps,
-            )
-            if job is None:
-                break
-            app = apps[job.app]
-            placed = nodes.place(app)
-            if placed is None:
-                break
-            runner, cold = placed
-            queue = queues[job.tier]
-            if queue[0] is job:
-                queue.popleft()
-            else:
-                del queue[next(k for k, j in enumerate(islice(queue, SCAN)) if j is job)]
-            queued -= 1
-            waits[job.tier].append(now - job.enqueued_at)
-            by_tenant[job.tenant] = by_tenant.get(job.tenant, 0) + 1
-            by_app[job.app] = by_app.get(job.app, 0) + 1
-            run_s = service[int(job.id)]
-            busy_gpu_s += run_s * app.num_gpus
-            cold_s = app.cold_start_s if cold else 0.0
-            cold_starts += cold
-            cold_gpu_s += cold_s * app.num_gpus
-            seq += 1
-            heapq.heappush(running, (now + cold_s + run_s, seq, runner, job))
-        if progress is not None and now >= report_at + 1800.0:
-            report_at = now
-            progress(now)
-    makespan = max(now - start, 1e-9)
-    gpus = cluster.workers * cluster.gpus_per_worker
-    return RunStats(
-        tiers={t.name: _tier_stats(t, waits[t.name], shed[t.name]) for t in tiers},
-        cold_starts=cold_starts,
-        gpu_utilisation=busy_gpu_s / (gpus * makespan),
-        cold_start_gpu_share=cold_gpu_s / (gpus * makespan),
-        makespan_s=makespan,
-    )
+    replay = _Replay(trace)
+    return replay.run(lambda now: replay.dispatch_global(pick_fn, now), progress)
+
+
+def simulate_per_worker(
+    trace: Trace,
+    pick_fn: WorkerPickFn = pick_for_worker,
+    progress: Callable[[float], None] | None = None,
+) -> RunStats:
+    """Replay ``trace`` the way the live workers dispatch: each worker asks ``pick_fn`` (by
+    default ``scheduler.pick_for_worker``: warm affinity and draining) and runs what it gets
+    itself. Every request runs to the end; ``progress`` as for ``simulate``.
+    """
+    replay = _Replay(trace)
+    return replay.run(lambda now: replay.dispatch_workers(pick_fn, now), progress)

@@ -1,12 +1,24 @@
-"""Blob storage: the ``BlobStore`` protocol and its backends (``local`` now; S3 alongside).
+"""Blob storage: the ``BlobStore`` protocol and its backends (``local``, ``s3``).
 
 Keys are ``/``-separated relative paths such as ``code/<sha256>.tar.gz``. Writes are atomic:
-a reader sees the whole object or none of it.
+a reader sees the whole object or none of it. ``get`` of an absent key raises ``NotFoundError``;
+``delete`` of an absent key is a no-op; any other backend failure raises ``StorageError``.
+
+A store may also hand out direct URLs (``DirectURLs``: S3 presigned GETs); ``direct_url`` asks
+any store for one and is ``None`` where callers must go through the gateway's signed URLs.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
+
+from klieg.exceptions import KliegError
+
+
+class StorageError(KliegError):
+    """The blob store failed (unreachable, denied, misconfigured); ``detail`` names the key."""
+
+    status_code = 503
 
 
 class BlobStore(Protocol):
@@ -17,6 +29,17 @@ class BlobStore(Protocol):
     def exists(self, key: str) -> bool: ...
 
     def delete(self, key: str) -> None: ...
+
+
+@runtime_checkable
+class DirectURLs(Protocol):
+    def url_for(self, key: str, ttl_s: int) -> str | None: ...
+
+
+def direct_url(store: BlobStore, key: str, ttl_s: int) -> str | None:
+    """A URL callers fetch ``key`` from directly for ``ttl_s`` seconds, or ``None`` (no such URLs:
+    the local store, or S3 without ``KLIEG_S3_PRESIGN``)."""
+    return store.url_for(key, ttl_s) if isinstance(store, DirectURLs) else None
 
 
 def code_key(code_hash: str) -> str:

@@ -16,6 +16,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,6 +172,19 @@ class Worker:
             except Exception:
                 log.exception("housekeeping failed")
 
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run bookkeeping off the request's path; failures are logged, not raised."""
+
+        async def guarded() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("background bookkeeping failed")
+
+        task = asyncio.create_task(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _idle_here(self) -> list[str]:
         """ "revision/function" of this worker's idle, live runners."""
         return [f"{r.key[0]}/{r.key[1]}" for r in self.runners.runners if not r.busy and r.alive]
@@ -263,9 +277,8 @@ class Worker:
             started = time.monotonic()
             header, body = await runner.call(job.id, job.endpoint, payload, timeout, events)
             if header.get("ok"):
-                await self.broker.record_time(
-                    "service", f"{job.owner}/{job.app}", time.monotonic() - started
-                )
+                elapsed = time.monotonic() - started
+                self._background(self.broker.record_time("service", job.app_key, elapsed))
         except RunnerCrashedError as exc:
             if job.attempts <= fn.retries:
                 log.warning("request %s: %s; retrying (attempt %d)", job.id, exc, job.attempts)
