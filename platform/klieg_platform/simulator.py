@@ -17,15 +17,29 @@ per app ``max_inflight`` (in-flight cap of the app).
 
 Cluster model, the same whatever the pick: each worker has ``gpus_per_worker`` GPUs; a runner of
 an app holds ``num_gpus`` GPUs on one worker and stays warm (idle, still holding them) after a
-request until it is evicted. Whenever a job arrives or a job finishes, the dispatch loop picks a
-job (``pick_fn``) and places it: on an idle warm runner of its app if there is one (the most
-recently used; no cold start); else on the worker with the fewest free GPUs that still fit it;
-else on the worker of the least recently used idle runner whose worker can make room, after
-evicting that worker's idle runners, least recently used first. A new runner pays its app's
-``cold_start_s`` before the service time. If the picked job fits nowhere, dispatch stops until
-something finishes (so a big job is not starved by small ones). Wait = dispatch time - arrival;
-``gpu_utilisation`` = service GPU-seconds / (GPUs x makespan); cold starts are not busy time,
-``cold_start_gpu_share`` is their GPU-seconds over the same denominator.
+request until it is evicted. A new runner pays its app's ``cold_start_s`` before the service
+time. Whenever jobs arrive or finish, dispatch runs, in one of two ways:
+
+- ``simulate`` (one pick for the whole cluster, ``pick``/``pick_strict``): the loop picks a job
+  (``pick_fn``) and places it on an idle warm runner of its app if there is one (the most
+  recently used; no cold start); else on the worker with the fewest free GPUs that still fit it;
+  else on the worker of the least recently used idle runner whose worker can make room, after
+  evicting that worker's idle runners, least recently used first. If the picked job fits
+  nowhere, dispatch stops until something finishes (so a big job is not starved by small ones).
+- ``simulate_per_worker`` (what the live workers do, ``pick_for_worker``): every worker with
+  available GPUs (free or held by idle runners, as a live worker counts its idle runners' slots
+  free) asks, the fewest available first (ties: lower id), and keeps asking while it gets jobs.
+  It states its available GPUs as free units, ``gpus_per_worker`` as total units, the apps it
+  holds idle as ``here``, the apps idle on other workers as ``elsewhere`` and each app's
+  ``cold_start_s`` as the measured cold start (the app is the function key). A job runs on the
+  asker: on its most recently used idle runner of the app, else on a new runner, after evicting
+  the asker's idle runners, least recently used first. ``Blocked`` and ``Elsewhere`` end that
+  worker's turn; rounds of asks repeat until one takes nothing (a worker blocked on a big job
+  asks again at the next arrival or completion, as a live one does when a slot frees).
+
+Wait = dispatch time - arrival; ``gpu_utilisation`` = service GPU-seconds / (GPUs x makespan);
+cold starts are not busy time, ``cold_start_gpu_share`` is their GPU-seconds over the same
+denominator.
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ def submit(out: Out) -> None:
 
 
 def subscribe(out: Out) -> None:
-    waiting = blockers(1.5)
+    waiting = blockers(3.0)
     events: list[Out] = []
     enqueued: list[str] = []
     out["result"] = fal_client.subscribe(

@@ -134,7 +134,7 @@ def test_subscribe_reports_queue_updates(scenario: Scenario) -> None:
     assert kinds[0] == "Queued" and isinstance(events[0]["position"], int), events
     assert "InProgress" in kinds and kinds[-1] == "Completed", kinds
     assert "falcompat saw 'subscribed'" in _messages(events[-1])
-    assert out["blockers"] == ["slept 1.5"] * BLOCKERS
+    assert out["blockers"] == ["slept 3.0"] * BLOCKERS
 
 
 def test_cancel_queued_request(scenario: Scenario) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
-from collections.abc import Sequence
+import random
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -15,12 +17,15 @@ from klieg_platform import scheduler
 from klieg_platform.scheduler import (
     DEFAULT_TIERS,
     SCAN,
+    Blocked,
+    Elsewhere,
     Job,
     Tier,
     admit,
     estimate_start_s,
     parse_tiers,
     pick,
+    pick_for_worker,
     pick_strict,
     retry_after_s,
 )
@@ -28,9 +33,11 @@ from klieg_platform.simulator import (
     AppSpec,
     Cluster,
     Request,
+    RunStats,
     Trace,
     read_trace,
     simulate,
+    simulate_per_worker,
     write_trace,
 )
 
@@ -205,6 +212,147 @@ def test_pick_strict_is_lowest_rank_first_whatever_the_wait() -> None:
     assert ids(pick(queues, 180_000.0)) == "free"
 
 
+# -- pick_for_worker (rules W1-W5) ----------------------------------------------------------------
+
+COLD = {"image": 20.0, "audio": 15.0, "video": 90.0}
+
+
+def wjob(name: str, tier: str, at: float, app: str = "image", gpus: int = 1, fn: str = "") -> Job:
+    return Job(name, tier, f"{name}-tenant", app, at, gpus, fn)
+
+
+def for_worker(
+    queues: dict[str, list[Job]],
+    now: float,
+    *,
+    free: int = 8,
+    total: int = 8,
+    here: Sequence[str] = (),
+    elsewhere: Sequence[str] = (),
+    **kw: Any,
+) -> Job | Blocked | Elsewhere | None:
+    return pick_for_worker(queues, now, free_units=free, total_units=total, here=here,
+                           elsewhere=elsewhere, cold_start_s=COLD, **kw)  # fmt: skip
+
+
+def test_job_function_key_defaults_to_the_app_and_units_to_at_least_one() -> None:
+    assert Job("j", "api", "t", "image", 0.0).function_key == "image"
+    assert Job("j", "api", "t", "image", 0.0, fn="rev1/gen").function_key == "rev1/gen"
+    assert Job("j", "api", "t", "image", 0.0, gpus=0).units == 1
+    assert Job("j", "api", "t", "image", 0.0, gpus=4).units == 4
+
+
+def test_w1_best_idle_here_is_taken_even_without_free_units() -> None:
+    best = wjob("best", "enterprise", 100.0, app="upscale", gpus=4, fn="r1/upscale")
+    queues = {"enterprise": [best], "free": [wjob("small", "free", 0.0)]}
+    assert for_worker(queues, 105.0, free=0, here=["r1/upscale"]) is best
+    # The function key, not the app name, is what ``here`` names.
+    assert for_worker(queues, 105.0, free=0, here=["upscale"]) == Blocked(4)
+
+
+def test_w2_a_best_that_does_not_fit_the_free_units_blocks_the_worker() -> None:
+    big = wjob("big", "enterprise", 0.0, app="upscale", gpus=4)
+    small = wjob("small", "api", 0.0)  # older, cheaper, warm here: still not taken
+    queues = {"enterprise": [big], "api": [small]}
+    assert for_worker(queues, 1.0, free=3, here=["image"]) == Blocked(4)
+    assert for_worker(queues, 1.0, free=4, here=["image"]) is big
+    # A job takes at least one unit, whatever its gpus say.
+    assert for_worker({"api": [wjob("gpu0", "api", 0.0, gpus=0)]}, 1.0, free=0) == Blocked(1)
+
+
+def test_w2_a_job_larger_than_the_worker_is_never_a_candidate() -> None:
+    huge = wjob("huge", "enterprise", 0.0, app="video", gpus=8)
+    later = wjob("later", "enterprise", 1.0)
+    queues = {"enterprise": [huge, later], "free": [wjob("free", "free", 0.0)]}
+    assert for_worker(queues, 200.0, free=4, total=4) is later  # not Blocked(8)
+    assert for_worker(queues, 200.0, free=4, total=8) == Blocked(8)
+    assert for_worker({"enterprise": [huge]}, 200.0, free=4, total=4) is None
+    assert for_worker({"enterprise": [huge]}, 200.0, free=0, total=0) is None
+
+
+def test_w3_a_young_best_gives_way_to_the_best_warm_candidate() -> None:
+    e1 = wjob("e1", "enterprise", 100.0, app="image")  # the pick; 5 s < image's 20 s cold start
+    e2 = wjob("e2", "enterprise", 101.0, app="audio")
+    a1 = wjob("a1", "api", 90.0, app="audio")  # earlier, but a lower tier than e2
+    queues = {"enterprise": [e1, e2], "api": [a1]}
+    assert for_worker(queues, 105.0, here=["audio"]) is e2
+    assert for_worker({"enterprise": [e1], "api": [a1]}, 105.0, here=["audio"]) is a1
+    assert for_worker(queues, 105.0, here=["upscale"]) is e1  # nothing warm queued: cold start
+
+
+def test_w3_warm_candidates_respect_caps_and_the_worker_size() -> None:
+    e1 = wjob("e1", "enterprise", 100.0)
+    capped = wjob("capped", "api", 90.0, app="audio")
+    big = wjob("big", "api", 91.0, app="audio", gpus=8)
+    ok = wjob("ok", "api", 92.0, app="audio")
+    queues = {"enterprise": [e1], "api": [capped, big, ok]}
+    capped_at = {"capped-tenant": 1}
+    got = for_worker(queues, 105.0, free=4, total=4, here=["audio"], tenant_caps=capped_at,
+                     inflight_by_tenant=capped_at)  # fmt: skip
+    assert got is ok
+
+
+def test_w3_does_not_take_a_warm_job_that_does_not_fit_the_free_units() -> None:
+    e1 = wjob("e1", "enterprise", 100.0)
+    warm = wjob("warm", "api", 90.0, app="upscale", gpus=2)
+    queues = {"enterprise": [e1], "api": [warm]}
+    assert for_worker(queues, 105.0, free=2, here=["upscale"]) is warm
+    assert for_worker(queues, 105.0, free=1, here=["upscale"]) is e1  # W5
+    assert for_worker(queues, 105.0, free=1, here=["upscale"], elsewhere=["image"]) == Elsewhere()
+
+
+def test_w3_w4_apply_only_while_the_best_is_young() -> None:
+    e1 = wjob("e1", "enterprise", 100.0)  # image: 20 s cold start
+    warm = wjob("warm", "api", 90.0, app="audio")
+    queues = {"enterprise": [e1], "api": [warm]}
+    for now, young in ((119.9, True), (120.0, False), (150.0, False)):
+        want_w3 = warm if young else e1
+        want_w4 = Elsewhere() if young else e1
+        assert for_worker(queues, now, here=["audio"]) == want_w3, now
+        assert for_worker(queues, now, elsewhere=["image"]) == want_w4, now
+    # Over its SLO a best is never young, however long its cold start.
+    slow = wjob("slow", "enterprise", 0.0, app="video", gpus=8)  # 70 s of a 60 s SLO, cold 90 s
+    assert for_worker({"enterprise": [slow]}, 70.0, elsewhere=["video"]) is slow
+    assert for_worker({"enterprise": [slow]}, 59.0, elsewhere=["video"]) == Elsewhere()
+    # An app without a measured cold start is never young.
+    other = wjob("other", "enterprise", 100.0, app="unknown")
+    assert for_worker({"enterprise": [other]}, 101.0, elsewhere=["unknown"]) is other
+
+
+def test_w4_a_young_best_idle_elsewhere_is_left_to_the_warm_worker() -> None:
+    e1 = wjob("e1", "enterprise", 100.0, fn="r2/image")
+    queues = {"enterprise": [e1]}
+    assert for_worker(queues, 105.0, elsewhere=["r2/image"]) == Elsewhere()
+    assert for_worker(queues, 105.0, elsewhere=["r1/image"]) is e1
+    # Warm work here goes first (W3), even when the best is idle elsewhere too.
+    warm = wjob("warm", "free", 104.0, app="audio")
+    queues["free"] = [warm]
+    assert for_worker(queues, 105.0, here=["audio"], elsewhere=["r2/image"]) is warm
+
+
+def test_w5_otherwise_the_best_pays_a_cold_start() -> None:
+    e1 = wjob("e1", "enterprise", 100.0)
+    assert for_worker({"enterprise": [e1]}, 105.0) is e1
+    assert for_worker({}, 105.0) is None
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_pick_for_worker_without_warmth_or_limits_is_pick(seed: int) -> None:
+    rng = random.Random(seed)
+    queues: dict[str, list[Job]] = {}
+    for k in range(rng.randint(0, 30)):
+        tier = rng.choice(DEFAULT_TIERS)
+        queues.setdefault(tier.name, []).append(
+            Job(f"j{k}", tier.name, f"t{rng.randint(0, 4)}", "image", rng.uniform(0, 4000),
+                rng.randint(0, 8))
+        )  # fmt: skip
+    for queue in queues.values():
+        queue.sort(key=lambda j: j.enqueued_at)
+    caps = {"inflight_by_tenant": {"t0": 1, "t1": 3}, "tenant_caps": {"t0": 1, "t1": 2}}
+    got = pick_for_worker(queues, 4000.0, tiers=DEFAULT_TIERS, free_units=8, total_units=8, **caps)
+    assert got == pick(queues, 4000.0, tiers=DEFAULT_TIERS, **caps)
+
+
 # -- back pressure and ETA -------------------------------------------------------------------------
 
 
@@ -269,15 +417,74 @@ def test_simulator_waits_for_warm_runners_and_counts_cold_starts() -> None:
     assert stats.gpu_utilisation == pytest.approx(30.0 / (2 * 25.0))
 
 
-def test_simulator_keeps_a_big_job_from_being_starved_by_small_ones() -> None:
+def per_worker(trace: Trace) -> RunStats:
+    return simulate_per_worker(trace)
+
+
+def no_affinity(trace: Trace) -> RunStats:
+    return simulate(trace, pick)
+
+
+@pytest.mark.parametrize("replay", [no_affinity, per_worker])
+def test_simulator_keeps_a_big_job_from_being_starved_by_small_ones(
+    replay: Callable[[Trace], RunStats],
+) -> None:
     apps = {"small": AppSpec("small", 0.0, 1), "big": AppSpec("big", 0.0, 4)}
     reqs = [Request(0.0, "plus", "a", "small", 10.0), Request(1.0, "enterprise", "b", "big", 10.0)]
     reqs += [Request(2.0 + k, "api", f"c{k}", "small", 10.0) for k in range(20)]
-    stats = simulate(Trace(cluster(1, 4, apps, {}), tuple(reqs)), pick)
+    stats = replay(Trace(cluster(1, 4, apps, {}), tuple(reqs)))
     # The big job, picked at t=1 with 3 GPUs free, holds the dispatch until the first small job
     # ends at t=10; the small jobs arriving from t=2 do not take the 3 free GPUs before it.
     assert stats.tiers["enterprise"].max_wait_over_slo * 60.0 == pytest.approx(9.0)
     assert stats.tiers["api"].p50_wait_s >= 15.0
+
+
+def test_per_worker_a_young_job_waits_for_the_worker_holding_it_warm() -> None:
+    # Three 1-GPU workers: "long" jobs fill w0 and w1 and a "gen" job cold-starts on w2; the
+    # first long job ends at 16 (its runner stays idle on w0). At 20 a gen job arrives: w0 asks
+    # first (W4: gen is young and idle elsewhere), then w2 runs it warm (W1).
+    def trace(gen_cold_s: float) -> Trace:
+        apps = {"gen": AppSpec("gen", gen_cold_s, 1), "long": AppSpec("long", 0.0, 1)}
+        reqs = (
+            Request(0.0, "api", "l1", "long", 16.0),
+            Request(0.0, "api", "l2", "long", 1000.0),
+            Request(0.0, "api", "a", "gen", 5.0),
+            Request(20.0, "api", "c", "gen", 5.0),
+        )
+        return Trace(cluster(3, 1, apps, {}), reqs)
+
+    stats = per_worker(trace(10.0))
+    assert stats.cold_starts == 3  # l1, l2, a; c reused a's runner
+    assert stats.tiers["api"].max_wait_over_slo == 0.0
+    # Without a cold start to save, c is never young: w0 serves it at once, cold.
+    assert per_worker(trace(0.0)).cold_starts == 4
+
+
+def test_per_worker_a_young_pick_gives_way_to_warm_work() -> None:
+    # One 1-GPU worker. At 8 its audio runner goes idle; the pick is the api image job (queued
+    # at 1, young: 7 s < its 20 s cold start), but a free-tier audio job is queued: W3 runs it
+    # warm first, then the image job cold at 13. The whole-cluster pick runs the image job at
+    # 8, evicting the audio runner, and the audio job cold at 33.
+    apps = {"audio": AppSpec("audio", 3.0, 1), "image": AppSpec("image", 20.0, 1)}
+    reqs = (
+        Request(0.0, "api", "a", "audio", 5.0),
+        Request(1.0, "api", "b", "image", 5.0),
+        Request(2.0, "free", "c", "audio", 5.0),
+    )
+    trace = Trace(cluster(1, 1, apps, {}), reqs)
+    warm, plain = per_worker(trace), no_affinity(trace)
+    assert warm.cold_starts == 2 and plain.cold_starts == 3
+    assert warm.tiers["free"].max_wait_over_slo * 1800.0 == pytest.approx(6.0)
+    assert warm.tiers["api"].max_wait_over_slo * 120.0 == pytest.approx(12.0)
+    assert plain.tiers["free"].max_wait_over_slo * 1800.0 == pytest.approx(31.0)
+    assert plain.tiers["api"].max_wait_over_slo * 120.0 == pytest.approx(7.0)
+
+
+def test_per_worker_dispatch_saves_cold_starts_below_capacity() -> None:
+    trace = bench().generate(1.0, 32, 3, 0.7)
+    warm, plain = per_worker(trace), no_affinity(trace)
+    assert warm.cold_starts < plain.cold_starts / 2
+    assert min(s.slo_attainment for s in warm.tiers.values()) >= 0.95
 
 
 def overload_trace() -> Trace:
@@ -380,6 +587,7 @@ def test_bench_prints_one_json_line(capsys: pytest.CaptureFixture[str], tmp_path
     assert len(out) == 1
     result = json.loads(out[0])
     assert set(result["policy"]["tiers"]) == {t.name for t in DEFAULT_TIERS}
+    assert set(result) >= {"policy", "policy_no_affinity", "baseline", "trace", "targets"}
     assert result["trace"]["gpus"] == 32
     assert set(result["targets"]) >= {"below_capacity_attainment_min", "overload_worst_over_best"}
     assert module.main(["--trace", str(saved)]) == 0

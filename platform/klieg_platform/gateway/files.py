@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 
 from klieg.exceptions import NotFoundError
 from klieg_platform.gateway.intake import gateway, read_limited
+from klieg_platform.storage import direct_url
 from klieg_platform.storage.signing import signed_url, verify
 
 _SERVED_PREFIXES = ("media/", "uploads/")
@@ -46,6 +47,9 @@ async def upload(request: Request) -> Response:
     name = name or "upload" + (mimetypes.guess_extension(kind) or ".bin")
     key = f"uploads/{tenant.id}/{uuid.uuid4().hex}/{name}"
     await asyncio.to_thread(gw.store.put, key, data)
-    url = signed_url(gw.settings.base_url, gw.settings.signing_key, key, gw.settings.result_ttl_s)
+    ttl = gw.settings.result_ttl_s
+    url = direct_url(gw.store, key, ttl) or signed_url(
+        gw.settings.base_url, gw.settings.signing_key, key, ttl
+    )
     body = {"url": url, "content_type": kind, "file_name": name, "file_size": len(data)}
     return JSONResponse(body, 201)

@@ -85,7 +85,7 @@ class S3BlobStore:
             max_concurrency=8,
         )
 
-    def name(self, key: str) -> str:
+    def object_name(self, key: str) -> str:
         """The object name of ``key`` in the bucket (``prefix/key``)."""
         parts = key.split("/")
         if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
@@ -93,7 +93,7 @@ class S3BlobStore:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def put(self, key: str, data: bytes) -> None:
-        name = self.name(key)
+        name = self.object_name(key)
         kind = mimetypes.guess_type(key)[0] or "application/octet-stream"
         with self._errors("put", key):
             if len(data) > self.multipart_threshold:
@@ -108,7 +108,7 @@ class S3BlobStore:
                 self._client.put_object(Bucket=self.bucket, Key=name, Body=data, ContentType=kind)
 
     def get(self, key: str) -> bytes:
-        name = self.name(key)
+        name = self.object_name(key)
         with self._errors("get", key, missing=_MISSING):
             body = self._client.get_object(Bucket=self.bucket, Key=name)["Body"]
             try:
@@ -117,7 +117,7 @@ class S3BlobStore:
                 body.close()
 
     def exists(self, key: str) -> bool:
-        name = self.name(key)
+        name = self.object_name(key)
         try:
             with self._errors("exists", key, missing=_MISSING):
                 self._client.head_object(Bucket=self.bucket, Key=name)
@@ -126,7 +126,7 @@ class S3BlobStore:
         return True
 
     def delete(self, key: str) -> None:
-        name = self.name(key)
+        name = self.object_name(key)
         try:
             with self._errors("delete", key, missing=_MISSING):
                 self._client.delete_object(Bucket=self.bucket, Key=name)
@@ -136,7 +136,7 @@ class S3BlobStore:
     def presigned_url(self, key: str, ttl_s: int) -> str:
         """A GET URL for ``key`` that anyone may fetch for ``ttl_s`` seconds (at most 7 days,
         the SigV4 limit). Made locally, without a request; the key need not exist yet."""
-        name = self.name(key)
+        name = self.object_name(key)
         with self._errors("presign", key):
             url: str = self._client.generate_presigned_url(
                 "get_object",

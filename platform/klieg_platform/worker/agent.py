@@ -35,7 +35,7 @@ from klieg_platform.broker import Blocked, Broker, Elsewhere, Job, Outcome, now_
 from klieg_platform.config import Settings
 from klieg_platform.packager import LockedEnv, Packager
 from klieg_platform.registry import Registry, Revision
-from klieg_platform.storage import BlobStore, result_key
+from klieg_platform.storage import BlobStore, direct_url, result_key
 from klieg_platform.storage.signing import signed_url
 from klieg_platform.worker.code import CodeCache
 from klieg_platform.worker.events import EventForwarder
@@ -304,8 +304,9 @@ class Worker:
         name = str(header.get("file_name") or "file").replace("/", "_")[-128:]
         key = f"media/{request_id}/{header.get('token')}/{name}"
         await asyncio.to_thread(self.store.put, key, data)
-        return signed_url(
-            self.settings.base_url, self.settings.signing_key, key, self.settings.result_ttl_s
+        ttl = self.settings.result_ttl_s
+        return direct_url(self.store, key, ttl) or signed_url(
+            self.settings.base_url, self.settings.signing_key, key, ttl
         )
 
     async def _ok(self, request_id: str, body: bytes, logs: list[dict[str, Any]]) -> Outcome:
