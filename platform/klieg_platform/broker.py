@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,6 +105,15 @@ class Blocked:
 class Elsewhere:
     """Dispatch took nothing: the request the policy chose is held warm by another worker,
     which should serve it without a cold start."""
+
+
+@dataclass
+class Peers:
+    """What the other live workers hold: idle runners by the pools they serve, and how many
+    runners of each "revision/function" they have."""
+
+    idle: dict[str, set[str]] = field(default_factory=dict)
+    runners: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass(frozen=True)
@@ -359,24 +369,30 @@ class Broker:
         slots: int,
         warm: Collection[str],
         idle: Collection[str],
-    ) -> dict[str, set[str]]:
-        """A worker says it is alive: its pools, its slots, the apps it holds warm and the
-        "revision/function" of its idle runners. Returns the idle runners of the other live
-        workers, by pool they serve."""
+        runners: Sequence[str] = (),
+    ) -> Peers:
+        """A worker says it is alive: its pools, its slots, the apps it holds warm, and the
+        "revision/function" of its idle runners and of all its runners. Returns what the other
+        live workers hold."""
         doc = {
             "pools": list(pools), "slots": slots, "warm": sorted(set(warm)),
-            "idle": sorted(set(idle)), "seen_ms": now_ms(),
+            "idle": sorted(set(idle)), "runners": list(runners), "seen_ms": now_ms(),
         }  # fmt: skip
         await self.redis.hset(keys.WORKERS, worker_id, json.dumps(doc))
         raw: dict[Any, Any] = await self.redis.hgetall(keys.WORKERS)
-        others: dict[str, set[str]] = {}
+        peers = Peers()
         for wid, value in raw.items():
             other = json.loads(value)
             if _s(wid) == worker_id or now_ms() - other["seen_ms"] > 15_000:
                 continue
             for pool in other["pools"]:
-                others.setdefault(pool, set()).update(other.get("idle", []))
-        return others
+                peers.idle.setdefault(pool, set()).update(other.get("idle", []))
+            peers.runners.update(other.get("runners", []))
+        return peers
+
+    async def claim(self, key: str, owner: str, ttl_s: float) -> bool:
+        """A short exclusive claim (SET NX PX): True for the one caller that got it."""
+        return bool(await self.redis.set(key, owner, nx=True, px=int(ttl_s * 1000)))
 
     async def forget_worker(self, worker_id: str) -> None:
         await self.redis.hdel(keys.WORKERS, worker_id)

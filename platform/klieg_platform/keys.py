@@ -53,3 +53,7 @@ def logs(request_id: str) -> str:
 
 def chunks(request_id: str) -> str:
     return PREFIX + "chunks:" + request_id
+
+
+def prewarm(function_key: str) -> str:
+    return PREFIX + "prewarm:" + function_key

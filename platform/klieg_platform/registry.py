@@ -400,6 +400,16 @@ class Registry:
             row = conn.execute(query.where(revisions.c.id == revision_id)).first()
         return revision_row(row._mapping) if row else None
 
+    def aliased_revisions(self) -> list[Revision]:
+        """Every revision some alias points to (the ones that can receive traffic)."""
+        query = (
+            sa.select(*REVISION_COLUMNS)
+            .select_from(REVISION_FROM)
+            .where(revisions.c.id.in_(sa.select(aliases.c.revision_id).distinct()))
+        )
+        with self._read() as conn:
+            return [revision_row(row._mapping) for row in conn.execute(query)]
+
     def list_revisions(self, app: AppRecord) -> list[Revision]:
         """The app's revisions, newest first (insertion order, not clock order)."""
         query = sa.select(*REVISION_COLUMNS).select_from(REVISION_FROM)

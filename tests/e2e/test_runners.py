@@ -95,3 +95,22 @@ def test_startup_timeout_fails_with_setup_error(platform: Platform) -> None:
         assert r.json()["error_type"] == "SetupError"
         assert "startup_timeout" in r.json()["detail"]
         assert time.monotonic() - started < 4.5
+
+
+def test_min_concurrency_keeps_a_runner_warm_before_and_between_requests(
+    platform: Platform,
+) -> None:
+    platform.deploy(TEST_APPS / "prewarm" / "app.py")
+    pids_file = platform.home / "prewarm-pids"
+    deadline = time.monotonic() + 30
+    while not pids_file.exists():
+        assert time.monotonic() < deadline, "no runner was started ahead of traffic"
+        time.sleep(0.2)
+    warm = int(pids_file.read_text().split()[0])
+    time.sleep(3)  # well past keep_alive=1
+    assert _alive(warm), "the min_concurrency runner was reaped"
+    with platform.http() as http:
+        assert http.post("/local/prewarm", json={}).json()["pid"] == warm
+    time.sleep(3)
+    assert _alive(warm)
+    assert pids_file.read_text().split() == [str(warm)], "exactly one runner was kept"

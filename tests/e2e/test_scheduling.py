@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -199,3 +200,17 @@ def test_warm_runner_is_not_cold_started_again_elsewhere(two_workers: Any) -> No
         time.sleep(2.5)  # heartbeats carry who holds "solo" warm
         pids = [http.post("/ops/sched/solo", json={"tag": f"n{i}"}).json()["pid"] for i in range(8)]
     assert set(pids) == {first}, "every request went to the one warm runner"
+
+
+def test_full_worker_evicts_the_least_recently_used_idle_runner(one_slot: Any) -> None:
+    p, keys = one_slot
+    with p.http(key=keys["ops"]) as http:
+        solo = http.post("/ops/sched/solo", json={}).json()["pid"]
+        work = http.post("/ops/sched", json={"seconds": 0}).json()["pid"]
+    assert work != solo
+    deadline = time.monotonic() + 10
+    while (
+        Path(f"/proc/{solo}").exists() and "zombie" not in Path(f"/proc/{solo}/status").read_text()
+    ):
+        assert time.monotonic() < deadline, "the idle runner was not evicted for room"
+        time.sleep(0.1)

@@ -31,7 +31,7 @@ from klieg.exceptions import (
 )
 from klieg.types import AppSpec, FunctionSpec
 from klieg_platform import keys
-from klieg_platform.broker import Blocked, Broker, Elsewhere, Job, Outcome, now_ms
+from klieg_platform.broker import Blocked, Broker, Elsewhere, Job, Outcome, Peers, now_ms
 from klieg_platform.config import Settings
 from klieg_platform.packager import LockedEnv, Packager
 from klieg_platform.registry import Registry, Revision
@@ -40,7 +40,7 @@ from klieg_platform.storage.signing import signed_url
 from klieg_platform.worker.code import CodeCache
 from klieg_platform.worker.events import EventForwarder
 from klieg_platform.worker.process import RunnerKey, RunnerProcess, SetupFailed
-from klieg_platform.worker.runners import RunnerSet
+from klieg_platform.worker.runners import RunnerSet, units
 
 log = logging.getLogger("klieg.worker")
 
@@ -89,6 +89,10 @@ class Worker:
         self._active: dict[str, RunnerProcess | None] = {}
         self._app_keys: dict[str, str] = {}
         self._warm_elsewhere: set[str] = set()
+        self._peers = Peers()
+        self._targets: list[tuple[Revision, FunctionSpec]] = []
+        self._targets_at = -1e9
+        self._warming: set[str] = set()
         self._cancelled: dict[str, float] = {}
         self._spec_dir = settings.run_dir / "specs"
 
@@ -160,17 +164,62 @@ class Worker:
                 requeued = await self.broker.requeue_expired()
                 if requeued:
                     log.warning("requeued %d requests with expired leases", requeued)
-                await self.runners.reap_idle()
-                warm = [self._app_keys.get(r.key[0], "") for r in self.runners.runners]
-                others = await self.broker.heartbeat(
-                    self.id, self.pools, self.runners.slots, warm, self._idle_here()
-                )
-                serving = (
-                    others if "*" in self.pools else {p: others.get(p, set()) for p in self.pools}
-                )
+                await self.runners.reap_idle(self._peers.runners)
+                mine = self.runners.runners
+                warm = [self._app_keys.get(r.key[0], "") for r in mine]
+                self._peers = await self.broker.heartbeat(
+                    self.id, self.pools, self.runners.slots, warm, self._idle_here(),
+                    [f"{r.key[0]}/{r.key[1]}" for r in mine],
+                )  # fmt: skip
+                idle = self._peers.idle
+                serving = idle if "*" in self.pools else {p: idle.get(p, set()) for p in self.pools}
                 self._warm_elsewhere = set().union(*serving.values()) if serving else set()
+                await self._keep_warm()
             except Exception:
                 log.exception("housekeeping failed")
+
+    async def _keep_warm(self) -> None:
+        """Start runners for aliased functions below their min_concurrency across the cluster,
+        one per function per round, when this worker has the room (no busy work displaced)."""
+        now = time.monotonic()
+        if now - self._targets_at > 10:
+            self._targets_at = now
+            revisions = await asyncio.to_thread(self.registry.aliased_revisions)
+            self._targets = [
+                (rev, fn)
+                for rev in revisions
+                for fn in AppSpec.model_validate(rev.spec).functions
+                if fn.min_concurrency > 0 and ("*" in self.pools or fn.pool in self.pools)
+            ]
+        for rev, fn in self._targets:
+            key = f"{rev.id}/{fn.name}"
+            here = sum(1 for r in self.runners.runners if r.key == (rev.id, fn.name))
+            if here + self._peers.runners.get(key, 0) >= fn.min_concurrency:
+                continue
+            free = self.runners.slots - self.runners.used()
+            if (
+                key in self._warming
+                or free < units(fn)
+                or self._busy + units(fn) > self.runners.slots
+            ):
+                continue
+            if await self.broker.claim(keys.prewarm(key), self.id, 10):
+                self._warming.add(key)
+                self._background(self._prewarm(rev, fn))
+
+    async def _prewarm(self, rev: Revision, fn: FunctionSpec) -> None:
+        key = f"{rev.id}/{fn.name}"
+        try:
+            await self._revision(rev.id)
+            runner = await self.runners.acquire(
+                (rev.id, fn.name), fn, lambda r: self._start(r, rev, fn), fresh=True
+            )
+            await self.runners.release(runner)
+            log.info("kept warm: runner pid %s for %s (min_concurrency)", runner.pid, key)
+        except SetupFailed as failed:
+            log.warning("could not keep %s warm: %s", key, failed.error.get("detail"))
+        finally:
+            self._warming.discard(key)
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run bookkeeping off the request's path; failures are logged, not raised."""

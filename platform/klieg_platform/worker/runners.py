@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from klieg.types import FunctionSpec
 from klieg_platform.worker.process import RunnerKey, RunnerProcess
@@ -37,14 +37,17 @@ class RunnerSet:
         self._stopping: set[asyncio.Task[None]] = set()
         self.cold_starts = 0
 
-    async def acquire(self, key: RunnerKey, spec: FunctionSpec, start: Starter) -> RunnerProcess:
-        """A busy runner for ``key``: warm if one is idle, else a new one started by ``start``."""
+    async def acquire(
+        self, key: RunnerKey, spec: FunctionSpec, start: Starter, *, fresh: bool = False
+    ) -> RunnerProcess:
+        """A busy runner for ``key``: warm if one is idle (unless ``fresh``), else a new one
+        started by ``start``."""
         async with self._cond:
             while True:
                 for dead in [r for r in self.runners if not r.busy and not r.alive]:
                     self._remove(dead)
                 idle = [r for r in self.runners if r.key == key and not r.busy]
-                if idle:
+                if idle and not fresh:
                     runner = max(idle, key=lambda r: r.last_used)
                     runner.busy = True
                     return runner
@@ -113,16 +116,19 @@ class RunnerSet:
             self._remove(runner)
             self._cond.notify_all()
 
-    async def reap_idle(self) -> int:
-        """Stop idle runners past their keep_alive, keeping min_concurrency per function."""
+    async def reap_idle(self, elsewhere: Mapping[str, int] | None = None) -> int:
+        """Stop idle runners past their keep_alive, keeping min_concurrency per function
+        (counting the ``elsewhere`` runners other workers have, by "revision/function")."""
         now = time.monotonic()
         stopping: list[RunnerProcess] = []
+        others = elsewhere or {}
         async with self._cond:
             for runner in sorted(self.runners, key=lambda r: r.last_used):
                 if runner.busy or now - runner.last_used < runner.spec.keep_alive:
                     continue
                 peers = [r for r in self.runners if r.key == runner.key]
-                if len(peers) > runner.spec.min_concurrency or not runner.alive:
+                total = len(peers) + others.get(f"{runner.key[0]}/{runner.key[1]}", 0)
+                if total > runner.spec.min_concurrency or not runner.alive:
                     self._remove(runner)
                     stopping.append(runner)
             if stopping:
