@@ -451,8 +451,9 @@ class Broker:
         status = _s(row["status"])
         position: int | None = None
         if status == "IN_QUEUE":
+            # -1: it left the queue between the two reads (it is starting): nothing is ahead
             ahead = int(await self._position(args=[request_id, now_ms(), self.tiers_spec]))
-            position = ahead if ahead >= 0 else None
+            position = max(ahead, 0)
         err = row["error"]
         return RequestState(
             id=request_id,

@@ -436,3 +436,20 @@ def test_payload_and_results_are_bytes_exact(redis_url: str) -> None:
         assert done is not None and done.result == result
 
     run(redis_url, body)
+
+
+def test_a_queued_status_always_has_a_position(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        req = new()
+        await b.enqueue(req)
+        original = b._position
+
+        async def dispatched_meanwhile(*args: Any, **kwargs: Any) -> Any:
+            await b.dispatch(["CPU"], "w1", 30)  # the request starts between the two reads
+            return await original(*args, **kwargs)
+
+        b._position = dispatched_meanwhile  # type: ignore[method-assign]
+        state = await b.get(req.id)
+        assert state is not None and state.status == "IN_QUEUE" and state.queue_position == 0
+
+    run(redis_url, body)
