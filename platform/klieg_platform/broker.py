@@ -245,11 +245,13 @@ class Broker:
         total_units: int = 1,
         warm_here: Collection[str] = (),
         warm_elsewhere: Collection[str] = (),
+        full: Collection[str] = (),
         at_ms: int | None = None,
     ) -> Job | Blocked | Elsewhere | None:
         """Lease the request the policy picks next from ``pools`` (``["*"]``: every pool) to
         ``worker_id``, which has ``free_units`` of ``total_units`` slots free and idle runners
-        of ``warm_here`` ("revision/function"); other workers have idle ``warm_elsewhere``."""
+        of ``warm_here`` ("revision/function"); other workers have idle ``warm_elsewhere``;
+        requests of ``full`` functions (all runners here busy at max_concurrency) are left."""
         row = await self._dispatch(
             args=[
                 at_ms or now_ms(),
@@ -260,6 +262,7 @@ class Broker:
                 total_units,
                 ",".join(warm_here),
                 ",".join(warm_elsewhere),
+                ",".join(full),
                 *pools,
             ]
         )

@@ -88,8 +88,9 @@ return {string.format('%.0f', score), 0}
 )
 
 # ARGV: now_ms, lease_ms, worker_id, tiers spec, free units, total units, warm here, warm
-#       elsewhere, pool... ('*': every pool). "warm here/elsewhere": comma-separated
-#       "revision/function" of runners idle on this worker / on other workers.
+#       elsewhere, full, pool... ('*': every pool). "warm here/elsewhere": comma-separated
+#       "revision/function" of runners idle on this worker / on other workers; "full": those
+#       whose runners here are all busy at max_concurrency (never candidates: no hoarding).
 # The policy of scheduler.pick_for_worker. Per queue, the first request (FIFO, at most 64 looked
 # at) whose tenant and app are under their in-flight caps, and that this worker could ever hold
 # (its gpus <= total units), is a candidate; the policy's pick among candidates: if any has
@@ -118,11 +119,12 @@ local function set_of(csv)
 end
 local here, n_here = set_of(ARGV[7])
 local elsewhere = set_of(ARGV[8])
+local full = set_of(ARGV[9])
 local pools = {}
-if ARGV[9] == '*' then
+if ARGV[10] == '*' then
   pools = redis.call('SMEMBERS', POOLS)
 else
-  for i = 9, #ARGV do pools[#pools + 1] = ARGV[i] end
+  for i = 10, #ARGV do pools[#pools + 1] = ARGV[i] end
 end
 local under = {}
 local function under_cap(hash_run, hash_cap, who)
@@ -157,8 +159,8 @@ for _, tier in ipairs(tiers) do
       local need = math.max(tonumber(f[4] or '0') or 0, 1)
       if f[1] ~= 'IN_QUEUE' then
         redis.call('ZREM', q, id)
-      elseif need <= total and under_cap(T_RUN, T_CAP, f[2]) and under_cap(A_RUN, A_CAP, f[3])
-      then
+      elseif need <= total and not full[f[5] .. '/' .. f[6]] and under_cap(T_RUN, T_CAP, f[2])
+        and under_cap(A_RUN, A_CAP, f[3]) then
         local score = (now - enq) / tier.slo
         local c = {id = id, q = q, over = score >= 1, score = score, rank = tier.rank, enq = enq,
                    need = need, fn = f[5] .. '/' .. f[6], app = f[3], pool = pool}

@@ -203,6 +203,7 @@ def _candidates(
     app_caps: Mapping[str, int],
     max_units: float = math.inf,
     warm: Collection[str] | None = None,
+    full: Collection[str] = (),
 ) -> list[tuple[Tier, Job]]:
     """Per tier, the first of its first SCAN jobs whose tenant and app are under cap, that takes
     at most ``max_units`` units and (when ``warm`` is given) whose function key is in ``warm``.
@@ -226,6 +227,8 @@ def _candidates(
             if job.gpus > max_units:  # units > max_units, as max_units >= 1 here
                 continue
             if warm is not None and job.function_key not in warm:
+                continue
+            if job.function_key in full:
                 continue
             cap = tenant_caps.get(job.tenant)
             if cap is not None and inflight_by_tenant.get(job.tenant, 0) >= cap:
@@ -287,15 +290,18 @@ def pick_for_worker(
     here: Collection[str] = (),
     elsewhere: Collection[str] = (),
     cold_start_s: Mapping[str, float] = _NO_TIMES,
+    full: Collection[str] = (),
 ) -> Job | Blocked | Elsewhere | None:
     """What one worker takes (module docstring, rules W1-W5); None when nothing is a candidate.
 
     ``here``/``elsewhere`` hold function keys (``Job.function_key``); ``cold_start_s`` maps an
-    app to its measured cold start (missing: 0, so its jobs are never young). Pure, like
-    ``pick``: the caller removes a returned job from its queue and counts it in flight.
+    app to its measured cold start (missing: 0, so its jobs are never young). ``full``: the
+    functions whose runners on this worker are all busy at their max_concurrency; their jobs are
+    not candidates here (the worker could not start them now: it must not hoard them). Pure,
+    like ``pick``: the caller removes a returned job from its queue and counts it in flight.
     """
     counts = (inflight_by_tenant, inflight_by_app, tenant_caps, app_caps)
-    found = _candidates(queues, tiers, *counts, max_units=total_units)
+    found = _candidates(queues, tiers, *counts, max_units=total_units, full=full)
     if not found:
         return None
     best, score = _best(found, now)
@@ -307,7 +313,9 @@ def pick_for_worker(
     if not young:
         return best  # W5
     if here:
-        warm_found = _candidates(queues, tiers, *counts, max_units=total_units, warm=here)
+        warm_found = _candidates(
+            queues, tiers, *counts, max_units=total_units, warm=here, full=full
+        )
         if warm_found:
             warm = _best(warm_found, now)[0]
             if warm.units <= free_units:

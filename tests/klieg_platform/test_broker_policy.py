@@ -243,17 +243,20 @@ async def _replay_warm(seed: int, broker: Broker | None) -> Counter[str]:
             here.append(best.function_key)
         if best is not None and rng.random() < 0.4:
             elsewhere.append(best.function_key)
+        full = rng.sample(FN_KEYS, rng.randint(0, 1))
+        if best is not None and rng.random() < 0.15:
+            full.append(best.function_key)
         want = pick_for_worker(queues, now, tiers=TIERS_MS, **counts, free_units=free,
                                total_units=total, here=here, elsewhere=elsewhere,
-                               cold_start_s=cold_ms)  # fmt: skip
+                               cold_start_s=cold_ms, full=full)  # fmt: skip
         rules[_rule(want, queues, now, total, here, counts)] += 1
         if broker is not None:
-            warm = {"warm_here": here, "warm_elsewhere": elsewhere}
+            warm = {"warm_here": here, "warm_elsewhere": elsewhere, "full": full}
             got = await broker.dispatch(
                 ["GPU"], "w", 30, free_units=free, total_units=total, **warm, at_ms=now
             )
             context = f"seed {seed} step {step}: free {free}/{total}, here {here}, " + (
-                f"elsewhere {elsewhere}, cold {cold_ms}, now {now}"
+                f"elsewhere {elsewhere}, full {full}, cold {cold_ms}, now {now}"
             )
             assert _outcome(got) == _outcome(want), context
             if isinstance(got, BrokerJob) and isinstance(want, Job):

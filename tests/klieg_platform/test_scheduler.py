@@ -593,3 +593,14 @@ def test_bench_prints_one_json_line(capsys: pytest.CaptureFixture[str], tmp_path
     assert module.main(["--trace", str(saved)]) == 0
     replayed = json.loads(capsys.readouterr().out)
     assert replayed["policy"] == {**result["policy"], "wall_s": replayed["policy"]["wall_s"]}
+
+
+def test_jobs_of_a_function_at_max_concurrency_here_are_left_for_others() -> None:
+    queues = {
+        "free": [job("a1", "free", 0, app="a"), job("b1", "free", 1, app="b")],
+    }
+    kw = {"tiers": DEFAULT_TIERS, "free_units": 4, "total_units": 4}
+    assert ids(pick_for_worker(queues, 10, **kw)) == "a1"  # type: ignore[arg-type]
+    got = pick_for_worker(queues, 10, full=["a"], **kw)  # type: ignore[arg-type]
+    assert ids(got) == "b1", "a's runners are all busy here: b goes instead of hoarding a1"
+    assert pick_for_worker(queues, 10, full=["a", "b"], **kw) is None  # type: ignore[arg-type]

@@ -128,6 +128,7 @@ class Worker:
                     total_units=self.runners.slots,
                     warm_here=self._idle_here(),
                     warm_elsewhere=self._warm_elsewhere,
+                    full=self.runners.full(),
                 )
                 if isinstance(job, Blocked):
                     need, drained = job.units, False

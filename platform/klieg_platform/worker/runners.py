@@ -67,6 +67,16 @@ class RunnerSet:
             raise
         return runner
 
+    def full(self) -> list[str]:
+        """ "revision/function" of functions whose runners here are all busy at their
+        max_concurrency: a request for one could not start now."""
+        out = []
+        for key in {r.key for r in self.runners}:
+            mine = [r for r in self.runners if r.key == key]
+            if len(mine) >= mine[0].spec.max_concurrency and all(r.busy for r in mine):
+                out.append(f"{key[0]}/{key[1]}")
+        return out
+
     def used(self) -> int:
         return sum(units(r.spec) for r in self.runners)
 

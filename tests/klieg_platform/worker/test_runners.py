@@ -313,3 +313,15 @@ def test_big_runner_evicts_enough_idle_runners_or_waits() -> None:
         assert [r.key for r in runners.runners] == [key("big")]
 
     run(0, body, gpu_ids=(0, 1, 2, 3))
+
+
+def test_full_names_functions_whose_runners_are_all_busy_at_max_concurrency() -> None:
+    async def body(runners: RunnerSet, starter: FakeStarter) -> None:
+        a = await runners.acquire(key("a"), spec("a", max_concurrency=1), starter)
+        b = await runners.acquire(key("b"), spec("b", max_concurrency=2), starter)
+        assert runners.full() == ["rev-1/a"], "b may still start a second runner"
+        await runners.release(a)
+        assert runners.full() == []
+        del b
+
+    run(4, body)
