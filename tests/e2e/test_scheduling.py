@@ -214,3 +214,17 @@ def test_full_worker_evicts_the_least_recently_used_idle_runner(one_slot: Any) -
     ):
         assert time.monotonic() < deadline, "the idle runner was not evicted for room"
         time.sleep(0.1)
+
+
+def test_app_cap_holds_across_workers_and_tenants(two_workers: Any) -> None:
+    p, keys = two_workers
+    p.admin().limit_app("sched", 1)
+    try:
+        subs = [
+            (tenant, _submit(p, keys[tenant], 0.5, tenant)) for tenant in ("ent", "free1", "free2")
+        ]
+        runs = sorted((_result(p, keys[t], s) for t, s in subs), key=lambda r: r["started"])
+    finally:
+        p.admin().limit_app("sched", 0)
+    for a, b in itertools.pairwise(runs):
+        assert b["started"] >= a["ended"] - 0.05, "two requests of a capped app ran at once"
