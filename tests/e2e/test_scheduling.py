@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
+from klieg_platform import keys as redis_keys
 from tests.e2e.platform import TEST_APPS, Platform, running_platform, wait_for_status
 
 pytestmark = pytest.mark.timeout(240)
@@ -126,7 +128,12 @@ def two_workers(
                 stderr=subprocess.STDOUT,
             )
         try:
-            warm = [_submit(p, keys["ops"], 0.5, f"w{i}") for i in range(2)]
+            workers = redis.Redis(unix_socket_path=str(home / "run" / "redis.sock"))
+            deadline = time.monotonic() + 60
+            while workers.hlen(redis_keys.WORKERS) < 2:  # both heartbeats are in
+                assert time.monotonic() < deadline, "the second worker did not start"
+                time.sleep(0.1)
+            warm = [_submit(p, keys["ops"], 1.0, f"w{i}") for i in range(2)]
             pids = {_result(p, keys["ops"], s)["pid"] for s in warm}
             assert len(pids) == 2, "both workers serve"
             yield p, keys
