@@ -45,6 +45,17 @@ def _call(client: Client, owner: str, app: str, example: dict[str, Any]) -> Any:
     return client.run(app_id, example.get("input", {}))
 
 
+def _short(value: Any) -> Any:
+    """``value`` for printing: long strings (data: URIs, URLs) cut to their start."""
+    if isinstance(value, str) and len(value) > 80:
+        return f"{value[:60]}...({len(value)} chars)"
+    if isinstance(value, dict):
+        return {k: _short(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_short(v) for v in value]
+    return value
+
+
 def _media(value: Any) -> list[dict[str, Any]]:
     """Every file object (``url`` + ``content_type``) inside a result."""
     if isinstance(value, dict):
@@ -81,7 +92,7 @@ def run_demo(settings: Settings, url: str, apps_dir: Path) -> int:
                 path = example.get("path", "/")
                 _say(
                     f"== POST /{done['owner']}/{app.name}{path.rstrip('/')} "
-                    f"{json.dumps(example.get('input', {}))}"
+                    f"{json.dumps(_short(example.get('input', {})))}"
                 )
                 started = time.perf_counter()
                 try:
@@ -90,7 +101,8 @@ def run_demo(settings: Settings, url: str, apps_dir: Path) -> int:
                     failures += 1
                     _say(f"  FAILED {exc.error_type}: {exc.detail}")
                     continue
-                _say(f"  ({(time.perf_counter() - started) * 1000:.0f} ms) {json.dumps(out)}")
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                _say(f"  ({elapsed_ms:.0f} ms) {json.dumps(_short(out))}")
                 _save_media(out, settings.home / "demo-output" / app.name)
     _say(
         f"\nDemo finished with {failures} failure(s). To use the platform yourself:\n"
