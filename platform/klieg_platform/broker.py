@@ -30,6 +30,9 @@ from klieg_platform.scheduler import DEFAULT_TIERS, Tier
 
 log = logging.getLogger("klieg.broker")
 
+WORKER_FRESH_S = 15.0
+"""A worker whose last heartbeat is older than this is taken for gone."""
+
 CHUNK_END = b"end"
 """Field name of the last entry of a chunk stream (its value: empty, or an error JSON)."""
 
@@ -382,11 +385,9 @@ class Broker:
             "idle": sorted(set(idle)), "runners": list(runners), "seen_ms": now_ms(),
         }  # fmt: skip
         await self.redis.hset(keys.WORKERS, worker_id, json.dumps(doc))
-        raw: dict[Any, Any] = await self.redis.hgetall(keys.WORKERS)
         peers = Peers()
-        for wid, value in raw.items():
-            other = json.loads(value)
-            if _s(wid) == worker_id or now_ms() - other["seen_ms"] > 15_000:
+        for wid, other in await self._live_workers():
+            if wid == worker_id:
                 continue
             for pool in other["pools"]:
                 peers.idle.setdefault(pool, set()).update(other.get("idle", []))
@@ -400,14 +401,16 @@ class Broker:
     async def forget_worker(self, worker_id: str) -> None:
         await self.redis.hdel(keys.WORKERS, worker_id)
 
-    async def capacity(self, pool: str, *, fresh_s: float = 15.0) -> tuple[int, set[str]]:
-        """Slots serving ``pool`` now (from recent heartbeats) and the apps warm on them."""
+    async def _live_workers(self) -> list[tuple[str, dict[str, Any]]]:
+        """(worker id, heartbeat document) of every worker heard from in ``WORKER_FRESH_S``."""
         raw: dict[Any, Any] = await self.redis.hgetall(keys.WORKERS)
+        docs = [(_s(wid), json.loads(value)) for wid, value in raw.items()]
+        return [(w, d) for w, d in docs if now_ms() - d["seen_ms"] <= WORKER_FRESH_S * 1000]
+
+    async def capacity(self, pool: str) -> tuple[int, set[str]]:
+        """Slots serving ``pool`` now (from recent heartbeats) and the apps warm on them."""
         slots, warm = 0, set()
-        for value in raw.values():
-            doc = json.loads(value)
-            if now_ms() - doc["seen_ms"] > fresh_s * 1000:
-                continue
+        for _, doc in await self._live_workers():
             if pool in doc["pools"] or keys.ALL_POOLS in doc["pools"]:
                 slots += int(doc["slots"])
                 warm.update(doc["warm"])

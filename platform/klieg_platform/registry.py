@@ -485,11 +485,12 @@ class Registry:
     def resolve(self, owner: str, app: str, ref: str) -> Revision | None:
         """The revision ``ref`` names in ``owner/app``: an alias first, else a revision id."""
         record = self.get_app(owner, app)
-        if record is None:
-            return None
-        revision_id = self.get_alias(record, ref) or ref
-        revision = self.get_revision(revision_id)
-        return revision if revision is not None and revision.app_id == record.id else None
+        return self.revision_of(record, ref) if record is not None else None
+
+    def revision_of(self, app: AppRecord, ref: str) -> Revision | None:
+        """The revision ``ref`` (an alias first, else a revision id) names in ``app``."""
+        revision = self.get_revision(self.get_alias(app, ref) or ref)
+        return revision if revision is not None and revision.app_id == app.id else None
 
     def _lock_app(self, conn: Connection, app: AppRecord) -> None:
         """Serialise alias moves of one app (row lock on PostgreSQL; SQLite is already locked)."""

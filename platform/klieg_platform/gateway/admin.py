@@ -167,7 +167,7 @@ async def set_alias(request: Request) -> Response:
     app = await _app(gw, tenant, request.path_params["name"])
     alias = _alias_name(request.path_params["alias"])
     ref = str((await _json(request, 64 * 1024)).get("revision") or "")
-    rev = await asyncio.to_thread(gw.registry.resolve, tenant.name, app.name, ref)
+    rev = await asyncio.to_thread(gw.registry.revision_of, app, ref)
     if rev is None:
         raise NotFoundError(f"{tenant.name}/{app.name} has no revision or alias {ref!r}")
     previous = await asyncio.to_thread(gw.registry.set_alias, app, alias, rev.id)

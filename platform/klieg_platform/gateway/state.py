@@ -103,7 +103,7 @@ class GatewayState:
 
     def _load(self, owner: str, app: str, ref: str) -> Resolved | None:
         record = self.registry.get_app(owner, app)
-        rev = self.registry.resolve(owner, app, ref) if record else None
+        rev = self.registry.revision_of(record, ref) if record else None
         if record is None or rev is None:
             return None
         shares = self.registry.shared_with(record) if record.visibility == "shared" else []
