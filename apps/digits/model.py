@@ -191,6 +191,7 @@ def sample(
     guidance: float | Sequence[float] = 2.0,
     seed: int | Sequence[int] = 0,
     device: str | torch.device | None = None,
+    noise: Tensor | None = None,
 ) -> Tensor:
     """Generate one image per entry of ``digits`` with DDIM (eta = 0) and classifier-free guidance.
 
@@ -214,7 +215,10 @@ def sample(
     labels = torch.tensor([int(d) for d in digits], device=dev)
     if use_cfg:
         labels = torch.cat([labels, torch.full_like(labels, NULL_CLASS)])
-    x = initial_noise(n, seed).to(dev)
+    start = initial_noise(n, seed) if noise is None else noise
+    if start.shape != (n, 1, IMAGE_SIZE, IMAGE_SIZE):
+        raise ValueError(f"noise: expected shape {(n, 1, IMAGE_SIZE, IMAGE_SIZE)}")
+    x = start.to(dev)
     ts = torch.linspace(1.0, 0.0, steps + 1, device=dev)
     for i in range(steps):
         t, t_next = ts[i], ts[i + 1]

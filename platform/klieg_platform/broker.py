@@ -157,6 +157,31 @@ class RequestState:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+_JOB_FIELDS = 14
+
+
+def _job(row: Sequence[Any]) -> Job:
+    """A Job from the 14 fields the dispatch scripts return for one leased request."""
+    rid, attempts, more, units, rev, fn, ep, payload, timeout_s, owner, app, ref = row[:12]
+    deadline, stream = row[12:14]
+    return Job(
+        id=_s(rid),
+        revision=_s(rev),
+        function=_s(fn),
+        endpoint=_s(ep),
+        payload=payload or b"",
+        timeout_s=float(_s(timeout_s) or 600),
+        owner=_s(owner),
+        app=_s(app),
+        attempts=int(_s(attempts)),
+        more=int(_s(more)) > 0,
+        payload_ref=_s(ref),
+        deadline_ms=int(_s(deadline) or 0),
+        stream=bool(stream),
+        units=int(_s(units)),
+    )
+
+
 def _s(value: bytes | None) -> str:
     return value.decode() if value is not None else ""
 
@@ -185,6 +210,7 @@ class Broker:
         self.tiers_spec = ",".join(f"{t.name}:{int(t.slo_s * 1000)}" for t in tiers)
         self._enqueue = redis.register_script(lua.ENQUEUE)
         self._dispatch = redis.register_script(lua.DISPATCH)
+        self._dispatch_for = redis.register_script(lua.DISPATCH_FOR)
         self._renew = redis.register_script(lua.RENEW)
         self._complete = redis.register_script(lua.COMPLETE)
         self._requeue = redis.register_script(lua.REQUEUE)
@@ -273,24 +299,39 @@ class Broker:
             return None
         if not row[0]:
             return Blocked(int(_s(row[2]))) if _s(row[1]) == "blocked" else Elsewhere()
-        rid, attempts, more, units, rev, fn, ep, payload, timeout_s, owner, app, ref = row[:12]
-        deadline, stream = row[12:]
-        return Job(
-            id=_s(rid),
-            revision=_s(rev),
-            function=_s(fn),
-            endpoint=_s(ep),
-            payload=payload or b"",
-            timeout_s=float(_s(timeout_s) or 600),
-            owner=_s(owner),
-            app=_s(app),
-            attempts=int(_s(attempts)),
-            more=int(_s(more)) > 0,
-            payload_ref=_s(ref),
-            deadline_ms=int(_s(deadline) or 0),
-            stream=bool(stream),
-            units=int(_s(units)),
+        return _job(row)
+
+    async def dispatch_for(
+        self,
+        pool: str,
+        revision: str,
+        function: str,
+        endpoint: str,
+        n: int,
+        worker_id: str,
+        lease_s: float,
+        *,
+        at_ms: int | None = None,
+    ) -> list[Job]:
+        """Lease up to ``n`` queued requests of one endpoint to ``worker_id``, in the policy's
+        order and within tenant and app caps: the requests that join a batch its runner is
+        gathering. They take no slots of their own (``units`` 0)."""
+        if n <= 0:
+            return []
+        row = await self._dispatch_for(
+            args=[
+                at_ms or now_ms(),
+                int(lease_s * 1000),
+                worker_id,
+                self.tiers_spec,
+                pool,
+                revision,
+                function,
+                endpoint,
+                n,
+            ]
         )
+        return [_job(row[i : i + _JOB_FIELDS]) for i in range(0, len(row or []), _JOB_FIELDS)]
 
     async def wait_for_work(self, pools: Sequence[str], timeout_s: float) -> None:
         """Block until a wake token arrives for one of ``pools`` or the timeout passes."""

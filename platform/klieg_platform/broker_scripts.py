@@ -56,6 +56,31 @@ local function requeue(id)
   wake(st[1])
 end
 
+-- is candidate c better than b by the policy?
+local function better(c, b)
+  if b == nil then return true end
+  if c.over ~= b.over then return c.over end
+  if c.over and c.score ~= b.score then return c.score > b.score end
+  if c.rank ~= b.rank then return c.rank < b.rank end
+  return c.enq < b.enq
+end
+
+-- lease queued candidate c to worker ARGV[3] (now ARGV[1], lease ms ARGV[2]); the job's row:
+-- id, attempts, more, units, revision, function, endpoint, payload, timeout_s, owner, app,
+-- payload_ref, deadline_ms, stream
+local function take(c, more, units)
+  redis.call('ZREM', c.q, c.id)
+  local rk = REQ .. c.id
+  redis.call('HSET', rk, 'status', 'IN_PROGRESS', 'worker', ARGV[3], 'started_ms', ARGV[1])
+  local attempts = redis.call('HINCRBY', rk, 'attempts', 1)
+  redis.call('ZADD', INFLIGHT, tonumber(ARGV[1]) + tonumber(ARGV[2]), c.id)
+  local f = redis.call('HMGET', rk, 'revision', 'function', 'endpoint', 'payload', 'timeout_s',
+                       'owner', 'app', 'payload_ref', 'deadline_ms', 'stream', 'tenant', 'app_key')
+  redis.call('HINCRBY', T_RUN, f[11], 1)
+  redis.call('HINCRBY', A_RUN, f[12], 1)
+  return {{c.id, tostring(attempts), more, units, unpack(f, 1, 10)}}
+end
+
 -- tiers from 'name:slo_ms,...' in rank order (first = most important)
 local function parse_tiers(spec)
   local tiers = {{}}
@@ -136,14 +161,6 @@ local function under_cap(hash_run, hash_cap, who)
   end
   return under[key]
 end
--- is candidate c better than b by the policy?
-local function better(c, b)
-  if b == nil then return true end
-  if c.over ~= b.over then return c.over end
-  if c.over and c.score ~= b.score then return c.score > b.score end
-  if c.rank ~= b.rank then return c.rank < b.rank end
-  return c.enq < b.enq
-end
 local best, warm = nil, nil
 local queued = 0
 for _, tier in ipairs(tiers) do
@@ -186,17 +203,58 @@ if not here[best.fn] then
     return {'', 'elsewhere'}
   end
 end
-redis.call('ZREM', chosen.q, chosen.id)
-local rk = REQ .. chosen.id
-redis.call('HSET', rk, 'status', 'IN_PROGRESS', 'worker', ARGV[3], 'started_ms', ARGV[1])
-local attempts = redis.call('HINCRBY', rk, 'attempts', 1)
-redis.call('ZADD', INFLIGHT, now + tonumber(ARGV[2]), chosen.id)
-local f = redis.call('HMGET', rk, 'revision', 'function', 'endpoint', 'payload', 'timeout_s',
-                     'owner', 'app', 'payload_ref', 'deadline_ms', 'stream', 'tenant', 'app_key')
-redis.call('HINCRBY', T_RUN, f[11], 1)
-redis.call('HINCRBY', A_RUN, f[12], 1)
-return {chosen.id, tostring(attempts), tostring(queued - 1), tostring(chosen.need),
-        unpack(f, 1, 10)}
+return take(chosen, tostring(queued - 1), tostring(chosen.need))
+"""
+)
+
+# ARGV: now_ms, lease_ms, worker_id, tiers spec, pool, revision, function, endpoint, n
+# Fills a batch: leases up to n queued requests of one endpoint (revision, function, endpoint
+# path) of ``pool`` to the worker whose runner is gathering them, in the policy's order (as
+# DISPATCH: over-SLO first by wait/SLO, then tier rank, then FIFO), skipping those whose tenant
+# or app is at its in-flight cap. Looks at the first 64 of each tier's queue. Returns the rows
+# of the leased jobs, 14 fields each (as DISPATCH's), with units '0': they share the runner's.
+DISPATCH_FOR = (
+    PRELUDE
+    + """
+local now = tonumber(ARGV[1])
+local tiers = parse_tiers(ARGV[4])
+local pool, rev, fn, ep, n = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
+local cands = {}
+for _, tier in ipairs(tiers) do
+  local q = QUEUE .. pool .. ':' .. tier.name
+  local heads = redis.call('ZRANGE', q, 0, 63, 'WITHSCORES')
+  for i = 1, #heads, 2 do
+    local id, enq = heads[i], math.floor(tonumber(heads[i + 1]) / 1000)
+    local f = redis.call('HMGET', REQ .. id, 'status', 'tenant', 'app_key', 'revision',
+                         'function', 'endpoint')
+    if f[1] == 'IN_QUEUE' and f[4] == rev and f[5] == fn and f[6] == ep then
+      local score = (now - enq) / tier.slo
+      cands[#cands + 1] = {id = id, q = q, over = score >= 1, score = score, rank = tier.rank,
+                           enq = enq, tenant = f[2], app = f[3]}
+    end
+  end
+end
+table.sort(cands, better)
+local counts = {}
+local function room(hash_run, hash_cap, who)
+  local key = hash_run .. '|' .. who
+  if counts[key] == nil then
+    counts[key] = {cap = tonumber(redis.call('HGET', hash_cap, who) or '0'),
+                   n = tonumber(redis.call('HGET', hash_run, who) or '0')}
+  end
+  return counts[key]
+end
+local out = {}
+local taken = 0
+for _, c in ipairs(cands) do
+  if taken >= n then break end
+  local t, a = room(T_RUN, T_CAP, c.tenant), room(A_RUN, A_CAP, c.app)
+  if (t.cap <= 0 or t.n < t.cap) and (a.cap <= 0 or a.n < a.cap) then
+    t.n, a.n, taken = t.n + 1, a.n + 1, taken + 1
+    for _, v in ipairs(take(c, '0', '0')) do out[#out + 1] = v end
+  end
+end
+return out
 """
 )
 

@@ -49,20 +49,37 @@ from klieg.types import AppSpec, EndpointSpec, FunctionSpec, normalize_path
 T = TypeVar("T")
 
 ENDPOINT_ATTR = "__klieg_endpoint__"
+BATCH_ATTR = "__klieg_batch__"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
-def endpoint(path: str = "/") -> Callable[[T], T]:
+def endpoint(
+    path: str = "/", *, max_batch_size: int | None = None, batch_wait_ms: float | None = None
+) -> Callable[[T], T]:
     """Expose a function or method at ``POST /{owner}/{app}{path}``.
+
+    A batched endpoint takes ``list[In]`` and returns ``list[Out]`` of the same length, in order:
+    the runner gathers up to ``max_batch_size`` requests of this endpoint (waiting at most
+    ``batch_wait_ms`` after the first) and calls it once. Each HTTP request still sends one
+    ``In`` and gets one ``Out``. An item of the returned list may be an exception: only that
+    request fails. Both settings default to those of ``@app.cls`` / ``@app.function``.
 
     Example::
 
         @klieg.endpoint("/thumbnail")
         def thumbnail(self, req: ThumbIn) -> ThumbOut: ...
+
+        @klieg.endpoint("/embed", max_batch_size=32, batch_wait_ms=10)
+        def embed(self, reqs: list[EmbedIn]) -> list[EmbedOut]: ...
     """
+    if max_batch_size is not None and max_batch_size < 1:
+        raise KliegError("max_batch_size must be >= 1")
+    if batch_wait_ms is not None and batch_wait_ms < 0:
+        raise KliegError("batch_wait_ms must be >= 0")
 
     def mark(fn: T) -> T:
         setattr(fn, ENDPOINT_ATTR, normalize_path(path))
+        setattr(fn, BATCH_ATTR, (max_batch_size, batch_wait_ms))
         return fn
 
     return mark
@@ -78,6 +95,8 @@ class _Options:
     request_timeout: float
     startup_timeout: float
     retries: int
+    max_batch_size: int | None
+    batch_wait_ms: float
 
 
 @dataclass(frozen=True)
@@ -117,6 +136,8 @@ class App:
         request_timeout: float = 600.0,
         startup_timeout: float = 300.0,
         retries: int = 0,
+        max_batch_size: int | None = None,
+        batch_wait_ms: float = 0.0,
         name: str | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Record a plain function; served at its ``@endpoint`` path or at ``/{name}``.
@@ -135,6 +156,8 @@ class App:
             request_timeout,
             startup_timeout,
             retries,
+            max_batch_size,
+            batch_wait_ms,
         )
 
         def record(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -156,6 +179,8 @@ class App:
         request_timeout: float = 600.0,
         startup_timeout: float = 300.0,
         retries: int = 0,
+        max_batch_size: int | None = None,
+        batch_wait_ms: float = 0.0,
         name: str | None = None,
     ) -> Callable[[type[T]], type[T]]:
         """Record a class: ``setup()`` runs once per runner; ``@endpoint`` methods serve requests.
@@ -177,6 +202,8 @@ class App:
             request_timeout,
             startup_timeout,
             retries,
+            max_batch_size,
+            batch_wait_ms,
         )
 
         def record(klass: type[T]) -> type[T]:
@@ -221,6 +248,8 @@ def _options(
     request_timeout: float,
     startup_timeout: float,
     retries: int,
+    max_batch_size: int | None,
+    batch_wait_ms: float,
 ) -> _Options:
     gpus = num_gpus if num_gpus is not None else (1 if gpu else 0)
     if gpus < 0 or (gpu is None and gpus > 0):
@@ -229,6 +258,8 @@ def _options(
         raise KliegError("need 0 <= min_concurrency <= max_concurrency and max_concurrency >= 1")
     if keep_alive < 0 or request_timeout <= 0 or startup_timeout <= 0 or retries < 0:
         raise KliegError("keep_alive and retries must be >= 0 and timeouts > 0")
+    if (max_batch_size is not None and max_batch_size < 1) or batch_wait_ms < 0:
+        raise KliegError("need max_batch_size >= 1 and batch_wait_ms >= 0")
     return _Options(
         gpu,
         gpus,
@@ -238,6 +269,8 @@ def _options(
         request_timeout,
         startup_timeout,
         retries,
+        max_batch_size,
+        batch_wait_ms,
     )
 
 
@@ -250,11 +283,17 @@ def _function_spec(entry: _Entry) -> FunctionSpec:
         ]
         if not methods:
             raise KliegError(f"class {entry.name!r} has no @klieg.endpoint method")
-        endpoints = tuple(_endpoint_spec(m, getattr(m, ENDPOINT_ATTR), n) for n, m in methods)
+        o = entry.options
+        endpoints = tuple(_endpoint_spec(m, getattr(m, ENDPOINT_ATTR), n, o) for n, m in methods)
     else:
+        o = entry.options
         path = getattr(entry.obj, ENDPOINT_ATTR, normalize_path(entry.name))
-        endpoints = (_endpoint_spec(entry.obj, path, entry.obj.__name__),)
-    o = entry.options
+        endpoints = (_endpoint_spec(entry.obj, path, entry.obj.__name__, o),)
+    if o.max_batch_size is not None and not any(ep.batched for ep in endpoints):
+        raise KliegError(
+            f"{entry.name!r} sets max_batch_size but no endpoint of it takes list[In]: "
+            "a batched endpoint is `def f(reqs: list[In]) -> list[Out]`"
+        )
     by_value = entry.obj.__module__ == "__main__" or "<locals>" in entry.obj.__qualname__
     if by_value:
         _resolve_annotations(entry.obj)
@@ -287,21 +326,41 @@ def _resolve_annotations(obj: Any) -> None:
         fn.__annotations__ = typing.get_type_hints(fn)
 
 
-def io_models(fn: Callable[..., Any]) -> tuple[type[BaseModel] | None, Any]:
-    """The pydantic input model (first non-self parameter) and the return annotation of ``fn``."""
+def takes_list(fn: Callable[..., Any]) -> bool:
+    """Whether the first non-self parameter of ``fn`` is annotated ``list[...]``."""
+    hints = typing.get_type_hints(fn)
+    params = [p for p in inspect.signature(fn).parameters.values() if p.name != "self"]
+    return bool(params) and typing.get_origin(hints.get(params[0].name)) is list
+
+
+def io_models(fn: Callable[..., Any], batched: bool = False) -> tuple[type[BaseModel] | None, Any]:
+    """The pydantic input model (first non-self parameter) and the return annotation of ``fn``;
+    for a ``batched`` endpoint, the item types of its ``list[In] -> list[Out]``."""
     hints = typing.get_type_hints(fn)
     params = [p for p in inspect.signature(fn).parameters.values() if p.name != "self"]
     model: type[BaseModel] | None = None
+    out = hints.get("return")
     if params:
         hint = hints.get(params[0].name)
+        if batched:
+            hint = (typing.get_args(hint) or (None,))[0]
+            out = (typing.get_args(out) or (None,))[0]
         if inspect.isclass(hint) and issubclass(hint, BaseModel):
             model = hint
-    return model, hints.get("return")
+    return model, out
 
 
-def _endpoint_spec(fn: Callable[..., Any], path: str, method: str) -> EndpointSpec:
-    model, out = io_models(fn)
+def _endpoint_spec(fn: Callable[..., Any], path: str, method: str, o: _Options) -> EndpointSpec:
+    size, wait = getattr(fn, BATCH_ATTR, (None, None))
     streaming = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+    batched = (size is not None or o.max_batch_size is not None) and takes_list(fn)
+    if size is not None and not batched:
+        raise KliegError(
+            f"endpoint {path!r} sets max_batch_size: it must take list[In] and return list[Out]"
+        )
+    if batched and streaming:
+        raise KliegError(f"endpoint {path!r}: a generator endpoint cannot be batched")
+    model, out = io_models(fn, batched)
     item = typing.get_args(out)[0] if streaming and typing.get_args(out) else out
     out_schema = (
         item.model_json_schema() if inspect.isclass(item) and issubclass(item, BaseModel) else None
@@ -312,4 +371,7 @@ def _endpoint_spec(fn: Callable[..., Any], path: str, method: str) -> EndpointSp
         input_schema=model.model_json_schema() if model else None,
         output_schema=out_schema,
         streaming=streaming,
+        batched=batched,
+        max_batch_size=(size or o.max_batch_size or 1) if batched else 1,
+        batch_wait_ms=(wait if wait is not None else o.batch_wait_ms) if batched else 0.0,
     )

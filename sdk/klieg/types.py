@@ -28,6 +28,11 @@ class EndpointSpec(BaseModel):
     output_schema: dict[str, Any] | None = None
     streaming: bool = False
     """A generator endpoint: its items stream as server-sent events (``POST .../stream``)."""
+    batched: bool = False
+    """The endpoint takes ``list[In]`` and returns ``list[Out]``; requests are gathered."""
+    max_batch_size: int = 1
+    batch_wait_ms: float = 0.0
+    """How long the first request of a batch may wait for others to join it."""
 
 
 class FunctionSpec(BaseModel):

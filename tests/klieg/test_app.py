@@ -308,3 +308,62 @@ def test_spec_function_lookup() -> None:
     spec = make_app().spec()
     assert spec.function("plain") is not None
     assert spec.function("missing") is None
+
+
+def test_batched_endpoints_record_their_batching_and_item_schemas() -> None:
+    app = klieg.App("batched")
+
+    @app.cls(max_batch_size=8, batch_wait_ms=15)
+    class Model:
+        @klieg.endpoint("/")
+        def many(self, reqs: list[In]) -> list[Out]:
+            return [Out(text=r.text) for r in reqs]
+
+        @klieg.endpoint("/other", max_batch_size=2, batch_wait_ms=0)
+        def other(self, reqs: list[In]) -> list[Out]:
+            return [Out(text=r.text) for r in reqs]
+
+        @klieg.endpoint("/one")
+        def one(self, req: In) -> Out:
+            return Out(text=req.text)
+
+    eps = {ep.path: ep for ep in by_name(app.spec(), "Model").endpoints}
+    assert (eps["/"].batched, eps["/"].max_batch_size, eps["/"].batch_wait_ms) == (True, 8, 15)
+    assert (eps["/other"].max_batch_size, eps["/other"].batch_wait_ms) == (2, 0)
+    assert (eps["/one"].batched, eps["/one"].max_batch_size) == (False, 1)
+    assert eps["/"].input_schema == In.model_json_schema()
+    assert eps["/"].output_schema == Out.model_json_schema()
+
+
+def test_batching_needs_a_list_signature() -> None:
+    app = klieg.App("bad")
+
+    @app.function(max_batch_size=4)
+    def single(req: In) -> Out:
+        return Out(text=req.text)
+
+    with pytest.raises(KliegError, match="no endpoint of it takes list"):
+        app.spec()
+
+    other = klieg.App("bad2")
+
+    @other.function()
+    @klieg.endpoint("/", max_batch_size=4)
+    def single2(req: In) -> Out:
+        return Out(text=req.text)
+
+    with pytest.raises(KliegError, match="must take list"):
+        other.spec()
+    with pytest.raises(KliegError):
+        klieg.endpoint("/", max_batch_size=0)
+
+
+def test_a_list_endpoint_without_batching_takes_a_json_list() -> None:
+    app = klieg.App("lists")
+
+    @app.function()
+    def total(values: list[int]) -> int:
+        return sum(values)
+
+    (ep,) = by_name(app.spec(), "total").endpoints
+    assert not ep.batched and ep.max_batch_size == 1

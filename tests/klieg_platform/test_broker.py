@@ -453,3 +453,40 @@ def test_a_queued_status_always_has_a_position(redis_url: str) -> None:
         assert state is not None and state.status == "IN_QUEUE" and state.queue_position == 0
 
     run(redis_url, body)
+
+
+def test_dispatch_for_fills_a_batch_with_one_endpoints_requests_in_order(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        other = NewRequest(**{**new().__dict__, "id": uuid.uuid4().hex, "endpoint": "/other"})
+        reqs = [new() for _ in range(4)]
+        await enqueue_spaced(b, reqs[0], other, *reqs[1:])
+        jobs = await b.dispatch_for("CPU", "rev-1", "echo", "/say", 3, "w1", 30)
+        assert [j.id for j in jobs] == [r.id for r in reqs[:3]]
+        assert all(j.units == 0 and j.attempts == 1 and j.endpoint == "/say" for j in jobs)
+        state = await b.get(jobs[0].id)
+        assert state is not None and state.status == "IN_PROGRESS"
+        rest = await b.dispatch_for("CPU", "rev-1", "echo", "/say", 8, "w1", 30)
+        assert [j.id for j in rest] == [reqs[3].id]
+        assert await b.dispatch_for("CPU", "rev-1", "echo", "/say", 8, "w1", 30) == []
+        job = await b.dispatch(["CPU"], "w2", 30)
+        assert isinstance(job, Job) and job.id == other.id
+
+    run(redis_url, body)
+
+
+def test_dispatch_for_respects_the_tenant_cap(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        tenant = f"t-{uuid.uuid4().hex[:8]}"
+        reqs = [
+            NewRequest(**{**new().__dict__, "id": uuid.uuid4().hex, "tenant": tenant,
+                          "tenant_cap": 2})
+            for _ in range(3)
+        ]  # fmt: skip
+        await enqueue_spaced(b, *reqs)
+        jobs = await b.dispatch_for("CPU", "rev-1", "echo", "/say", 3, "w1", 30)
+        assert [j.id for j in jobs] == [r.id for r in reqs[:2]]
+        await b.complete(jobs[0].id, "w1", Outcome(ok=True, result=b"{}"))
+        more = await b.dispatch_for("CPU", "rev-1", "echo", "/say", 3, "w1", 30)
+        assert [j.id for j in more] == [reqs[2].id]
+
+    run(redis_url, body)

@@ -29,7 +29,7 @@ from klieg.exceptions import (
     SetupError,
     error_class,
 )
-from klieg.types import AppSpec, FunctionSpec
+from klieg.types import AppSpec, EndpointSpec, FunctionSpec, normalize_path
 from klieg_platform import keys
 from klieg_platform.broker import Blocked, Broker, Elsewhere, Job, Outcome, Peers, now_ms
 from klieg_platform.config import Settings
@@ -37,6 +37,7 @@ from klieg_platform.packager import LockedEnv, Packager
 from klieg_platform.registry import Registry, Revision
 from klieg_platform.storage import BlobStore, direct_url, result_key
 from klieg_platform.storage.signing import signed_url
+from klieg_platform.worker.batching import Batcher
 from klieg_platform.worker.code import CodeCache
 from klieg_platform.worker.events import EventForwarder
 from klieg_platform.worker.process import RunnerKey, RunnerProcess, SetupFailed
@@ -94,6 +95,7 @@ class Worker:
         self._targets_at = -1e9
         self._warming: set[str] = set()
         self._cancelled: dict[str, float] = {}
+        self._batchers: dict[tuple[str, str, str], Batcher] = {}
         self._spec_dir = settings.run_dir / "specs"
 
     # ---- main loops -------------------------------------------------------------------
@@ -111,7 +113,7 @@ class Worker:
         need = 1  # slots the next request needs (more after a Blocked dispatch)
         try:
             while not self._stopping.is_set():
-                free = self.runners.slots - self._busy
+                free = self.runners.slots - max(self._busy, self.runners.busy_units())
                 if free < need:
                     self._slot_free.clear()
                     with contextlib.suppress(TimeoutError):
@@ -142,9 +144,7 @@ class Worker:
                 if job is None:
                     continue
                 self._busy += job.units
-                task = asyncio.create_task(self._handle(job))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._spawn(job)
         finally:
             if self._tasks:
                 await asyncio.wait(self._tasks, timeout=self.settings.lease_s)
@@ -222,6 +222,11 @@ class Worker:
         finally:
             self._warming.discard(key)
 
+    def _spawn(self, job: Job) -> None:
+        task = asyncio.create_task(self._handle(job))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run bookkeeping off the request's path; failures are logged, not raised."""
 
@@ -256,6 +261,8 @@ class Worker:
             self._active.pop(job.id, None)
             self._busy -= job.units
             self._slot_free.set()
+            for batcher in self._batchers.values():
+                batcher.settled(job.id)
         if outcome is None:
             await self.broker.requeue(job.id, self.id)
             return
@@ -281,6 +288,9 @@ class Worker:
         runner = self._active.get(request_id)
         if runner is not None and runner.interrupt(request_id):
             log.info("request %s: cancelling on runner pid %s", request_id, runner.pid)
+        for batcher in self._batchers.values():
+            if batcher.cancel(request_id):
+                log.info("request %s: cancelled in its batch", request_id)
 
     def _timeout_s(self, job: Job, fn: FunctionSpec) -> float:
         timeout = min(job.timeout_s, fn.request_timeout)
@@ -312,6 +322,10 @@ class Worker:
         payload = job.payload
         if job.payload_ref:
             payload = await asyncio.to_thread(self.store.get, job.payload_ref)
+        path = normalize_path(job.endpoint)
+        ep = next((e for e in fn.endpoints if normalize_path(e.path) == path), None)
+        if ep is not None and ep.batched:
+            return await self._execute_batched(job, rev, fn, ep, payload, timeout)
         try:
             runner = await self.runners.acquire(key, fn, lambda r: self._start(r, rev, fn))
         except SetupFailed as failed:
@@ -326,14 +340,8 @@ class Worker:
             self._active[job.id] = runner
             started = time.monotonic()
             header, body = await runner.call(job.id, job.endpoint, payload, timeout, events)
-            if header.get("ok"):
-                elapsed = time.monotonic() - started
-                self._background(self.broker.record_time("service", job.app_key, elapsed))
         except RunnerCrashedError as exc:
-            if job.attempts <= fn.retries:
-                log.warning("request %s: %s; retrying (attempt %d)", job.id, exc, job.attempts)
-                return None
-            return _error_outcome(exc)
+            return self._crashed(job, fn, exc)
         except KliegError as exc:
             log.warning("request %s: %s", job.id, exc)
             return _error_outcome(exc)
@@ -341,9 +349,80 @@ class Worker:
             self._active[job.id] = None
             await self.runners.release(runner)
             await events.close()
+        return await self._outcome(job, header, events.rewrite(body), time.monotonic() - started)
+
+    async def _execute_batched(
+        self,
+        job: Job,
+        rev: Revision,
+        fn: FunctionSpec,
+        ep: EndpointSpec,
+        payload: bytes,
+        timeout: float,
+    ) -> Outcome | None:
+        """Run a request of a batched endpoint as part of a batch (see worker/batching.py)."""
+        key: RunnerKey = (rev.id, fn.name)
+        batcher = self._batcher(rev, fn, ep)
+        events = EventForwarder(
+            self.broker, job.id, stream=job.stream, store_media=self._store_media
+        )
+        started = time.monotonic()
+        try:
+            if job.id in self._cancelled:
+                raise RequestCancelledError("request cancelled")
+            header, body = await batcher.submit(job.id, payload, timeout, events)
+        except SetupFailed as failed:
+            return self._setup_failed(key, failed)
+        except RunnerCrashedError as exc:
+            return self._crashed(job, fn, exc)
+        except KliegError as exc:
+            log.warning("request %s: %s", job.id, exc)
+            return _error_outcome(exc)
+        finally:
+            await events.close()
+        self._backoff.pop(key, None)
+        return await self._outcome(job, header, events.rewrite(body), time.monotonic() - started)
+
+    def _batcher(self, rev: Revision, fn: FunctionSpec, ep: EndpointSpec) -> Batcher:
+        bkey = (rev.id, fn.name, ep.path)
+        batcher = self._batchers.get(bkey)
+        if batcher is not None:
+            return batcher
+        rkey: RunnerKey = (rev.id, fn.name)
+
+        async def acquire() -> RunnerProcess:
+            return await self.runners.acquire(rkey, fn, lambda r: self._start(r, rev, fn))
+
+        async def release(runner: RunnerProcess) -> None:
+            await self.runners.release(runner)
+            self._slot_free.set()
+
+        async def fill(n: int) -> list[str]:
+            jobs = await self.broker.dispatch_for(
+                fn.pool, rev.id, fn.name, ep.path, n, self.id, self.settings.lease_s
+            )
+            for extra in jobs:
+                self._spawn(extra)
+            return [extra.id for extra in jobs]
+
+        batcher = Batcher(ep, acquire=acquire, release=release, fill=fill)
+        self._batchers[bkey] = batcher
+        return batcher
+
+    def _crashed(self, job: Job, fn: FunctionSpec, exc: RunnerCrashedError) -> Outcome | None:
+        if job.attempts <= fn.retries:
+            log.warning("request %s: %s; retrying (attempt %d)", job.id, exc, job.attempts)
+            return None
+        return _error_outcome(exc)
+
+    async def _outcome(
+        self, job: Job, header: dict[str, Any], body: bytes, elapsed: float
+    ) -> Outcome:
+        """The outcome of a request from the runner's ``result`` frame."""
         logs = list(header.get("logs") or [])
         if header.get("ok"):
-            return await self._ok(job.id, events.rewrite(body), logs)
+            self._background(self.broker.record_time("service", job.app_key, elapsed))
+            return await self._ok(job.id, body, logs)
         raw = header.get("error") or {}
         cls = error_class(raw.get("error_type"))
         err = {"detail": raw.get("detail"), "error_type": raw.get("error_type") or cls.__name__}
@@ -367,11 +446,15 @@ class Worker:
         return Outcome(ok=True, result_ref=ref, logs=logs)
 
     def _setup_failed(self, key: RunnerKey, failed: SetupFailed) -> Outcome:
-        previous = self._backoff.get(key)
-        delay = min(300.0, previous.delay * 2) if previous else self.settings.setup_backoff_s
+        """The outcome of a request whose runner could not start; the function backs off (the
+        delay doubles per failed start, not per request: a batch fails together)."""
         err = {"detail": failed.error.get("detail") or "setup failed", "error_type": "SetupError"}
-        self._backoff[key] = _Backoff(time.monotonic() + delay, delay, err, failed.logs)
-        log.warning("revision %s function %s: %s (backing off %.0fs)", *key, err["detail"], delay)
+        previous = self._backoff.get(key)
+        if previous is None or previous.until <= time.monotonic():
+            delay = min(300.0, previous.delay * 2) if previous else self.settings.setup_backoff_s
+            self._backoff[key] = _Backoff(time.monotonic() + delay, delay, err, failed.logs)
+            detail = err["detail"]
+            log.warning("revision %s function %s: %s (backing off %.0fs)", *key, detail, delay)
         return Outcome(ok=False, error=err, http_status=SetupError.status_code, logs=failed.logs)
 
     async def _revision(self, revision_id: str) -> tuple[Revision, AppSpec]:

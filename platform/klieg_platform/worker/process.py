@@ -1,8 +1,9 @@
 """One runner process: a child on the env's interpreter, spoken to over a socketpair.
 
 ``start`` returns once the runner said ``ready``; raises :class:`SetupFailed` when setup() raised,
-the process died or it did not get ready within ``startup_timeout``. ``call`` serves one request;
-raises ``RequestTimeoutError`` (the process is killed) or ``RunnerCrashedError`` (it died).
+the process died or it did not get ready within ``startup_timeout``. ``call`` serves one request,
+``call_batch`` several of a batched endpoint; both raise ``RequestTimeoutError`` (the process is
+killed) or ``RunnerCrashedError`` (it died).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ class RunnerProcess:
         self.busy = True
         self.last_used = time.monotonic()
         self.proc: asyncio.subprocess.Process | None = None
-        self.serving: str | None = None
+        self.serving: tuple[str, ...] = ()
         self.gpu_ids: tuple[int, ...] = ()
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -115,20 +116,51 @@ class RunnerProcess:
         on_event: Callable[[dict[str, Any], bytes], None],
     ) -> tuple[dict[str, Any], bytes]:
         """Serve one request; ``log`` and ``chunk`` frames go to ``on_event`` as they arrive."""
+        frame = protocol.encode({"type": "call", "id": request_id, "endpoint": endpoint}, payload)
+        results = await self._exchange((request_id,), frame, timeout_s, on_event)
+        return results[0]
+
+    async def call_batch(
+        self,
+        request_ids: Sequence[str],
+        endpoint: str,
+        payloads: Sequence[bytes],
+        timeout_s: float,
+        on_event: Callable[[dict[str, Any], bytes], None],
+    ) -> list[tuple[dict[str, Any], bytes]]:
+        """Serve requests of a batched endpoint in one call; one (header, body) per request,
+        in order. ``log`` frames carry the batch's ``ids``; ``media`` frames the one ``id``."""
+        header = {
+            "type": "batch",
+            "ids": list(request_ids),
+            "endpoint": endpoint,
+            "sizes": [len(p) for p in payloads],
+        }
+        frame = protocol.encode(header, b"".join(payloads))
+        return await self._exchange(tuple(request_ids), frame, timeout_s, on_event)
+
+    async def _exchange(
+        self,
+        ids: tuple[str, ...],
+        frame: bytes,
+        timeout_s: float,
+        on_event: Callable[[dict[str, Any], bytes], None],
+    ) -> list[tuple[dict[str, Any], bytes]]:
         assert self._reader is not None and self._writer is not None
         self.last_used = time.monotonic()
-        self.serving = request_id
+        self.serving = ids
+        results: list[tuple[dict[str, Any], bytes]] = []
         try:
-            self._writer.write(
-                protocol.encode({"type": "call", "id": request_id, "endpoint": endpoint}, payload)
-            )
+            self._writer.write(frame)
             await self._writer.drain()
             async with asyncio.timeout(timeout_s):
-                while True:
+                while len(results) < len(ids):
                     header, body = await protocol.read(self._reader)
                     if header.get("type") == "result":
-                        return header, body
-                    on_event(header, body)
+                        results.append((header, body))
+                    else:
+                        on_event(header, body)
+            return results
         except TimeoutError:
             await self.kill()
             raise RequestTimeoutError(f"request ran past its timeout of {timeout_s:g}s") from None
@@ -137,12 +169,13 @@ class RunnerProcess:
             how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
             raise RunnerCrashedError(f"the runner process died ({how})") from None
         finally:
-            self.serving = None
+            self.serving = ()
             self.last_used = time.monotonic()
 
     def interrupt(self, request_id: str) -> bool:
-        """Signal the runner to cancel ``request_id`` if that is what it is serving now."""
-        if self.serving != request_id or not self.alive or self.proc is None:
+        """Signal the runner to cancel ``request_id`` if that is all it is serving now (a batch
+        of several is never interrupted: that would cancel the others too)."""
+        if self.serving != (request_id,) or not self.alive or self.proc is None:
             return False
         os.kill(self.proc.pid, CANCEL_SIGNAL)
         return True

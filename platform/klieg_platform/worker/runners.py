@@ -80,6 +80,10 @@ class RunnerSet:
     def used(self) -> int:
         return sum(units(r.spec) for r in self.runners)
 
+    def busy_units(self) -> int:
+        """Slots held by runners serving (or starting for) a request or a batch now."""
+        return sum(units(r.spec) for r in self.runners if r.busy)
+
     def _make_room(self, need: int) -> bool:
         """Whether ``need`` units are free, after stopping idle runners (LRU first) if that
         frees enough; stops nothing otherwise."""

@@ -21,7 +21,13 @@ import pydantic
 import pydantic_core
 
 from klieg.app import io_models
-from klieg.exceptions import AppError, KliegError, NotFoundError, ValidationError
+from klieg.exceptions import (
+    AppError,
+    KliegError,
+    NotFoundError,
+    RequestCancelledError,
+    ValidationError,
+)
 from klieg.types import FunctionSpec, normalize_path
 
 
@@ -42,10 +48,13 @@ def _resolve(obj: Any, qualname: str) -> Any:
 class Endpoint:
     """One callable endpoint with its input model; ``__call__`` maps JSON bytes to JSON bytes."""
 
-    def __init__(self, fn: Callable[..., Any], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], loop: asyncio.AbstractEventLoop, batched: bool = False
+    ) -> None:
         self.fn = fn
         self.loop = loop
-        self.model, _ = io_models(fn)
+        self.batched = batched
+        self.model, _ = io_models(fn, batched)
         self.takes_arg = bool(
             [p for p in inspect.signature(fn).parameters.values() if p.name != "self"]
         )
@@ -83,6 +92,46 @@ class Endpoint:
             raise AppError(f"{type(exc).__name__}: {exc}") from exc
         return _dump(result)
 
+    def batch(self, bodies: list[bytes]) -> list[bytes | KliegError]:
+        """Run a batched endpoint once over the valid items of ``bodies``; one result per body,
+        in order: its output JSON, or the error of that request alone. An input that fails
+        validation, or an item the endpoint returned as an exception, fails only its request.
+        When the call itself raises, each request is run alone so that only those that fail
+        alone fail."""
+        out: list[bytes | KliegError] = []
+        args: list[Any] = []
+        for body in bodies:
+            try:
+                args.append(self.parse(body))
+                out.append(b"")
+            except KliegError as exc:
+                out.append(exc)
+        results = iter(self._run_batch(args))
+        return [next(results) if item == b"" else item for item in out]
+
+    def _run_batch(self, args: list[Any]) -> list[bytes | KliegError]:
+        if not args:
+            return []
+        try:
+            results = self.fn(args)
+            if inspect.isawaitable(results):
+                results = self.loop.run_until_complete(results)
+        except RequestCancelledError:
+            raise
+        except KliegError as exc:
+            if len(args) == 1:
+                return [exc]
+            return [self._run_batch([arg])[0] for arg in args]
+        except Exception as exc:
+            if len(args) == 1:
+                return [AppError(f"{type(exc).__name__}: {exc}")]
+            return [self._run_batch([arg])[0] for arg in args]
+        if not isinstance(results, list | tuple) or len(results) != len(args):
+            got = len(results) if isinstance(results, list | tuple) else type(results).__name__
+            err = AppError(f"batched endpoint returned {got} results for {len(args)} requests")
+            return [err] * len(args)
+        return [_dump_item(item) for item in results]
+
     def items(self, body: bytes) -> Iterator[bytes]:
         """Run a generator endpoint: JSON in, one JSON document per yielded item."""
         arg = self.parse(body)
@@ -102,6 +151,18 @@ class Endpoint:
             raise
         except Exception as exc:
             raise AppError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _dump_item(value: Any) -> bytes | KliegError:
+    """One item of a batched endpoint's result: its JSON, or the error it stands for."""
+    if isinstance(value, KliegError):
+        return value
+    if isinstance(value, Exception):
+        return AppError(f"{type(value).__name__}: {value}")
+    try:
+        return _dump(value)
+    except Exception as exc:  # an item pydantic cannot serialise fails alone
+        return AppError(f"{type(exc).__name__}: {exc}")
 
 
 def _dump(value: Any) -> bytes:
@@ -126,7 +187,7 @@ class Target:
         self.endpoints: dict[str, Endpoint] = {}
         for ep in spec.endpoints:
             fn = getattr(self.instance, ep.method) if self.instance is not None else obj
-            self.endpoints[normalize_path(ep.path)] = Endpoint(fn, self.loop)
+            self.endpoints[normalize_path(ep.path)] = Endpoint(fn, self.loop, ep.batched)
 
     def _hook(self, name: str) -> None:
         hook = getattr(self.instance, name, None)

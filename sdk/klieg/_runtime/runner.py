@@ -125,6 +125,47 @@ def _serve_call(
     return reply, out
 
 
+def _serve_batch(
+    channel: _Channel, sink: logs.LogSink, target: Target, header: protocol.Header, body: bytes
+) -> None:
+    """Run a ``batch`` message and send one ``result`` per request, in order. Cancelling (the
+    signal) cancels the whole batch: the worker signals only a batch of one."""
+    ids = [str(i) for i in header.get("ids") or []]
+    sizes = [int(n) for n in header.get("sizes") or []]
+    bodies, at = [], 0
+    for size in sizes:
+        bodies.append(body[at : at + size])
+        at += size
+    sink.emit = lambda line: channel.send({"type": "log", "id": ids[0], "ids": ids, "line": line})
+    try:
+        _Running.request_id = ",".join(ids)
+        endpoint = target.endpoint(str(header.get("endpoint", "/")))
+        results: list[bytes | KliegError] = list(endpoint.batch(bodies))
+    except Exception as exc:
+        _Running.request_id = None
+        if not isinstance(exc, KliegError) or isinstance(exc, AppError):
+            traceback.print_exc()
+        failed = exc if isinstance(exc, KliegError) else AppError(f"{type(exc).__name__}: {exc}")
+        results = [failed] * len(ids)
+    finally:
+        _Running.request_id = None
+        logs.flush_streams()
+        sink.emit = None
+    lines = sink.drain()
+    try:
+        for request_id, result in zip(ids, results, strict=True):
+            reply: protocol.Header = {"type": "result", "id": request_id, "logs": lines}
+            if isinstance(result, KliegError):
+                reply.update(ok=False, error=_error(result))
+                channel.send(reply)
+            else:
+                _ship_media(channel, request_id, result)
+                reply["ok"] = True
+                channel.send(reply, result)
+    finally:
+        media.PENDING.clear()
+
+
 def serve(sock: socket.socket, code_dir: Path, spec: FunctionSpec) -> int:
     channel = _Channel(sock)
     sink = logs.install()
@@ -152,6 +193,9 @@ def serve(sock: socket.socket, code_dir: Path, spec: FunctionSpec) -> int:
         if header.get("type") == "shutdown":
             target.teardown()
             return 0
+        if header.get("type") == "batch":
+            _serve_batch(channel, sink, target, header, body)
+            continue
         if header.get("type") != "call":
             continue
         try:

@@ -1,0 +1,202 @@
+"""Dynamic batching: requests of one batched endpoint gathered into one runner call.
+
+One :class:`Batcher` per (revision, function, endpoint) on a worker. Requests arrive by
+``submit`` (the worker dispatched them); the batcher takes a runner, then gathers: it keeps the
+first request waiting at most ``batch_wait_ms`` while it asks the broker for more requests of
+the same endpoint (``fill``, which leases them to this worker and submits them here), until it
+has ``max_batch_size``. The batch goes to the runner as one ``batch`` message; each request gets
+its own result or error. Guarantees:
+
+- a request waits for others at most ``batch_wait_ms`` (plus one broker round trip) once a
+  runner is ready for it; requests already leased here join the next batch if they miss one;
+- the batcher holds at most ``max_concurrency`` runners (``acquire`` enforces it), each serving
+  one batch at a time, and holds a runner only while it gathers or runs a batch;
+- a failed runner (crash, timeout, setup failure) fails every request of its batch with that
+  error; cancelling one request of a batch of several completes it at once as cancelled, and the
+  others run on (its result is dropped); a batch of one is interrupted in the runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from klieg.exceptions import RequestCancelledError
+from klieg.types import EndpointSpec
+from klieg_platform.worker.events import EventForwarder
+from klieg_platform.worker.process import RunnerProcess
+
+log = logging.getLogger("klieg.worker")
+
+Result = tuple[dict[str, Any], bytes]
+Fill = Callable[[int], Awaitable[list[str]]]
+"""Lease up to n more queued requests of the endpoint to this worker (each is then
+``submit``-ted here by its own handler); returns their ids."""
+
+
+@dataclass
+class _Member:
+    request_id: str
+    payload: bytes
+    timeout_s: float
+    events: EventForwarder
+    future: asyncio.Future[Result] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class Batcher:
+    def __init__(
+        self,
+        endpoint: EndpointSpec,
+        *,
+        acquire: Callable[[], Awaitable[RunnerProcess]],
+        release: Callable[[RunnerProcess], Awaitable[None]],
+        fill: Fill,
+    ) -> None:
+        self.endpoint = endpoint
+        self.max_size = max(1, endpoint.max_batch_size)
+        self.wait_s = endpoint.batch_wait_ms / 1000
+        self._acquire = acquire
+        self._release = release
+        self._fill = fill
+        self._pending: list[_Member] = []
+        self._expected: dict[str, float] = {}
+        self._running: dict[str, tuple[RunnerProcess, int, _Member]] = {}
+        self._arrived = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._batches: set[asyncio.Task[None]] = set()
+        self.sizes: list[int] = []
+        """Sizes of the batches run, newest last (at most 1000 kept)."""
+
+    async def submit(
+        self, request_id: str, payload: bytes, timeout_s: float, events: EventForwarder
+    ) -> Result:
+        """Run one request as part of a batch; its (header, body) result. Raises the runner's
+        error (``RunnerCrashedError``, ``RequestTimeoutError``, ``SetupFailed``) or
+        ``RequestCancelledError``."""
+        member = _Member(request_id, payload, timeout_s, events)
+        self._expected.pop(request_id, None)
+        self._pending.append(member)
+        self._arrived.set()
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.create_task(self._loop())
+        return await member.future
+
+    def settled(self, request_id: str) -> None:
+        """A request leased by ``fill`` will not be submitted (it failed before): stop waiting
+        for it."""
+        self._expected.pop(request_id, None)
+        self._arrived.set()
+
+    def cancel(self, request_id: str) -> bool:
+        """Cancel ``request_id`` if it is gathered or running here."""
+        cancelled = RequestCancelledError(f"request {request_id} cancelled")
+        for member in self._pending:
+            if member.request_id == request_id:
+                self._pending.remove(member)
+                _fail(member, cancelled)
+                return True
+        running = self._running.get(request_id)
+        if running is None:
+            return False
+        runner, size, member = running
+        if size > 1 or not runner.interrupt(request_id):
+            _fail(member, cancelled)
+        return True
+
+    async def _loop(self) -> None:
+        while self._pending:
+            try:
+                runner = await self._acquire()
+            except BaseException as exc:
+                pending, self._pending = self._pending, []
+                for member in pending:
+                    _fail(member, exc)
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            try:
+                await self._gather()
+            except BaseException:
+                await self._release(runner)
+                raise
+            batch, self._pending = self._pending[: self.max_size], self._pending[self.max_size :]
+            if not batch:
+                await self._release(runner)
+                continue
+            task = asyncio.create_task(self._run(runner, batch))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    async def _gather(self) -> None:
+        """Wait until the batch is full, or the first request has waited ``batch_wait_ms`` and
+        no request leased by ``fill`` is still on its way here (those get 50 ms more)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_s
+        asked = False
+        while self._pending and len(self._pending) < self.max_size:
+            self._arrived.clear()
+            now = loop.time()
+            for rid, at in list(self._expected.items()):
+                if now - at > 1.0:  # leased but never submitted: stop waiting for it
+                    del self._expected[rid]
+            room = self.max_size - len(self._pending) - len(self._expected)
+            got: list[str] = []
+            if room > 0 and (not asked or now < deadline):
+                asked = True
+                got = await self._fill(room)
+                now = loop.time()
+                self._expected.update(dict.fromkeys(got, now))
+            if self._expected:
+                if now >= deadline + 0.05:
+                    return
+                timeout = 0.05
+            elif now >= deadline:
+                return
+            else:  # the queue had nothing more: look again shortly
+                timeout = min(0.002, deadline - now)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+
+    async def _run(self, runner: RunnerProcess, batch: list[_Member]) -> None:
+        live = [m for m in batch if not m.future.done()]
+        for member in live:
+            self._running[member.request_id] = (runner, len(live), member)
+        self.sizes = [*self.sizes[-999:], len(live)]
+        by_id = {m.request_id: m for m in live}
+
+        def route(header: dict[str, Any], body: bytes) -> None:
+            for rid in header.get("ids") or [header.get("id")]:
+                member = by_id.get(str(rid))
+                if member is not None:
+                    member.events({**header, "id": rid}, body)
+
+        try:
+            if live:
+                results = await runner.call_batch(
+                    [m.request_id for m in live],
+                    self.endpoint.path,
+                    [m.payload for m in live],
+                    max(m.timeout_s for m in live),
+                    route,
+                )
+                for member, result in zip(live, results, strict=True):
+                    if not member.future.done():
+                        member.future.set_result(result)
+        except Exception as exc:
+            for member in live:
+                _fail(member, exc)
+        finally:
+            for member in live:
+                self._running.pop(member.request_id, None)
+            await self._release(runner)
+
+
+def _fail(member: _Member, exc: BaseException) -> None:
+    if not member.future.done():
+        member.future.set_exception(exc)

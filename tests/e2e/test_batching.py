@@ -1,0 +1,102 @@
+"""Dynamic batching through the real platform: requests of a batched endpoint are gathered into
+one runner call, results go back to their own requests in order, and errors stay with the
+request that caused them (an invalid input, an item returned as an error, a call that raises).
+Cancelling one request of a running batch leaves the others to complete."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+import klieg
+from tests.e2e.platform import TEST_APPS, Platform
+
+pytestmark = pytest.mark.timeout(180)
+
+APP = "local/batcher"
+
+
+@pytest.fixture(scope="module")
+def client(platform: Platform) -> Any:
+    platform.deploy(TEST_APPS / "batcher" / "app.py")
+    with klieg.Client(platform.url, platform.key) as c:
+        c.run(f"{APP}/single", {"value": 0})  # a warm runner: batches form without a cold start
+        yield c
+
+
+def _outcome(c: klieg.Client, handle: klieg.RequestHandle) -> dict[str, Any]:
+    try:
+        return {"ok": c.wait(handle, timeout=60)}
+    except klieg.KliegError as exc:
+        return {"error_type": exc.error_type, "detail": str(exc.detail), "status": exc.status_code}
+
+
+def _submit_all(c: klieg.Client, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    handles = [c.submit(APP, body) for body in bodies]
+    return [_outcome(c, h) for h in handles]
+
+
+def test_requests_are_gathered_into_batches_and_results_split_in_order(client: Any) -> None:
+    outcomes = _submit_all(client, [{"value": v} for v in range(8)])
+    results = [o["ok"] for o in outcomes]
+    assert [r["doubled"] for r in results] == [2 * v for v in range(8)]
+    sizes = [r["batch_size"] for r in results]
+    assert max(sizes) > 1 and all(1 <= s <= 4 for s in sizes)
+    assert len({r["pid"] for r in results}) == 1  # one runner served every batch
+
+
+def test_an_item_returned_as_an_error_fails_only_its_request(client: Any) -> None:
+    outcomes = _submit_all(client, [{"value": 1}, {"value": 2, "fail": True}, {"value": 3}])
+    assert outcomes[1]["error_type"] == "AppError" and outcomes[1]["status"] == 500
+    assert "value 2 refused" in outcomes[1]["detail"]
+    assert [o["ok"]["doubled"] for o in (outcomes[0], outcomes[2])] == [2, 6]
+    assert outcomes[0]["ok"]["batch_size"] == 3  # the failing item was in the same call
+
+
+def test_an_invalid_input_fails_alone_with_422(client: Any) -> None:
+    outcomes = _submit_all(client, [{"value": 1}, {"value": "nine"}, {"value": 3}])
+    assert outcomes[1]["error_type"] == "ValidationError" and outcomes[1]["status"] == 422
+    assert "value" in outcomes[1]["detail"]
+    assert [o["ok"]["doubled"] for o in (outcomes[0], outcomes[2])] == [2, 6]
+    assert outcomes[0]["ok"]["batch_size"] == 2
+
+
+def test_a_raising_call_is_retried_per_request(client: Any) -> None:
+    outcomes = _submit_all(client, [{"value": 1}, {"value": 2, "boom": True}, {"value": 3}])
+    assert outcomes[1]["error_type"] == "AppError" and "boom" in outcomes[1]["detail"]
+    assert [o["ok"]["doubled"] for o in (outcomes[0], outcomes[2])] == [2, 6]
+    assert [o["ok"]["batch_size"] for o in (outcomes[0], outcomes[2])] == [1, 1]
+
+
+def test_each_request_gets_the_batch_logs(client: Any) -> None:
+    handles = [client.submit(APP, {"value": v}) for v in (5, 6)]
+    for handle in handles:
+        client.wait(handle, timeout=60)
+        status = client.status(handle.app_id, handle.request_id, with_logs=True)
+        messages = " ".join(line["message"] for line in status["logs"] or [])
+        assert "batch of" in messages and str(5) in messages
+
+
+def test_cancelling_one_request_of_a_running_batch(client: Any) -> None:
+    handles = [client.submit(APP, {"value": v, "sleep": 2.0}) for v in (1, 2, 3)]
+    deadline = time.monotonic() + 30
+    while client.status(APP, handles[1].request_id)["status"] != "IN_PROGRESS":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.5)  # the batch is running in the runner now
+    started = time.monotonic()
+    client.cancel(APP, handles[1].request_id)
+    cancelled = _outcome(client, handles[1])
+    assert cancelled["error_type"] == "RequestCancelledError"
+    assert time.monotonic() - started < 1.5  # completed at once, not when the batch ended
+    others = [_outcome(client, h) for h in (handles[0], handles[2])]
+    assert [o["ok"]["doubled"] for o in others] == [2, 6]
+    assert others[0]["ok"]["batch_size"] == 3
+
+
+def test_a_runner_crash_fails_the_whole_batch_and_the_next_batch_runs(client: Any) -> None:
+    outcomes = _submit_all(client, [{"value": 1}, {"value": 2, "crash": True}])
+    assert [o.get("error_type") for o in outcomes] == ["RunnerCrashedError"] * 2
+    assert client.run(APP, {"value": 4})["doubled"] == 8
