@@ -64,7 +64,17 @@ from klieg_platform.registry_tables import (
     tenants,
 )
 
-__all__ = ["AliasMove", "ApiKey", "AppRecord", "Registry", "Revision", "Tenant", "metadata"]
+__all__ = [
+    "WORKFLOW_PREFIX",
+    "AliasMove",
+    "ApiKey",
+    "AppRecord",
+    "Registry",
+    "Revision",
+    "Tenant",
+    "metadata",
+    "workflow_app_name",
+]
 
 _TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _APP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -73,6 +83,9 @@ _TIER = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _REVISION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _WRITE = "klieg_write"
 VISIBILITIES = frozenset({"private", "shared", "public"})
+WORKFLOW_PREFIX = "workflows/"
+"""Workflow ``w`` of a tenant is stored as its app ``workflows/w`` (app names have no ``/``)."""
+_WORKFLOW_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,52}")  # the prefix + name fit apps.name
 _PG_CREATE_LOCK = 0x6B6C696567  # advisory lock key serialising create_all on PostgreSQL
 _SQLITE_BUSY_S = 30.0
 
@@ -92,6 +105,14 @@ def _engine_url(url: str) -> sa.URL:
 def _check(pattern: re.Pattern[str], value: str, what: str) -> None:
     if not isinstance(value, str) or not pattern.fullmatch(value):
         raise InvalidRequestError(f"invalid {what} {value!r}: must match {pattern.pattern}")
+
+
+def workflow_app_name(name: str) -> str:
+    """The app name that stores workflow ``name``; ``InvalidRequestError`` for a bad name."""
+    _check(_WORKFLOW_NAME, name, "workflow name")
+    if name == "rollback":  # POST /workflows/{x}/rollback is a rollback, not a run
+        raise InvalidRequestError("'rollback' is reserved and cannot name a workflow")
+    return WORKFLOW_PREFIX + name
 
 
 def _sha256(secret: str) -> str:
@@ -238,6 +259,13 @@ class Registry:
     def ensure_app(self, owner_id: str, name: str) -> AppRecord:
         """The owner's app of that name, created if absent (race-safe)."""
         _check(_APP_NAME, name, "app name")
+        return self._ensure_app(owner_id, name)
+
+    def ensure_workflow_app(self, owner_id: str, name: str) -> AppRecord:
+        """The app row storing the owner's workflow ``name``, created if absent."""
+        return self._ensure_app(owner_id, workflow_app_name(name))
+
+    def _ensure_app(self, owner_id: str, name: str) -> AppRecord:
         query = sa.select(*APP_COLUMNS).select_from(APP_FROM)
         query = query.where(apps.c.owner_id == owner_id, apps.c.name == name)
         try:
@@ -267,10 +295,12 @@ class Registry:
             row = conn.execute(query.where(tenants.c.name == owner, apps.c.name == name)).first()
         return AppRecord(**row._mapping) if row else None
 
-    def list_apps(self, owner_id: str) -> list[AppRecord]:
-        """The owner's apps, by name."""
+    def list_apps(self, owner_id: str, *, workflows: bool = False) -> list[AppRecord]:
+        """The owner's apps by name; with ``workflows``, the app rows of its workflows instead."""
+        is_workflow = apps.c.name.startswith(WORKFLOW_PREFIX, autoescape=True)
         query = sa.select(*APP_COLUMNS).select_from(APP_FROM)
-        query = query.where(apps.c.owner_id == owner_id).order_by(apps.c.name)
+        query = query.where(apps.c.owner_id == owner_id)
+        query = query.where(is_workflow if workflows else ~is_workflow).order_by(apps.c.name)
         with self._read() as conn:
             return [AppRecord(**row._mapping) for row in conn.execute(query)]
 
@@ -401,11 +431,13 @@ class Registry:
         return revision_row(row._mapping) if row else None
 
     def aliased_revisions(self) -> list[Revision]:
-        """Every revision some alias points to (the ones that can receive traffic)."""
+        """Every app revision some alias points to (the ones that can receive traffic);
+        workflow revisions are left out."""
         query = (
             sa.select(*REVISION_COLUMNS)
             .select_from(REVISION_FROM)
             .where(revisions.c.id.in_(sa.select(aliases.c.revision_id).distinct()))
+            .where(~apps.c.name.startswith(WORKFLOW_PREFIX, autoescape=True))
         )
         with self._read() as conn:
             return [revision_row(row._mapping) for row in conn.execute(query)]

@@ -28,6 +28,7 @@ from klieg.exceptions import (
     ValidationError,
 )
 from klieg.media import Audio, File, Image, Video
+from klieg.workflow import Workflow, load_workflow
 
 __all__ = [
     "App",
@@ -47,5 +48,7 @@ __all__ = [
     "SetupError",
     "ValidationError",
     "Video",
+    "Workflow",
     "endpoint",
+    "load_workflow",
 ]

@@ -24,6 +24,7 @@ from klieg import archive
 from klieg.app import App
 from klieg.client import Client, raise_for_error
 from klieg.exceptions import DeployError, from_wire
+from klieg.workflow import WorkflowDoc, load_workflow
 
 
 def load_app(path: str | Path, name: str | None = None) -> tuple[App, Path, str]:
@@ -145,6 +146,65 @@ class AdminClient(Client):
         if max_inflight is not None:
             body["max_inflight"] = max_inflight
         r = self.http.put(f"/tenants/{name}", json=body)
+        raise_for_error(r)
+        out: dict[str, Any] = r.json()
+        return out
+
+    def put_workflow(
+        self,
+        name: str,
+        document: dict[str, Any] | str | Path | WorkflowDoc,
+        alias: str = "latest",
+    ) -> dict[str, Any]:
+        """Store a workflow revision (validated here first) and point ``alias`` at it.
+
+        ``document``: a dict, YAML/JSON text, a file path or a built document. Storing the same
+        document again returns the same revision with ``created: false``.
+
+        Example::
+
+            AdminClient().put_workflow("digits-movie", Path("movie.yaml"))["revision"]
+        """
+        body = {"document": load_workflow(document).to_dict(), "alias": alias}
+        r = self.http.put(f"/workflows/{name}", json=body)
+        raise_for_error(r)
+        out: dict[str, Any] = r.json()
+        return out
+
+    def list_workflows(self) -> list[dict[str, Any]]:
+        """The caller's workflows: name, aliases, revision count, visibility."""
+        r = self.http.get("/workflows")
+        raise_for_error(r)
+        out: list[dict[str, Any]] = r.json()["workflows"]
+        return out
+
+    def get_workflow(self, name: str) -> dict[str, Any]:
+        """A workflow's aliases and revisions (newest first, each with its document)."""
+        r = self.http.get(f"/workflows/{name}")
+        raise_for_error(r)
+        out: dict[str, Any] = r.json()
+        return out
+
+    def set_workflow_alias(self, name: str, alias: str, revision: str) -> dict[str, Any]:
+        """Point a workflow's alias at a revision id (or at another alias's revision)."""
+        r = self.http.put(f"/workflows/{name}/aliases/{alias}", json={"revision": revision})
+        raise_for_error(r)
+        out: dict[str, Any] = r.json()
+        return out
+
+    def rollback_workflow(self, name: str, alias: str = "latest") -> dict[str, Any]:
+        """Move a workflow's alias back to its previous revision."""
+        r = self.http.post(f"/workflows/{name}/rollback", json={"alias": alias})
+        raise_for_error(r)
+        out: dict[str, Any] = r.json()
+        return out
+
+    def share_workflow(
+        self, name: str, visibility: str, tenants: list[str] | None = None
+    ) -> dict[str, Any]:
+        """Make a workflow private, public, or shared with the named tenants."""
+        body = {"visibility": visibility, "tenants": tenants or []}
+        r = self.http.put(f"/workflows/{name}/visibility", json=body)
         raise_for_error(r)
         out: dict[str, Any] = r.json()
         return out

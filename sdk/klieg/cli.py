@@ -7,6 +7,7 @@ Example::
     export KLIEG_KEY=...
     klieg deploy apps/echo/app.py --alias prod
     klieg call local/echo --json '{"text": "hi"}'
+    klieg workflow create movie.yaml --name digits-movie
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import argparse
 import json
 import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from klieg.admin import AdminClient, load_app
 from klieg.exceptions import KliegError
+from klieg.workflow import load_workflow
 
 
 def _print_json(value: Any) -> None:
@@ -147,6 +150,103 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_workflow_create(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    doc = load_workflow(path)
+    name = args.name or doc.name or path.stem
+    out = AdminClient().put_workflow(name, doc, alias=args.alias)
+    state = "created" if out["created"] else "unchanged (same document)"
+    print(
+        f"workflow {out['name']} revision {out['revision']} {state}; {out['alias']} -> "
+        f"{out['revision']}"
+    )
+    return 0
+
+
+def cmd_workflow_list(args: argparse.Namespace) -> int:
+    flows = AdminClient().list_workflows()
+    if args.json:
+        _print_json(flows)
+    for w in [] if args.json else flows:
+        aliases = ", ".join(f"{k}={v}" for k, v in sorted(w["aliases"].items()))
+        print(f"{w['name']}  {w['revisions']} revision(s)  {w['visibility']}  {aliases}")
+    return 0
+
+
+def cmd_workflow_show(args: argparse.Namespace) -> int:
+    flow = AdminClient().get_workflow(args.name)
+    if args.json:
+        _print_json(flow)
+        return 0
+    print(f"workflow {flow['owner']}/{flow['name']} ({flow['visibility']})")
+    for r in flow["revisions"]:
+        print(f"  {r['id']}  {','.join(r['aliases'])}")
+    current = flow["aliases"].get(args.alias)
+    doc = next((r["document"] for r in flow["revisions"] if r["id"] == current), None)
+    if doc is not None:
+        print(f"document at {args.alias} ({current}):")
+        print(yaml.safe_dump(doc, sort_keys=False).rstrip())
+    return 0
+
+
+def cmd_workflow_alias(args: argparse.Namespace) -> int:
+    out = AdminClient().set_workflow_alias(args.name, args.alias, args.revision)
+    print(f"{out['name']}: {out['alias']} -> {out['revision']} (was {out['previous']})")
+    return 0
+
+
+def cmd_workflow_rollback(args: argparse.Namespace) -> int:
+    out = AdminClient().rollback_workflow(args.name, args.alias)
+    print(f"{out['name']}: {out['alias']} -> {out['revision']} (was {out['previous']})")
+    return 0
+
+
+def cmd_workflow_share(args: argparse.Namespace) -> int:
+    if args.public:
+        visibility, tenants = "public", []
+    elif args.tenants:
+        visibility, tenants = "shared", [t for t in args.tenants.split(",") if t]
+    else:
+        visibility, tenants = "private", []
+    out = AdminClient().share_workflow(args.name, visibility, tenants)
+    shared = f" with {', '.join(out['shared_with'])}" if out["shared_with"] else ""
+    print(f"{out['name']}: {out['visibility']}{shared}")
+    return 0
+
+
+def _workflow_parser(sub: Any) -> None:
+    wf = sub.add_parser("workflow", help="workflows (documents chaining apps)")
+    cmds = wf.add_subparsers(dest="workflow_cmd", required=True)
+    create = cmds.add_parser("create", help="store a workflow file as a new revision")
+    create.add_argument("file", help="workflow document (.yaml, .yml or .json)")
+    create.add_argument("--name", help="workflow name (default: the document's, else the stem)")
+    create.add_argument("--alias", default="latest")
+    create.set_defaults(func=cmd_workflow_create)
+    ls = cmds.add_parser("list")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_workflow_list)
+    show = cmds.add_parser("show", help="a workflow's revisions and its document at an alias")
+    show.add_argument("name")
+    show.add_argument("--alias", default="latest")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_workflow_show)
+    alias = cmds.add_parser("alias", help="point a workflow alias at a revision")
+    alias.add_argument("name")
+    alias.add_argument("alias")
+    alias.add_argument("revision", help="revision id, or another alias")
+    alias.set_defaults(func=cmd_workflow_alias)
+    rb = cmds.add_parser("rollback", help="move a workflow alias back to its previous revision")
+    rb.add_argument("name")
+    rb.add_argument("--alias", default="latest")
+    rb.set_defaults(func=cmd_workflow_rollback)
+    sh = cmds.add_parser("share", help="who may call a workflow (default: private)")
+    sh.add_argument("name")
+    who = sh.add_mutually_exclusive_group()
+    who.add_argument("--public", action="store_true", help="any tenant")
+    who.add_argument("--tenants", help="comma-separated tenant names")
+    sh.set_defaults(func=cmd_workflow_share)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="klieg", description="Klieg: serverless media apps")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -219,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     lg = sub.add_parser("logs", help="print a request's log lines")
     lg.add_argument("request_id")
     lg.set_defaults(func=cmd_logs)
+
+    _workflow_parser(sub)
 
     for ep in entry_points(group="klieg.cli"):
         ep.load()(sub)

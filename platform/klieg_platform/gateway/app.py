@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from klieg_platform.config import Settings
-from klieg_platform.gateway import admin, files, queue, run
+from klieg_platform.gateway import admin, files, queue, run, workflow_admin
 from klieg_platform.gateway.errors import HANDLERS
 from klieg_platform.gateway.listeners import ListenerSplit
 from klieg_platform.gateway.state import GatewayState
@@ -41,6 +41,12 @@ ROUTES = [
     Route("/apps/{name}/visibility", admin.set_visibility, methods=["PUT"]),
     Route("/apps/{name}/limits", admin.set_app_limits, methods=["PUT"]),
     Route("/tenants/{name}", admin.set_tenant, methods=["PUT"]),
+    Route("/workflows", workflow_admin.list_workflows, methods=["GET"]),
+    Route("/workflows/{name}", workflow_admin.get_workflow, methods=["GET"]),
+    Route("/workflows/{name}", workflow_admin.put_workflow, methods=["PUT"]),
+    Route("/workflows/{name}/aliases/{alias}", workflow_admin.set_workflow_alias, methods=["PUT"]),
+    Route("/workflows/{name}/rollback", workflow_admin.rollback_workflow, methods=["POST"]),
+    Route("/workflows/{name}/visibility", workflow_admin.set_workflow_visibility, methods=["PUT"]),
     Route("/requests/{request_id}/status", queue.status, methods=["GET"]),
     Route("/queue/{owner}/{app}/requests/{request_id}/status", queue.status, methods=["GET"]),
     Route(

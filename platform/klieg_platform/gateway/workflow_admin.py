@@ -1,0 +1,230 @@
+"""Admin routes for workflows, scoped to the caller's tenant.
+
+A workflow ``w`` of tenant T is T's app ``workflows/w`` (``registry.workflow_app_name``); each
+revision's spec is ``{"kind": "workflow", "document": ...}`` with empty code, env, python and lock,
+so aliases, their history, rollback and visibility work exactly as for apps. Revision ids are
+content-derived from the owner, the name and the document, so storing the same document again
+is a no-op.
+
+GET  /workflows                          the caller's workflows
+PUT  /workflows/{name}                   JSON {document: object or YAML/JSON text, alias}
+GET  /workflows/{name}                   aliases and revisions (newest first) with documents
+PUT  /workflows/{name}/aliases/{alias}   JSON {revision: id or alias}
+POST /workflows/{name}/rollback          JSON {alias} (or ?alias=); moves the alias back one step
+PUT  /workflows/{name}/visibility        JSON {visibility, tenants}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from klieg.exceptions import NotFoundError, ValidationError
+from klieg.workflow import WorkflowDoc, load_workflow
+from klieg_platform.gateway.admin import _alias_moved, _alias_name, _gw, _json
+from klieg_platform.gateway.state import GatewayState
+from klieg_platform.registry import (
+    WORKFLOW_PREFIX,
+    AppRecord,
+    Registry,
+    Revision,
+    Tenant,
+    workflow_app_name,
+)
+
+WORKFLOW_KIND = "workflow"
+MAX_WORKFLOW_BYTES = 1024 * 1024
+_SMALL = 64 * 1024
+
+
+def revision_id(owner: str, name: str, doc: WorkflowDoc) -> str:
+    """``wf-`` + 24 hex digits derived from the owner, the name and the document's digest.
+
+    Revision ids are unique across the registry, so the owner and name are part of the hash: two
+    tenants (or two names) storing the same document get distinct revisions.
+    """
+    seed = f"{owner}/{name}\n{doc.digest()}".encode()
+    return "wf-" + hashlib.sha256(seed).hexdigest()[:24]
+
+
+def workflow_document(revision: Revision) -> WorkflowDoc:
+    """The document a workflow revision stores; ``NotFoundError`` for an app revision."""
+    spec = revision.spec
+    if spec.get("kind") != WORKFLOW_KIND:
+        raise NotFoundError(f"revision {revision.id} is not a workflow")
+    return load_workflow(spec["document"])
+
+
+def stored_workflow(
+    registry: Registry, owner: str, name: str, ref: str = "latest"
+) -> tuple[AppRecord, Revision, WorkflowDoc] | None:
+    """The workflow ``owner/name`` at ``ref`` (an alias, else a revision id), or None.
+
+    Blocking (call it in a thread). Access is not checked: use ``registry.can_call``.
+    """
+    if not name or "/" in name:
+        return None
+    app = registry.get_app(owner, WORKFLOW_PREFIX + name)
+    revision = registry.revision_of(app, ref) if app is not None else None
+    if app is None or revision is None:
+        return None
+    return app, revision, workflow_document(revision)
+
+
+async def _workflow(gw: GatewayState, tenant: Tenant, name: str) -> AppRecord:
+    app = await asyncio.to_thread(gw.registry.get_app, tenant.name, workflow_app_name(name))
+    if app is None:
+        raise NotFoundError(f"workflow {tenant.name}/{name} not found")
+    return app
+
+
+def _check_apps(registry: Registry, doc: WorkflowDoc, caller: Tenant) -> None:
+    """Each node's app exists and the caller may call it; 422 naming the node otherwise."""
+    for node_id, node in doc.nodes.items():
+        owner, app_name, _, _ = node.target()
+        app = registry.get_app(owner, app_name)
+        if app is None or not registry.can_call(app, caller):
+            raise ValidationError(f"node {node_id!r}: app {owner}/{app_name} not found")
+
+
+async def list_workflows(request: Request) -> Response:
+    gw = _gw(request)
+    tenant = await gw.tenant(request)
+
+    def load() -> list[dict[str, Any]]:
+        return [
+            {
+                "name": app.name.removeprefix(WORKFLOW_PREFIX),
+                "owner": app.owner,
+                "aliases": gw.registry.list_aliases(app),
+                "revisions": len(gw.registry.list_revisions(app)),
+                "visibility": app.visibility,
+                "created_at": app.created_at,
+            }
+            for app in gw.registry.list_apps(tenant.id, workflows=True)
+        ]
+
+    return JSONResponse({"workflows": await asyncio.to_thread(load)})
+
+
+async def put_workflow(request: Request) -> Response:
+    gw = _gw(request)
+    tenant = await gw.tenant(request)
+    name = request.path_params["name"]
+    stored_name = workflow_app_name(name)
+    data = await _json(request, MAX_WORKFLOW_BYTES)
+    alias = _alias_name(str(data.get("alias") or "latest"))
+    source = data.get("document")
+    if not isinstance(source, dict | str):
+        raise ValidationError(
+            [
+                {
+                    "loc": ["body", "document"],
+                    "msg": "a workflow document: an object, or YAML/JSON text",
+                    "type": "missing" if source is None else "dict_type",
+                }
+            ]
+        )
+    doc = load_workflow(source)
+    doc = doc.model_copy(update={"name": name})
+    rid = revision_id(tenant.name, name, doc)
+
+    def store() -> tuple[Revision, bool, str | None]:
+        _check_apps(gw.registry, doc, tenant)
+        record = gw.registry.ensure_workflow_app(tenant.id, name)
+        spec = {"kind": WORKFLOW_KIND, "document": doc.to_dict()}
+        revision, created = gw.registry.put_revision(record, rid, spec, "", "", "", "")
+        previous = gw.registry.set_alias(record, alias, revision.id)
+        return revision, created, previous
+
+    revision, created, previous = await asyncio.to_thread(store)
+    await _alias_moved(gw, tenant.name, stored_name)
+    return JSONResponse(
+        {
+            "name": name,
+            "owner": tenant.name,
+            "revision": revision.id,
+            "alias": alias,
+            "created": created,
+            "previous": previous,
+        }
+    )
+
+
+async def get_workflow(request: Request) -> Response:
+    gw = _gw(request)
+    tenant = await gw.tenant(request)
+    name = request.path_params["name"]
+    app = await _workflow(gw, tenant, name)
+
+    def load() -> dict[str, Any]:
+        aliases = gw.registry.list_aliases(app)
+        revisions = [
+            {
+                "id": rev.id,
+                "created_at": rev.created_at,
+                "aliases": sorted(a for a, r in aliases.items() if r == rev.id),
+                "document": rev.spec.get("document"),
+            }
+            for rev in gw.registry.list_revisions(app)
+        ]
+        shared = gw.registry.shared_with(app) if app.visibility == "shared" else []
+        return {
+            "name": name,
+            "owner": app.owner,
+            "visibility": app.visibility,
+            "shared_with": shared,
+            "aliases": aliases,
+            "revisions": revisions,
+        }
+
+    return JSONResponse(await asyncio.to_thread(load))
+
+
+async def set_workflow_alias(request: Request) -> Response:
+    gw = _gw(request)
+    tenant = await gw.tenant(request)
+    name = request.path_params["name"]
+    app = await _workflow(gw, tenant, name)
+    alias = _alias_name(request.path_params["alias"])
+    ref = str((await _json(request, _SMALL)).get("revision") or "")
+    rev = await asyncio.to_thread(gw.registry.revision_of, app, ref)
+    if rev is None:
+        raise NotFoundError(f"workflow {tenant.name}/{name} has no revision or alias {ref!r}")
+    previous = await asyncio.to_thread(gw.registry.set_alias, app, alias, rev.id)
+    await _alias_moved(gw, tenant.name, app.name)
+    return JSONResponse({"name": name, "alias": alias, "revision": rev.id, "previous": previous})
+
+
+async def rollback_workflow(request: Request) -> Response:
+    gw = _gw(request)
+    tenant = await gw.tenant(request)
+    name = request.path_params["name"]
+    app = await _workflow(gw, tenant, name)
+    data = await _json(request, _SMALL)
+    alias = _alias_name(str(data.get("alias") or request.query_params.get("alias", "latest")))
+    previous = await asyncio.to_thread(gw.registry.get_alias, app, alias)
+    revision = await asyncio.to_thread(gw.registry.rollback, app, alias)
+    await _alias_moved(gw, tenant.name, app.name)
+    return JSONResponse({"name": name, "alias": alias, "revision": revision, "previous": previous})
+
+
+async def set_workflow_visibility(request: Request) -> Response:
+    gw = _gw(request)
+    tenant = await gw.tenant(request)
+    name = request.path_params["name"]
+    app = await _workflow(gw, tenant, name)
+    data = await _json(request, _SMALL)
+    names = data.get("tenants") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValidationError(
+            [{"loc": ["body", "tenants"], "msg": "a list of tenant names", "type": "list_type"}]
+        )
+    visibility = str(data.get("visibility") or "")
+    app = await asyncio.to_thread(gw.registry.set_visibility, app, visibility, names)
+    await _alias_moved(gw, tenant.name, app.name)
+    return JSONResponse({"name": name, "visibility": app.visibility, "shared_with": names})

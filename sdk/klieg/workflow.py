@@ -1,0 +1,543 @@
+"""Workflow documents: nodes that call app endpoints, wired together by ``$`` references.
+
+Each node calls ``owner/app[@alias][/path]`` with an input template. A string that is exactly
+``$input``, ``$input.<path>``, ``$<node>`` or ``$<node>.<path>`` refers to the workflow input or to
+a node's output (path segments are separated by ``.``; a digit segment indexes a list). A string
+starting with ``$$`` is a literal with one ``$`` removed; any other string is literal. A node runs
+after the nodes it refers to; ``output`` is a template over the input and the node outputs.
+
+Example::
+
+    doc = load_workflow('''
+    input: {type: object, properties: {digits: {type: string}}, required: [digits]}
+    nodes:
+      gen: {app: local/digits, input: {digits: $input.digits}}
+      strip: {app: local/imagetools/grid, input: {images: $gen.digits, columns: 8}}
+    output: {image: $strip.image}
+    ''')
+    doc.order()                                   # [['gen'], ['strip']]
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from klieg.exceptions import ValidationError
+
+NODE_ID = re.compile(r"[a-z][a-z0-9_]{0,62}")
+_REF = re.compile(r"\$([a-z][a-z0-9_]{0,62})((?:\.[^.\s]+)*)")
+_SEGMENT = re.compile(r"[^.\s]+")
+_OWNER = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_APP = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+_APP_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_PATH = re.compile(r"[A-Za-z0-9_.~-]+(?:/[A-Za-z0-9_.~-]+)*/?")
+_JSON_TYPES: dict[str, tuple[tuple[type, ...], str]] = {  # JSON type -> (python, pydantic type)
+    "string": ((str,), "string_type"),
+    "integer": ((int,), "int_type"),
+    "number": ((int, float), "float_type"),
+    "boolean": ((bool,), "bool_type"),
+    "array": ((list,), "list_type"),
+    "object": ((dict,), "dict_type"),
+}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A parsed reference; ``source`` is ``"input"`` or a node id.
+
+    Example::
+
+        parse_reference("$gen.images.0") == Reference("gen", ("images", "0"))
+    """
+
+    source: str
+    path: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return "$" + ".".join((self.source, *self.path))
+
+
+def parse_reference(value: Any) -> Reference | None:
+    """The reference a template value is, or None for anything else (literals, ``$$`` escapes).
+
+    Example::
+
+        parse_reference("$input.prompt")    # Reference("input", ("prompt",))
+        parse_reference("costs $5")         # None
+    """
+    if not isinstance(value, str) or value.startswith("$$"):
+        return None
+    match = _REF.fullmatch(value)
+    if match is None:
+        return None
+    return Reference(match.group(1), tuple(match.group(2).split(".")[1:]))
+
+
+def references(template: Any) -> Iterator[Reference]:
+    """Every reference inside a template (nested dicts and lists), in document order.
+
+    Example::
+
+        [str(r) for r in references({"a": ["$gen.x", "$$lit"], "b": "$input"})]
+        # ['$gen.x', '$input']
+    """
+    if isinstance(template, dict | list):
+        for value in template.values() if isinstance(template, dict) else template:
+            yield from references(value)
+    elif (ref := parse_reference(template)) is not None:
+        yield ref
+
+
+def _json_problem(value: Any, where: str) -> str | None:
+    """Why ``value`` is not plain JSON (dict with str keys, list, str, number, bool, null)."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return None
+    if isinstance(value, list):
+        problems = (_json_problem(v, f"{where}.{i}") for i, v in enumerate(value))
+        return next((p for p in problems if p), None)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{where}: key {key!r} is not a string"
+            if problem := _json_problem(item, f"{where}.{key}"):
+                return problem
+        return None
+    return f"{where}: a {type(value).__name__} is not a JSON value (quote it in YAML)"
+
+
+class NodeSpec(BaseModel):
+    """One node: the app endpoint it calls and its input template.
+
+    Example::
+
+        NodeSpec(app="local/imagetools@prod/grid", input={"images": "$gen.digits"}).target()
+        # ('local', 'imagetools', 'prod', '/grid')
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    app: str
+    input: dict[str, Any] = Field(default_factory=dict)
+
+    def target(self) -> tuple[str, str, str | None, str]:
+        """``(owner, app, alias or None, endpoint path)``; the path starts with ``/`` (``/`` for
+        none). ``ValidationError`` unless ``app`` is ``owner/app[@alias][/path]``."""
+        owner, sep, rest = self.app.partition("/")
+        app_part, _, path = rest.partition("/")
+        app, at, alias = app_part.partition("@")
+        if (
+            not sep
+            or not _OWNER.fullmatch(owner)
+            or not _APP.fullmatch(app)
+            or (at and not _APP_REF.fullmatch(alias))
+            or (path and not _PATH.fullmatch(path))
+        ):
+            raise ValidationError(
+                f'app must be "owner/app[/path]" (with an optional "@alias" after app), '
+                f"got {self.app!r}"
+            )
+        return owner, app, alias or None, "/" + path.strip("/")
+
+
+class WorkflowDoc(BaseModel):
+    """A validated workflow document; constructing one runs every check of ``load_workflow``.
+
+    Example::
+
+        doc = WorkflowDoc(nodes={"gen": NodeSpec(app="local/digits")}, output="$gen")
+        doc.order(), doc.digest()[:8]
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    input: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+    nodes: dict[str, NodeSpec]
+    output: Any
+
+    @model_validator(mode="after")
+    def _checked(self) -> WorkflowDoc:
+        _check(self)
+        return self
+
+    def deps(self, node_id: str) -> set[str]:
+        """Ids of the nodes that ``node_id``'s input refers to."""
+        refs = references(self.nodes[node_id].input)
+        return {r.source for r in refs if r.source != "input"}
+
+    def output_deps(self) -> set[str]:
+        """Ids of the nodes the output template refers to."""
+        return {r.source for r in references(self.output) if r.source != "input"}
+
+    def order(self) -> list[list[str]]:
+        """Topological layers: each layer's nodes depend only on earlier layers, so they can run
+        in parallel. Deterministic: document order within a layer."""
+        done: set[str] = set()
+        layers: list[list[str]] = []
+        remaining = list(self.nodes)
+        while remaining:
+            layer = [n for n in remaining if self.deps(n) <= done]
+            if not layer:
+                raise ValidationError(f"cycle among {', '.join(remaining)}")
+            layers.append(layer)
+            done.update(layer)
+            remaining = [n for n in remaining if n not in done]
+        return layers
+
+    def input_properties(self) -> dict[str, Any] | None:
+        """The input schema's ``properties``, or None when it declares none."""
+        props = self.input.get("properties")
+        return props if isinstance(props, dict) else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical JSON-able form (every field present; node order kept)."""
+        return self.model_dump(mode="json")
+
+    def digest(self) -> str:
+        """sha256 hex of the canonical JSON (sorted keys, compact): equal for equal documents."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _check_input_schema(schema: dict[str, Any]) -> None:
+    if schema.get("type", "object") != "object":
+        raise ValidationError('input: the input schema\'s type must be "object"')
+    props = schema.get("properties", {})
+    if not isinstance(props, dict) or not all(isinstance(p, dict) for p in props.values()):
+        raise ValidationError("input: properties must map names to JSON schemas")
+    required = schema.get("required", [])
+    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+        raise ValidationError("input: required must be a list of names")
+
+
+def _check_ref(ref: Reference, who: str, doc: WorkflowDoc, self_id: str | None) -> None:
+    declared = doc.input_properties()
+    if ref.source == "input":
+        if ref.path and declared is not None and ref.path[0] not in declared:
+            raise ValidationError(f"{who} undeclared input {ref.path[0]!r} in {ref}")
+    elif ref.source == self_id:
+        raise ValidationError(f"{who} itself in {ref}")
+    elif ref.source not in doc.nodes:
+        raise ValidationError(f"{who} unknown node {ref.source!r} in {ref}")
+
+
+def _find_cycle(doc: WorkflowDoc) -> list[str] | None:
+    """A dependency cycle as ``[a, b, a]``, or None; searched in document order."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(doc.deps(node), key=list(doc.nodes).index):
+            if state.get(dep) == 1:
+                return [*stack[stack.index(dep) :], dep]
+            if dep not in state and (found := visit(dep)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in doc.nodes:
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def _check(doc: WorkflowDoc) -> None:
+    if not doc.nodes:
+        raise ValidationError("a workflow needs at least one node")
+    _check_input_schema(doc.input)
+    for node_id, node in doc.nodes.items():
+        where = f"node {node_id!r}"
+        if not NODE_ID.fullmatch(node_id) or node_id == "input":
+            raise ValidationError(
+                f"{where}: a node id must match {NODE_ID.pattern} and not be 'input'"
+            )
+        try:
+            node.target()
+        except ValidationError as exc:
+            raise ValidationError(f"{where}: {exc.detail}") from None
+        if problem := _json_problem(node.input, "input"):
+            raise ValidationError(f"{where}: {problem}")
+        for ref in references(node.input):
+            _check_ref(ref, f"{where} refers to", doc, node_id)
+    if problem := _json_problem(doc.output, "output"):
+        raise ValidationError(problem)
+    for ref in references(doc.output):
+        _check_ref(ref, "output refers to", doc, None)
+    if cycle := _find_cycle(doc):
+        raise ValidationError("cycle: " + " -> ".join(cycle))
+
+
+def _pydantic_detail(exc: pydantic.ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        if len(loc) >= 2 and loc[0] == "nodes":
+            where = f"node {loc[1]!r}" + (f": {'.'.join(loc[2:])}" if loc[2:] else "")
+        else:
+            where = ".".join(loc) or "document"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def load_workflow(source: str | bytes | dict[str, Any] | Path | WorkflowDoc) -> WorkflowDoc:
+    """Parse and validate a workflow document: a Path is read (``.json``, else YAML), str or
+    bytes are parsed as YAML (a superset of JSON), a dict is used as is.
+
+    ``ValidationError`` (422) for unparsable text and for every invalid document, naming the node
+    at fault (``node 'strip' refers to unknown node 'gn' in $gn.digits``, ``cycle: a -> b -> a``).
+
+    Example::
+
+        doc = load_workflow(Path("movie.yaml"))
+        doc = load_workflow('{"nodes": {"a": {"app": "local/echo"}}, "output": "$a"}')
+    """
+    if isinstance(source, WorkflowDoc):
+        return source
+    try:
+        if isinstance(source, Path):
+            text = source.read_text()
+            data = json.loads(text) if source.suffix == ".json" else yaml.safe_load(text)
+        elif isinstance(source, str | bytes):
+            data = yaml.safe_load(source)
+        else:
+            data = source
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ValidationError(f"the workflow document does not parse: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValidationError("a workflow document must be a mapping with 'nodes' and 'output'")
+    try:
+        return WorkflowDoc.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise ValidationError(_pydantic_detail(exc)) from None
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    names: dict[type, str] = {str: "string", list: "array", dict: "object"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _lookup(ref: Reference, scope: dict[str, Any]) -> Any:
+    if ref.source not in scope:
+        raise ValidationError(f"{ref}: no value for {ref.source!r}")
+    value = scope[ref.source]
+    for seg in ref.path:
+        if isinstance(value, dict):
+            if seg not in value:
+                keys = ", ".join(list(value)[:10])
+                raise ValidationError(f"{ref}: no key {seg!r} (keys: {keys or 'none'})")
+            value = value[seg]
+        elif isinstance(value, list):
+            if not seg.isdigit():
+                raise ValidationError(f"{ref}: {seg!r} is not an index into an array")
+            if int(seg) >= len(value):
+                raise ValidationError(
+                    f"{ref}: index {seg} out of range (the array has {len(value)} items)"
+                )
+            value = value[int(seg)]
+        else:
+            raise ValidationError(f"{ref}: cannot look up {seg!r} in a {_json_type(value)}")
+    return value
+
+
+def resolve(template: Any, scope: dict[str, Any]) -> Any:
+    """A copy of ``template`` with every reference replaced by its value in ``scope`` (``"input"``
+    and one key per completed node). ``$$x`` becomes ``$x``. Never mutates either argument.
+
+    ``ValidationError`` naming the reference when a value is missing
+    (``$gen.images.3: index 3 out of range ...``).
+
+    Example::
+
+        resolve({"img": "$gen.images.0", "note": "$$5"}, {"gen": {"images": ["a.png"]}})
+        # {'img': 'a.png', 'note': '$5'}
+    """
+    if isinstance(template, str):
+        if template.startswith("$$"):
+            return template[1:]
+        ref = parse_reference(template)
+        return template if ref is None else copy.deepcopy(_lookup(ref, scope))
+    if isinstance(template, dict):
+        return {k: resolve(v, scope) for k, v in template.items()}
+    if isinstance(template, list):
+        return [resolve(v, scope) for v in template]
+    return template
+
+
+def _type_ok(value: Any, want: str) -> bool:
+    if want == "null":
+        return value is None
+    if want not in _JSON_TYPES:
+        return True
+    if isinstance(value, bool) and want != "boolean":
+        return False
+    if want == "integer" and isinstance(value, float):
+        return value.is_integer()
+    return isinstance(value, _JSON_TYPES[want][0])
+
+
+def validate_input(doc: WorkflowDoc, value: Any) -> None:
+    """Check a workflow input against the document's input schema: an object, its ``required``
+    keys present, declared properties of the declared ``type``. ``ValidationError`` with a
+    pydantic-shaped detail list otherwise.
+
+    Example::
+
+        validate_input(doc, {})    # ValidationError([{"loc": ["body", "digits"], ...}])
+    """
+    if not isinstance(value, dict):
+        raise ValidationError(
+            [{"loc": ["body"], "msg": "Input should be a valid dictionary", "type": "dict_type"}]
+        )
+    errors: list[dict[str, Any]] = []
+    for key in doc.input.get("required", []):
+        if key not in value:
+            errors.append({"loc": ["body", key], "msg": "Field required", "type": "missing"})
+    for key, schema in (doc.input_properties() or {}).items():
+        want = schema.get("type")
+        wants = want if isinstance(want, list) else [want] if isinstance(want, str) else []
+        if key in value and wants and not any(_type_ok(value[key], w) for w in wants):
+            kind = next((w for w in wants if w in _JSON_TYPES), "string")
+            msg = f"Input should be of type {' or '.join(wants)}"
+            errors.append({"loc": ["body", key], "msg": msg, "type": _JSON_TYPES[kind][1]})
+    if errors:
+        raise ValidationError(errors)
+
+
+class Ref:
+    """A reference in a workflow being built: attribute and item access extend its path.
+
+    Example::
+
+        wf = Workflow("w")
+        gen = wf.node("gen", "local/digits", {"digits": wf.input.digits})
+        str(gen.images[0]), str(gen["path"])      # ('$gen.images.0', '$gen.path')
+    """
+
+    __slots__ = ("_text",)
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+
+    def __getattr__(self, name: str) -> Ref:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self[name]
+
+    def __getitem__(self, key: str | int) -> Ref:
+        segment = str(key)
+        if isinstance(key, bool) or not _SEGMENT.fullmatch(segment) or segment.startswith("-"):
+            raise ValidationError(f"invalid path segment {key!r} after {self._text}")
+        return Ref(f"{self._text}.{segment}")
+
+    def __iter__(self) -> Iterator[Any]:
+        raise TypeError(f"{self._text} is a reference, not a list")
+
+    def __str__(self) -> str:
+        return self._text
+
+    def __repr__(self) -> str:
+        return f"Ref({self._text!r})"
+
+
+def _plain(value: Any) -> Any:
+    """A builder template as document JSON: refs become strings, tuples lists."""
+    if isinstance(value, Ref):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _input_schema(spec: dict[str, Any] | None) -> dict[str, Any]:
+    """A full object schema (kept as is) or the shorthand ``{name: json type or schema}``, whose
+    names are all required."""
+    if spec is None:
+        return {"type": "object"}
+    if spec.get("type") == "object" or "properties" in spec:
+        return dict(spec)
+    props = {k: {"type": v} if isinstance(v, str) else dict(v) for k, v in spec.items()}
+    return {"type": "object", "properties": props, "required": list(props)}
+
+
+class Workflow:
+    """Build a workflow document in Python; ``build()`` validates it like ``load_workflow``.
+
+    ``input`` is a full JSON schema of an object, or the shorthand ``{name: "string"}``
+    (name -> JSON type or property schema; every name required).
+
+    Example::
+
+        wf = Workflow("digits-movie", input={"digits": "string"})
+        gen = wf.node("gen", "local/digits", {"digits": wf.input.digits, "seed": 0})
+        strip = wf.node("strip", "local/imagetools/grid", {"images": gen.digits, "columns": 8})
+        movie = wf.node("movie", "local/video/frames", {"frames": [gen.digits[0], strip.image]})
+        wf.output({"image": strip.image, "video": movie.video})
+        doc = wf.build()
+        print(wf.to_yaml())
+    """
+
+    def __init__(self, name: str | None = None, input: dict[str, Any] | None = None) -> None:
+        self.name = name
+        self.schema = _input_schema(input)
+        self.input = Ref("$input")
+        self._nodes: dict[str, dict[str, Any]] = {}
+        self._output: Any = None
+        self._has_output = False
+
+    def node(self, node_id: str, app: str, input: dict[str, Any] | None = None) -> Ref:
+        """Add a node calling ``app`` (``owner/app[@alias][/path]``); returns its output ref."""
+        if node_id in self._nodes:
+            raise ValidationError(f"node {node_id!r} is defined twice")
+        if not NODE_ID.fullmatch(node_id) or node_id == "input":
+            raise ValidationError(
+                f"node {node_id!r}: a node id must match {NODE_ID.pattern} and not be 'input'"
+            )
+        self._nodes[node_id] = {"app": app, "input": _plain(input or {})}
+        return Ref(f"${node_id}")
+
+    def output(self, template: Any) -> None:
+        """Set the workflow's output template."""
+        self._output = _plain(template)
+        self._has_output = True
+
+    def build(self) -> WorkflowDoc:
+        """The validated document; ``ValidationError`` as for ``load_workflow``."""
+        if not self._has_output:
+            raise ValidationError("the workflow has no output: call output(...) first")
+        return load_workflow(
+            {"name": self.name, "input": self.schema, "nodes": self._nodes, "output": self._output}
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The validated document as a JSON-able dict."""
+        return self.build().to_dict()
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The validated document as JSON."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def to_yaml(self) -> str:
+        """The validated document as YAML (node order kept)."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
