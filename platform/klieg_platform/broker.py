@@ -94,6 +94,8 @@ class Job:
     stream: bool = False
     units: int = 1
     """Worker slots the request takes: its function's num_gpus, at least one."""
+    tenant: str = ""
+    """The id of the tenant that made the request."""
 
 
 @dataclass(frozen=True)
@@ -157,13 +159,13 @@ class RequestState:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-_JOB_FIELDS = 14
+_JOB_FIELDS = 15
 
 
 def _job(row: Sequence[Any]) -> Job:
-    """A Job from the 14 fields the dispatch scripts return for one leased request."""
+    """A Job from the 15 fields the dispatch scripts return for one leased request."""
     rid, attempts, more, units, rev, fn, ep, payload, timeout_s, owner, app, ref = row[:12]
-    deadline, stream = row[12:14]
+    deadline, stream, tenant = row[12:15]
     return Job(
         id=_s(rid),
         revision=_s(rev),
@@ -179,6 +181,7 @@ def _job(row: Sequence[Any]) -> Job:
         deadline_ms=int(_s(deadline) or 0),
         stream=bool(stream),
         units=int(_s(units)),
+        tenant=_s(tenant),
     )
 
 

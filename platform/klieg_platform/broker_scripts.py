@@ -18,6 +18,7 @@ local HOOKS, DONE, CANCEL = '{keys.WEBHOOKS}', '{keys.DONE_CHANNEL}', '{keys.CAN
 local T_RUN, A_RUN = '{keys.TENANT_INFLIGHT}', '{keys.APP_INFLIGHT}'
 local T_CAP, A_CAP = '{keys.TENANT_CAPS}', '{keys.APP_CAPS}'
 local COLD = '{keys.COLD_STATS}'
+local UNCAPPED = '{keys.WORKFLOW_POOL}'
 local LOGS = '{keys.PREFIX}logs:'
 
 local function wake(pool)
@@ -29,7 +30,8 @@ end
 
 -- a request stops running: its tenant's and app's in-flight counts go down
 local function stopped(rk)
-  local f = redis.call('HMGET', rk, 'tenant', 'app_key')
+  local f = redis.call('HMGET', rk, 'tenant', 'app_key', 'pool')
+  if f[3] == UNCAPPED then return end
   if f[1] then redis.call('HINCRBY', T_RUN, f[1], -1) end
   if f[2] then redis.call('HINCRBY', A_RUN, f[2], -1) end
 end
@@ -67,7 +69,7 @@ end
 
 -- lease queued candidate c to worker ARGV[3] (now ARGV[1], lease ms ARGV[2]); the job's row:
 -- id, attempts, more, units, revision, function, endpoint, payload, timeout_s, owner, app,
--- payload_ref, deadline_ms, stream
+-- payload_ref, deadline_ms, stream, tenant
 local function take(c, more, units)
   redis.call('ZREM', c.q, c.id)
   local rk = REQ .. c.id
@@ -75,10 +77,13 @@ local function take(c, more, units)
   local attempts = redis.call('HINCRBY', rk, 'attempts', 1)
   redis.call('ZADD', INFLIGHT, tonumber(ARGV[1]) + tonumber(ARGV[2]), c.id)
   local f = redis.call('HMGET', rk, 'revision', 'function', 'endpoint', 'payload', 'timeout_s',
-                       'owner', 'app', 'payload_ref', 'deadline_ms', 'stream', 'tenant', 'app_key')
-  redis.call('HINCRBY', T_RUN, f[11], 1)
-  redis.call('HINCRBY', A_RUN, f[12], 1)
-  return {{c.id, tostring(attempts), more, units, unpack(f, 1, 10)}}
+                       'owner', 'app', 'payload_ref', 'deadline_ms', 'stream', 'tenant', 'app_key',
+                       'pool')
+  if f[13] ~= UNCAPPED then
+    redis.call('HINCRBY', T_RUN, f[11], 1)
+    redis.call('HINCRBY', A_RUN, f[12], 1)
+  end
+  return {{c.id, tostring(attempts), more, units, unpack(f, 1, 11)}}
 end
 
 -- tiers from 'name:slo_ms,...' in rank order (first = most important)
@@ -147,7 +152,9 @@ local elsewhere = set_of(ARGV[8])
 local full = set_of(ARGV[9])
 local pools = {}
 if ARGV[10] == '*' then
-  pools = redis.call('SMEMBERS', POOLS)
+  for _, p in ipairs(redis.call('SMEMBERS', POOLS)) do
+    if p ~= UNCAPPED then pools[#pools + 1] = p end
+  end
 else
   for i = 10, #ARGV do pools[#pools + 1] = ARGV[i] end
 end
@@ -176,8 +183,8 @@ for _, tier in ipairs(tiers) do
       local need = math.max(tonumber(f[4] or '0') or 0, 1)
       if f[1] ~= 'IN_QUEUE' then
         redis.call('ZREM', q, id)
-      elseif need <= total and not full[f[5] .. '/' .. f[6]] and under_cap(T_RUN, T_CAP, f[2])
-        and under_cap(A_RUN, A_CAP, f[3]) then
+      elseif need <= total and not full[f[5] .. '/' .. f[6]] and (pool == UNCAPPED
+        or (under_cap(T_RUN, T_CAP, f[2]) and under_cap(A_RUN, A_CAP, f[3]))) then
         local score = (now - enq) / tier.slo
         local c = {id = id, q = q, over = score >= 1, score = score, rank = tier.rank, enq = enq,
                    need = need, fn = f[5] .. '/' .. f[6], app = f[3], pool = pool}
@@ -212,7 +219,7 @@ return take(chosen, tostring(queued - 1), tostring(chosen.need))
 # path) of ``pool`` to the worker whose runner is gathering them, in the policy's order (as
 # DISPATCH: over-SLO first by wait/SLO, then tier rank, then FIFO), skipping those whose tenant
 # or app is at its in-flight cap. Looks at the first 64 of each tier's queue. Returns the rows
-# of the leased jobs, 14 fields each (as DISPATCH's), with units '0': they share the runner's.
+# of the leased jobs, 15 fields each (as DISPATCH's), with units '0': they share the runner's.
 DISPATCH_FOR = (
     PRELUDE
     + """

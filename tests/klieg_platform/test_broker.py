@@ -211,6 +211,7 @@ def test_dispatch_moves_to_in_progress_with_a_lease(redis_url: str) -> None:
             owner="alice",
             app="echo",
             attempts=1,
+            tenant="t-alice",
         )
         state = await b.get(req.id)
         assert state is not None
