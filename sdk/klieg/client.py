@@ -54,7 +54,11 @@ def raise_for_error(response: httpx.Response) -> None:
 
 
 def split_app_id(app_id: str) -> tuple[str, str, str]:
-    """``owner/app[@ref][/path...]`` -> (owner, app[@ref], path)."""
+    """``owner/app[@ref][/path...]`` -> (owner, app[@ref], path). A workflow's id,
+    ``workflows/owner/name[@ref]``, gives (``workflows/owner``, name[@ref], "")."""
+    if app_id.strip("/").startswith("workflows/"):
+        owner, app, path = split_app_id(app_id.strip("/").removeprefix("workflows/"))
+        return f"workflows/{owner}", app, path
     parts = app_id.strip("/").split("/", 2)
     if len(parts) < 2 or not all(parts[:2]):
         raise ValueError(f"app id must be owner/app[/path], got {app_id!r}")

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from klieg_platform.config import Settings
-from klieg_platform.gateway import admin, files, queue, run, workflow_admin
+from klieg_platform.gateway import admin, files, queue, run, workflow_admin, workflow_run
 from klieg_platform.gateway.errors import HANDLERS
 from klieg_platform.gateway.listeners import ListenerSplit
 from klieg_platform.gateway.state import GatewayState
@@ -27,6 +27,8 @@ async def health(request: Request) -> Response:
     await gw.broker.redis.ping()
     return JSONResponse({"status": "ok"})
 
+
+_WF_REQUEST = "/queue/workflows/{owner}/{name}/requests/{request_id}"
 
 ROUTES = [
     Route("/health", health, methods=["GET"]),
@@ -47,6 +49,13 @@ ROUTES = [
     Route("/workflows/{name}/aliases/{alias}", workflow_admin.set_workflow_alias, methods=["PUT"]),
     Route("/workflows/{name}/rollback", workflow_admin.rollback_workflow, methods=["POST"]),
     Route("/workflows/{name}/visibility", workflow_admin.set_workflow_visibility, methods=["PUT"]),
+    Route("/workflows/{owner}/{name}", workflow_run.run_workflow, methods=["POST"]),
+    Route("/workflows/{owner}/{name}/stream", workflow_run.run_workflow, methods=["POST"]),
+    Route("/queue/workflows/{owner}/{name}", workflow_run.submit_workflow, methods=["POST"]),
+    Route(f"{_WF_REQUEST}/status", workflow_run.status, methods=["GET"]),
+    Route(f"{_WF_REQUEST}/status/stream", workflow_run.status_stream, methods=["GET"]),
+    Route(f"{_WF_REQUEST}/cancel", workflow_run.cancel, methods=["PUT"]),
+    Route(_WF_REQUEST, workflow_run.result, methods=["GET"]),
     Route("/requests/{request_id}/status", queue.status, methods=["GET"]),
     Route("/queue/{owner}/{app}/requests/{request_id}/status", queue.status, methods=["GET"]),
     Route(

@@ -70,7 +70,8 @@ async def read_body(request: Request, limit: int) -> bytes:
     return body
 
 
-def _deadline_ms(request: Request) -> int:
+def deadline_ms(request: Request) -> int:
+    """The deadline (unix ms) ``X-Fal-Request-Timeout`` asks for; 0 when none."""
     raw = request.headers.get(TIMEOUT_HEADER)
     if raw is None:
         return 0
@@ -83,7 +84,8 @@ def _deadline_ms(request: Request) -> int:
     return int((time.time() + seconds) * 1000)
 
 
-def _webhook(request: Request) -> str:
+def webhook_url(request: Request) -> str:
+    """The ``?fal_webhook=`` URL, checked to be http(s); "" when none."""
     url = request.query_params.get("fal_webhook", "")
     if url:
         parts = urlsplit(url)
@@ -140,8 +142,8 @@ async def intake(request: Request, *, allow_stream: bool) -> Intake:
         payload=body,
         payload_ref=ref,
         timeout_s=fn.request_timeout,
-        deadline_ms=_deadline_ms(request),
-        webhook=_webhook(request),
+        deadline_ms=deadline_ms(request),
+        webhook=webhook_url(request),
         stream=stream,
         tier=gw.tier_of(tenant),
         tenant_cap=tenant.max_inflight,

@@ -32,14 +32,21 @@ from klieg_platform.gateway.intake import (
     result_response,
 )
 from klieg_platform.gateway.state import GatewayState
+from klieg_platform.registry import WORKFLOW_PREFIX
 from klieg_platform.scheduler import estimate_start_s
 
 WEBHOOK_FIELDS = ("webhook_status", "webhook_attempts", "webhook_last_error")
 
 
-def _urls(request: Request, owner: str, app: str, request_id: str) -> dict[str, str]:
+def request_urls(request: Request, owner: str, app: str, request_id: str) -> dict[str, str]:
+    """response_url, status_url and cancel_url of a request (a workflow's are under
+    ``/queue/workflows/{owner}/{name}``)."""
     base = str(request.base_url).rstrip("/")
-    root = f"{base}/queue/{owner}/{app}/requests/{request_id}"
+    if app.startswith(WORKFLOW_PREFIX):
+        root = f"{base}/queue/workflows/{owner}/{app.removeprefix(WORKFLOW_PREFIX)}"
+    else:
+        root = f"{base}/queue/{owner}/{app}"
+    root = f"{root}/requests/{request_id}"
     return {"response_url": root, "status_url": f"{root}/status", "cancel_url": f"{root}/cancel"}
 
 
@@ -51,7 +58,7 @@ async def submit(request: Request) -> Response:
         "request_id": job.new.id,
         "status": "IN_QUEUE",
         "queue_position": state.queue_position if state else None,
-        **_urls(request, job.new.owner, job.new.app, job.new.id),
+        **request_urls(request, job.new.owner, job.new.app, job.new.id),
     }
     return JSONResponse(body, 200)
 
@@ -81,7 +88,7 @@ def status_body(request: Request, state: RequestState, *, logs: bool) -> dict[st
     body: dict[str, Any] = {
         "request_id": state.id,
         "status": state.status,
-        **_urls(request, state.owner, state.app, state.id),
+        **request_urls(request, state.owner, state.app, state.id),
         "logs": (state.logs or []) if logs else None,
     }
     if state.status == "IN_QUEUE":

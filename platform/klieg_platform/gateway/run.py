@@ -21,7 +21,7 @@ async def run_sync(request: Request) -> Response:
     job = await intake(request, allow_stream=True)
     if job.new.stream:
         await enqueue(job.gw, job.new)
-        return sse.response(_chunks(job.gw, job.new.id), {"x-fal-request-id": job.new.id})
+        return sse.response(chunks(job.gw, job.new.id), {"x-fal-request-id": job.new.id})
     waiter: Waiter = request.app.state.waiter
     fut = waiter.expect(job.new.id)
     await enqueue(job.gw, job.new)
@@ -32,7 +32,7 @@ async def run_sync(request: Request) -> Response:
     return await result_response(job.gw, job.new.id, outcome)
 
 
-async def _chunks(gw: GatewayState, request_id: str) -> AsyncIterator[bytes]:
+async def chunks(gw: GatewayState, request_id: str) -> AsyncIterator[bytes]:
     """The request's items as they arrive; an ``error`` event if it failed; then the end.
 
     The worker closes the chunk stream when the request ends. A request that ended without

@@ -17,7 +17,6 @@ PUT  /workflows/{name}/visibility        JSON {visibility, tenants}
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from typing import Any
 
 from starlette.requests import Request
@@ -35,44 +34,10 @@ from klieg_platform.registry import (
     Tenant,
     workflow_app_name,
 )
+from klieg_platform.workflows.store import WORKFLOW_KIND, revision_id
 
-WORKFLOW_KIND = "workflow"
 MAX_WORKFLOW_BYTES = 1024 * 1024
 _SMALL = 64 * 1024
-
-
-def revision_id(owner: str, name: str, doc: WorkflowDoc) -> str:
-    """``wf-`` + 24 hex digits derived from the owner, the name and the document's digest.
-
-    Revision ids are unique across the registry, so the owner and name are part of the hash: two
-    tenants (or two names) storing the same document get distinct revisions.
-    """
-    seed = f"{owner}/{name}\n{doc.digest()}".encode()
-    return "wf-" + hashlib.sha256(seed).hexdigest()[:24]
-
-
-def workflow_document(revision: Revision) -> WorkflowDoc:
-    """The document a workflow revision stores; ``NotFoundError`` for an app revision."""
-    spec = revision.spec
-    if spec.get("kind") != WORKFLOW_KIND:
-        raise NotFoundError(f"revision {revision.id} is not a workflow")
-    return load_workflow(spec["document"])
-
-
-def stored_workflow(
-    registry: Registry, owner: str, name: str, ref: str = "latest"
-) -> tuple[AppRecord, Revision, WorkflowDoc] | None:
-    """The workflow ``owner/name`` at ``ref`` (an alias, else a revision id), or None.
-
-    Blocking (call it in a thread). Access is not checked: use ``registry.can_call``.
-    """
-    if not name or "/" in name:
-        return None
-    app = registry.get_app(owner, WORKFLOW_PREFIX + name)
-    revision = registry.revision_of(app, ref) if app is not None else None
-    if app is None or revision is None:
-        return None
-    return app, revision, workflow_document(revision)
 
 
 async def _workflow(gw: GatewayState, tenant: Tenant, name: str) -> AppRecord:

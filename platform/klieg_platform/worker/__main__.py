@@ -1,4 +1,6 @@
-"""``python -m klieg_platform.worker [--pool P ...] [--slots N]``: run one worker agent."""
+"""``python -m klieg_platform.worker [--pool P ...] [--slots N] [--no-workflows]``: run one
+worker agent and, unless ``--no-workflows``, a workflow executor beside it (workflows cost no
+slots: they only queue their nodes and wait)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from klieg_platform.config import Settings
 from klieg_platform.packager import Packager
 from klieg_platform.services import open_broker, open_registry, open_store
 from klieg_platform.worker.agent import Worker
+from klieg_platform.workflows.executor import WorkflowExecutor
 
 
 def parse_gpus(value: str | None) -> tuple[int, ...]:
@@ -25,25 +28,37 @@ def parse_gpus(value: str | None) -> tuple[int, ...]:
 
 
 async def serve(
-    settings: Settings, pools: tuple[str, ...], slots: int | None, gpu_ids: tuple[int, ...]
+    settings: Settings,
+    pools: tuple[str, ...],
+    slots: int | None,
+    gpu_ids: tuple[int, ...],
+    workflows: bool = True,
 ) -> None:
     broker = open_broker(settings)
     registry = open_registry(settings)
+    store = open_store(settings)
     worker = Worker(
         settings,
         broker,
         registry,
         Packager(settings),
-        open_store(settings),
+        store,
         pools=pools,
         slots=slots,
         gpu_ids=gpu_ids,
     )
+    executor = WorkflowExecutor(settings, broker, registry, store) if workflows else None
+
+    def stop() -> None:
+        worker.stop()
+        if executor is not None:
+            executor.stop()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, worker.stop)
+        loop.add_signal_handler(sig, stop)
     try:
-        await worker.run()
+        await asyncio.gather(worker.run(), *([executor.run()] if executor else []))
     finally:
         await broker.close()
         registry.close()
@@ -57,13 +72,17 @@ def main(argv: list[str] | None = None) -> None:
         "--gpus", default=None,
         help="GPU slots: a count (ids 0..N-1) or ids 0,2,3; runners get CUDA_VISIBLE_DEVICES",
     )  # fmt: skip
+    parser.add_argument(
+        "--no-workflows", action="store_true", help="do not run a workflow executor here"
+    )
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     pools = tuple(args.pool or settings.worker_pools or ("*",))
-    uvloop.run(serve(settings, pools, args.slots, parse_gpus(args.gpus)))
+    gpus = parse_gpus(args.gpus)
+    uvloop.run(serve(settings, pools, args.slots, gpus, workflows=not args.no_workflows))
 
 
 if __name__ == "__main__":

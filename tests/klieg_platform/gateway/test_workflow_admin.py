@@ -20,8 +20,8 @@ from klieg.workflow import load_workflow
 from klieg_platform import keys
 from klieg_platform.config import Settings
 from klieg_platform.gateway.app import create_app
-from klieg_platform.gateway.workflow_admin import revision_id, stored_workflow
 from klieg_platform.registry import Registry
+from klieg_platform.workflows.store import revision_id, stored_workflow
 from tests.conftest import MACHINE_REDIS_URL
 from tests.e2e.platform import free_port
 
