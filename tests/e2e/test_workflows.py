@@ -105,10 +105,12 @@ def test_queue_status_carries_per_node_events(flows: Platform) -> None:
 
 
 def test_streamed_workflow_sends_node_events_then_the_output(flows: Platform) -> None:
-    with flows.http() as http:
-        with http.stream("POST", "/workflows/local/chain/stream", json={"text": "xy"}) as r:
-            assert r.status_code == 200
-            data = [json.loads(line[5:]) for line in r.iter_lines() if line.startswith("data:")]
+    with (
+        flows.http() as http,
+        http.stream("POST", "/workflows/local/chain/stream", json={"text": "xy"}) as r,
+    ):
+        assert r.status_code == 200
+        data = [json.loads(line[5:]) for line in r.iter_lines() if line.startswith("data:")]
     assert [(d["node"], d["event"]) for d in data][-1] == (None, "output")
     assert data[-1]["output"] == {"reversed": "yx", "restored": "xy"}
     assert ("again", "completed") in [(d["node"], d["event"]) for d in data]
