@@ -215,11 +215,6 @@ class Registry:
             row = conn.execute(sa.select(tenants).where(tenants.c.id == tenant_id)).first()
         return tenant_row(row._mapping) if row else None
 
-    def get_tenant_by_id(self, tenant_id: str) -> Tenant | None:
-        with self._read() as conn:
-            row = conn.execute(sa.select(tenants).where(tenants.c.id == tenant_id)).first()
-        return tenant_row(row._mapping) if row else None
-
     def count_tenants(self) -> int:
         with self._read() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(tenants)).scalar_one())
