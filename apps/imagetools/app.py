@@ -7,6 +7,7 @@
                                                                                -> {"image": Image}
     POST /{owner}/imagetools/grid       {"images": [{"url": ...}, ...], "columns": 2, "gap": 4,
                                          "background": "#ffffff"}              -> {"image": Image}
+    POST /{owner}/imagetools/reveal     as /grid, plus "hold": 2         -> {"frames": [Image, ...]}
 
 Contracts:
 
@@ -102,6 +103,14 @@ class GridIn(BaseModel):
 
 class ImageOut(BaseModel):
     image: klieg.Image
+
+
+class RevealIn(GridIn):
+    hold: int = Field(2, ge=0, le=64, description="extra frames of the whole grid at the end")
+
+
+class FramesOut(BaseModel):
+    frames: list[klieg.Image]
 
 
 def _invalid(loc: list[str | int], msg: str, kind: str) -> klieg.ValidationError:
@@ -268,12 +277,33 @@ class ImageTools:
 
     @klieg.endpoint("/grid")
     def grid(self, req: GridIn) -> ImageOut:
-        sources = [_fetch(media, ["images", n]) for n, media in enumerate(req.images)]
-        if sum(_header_pixels(data) for data in sources) > MAX_GRID_INPUT_PIXELS:
-            raise _invalid(
-                ["images"], f"the images hold over {MAX_GRID_INPUT_PIXELS} pixels", "too_large"
-            )
-        images = [_open(data, ["images", n]) for n, data in enumerate(sources)]
+        images = _load_grid(req)
         columns = min(req.columns or len(images), len(images))
         tiled = compose_grid(images, columns, req.gap, req.background)
         return ImageOut(image=_encode(tiled, "png", 90, "grid"))
+
+    @klieg.endpoint("/reveal")
+    def reveal(self, req: RevealIn) -> FramesOut:
+        """The grid of ``/grid`` built up one image at a time: frame k shows the first k
+        images in their cells (the rest is background), then ``hold`` frames of the whole
+        grid; every frame has the whole grid's size."""
+        from PIL import Image
+
+        images = _load_grid(req)
+        columns = min(req.columns or len(images), len(images))
+        blanks = [Image.new("RGBA", i.size, (0, 0, 0, 0)) for i in images]
+        frames = []
+        for shown in [*range(1, len(images) + 1), *[len(images)] * req.hold]:
+            cells = images[:shown] + blanks[shown:]
+            frame = compose_grid(cells, columns, req.gap, req.background)
+            frames.append(_encode(frame.convert("RGB"), "png", 90, f"frame-{len(frames):03d}"))
+        return FramesOut(frames=frames)
+
+
+def _load_grid(req: GridIn) -> list[PILImage.Image]:
+    sources = [_fetch(media, ["images", n]) for n, media in enumerate(req.images)]
+    if sum(_header_pixels(data) for data in sources) > MAX_GRID_INPUT_PIXELS:
+        raise _invalid(
+            ["images"], f"the images hold over {MAX_GRID_INPUT_PIXELS} pixels", "too_large"
+        )
+    return [_open(data, ["images", n]) for n, data in enumerate(sources)]

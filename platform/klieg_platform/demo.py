@@ -2,7 +2,9 @@
 
 Uses ``$KLIEG_HOME`` (default ``~/.klieg``). On a fresh home it bootstraps the first tenant and
 keeps its key in ``$KLIEG_HOME/demo-key`` so later demos reuse it. Each app's calls come from
-``apps/<name>/examples.json``: ``[{"path": "/", "input": {...}, "queue": false}, ...]``.
+``apps/<name>/examples.json``: ``[{"path": "/", "input": {...}, "queue": false}, ...]``. Then
+every workflow ``apps/workflows/<name>.yaml`` is stored and run through the queue with the input
+in ``<name>.input.json``, its per-node events printed as they arrive.
 """
 
 from __future__ import annotations
@@ -76,6 +78,39 @@ def _save_media(out: Any, folder: Path) -> None:
         _say(f"  saved {path}")
 
 
+def _run_workflows(admin: AdminClient, folder: Path, output: Path) -> int:
+    """Store and run each workflow of ``folder``; the number that failed."""
+    failures = 0
+    for doc in sorted(folder.glob("*.yaml")):
+        name = doc.stem
+        stored = admin.put_workflow(name, doc)
+        _say(f"\n== workflow {stored['owner']}/{name} revision {stored['revision']} ==")
+        input_file = doc.with_name(f"{name}.input.json")
+        body = json.loads(input_file.read_text()) if input_file.exists() else {}
+        app_id = f"workflows/{stored['owner']}/{name}"
+        started = time.perf_counter()
+        try:
+            handle = admin.submit(app_id, body)
+            seen = 0
+            while True:
+                status = admin.status(handle.app_id, handle.request_id, with_logs=True)
+                for line in (status.get("logs") or [])[seen:]:
+                    _say(f"  {line.get('message')}")
+                seen = len(status.get("logs") or [])
+                if status["status"] == "COMPLETED":
+                    break
+                time.sleep(0.2)
+            out = admin.result(handle.app_id, handle.request_id)
+        except KliegError as exc:
+            failures += 1
+            _say(f"  FAILED {exc.error_type}: {exc.detail}")
+            continue
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        _say(f"  ({elapsed_ms:.0f} ms) {json.dumps(_short(out))}")
+        _save_media(out, output / f"workflow-{name}")
+    return failures
+
+
 def run_demo(settings: Settings, url: str, apps_dir: Path) -> int:
     key = _key(settings, url)
     failures = 0
@@ -104,6 +139,7 @@ def run_demo(settings: Settings, url: str, apps_dir: Path) -> int:
                 elapsed_ms = (time.perf_counter() - started) * 1000
                 _say(f"  ({elapsed_ms:.0f} ms) {json.dumps(_short(out))}")
                 _save_media(out, settings.home / "demo-output" / app.name)
+        failures += _run_workflows(admin, apps_dir / "workflows", settings.home / "demo-output")
     _say(
         f"\nDemo finished with {failures} failure(s). To use the platform yourself:\n"
         f"  klieg up --port {url.rsplit(':', 1)[1]}   # then, in another shell:\n"

@@ -15,7 +15,7 @@ import pytest
 
 import klieg
 from klieg.workflow import Workflow
-from tests.e2e.platform import TEST_APPS, Platform
+from tests.e2e.platform import APPS, TEST_APPS, Platform
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -159,3 +159,30 @@ def test_bad_input_and_unknown_workflows_are_rejected_up_front(flows: Platform) 
     assert r.status_code == 422
     r = _run(flows, "nope", {})
     assert r.status_code == 404 and r.json()["error_type"] == "NotFoundError"
+
+
+def test_the_demo_workflow_makes_a_strip_and_a_video_of_the_digits(platform: Platform) -> None:
+    import io
+
+    import av
+    from PIL import Image as PILImage
+
+    for app in ("digits", "imagetools", "video"):
+        platform.deploy(APPS / app / "app.py")
+    with platform.admin() as admin:
+        admin.put_workflow("digits-movie", APPS / "workflows" / "digits-movie.yaml")
+    r = _run(platform, "digits-movie", {"digits": "2026"})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    strip = PILImage.open(io.BytesIO(httpx.get(out["image"]["url"]).content))
+    assert strip.size == (4 * 64 + 3 * 8, 64)  # four 64-px digits, 8 px apart
+    video = httpx.get(out["video"]["url"]).content
+    with av.open(io.BytesIO(video)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        frames = list(container.decode(stream))
+    assert len(frames) == 4 + 4  # one frame per digit shown, then 4 held
+    assert (frames[0].width, frames[0].height) == (strip.width, strip.height)
+    first, last = frames[0].to_image().convert("L"), frames[-1].to_image().convert("L")
+    right = (3 * 72, 0, strip.width, 64)  # the last digit's cell: dark, then drawn
+    assert first.crop(right).getextrema()[1] < 40 < last.crop(right).getextrema()[1]
