@@ -144,8 +144,19 @@ def errors(out: Out) -> None:
     out["bad_key"] = outcome(lambda: bad_key.run(ECHO, arguments={"text": "hi"}))
 
 
+def workflow(out: Out) -> None:
+    flow = "workflows/local/twice"
+    out["run"] = fal_client.run(flow, arguments={"text": "abc"})
+    handle = fal_client.submit(flow, arguments={"text": "queued"})
+    out["urls"] = [handle.status_url, handle.response_url, handle.cancel_url]
+    out["seen"] = poll(handle, fal_client.Completed, 20)
+    out["result"] = handle.get()
+    out["bad_input"] = outcome(lambda: fal_client.run(flow, arguments={"text": 1}))
+
+
 SCENARIOS: dict[str, Callable[[Out], None]] = {
-    f.__name__: f for f in (run, submit, subscribe, cancel_running, cancel_queued, stream, errors)
+    f.__name__: f
+    for f in (run, submit, subscribe, cancel_running, cancel_queued, stream, errors, workflow)
 }
 
 

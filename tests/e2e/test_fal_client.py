@@ -42,6 +42,17 @@ def fal_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
             p.key = anonymous.create_key()["key"]
         p.deploy(APPS / "echo" / "app.py")
         p.deploy(TEST_APPS / "falcompat" / "app.py")
+        p.deploy(TEST_APPS / "echo2" / "app.py")
+        twice = {
+            "input": {"type": "object", "properties": {"text": {"type": "string"}}},
+            "nodes": {
+                "a": {"app": "local/echo2", "input": {"text": "$input.text"}},
+                "b": {"app": "local/echo2", "input": {"text": "$a.text"}},
+            },
+            "output": {"once": "$a.text", "twice": "$b.text"},
+        }
+        with p.admin() as admin:
+            admin.put_workflow("twice", twice)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("FAL_", "KLIEG_"))}
         env.update(
             FAL_RUN_HOST=p.url.split("://", 1)[1],
@@ -176,3 +187,15 @@ def test_errors_carry_detail_and_error_type(scenario: Scenario) -> None:
     assert "falcompat refuses 'x'" in json.dumps(app_error["message"])
     bad_key = out["bad_key"]["error"]
     assert (bad_key["status_code"], bad_key["error_type"]) == (401, "AuthenticationError")
+
+
+def test_workflows_through_fal_client(scenario: Scenario, fal_env: dict[str, str]) -> None:
+    out = scenario("workflow")
+    assert out["run"] == {"once": "cba", "twice": "abc"}
+    root = f"https://{fal_env['FAL_QUEUE_RUN_HOST']}/queue/workflows/local/twice/requests/"
+    assert all(url.startswith(root) for url in out["urls"]), out["urls"]
+    final = out["seen"][-1]
+    assert final["type"] == "Completed"
+    assert [line.get("event") for line in final["logs"] or []][-1] == "output"
+    assert out["result"] == {"once": "deueuq", "twice": "queued"}
+    assert out["bad_input"]["error"]["error_type"] == "ValidationError"
