@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 from klieg.app import App, endpoint
+from klieg.calls import call, call_async
 from klieg.client import AsyncClient, Client, RequestHandle
 from klieg.exceptions import (
     AppError,
@@ -49,6 +50,8 @@ __all__ = [
     "ValidationError",
     "Video",
     "Workflow",
+    "call",
+    "call_async",
     "endpoint",
     "load_workflow",
 ]

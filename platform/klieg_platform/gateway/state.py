@@ -3,6 +3,10 @@
 Auth cache: (key id, sha256 of secret) -> tenant, for ``auth_ttl_s``; a revoked key stops working
 within that time. Route cache: (owner, app, ref) -> revision and access, dropped when an alias or
 the visibility of that app changes (through the Waiter's subscription, on every gateway).
+
+Call tokens (``Bearer kc1.…``, see ``calltokens.py``) are checked by their signature, their
+tenant cached as ("kc1", tenant id) -> tenant; they may call apps but not manage anything (the
+routes of ``gateway/admin.py`` and ``gateway/workflow_admin.py`` refuse them).
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
-from klieg.exceptions import AuthenticationError, NotFoundError
+from klieg.exceptions import AuthenticationError, NotFoundError, PermissionDeniedError
 from klieg.types import AppSpec
+from klieg_platform import calltokens
 from klieg_platform.broker import Broker
 from klieg_platform.config import Settings
 from klieg_platform.packager import Packager
@@ -23,6 +28,11 @@ from klieg_platform.registry import AppRecord, Registry, Revision, Tenant
 from klieg_platform.registry_tables import allowed
 from klieg_platform.scheduler import Tier
 from klieg_platform.storage import BlobStore
+
+_MANAGEMENT_MODULES = frozenset(
+    {"klieg_platform.gateway.admin", "klieg_platform.gateway.workflow_admin"}
+)
+"""Modules whose routes manage keys, tenants, apps and workflows: API keys only."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,8 @@ class GatewayState:
         if not header:
             return None
         scheme, _, cred = header.partition(" ")
+        if scheme.lower() == "bearer" and calltokens.is_call_token(cred.strip()):
+            return await self._call_token_tenant(request, cred.strip())
         key_id, sep, secret = cred.strip().partition(":")
         if scheme.lower() not in ("key", "bearer") or not sep or not key_id or not secret:
             raise AuthenticationError("malformed Authorization header; use 'Key <id>:<secret>'")
@@ -82,6 +94,26 @@ class GatewayState:
         tenant = await asyncio.to_thread(self.registry.authenticate, key_id, secret)
         if tenant is None:
             raise AuthenticationError("invalid API key")
+        self._auth[cache_key] = (now + self.auth_ttl_s, tenant)
+        return tenant
+
+    async def _call_token_tenant(self, request: Request, token: str) -> Tenant:
+        """The tenant a valid call token acts for; 401 when it is forged, expired or names no
+        tenant, 403 on a management route."""
+        endpoint = request.scope.get("endpoint")
+        if getattr(endpoint, "__module__", None) in _MANAGEMENT_MODULES:
+            raise PermissionDeniedError("a call token may call apps but not manage them")
+        tenant_id = calltokens.verify(self.settings.signing_key, token)
+        if tenant_id is None:
+            raise AuthenticationError("invalid or expired call token")
+        cache_key = (calltokens.PREFIX, tenant_id)
+        now = time.monotonic()
+        hit = self._auth.get(cache_key)
+        if hit and hit[0] > now:
+            return hit[1]
+        tenant = await asyncio.to_thread(self.registry.get_tenant_by_id, tenant_id)
+        if tenant is None:
+            raise AuthenticationError("invalid or expired call token")
         self._auth[cache_key] = (now + self.auth_ttl_s, tenant)
         return tenant
 

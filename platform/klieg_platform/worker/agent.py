@@ -30,7 +30,7 @@ from klieg.exceptions import (
     error_class,
 )
 from klieg.types import AppSpec, EndpointSpec, FunctionSpec, normalize_path
-from klieg_platform import keys
+from klieg_platform import calltokens, keys
 from klieg_platform.broker import Blocked, Broker, Elsewhere, Job, Outcome, Peers, now_ms
 from klieg_platform.config import Settings
 from klieg_platform.packager import LockedEnv, Packager
@@ -339,7 +339,10 @@ class Worker:
                 raise RequestCancelledError("request cancelled")
             self._active[job.id] = runner
             started = time.monotonic()
-            header, body = await runner.call(job.id, job.endpoint, payload, timeout, events)
+            token = self._call_token(job, timeout)
+            header, body = await runner.call(
+                job.id, job.endpoint, payload, timeout, events, token=token
+            )
         except RunnerCrashedError as exc:
             return self._crashed(job, fn, exc)
         except KliegError as exc:
@@ -370,7 +373,8 @@ class Worker:
         try:
             if job.id in self._cancelled:
                 raise RequestCancelledError("request cancelled")
-            header, body = await batcher.submit(job.id, payload, timeout, events)
+            token = self._call_token(job, timeout)
+            header, body = await batcher.submit(job.id, payload, timeout, events, token=token)
         except SetupFailed as failed:
             return self._setup_failed(key, failed)
         except RunnerCrashedError as exc:
@@ -382,6 +386,13 @@ class Worker:
             await events.close()
         self._backoff.pop(key, None)
         return await self._outcome(job, header, events.rewrite(body), time.monotonic() - started)
+
+    def _call_token(self, job: Job, timeout_s: float) -> str:
+        """A call token for the job's tenant, valid while it may run and a minute more; empty
+        without a signing key or a tenant."""
+        if not self.settings.signing_key or not job.tenant:
+            return ""
+        return calltokens.issue(self.settings.signing_key, job.tenant, timeout_s + 60)
 
     def _batcher(self, rev: Revision, fn: FunctionSpec, ep: EndpointSpec) -> Batcher:
         bkey = (rev.id, fn.name, ep.path)
@@ -487,17 +498,22 @@ class Worker:
             tmp = spec_file.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(fn.model_dump_json())
             os.replace(tmp, spec_file)
-        env = _runner_env(runner.gpu_ids if self.runners.gpu_ids else None)
+        gpu_ids = runner.gpu_ids if self.runners.gpu_ids else None
+        env = _runner_env(gpu_ids, self.settings.base_url)
         await runner.start(self.packager.python(rev.env_key), code_dir, spec_file, env)
         log.info("started runner pid %s for %s/%s", runner.pid, rev.id, fn.name)
         await self.broker.record_time("cold", f"{rev.owner}/{rev.app}", time.monotonic() - started)
 
 
-def _runner_env(gpu_ids: tuple[int, ...] | None) -> dict[str, str]:
-    """The runner's environment: ours, minus what would leak this venv into the app's; on a
-    worker with GPU ids, CUDA_VISIBLE_DEVICES names the runner's own (none for CPU work)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+def _runner_env(gpu_ids: tuple[int, ...] | None, gateway_url: str) -> dict[str, str]:
+    """The runner's environment: ours, minus what would leak this venv into the app's and the
+    signing key (app code must not mint call tokens); on a worker with GPU ids,
+    CUDA_VISIBLE_DEVICES names the runner's own (none for CPU work). ``KLIEG_GATEWAY_URL`` is
+    where ``klieg.call`` sends its requests."""
+    hidden = ("PYTHONPATH", "VIRTUAL_ENV", "KLIEG_SIGNING_KEY")
+    env = {k: v for k, v in os.environ.items() if k not in hidden}
     if gpu_ids is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
     env["PYTHONUNBUFFERED"] = "1"
+    env["KLIEG_GATEWAY_URL"] = gateway_url
     return env

@@ -44,6 +44,7 @@ class _Member:
     payload: bytes
     timeout_s: float
     events: EventForwarder
+    token: str = ""
     future: asyncio.Future[Result] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -74,12 +75,18 @@ class Batcher:
         """Sizes of the batches run, newest last (at most 1000 kept)."""
 
     async def submit(
-        self, request_id: str, payload: bytes, timeout_s: float, events: EventForwarder
+        self,
+        request_id: str,
+        payload: bytes,
+        timeout_s: float,
+        events: EventForwarder,
+        *,
+        token: str = "",
     ) -> Result:
-        """Run one request as part of a batch; its (header, body) result. Raises the runner's
-        error (``RunnerCrashedError``, ``RequestTimeoutError``, ``SetupFailed``) or
-        ``RequestCancelledError``."""
-        member = _Member(request_id, payload, timeout_s, events)
+        """Run one request as part of a batch; its (header, body) result. ``token``: its call
+        token. Raises the runner's error (``RunnerCrashedError``, ``RequestTimeoutError``,
+        ``SetupFailed``) or ``RequestCancelledError``."""
+        member = _Member(request_id, payload, timeout_s, events, token)
         self._expected.pop(request_id, None)
         self._pending.append(member)
         self._arrived.set()
@@ -184,6 +191,7 @@ class Batcher:
                     [m.payload for m in live],
                     max(m.timeout_s for m in live),
                     route,
+                    tokens=[m.token for m in live],
                 )
                 for member, result in zip(live, results, strict=True):
                     if not member.future.done():

@@ -114,9 +114,13 @@ class RunnerProcess:
         payload: bytes,
         timeout_s: float,
         on_event: Callable[[dict[str, Any], bytes], None],
+        *,
+        token: str = "",
     ) -> tuple[dict[str, Any], bytes]:
-        """Serve one request; ``log`` and ``chunk`` frames go to ``on_event`` as they arrive."""
-        frame = protocol.encode({"type": "call", "id": request_id, "endpoint": endpoint}, payload)
+        """Serve one request; ``log`` and ``chunk`` frames go to ``on_event`` as they arrive.
+        ``token``: the request's call token, for ``klieg.call`` inside it."""
+        header = {"type": "call", "id": request_id, "endpoint": endpoint, "token": token}
+        frame = protocol.encode(header, payload)
         results = await self._exchange((request_id,), frame, timeout_s, on_event)
         return results[0]
 
@@ -127,14 +131,18 @@ class RunnerProcess:
         payloads: Sequence[bytes],
         timeout_s: float,
         on_event: Callable[[dict[str, Any], bytes], None],
+        *,
+        tokens: Sequence[str] = (),
     ) -> list[tuple[dict[str, Any], bytes]]:
         """Serve requests of a batched endpoint in one call; one (header, body) per request,
-        in order. ``log`` frames carry the batch's ``ids``; ``media`` frames the one ``id``."""
+        in order. ``log`` frames carry the batch's ``ids``; ``media`` frames the one ``id``.
+        ``tokens``: each request's call token."""
         header = {
             "type": "batch",
             "ids": list(request_ids),
             "endpoint": endpoint,
             "sizes": [len(p) for p in payloads],
+            "tokens": list(tokens),
         }
         frame = protocol.encode(header, b"".join(payloads))
         return await self._exchange(tuple(request_ids), frame, timeout_s, on_event)

@@ -7,10 +7,13 @@ the path re-encodes them.
 Messages (``type`` in the header):
   runner -> worker  ``ready`` {pid}                      after setup() succeeded
   runner -> worker  ``setup_failed`` {error, logs}        then the runner exits
-  worker -> runner  ``call`` {id, endpoint} + body        run one request
-  worker -> runner  ``batch`` {ids, endpoint, sizes} + the bodies, concatenated
+  worker -> runner  ``call`` {id, endpoint, token} + body run one request
+  worker -> runner  ``batch`` {ids, endpoint, sizes, tokens} + the bodies, concatenated
                     run requests of a batched endpoint in one call; one ``result`` per id
                     follows, in order; its ``log`` frames carry ``ids`` (the whole batch)
+                    ``token`` / ``tokens`` (one per id): the call token of each request's
+                    tenant (``kc1.<tenant>.<expiry>.<sig>``), which ``klieg.call`` sends to the
+                    gateway at ``$KLIEG_GATEWAY_URL``; empty or absent when the worker has none
   runner -> worker  ``log`` {id, line}                    a log line of the running request
   runner -> worker  ``chunk`` {id} + body                 one item of a generator endpoint
   runner -> worker  ``media`` {id, token, content_type, file_name} + body

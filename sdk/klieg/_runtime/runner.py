@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 
 from klieg import media
-from klieg._runtime import logs, protocol
+from klieg._runtime import context, logs, protocol
 from klieg._runtime.loader import Target
 from klieg.exceptions import AppError, KliegError, RequestCancelledError
 from klieg.types import FunctionSpec
@@ -109,6 +109,7 @@ def _serve_call(
     reply: protocol.Header = {"type": "result", "id": request_id}
     out = b""
     sink.emit = lambda line: channel.send({"type": "log", "id": request_id, "line": line})
+    context.set_token(header.get("token"))
     try:
         out = _run(channel, target, request_id, str(header.get("endpoint", "/")), body)
         reply["ok"] = True
@@ -119,6 +120,7 @@ def _serve_call(
         reply["ok"] = False
         reply["error"] = _error(exc)
     finally:
+        context.clear()
         logs.flush_streams()
         sink.emit = None
     reply["logs"] = sink.drain()
@@ -137,6 +139,7 @@ def _serve_batch(
         bodies.append(body[at : at + size])
         at += size
     sink.emit = lambda line: channel.send({"type": "log", "id": ids[0], "ids": ids, "line": line})
+    context.set_batch_tokens([str(t) for t in header.get("tokens") or []])
     try:
         _Running.request_id = ",".join(ids)
         endpoint = target.endpoint(str(header.get("endpoint", "/")))
@@ -149,6 +152,7 @@ def _serve_batch(
         results = [failed] * len(ids)
     finally:
         _Running.request_id = None
+        context.clear()
         logs.flush_streams()
         sink.emit = None
     lines = sink.drain()
