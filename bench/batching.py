@@ -1,0 +1,488 @@
+"""How much of the digits model's batching gain survives the platform.
+
+    .venv/bin/python bench/batching.py [--quick] [--seconds S] [--concurrency C] [--rounds R]
+
+One run measures, in images per second (one digit = one image):
+
+model_alone  ``model.sample()`` of 1 digit and of 16 digits (20 steps, guidance 2.0) in the
+             digits app's own built env (torch, 2 threads as the app sets), no platform;
+             ``model_gain = ips16 / ips1``
+app_alone    the app's batched endpoint called in-process the way a runner calls it (JSON in,
+             sampling, PNG rendering, JSON out) with batches of 1 and 16: how much of the gap
+             is the app's own per-request work rather than the platform's
+platform     ``POST /{owner}/digits`` through a fresh ``klieg up`` under C closed-loop clients
+             (default 32), each request ``{"digits": "<one digit>", "seed": i}``, with the app
+             deployed with ``max_batch_size`` 1 and 16 (``DIGITS_MAX_BATCH_SIZE`` at deploy);
+             ``platform_gain = ips16 / ips1``
+
+``kept = platform_gain / model_gain`` is the share of the model's batching gain that reaches
+clients; ``target.met`` is ``kept >= 0.9``. The machine is shared and noisy, so every figure is
+the best of several interleaved rounds: the two platform configs alternate (1, 16, 1, 16, ...:
+the alias ``latest`` is moved between the two revisions, whose runners stay warm), and the
+model-alone rounds run once before and once after the platform rounds. A platform cell is a
+warm-up under the same load (not counted) and then ``--seconds`` of counted completions; the
+clients are the raw asyncio HTTP/1.1 client of ``overhead.py`` on uvloop (one keep-alive
+connection per client). Progress goes to stderr; stdout gets exactly one JSON line.
+
+The model-alone and app-alone figures come from this file run by the digits env's interpreter
+(``--alone``), so its module level imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DIGITS_APP = REPO / "apps" / "digits" / "app.py"
+BATCH = 16
+STEPS = 20
+GUIDANCE = 2.0
+TARGET_KEPT = 0.9
+NOISY_OTHERS_CORES = 0.2
+"""Above this many cores used by other processes during a figure, the run is marked noisy."""
+
+
+def log(message: str) -> None:
+    print(f"[batching] {message}", file=sys.stderr, flush=True)
+
+
+# ---- alone: runs inside the digits env (stdlib + torch + the SDK only) ---------------------
+def _rate(work: Any, images: int, seconds: float) -> float:
+    """Images/s of ``work()`` (``images`` images per call), repeated for ``seconds``."""
+    calls = 0
+    start = time.perf_counter()
+    while True:
+        work()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return images * calls / elapsed
+
+
+def alone(seconds: float, rounds: int) -> dict[str, Any]:
+    """Best images/s at batch 1 and 16 of the bare model and of the app's endpoint."""
+    import torch
+
+    from klieg import media
+    from klieg._runtime.loader import Target
+    from klieg.admin import load_app
+
+    torch.set_num_threads(2)
+    folder = DIGITS_APP.parent
+    sys.path.insert(0, str(folder))
+    import model as digits_model
+
+    net = digits_model.load(str(folder / "weights.safetensors"))
+    os.environ["DIGITS_MAX_BATCH_SIZE"] = str(BATCH)
+    app, _, entry = load_app(DIGITS_APP)
+    target = Target(folder, app.spec(entry).functions[0])
+    target.setup()
+    endpoint = target.endpoint("/")
+    media.PENDING.active = True  # as in a runner: media bytes are kept, not base64-encoded
+
+    def model_call(n: int) -> Any:
+        digits = [i % 10 for i in range(n)]
+        noise = digits_model.initial_noise(n, list(range(n)))
+        return lambda: digits_model.sample(net, digits, steps=STEPS, guidance=GUIDANCE, noise=noise)
+
+    def app_call(n: int) -> Any:
+        bodies = [json.dumps({"digits": str(i % 10), "seed": i}).encode() for i in range(n)]
+
+        def run() -> None:
+            for out in endpoint.batch(bodies):
+                if not isinstance(out, bytes):
+                    raise RuntimeError(f"the endpoint failed: {out}")
+            media.PENDING.clear()
+
+        return run
+
+    best: dict[str, dict[int, float]] = {"model": {1: 0.0, BATCH: 0.0}, "app": {1: 0.0, BATCH: 0.0}}
+    makers = {"model": model_call, "app": app_call}
+    for make in makers.values():
+        for n in (1, BATCH):
+            _rate(make(n), n, 0.5)  # warm-up
+    started, machine, spent = time.monotonic(), machine_cpu_s(), time.process_time()
+    for _ in range(rounds):
+        for name, make in makers.items():
+            for n in (1, BATCH):
+                best[name][n] = max(best[name][n], _rate(make(n), n, seconds))
+    elapsed, now = time.monotonic() - started, machine_cpu_s()
+    others = None
+    if machine is not None and now is not None:
+        others = round(max(0.0, (now - machine - time.process_time() + spent) / elapsed), 2)
+    figures = {k: {f"ips{n}": round(v, 1) for n, v in cells.items()} for k, cells in best.items()}
+    return {
+        "torch": str(torch.__version__),
+        "threads": torch.get_num_threads(),
+        "others_cores": others,
+        **figures,
+    }
+
+
+def measure_alone(python: Path, seconds: float, rounds: int) -> dict[str, Any]:
+    """``alone`` in a subprocess on the digits env's interpreter ``python``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    argv = [str(python), str(Path(__file__).resolve()), "--alone", str(seconds), str(rounds)]
+    out = subprocess.run(argv, env=env, cwd=REPO, stdout=subprocess.PIPE, check=True, text=True)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    log(f"alone: {result}")
+    return result
+
+
+# ---- the platform -------------------------------------------------------------------------
+@dataclass
+class Klieg:
+    url: str
+    port: int
+    key: str
+    home: Path
+
+
+@contextlib.contextmanager
+def klieg_platform(keep_home: bool) -> Iterator[Klieg]:
+    """``klieg up`` in a fresh temporary KLIEG_HOME with a bootstrapped key."""
+    from overhead import free_port
+
+    from klieg.admin import AdminClient
+    from klieg_platform.local import launched
+
+    home = Path(tempfile.mkdtemp(prefix="klieg-bench-"))
+    port = free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("KLIEG_") and k != "DIGITS_MAX_BATCH_SIZE"
+    }
+    try:
+        with (
+            open(home / "platform.log", "ab") as out,
+            launched(home, port, env=env, log=out) as url,
+        ):
+            with AdminClient(url, key="", timeout=120) as anonymous:
+                key = str(anonymous.create_key()["key"])
+            log(f"klieg up at {url}, home {home}")
+            yield Klieg(url, port, key, home)
+    finally:
+        if keep_home:
+            log(f"kept {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def deploy_digits(klieg: Klieg, batch: int) -> dict[str, Any]:
+    """Deploy apps/digits with ``DIGITS_MAX_BATCH_SIZE=batch`` (read when the app file is
+    imported); returns the deploy's ``done`` event (revision, env_key, owner)."""
+    from klieg.admin import AdminClient, load_app
+
+    before = os.environ.get("DIGITS_MAX_BATCH_SIZE")
+    os.environ["DIGITS_MAX_BATCH_SIZE"] = str(batch)
+    try:
+        app, folder, entry = load_app(DIGITS_APP)
+    finally:
+        if before is None:
+            os.environ.pop("DIGITS_MAX_BATCH_SIZE", None)
+        else:
+            os.environ["DIGITS_MAX_BATCH_SIZE"] = before
+    fn = app.spec(entry).functions[0]
+    assert fn.endpoints[0].max_batch_size == batch, fn
+    started = time.monotonic()
+    with AdminClient(klieg.url, key=klieg.key, timeout=900) as admin:
+        done = admin.deploy(app, folder, entry)
+    log(
+        f"deployed digits max_batch_size={batch}: revision {done['revision']} "
+        f"(env built: {done.get('env_built')}, {time.monotonic() - started:.1f}s)"
+    )
+    return done
+
+
+def use_revision(klieg: Klieg, revision: str) -> None:
+    from klieg.admin import AdminClient
+
+    with AdminClient(klieg.url, key=klieg.key, timeout=60) as admin:
+        admin.set_alias("digits", "latest", revision)
+
+
+def env_python(home: Path, env_key: str) -> Path:
+    """The interpreter of the env ``env_key`` built by the platform living in ``home``."""
+    from klieg_platform.config import Settings
+    from klieg_platform.packager import Packager
+
+    return Packager(Settings(home=home)).python(env_key)
+
+
+# ---- CPU accounting (Linux /proc; None elsewhere) ------------------------------------------
+def machine_cpu_s() -> float | None:
+    """Busy CPU seconds of the whole machine since boot (every core)."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s() -> float | None:
+    """CPU seconds of this process and its live descendants (platform, runners, clients)."""
+    parents: dict[int, int] = {}
+    spent: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return None
+    for entry in entries:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            parents[int(entry)] = int(fields[1])
+            spent[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    mine, todo = set(), [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        mine.add(pid)
+        todo.extend(child for child, parent in parents.items() if parent == pid)
+    return sum(spent.get(pid, 0.0) for pid in mine)
+
+
+CpuMark = tuple[float, float | None, float | None]
+
+
+def cpu_mark() -> CpuMark:
+    return time.monotonic(), machine_cpu_s(), tree_cpu_s()
+
+
+def cores_since(mark: CpuMark) -> dict[str, float | None]:
+    """Cores used since ``mark``: ``ours`` (this process tree) and ``others`` (the rest of the
+    machine: other users of a shared box; a large value means a noisy figure)."""
+    now, machine, tree = cpu_mark()
+    if mark[1] is None or mark[2] is None or machine is None or tree is None:
+        return {"ours": None, "others": None}
+    ours = (tree - mark[2]) / (now - mark[0])
+    others = (machine - mark[1]) / (now - mark[0]) - ours
+    return {"ours": round(ours, 2), "others": round(max(0.0, others), 2)}
+
+
+# ---- the load -----------------------------------------------------------------------------
+class HttpError(Exception):
+    """A response other than a digits result."""
+
+
+async def drive(
+    port: int, auth: str, path: str, concurrency: int, warmup_s: float, seconds: float
+) -> dict[str, Any]:
+    """``concurrency`` closed-loop clients for ``warmup_s + seconds``; the requests completed in
+    the last ``seconds`` are counted (images/s and latency percentiles)."""
+    import asyncio
+
+    from overhead import Connection, percentile
+
+    latencies: list[float] = []
+    sent = 0
+    t0 = time.perf_counter() + warmup_s
+    t1 = t0 + seconds
+
+    async def client() -> None:
+        nonlocal sent
+        conn = Connection(port, auth)
+        try:
+            while (start := time.perf_counter()) < t1:
+                body = json.dumps({"digits": str(sent % 10), "seed": sent}).encode()
+                sent += 1
+                async with asyncio.timeout(120):
+                    status, reply = await conn.request("POST", path, body)
+                end = time.perf_counter()
+                if status != 200 or b'"digits"' not in reply:
+                    raise HttpError(f"POST {path}: HTTP {status} {reply[:300]!r}")
+                if t0 <= end <= t1:
+                    latencies.append(end - start)
+        finally:
+            conn.close()
+
+    async def watch() -> dict[str, float | None]:
+        await asyncio.sleep(max(0.0, t0 - time.perf_counter()))
+        mark = cpu_mark()
+        await asyncio.sleep(max(0.0, t1 - time.perf_counter()))
+        return cores_since(mark)
+
+    cores, *_ = await asyncio.gather(watch(), *(client() for _ in range(concurrency)))
+    latencies.sort()
+    return {
+        "ips": round(len(latencies) / seconds, 1),
+        "p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+        "n": len(latencies),
+        "cores": cores,
+    }
+
+
+def warm(klieg: Klieg, path: str, timeout_s: float = 600) -> float:
+    """Send requests until one succeeds (the first may cold-start a runner); seconds taken."""
+    import httpx
+
+    started = time.monotonic()
+    headers = {"Authorization": f"Key {klieg.key}"}
+    with httpx.Client(base_url=klieg.url, headers=headers, timeout=timeout_s) as http:
+        r = http.post(path, json={"digits": "0", "seed": 0})
+        if r.status_code != 200:
+            raise HttpError(f"POST {path}: HTTP {r.status_code} {r.text[:300]}")
+    return time.monotonic() - started
+
+
+# ---- the run ------------------------------------------------------------------------------
+def gain(cells: dict[str, Any]) -> float:
+    return round(cells[f"ips{BATCH}"] / cells["ips1"], 3) if cells["ips1"] else 0.0
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import uvloop
+    from overhead import machine_info
+
+    started = time.monotonic()
+    machine = machine_info()
+    configs = (1, BATCH)
+    with klieg_platform(args.keep_home) as klieg:
+        revisions: dict[int, str] = {}
+        owner = ""
+        env_key = ""
+        for batch in configs:
+            done = deploy_digits(klieg, batch)
+            revisions[batch] = str(done["revision"])
+            owner, env_key = str(done["owner"]), str(done["env_key"])
+        path = f"/{owner}/digits"
+        python = env_python(klieg.home, env_key)
+        alone_runs = [measure_alone(python, args.alone_seconds, 1)]
+        cells: dict[int, list[dict[str, Any]]] = {b: [] for b in configs}
+        auth = f"Key {klieg.key}"
+        for round_no in range(args.rounds):
+            for batch in configs:
+                use_revision(klieg, revisions[batch])
+                cold = warm(klieg, path)
+                cell = uvloop.run(
+                    drive(klieg.port, auth, path, args.concurrency, args.warmup, args.seconds)
+                )
+                cell["first_request_s"] = round(cold, 2)
+                cells[batch].append(cell)
+                log(f"round {round_no + 1} max_batch_size={batch}: {cell}")
+        alone_runs.append(measure_alone(python, args.alone_seconds, 1))
+
+    def best_alone(kind: str) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            f"ips{n}": max(run[kind][f"ips{n}"] for run in alone_runs) for n in (1, BATCH)
+        }
+        out["gain"] = gain(out)
+        out["others_cores"] = [run["others_cores"] for run in alone_runs]
+        return out
+
+    model, app = best_alone("model"), best_alone("app")
+    platform: dict[str, Any] = {}
+    for batch in configs:
+        best = max(cells[batch], key=lambda c: c["ips"])
+        platform[f"ips{batch}"] = best["ips"]
+        platform[f"p50_ms_{batch}"] = best["p50_ms"]
+        platform[f"p99_ms_{batch}"] = best["p99_ms"]
+        platform[f"rounds_{batch}"] = [
+            {
+                "ips": c["ips"],
+                "cores_ours": c["cores"]["ours"],
+                "cores_others": c["cores"]["others"],
+            }
+            for c in cells[batch]
+        ]
+    platform_gain = gain(platform)
+    others = [run["others_cores"] for run in alone_runs]
+    others += [c["cores"]["others"] for cell in cells.values() for c in cell]
+    seen = [o for o in others if o is not None]
+    noisy = bool(seen) and max(seen) > NOISY_OTHERS_CORES
+    if noisy:
+        log(f"other processes used up to {max(seen)} cores meanwhile: the figures are noisy")
+    kept = round(platform_gain / model["gain"], 3) if model["gain"] else 0.0
+    machine["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
+    return {
+        "bench": "batching",
+        "machine": machine,
+        "config": {
+            "concurrency": args.concurrency,
+            "seconds": args.seconds,
+            "warmup_s": args.warmup,
+            "rounds": args.rounds,
+            "alone_seconds": args.alone_seconds,
+            "steps": STEPS,
+            "guidance": GUIDANCE,
+            "batch_wait_ms": 20,
+            "torch": alone_runs[0]["torch"],
+            "torch_threads": alone_runs[0]["threads"],
+            "wall_s": round(time.monotonic() - started, 1),
+        },
+        "model_alone": model,
+        "app_alone": app,
+        "platform": platform,
+        "model_gain": model["gain"],
+        "app_gain": app["gain"],
+        "platform_gain": platform_gain,
+        "kept": kept,
+        "kept_vs_app": round(platform_gain / app["gain"], 3) if app["gain"] else 0.0,
+        "target_kept": TARGET_KEPT,
+        "met": kept >= TARGET_KEPT,
+        "others_cores_max": max(seen) if seen else None,
+        "noisy": noisy,
+    }
+
+
+def _sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one round of short cells")
+    parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients")
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="counted seconds per cell (default 8; 3)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=None, help="warm-up seconds per cell (default 2; 1)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="rounds of (1, 16) cells (default 2; 1)"
+    )
+    parser.add_argument(
+        "--alone-seconds",
+        type=float,
+        default=None,
+        help="seconds per model/app-alone figure, twice per run (default 4; 2)",
+    )
+    parser.add_argument("--keep-home", action="store_true", help="keep the temp KLIEG_HOME")
+    parser.add_argument("--alone", nargs=2, type=float, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.alone is not None:
+        print(json.dumps(alone(args.alone[0], int(args.alone[1]))), flush=True)
+        return 0
+    quick = args.quick
+    args.seconds = args.seconds or (3.0 if quick else 8.0)
+    args.warmup = args.warmup if args.warmup is not None else (1.0 if quick else 2.0)
+    args.rounds = args.rounds or (1 if quick else 2)
+    args.alone_seconds = args.alone_seconds or (2.0 if quick else 4.0)
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        report = run(args)
+    except KeyboardInterrupt:
+        log("interrupted; platform stopped")
+        return 130
+    print(json.dumps(report), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
