@@ -16,16 +16,24 @@ platform     ``POST /{owner}/digits`` through a fresh ``klieg up`` under C close
              ``platform_gain = ips16 / ips1``
 
 ``kept = platform_gain / model_gain`` is the share of the model's batching gain that reaches
-clients; ``target.met`` is ``kept >= 0.9``. The machine is shared and noisy, so every figure is
-the best of several interleaved rounds: the two platform configs alternate (1, 16, 1, 16, ...:
-the alias ``latest`` is moved between the two revisions, whose runners stay warm), and the
-model-alone rounds run once before and once after the platform rounds. A platform cell is a
-warm-up under the same load (not counted) and then ``--seconds`` of counted completions; the
-clients are the raw asyncio HTTP/1.1 client of ``overhead.py`` on uvloop (one keep-alive
-connection per client). Progress goes to stderr; stdout gets exactly one JSON line.
+clients; ``met`` is ``kept >= target_kept`` (0.9).
 
-The model-alone and app-alone figures come from this file run by the digits env's interpreter
-(``--alone``), so its module level imports only the standard library.
+The machine is shared and noisy (on a small VM the same figure moves by 20-30% from one
+minute to the next), and noise only ever slows a figure down, so each figure is the best of
+``--rounds`` rounds, and every round measures everything once, back to back: the model and the
+app alone (one process started once on the digits env's interpreter and kept between rounds),
+then the platform with ``max_batch_size`` 1 and 16 (in turns 1, 16 and 16, 1; alias
+``latest`` moved between the two revisions, whose runners stay warm). ``kept_rounds`` is the
+ratio within each round and ``kept_median_of_rounds`` their median, a second reading that does
+not pick the best of each figure separately. A platform cell is a warm-up under the same load (not
+counted), then ``--seconds`` of counted completions; the clients are the raw asyncio HTTP/1.1
+client of ``overhead.py`` on uvloop (one keep-alive connection per client, about 0.1 ms of
+client CPU per request). ``others_cores`` says how many cores other processes of the machine
+used during a figure (from /proc); above 0.2 the run is marked ``noisy``. Progress goes to
+stderr; stdout gets exactly one JSON line.
+
+The model-alone figures come from this file run by the digits env's interpreter
+(``--serve-alone``), so its module level imports only the standard library.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -73,8 +82,9 @@ def _rate(work: Any, images: int, seconds: float) -> float:
             return images * calls / elapsed
 
 
-def alone(seconds: float, rounds: int) -> dict[str, Any]:
-    """Best images/s at batch 1 and 16 of the bare model and of the app's endpoint."""
+def serve_alone() -> None:
+    """Load the model and the app once; then, per line ``<seconds>`` on stdin, measure one
+    round (model and app, batch 1 and 16, ``seconds`` each) and print it as one JSON line."""
     import torch
 
     from klieg import media
@@ -110,37 +120,65 @@ def alone(seconds: float, rounds: int) -> dict[str, Any]:
 
         return run
 
-    best: dict[str, dict[int, float]] = {"model": {1: 0.0, BATCH: 0.0}, "app": {1: 0.0, BATCH: 0.0}}
     makers = {"model": model_call, "app": app_call}
     for make in makers.values():
         for n in (1, BATCH):
             _rate(make(n), n, 0.5)  # warm-up
-    started, machine, spent = time.monotonic(), machine_cpu_s(), time.process_time()
-    for _ in range(rounds):
-        for name, make in makers.items():
-            for n in (1, BATCH):
-                best[name][n] = max(best[name][n], _rate(make(n), n, seconds))
-    elapsed, now = time.monotonic() - started, machine_cpu_s()
-    others = None
-    if machine is not None and now is not None:
-        others = round(max(0.0, (now - machine - time.process_time() + spent) / elapsed), 2)
-    figures = {k: {f"ips{n}": round(v, 1) for n, v in cells.items()} for k, cells in best.items()}
-    return {
-        "torch": str(torch.__version__),
-        "threads": torch.get_num_threads(),
-        "others_cores": others,
-        **figures,
-    }
+    print(json.dumps({"torch": str(torch.__version__), "threads": torch.get_num_threads()}))
+    sys.stdout.flush()
+    for line in sys.stdin:
+        seconds = float(line)
+        started, machine, spent = time.monotonic(), machine_cpu_s(), time.process_time()
+        out: dict[str, Any] = {
+            kind: {f"ips{n}": round(_rate(make(n), n, seconds), 1) for n in (1, BATCH)}
+            for kind, make in makers.items()
+        }
+        elapsed, now = time.monotonic() - started, machine_cpu_s()
+        out["others_cores"] = None
+        if machine is not None and now is not None:
+            foreign = (now - machine - time.process_time() + spent) / elapsed
+            out["others_cores"] = round(max(0.0, foreign), 2)
+        print(json.dumps(out))
+        sys.stdout.flush()
 
 
-def measure_alone(python: Path, seconds: float, rounds: int) -> dict[str, Any]:
-    """``alone`` in a subprocess on the digits env's interpreter ``python``."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    argv = [str(python), str(Path(__file__).resolve()), "--alone", str(seconds), str(rounds)]
-    out = subprocess.run(argv, env=env, cwd=REPO, stdout=subprocess.PIPE, check=True, text=True)
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    log(f"alone: {result}")
-    return result
+class Alone:
+    """``serve_alone`` in a subprocess on the digits env's interpreter ``python``."""
+
+    def __init__(self, python: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        self.proc = subprocess.Popen(
+            [str(python), str(Path(__file__).resolve()), "--serve-alone"],
+            env=env,
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.info = self._read()
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the model-alone process exited with code {self.proc.wait()}")
+        out: dict[str, Any] = json.loads(line)
+        return out
+
+    def measure(self, seconds: float) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{seconds}\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 # ---- the platform -------------------------------------------------------------------------
@@ -345,6 +383,14 @@ def gain(cells: dict[str, Any]) -> float:
     return round(cells[f"ips{BATCH}"] / cells["ips1"], 3) if cells["ips1"] else 0.0
 
 
+def best_cells(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The best images/s of each batch size over the rounds, their gain and every round."""
+    out: dict[str, Any] = {f"ips{n}": max(r[f"ips{n}"] for r in runs) for n in (1, BATCH)}
+    out["gain"] = gain(out)
+    out["rounds"] = runs
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import uvloop
     from overhead import machine_info
@@ -352,6 +398,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     machine = machine_info()
     configs = (1, BATCH)
+    alone_runs: list[dict[str, Any]] = []
+    cells: dict[int, list[dict[str, Any]]] = {b: [] for b in configs}
     with klieg_platform(args.keep_home) as klieg:
         revisions: dict[int, str] = {}
         owner = ""
@@ -361,53 +409,54 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             revisions[batch] = str(done["revision"])
             owner, env_key = str(done["owner"]), str(done["env_key"])
         path = f"/{owner}/digits"
-        python = env_python(klieg.home, env_key)
-        alone_runs = [measure_alone(python, args.alone_seconds, 1)]
-        cells: dict[int, list[dict[str, Any]]] = {b: [] for b in configs}
         auth = f"Key {klieg.key}"
-        for round_no in range(args.rounds):
-            for batch in configs:
-                use_revision(klieg, revisions[batch])
-                cold = warm(klieg, path)
-                cell = uvloop.run(
-                    drive(klieg.port, auth, path, args.concurrency, args.warmup, args.seconds)
-                )
-                cell["first_request_s"] = round(cold, 2)
-                cells[batch].append(cell)
-                log(f"round {round_no + 1} max_batch_size={batch}: {cell}")
-        alone_runs.append(measure_alone(python, args.alone_seconds, 1))
+        alone = Alone(env_python(klieg.home, env_key))
+        try:
+            for round_no in range(1, args.rounds + 1):
+                alone_runs.append(alone.measure(args.alone_seconds))
+                log(f"round {round_no} alone: {alone_runs[-1]}")
+                for batch in configs if round_no % 2 else configs[::-1]:
+                    use_revision(klieg, revisions[batch])
+                    first = warm(klieg, path)
+                    cell = uvloop.run(
+                        drive(klieg.port, auth, path, args.concurrency, args.warmup, args.seconds)
+                    )
+                    cell["first_request_s"] = round(first, 2)
+                    cells[batch].append(cell)
+                    log(f"round {round_no} platform max_batch_size={batch}: {cell}")
+        finally:
+            alone.close()
 
-    def best_alone(kind: str) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            f"ips{n}": max(run[kind][f"ips{n}"] for run in alone_runs) for n in (1, BATCH)
-        }
-        out["gain"] = gain(out)
-        out["others_cores"] = [run["others_cores"] for run in alone_runs]
-        return out
-
-    model, app = best_alone("model"), best_alone("app")
-    platform: dict[str, Any] = {}
-    for batch in configs:
-        best = max(cells[batch], key=lambda c: c["ips"])
-        platform[f"ips{batch}"] = best["ips"]
-        platform[f"p50_ms_{batch}"] = best["p50_ms"]
-        platform[f"p99_ms_{batch}"] = best["p99_ms"]
-        platform[f"rounds_{batch}"] = [
+    model = best_cells([{**r["model"], "others_cores": r["others_cores"]} for r in alone_runs])
+    app = best_cells([{**r["app"], "others_cores": r["others_cores"]} for r in alone_runs])
+    platform = best_cells(
+        [
             {
-                "ips": c["ips"],
-                "cores_ours": c["cores"]["ours"],
-                "cores_others": c["cores"]["others"],
+                **{f"ips{b}": cells[b][i]["ips"] for b in configs},
+                **{f"p50_ms_{b}": cells[b][i]["p50_ms"] for b in configs},
+                **{f"p99_ms_{b}": cells[b][i]["p99_ms"] for b in configs},
+                "cores_ours": [cells[b][i]["cores"]["ours"] for b in configs],
+                "others_cores": max(
+                    (cells[b][i]["cores"]["others"] or 0.0 for b in configs), default=0.0
+                ),
             }
-            for c in cells[batch]
+            for i in range(args.rounds)
         ]
-    platform_gain = gain(platform)
-    others = [run["others_cores"] for run in alone_runs]
-    others += [c["cores"]["others"] for cell in cells.values() for c in cell]
-    seen = [o for o in others if o is not None]
-    noisy = bool(seen) and max(seen) > NOISY_OTHERS_CORES
+    )
+    for b in configs:
+        best = max(cells[b], key=lambda c: c["ips"])
+        platform[f"p50_ms_{b}"], platform[f"p99_ms_{b}"] = best["p50_ms"], best["p99_ms"]
+    seen = [r["others_cores"] for r in model["rounds"] + platform["rounds"]]
+    others = max((o for o in seen if o is not None), default=None)
+    noisy = others is not None and others > NOISY_OTHERS_CORES
     if noisy:
-        log(f"other processes used up to {max(seen)} cores meanwhile: the figures are noisy")
-    kept = round(platform_gain / model["gain"], 3) if model["gain"] else 0.0
+        log(f"other processes used up to {others} cores meanwhile: the figures are noisy")
+    kept = round(platform["gain"] / model["gain"], 3) if model["gain"] else 0.0
+    per_round = [
+        round(gain(p) / gain(m), 3)
+        for p, m in zip(platform["rounds"], model["rounds"], strict=True)
+        if gain(m)
+    ]
     machine["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
     return {
         "bench": "batching",
@@ -421,8 +470,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "steps": STEPS,
             "guidance": GUIDANCE,
             "batch_wait_ms": 20,
-            "torch": alone_runs[0]["torch"],
-            "torch_threads": alone_runs[0]["threads"],
+            "torch": alone.info.get("torch"),
+            "torch_threads": alone.info.get("threads"),
             "wall_s": round(time.monotonic() - started, 1),
         },
         "model_alone": model,
@@ -430,12 +479,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "platform": platform,
         "model_gain": model["gain"],
         "app_gain": app["gain"],
-        "platform_gain": platform_gain,
+        "platform_gain": platform["gain"],
         "kept": kept,
-        "kept_vs_app": round(platform_gain / app["gain"], 3) if app["gain"] else 0.0,
+        "kept_rounds": per_round,
+        "kept_median_of_rounds": statistics.median(per_round) if per_round else None,
+        "kept_vs_app": round(platform["gain"] / app["gain"], 3) if app["gain"] else 0.0,
         "target_kept": TARGET_KEPT,
         "met": kept >= TARGET_KEPT,
-        "others_cores_max": max(seen) if seen else None,
+        "others_cores_max": others,
         "noisy": noisy,
     }
 
@@ -449,31 +500,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one round of short cells")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients")
     parser.add_argument(
-        "--seconds", type=float, default=None, help="counted seconds per cell (default 8; 3)"
+        "--seconds", type=float, default=None, help="counted seconds per cell (default 4; 3)"
     )
     parser.add_argument(
-        "--warmup", type=float, default=None, help="warm-up seconds per cell (default 2; 1)"
+        "--warmup", type=float, default=None, help="warm-up seconds per cell (default 1.5; 1)"
     )
     parser.add_argument(
-        "--rounds", type=int, default=None, help="rounds of (1, 16) cells (default 2; 1)"
+        "--rounds", type=int, default=None, help="rounds of (alone, 1, 16) (default 5; 1)"
     )
     parser.add_argument(
         "--alone-seconds",
         type=float,
         default=None,
-        help="seconds per model/app-alone figure, twice per run (default 4; 2)",
+        help="seconds per model/app-alone figure per round (default 1)",
     )
     parser.add_argument("--keep-home", action="store_true", help="keep the temp KLIEG_HOME")
-    parser.add_argument("--alone", nargs=2, type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-alone", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.alone is not None:
-        print(json.dumps(alone(args.alone[0], int(args.alone[1]))), flush=True)
+    if args.serve_alone:
+        serve_alone()
         return 0
     quick = args.quick
-    args.seconds = args.seconds or (3.0 if quick else 8.0)
-    args.warmup = args.warmup if args.warmup is not None else (1.0 if quick else 2.0)
-    args.rounds = args.rounds or (1 if quick else 2)
-    args.alone_seconds = args.alone_seconds or (2.0 if quick else 4.0)
+    args.seconds = args.seconds or (3.0 if quick else 4.0)
+    args.warmup = args.warmup if args.warmup is not None else (1.0 if quick else 1.5)
+    args.rounds = args.rounds or (1 if quick else 5)
+    args.alone_seconds = args.alone_seconds or 1.0
     signal.signal(signal.SIGTERM, _sigterm)
     try:
         report = run(args)
