@@ -347,6 +347,19 @@ class Broker:
         )
         return bool(ok)
 
+    async def hold_lease(self, request_id: str, worker_id: str, lease_s: float) -> None:
+        """Renew the lease every third of ``lease_s`` until cancelled (run it as a task while
+        the request is being worked on)."""
+        while True:
+            await asyncio.sleep(lease_s / 3)
+            await self.renew(request_id, worker_id, lease_s)
+
+    async def finish_job(self, job: Job, worker_id: str, outcome: Outcome) -> bool:
+        """Close a streamed job's chunk stream, then ``complete`` it (False: lease lost)."""
+        if job.stream:
+            await self.end_chunks(job.id, None if outcome.ok else outcome.error)
+        return await self.complete(job.id, worker_id, outcome)
+
     async def complete(self, request_id: str, worker_id: str, outcome: Outcome) -> bool:
         """Record the outcome and notify waiters. False when the lease was lost meanwhile."""
         if outcome.logs:

@@ -30,7 +30,7 @@ from klieg_platform.broker import NewRequest, Outcome
 from klieg_platform.gateway.errors import error_response
 from klieg_platform.gateway.state import GatewayState
 from klieg_platform.scheduler import retry_after_s
-from klieg_platform.storage import payload_key
+from klieg_platform.storage import offload_payload
 
 TIMEOUT_HEADER = "x-fal-request-timeout"
 DEFAULT_SERVICE_S = 10.0
@@ -125,11 +125,7 @@ async def intake(request: Request, *, allow_stream: bool) -> Intake:
     fn, ep = route
     body = await read_body(request, gw.settings.max_body_bytes)
     rid = uuid.uuid4().hex
-    ref = ""
-    if len(body) > gw.settings.inline_payload_bytes:
-        ref = payload_key(rid)
-        await asyncio.to_thread(gw.store.put, ref, body)
-        body = b""
+    body, ref = await offload_payload(gw.store, rid, body, gw.settings.inline_payload_bytes)
     new = NewRequest(
         id=rid,
         owner=owner,

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from klieg.exceptions import InvalidRequestError, NotFoundError
-from klieg_platform.broker import RequestState
+from klieg_platform.broker import NewRequest, RequestState
 from klieg_platform.gateway import sse
 from klieg_platform.gateway.intake import (
     DEFAULT_SERVICE_S,
@@ -52,13 +52,18 @@ def request_urls(request: Request, owner: str, app: str, request_id: str) -> dic
 
 async def submit(request: Request) -> Response:
     job = await intake(request, allow_stream=False)
-    await enqueue(job.gw, job.new)
-    state = await job.gw.broker.get(job.new.id)
+    return await enqueue_and_accept(request, job.gw, job.new)
+
+
+async def enqueue_and_accept(request: Request, gw: GatewayState, new: NewRequest) -> Response:
+    """Queue ``new`` and answer with its id, queue position and URLs (fal's submit reply)."""
+    await enqueue(gw, new)
+    state = await gw.broker.get(new.id)
     body: dict[str, Any] = {
-        "request_id": job.new.id,
+        "request_id": new.id,
         "status": "IN_QUEUE",
         "queue_position": state.queue_position if state else None,
-        **request_urls(request, job.new.owner, job.new.app, job.new.id),
+        **request_urls(request, new.owner, new.app, new.id),
     }
     return JSONResponse(body, 200)
 

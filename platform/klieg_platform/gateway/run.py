@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from klieg.exceptions import NotFoundError
-from klieg_platform.broker import CHUNK_END
+from klieg_platform.broker import CHUNK_END, NewRequest
 from klieg_platform.gateway import sse
 from klieg_platform.gateway.intake import enqueue, intake, result_response
 from klieg_platform.gateway.state import GatewayState
@@ -19,17 +19,23 @@ from klieg_platform.gateway.waiter import Waiter
 
 async def run_sync(request: Request) -> Response:
     job = await intake(request, allow_stream=True)
-    if job.new.stream:
-        await enqueue(job.gw, job.new)
-        return sse.response(chunks(job.gw, job.new.id), {"x-fal-request-id": job.new.id})
+    return await enqueue_and_answer(request, job.gw, job.new)
+
+
+async def enqueue_and_answer(request: Request, gw: GatewayState, new: NewRequest) -> Response:
+    """Queue ``new`` and answer with its items as SSE (a streamed request) or, once it is
+    done, with its result or error."""
+    if new.stream:
+        await enqueue(gw, new)
+        return sse.response(chunks(gw, new.id), {"x-fal-request-id": new.id})
     waiter: Waiter = request.app.state.waiter
-    fut = waiter.expect(job.new.id)
-    await enqueue(job.gw, job.new)
-    await waiter.wait(job.new.id, fut)
-    outcome = await job.gw.broker.outcome(job.new.id)
+    fut = waiter.expect(new.id)
+    await enqueue(gw, new)
+    await waiter.wait(new.id, fut)
+    outcome = await gw.broker.outcome(new.id)
     if outcome is None:
-        raise NotFoundError(f"request {job.new.id} expired before its result was read")
-    return await result_response(job.gw, job.new.id, outcome)
+        raise NotFoundError(f"request {new.id} expired before its result was read")
+    return await result_response(gw, new.id, outcome)
 
 
 async def chunks(gw: GatewayState, request_id: str) -> AsyncIterator[bytes]:

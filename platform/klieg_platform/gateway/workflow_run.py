@@ -19,25 +19,22 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from klieg.exceptions import NotFoundError, ValidationError
-from klieg.workflow import validate_input
+from klieg.exceptions import NotFoundError
+from klieg.workflow import WorkflowDoc, validate_input
 from klieg_platform import keys
 from klieg_platform.broker import NewRequest
-from klieg_platform.gateway import queue, sse
+from klieg_platform.gateway import queue
 from klieg_platform.gateway.intake import (
     deadline_ms,
-    enqueue,
     gateway,
     read_body,
-    result_response,
     webhook_url,
 )
-from klieg_platform.gateway.run import chunks
-from klieg_platform.gateway.waiter import Waiter
-from klieg_platform.registry import WORKFLOW_PREFIX
-from klieg_platform.storage import payload_key
+from klieg_platform.gateway.run import enqueue_and_answer
+from klieg_platform.registry import WORKFLOW_PREFIX, AppRecord, Revision
+from klieg_platform.storage import offload_payload
 from klieg_platform.workflows.executor import FUNCTION
 from klieg_platform.workflows.store import stored_workflow
 
@@ -52,22 +49,19 @@ async def _intake(request: Request, *, stream: bool) -> NewRequest:
     tenant = await gw.tenant(request)
     owner = request.path_params["owner"]
     name, _, ref = request.path_params["name"].partition("@")
-    found = await asyncio.to_thread(stored_workflow, gw.registry, owner, name, ref or "latest")
-    if found is None or not gw.registry.can_call(found[0], tenant):
+
+    def lookup() -> tuple[AppRecord, Revision, WorkflowDoc] | None:
+        found = stored_workflow(gw.registry, owner, name, ref or "latest")
+        return found if found is not None and gw.registry.can_call(found[0], tenant) else None
+
+    found = await asyncio.to_thread(lookup)
+    if found is None:
         raise NotFoundError(f"workflow {owner}/{request.path_params['name']} not found")
     app, rev, doc = found
     body = await read_body(request, gw.settings.max_body_bytes)
-    try:
-        value = json.loads(body) if body.strip() else {}
-    except ValueError as exc:  # read_body checked it; kept for the type checker
-        raise ValidationError(str(exc)) from None
-    validate_input(doc, value)
+    validate_input(doc, json.loads(body) if body.strip() else {})
     rid = uuid.uuid4().hex
-    ref_key = ""
-    if len(body) > gw.settings.inline_payload_bytes:
-        ref_key = payload_key(rid)
-        await asyncio.to_thread(gw.store.put, ref_key, body)
-        body = b""
+    body, ref_key = await offload_payload(gw.store, rid, body, gw.settings.inline_payload_bytes)
     return NewRequest(
         id=rid,
         owner=owner,
@@ -88,34 +82,13 @@ async def _intake(request: Request, *, stream: bool) -> NewRequest:
 
 
 async def run_workflow(request: Request) -> Response:
-    gw = gateway(request)
-    stream = request.url.path.endswith("/stream")
-    new = await _intake(request, stream=stream)
-    if stream:
-        await enqueue(gw, new)
-        return sse.response(chunks(gw, new.id), {"x-fal-request-id": new.id})
-    waiter: Waiter = request.app.state.waiter
-    fut = waiter.expect(new.id)
-    await enqueue(gw, new)
-    await waiter.wait(new.id, fut)
-    outcome = await gw.broker.outcome(new.id)
-    if outcome is None:
-        raise NotFoundError(f"request {new.id} expired before its result was read")
-    return await result_response(gw, new.id, outcome)
+    new = await _intake(request, stream=request.url.path.endswith("/stream"))
+    return await enqueue_and_answer(request, gateway(request), new)
 
 
 async def submit_workflow(request: Request) -> Response:
-    gw = gateway(request)
     new = await _intake(request, stream=False)
-    await enqueue(gw, new)
-    state = await gw.broker.get(new.id)
-    body = {
-        "request_id": new.id,
-        "status": "IN_QUEUE",
-        "queue_position": state.queue_position if state else None,
-        **queue.request_urls(request, new.owner, new.app, new.id),
-    }
-    return JSONResponse(body, 200)
+    return await queue.enqueue_and_accept(request, gateway(request), new)
 
 
 def _as_app(handler: Handler) -> Handler:

@@ -10,6 +10,7 @@ any store for one and is ``None`` where callers must go through the gateway's si
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol, runtime_checkable
 
 from klieg.exceptions import KliegError
@@ -50,6 +51,18 @@ def code_key(code_hash: str) -> str:
 def payload_key(request_id: str) -> str:
     """Where a request body too large to keep in Redis lives."""
     return f"payloads/{request_id}.json"
+
+
+async def offload_payload(
+    store: BlobStore, request_id: str, body: bytes, inline_limit: int
+) -> tuple[bytes, str]:
+    """``(body, "")`` when ``body`` fits in ``inline_limit`` bytes; otherwise it is stored under
+    ``payload_key(request_id)`` and ``(b"", key)`` is returned, for the record to keep."""
+    if len(body) <= inline_limit:
+        return body, ""
+    key = payload_key(request_id)
+    await asyncio.to_thread(store.put, key, body)
+    return b"", key
 
 
 def result_key(request_id: str) -> str:

@@ -246,7 +246,7 @@ class Worker:
 
     # ---- one request ------------------------------------------------------------------
     async def _handle(self, job: Job) -> None:
-        renew = asyncio.create_task(self._renew(job.id))
+        renew = asyncio.create_task(self.broker.hold_lease(job.id, self.id, self.settings.lease_s))
         self._active[job.id] = None
         outcome: Outcome | None
         try:
@@ -266,17 +266,10 @@ class Worker:
         if outcome is None:
             await self.broker.requeue(job.id, self.id)
             return
-        if job.stream:
-            await self.broker.end_chunks(job.id, None if outcome.ok else outcome.error)
-        if not await self.broker.complete(job.id, self.id, outcome):
+        if not await self.broker.finish_job(job, self.id, outcome):
             log.warning("request %s: lease lost before completion; result dropped", job.id)
         elif job.payload_ref:
             await asyncio.to_thread(self.store.delete, job.payload_ref)
-
-    async def _renew(self, request_id: str) -> None:
-        while True:
-            await asyncio.sleep(self.settings.lease_s / 3)
-            await self.broker.renew(request_id, self.id, self.settings.lease_s)
 
     def _cancel(self, request_id: str) -> None:
         """Interrupt ``request_id`` if it runs here; remember it in case it starts soon."""

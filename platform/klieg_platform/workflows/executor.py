@@ -44,7 +44,7 @@ from klieg_platform import keys
 from klieg_platform.broker import Broker, Job, NewRequest, Outcome, now_ms
 from klieg_platform.config import Settings
 from klieg_platform.registry import Registry, Tenant
-from klieg_platform.storage import BlobStore, payload_key
+from klieg_platform.storage import BlobStore, offload_payload
 from klieg_platform.workflows.store import workflow_document
 
 log = logging.getLogger("klieg.workflows")
@@ -144,7 +144,7 @@ class WorkflowExecutor:
 
     # ---- one workflow -----------------------------------------------------------------
     async def _handle(self, job: Job) -> None:
-        renew = asyncio.create_task(self._renew(job.id))
+        renew = asyncio.create_task(self.broker.hold_lease(job.id, self.id, self.settings.lease_s))
         try:
             outcome = await self._execute(job)
         except KliegError as exc:
@@ -156,21 +156,16 @@ class WorkflowExecutor:
         finally:
             renew.cancel()
             self._runs.pop(job.id, None)
-        if job.stream:
-            await self.broker.end_chunks(job.id, None if outcome.ok else outcome.error)
-        if not await self.broker.complete(job.id, self.id, outcome):
+        if not await self.broker.finish_job(job, self.id, outcome):
             log.warning("workflow request %s: lease lost before completion", job.id)
         elif job.payload_ref:
             await asyncio.to_thread(self.store.delete, job.payload_ref)
 
-    async def _renew(self, request_id: str) -> None:
-        while True:
-            await asyncio.sleep(self.settings.lease_s / 3)
-            await self.broker.renew(request_id, self.id, self.settings.lease_s)
-
     async def _execute(self, job: Job) -> Outcome:
         run = await self._start(job)
         self._runs[job.id] = run
+        # read again now that cancel messages reach this run: a cancel published before it was
+        # registered is seen here, one published after by _on_message
         state = await self.broker.get(job.id)
         if state is not None and state.cancel_requested:
             run.cancelled.set()
@@ -290,11 +285,8 @@ class WorkflowExecutor:
             err = NotFoundError(found)
             raise NodeFailed(node, err.to_dict(), err.status_code)
         rev_id, app_cap, fn, ep = found
-        ref_key = ""
-        if len(body) > self.settings.inline_payload_bytes:
-            ref_key = payload_key(rid)
-            await asyncio.to_thread(self.store.put, ref_key, body)
-            body = b""
+        limit = self.settings.inline_payload_bytes
+        body, ref_key = await offload_payload(self.store, rid, body, limit)
         new = NewRequest(
             id=rid,
             owner=owner,
