@@ -60,9 +60,7 @@ class AdminClient(Client):
         self, tenant: str | None = None, *, label: str | None = None, tier: str | None = None
     ) -> dict[str, Any]:
         body = {k: v for k, v in {"tenant": tenant, "label": label, "tier": tier}.items() if v}
-        r = self.http.post("/keys", json=body)
-        raise_for_error(r)
-        out: dict[str, Any] = r.json()
+        out: dict[str, Any] = self._json(self.http.post("/keys", json=body))
         return out
 
     def deploy(
@@ -98,42 +96,36 @@ class AdminClient(Client):
         raise DeployError("the deploy stream ended without a result")
 
     def apps(self) -> list[dict[str, Any]]:
-        r = self.http.get("/apps")
-        raise_for_error(r)
-        out: list[dict[str, Any]] = r.json()
+        out: list[dict[str, Any]] = self._json(self.http.get("/apps"))
         return out
 
     def revisions(self, app: str) -> list[dict[str, Any]]:
-        r = self.http.get(f"/apps/{app}/revisions")
-        raise_for_error(r)
-        out: list[dict[str, Any]] = r.json()
+        out: list[dict[str, Any]] = self._json(self.http.get(f"/apps/{app}/revisions"))
         return out
 
     def set_alias(self, app: str, alias: str, revision: str) -> dict[str, Any]:
-        r = self.http.put(f"/apps/{app}/aliases/{alias}", json={"revision": revision})
-        raise_for_error(r)
-        out: dict[str, Any] = r.json()
+        out: dict[str, Any] = self._json(
+            self.http.put(f"/apps/{app}/aliases/{alias}", json={"revision": revision})
+        )
         return out
 
     def rollback(self, app: str, alias: str = "latest") -> dict[str, Any]:
-        r = self.http.post(f"/apps/{app}/rollback", params={"alias": alias})
-        raise_for_error(r)
-        out: dict[str, Any] = r.json()
+        out: dict[str, Any] = self._json(
+            self.http.post(f"/apps/{app}/rollback", params={"alias": alias})
+        )
         return out
 
     def share(self, app: str, visibility: str, tenants: list[str] | None = None) -> dict[str, Any]:
         """Make an app private, public, or shared with the named tenants."""
         body = {"visibility": visibility, "tenants": tenants or []}
-        r = self.http.put(f"/apps/{app}/visibility", json=body)
-        raise_for_error(r)
-        out: dict[str, Any] = r.json()
+        out: dict[str, Any] = self._json(self.http.put(f"/apps/{app}/visibility", json=body))
         return out
 
     def limit_app(self, app: str, max_inflight: int) -> dict[str, Any]:
         """Cap an app's running requests across the platform (0: no cap)."""
-        r = self.http.put(f"/apps/{app}/limits", json={"max_inflight": max_inflight})
-        raise_for_error(r)
-        out: dict[str, Any] = r.json()
+        out: dict[str, Any] = self._json(
+            self.http.put(f"/apps/{app}/limits", json={"max_inflight": max_inflight})
+        )
         return out
 
     def set_tenant(
@@ -145,9 +137,7 @@ class AdminClient(Client):
             body["tier"] = tier
         if max_inflight is not None:
             body["max_inflight"] = max_inflight
-        r = self.http.put(f"/tenants/{name}", json=body)
-        raise_for_error(r)
-        out: dict[str, Any] = r.json()
+        out: dict[str, Any] = self._json(self.http.put(f"/tenants/{name}", json=body))
         return out
 
     def put_workflow(
@@ -166,37 +156,31 @@ class AdminClient(Client):
             AdminClient().put_workflow("digits-movie", Path("movie.yaml"))["revision"]
         """
         body = {"document": load_workflow(document).to_dict(), "alias": alias}
-        r = self.http.put(f"/workflows/{name}", json=body)
-        raise_for_error(r)
-        out: dict[str, Any] = r.json()
+        out: dict[str, Any] = self._json(self.http.put(f"/workflows/{name}", json=body))
         return out
 
     def list_workflows(self) -> list[dict[str, Any]]:
         """The caller's workflows: name, aliases, revision count, visibility."""
-        r = self.http.get("/workflows")
-        raise_for_error(r)
-        out: list[dict[str, Any]] = r.json()["workflows"]
+        out: list[dict[str, Any]] = self._json(self.http.get("/workflows"))["workflows"]
         return out
 
     def get_workflow(self, name: str) -> dict[str, Any]:
         """A workflow's aliases and revisions (newest first, each with its document)."""
-        r = self.http.get(f"/workflows/{name}")
-        raise_for_error(r)
-        out: dict[str, Any] = r.json()
+        out: dict[str, Any] = self._json(self.http.get(f"/workflows/{name}"))
         return out
 
     def set_workflow_alias(self, name: str, alias: str, revision: str) -> dict[str, Any]:
         """Point a workflow's alias at a revision id (or at another alias's revision)."""
-        r = self.http.put(f"/workflows/{name}/aliases/{alias}", json={"revision": revision})
-        raise_for_error(r)
-        out: dict[str, Any] = r.json()
+        out: dict[str, Any] = self._json(
+            self.http.put(f"/workflows/{name}/aliases/{alias}", json={"revision": revision})
+        )
         return out
 
     def rollback_workflow(self, name: str, alias: str = "latest") -> dict[str, Any]:
         """Move a workflow's alias back to its previous revision."""
-        r = self.http.post(f"/workflows/{name}/rollback", json={"alias": alias})
-        raise_for_error(r)
-        out: dict[str, Any] = r.json()
+        out: dict[str, Any] = self._json(
+            self.http.post(f"/workflows/{name}/rollback", json={"alias": alias})
+        )
         return out
 
     def share_workflow(
@@ -204,7 +188,5 @@ class AdminClient(Client):
     ) -> dict[str, Any]:
         """Make a workflow private, public, or shared with the named tenants."""
         body = {"visibility": visibility, "tenants": tenants or []}
-        r = self.http.put(f"/workflows/{name}/visibility", json=body)
-        raise_for_error(r)
-        out: dict[str, Any] = r.json()
+        out: dict[str, Any] = self._json(self.http.put(f"/workflows/{name}/visibility", json=body))
         return out
