@@ -340,6 +340,14 @@ class Broker:
         """Block until a wake token arrives for one of ``pools`` or the timeout passes."""
         await self.redis.blpop([keys.wake(p) for p in pools], timeout=timeout_s)
 
+    async def nudge(self, pool: str) -> None:
+        """Push a wake token for ``pool`` (bounded, as the scripts' ``wake``)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lpush(keys.wake(pool), "1")
+            pipe.ltrim(keys.wake(pool), 0, 63)
+            pipe.expire(keys.wake(pool), 60)
+            await pipe.execute()
+
     async def renew(self, request_id: str, worker_id: str, lease_s: float) -> bool:
         deadline = now_ms() + int(lease_s * 1000)
         ok = await self._renew(

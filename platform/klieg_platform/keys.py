@@ -4,6 +4,7 @@ klieg:req:{id}      hash    one request: routing, status, payload, result, error
 klieg:q:{pool}      zset    queued request ids of a pool, scored by enqueue time (ms)
 klieg:wake:{pool}   list    wake-up tokens; workers block on it when the queue is empty
 klieg:wake:*        list    wake-up tokens for workers that serve every pool
+klieg:wake:@{worker} list   wake-up tokens of one worker: it freed a runner others waited for
 klieg:pools         set     every pool that has ever had a request
 klieg:inflight      zset    dispatched request ids, scored by lease deadline (ms)
 klieg:webhooks      zset    completed request ids with a webhook, scored by when the next try is due

@@ -114,3 +114,20 @@ def test_min_concurrency_keeps_a_runner_warm_before_and_between_requests(
     time.sleep(3)
     assert _alive(warm)
     assert pids_file.read_text().split() == [str(warm)], "exactly one runner was kept"
+
+
+def test_a_burst_for_a_one_runner_function_runs_back_to_back(platform: Platform) -> None:
+    """Requests left queued while the function's only runner is busy start as soon as it is
+    free, not after the worker's idle wait (up to a second each)."""
+    import klieg
+
+    platform.deploy(TEST_APPS / "slow" / "app.py")
+    app = "local/slow/capped"  # max_concurrency 1
+    with klieg.Client(platform.url, platform.key) as client:
+        client.run(app, {"seconds": 0.0})
+        started = time.monotonic()
+        handles = [client.submit(app, {"seconds": 0.1}) for _ in range(12)]
+        results = [client.wait(h, timeout=60, interval=0.02) for h in handles]
+        elapsed = time.monotonic() - started
+    assert len({r["pid"] for r in results}) == 1
+    assert elapsed < 4.0, f"12 requests of 0.1 s on one runner took {elapsed:.1f}s"

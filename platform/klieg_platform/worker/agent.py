@@ -96,6 +96,9 @@ class Worker:
         self._warming: set[str] = set()
         self._cancelled: dict[str, float] = {}
         self._batchers: dict[tuple[str, str, str], Batcher] = {}
+        self._own_wake = f"@{self.id}"
+        """A wake list of this worker alone (``keys.wake``), pushed when it frees a runner."""
+        self._left_full = False
         self._spec_dir = settings.run_dir / "specs"
 
     # ---- main loops -------------------------------------------------------------------
@@ -121,7 +124,9 @@ class Worker:
                     need = 1 if self.runners.slots - self._busy < need else need
                     continue
                 if drained:
-                    await self.broker.wait_for_work(self.pools, 1.0)
+                    await self.broker.wait_for_work([*self.pools, self._own_wake], 1.0)
+                full = self.runners.full()
+                self._left_full = bool(full)
                 job = await self.broker.dispatch(
                     self.pools,
                     self.id,
@@ -130,7 +135,7 @@ class Worker:
                     total_units=self.runners.slots,
                     warm_here=self._idle_here(),
                     warm_elsewhere=self._warm_elsewhere,
-                    full=self.runners.full(),
+                    full=full,
                 )
                 if isinstance(job, Blocked):
                     need, drained = job.units, False
@@ -222,6 +227,14 @@ class Worker:
         finally:
             self._warming.discard(key)
 
+    def _freed(self) -> None:
+        """A slot or a runner became free. When the last dispatch left requests of busy
+        functions queued, wake this worker's loop: the queue will not (nothing new arrived)."""
+        self._slot_free.set()
+        if self._left_full:
+            self._left_full = False
+            self._background(self.broker.nudge(self._own_wake))
+
     def _spawn(self, job: Job) -> None:
         task = asyncio.create_task(self._handle(job))
         self._tasks.add(task)
@@ -260,7 +273,7 @@ class Worker:
             renew.cancel()
             self._active.pop(job.id, None)
             self._busy -= job.units
-            self._slot_free.set()
+            self._freed()
             for batcher in self._batchers.values():
                 batcher.settled(job.id)
         if outcome is None:
@@ -399,7 +412,7 @@ class Worker:
 
         async def release(runner: RunnerProcess) -> None:
             await self.runners.release(runner)
-            self._slot_free.set()
+            self._freed()
 
         async def fill(n: int) -> list[str]:
             jobs = await self.broker.dispatch_for(
