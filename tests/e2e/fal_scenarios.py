@@ -67,7 +67,10 @@ def blockers(seconds: float) -> list[fal_client.SyncRequestHandle]:
     """Fill the worker's slots with slow requests so the next one waits IN_QUEUE."""
     count = int(os.environ.get("FAL_SCENARIO_BLOCKERS", "2"))
     args = {"seconds": seconds}
-    return [fal_client.submit(f"{APP}/slow", arguments=args) for _ in range(count)]
+    handles = [fal_client.submit(f"{APP}/slow", arguments=args) for _ in range(count)]
+    for handle in handles:  # running, so the slots are taken before the next request arrives
+        poll(handle, fal_client.InProgress, 20)
+    return handles
 
 
 def within(call: Callable[[], Any], timeout_s: float) -> Out:
