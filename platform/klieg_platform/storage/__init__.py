@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol, runtime_checkable
 
-from klieg.exceptions import KliegError
+from klieg.exceptions import InvalidRequestError, KliegError
 
 
 class StorageError(KliegError):
@@ -35,6 +35,17 @@ class BlobStore(Protocol):
 @runtime_checkable
 class DirectURLs(Protocol):
     def url_for(self, key: str, ttl_s: int) -> str | None: ...
+
+
+def check_key(key: str) -> str:
+    """``key`` if it is a valid relative key (no empty, ``.`` or ``..`` segment, no leading
+    ``/``, no NUL); otherwise ``InvalidRequestError``. Both backends check keys this way, by
+    their text alone, so a key means the same object in either."""
+    if not key or key.startswith("/") or "\0" in key:
+        raise InvalidRequestError(f"invalid blob key {key!r}")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise InvalidRequestError(f"invalid blob key {key!r}")
+    return key
 
 
 def direct_url(store: BlobStore, key: str, ttl_s: int) -> str | None:

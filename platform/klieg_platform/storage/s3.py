@@ -25,8 +25,8 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from klieg.exceptions import InvalidRequestError, NotFoundError
-from klieg_platform.storage import StorageError
+from klieg.exceptions import NotFoundError
+from klieg_platform.storage import StorageError, check_key
 
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 PART_SIZE = 16 * 1024 * 1024
@@ -87,9 +87,7 @@ class S3BlobStore:
 
     def object_name(self, key: str) -> str:
         """The object name of ``key`` in the bucket (``prefix/key``)."""
-        parts = key.split("/")
-        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
-            raise InvalidRequestError(f"invalid blob key {key!r}")
+        check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def put(self, key: str, data: bytes) -> None:

@@ -69,14 +69,22 @@ def test_missing_key_raises_not_found(store: BlobStore) -> None:
     store.delete("results/there.json")
     with pytest.raises(NotFoundError):
         store.get("results/there.json")
+    with pytest.raises(NotFoundError):  # a folder of the local store is no object
+        store.get("results")
+    assert not store.exists("results")
 
 
-@pytest.mark.parametrize("key", ["../escape", "/etc/passwd", "media/../../escape"])
+@pytest.mark.parametrize(
+    "key",
+    ["../escape", "/etc/passwd", "media/../../escape", "media/./x", "media//x", "", "a\0b", "x/"],
+)
 def test_keys_outside_the_store_are_rejected(store: BlobStore, key: str) -> None:
     with pytest.raises(InvalidRequestError):
         store.put(key, b"x")
     with pytest.raises(InvalidRequestError):
         store.get(key)
+    with pytest.raises(InvalidRequestError):
+        store.exists(key)
 
 
 def test_a_70_mb_object_round_trips(store: BlobStore) -> None:
