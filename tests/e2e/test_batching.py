@@ -100,3 +100,28 @@ def test_a_runner_crash_fails_the_whole_batch_and_the_next_batch_runs(client: An
     outcomes = _submit_all(client, [{"value": 1}, {"value": 2, "crash": True}])
     assert [o.get("error_type") for o in outcomes] == ["RunnerCrashedError"] * 2
     assert client.run(APP, {"value": 4})["doubled"] == 8
+
+
+def test_the_next_batch_is_leased_while_a_full_batch_runs(client: Any) -> None:
+    """A full batch running makes the batcher lease the next one as it queues (prefill): those
+    requests are taken (IN_PROGRESS) before the running batch ends, run together right after
+    it, and one of them cancelled while it waits completes at once, the others unharmed."""
+    running = [client.submit(APP, {"value": v, "sleep": 2.5}) for v in range(4)]
+    deadline = time.monotonic() + 30
+    while any(client.status(APP, h.request_id)["status"] != "IN_PROGRESS" for h in running):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    ahead = [client.submit(APP, {"value": v}) for v in (10, 11, 12, 13)]
+    while any(client.status(APP, h.request_id)["status"] != "IN_PROGRESS" for h in ahead):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert all(client.status(APP, h.request_id)["status"] == "IN_PROGRESS" for h in running)
+    started = time.monotonic()
+    client.cancel(APP, ahead[0].request_id)
+    assert _outcome(client, ahead[0])["error_type"] == "RequestCancelledError"
+    assert time.monotonic() - started < 1.0  # not when the running batch ended
+    first = [_outcome(client, h)["ok"] for h in running]
+    assert [r["batch_size"] for r in first] == [4] * 4
+    rest = [_outcome(client, h)["ok"] for h in ahead[1:]]
+    assert [r["doubled"] for r in rest] == [22, 24, 26]
+    assert [r["batch_size"] for r in rest] == [3] * 3

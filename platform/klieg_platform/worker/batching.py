@@ -9,6 +9,9 @@ its own result or error. Guarantees:
 
 - a request waits for others at most ``batch_wait_ms`` (plus one broker round trip) once a
   runner is ready for it; requests already leased here join the next batch if they miss one;
+- while a full batch runs, the next one is leased as its requests reach the queue
+  (``_prefill``: at most ``max_batch_size`` requests ahead), so a saturated endpoint's runner
+  goes from one batch to the next without waiting for the queue;
 - the batcher holds at most ``max_concurrency`` runners (``acquire`` enforces it), each serving
   one batch at a time, and holds a runner only while it gathers or runs a batch;
 - a failed runner (crash, timeout, setup failure) fails every request of its batch with that
@@ -71,6 +74,7 @@ class Batcher:
         self._arrived = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._batches: set[asyncio.Task[None]] = set()
+        self._ahead: asyncio.Task[None] | None = None
         self.sizes: list[int] = []
         """Sizes of the batches run, newest last (at most 1000 kept)."""
 
@@ -117,7 +121,10 @@ class Batcher:
         return True
 
     async def _loop(self) -> None:
-        while self._pending:
+        while self._pending or self._expected:
+            if not self._pending:  # only requests leased by a prefill, still on their way
+                await self._await_expected()
+                continue
             try:
                 runner = await self._acquire()
             except BaseException as exc:
@@ -139,6 +146,41 @@ class Batcher:
             task = asyncio.create_task(self._run(runner, batch))
             self._batches.add(task)
             task.add_done_callback(self._batches.discard)
+            if len(batch) == self.max_size and (self._ahead is None or self._ahead.done()):
+                self._ahead = asyncio.create_task(self._prefill(task))
+
+    async def _prefill(self, running: asyncio.Task[None]) -> None:
+        """While a full batch runs (``running``), lease the next one as its requests reach the
+        queue, looking every ``batch_wait_ms`` (at least 5 ms): when the runner frees, the next
+        batch is here instead of being gathered then, with the runner idle meanwhile. At most
+        one batch is leased ahead; a runner that frees stops the look-ahead."""
+        interval = max(0.005, self.wait_s)
+        while not running.done():
+            room = self.max_size - len(self._pending) - len(self._expected)
+            if room <= 0:
+                return
+            try:
+                got = await self._fill(room)
+            except Exception:  # the queue stays as it was: these requests come the usual way
+                log.warning("could not lease the next batch ahead", exc_info=True)
+                return
+            self._expected.update(dict.fromkeys(got, asyncio.get_running_loop().time()))
+            await asyncio.wait([running], timeout=interval)
+
+    async def _await_expected(self) -> None:
+        """Wait until a request leased here arrives (or 50 ms); forget those leased more than a
+        second ago that never arrived."""
+        self._arrived.clear()
+        self._forget_stale(asyncio.get_running_loop().time())
+        if self._expected:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), 0.05)
+
+    def _forget_stale(self, now: float) -> None:
+        """Stop waiting for requests leased here more than a second ago that never arrived."""
+        for rid, at in list(self._expected.items()):
+            if now - at > 1.0:
+                del self._expected[rid]
 
     async def _gather(self) -> None:
         """Wait until the batch is full, or the first request has waited ``batch_wait_ms`` and
@@ -149,9 +191,7 @@ class Batcher:
         while self._pending and len(self._pending) < self.max_size:
             self._arrived.clear()
             now = loop.time()
-            for rid, at in list(self._expected.items()):
-                if now - at > 1.0:  # leased but never submitted: stop waiting for it
-                    del self._expected[rid]
+            self._forget_stale(now)
             room = self.max_size - len(self._pending) - len(self._expected)
             got: list[str] = []
             if room > 0 and (not asked or now < deadline):
