@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
-import uvicorn
 
 from klieg import cli
 from klieg.admin import AdminClient
 from klieg.exceptions import InvalidRequestError, NotFoundError, ValidationError
 from klieg.workflow import load_workflow
 from klieg_platform import keys
-from klieg_platform.config import Settings
-from klieg_platform.gateway.app import create_app
-from klieg_platform.registry import Registry
 from klieg_platform.workflows.store import revision_id, stored_workflow
 from tests.conftest import MACHINE_REDIS_URL
-from tests.e2e.platform import free_port
+from tests.klieg_platform.gateway.conftest import Gateway
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,57 +30,6 @@ nodes:
   strip: {app: local/imagetools/grid, input: {images: $gen.digits, columns: 8}}
 output: {image: $strip.image}
 """
-
-
-@dataclass
-class Gateway:
-    url: str
-    admin: AdminClient
-    other: AdminClient
-    registry: Registry
-
-
-@pytest.fixture()
-def gateway(tmp_path: Path) -> Iterator[Gateway]:
-    settings = Settings(
-        home=tmp_path,
-        redis_url=MACHINE_REDIS_URL,
-        database_url=f"sqlite:///{tmp_path / 'registry.db'}",
-        port=free_port(),
-    )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings),
-            host="127.0.0.1",
-            port=settings.port,
-            loop="asyncio",
-            log_level="warning",
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    registry = Registry(settings.effective_database_url)
-    try:
-        for _ in range(500):
-            if server.started:
-                break
-            threading.Event().wait(0.02)
-        assert server.started
-        url = f"http://127.0.0.1:{settings.port}"
-        with AdminClient(url, "") as anonymous:
-            admin = AdminClient(url, anonymous.create_key()["key"], timeout=30)
-        other = AdminClient(url, admin.create_key("other")["key"], timeout=30)
-        local = registry.get_tenant("local")
-        assert local is not None
-        for name in ("digits", "imagetools", "private"):
-            registry.ensure_app(local.id, name)
-        yield Gateway(url, admin, other, registry)
-        admin.close()
-        other.close()
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        registry.close()
 
 
 def put_raw(client: AdminClient, name: str, document: Any, alias: str = "latest") -> httpx.Response:
