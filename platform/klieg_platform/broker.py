@@ -493,6 +493,21 @@ class Broker:
         return float(value) / 1000 if value is not None else None
 
     # ---- reading ---------------------------------------------------------------------
+    async def completed(
+        self, request_id: str, done: asyncio.Future[None], poll_s: float = 5.0
+    ) -> None:
+        """Return once ``done`` resolves (a listener on ``keys.DONE_CHANNEL`` sets it) or the
+        request's record, re-read every ``poll_s`` seconds, is COMPLETED or gone: a lost
+        pub/sub message only delays a waiter, never hangs it."""
+        while True:
+            try:
+                await asyncio.wait_for(asyncio.shield(done), poll_s)
+                return
+            except TimeoutError:
+                status = await self.redis.hget(keys.request(request_id), "status")
+                if status is None or status == b"COMPLETED":
+                    return
+
     async def outcome(self, request_id: str) -> Outcome | None:
         """How a COMPLETED request ended (no logs); None when unknown or not completed."""
         values: list[Any] = await self.redis.hmget(

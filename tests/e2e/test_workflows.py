@@ -16,6 +16,7 @@ import pytest
 import klieg
 from klieg.workflow import Workflow
 from tests.e2e.platform import APPS, TEST_APPS, Platform
+from tests.e2e.webhook_receiver import receiving
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -102,6 +103,27 @@ def test_queue_status_carries_per_node_events(flows: Platform) -> None:
     with flows.http() as http:  # each node is an ordinary request of the caller
         node = http.get(f"/requests/{node_id}/status").json()
     assert node["status"] == "COMPLETED"
+
+
+def test_queued_workflows_deliver_their_webhook(flows: Platform) -> None:
+    with receiving() as receiver, flows.http() as http:
+        subs = {
+            name: http.post(
+                f"/queue/workflows/local/{name}",
+                params={"fal_webhook": receiver.url},
+                json=body,
+            ).json()
+            for name, body in (("chain", {"text": "hook"}), ("failing", {}))
+        }
+        deadline = time.monotonic() + 60
+        while any(not receiver.accepted(s["request_id"]) for s in subs.values()):
+            assert time.monotonic() < deadline, receiver.deliveries
+            time.sleep(0.05)
+    [ok] = receiver.accepted(subs["chain"]["request_id"])
+    assert ok.body["status"] == "OK"
+    assert ok.body["payload"] == {"reversed": "kooh", "restored": "hook"}
+    [failed] = receiver.accepted(subs["failing"]["request_id"])
+    assert failed.body["status"] == "ERROR" and "node 'bad' failed" in failed.body["error"]
 
 
 def test_streamed_workflow_sends_node_events_then_the_output(flows: Platform) -> None:

@@ -491,3 +491,26 @@ def test_dispatch_for_respects_the_tenant_cap(redis_url: str) -> None:
         assert [j.id for j in more] == [reqs[2].id]
 
     run(redis_url, body)
+
+
+def test_completed_returns_on_the_message_or_on_a_reread_after_a_lost_one(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        loop = asyncio.get_running_loop()
+        req = new()
+        await b.enqueue(req)
+        await b.dispatch(["CPU"], "w1", 30)
+        told: asyncio.Future[None] = loop.create_future()
+        loop.call_later(0.05, told.set_result, None)
+        await asyncio.wait_for(b.completed(req.id, told, poll_s=5.0), 1.0)  # the message
+
+        lost: asyncio.Future[None] = loop.create_future()  # never set: the message was lost
+        waiting = asyncio.create_task(b.completed(req.id, lost, poll_s=0.05))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # IN_PROGRESS: still waiting
+        assert await b.complete(req.id, "w1", Outcome(ok=True, result=b"{}")) is True
+        await asyncio.wait_for(waiting, 1.0)  # the re-read saw COMPLETED
+
+        gone: asyncio.Future[None] = loop.create_future()
+        await asyncio.wait_for(b.completed(uuid.uuid4().hex, gone, poll_s=0.05), 1.0)
+
+    run(redis_url, body)

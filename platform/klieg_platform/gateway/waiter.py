@@ -52,15 +52,8 @@ class Waiter:
         return fut
 
     async def wait(self, request_id: str, fut: asyncio.Future[None], poll_s: float = 5.0) -> None:
-        """Return once the request is COMPLETED."""
+        """Return once the request is COMPLETED (``Broker.completed``)."""
         try:
-            while True:
-                try:
-                    await asyncio.wait_for(asyncio.shield(fut), poll_s)
-                    return
-                except TimeoutError:
-                    state = await self.broker.get(request_id)
-                    if state is None or state.status == "COMPLETED":
-                        return
+            await self.broker.completed(request_id, fut, poll_s)
         finally:
             self._futures.pop(request_id, None)

@@ -246,7 +246,7 @@ class WorkflowExecutor:
                 await self._enqueue(run, node, rid)
             if state is None or state.status != "COMPLETED":
                 await self._event(run, node, "started", request_id=rid)
-                await self._wait(rid, done)
+                await self.broker.completed(rid, done)
         finally:
             self._done.pop(rid, None)
         outcome = await self.broker.outcome(rid)
@@ -262,16 +262,6 @@ class WorkflowExecutor:
         output = json.loads(body or b"null")
         await self._event(run, node, "completed", request_id=rid, output=output)
         return output
-
-    async def _wait(self, rid: str, done: asyncio.Future[None]) -> None:
-        while True:
-            try:
-                await asyncio.wait_for(asyncio.shield(done), 5.0)
-                return
-            except TimeoutError:  # a lost pub/sub message only delays
-                state = await self.broker.get(rid)
-                if state is None or state.status == "COMPLETED":
-                    return
 
     async def _enqueue(self, run: _Run, node: str, rid: str) -> None:
         spec = run.doc.nodes[node]
