@@ -33,8 +33,8 @@ from klieg.exceptions import (
 from klieg.types import AppSpec
 from klieg_platform import keys
 from klieg_platform.deploy import DeployResult, deploy
-from klieg_platform.gateway.intake import read_body
-from klieg_platform.gateway.state import GatewayState
+from klieg_platform.gateway.intake import read_json_object
+from klieg_platform.gateway.state import GatewayState, gateway
 from klieg_platform.registry import AppRecord, Revision, Tenant
 
 RESERVED = {
@@ -53,22 +53,9 @@ _ALIAS = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 MAX_DEPLOY_BYTES = 128 * 1024 * 1024
 
 
-def _gw(request: Request) -> GatewayState:
-    gw: GatewayState = request.app.state.gateway
-    return gw
-
-
-async def _json(request: Request, limit: int) -> dict[str, Any]:
-    body = await read_body(request, limit)
-    data = json.loads(body) if body.strip() else {}
-    if not isinstance(data, dict):
-        raise ValidationError([{"loc": ["body"], "msg": "expected a JSON object", "type": "type"}])
-    return data
-
-
 async def create_key(request: Request) -> Response:
-    gw = _gw(request)
-    data = await _json(request, 64 * 1024)
+    gw = gateway(request)
+    data = await read_json_object(request, 64 * 1024)
     caller = await gw.optional_tenant(request)
     wanted = data.get("tenant")
     tier = str(data.get("tier") or gw.settings.default_tier)
@@ -110,7 +97,7 @@ async def _app(gw: GatewayState, tenant: Tenant, name: str) -> AppRecord:
 
 
 async def list_apps(request: Request) -> Response:
-    gw = _gw(request)
+    gw = gateway(request)
     tenant = await gw.tenant(request)
 
     def load() -> list[dict[str, Any]]:
@@ -141,7 +128,7 @@ def _revision_json(rev: Revision, aliases: dict[str, str]) -> dict[str, Any]:
 
 
 async def list_revisions(request: Request) -> Response:
-    gw = _gw(request)
+    gw = gateway(request)
     app = await _app(gw, await gw.tenant(request), request.path_params["name"])
 
     def load() -> list[dict[str, Any]]:
@@ -151,49 +138,51 @@ async def list_revisions(request: Request) -> Response:
     return JSONResponse(await asyncio.to_thread(load))
 
 
-async def _alias_moved(gw: GatewayState, owner: str, app: str) -> None:
+async def alias_moved(gw: GatewayState, owner: str, app: str) -> None:
+    """Drop ``owner/app`` from this gateway's route cache and tell every other gateway to."""
     gw.forget_app(f"{owner}/{app}")
     await gw.broker.redis.publish(keys.ALIAS_CHANNEL, f"{owner}/{app}")
 
 
-def _alias_name(value: str) -> str:
+def alias_name(value: str) -> str:
+    """``value`` if it is a valid alias name, else ``InvalidRequestError``."""
     if not _ALIAS.match(value) or "@" in value:
         raise InvalidRequestError(f"invalid alias {value!r}")
     return value
 
 
 async def set_alias(request: Request) -> Response:
-    gw = _gw(request)
+    gw = gateway(request)
     tenant = await gw.tenant(request)
     app = await _app(gw, tenant, request.path_params["name"])
-    alias = _alias_name(request.path_params["alias"])
-    ref = str((await _json(request, 64 * 1024)).get("revision") or "")
+    alias = alias_name(request.path_params["alias"])
+    ref = str((await read_json_object(request, 64 * 1024)).get("revision") or "")
     rev = await asyncio.to_thread(gw.registry.revision_of, app, ref)
     if rev is None:
         raise NotFoundError(f"{tenant.name}/{app.name} has no revision or alias {ref!r}")
     previous = await asyncio.to_thread(gw.registry.set_alias, app, alias, rev.id)
-    await _alias_moved(gw, tenant.name, app.name)
+    await alias_moved(gw, tenant.name, app.name)
     return JSONResponse({"app": app.name, "alias": alias, "revision": rev.id, "previous": previous})
 
 
 async def rollback(request: Request) -> Response:
-    gw = _gw(request)
+    gw = gateway(request)
     tenant = await gw.tenant(request)
     app = await _app(gw, tenant, request.path_params["name"])
-    alias = _alias_name(request.query_params.get("alias", "latest"))
+    alias = alias_name(request.query_params.get("alias", "latest"))
     previous = await asyncio.to_thread(gw.registry.get_alias, app, alias)
     revision = await asyncio.to_thread(gw.registry.rollback, app, alias)
-    await _alias_moved(gw, tenant.name, app.name)
+    await alias_moved(gw, tenant.name, app.name)
     return JSONResponse(
         {"app": app.name, "alias": alias, "revision": revision, "previous": previous}
     )
 
 
 async def deploy_app(request: Request) -> Response:
-    gw = _gw(request)
+    gw = gateway(request)
     tenant = await gw.tenant(request)
-    alias = _alias_name(request.query_params.get("alias", "latest"))
-    data = await _json(request, MAX_DEPLOY_BYTES)
+    alias = alias_name(request.query_params.get("alias", "latest"))
+    data = await read_json_object(request, MAX_DEPLOY_BYTES)
     try:
         spec = AppSpec.model_validate(data.get("spec"))
         code = base64.b64decode(str(data.get("archive") or ""), validate=True)
@@ -224,7 +213,7 @@ async def deploy_app(request: Request) -> Response:
     async def run() -> None:
         try:
             res = await asyncio.to_thread(work)
-            await _alias_moved(gw, tenant.name, spec.name)
+            await alias_moved(gw, tenant.name, spec.name)
             done = {
                 "event": "done",
                 "revision": res.revision.id,
@@ -261,10 +250,10 @@ async def deploy_app(request: Request) -> Response:
 
 
 async def set_visibility(request: Request) -> Response:
-    gw = _gw(request)
+    gw = gateway(request)
     tenant = await gw.tenant(request)
     app = await _app(gw, tenant, request.path_params["name"])
-    data = await _json(request, 64 * 1024)
+    data = await read_json_object(request, 64 * 1024)
     names = data.get("tenants") or []
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ValidationError(
@@ -272,7 +261,7 @@ async def set_visibility(request: Request) -> Response:
         )
     visibility = str(data.get("visibility") or "")
     app = await asyncio.to_thread(gw.registry.set_visibility, app, visibility, names)
-    await _alias_moved(gw, tenant.name, app.name)
+    await alias_moved(gw, tenant.name, app.name)
     return JSONResponse({"app": app.name, "visibility": app.visibility, "shared_with": names})
 
 
@@ -286,21 +275,21 @@ def _limit(data: dict[str, Any]) -> int:
 
 
 async def set_app_limits(request: Request) -> Response:
-    gw = _gw(request)
+    gw = gateway(request)
     tenant = await gw.tenant(request)
     app = await _app(gw, tenant, request.path_params["name"])
-    limit = _limit(await _json(request, 64 * 1024))
+    limit = _limit(await read_json_object(request, 64 * 1024))
     app = await asyncio.to_thread(gw.registry.set_app_limit, app, limit)
-    await _alias_moved(gw, tenant.name, app.name)
+    await alias_moved(gw, tenant.name, app.name)
     return JSONResponse({"app": app.name, "max_inflight": app.max_inflight})
 
 
 async def set_tenant(request: Request) -> Response:
-    gw = _gw(request)
+    gw = gateway(request)
     caller = await gw.tenant(request)
     if not caller.admin:
         raise PermissionDeniedError("only an admin tenant may change tenants")
-    data = await _json(request, 64 * 1024)
+    data = await read_json_object(request, 64 * 1024)
     tier = data.get("tier")
     if tier is not None and str(tier) not in gw.tiers:
         raise InvalidRequestError(f"unknown tier {tier!r}; tiers: {', '.join(gw.tiers)}")

@@ -17,7 +17,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from klieg.exceptions import NotFoundError
-from klieg_platform.gateway.intake import gateway, read_limited
+from klieg_platform.gateway.intake import read_limited
+from klieg_platform.gateway.state import gateway
 from klieg_platform.storage import direct_url
 from klieg_platform.storage.signing import signed_url, verify
 

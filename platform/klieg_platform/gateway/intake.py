@@ -13,6 +13,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
@@ -28,18 +29,13 @@ from klieg.exceptions import (
 from klieg.types import EndpointSpec, normalize_path
 from klieg_platform.broker import NewRequest, Outcome
 from klieg_platform.gateway.errors import error_response
-from klieg_platform.gateway.state import GatewayState
+from klieg_platform.gateway.state import GatewayState, gateway
 from klieg_platform.scheduler import retry_after_s
 from klieg_platform.storage import offload_payload
 
 TIMEOUT_HEADER = "x-fal-request-timeout"
 DEFAULT_SERVICE_S = 10.0
 """Assumed service time of an app that has not been measured yet."""
-
-
-def gateway(request: Request) -> GatewayState:
-    state: GatewayState = request.app.state.gateway
-    return state
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
@@ -68,6 +64,16 @@ async def read_body(request: Request, limit: int) -> bytes:
                 [{"loc": ["body"], "msg": f"invalid JSON: {exc}", "type": "json_invalid"}]
             ) from exc
     return body
+
+
+async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
+    """The request body parsed as a JSON object (``{}`` for an empty body), size-limited as
+    ``read_body``; ``ValidationError`` for invalid JSON or any other JSON value."""
+    body = await read_body(request, limit)
+    data = json.loads(body) if body.strip() else {}
+    if not isinstance(data, dict):
+        raise ValidationError([{"loc": ["body"], "msg": "expected a JSON object", "type": "type"}])
+    return data
 
 
 def deadline_ms(request: Request) -> int:

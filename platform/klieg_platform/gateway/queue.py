@@ -27,11 +27,10 @@ from klieg_platform.gateway import sse
 from klieg_platform.gateway.intake import (
     DEFAULT_SERVICE_S,
     enqueue,
-    gateway,
     intake,
     result_response,
 )
-from klieg_platform.gateway.state import GatewayState
+from klieg_platform.gateway.state import GatewayState, gateway
 from klieg_platform.registry import WORKFLOW_PREFIX
 from klieg_platform.scheduler import estimate_start_s
 

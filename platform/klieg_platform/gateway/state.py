@@ -145,3 +145,9 @@ class GatewayState:
         owner, _, app = owner_app.partition("/")
         for key in [k for k in self._routes if k[0] == owner and k[1] == app]:
             del self._routes[key]
+
+
+def gateway(request: Request) -> GatewayState:
+    """The ``GatewayState`` of the app serving ``request`` (set by the lifespan in ``app.py``)."""
+    state: GatewayState = request.app.state.gateway
+    return state

@@ -24,8 +24,9 @@ from starlette.responses import JSONResponse, Response
 
 from klieg.exceptions import NotFoundError, ValidationError
 from klieg.workflow import WorkflowDoc, load_workflow
-from klieg_platform.gateway.admin import _alias_moved, _alias_name, _gw, _json
-from klieg_platform.gateway.state import GatewayState
+from klieg_platform.gateway.admin import alias_moved, alias_name
+from klieg_platform.gateway.intake import read_json_object
+from klieg_platform.gateway.state import GatewayState, gateway
 from klieg_platform.registry import (
     WORKFLOW_PREFIX,
     AppRecord,
@@ -57,7 +58,7 @@ def _check_apps(registry: Registry, doc: WorkflowDoc, caller: Tenant) -> None:
 
 
 async def list_workflows(request: Request) -> Response:
-    gw = _gw(request)
+    gw = gateway(request)
     tenant = await gw.tenant(request)
 
     def load() -> list[dict[str, Any]]:
@@ -77,12 +78,12 @@ async def list_workflows(request: Request) -> Response:
 
 
 async def put_workflow(request: Request) -> Response:
-    gw = _gw(request)
+    gw = gateway(request)
     tenant = await gw.tenant(request)
     name = request.path_params["name"]
     stored_name = workflow_app_name(name)
-    data = await _json(request, MAX_WORKFLOW_BYTES)
-    alias = _alias_name(str(data.get("alias") or "latest"))
+    data = await read_json_object(request, MAX_WORKFLOW_BYTES)
+    alias = alias_name(str(data.get("alias") or "latest"))
     source = data.get("document")
     if not isinstance(source, dict | str):
         raise ValidationError(
@@ -107,7 +108,7 @@ async def put_workflow(request: Request) -> Response:
         return revision, created, previous
 
     revision, created, previous = await asyncio.to_thread(store)
-    await _alias_moved(gw, tenant.name, stored_name)
+    await alias_moved(gw, tenant.name, stored_name)
     return JSONResponse(
         {
             "name": name,
@@ -121,7 +122,7 @@ async def put_workflow(request: Request) -> Response:
 
 
 async def get_workflow(request: Request) -> Response:
-    gw = _gw(request)
+    gw = gateway(request)
     tenant = await gw.tenant(request)
     name = request.path_params["name"]
     app = await _workflow(gw, tenant, name)
@@ -151,39 +152,39 @@ async def get_workflow(request: Request) -> Response:
 
 
 async def set_workflow_alias(request: Request) -> Response:
-    gw = _gw(request)
+    gw = gateway(request)
     tenant = await gw.tenant(request)
     name = request.path_params["name"]
     app = await _workflow(gw, tenant, name)
-    alias = _alias_name(request.path_params["alias"])
-    ref = str((await _json(request, _SMALL)).get("revision") or "")
+    alias = alias_name(request.path_params["alias"])
+    ref = str((await read_json_object(request, _SMALL)).get("revision") or "")
     rev = await asyncio.to_thread(gw.registry.revision_of, app, ref)
     if rev is None:
         raise NotFoundError(f"workflow {tenant.name}/{name} has no revision or alias {ref!r}")
     previous = await asyncio.to_thread(gw.registry.set_alias, app, alias, rev.id)
-    await _alias_moved(gw, tenant.name, app.name)
+    await alias_moved(gw, tenant.name, app.name)
     return JSONResponse({"name": name, "alias": alias, "revision": rev.id, "previous": previous})
 
 
 async def rollback_workflow(request: Request) -> Response:
-    gw = _gw(request)
+    gw = gateway(request)
     tenant = await gw.tenant(request)
     name = request.path_params["name"]
     app = await _workflow(gw, tenant, name)
-    data = await _json(request, _SMALL)
-    alias = _alias_name(str(data.get("alias") or request.query_params.get("alias", "latest")))
+    data = await read_json_object(request, _SMALL)
+    alias = alias_name(str(data.get("alias") or request.query_params.get("alias", "latest")))
     previous = await asyncio.to_thread(gw.registry.get_alias, app, alias)
     revision = await asyncio.to_thread(gw.registry.rollback, app, alias)
-    await _alias_moved(gw, tenant.name, app.name)
+    await alias_moved(gw, tenant.name, app.name)
     return JSONResponse({"name": name, "alias": alias, "revision": revision, "previous": previous})
 
 
 async def set_workflow_visibility(request: Request) -> Response:
-    gw = _gw(request)
+    gw = gateway(request)
     tenant = await gw.tenant(request)
     name = request.path_params["name"]
     app = await _workflow(gw, tenant, name)
-    data = await _json(request, _SMALL)
+    data = await read_json_object(request, _SMALL)
     names = data.get("tenants") or []
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ValidationError(
@@ -191,5 +192,5 @@ async def set_workflow_visibility(request: Request) -> Response:
         )
     visibility = str(data.get("visibility") or "")
     app = await asyncio.to_thread(gw.registry.set_visibility, app, visibility, names)
-    await _alias_moved(gw, tenant.name, app.name)
+    await alias_moved(gw, tenant.name, app.name)
     return JSONResponse({"name": name, "visibility": app.visibility, "shared_with": names})

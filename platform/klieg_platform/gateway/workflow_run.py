@@ -26,13 +26,9 @@ from klieg.workflow import WorkflowDoc, validate_input
 from klieg_platform import keys
 from klieg_platform.broker import NewRequest
 from klieg_platform.gateway import queue
-from klieg_platform.gateway.intake import (
-    deadline_ms,
-    gateway,
-    read_body,
-    webhook_url,
-)
+from klieg_platform.gateway.intake import deadline_ms, read_body, webhook_url
 from klieg_platform.gateway.run import enqueue_and_answer
+from klieg_platform.gateway.state import gateway
 from klieg_platform.registry import WORKFLOW_PREFIX, AppRecord, Revision
 from klieg_platform.storage import offload_payload
 from klieg_platform.workflows.executor import FUNCTION
