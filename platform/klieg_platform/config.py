@@ -49,6 +49,11 @@ class Settings:
     lease_s: float = 30.0
     max_attempts: int = 3
     result_ttl_s: int = 24 * 3600
+    blob_retention_s: float | None = None
+    """Age after which media, uploads and orphaned payloads/results are swept from the blob
+    store; None: ``result_ttl_s`` plus an hour (their URLs are signed for ``result_ttl_s``)."""
+    sweep_interval_s: float = 600.0
+    """How often one gateway of the cluster sweeps the blob store; 0 turns sweeping off."""
     worker_slots: int = 4
     worker_pools: tuple[str, ...] = ()
     setup_backoff_s: float = 5.0
@@ -71,6 +76,12 @@ class Settings:
     s3_secret_key: str | None = field(default=None, repr=False)
     s3_prefix: str = ""
     s3_presign: bool = False
+
+    @property
+    def effective_blob_retention_s(self) -> float:
+        if self.blob_retention_s is not None:
+            return self.blob_retention_s
+        return self.result_ttl_s + 3600.0
 
     @property
     def env_dir(self) -> Path:
@@ -129,6 +140,10 @@ class Settings:
             lease_s=float(env.get("KLIEG_LEASE_S", "30")),
             max_attempts=int(env.get("KLIEG_MAX_ATTEMPTS", "3")),
             result_ttl_s=int(env.get("KLIEG_RESULT_TTL_S", str(24 * 3600))),
+            blob_retention_s=(
+                float(env["KLIEG_BLOB_RETENTION_S"]) if env.get("KLIEG_BLOB_RETENTION_S") else None
+            ),
+            sweep_interval_s=float(env.get("KLIEG_SWEEP_INTERVAL_S", "600")),
             worker_slots=int(env.get("KLIEG_WORKER_SLOTS", "4")),
             worker_pools=pools,
             setup_backoff_s=float(env.get("KLIEG_SETUP_BACKOFF_S", "5")),

@@ -34,6 +34,8 @@ WORKFLOW_POOL = "workflow"
 """Workflow requests queue here: served by workflow executors, never by ``*`` workers, and not
 counted against tenant or app in-flight caps (their nodes are)."""
 WEBHOOKS = PREFIX + "webhooks"
+SWEEP_CLAIM = PREFIX + "sweep"
+"""Held by the gateway sweeping the blob store this period (one per cluster)."""
 DONE_CHANNEL = PREFIX + "done"
 CANCEL_CHANNEL = PREFIX + "cancel"
 ALIAS_CHANNEL = PREFIX + "aliases"

@@ -15,15 +15,16 @@ from klieg_platform.config import Settings
 from klieg_platform.gateway import admin, files, queue, run, workflow_admin, workflow_run
 from klieg_platform.gateway.errors import HANDLERS
 from klieg_platform.gateway.listeners import ListenerSplit
-from klieg_platform.gateway.state import GatewayState
+from klieg_platform.gateway.state import GatewayState, gateway
 from klieg_platform.gateway.waiter import Waiter
 from klieg_platform.packager import Packager
 from klieg_platform.services import open_broker, open_registry, open_store
+from klieg_platform.sweeper import BlobSweeper
 from klieg_platform.webhooks import WebhookSender
 
 
 async def health(request: Request) -> Response:
-    gw: GatewayState = request.app.state.gateway
+    gw = gateway(request)
     await gw.broker.redis.ping()
     return JSONResponse({"status": "ok"})
 
@@ -82,11 +83,14 @@ def create_app(settings: Settings) -> Starlette:
         await waiter.start()
         webhooks = WebhookSender(broker, gw.store, settings)
         await webhooks.start()
+        sweeper = BlobSweeper(broker, gw.store, settings)
+        await sweeper.start()
         app.state.gateway = gw
         app.state.waiter = waiter
         try:
             yield
         finally:
+            await sweeper.stop()
             await webhooks.stop()
             await waiter.stop()
             await broker.close()

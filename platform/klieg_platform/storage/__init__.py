@@ -31,6 +31,11 @@ class BlobStore(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def written_before(self, prefix: str, before: float, limit: int) -> list[str]:
+        """Up to ``limit`` keys under ``prefix`` (a folder such as ``media/``) last written
+        before ``before`` (epoch seconds), for the retention sweep."""
+        ...
+
 
 @runtime_checkable
 class DirectURLs(Protocol):

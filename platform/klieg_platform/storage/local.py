@@ -55,3 +55,23 @@ class LocalBlobStore:
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path(key))
+
+    def written_before(self, prefix: str, before: float, limit: int) -> list[str]:
+        """Files under ``prefix`` modified before ``before`` (left-over temp files too). Empty
+        folders untouched since ``before`` are removed on the way (a folder emptied now goes on
+        the next sweep; a ``put`` into a removed folder creates it again)."""
+        top = self._path(prefix.rstrip("/"))
+        found: list[str] = []
+        for folder, dirs, files in os.walk(top, topdown=False):
+            for name in files:
+                path = os.path.join(folder, name)
+                with contextlib.suppress(FileNotFoundError):
+                    if os.stat(path).st_mtime < before:
+                        found.append(os.path.relpath(path, self._base).replace(os.sep, "/"))
+                        if len(found) >= limit:
+                            return found
+            if folder != top and not dirs and not files:
+                with contextlib.suppress(OSError):
+                    if os.stat(folder).st_mtime < before:
+                        os.rmdir(folder)
+        return found

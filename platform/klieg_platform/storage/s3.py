@@ -131,6 +131,25 @@ class S3BlobStore:
         except NotFoundError:
             pass
 
+    def written_before(self, prefix: str, before: float, limit: int) -> list[str]:
+        """Keys under ``prefix`` whose objects were last modified before ``before`` (S3 keeps
+        whole seconds). A bucket lifecycle rule is the cheaper way on a large bucket; this
+        lists the prefix, a thousand objects per call."""
+        top = self.object_name(prefix.rstrip("/")) + "/"
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        found: list[str] = []
+        with self._errors("list", prefix):
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=top
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    if item["LastModified"].timestamp() < before:
+                        found.append(str(item["Key"])[strip:])
+                        if len(found) >= limit:
+                            return found
+        return found
+
     def presigned_url(self, key: str, ttl_s: int) -> str:
         """A GET URL for ``key`` that anyone may fetch for ``ttl_s`` seconds (at most 7 days,
         the SigV4 limit). Made locally, without a request; the key need not exist yet."""

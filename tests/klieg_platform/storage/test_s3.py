@@ -295,3 +295,29 @@ def test_presigned_urls_are_fetchable_signed_and_expiring(s3_endpoint: str) -> N
     plain = make_s3_store(s3_endpoint, store.bucket)
     assert plain.url_for("media/r1/tok/grey.png", 120) is None
     assert direct_url(plain, "media/r1/tok/grey.png", 120) is None
+
+
+def test_written_before_lists_old_objects_of_one_prefix(store: BlobStore) -> None:
+    store.put("media/a/t/old.png", b"1")
+    store.put("media/b/t/old.png", b"2")
+    store.put("uploads/u/1/old.bin", b"3")
+    store.put("code/old.tar.gz", b"4")
+    time.sleep(0.2)
+    mark = time.time()
+    time.sleep(1.1)  # S3 keeps whole seconds
+    store.put("media/c/t/new.png", b"5")
+    old = store.written_before("media/", mark, 100)
+    assert sorted(old) == ["media/a/t/old.png", "media/b/t/old.png"]
+    assert len(store.written_before("media/", mark, 1)) == 1
+    assert store.written_before("media/", mark - 60, 100) == []
+    assert store.written_before("results/", time.time() + 60, 100) == []  # nothing there
+    everything = store.written_before("media/", time.time() + 60, 100)
+    assert sorted(everything) == [*sorted(old), "media/c/t/new.png"]
+    for key in everything:
+        store.delete(key)
+    assert store.exists("uploads/u/1/old.bin") and store.exists("code/old.tar.gz")
+    if isinstance(store, LocalBlobStore):  # emptied folders go on a later sweep
+        store.written_before("media/", time.time() + 60, 100)
+        store.written_before("media/", time.time() + 60, 100)
+        assert not (store.root / "media" / "a").exists()
+        assert (store.root / "media").is_dir()

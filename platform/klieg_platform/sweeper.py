@@ -1,0 +1,96 @@
+"""Blob retention: files outlive neither their URLs nor their requests by much.
+
+Every ``sweep_interval_s`` one gateway of the cluster (the one that takes ``keys.SWEEP_CLAIM``
+for the period) deletes from the blob store:
+
+- ``media/`` (files endpoints returned) and ``uploads/`` older than ``blob_retention_s`` (by
+  default ``result_ttl_s`` plus an hour: their URLs are signed, or presigned, for
+  ``result_ttl_s``, so nobody can fetch them any more);
+- ``payloads/`` and ``results/`` (bodies too large for Redis, keyed by request id) older than
+  that whose request record is gone: a request still queued keeps its payload however long it
+  waits, and a result stays while its record does.
+
+``code/`` (revision archives) is never swept. A round deletes at most ``batch`` objects per
+prefix; the rest goes in the next rounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+
+from klieg_platform import keys
+from klieg_platform.broker import Broker
+from klieg_platform.config import Settings
+from klieg_platform.storage import BlobStore
+
+log = logging.getLogger("klieg.sweeper")
+
+BY_AGE = ("media/", "uploads/")
+BY_REQUEST = ("payloads/", "results/")
+
+
+def request_id_of(key: str) -> str:
+    """The request id in ``payloads/<id>.json`` or ``results/<id>.json``."""
+    return key.split("/", 1)[1].removesuffix(".json")
+
+
+class BlobSweeper:
+    def __init__(
+        self, broker: Broker, store: BlobStore, settings: Settings, *, batch: int = 1000
+    ) -> None:
+        self.broker = broker
+        self.store = store
+        self.retention_s = settings.effective_blob_retention_s
+        self.interval_s = settings.sweep_interval_s
+        self.batch = batch
+        self._owner = uuid.uuid4().hex
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        if self.interval_s > 0:
+            self._task = asyncio.create_task(self._loop(), name="klieg-sweeper")
+
+    async def stop(self) -> None:
+        """Stop after the current step (a flag, not a cancel: see ``WebhookSender.stop``)."""
+        self._stopping.set()
+        if self._task is not None:
+            _, running = await asyncio.wait({self._task}, timeout=5)
+            for task in running:
+                task.cancel()
+
+    async def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                if await self.broker.claim(keys.SWEEP_CLAIM, self._owner, self.interval_s * 0.9):
+                    swept = await self.sweep()
+                    if any(swept.values()):
+                        log.info("swept the blob store: %s", swept)
+            except Exception:
+                log.exception("blob sweep failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.interval_s)
+
+    async def sweep(self, now: float | None = None) -> dict[str, int]:
+        """One round: the number of objects deleted per prefix."""
+        before = (time.time() if now is None else now) - self.retention_s
+        out: dict[str, int] = {}
+        for prefix in (*BY_AGE, *BY_REQUEST):
+            old = await asyncio.to_thread(self.store.written_before, prefix, before, self.batch)
+            if prefix in BY_REQUEST and old:
+                async with self.broker.redis.pipeline(transaction=False) as pipe:
+                    for key in old:
+                        pipe.exists(keys.request(request_id_of(key)))
+                    alive = await pipe.execute()
+                old = [key for key, live in zip(old, alive, strict=True) if not live]
+            await asyncio.to_thread(self._delete, old)
+            out[prefix.rstrip("/")] = len(old)
+        return out
+
+    def _delete(self, doomed: list[str]) -> None:
+        for key in doomed:
+            self.store.delete(key)
