@@ -63,6 +63,9 @@ class Settings:
     queue_port: int | None = None
     webhook_max_attempts: int = 8
     webhook_backoff_s: float = 2.0
+    webhook_allow_private: bool = True
+    """Deliver webhooks to loopback/private addresses too (a single-machine setup); a shared
+    deployment turns this off so tenants cannot make the gateway call internal services."""
     signing_key: str = ""
     max_upload_bytes: int = 512 * 1024 * 1024
     tiers: tuple[Tier, ...] = DEFAULT_TIERS
@@ -153,6 +156,7 @@ class Settings:
             queue_port=int(env["KLIEG_QUEUE_PORT"]) if env.get("KLIEG_QUEUE_PORT") else None,
             webhook_max_attempts=int(env.get("KLIEG_WEBHOOK_MAX_ATTEMPTS", "8")),
             webhook_backoff_s=float(env.get("KLIEG_WEBHOOK_BACKOFF_S", "2")),
+            webhook_allow_private=_flag(env.get("KLIEG_WEBHOOK_ALLOW_PRIVATE"), default=True),
             tiers=parse_tiers(env["KLIEG_TIERS"]) if env.get("KLIEG_TIERS") else DEFAULT_TIERS,
             default_tier=env.get("KLIEG_DEFAULT_TIER", "free"),
             signing_key=env.get("KLIEG_SIGNING_KEY") or _read_key(home / "signing-key"),
@@ -167,8 +171,20 @@ class Settings:
                 env.get("KLIEG_S3_SECRET_KEY") or env.get("AWS_SECRET_ACCESS_KEY") or None
             ),
             s3_prefix=env.get("KLIEG_S3_PREFIX", ""),
-            s3_presign=env.get("KLIEG_S3_PRESIGN", "").lower() in ("1", "true", "yes", "on"),
+            s3_presign=_flag(env.get("KLIEG_S3_PRESIGN"), default=False),
         )
+
+
+def _flag(value: str | None, *, default: bool) -> bool:
+    """A boolean setting: 1/true/yes/on or 0/false/no/off (any case); ``default`` when unset."""
+    if value is None or not value.strip():
+        return default
+    word = value.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean setting: {value!r} (use 1/0, true/false, yes/no, on/off)")
 
 
 def _read_key(path: Path) -> str:

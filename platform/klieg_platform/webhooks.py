@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import random
+import socket
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -82,6 +85,22 @@ else
 end
 return n
 """
+
+
+async def refused_target(url: str) -> str | None:
+    """Why ``url`` may not receive webhooks where only public receivers are allowed: its host
+    is, or resolves to, an address that is not globally routable (loopback, private, link-local,
+    shared, reserved, multicast), or does not resolve. None when every address is public."""
+    host = urlsplit(url).hostname or ""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        return f"its host {host!r} does not resolve ({exc.strerror or exc})"
+    for *_, sockaddr in infos:
+        ip = ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
+        if not ip.is_global or ip.is_multicast:
+            return f"its host {host!r} is at {ip}, not a public address"
+    return None
 
 
 def backoff_s(
@@ -148,6 +167,7 @@ class WebhookSender:
         self.store = store
         self.max_attempts = max(1, settings.webhook_max_attempts)
         self.base_backoff_s = settings.webhook_backoff_s
+        self.allow_private = settings.webhook_allow_private
         self.concurrency = concurrency
         self.claim_ms = int(claim_timeout_s * 1000)
         self.poll_s = poll_s
@@ -240,7 +260,11 @@ class WebhookSender:
         body = webhook_body(request_id, outcome, result)
         if unreadable:
             body["payload_error"] = unreadable
-        error = await self._post(state.webhook, request_id, body)
+        refused = None if self.allow_private else await refused_target(state.webhook)
+        if refused is not None:  # checked at submit too; the host's addresses may have changed
+            error: str | None = f"refused: {refused}"
+        else:
+            error = await self._post(state.webhook, request_id, body)
         attempt = int(state.extra.get("webhook_attempts") or 0) + 1
         retry_at = now_ms() + int(backoff_s(attempt, self.base_backoff_s) * 1000)
         n = await self._record(

@@ -146,3 +146,29 @@ def test_deliveries_of_different_requests_do_not_mix(hooks: Platform) -> None:
             assert delivery.headers["x-klieg-request-id"] == sub["request_id"]
         assert "webhook" not in wait_for_status(http, plain["status_url"], "COMPLETED")
         assert len(receiver.deliveries) == 2
+
+
+@pytest.fixture(scope="module")
+def public_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    home = tmp_path_factory.mktemp("klieg-public-hooks")
+    with running_platform(home, extra_env={"KLIEG_WEBHOOK_ALLOW_PRIVATE": "0"}) as p:
+        with p.admin(key="") as anonymous:
+            p.key = anonymous.create_key()["key"]
+        p.deploy(APPS / "echo" / "app.py")
+        with p.admin() as admin:
+            admin.put_workflow("once", {"nodes": {"a": {"app": "local/echo"}}, "output": "$a"})
+        yield p
+
+
+@pytest.mark.parametrize("route", ["/queue/local/echo", "/queue/workflows/local/once"])
+@pytest.mark.parametrize("hook", ["http://127.0.0.1:9/hook", "http://169.254.169.254/x"])
+def test_a_gateway_for_public_receivers_refuses_private_ones_at_submit(
+    public_only: Platform, route: str, hook: str
+) -> None:
+    with public_only.http() as http:
+        r = http.post(route, params={"fal_webhook": hook}, json={"text": "x"})
+        assert r.status_code == 400, r.text
+        assert r.json()["error_type"] == "InvalidRequestError"
+        assert "is refused" in r.json()["detail"] and "public addresses only" in r.json()["detail"]
+        queued = http.post(route, json={"text": "x"})  # no webhook: accepted as usual
+        assert queued.status_code == 200, queued.text

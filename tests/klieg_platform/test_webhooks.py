@@ -15,7 +15,7 @@ from klieg_platform import keys
 from klieg_platform.broker import Broker, NewRequest, Outcome
 from klieg_platform.config import Settings
 from klieg_platform.storage.local import LocalBlobStore
-from klieg_platform.webhooks import WebhookSender, backoff_s, webhook_body
+from klieg_platform.webhooks import WebhookSender, backoff_s, refused_target, webhook_body
 from tests.e2e.platform import free_port
 from tests.e2e.webhook_receiver import receiving
 
@@ -35,8 +35,15 @@ def run(url: str, body: Body) -> None:
     asyncio.run(main())
 
 
-def sender(broker: Broker, tmp_path: Path, *, max_attempts: int = 3) -> WebhookSender:
-    settings = Settings(home=tmp_path, webhook_max_attempts=max_attempts, webhook_backoff_s=0.05)
+def sender(
+    broker: Broker, tmp_path: Path, *, max_attempts: int = 3, allow_private: bool = True
+) -> WebhookSender:
+    settings = Settings(
+        home=tmp_path,
+        webhook_max_attempts=max_attempts,
+        webhook_backoff_s=0.05,
+        webhook_allow_private=allow_private,
+    )
     return WebhookSender(broker, LocalBlobStore(tmp_path / "blobs"), settings, poll_s=0.02)
 
 
@@ -160,6 +167,50 @@ def test_gives_up_after_max_attempts(redis_url: str, tmp_path: Path) -> None:
         assert rec["webhook_attempts"] == "3"
         assert "ConnectError" in rec["webhook_last_error"]
         assert await b.redis.zscore(keys.WEBHOOKS, rid) is None
+
+    run(redis_url, body)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/hook",
+        "http://localhost/hook",
+        "http://10.1.2.3/hook",
+        "http://192.168.0.7:8080/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://100.64.0.1/",
+        "http://[::1]/hook",
+        "http://[fe80::1]/hook",
+        "http://0.0.0.0/",
+        "http://224.0.0.1/",
+        "http://no-such-host.invalid/hook",
+    ],
+)
+def test_non_public_targets_are_refused(url: str) -> None:
+    assert asyncio.run(refused_target(url)) is not None
+
+
+def test_public_addresses_are_accepted() -> None:
+    for url in ("https://93.184.216.34/hook", "http://[2606:4700:4700::1111]:8443/x"):
+        assert asyncio.run(refused_target(url)) is None
+
+
+def test_a_private_target_is_refused_at_delivery_where_only_public_ones_are_allowed(
+    redis_url: str, tmp_path: Path
+) -> None:
+    async def body(b: Broker) -> None:
+        with receiving() as receiver:
+            rid = await completed(b, receiver.url, Outcome(ok=True, result=b"{}"))
+            s = sender(b, tmp_path, max_attempts=2, allow_private=False)
+            await s.start()
+            try:
+                rec = await until(b, rid, "failed")
+            finally:
+                await s.stop()
+            assert receiver.deliveries == []
+        assert rec["webhook_attempts"] == "2"
+        assert rec["webhook_last_error"].startswith("refused: its host '127.0.0.1' is at")
 
     run(redis_url, body)
 

@@ -32,6 +32,7 @@ from klieg_platform.gateway.errors import error_response
 from klieg_platform.gateway.state import GatewayState, gateway
 from klieg_platform.scheduler import retry_after_s
 from klieg_platform.storage import offload_payload
+from klieg_platform.webhooks import refused_target
 
 TIMEOUT_HEADER = "x-fal-request-timeout"
 DEFAULT_SERVICE_S = 10.0
@@ -90,13 +91,23 @@ def deadline_ms(request: Request) -> int:
     return int((time.time() + seconds) * 1000)
 
 
-def webhook_url(request: Request) -> str:
-    """The ``?fal_webhook=`` URL, checked to be http(s); "" when none."""
+async def webhook_url(request: Request, gw: GatewayState) -> str:
+    """The ``?fal_webhook=`` URL, checked to be http(s) and, where the gateway delivers to
+    public receivers only (``webhook_allow_private`` off), to have only public addresses; ""
+    when none."""
     url = request.query_params.get("fal_webhook", "")
-    if url:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise InvalidRequestError(f"fal_webhook must be an http(s) URL, got {url!r}")
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise InvalidRequestError(f"fal_webhook must be an http(s) URL, got {url!r}")
+    if not gw.settings.webhook_allow_private:
+        refused = await refused_target(url)
+        if refused is not None:
+            raise InvalidRequestError(
+                f"fal_webhook {url!r} is refused: {refused}; this gateway delivers webhooks to "
+                "public addresses only"
+            )
     return url
 
 
@@ -145,7 +156,7 @@ async def intake(request: Request, *, allow_stream: bool) -> Intake:
         payload_ref=ref,
         timeout_s=fn.request_timeout,
         deadline_ms=deadline_ms(request),
-        webhook=webhook_url(request),
+        webhook=await webhook_url(request, gw),
         stream=stream,
         tier=gw.tier_of(tenant),
         tenant_cap=tenant.max_inflight,

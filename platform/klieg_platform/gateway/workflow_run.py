@@ -71,7 +71,7 @@ async def _intake(request: Request, *, stream: bool) -> NewRequest:
         payload_ref=ref_key,
         timeout_s=WORKFLOW_TIMEOUT_S,
         deadline_ms=deadline_ms(request),
-        webhook=webhook_url(request),
+        webhook=await webhook_url(request, gw),
         stream=stream,
         tier=gw.tier_of(tenant),
     )
