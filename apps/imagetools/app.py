@@ -30,7 +30,6 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING, Literal
 
-import httpx
 from pydantic import BaseModel, Field, field_validator
 
 import klieg
@@ -117,39 +116,10 @@ def _invalid(loc: list[str | int], msg: str, kind: str) -> klieg.ValidationError
     return klieg.ValidationError([{"loc": ["body", *loc], "msg": msg, "type": kind}])
 
 
-def _fetch(media: klieg.File, loc: list[str | int]) -> bytes:
-    """The bytes behind ``media.url``; a 422 naming ``loc`` when they cannot be read."""
-    try:
-        return media.read()
-    except (httpx.HTTPError, ValueError) as exc:
-        raise _invalid(loc, f"cannot read {media.url[:80]!r}: {exc}", "url_unreadable") from exc
-
-
-def _open(data: bytes, loc: list[str | int]) -> PILImage.Image:
-    """Decode ``data`` into an upright image in L, LA, RGB or RGBA; a 422 naming ``loc`` if the
-    bytes are not an image Pillow reads or it is larger than ``MAX_INPUT_PIXELS``."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        image = Image.open(io.BytesIO(data))
-        if image.width * image.height > MAX_INPUT_PIXELS:
-            raise _invalid(
-                loc,
-                f"image is {image.width}x{image.height}, more than {MAX_INPUT_PIXELS} pixels",
-                "image_too_large",
-            )
-        image.load()
-        upright = ImageOps.exif_transpose(image)
-    except Image.DecompressionBombError as exc:
-        raise _invalid(loc, str(exc), "image_too_large") from exc
-    except UnidentifiedImageError as exc:
-        msg = f"the {len(data)} bytes are not an image in a format Pillow reads"
-        raise _invalid(loc, msg, "image_undecodable") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        msg = f"the image cannot be decoded ({type(exc).__name__}: {exc})"
-        raise _invalid(loc, msg, "image_undecodable") from exc
-    upright.format = image.format
-    return _normalized(upright)
+def _load(media: klieg.Image, loc: list[str | int]) -> PILImage.Image:
+    """The input upright, in L, LA, RGB or RGBA; a 422 naming ``loc`` if it cannot be fetched or
+    decoded or has more than ``MAX_INPUT_PIXELS`` pixels."""
+    return _normalized(media.to_pil(loc=loc, max_pixels=MAX_INPUT_PIXELS))
 
 
 def _normalized(image: PILImage.Image) -> PILImage.Image:
@@ -163,7 +133,7 @@ def _normalized(image: PILImage.Image) -> PILImage.Image:
 
 
 def _header_pixels(data: bytes) -> int:
-    """Width x height from the header alone; 0 when it is unreadable (``_open`` then says why)."""
+    """Width x height from the header alone; 0 when it is unreadable (decoding then says why)."""
     from PIL import Image
 
     try:
@@ -171,10 +141,6 @@ def _header_pixels(data: bytes) -> int:
             return image.width * image.height
     except (Image.DecompressionBombError, OSError, SyntaxError, ValueError, EOFError):
         return 0
-
-
-def _load(media: klieg.Image, loc: list[str | int]) -> PILImage.Image:
-    return _open(_fetch(media, loc), loc)
 
 
 def _source_format(image: PILImage.Image) -> Format:
@@ -292,7 +258,7 @@ class ImageTools:
         images = _load_grid(req)
         columns = min(req.columns or len(images), len(images))
         blanks = [Image.new("RGBA", i.size, (0, 0, 0, 0)) for i in images]
-        frames = []
+        frames: list[klieg.Image] = []
         for shown in [*range(1, len(images) + 1), *[len(images)] * req.hold]:
             cells = images[:shown] + blanks[shown:]
             frame = compose_grid(cells, columns, req.gap, req.background)
@@ -301,9 +267,14 @@ class ImageTools:
 
 
 def _load_grid(req: GridIn) -> list[PILImage.Image]:
-    sources = [_fetch(media, ["images", n]) for n, media in enumerate(req.images)]
+    """The grid's images, each as ``_load`` gives it; their total pixels are checked from the
+    headers before any is decoded."""
+    sources = [media.read(loc=["images", n]) for n, media in enumerate(req.images)]
     if sum(_header_pixels(data) for data in sources) > MAX_GRID_INPUT_PIXELS:
         raise _invalid(
             ["images"], f"the images hold over {MAX_GRID_INPUT_PIXELS} pixels", "too_large"
         )
-    return [_open(data, ["images", n]) for n, data in enumerate(sources)]
+    return [
+        _normalized(klieg.media.open_image(data, loc=["images", n], max_pixels=MAX_INPUT_PIXELS))
+        for n, data in enumerate(sources)
+    ]

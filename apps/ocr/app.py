@@ -36,7 +36,6 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING, Any
 
-import httpx
 from pydantic import BaseModel, Field
 
 import klieg
@@ -87,44 +86,6 @@ class OcrOut(BaseModel):
     text: str = Field(description="the lines' texts in reading order, joined by newlines")
     lines: list[Line]
     annotated: klieg.Image
-
-
-def _invalid(loc: list[str | int], msg: str, kind: str) -> klieg.ValidationError:
-    return klieg.ValidationError([{"loc": ["body", *loc], "msg": msg, "type": kind}])
-
-
-def _fetch(media: klieg.File, loc: list[str | int]) -> bytes:
-    """The bytes behind ``media.url``; a 422 naming ``loc`` when they cannot be read."""
-    try:
-        return media.read()
-    except (httpx.HTTPError, ValueError) as exc:
-        raise _invalid(loc, f"cannot read {media.url[:80]!r}: {exc}", "url_unreadable") from exc
-
-
-def _open(data: bytes, loc: list[str | int]) -> PILImage.Image:
-    """Decode ``data`` into an upright RGB image (transparency flattened onto white); a 422
-    naming ``loc`` if the bytes are not an image Pillow reads or it is too large."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        image = Image.open(io.BytesIO(data))
-        if image.width * image.height > MAX_INPUT_PIXELS:
-            raise _invalid(
-                loc,
-                f"image is {image.width}x{image.height}, more than {MAX_INPUT_PIXELS} pixels",
-                "image_too_large",
-            )
-        image.load()
-        upright = ImageOps.exif_transpose(image)
-    except Image.DecompressionBombError as exc:
-        raise _invalid(loc, str(exc), "image_too_large") from exc
-    except UnidentifiedImageError as exc:
-        msg = f"the {len(data)} bytes are not an image in a format Pillow reads"
-        raise _invalid(loc, msg, "image_undecodable") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        msg = f"the image cannot be decoded ({type(exc).__name__}: {exc})"
-        raise _invalid(loc, msg, "image_undecodable") from exc
-    return _on_white(upright)
 
 
 def _on_white(image: PILImage.Image) -> PILImage.Image:
@@ -224,7 +185,7 @@ class Ocr:
 
     @klieg.endpoint("/")
     def read(self, req: OcrIn) -> OcrOut:
-        image = _open(_fetch(req.image, ["image"]), ["image"])
+        image = _on_white(req.image.to_pil(loc=["image"], max_pixels=MAX_INPUT_PIXELS))
         found = self.recognise(image, req.min_confidence)
         lines = [found[i] for i in reading_order([line.box for line in found])]
         png = io.BytesIO()

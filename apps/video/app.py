@@ -26,9 +26,10 @@ Contracts:
   one of ``count`` equal slices of the video (found by seeking, so long videos are cheap).
   A frame picked twice (``count`` above the number of frames) is returned once. PNG, at the
   video's size, or with the longest side at most ``max_side``.
-- An input that cannot be fetched or decoded fails with 422 (``klieg.ValidationError``), detail
+- An input that cannot be fetched or decoded, or a frame of more than ``MAX_INPUT_PIXELS``
+  pixels, fails with 422 (``klieg.ValidationError``), detail
   ``[{"loc": ["body", "frames", 2], "msg": "...", "type": "image_undecodable"}]`` (or
-  ``video_undecodable``, ``url_unreadable``).
+  ``image_too_large``, ``video_undecodable``, ``url_unreadable``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
 from pydantic import BaseModel, Field
 
 import klieg
@@ -89,41 +89,16 @@ class ThumbnailsOut(BaseModel):
     timestamps: list[float]
 
 
-def _invalid(loc: list[str | int], msg: str, kind: str) -> klieg.ValidationError:
-    return klieg.ValidationError([{"loc": ["body", *loc], "msg": msg, "type": kind}])
+def _load_rgb(media: klieg.Image, loc: list[str | int]) -> PILImage.Image:
+    """The frame upright, in RGB (alpha flattened onto black); a 422 naming ``loc`` if it cannot
+    be fetched or decoded or has more than ``MAX_INPUT_PIXELS`` pixels."""
+    from PIL import Image
 
-
-def _fetch(media: klieg.File, loc: list[str | int]) -> bytes:
-    """The bytes behind ``media.url``; a 422 naming ``loc`` when they cannot be read."""
-    try:
-        return media.read()
-    except (httpx.HTTPError, ValueError) as exc:
-        raise _invalid(loc, f"cannot read {media.url[:80]!r}: {exc}", "url_unreadable") from exc
-
-
-def _open_rgb(data: bytes, loc: list[str | int]) -> PILImage.Image:
-    """An upright RGB image (alpha flattened onto black); a 422 naming ``loc`` if undecodable."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        image = Image.open(io.BytesIO(data))
-        if image.width * image.height > MAX_INPUT_PIXELS:
-            msg = f"frame is {image.width}x{image.height}, more than {MAX_INPUT_PIXELS} pixels"
-            raise _invalid(loc, msg, "image_too_large")
-        image.load()
-        upright = ImageOps.exif_transpose(image)
-    except Image.DecompressionBombError as exc:
-        raise _invalid(loc, str(exc), "image_too_large") from exc
-    except UnidentifiedImageError as exc:
-        msg = f"the {len(data)} bytes are not an image in a format Pillow reads"
-        raise _invalid(loc, msg, "image_undecodable") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        msg = f"the image cannot be decoded ({type(exc).__name__}: {exc})"
-        raise _invalid(loc, msg, "image_undecodable") from exc
-    if upright.mode in ("RGBA", "LA", "PA") or "transparency" in upright.info:
-        black = Image.new("RGBA", upright.size, (0, 0, 0, 255))
-        return Image.alpha_composite(black, upright.convert("RGBA")).convert("RGB")
-    return upright.convert("RGB")
+    image = media.to_pil(loc=loc, max_pixels=MAX_INPUT_PIXELS)
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        black = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
 
 
 def h264_encoder() -> tuple[str, dict[str, str]]:
@@ -254,7 +229,7 @@ class VideoTools:
     def frames_to_video(self, req: FramesIn) -> FramesOut:
         from PIL import Image, ImageOps
 
-        first = _open_rgb(_fetch(req.frames[0], ["frames", 0]), ["frames", 0])
+        first = _load_rgb(req.frames[0], ["frames", 0])
         size = video_size(first.width, first.height)
         preview_size = fit_within(size[0], size[1], PREVIEW_SIDE)
         previews: list[Image.Image] = []
@@ -263,7 +238,7 @@ class VideoTools:
             """Each frame fetched, decoded and fitted to ``size`` just before it is encoded."""
             for n, media in enumerate(req.frames):
                 loc: list[str | int] = ["frames", n]
-                image = first if n == 0 else _open_rgb(_fetch(media, loc), loc)
+                image = first if n == 0 else _load_rgb(media, loc)
                 if image.size != size:
                     image = ImageOps.pad(image, size, Image.Resampling.LANCZOS, color=(0, 0, 0))
                 previews.append(image.resize(preview_size, Image.Resampling.LANCZOS))
@@ -288,12 +263,13 @@ class VideoTools:
         import av
         from PIL import Image
 
-        data = _fetch(req.video, ["video"])
+        data = req.video.read(loc=["video"])
         try:
             picked = pick_frames(data, req.count)
         except (av.FFmpegError, ValueError) as exc:
             msg = f"the {len(data)} bytes are not a video PyAV decodes ({exc})"
-            raise _invalid(["video"], msg, "video_undecodable") from exc
+            error = {"loc": ["body", "video"], "msg": msg, "type": "video_undecodable"}
+            raise klieg.ValidationError([error]) from exc
         images: list[klieg.Image] = []
         for n, (_, image) in enumerate(picked):
             if req.max_side is not None:

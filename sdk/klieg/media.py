@@ -2,13 +2,17 @@
 
 An endpoint returns media by building it from bytes; Klieg stores the bytes in the platform's
 blob store and the caller receives a URL. An endpoint receives media as a URL (http(s), a
-``data:`` URI, or one from ``POST /files/upload``) and reads it with ``read()``.
+``data:`` URI, or one from ``POST /files/upload``) and reads it with ``read()``, or
+``to_pil()`` for an image. Given ``loc``, the input's place in the request body, both turn an
+input that cannot be read or decoded into a 422 ``klieg.ValidationError`` naming that field,
+in pydantic's shape: ``[{"loc": ["body", *loc], "msg": "...", "type": "url_unreadable"}]``
+(or ``image_undecodable``, ``image_too_large``).
 
 Example::
 
     @app.function()
     def thumbnail(req: ThumbIn) -> ThumbOut:
-        source = req.image.to_pil()                  # downloads the input image
+        source = req.image.to_pil(loc=["image"], max_pixels=40_000_000)   # downloads and decodes
         source.thumbnail((128, 128))
         return ThumbOut(image=klieg.Image.from_pil(source))   # uploaded; the caller gets a URL
 
@@ -24,6 +28,7 @@ import io
 import mimetypes
 import secrets
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote_to_bytes
@@ -31,9 +36,13 @@ from urllib.parse import unquote_to_bytes
 import httpx
 from pydantic import BaseModel
 
+from klieg.exceptions import ValidationError
+
 PENDING_SCHEME = "klieg-media://"
 F = TypeVar("F", bound="File")
 I = TypeVar("I", bound="Image")  # noqa: E741
+Loc = Sequence[str | int]
+"""A field's place in the request body, as in pydantic's errors: ``["images", 2]``."""
 
 
 class _Pending:
@@ -102,8 +111,21 @@ class File(BaseModel):
         p = Path(path)
         return cls.from_bytes(p.read_bytes(), content_type, p.name)
 
-    def read(self, *, timeout: float = 60.0) -> bytes:
-        """The file's bytes: decoded from a ``data:`` URI, or downloaded."""
+    def read(self, *, timeout: float = 60.0, loc: Loc | None = None) -> bytes:
+        """The file's bytes: decoded from a ``data:`` URI, or downloaded.
+
+        Without ``loc``, httpx's errors and ``ValueError`` propagate; with it, they become a 422
+        ``klieg.ValidationError`` naming ``["body", *loc]``, type ``url_unreadable``.
+        """
+        try:
+            return self._read(timeout)
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
+            if loc is None:
+                raise
+            msg = f"cannot read {self.url[:80]!r}: {exc}"
+            raise _invalid(loc, msg, "url_unreadable") from exc
+
+    def _read(self, timeout: float) -> bytes:
         if self.url.startswith("data:"):
             head, _, payload = self.url.partition(",")
             if head.endswith(";base64"):
@@ -125,7 +147,8 @@ class Image(File):
     Example::
 
         img = klieg.Image.from_pil(pil_image)        # PNG by default
-        pil = img.to_pil()
+        pil = img.to_pil()                           # loaded, upright, pil.format == "PNG"
+        pil = req.image.to_pil(loc=["image"], max_pixels=40_000_000)   # 422s name "image"
     """
 
     width: int | None = None
@@ -141,10 +164,10 @@ class Image(File):
             width=image.width, height=image.height,
         )  # fmt: skip
 
-    def to_pil(self) -> Any:
-        from PIL import Image as PILImage  # Pillow is the app's own requirement
-
-        return PILImage.open(io.BytesIO(self.read()))
+    def to_pil(self, *, loc: Loc | None = None, max_pixels: int | None = None) -> Any:
+        """The image read (``read``) and decoded (``open_image``): loaded, upright, in the
+        source's mode and ``format``; ``loc`` and ``max_pixels`` as for those two."""
+        return open_image(self.read(loc=loc), loc=loc, max_pixels=max_pixels)
 
 
 class Video(File):
@@ -153,3 +176,51 @@ class Video(File):
 
 class Audio(File):
     """An audio file (for example ``audio/wav``)."""
+
+
+def open_image(data: bytes, *, loc: Loc | None = None, max_pixels: int | None = None) -> Any:
+    """``data`` decoded by Pillow into a loaded, upright PIL image (EXIF orientation applied) in
+    the source's mode, with the source's ``format``.
+
+    An image of more than ``max_pixels`` pixels is refused from its header, before decoding.
+    Without ``loc``, Pillow's errors propagate (``DecompressionBombError`` for too many pixels);
+    with it, every failure is a 422 ``klieg.ValidationError`` naming ``["body", *loc]``, type
+    ``image_too_large`` or ``image_undecodable``. Pillow is the app's own requirement.
+
+    Example::
+
+        data = req.image.read(loc=["image"])
+        pil = klieg.media.open_image(data, loc=["image"], max_pixels=40_000_000)
+    """
+    from PIL import Image as PILImage
+    from PIL import ImageOps, UnidentifiedImageError
+
+    try:
+        image = PILImage.open(io.BytesIO(data))
+        if max_pixels is not None and image.width * image.height > max_pixels:
+            raise PILImage.DecompressionBombError(
+                f"image is {image.width}x{image.height}, more than {max_pixels} pixels"
+            )
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)  # no copy; an animation stays seekable
+    except PILImage.DecompressionBombError as exc:
+        if loc is None:
+            raise
+        raise _invalid(loc, str(exc), "image_too_large") from exc
+    except UnidentifiedImageError as exc:
+        if loc is None:
+            raise
+        msg = f"the {len(data)} bytes are not an image in a format Pillow reads"
+        raise _invalid(loc, msg, "image_undecodable") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        if loc is None:
+            raise
+        msg = f"the image cannot be decoded ({type(exc).__name__}: {exc})"
+        raise _invalid(loc, msg, "image_undecodable") from exc
+    return image
+
+
+def _invalid(loc: Loc, msg: str, kind: str) -> ValidationError:
+    """A 422 in pydantic's shape naming ``loc`` in the body (a bare string is one name)."""
+    path = [loc] if isinstance(loc, str) else list(loc)
+    return ValidationError([{"loc": ["body", *path], "msg": msg, "type": kind}])
