@@ -17,8 +17,7 @@ from tests.e2e.platform import APPS, Platform, running_platform
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     home = tmp_path_factory.mktemp("klieg-home")
     with running_platform(home) as p:
-        with p.admin(key="") as anonymous:
-            p.key = anonymous.create_key()["key"]
+        p.bootstrap()
         yield p
 
 

@@ -48,6 +48,12 @@ class Platform:
         verify = ssl.create_default_context(cafile=self.bundle) if self.bundle else True
         return httpx.Client(base_url=self.url, headers=headers, timeout=120, verify=verify)
 
+    def bootstrap(self) -> Platform:
+        """Create the first key (its tenant ``local`` is the admin) and use it from now on."""
+        with self.admin(key="") as anonymous:
+            self.key = anonymous.create_key()["key"]
+        return self
+
     def deploy(self, path: Path, alias: str = "latest") -> dict[str, object]:
         from klieg.admin import load_app
 

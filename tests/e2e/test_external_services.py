@@ -44,8 +44,7 @@ def test_platform_on_machine_redis_and_postgres(pg_database: str, tmp_path: Path
         pytest.fail(f"Redis is required at {REDIS_URL}: {exc}")
     env = {"KLIEG_REDIS_URL": REDIS_URL, "KLIEG_DATABASE_URL": pg_database}
     with running_platform(tmp_path / "home", extra_env=env) as p:
-        with p.admin(key="") as anon:
-            p.key = anon.create_key()["key"]
+        p.bootstrap()
         p.deploy(APPS / "echo" / "app.py")
         with p.http() as http:
             r = http.post("/local/echo", json={"text": "external"})

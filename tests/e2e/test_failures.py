@@ -29,8 +29,7 @@ pytestmark = pytest.mark.timeout(180)
 def fragile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     env = {"KLIEG_WORKER_SLOTS": "1", "KLIEG_LEASE_S": "2"}
     with running_platform(tmp_path_factory.mktemp("fragile"), extra_env=env) as p:
-        with p.admin(key="") as anon:
-            p.key = anon.create_key()["key"]
+        p.bootstrap()
         p.deploy(TEST_APPS / "semantics" / "app.py")
         yield p
 
@@ -118,8 +117,7 @@ def test_deadline_passes_while_queued(fragile: Platform) -> None:
 def test_result_ttl_expires_records(tmp_path: Path) -> None:
     env = {"KLIEG_RESULT_TTL_S": "1"}
     with running_platform(tmp_path / "ttl", extra_env=env) as p:
-        with p.admin(key="") as anon:
-            p.key = anon.create_key()["key"]
+        p.bootstrap()
         p.deploy(TEST_APPS / "echo2" / "app.py")
         with p.http() as http:
             sub = http.post("/queue/local/echo2", json={"text": "ab"}).json()

@@ -38,8 +38,7 @@ def fal_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
         assert p.bundle is not None and p.queue_url is not None
         assert p.url.startswith("https://")
         mp.setenv("SSL_CERT_FILE", str(p.bundle))
-        with p.admin(key="") as anonymous:
-            p.key = anonymous.create_key()["key"]
+        p.bootstrap()
         p.deploy(APPS / "echo" / "app.py")
         p.deploy(TEST_APPS / "falcompat" / "app.py")
         p.deploy(TEST_APPS / "echo2" / "app.py")

@@ -22,8 +22,7 @@ pytestmark = pytest.mark.timeout(240)
 def gpu_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     home = tmp_path_factory.mktemp("gpu")
     with running_platform(home, extra_env={"KLIEG_WORKER_POOLS": "CPU"}) as p:
-        with p.admin(key="") as anon:
-            p.key = anon.create_key()["key"]
+        p.bootstrap()
         p.deploy(TEST_APPS / "gpus" / "app.py")
         env = {k: v for k, v in os.environ.items() if not k.startswith("KLIEG_")}
         env.update(KLIEG_HOME=str(home), KLIEG_REDIS_URL=f"unix://{home / 'run' / 'redis.sock'}")

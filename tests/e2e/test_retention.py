@@ -21,8 +21,7 @@ def short(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     home = tmp_path_factory.mktemp("klieg-retention")
     env = {"KLIEG_BLOB_RETENTION_S": "1", "KLIEG_SWEEP_INTERVAL_S": "0.5"}
     with running_platform(home, extra_env=env) as p:
-        with p.admin(key="") as anonymous:
-            p.key = anonymous.create_key()["key"]
+        p.bootstrap()
         p.deploy(APPS / "echo" / "app.py")
         yield p
 

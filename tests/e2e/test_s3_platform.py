@@ -57,8 +57,7 @@ def s3_platform(
         "KLIEG_INLINE_PAYLOAD_BYTES": "1024",
     }
     with running_platform(tmp_path_factory.mktemp("klieg-s3-home"), extra_env=env) as p:
-        with p.admin(key="") as anonymous:
-            p.key = anonymous.create_key()["key"]
+        p.bootstrap()
         yield p
 
 

@@ -33,8 +33,7 @@ def hooks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     home = tmp_path_factory.mktemp("klieg-webhooks")
     env = {"KLIEG_WEBHOOK_BACKOFF_S": "0.2", "KLIEG_WEBHOOK_MAX_ATTEMPTS": "4"}
     with running_platform(home, extra_env=env) as p:
-        with p.admin(key="") as anonymous:
-            p.key = anonymous.create_key()["key"]
+        p.bootstrap()
         p.deploy(APPS / "echo" / "app.py")
         p.deploy(TEST_APPS / "raises" / "app.py")
         yield p
@@ -152,8 +151,7 @@ def test_deliveries_of_different_requests_do_not_mix(hooks: Platform) -> None:
 def public_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     home = tmp_path_factory.mktemp("klieg-public-hooks")
     with running_platform(home, extra_env={"KLIEG_WEBHOOK_ALLOW_PRIVATE": "0"}) as p:
-        with p.admin(key="") as anonymous:
-            p.key = anonymous.create_key()["key"]
+        p.bootstrap()
         p.deploy(APPS / "echo" / "app.py")
         with p.admin() as admin:
             admin.put_workflow("once", {"nodes": {"a": {"app": "local/echo"}}, "output": "$a"})
