@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from klieg.exceptions import NotFoundError
 from klieg_platform.gateway.intake import read_limited
 from klieg_platform.gateway.state import gateway
-from klieg_platform.storage import direct_url
+from klieg_platform.storage import direct_url, put_async
 from klieg_platform.storage.signing import signed_url, verify
 
 _SERVED_PREFIXES = ("media/", "uploads/")
@@ -47,7 +47,7 @@ async def upload(request: Request) -> Response:
     kind = request.headers.get("content-type") or "application/octet-stream"
     name = name or "upload" + (mimetypes.guess_extension(kind) or ".bin")
     key = f"uploads/{tenant.id}/{uuid.uuid4().hex}/{name}"
-    await asyncio.to_thread(gw.store.put, key, data)
+    await put_async(gw.store, key, data)
     ttl = gw.settings.result_ttl_s
     url = direct_url(gw.store, key, ttl) or signed_url(
         gw.settings.base_url, gw.settings.signing_key, key, ttl

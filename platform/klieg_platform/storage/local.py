@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
-import tempfile
 from pathlib import Path
 
 from klieg.exceptions import NotFoundError
 from klieg_platform.storage import check_key
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+_TEMP_IDS = itertools.count()
+"""Temp names are unique among live processes (pid) and per put (the count; ``next`` is
+atomic). One left by a dead process of the same pid is simply overwritten."""
 
 
 class LocalBlobStore:
@@ -17,6 +22,8 @@ class LocalBlobStore:
     Keys are checked by their text (``check_key``), not by resolving them on disk: this store
     creates no links, so a valid key names a file under ``root``, and a ``put`` costs a few
     system calls (media of a batch are many small ``put``s)."""
+
+    inline_put_bytes = 256 * 1024
 
     def __init__(self, root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
@@ -28,17 +35,22 @@ class LocalBlobStore:
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        folder = os.path.dirname(path)
+        tmp = f"{os.path.dirname(path)}/.tmp-{os.getpid()}-{next(_TEMP_IDS)}"
         try:
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+            fd = os.open(tmp, _CREATE, 0o600)
         except FileNotFoundError:
-            os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(tmp, _CREATE, 0o600)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.close(fd)
+            fd = -1
             os.replace(tmp, path)
         except BaseException:
+            if fd >= 0:
+                os.close(fd)
             os.unlink(tmp)
             raise
 

@@ -39,6 +39,8 @@ class S3BlobStore:
     """Blobs as objects of ``bucket``; call ``ensure_bucket()`` once before use (``open_store``
     does). ``presign``: ``url_for`` hands out presigned GET URLs (else ``None``)."""
 
+    inline_put_bytes = 0
+
     def __init__(
         self,
         bucket: str,

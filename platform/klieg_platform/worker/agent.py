@@ -35,7 +35,7 @@ from klieg_platform.broker import Blocked, Broker, Elsewhere, Job, Outcome, Peer
 from klieg_platform.config import Settings
 from klieg_platform.packager import LockedEnv, Packager
 from klieg_platform.registry import Registry, Revision
-from klieg_platform.storage import BlobStore, direct_url, result_key
+from klieg_platform.storage import BlobStore, direct_url, put_async, result_key
 from klieg_platform.storage.signing import signed_url
 from klieg_platform.worker.batching import Batcher
 from klieg_platform.worker.code import CodeCache
@@ -448,8 +448,9 @@ class Worker:
     async def _store_media(self, request_id: str, header: dict[str, Any], data: bytes) -> str:
         """Store a file an endpoint returned; the signed URL it is served at."""
         name = str(header.get("file_name") or "file").replace("/", "_")[-128:]
-        key = f"media/{request_id}/{header.get('token')}/{name}"
-        await asyncio.to_thread(self.store.put, key, data)
+        token = "".join(c for c in str(header.get("token") or "") if c.isalnum())[:64]
+        key = f"media/{request_id}/{token}-{name}"  # one folder per request, not per file
+        await put_async(self.store, key, data)
         ttl = self.settings.result_ttl_s
         return direct_url(self.store, key, ttl) or signed_url(
             self.settings.base_url, self.settings.signing_key, key, ttl
@@ -459,7 +460,7 @@ class Worker:
         if len(body) <= self.settings.inline_payload_bytes:
             return Outcome(ok=True, result=body, logs=logs)
         ref = result_key(request_id)
-        await asyncio.to_thread(self.store.put, ref, body)
+        await put_async(self.store, ref, body)
         return Outcome(ok=True, result_ref=ref, logs=logs)
 
     def _setup_failed(self, key: RunnerKey, failed: SetupFailed) -> Outcome:
