@@ -18,14 +18,17 @@ platform     ``POST /{owner}/digits`` through a fresh ``klieg up`` under C close
 ``kept = platform_gain / model_gain`` is the share of the model's batching gain that reaches
 clients; ``met`` is ``kept >= target_kept`` (0.9).
 
-The machine is shared and noisy: on a small VM the model's own speed at batch 16 moves by 10-20%
-from one minute to the next, both ways, with nothing else of ours running. So the figures are
-paired: every round measures everything once, back to back, with the same counted seconds for
-each figure: the model and the app alone (one process started once on the digits env's
-interpreter and kept between rounds), then the platform with ``max_batch_size`` 1 and 16 (in
-turns 1, 16 and 16, 1; alias ``latest`` moved between the two revisions, whose runners stay
-warm). ``kept_rounds`` is the ratio within each round and ``kept`` their median; each figure
-reported is its median over the rounds. A platform cell is a warm-up under the same load (not
+The machine is shared and noisy, in two ways. The model's own speed at batch 16 drifts by
+10-20% from one minute to the next, both ways, with nothing else of ours running; and it differs
+by as much between two processes started one after the other (a process keeps its speed for
+its life: where its memory and threads landed). So the figures are paired by round and every
+round starts fresh processes: a new ``klieg up`` in the same KLIEG_HOME (new gateway, worker
+and runners; the env is built once) and a new model-alone process on the digits env's
+interpreter. A round measures everything once, back to back, with the same counted seconds for
+each figure: the model and the app alone, then the platform with ``max_batch_size`` 1 and 16
+(in turns 1, 16 and 16, 1; alias ``latest`` moved between the two revisions).
+``kept_rounds`` is the ratio within each round and ``kept`` their median; each figure reported
+is its median over the rounds. A platform cell is a warm-up under the same load (not
 counted), then ``--seconds`` of counted completions; the clients are the raw asyncio HTTP/1.1
 client of ``overhead.py`` on uvloop (one keep-alive connection per client, about 0.1 ms of
 client CPU per request). ``others_cores`` says how many cores other processes of the machine
@@ -191,34 +194,43 @@ class Klieg:
 
 
 @contextlib.contextmanager
-def klieg_platform(keep_home: bool) -> Iterator[Klieg]:
-    """``klieg up`` in a fresh temporary KLIEG_HOME with a bootstrapped key."""
+def bench_home(keep: bool) -> Iterator[Path]:
+    """A temporary KLIEG_HOME shared by every round (the env is built once); removed after
+    unless ``keep``."""
+    home = Path(tempfile.mkdtemp(prefix="klieg-bench-"))
+    try:
+        yield home
+    finally:
+        if keep:
+            log(f"kept {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def klieg_platform(home: Path, key: str = "") -> Iterator[Klieg]:
+    """``klieg up`` in ``home`` (fresh processes: gateway, worker, and runners once called);
+    a key is bootstrapped when ``key`` is empty."""
     from overhead import free_port
 
     from klieg.admin import AdminClient
     from klieg_platform.local import launched
 
-    home = Path(tempfile.mkdtemp(prefix="klieg-bench-"))
     port = free_port()
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("KLIEG_") and k != "DIGITS_MAX_BATCH_SIZE"
     }
-    try:
-        with (
-            open(home / "platform.log", "ab") as out,
-            launched(home, port, env=env, log=out) as url,
-        ):
+    with (
+        open(home / "platform.log", "ab") as out,
+        launched(home, port, env=env, log=out) as url,
+    ):
+        if not key:
             with AdminClient(url, key="", timeout=120) as anonymous:
                 key = str(anonymous.create_key()["key"])
-            log(f"klieg up at {url}, home {home}")
-            yield Klieg(url, port, key, home)
-    finally:
-        if keep_home:
-            log(f"kept {home}")
-        else:
-            shutil.rmtree(home, ignore_errors=True)
+        log(f"klieg up at {url}, home {home}")
+        yield Klieg(url, port, key, home)
 
 
 def deploy_digits(klieg: Klieg, batch: int) -> dict[str, Any]:
@@ -407,32 +419,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     configs = (1, BATCH)
     alone_runs: list[dict[str, Any]] = []
     cells: dict[int, list[dict[str, Any]]] = {b: [] for b in configs}
-    with klieg_platform(args.keep_home) as klieg:
-        revisions: dict[int, str] = {}
-        owner = ""
-        env_key = ""
-        for batch in configs:
-            done = deploy_digits(klieg, batch)
-            revisions[batch] = str(done["revision"])
-            owner, env_key = str(done["owner"]), str(done["env_key"])
-        path = f"/{owner}/digits"
-        auth = f"Key {klieg.key}"
-        alone = Alone(env_python(klieg.home, env_key))
-        try:
-            for round_no in range(1, args.rounds + 1):
-                alone_runs.append(alone.measure(args.alone_seconds))
+    revisions: dict[int, str] = {}
+    path, env_key, key = "", "", ""
+    info: dict[str, Any] = {}
+    with bench_home(args.keep_home) as home:
+        for round_no in range(1, args.rounds + 1):
+            with klieg_platform(home, key) as klieg:
+                key = klieg.key
+                if not revisions:
+                    for batch in configs:
+                        done = deploy_digits(klieg, batch)
+                        revisions[batch] = str(done["revision"])
+                        path, env_key = f"/{done['owner']}/digits", str(done["env_key"])
+                alone = Alone(env_python(home, env_key))
+                try:
+                    alone_runs.append(alone.measure(args.alone_seconds))
+                    info = alone.info
+                finally:
+                    alone.close()
                 log(f"round {round_no} alone: {alone_runs[-1]}")
                 for batch in configs if round_no % 2 else configs[::-1]:
                     use_revision(klieg, revisions[batch])
                     first = warm(klieg, path)
                     cell = uvloop.run(
-                        drive(klieg.port, auth, path, args.concurrency, args.warmup, args.seconds)
-                    )
+                        drive(klieg.port, f"Key {key}", path, args.concurrency, args.warmup,
+                              args.seconds)
+                    )  # fmt: skip
                     cell["first_request_s"] = round(first, 2)
                     cells[batch].append(cell)
                     log(f"round {round_no} platform max_batch_size={batch}: {cell}")
-        finally:
-            alone.close()
 
     model = median_cells([{**r["model"], "others_cores": r["others_cores"]} for r in alone_runs])
     app = median_cells([{**r["app"], "others_cores": r["others_cores"]} for r in alone_runs])
@@ -474,8 +489,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "steps": STEPS,
             "guidance": GUIDANCE,
             "batch_wait_ms": 20,
-            "torch": alone.info.get("torch"),
-            "torch_threads": alone.info.get("threads"),
+            "torch": info.get("torch"),
+            "torch_threads": info.get("threads"),
             "wall_s": round(time.monotonic() - started, 1),
         },
         "model_alone": model,
@@ -509,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         "--warmup", type=float, default=None, help="warm-up seconds per cell (default 1.5; 1)"
     )
     parser.add_argument(
-        "--rounds", type=int, default=None, help="rounds of (alone, 1, 16) (default 5; 1)"
+        "--rounds", type=int, default=None, help="rounds of (alone, 1, 16) (default 7; 1)"
     )
     parser.add_argument(
         "--alone-seconds",
@@ -526,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     quick = args.quick
     args.seconds = args.seconds or (3.0 if quick else 4.0)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if quick else 1.5)
-    args.rounds = args.rounds or (1 if quick else 5)
+    args.rounds = args.rounds or (1 if quick else 7)
     args.alone_seconds = args.alone_seconds or args.seconds
     signal.signal(signal.SIGTERM, _sigterm)
     try:
