@@ -111,8 +111,11 @@ def test_image_inputs_by_data_uri_upload_and_url(platform: Platform, tmp_path: P
         grey = _png(out["grey"]["url"])
         assert grey.mode == "L" and grey.size == (12, 7)
         assert httpx.get(out["note"]["url"]).content == b"12x7"
-    again = client.run("local/mediaecho", {"image": {"url": out["grey"]["url"]}})
+    handle = client.submit("local/mediaecho", {"image": {"url": out["grey"]["url"]}})
+    again = client.wait(handle, timeout=60)
     assert (again["width"], again["height"]) == (12, 7)
+    logs = client.status(handle.app_id, handle.request_id, with_logs=True)["logs"] or []
+    assert not [line for line in logs if "HTTP Request" in line["message"]]  # the input fetch
     with platform.http(key="") as anon:
         r = anon.post("/files/upload", content=png, headers={"content-type": "image/png"})
         assert r.status_code == 401

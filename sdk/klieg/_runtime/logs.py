@@ -79,6 +79,11 @@ class _Handler(logging.Handler):
         self._sink.add(record.getMessage(), record.levelname, record.name)
 
 
+QUIET = ("httpx", "httpcore")
+"""Loggers kept at WARNING unless the app sets their level: ``klieg.File.read`` fetches inputs
+with httpx, whose INFO line per request would fill every request's logs."""
+
+
 def install() -> LogSink:
     """Redirect stdout/stderr and the root logger into a new sink; return it."""
     sink = LogSink(sys.__stderr__ or sys.stderr)
@@ -88,6 +93,9 @@ def install() -> LogSink:
     root.addHandler(_Handler(sink))
     if root.level > logging.INFO or root.level == logging.NOTSET:
         root.setLevel(logging.INFO)
+    for name in QUIET:
+        if logging.getLogger(name).level == logging.NOTSET:
+            logging.getLogger(name).setLevel(logging.WARNING)
     return sink
 
 
