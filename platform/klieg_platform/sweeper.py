@@ -87,10 +87,7 @@ class BlobSweeper:
                         pipe.exists(keys.request(request_id_of(key)))
                     alive = await pipe.execute()
                 old = [key for key, live in zip(old, alive, strict=True) if not live]
-            await asyncio.to_thread(self._delete, old)
+            if old:
+                await asyncio.to_thread(self.store.delete_many, old)
             out[prefix.rstrip("/")] = len(old)
         return out
-
-    def _delete(self, doomed: list[str]) -> None:
-        for key in doomed:
-            self.store.delete(key)

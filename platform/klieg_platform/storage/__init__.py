@@ -11,6 +11,7 @@ any store for one and is ``None`` where callers must go through the gateway's si
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from klieg.exceptions import InvalidRequestError, KliegError
@@ -34,6 +35,11 @@ class BlobStore(Protocol):
     def exists(self, key: str) -> bool: ...
 
     def delete(self, key: str) -> None: ...
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """``delete`` of every key (absent ones are no-ops), in as few calls as the backend
+        allows."""
+        ...
 
     def written_before(self, prefix: str, before: float, limit: int) -> list[str]:
         """Up to ``limit`` keys under ``prefix`` (a folder such as ``media/``) last written

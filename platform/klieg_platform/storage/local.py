@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from klieg.exceptions import NotFoundError
@@ -67,6 +68,10 @@ class LocalBlobStore:
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path(key))
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.delete(key)
 
     def written_before(self, prefix: str, before: float, limit: int) -> list[str]:
         """Files under ``prefix`` modified before ``before`` (left-over temp files too). Empty

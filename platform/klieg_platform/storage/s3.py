@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import mimetypes
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -132,6 +132,24 @@ class S3BlobStore:
                 self._client.delete_object(Bucket=self.bucket, Key=name)
         except NotFoundError:
             pass
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """``DeleteObjects`` of up to a thousand keys per call (S3's limit)."""
+        names = [self.object_name(key) for key in keys]
+        for start in range(0, len(names), 1000):
+            chunk = names[start : start + 1000]
+            with self._errors("delete", keys[start]):
+                reply = self._client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": name} for name in chunk], "Quiet": True},
+                )
+            failed = [e for e in reply.get("Errors", []) if e.get("Code") not in _MISSING]
+            if failed:
+                first = failed[0]
+                raise StorageError(
+                    f"S3 delete of {len(failed)} blob(s) failed, first {first.get('Key')!r}: "
+                    f"{first.get('Code')} {first.get('Message')}"
+                )
 
     def written_before(self, prefix: str, before: float, limit: int) -> list[str]:
         """Keys under ``prefix`` whose objects were last modified before ``before`` (S3 keeps

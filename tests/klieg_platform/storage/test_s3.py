@@ -13,6 +13,7 @@ import re
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -321,3 +322,14 @@ def test_written_before_lists_old_objects_of_one_prefix(store: BlobStore) -> Non
         store.written_before("media/", time.time() + 60, 100)
         assert not (store.root / "media" / "a").exists()
         assert (store.root / "media").is_dir()
+
+
+def test_delete_many_deletes_past_a_thousand_and_ignores_absent_keys(store: BlobStore) -> None:
+    keys = [f"media/many/{i:04d}.bin" for i in range(1003)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda key: store.put(key, b"x"), keys))
+    store.put("media/kept/one.bin", b"y")
+    store.delete_many([*keys, "media/never/there.bin"])
+    assert store.written_before("media/", time.time() + 60, 2000) == ["media/kept/one.bin"]
+    store.delete_many([])
+    assert store.exists("media/kept/one.bin")
