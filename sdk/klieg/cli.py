@@ -80,15 +80,40 @@ def cmd_revisions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_moved(name: str, out: dict[str, Any]) -> None:
+    """An alias move (set or rollback) of an app or a workflow."""
+    print(f"{name}: {out['alias']} -> {out['revision']} (was {out['previous']})")
+
+
+def _visibility(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """``share``'s ``--public`` / ``--tenants a,b`` / neither as (visibility, tenant names)."""
+    if args.public:
+        return "public", []
+    if args.tenants:
+        return "shared", [t for t in args.tenants.split(",") if t]
+    return "private", []
+
+
+def _print_shared(name: str, out: dict[str, Any]) -> None:
+    shared = f" with {', '.join(out['shared_with'])}" if out["shared_with"] else ""
+    print(f"{name}: {out['visibility']}{shared}")
+
+
+def _share_args(parser: argparse.ArgumentParser) -> None:
+    who = parser.add_mutually_exclusive_group()
+    who.add_argument("--public", action="store_true", help="any tenant")
+    who.add_argument("--tenants", help="comma-separated tenant names")
+
+
 def cmd_alias_set(args: argparse.Namespace) -> int:
     out = AdminClient().set_alias(args.app, args.alias, args.revision)
-    print(f"{out['app']}: {out['alias']} -> {out['revision']} (was {out['previous']})")
+    _print_moved(out["app"], out)
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     out = AdminClient().rollback(args.app, args.alias)
-    print(f"{out['app']}: {out['alias']} -> {out['revision']} (was {out['previous']})")
+    _print_moved(out["app"], out)
     return 0
 
 
@@ -102,8 +127,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     admin = AdminClient()
     for name, entry in apps.items():
         for alias, ref in ((entry or {}).get("aliases") or {}).items():
-            out = admin.set_alias(str(name), str(alias), str(ref))
-            print(f"{name}: {alias} -> {out['revision']} (was {out['previous']})")
+            _print_moved(str(name), admin.set_alias(str(name), str(alias), str(ref)))
     return 0
 
 
@@ -120,15 +144,8 @@ def cmd_call(args: argparse.Namespace) -> int:
 
 
 def cmd_apps_share(args: argparse.Namespace) -> int:
-    if args.public:
-        visibility, tenants = "public", []
-    elif args.tenants:
-        visibility, tenants = "shared", [t for t in args.tenants.split(",") if t]
-    else:
-        visibility, tenants = "private", []
-    out = AdminClient().share(args.app, visibility, tenants)
-    shared = f" with {', '.join(out['shared_with'])}" if out["shared_with"] else ""
-    print(f"{out['app']}: {out['visibility']}{shared}")
+    out = AdminClient().share(args.app, *_visibility(args))
+    _print_shared(out["app"], out)
     return 0
 
 
@@ -191,26 +208,19 @@ def cmd_workflow_show(args: argparse.Namespace) -> int:
 
 def cmd_workflow_alias(args: argparse.Namespace) -> int:
     out = AdminClient().set_workflow_alias(args.name, args.alias, args.revision)
-    print(f"{out['name']}: {out['alias']} -> {out['revision']} (was {out['previous']})")
+    _print_moved(out["name"], out)
     return 0
 
 
 def cmd_workflow_rollback(args: argparse.Namespace) -> int:
     out = AdminClient().rollback_workflow(args.name, args.alias)
-    print(f"{out['name']}: {out['alias']} -> {out['revision']} (was {out['previous']})")
+    _print_moved(out["name"], out)
     return 0
 
 
 def cmd_workflow_share(args: argparse.Namespace) -> int:
-    if args.public:
-        visibility, tenants = "public", []
-    elif args.tenants:
-        visibility, tenants = "shared", [t for t in args.tenants.split(",") if t]
-    else:
-        visibility, tenants = "private", []
-    out = AdminClient().share_workflow(args.name, visibility, tenants)
-    shared = f" with {', '.join(out['shared_with'])}" if out["shared_with"] else ""
-    print(f"{out['name']}: {out['visibility']}{shared}")
+    out = AdminClient().share_workflow(args.name, *_visibility(args))
+    _print_shared(out["name"], out)
     return 0
 
 
@@ -241,9 +251,7 @@ def _workflow_parser(sub: Any) -> None:
     rb.set_defaults(func=cmd_workflow_rollback)
     sh = cmds.add_parser("share", help="who may call a workflow (default: private)")
     sh.add_argument("name")
-    who = sh.add_mutually_exclusive_group()
-    who.add_argument("--public", action="store_true", help="any tenant")
-    who.add_argument("--tenants", help="comma-separated tenant names")
+    _share_args(sh)
     sh.set_defaults(func=cmd_workflow_share)
 
 
@@ -271,9 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sh = apps.add_parser("share", help="who may call an app (default: private)")
     sh.add_argument("app")
-    who = sh.add_mutually_exclusive_group()
-    who.add_argument("--public", action="store_true", help="any tenant")
-    who.add_argument("--tenants", help="comma-separated tenant names")
+    _share_args(sh)
     sh.set_defaults(func=cmd_apps_share)
     lim = apps.add_parser("limit", help="cap an app's running requests (0: no cap)")
     lim.add_argument("app")
