@@ -151,18 +151,56 @@ def alias_name(value: str) -> str:
     return value
 
 
+async def point_alias(
+    gw: GatewayState, tenant: Tenant, app: AppRecord, alias: str, ref: str, label: str
+) -> tuple[str, str | None]:
+    """Point ``alias`` of ``app`` (an app or a stored workflow, called ``label`` in errors) at
+    the revision ``ref`` names; (that revision's id, the alias's previous revision)."""
+    rev = await asyncio.to_thread(gw.registry.revision_of, app, ref)
+    if rev is None:
+        raise NotFoundError(f"{label} has no revision or alias {ref!r}")
+    previous = await asyncio.to_thread(gw.registry.set_alias, app, alias, rev.id)
+    await alias_moved(gw, tenant.name, app.name)
+    return rev.id, previous
+
+
+async def roll_back(
+    gw: GatewayState, tenant: Tenant, app: AppRecord, alias: str
+) -> tuple[str, str | None]:
+    """Move ``alias`` of ``app`` back to its previous revision; (revision, previous)."""
+    previous = await asyncio.to_thread(gw.registry.get_alias, app, alias)
+    revision = await asyncio.to_thread(gw.registry.rollback, app, alias)
+    await alias_moved(gw, tenant.name, app.name)
+    return revision, previous
+
+
+async def share(
+    gw: GatewayState, tenant: Tenant, app: AppRecord, data: dict[str, Any]
+) -> tuple[AppRecord, list[str]]:
+    """Set who may call ``app`` from a ``{"visibility", "tenants"}`` body; (the app as it is
+    now, the tenant names it is shared with)."""
+    names = data.get("tenants") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValidationError(
+            [{"loc": ["body", "tenants"], "msg": "a list of tenant names", "type": "list_type"}]
+        )
+    visibility = str(data.get("visibility") or "")
+    app = await asyncio.to_thread(gw.registry.set_visibility, app, visibility, names)
+    await alias_moved(gw, tenant.name, app.name)
+    return app, names
+
+
 async def set_alias(request: Request) -> Response:
     gw = gateway(request)
     tenant = await gw.tenant(request)
     app = await _app(gw, tenant, request.path_params["name"])
     alias = alias_name(request.path_params["alias"])
     ref = str((await read_json_object(request, 64 * 1024)).get("revision") or "")
-    rev = await asyncio.to_thread(gw.registry.revision_of, app, ref)
-    if rev is None:
-        raise NotFoundError(f"{tenant.name}/{app.name} has no revision or alias {ref!r}")
-    previous = await asyncio.to_thread(gw.registry.set_alias, app, alias, rev.id)
-    await alias_moved(gw, tenant.name, app.name)
-    return JSONResponse({"app": app.name, "alias": alias, "revision": rev.id, "previous": previous})
+    label = f"{tenant.name}/{app.name}"
+    revision, previous = await point_alias(gw, tenant, app, alias, ref, label)
+    return JSONResponse(
+        {"app": app.name, "alias": alias, "revision": revision, "previous": previous}
+    )
 
 
 async def rollback(request: Request) -> Response:
@@ -170,9 +208,7 @@ async def rollback(request: Request) -> Response:
     tenant = await gw.tenant(request)
     app = await _app(gw, tenant, request.path_params["name"])
     alias = alias_name(request.query_params.get("alias", "latest"))
-    previous = await asyncio.to_thread(gw.registry.get_alias, app, alias)
-    revision = await asyncio.to_thread(gw.registry.rollback, app, alias)
-    await alias_moved(gw, tenant.name, app.name)
+    revision, previous = await roll_back(gw, tenant, app, alias)
     return JSONResponse(
         {"app": app.name, "alias": alias, "revision": revision, "previous": previous}
     )
@@ -253,15 +289,7 @@ async def set_visibility(request: Request) -> Response:
     gw = gateway(request)
     tenant = await gw.tenant(request)
     app = await _app(gw, tenant, request.path_params["name"])
-    data = await read_json_object(request, 64 * 1024)
-    names = data.get("tenants") or []
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ValidationError(
-            [{"loc": ["body", "tenants"], "msg": "a list of tenant names", "type": "list_type"}]
-        )
-    visibility = str(data.get("visibility") or "")
-    app = await asyncio.to_thread(gw.registry.set_visibility, app, visibility, names)
-    await alias_moved(gw, tenant.name, app.name)
+    app, names = await share(gw, tenant, app, await read_json_object(request, 64 * 1024))
     return JSONResponse({"app": app.name, "visibility": app.visibility, "shared_with": names})
 
 

@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 
 from klieg.exceptions import NotFoundError, ValidationError
 from klieg.workflow import WorkflowDoc, load_workflow
-from klieg_platform.gateway.admin import alias_moved, alias_name
+from klieg_platform.gateway.admin import alias_moved, alias_name, point_alias, roll_back, share
 from klieg_platform.gateway.intake import read_json_object
 from klieg_platform.gateway.state import GatewayState, gateway
 from klieg_platform.registry import (
@@ -158,12 +158,9 @@ async def set_workflow_alias(request: Request) -> Response:
     app = await _workflow(gw, tenant, name)
     alias = alias_name(request.path_params["alias"])
     ref = str((await read_json_object(request, _SMALL)).get("revision") or "")
-    rev = await asyncio.to_thread(gw.registry.revision_of, app, ref)
-    if rev is None:
-        raise NotFoundError(f"workflow {tenant.name}/{name} has no revision or alias {ref!r}")
-    previous = await asyncio.to_thread(gw.registry.set_alias, app, alias, rev.id)
-    await alias_moved(gw, tenant.name, app.name)
-    return JSONResponse({"name": name, "alias": alias, "revision": rev.id, "previous": previous})
+    label = f"workflow {tenant.name}/{name}"
+    revision, previous = await point_alias(gw, tenant, app, alias, ref, label)
+    return JSONResponse({"name": name, "alias": alias, "revision": revision, "previous": previous})
 
 
 async def rollback_workflow(request: Request) -> Response:
@@ -173,9 +170,7 @@ async def rollback_workflow(request: Request) -> Response:
     app = await _workflow(gw, tenant, name)
     data = await read_json_object(request, _SMALL)
     alias = alias_name(str(data.get("alias") or request.query_params.get("alias", "latest")))
-    previous = await asyncio.to_thread(gw.registry.get_alias, app, alias)
-    revision = await asyncio.to_thread(gw.registry.rollback, app, alias)
-    await alias_moved(gw, tenant.name, app.name)
+    revision, previous = await roll_back(gw, tenant, app, alias)
     return JSONResponse({"name": name, "alias": alias, "revision": revision, "previous": previous})
 
 
@@ -184,13 +179,5 @@ async def set_workflow_visibility(request: Request) -> Response:
     tenant = await gw.tenant(request)
     name = request.path_params["name"]
     app = await _workflow(gw, tenant, name)
-    data = await read_json_object(request, _SMALL)
-    names = data.get("tenants") or []
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ValidationError(
-            [{"loc": ["body", "tenants"], "msg": "a list of tenant names", "type": "list_type"}]
-        )
-    visibility = str(data.get("visibility") or "")
-    app = await asyncio.to_thread(gw.registry.set_visibility, app, visibility, names)
-    await alias_moved(gw, tenant.name, app.name)
+    app, names = await share(gw, tenant, app, await read_json_object(request, _SMALL))
     return JSONResponse({"name": name, "visibility": app.visibility, "shared_with": names})
