@@ -9,8 +9,10 @@ in ``<name>.input.json``, its per-node events printed as they arrive.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,36 @@ def _save_media(out: Any, folder: Path) -> None:
         _say(f"  saved {path}")
 
 
+def _show(call: Callable[[], Any], media_dir: Path) -> bool:
+    """Run one demo call: print its result and time (or its error) and save the media it
+    returns to ``media_dir``; False when it failed."""
+    started = time.perf_counter()
+    try:
+        out = call()
+    except KliegError as exc:
+        _say(f"  FAILED {exc.error_type}: {exc.detail}")
+        return False
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    _say(f"  ({elapsed_ms:.0f} ms) {json.dumps(_short(out))}")
+    _save_media(out, media_dir)
+    return True
+
+
+def _watched(admin: AdminClient, app_id: str, body: Any) -> Any:
+    """Submit to the queue, print the request's log lines (node events) as they come, and
+    return its result."""
+    handle = admin.submit(app_id, body)
+    seen = 0
+    while True:
+        status = admin.status(handle.app_id, handle.request_id, with_logs=True)
+        for line in (status.get("logs") or [])[seen:]:
+            _say(f"  {line.get('message')}")
+        seen = len(status.get("logs") or [])
+        if status["status"] == "COMPLETED":
+            return admin.result(handle.app_id, handle.request_id)
+        time.sleep(0.2)
+
+
 def _run_workflows(admin: AdminClient, folder: Path, output: Path) -> int:
     """Store and run each workflow of ``folder``; the number that failed."""
     failures = 0
@@ -88,26 +120,9 @@ def _run_workflows(admin: AdminClient, folder: Path, output: Path) -> int:
         input_file = doc.with_name(f"{name}.input.json")
         body = json.loads(input_file.read_text()) if input_file.exists() else {}
         app_id = f"workflows/{stored['owner']}/{name}"
-        started = time.perf_counter()
-        try:
-            handle = admin.submit(app_id, body)
-            seen = 0
-            while True:
-                status = admin.status(handle.app_id, handle.request_id, with_logs=True)
-                for line in (status.get("logs") or [])[seen:]:
-                    _say(f"  {line.get('message')}")
-                seen = len(status.get("logs") or [])
-                if status["status"] == "COMPLETED":
-                    break
-                time.sleep(0.2)
-            out = admin.result(handle.app_id, handle.request_id)
-        except KliegError as exc:
+        call = functools.partial(_watched, admin, app_id, body)
+        if not _show(call, output / f"workflow-{name}"):
             failures += 1
-            _say(f"  FAILED {exc.error_type}: {exc.detail}")
-            continue
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        _say(f"  ({elapsed_ms:.0f} ms) {json.dumps(_short(out))}")
-        _save_media(out, output / f"workflow-{name}")
     return failures
 
 
@@ -129,16 +144,9 @@ def run_demo(settings: Settings, url: str, apps_dir: Path) -> int:
                     f"== POST /{done['owner']}/{app.name}{path.rstrip('/')} "
                     f"{json.dumps(_short(example.get('input', {})))}"
                 )
-                started = time.perf_counter()
-                try:
-                    out = _call(admin, str(done["owner"]), app.name, example)
-                except KliegError as exc:
+                call = functools.partial(_call, admin, str(done["owner"]), app.name, example)
+                if not _show(call, settings.home / "demo-output" / app.name):
                     failures += 1
-                    _say(f"  FAILED {exc.error_type}: {exc.detail}")
-                    continue
-                elapsed_ms = (time.perf_counter() - started) * 1000
-                _say(f"  ({elapsed_ms:.0f} ms) {json.dumps(_short(out))}")
-                _save_media(out, settings.home / "demo-output" / app.name)
         failures += _run_workflows(admin, apps_dir / "workflows", settings.home / "demo-output")
     _say(
         f"\nDemo finished with {failures} failure(s). To use the platform yourself:\n"
