@@ -160,12 +160,17 @@ class Batcher:
             if room <= 0:
                 return
             try:
-                got = await self._fill(room)
+                await self._lease(room)
             except Exception:  # the queue stays as it was: these requests come the usual way
                 log.warning("could not lease the next batch ahead", exc_info=True)
                 return
-            self._expected.update(dict.fromkeys(got, asyncio.get_running_loop().time()))
             await asyncio.wait([running], timeout=interval)
+
+    async def _lease(self, n: int) -> None:
+        """Lease up to ``n`` more queued requests here (``fill``); they are expected until they
+        are submitted."""
+        got = await self._fill(n)
+        self._expected.update(dict.fromkeys(got, asyncio.get_running_loop().time()))
 
     async def _await_expected(self) -> None:
         """Wait until a request leased here arrives (or 50 ms); forget those leased more than a
@@ -193,12 +198,10 @@ class Batcher:
             now = loop.time()
             self._forget_stale(now)
             room = self.max_size - len(self._pending) - len(self._expected)
-            got: list[str] = []
             if room > 0 and (not asked or now < deadline):
                 asked = True
-                got = await self._fill(room)
+                await self._lease(room)
                 now = loop.time()
-                self._expected.update(dict.fromkeys(got, now))
             if self._expected:
                 if now >= deadline + 0.05:
                     return
