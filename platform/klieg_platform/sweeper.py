@@ -25,17 +25,12 @@ import uuid
 from klieg_platform import keys
 from klieg_platform.broker import Broker
 from klieg_platform.config import Settings
-from klieg_platform.storage import BlobStore
+from klieg_platform.storage import MEDIA, PAYLOADS, RESULTS, UPLOADS, BlobStore, request_of
 
 log = logging.getLogger("klieg.sweeper")
 
-BY_AGE = ("media/", "uploads/")
-BY_REQUEST = ("payloads/", "results/")
-
-
-def request_id_of(key: str) -> str:
-    """The request id in ``payloads/<id>.json`` or ``results/<id>.json``."""
-    return key.split("/", 1)[1].removesuffix(".json")
+BY_AGE = (MEDIA, UPLOADS)
+BY_REQUEST = (PAYLOADS, RESULTS)
 
 
 class BlobSweeper:
@@ -84,7 +79,7 @@ class BlobSweeper:
             if prefix in BY_REQUEST and old:
                 async with self.broker.redis.pipeline(transaction=False) as pipe:
                     for key in old:
-                        pipe.exists(keys.request(request_id_of(key)))
+                        pipe.exists(keys.request(request_of(key)))
                     alive = await pipe.execute()
                 old = [key for key, live in zip(old, alive, strict=True) if not live]
             if old:

@@ -19,10 +19,10 @@ from starlette.responses import JSONResponse, Response
 from klieg.exceptions import NotFoundError
 from klieg_platform.gateway.intake import read_limited
 from klieg_platform.gateway.state import gateway
-from klieg_platform.storage import direct_url, put_async
+from klieg_platform.storage import MEDIA, UPLOADS, direct_url, put_async, upload_key
 from klieg_platform.storage.signing import signed_url, verify
 
-_SERVED_PREFIXES = ("media/", "uploads/")
+_SERVED_PREFIXES = (MEDIA, UPLOADS)
 
 
 async def download(request: Request) -> Response:
@@ -46,7 +46,7 @@ async def upload(request: Request) -> Response:
     ).replace("/", "_")[-128:]
     kind = request.headers.get("content-type") or "application/octet-stream"
     name = name or "upload" + (mimetypes.guess_extension(kind) or ".bin")
-    key = f"uploads/{tenant.id}/{uuid.uuid4().hex}/{name}"
+    key = upload_key(tenant.id, uuid.uuid4().hex, name)
     await put_async(gw.store, key, data)
     ttl = gw.settings.result_ttl_s
     url = direct_url(gw.store, key, ttl) or signed_url(

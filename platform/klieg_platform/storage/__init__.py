@@ -79,14 +79,32 @@ async def put_async(store: BlobStore, key: str, data: bytes) -> None:
         await asyncio.to_thread(store.put, key, data)
 
 
+MEDIA = "media/"
+"""Files endpoints returned: ``media/<request id>/<token>-<name>`` (one folder per request)."""
+UPLOADS = "uploads/"
+"""Files tenants uploaded: ``uploads/<tenant id>/<random>/<name>``."""
+PAYLOADS = "payloads/"
+RESULTS = "results/"
+
+
 def code_key(code_hash: str) -> str:
     """Where a revision's code archive lives."""
     return f"code/{code_hash}.tar.gz"
 
 
+def media_key(request_id: str, token: str, name: str) -> str:
+    """Where a file an endpoint returned lives."""
+    return f"{MEDIA}{request_id}/{token}-{name}"
+
+
+def upload_key(tenant_id: str, folder: str, name: str) -> str:
+    """Where a file a tenant uploaded lives."""
+    return f"{UPLOADS}{tenant_id}/{folder}/{name}"
+
+
 def payload_key(request_id: str) -> str:
     """Where a request body too large to keep in Redis lives."""
-    return f"payloads/{request_id}.json"
+    return f"{PAYLOADS}{request_id}.json"
 
 
 async def offload_payload(
@@ -103,4 +121,9 @@ async def offload_payload(
 
 def result_key(request_id: str) -> str:
     """Where a result too large to keep in Redis lives."""
-    return f"results/{request_id}.json"
+    return f"{RESULTS}{request_id}.json"
+
+
+def request_of(key: str) -> str:
+    """The request id of a ``payload_key`` or a ``result_key``."""
+    return key.split("/", 1)[1].removesuffix(".json")

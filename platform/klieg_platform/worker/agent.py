@@ -35,7 +35,7 @@ from klieg_platform.broker import Blocked, Broker, Elsewhere, Job, Outcome, Peer
 from klieg_platform.config import Settings
 from klieg_platform.packager import LockedEnv, Packager
 from klieg_platform.registry import Registry, Revision
-from klieg_platform.storage import BlobStore, direct_url, put_async, result_key
+from klieg_platform.storage import BlobStore, direct_url, media_key, put_async, result_key
 from klieg_platform.storage.signing import signed_url
 from klieg_platform.worker.batching import Batcher
 from klieg_platform.worker.code import CodeCache
@@ -449,7 +449,7 @@ class Worker:
         """Store a file an endpoint returned; the signed URL it is served at."""
         name = str(header.get("file_name") or "file").replace("/", "_")[-128:]
         token = "".join(c for c in str(header.get("token") or "") if c.isalnum())[:64]
-        key = f"media/{request_id}/{token}-{name}"  # one folder per request, not per file
+        key = media_key(request_id, token, name)
         await put_async(self.store, key, data)
         ttl = self.settings.result_ttl_s
         return direct_url(self.store, key, ttl) or signed_url(
