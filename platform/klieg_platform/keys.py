@@ -1,17 +1,31 @@
-"""Every Redis key and channel name Klieg uses. Nothing else builds key strings.
+"""Every Redis key and channel name Klieg uses. Nothing else builds key strings; the Lua scripts
+(``broker/scripts.py``) get these prefixes baked in.
 
-klieg:req:{id}      hash    one request: routing, status, payload, result, error, logs
-klieg:q:{pool}      zset    queued request ids of a pool, scored by enqueue time (ms)
-klieg:wake:{pool}   list    wake-up tokens; workers block on it when the queue is empty
-klieg:wake:*        list    wake-up tokens for workers that serve every pool
-klieg:wake:@{worker} list   wake-up tokens of one worker: it freed a runner others waited for
-klieg:pools         set     every pool that has ever had a request
-klieg:inflight      zset    dispatched request ids, scored by lease deadline (ms)
-klieg:webhooks      zset    completed request ids with a webhook, scored by when the next try is due
-                            (ms); a sender's claim pushes the score to its claim deadline
-klieg:done          channel request ids as they complete
-klieg:aliases       channel "owner/app" whenever an alias of that app moves
-klieg:worker:{id}   hash    worker heartbeat (expires)
+klieg:req:{id}            hash     one request: the job record (``broker/jobs.py``)
+klieg:logs:{id}           list     its log lines (JSON each); expires with the record
+klieg:chunks:{id}         stream   the items of a streaming request, closed by an ``end`` entry
+klieg:q:{pool}:{tier}     zset     queued request ids of a pool and tier, scored by enqueue time
+                                   (ms * 1000, made unique)
+klieg:pools               set      every pool that has ever had a request
+klieg:wake:{pool}         list     wake-up tokens; workers block on it when the queue is empty
+klieg:wake:*              list     wake-up tokens for workers that serve every pool
+klieg:wake:@{worker}      list     wake-up tokens of one worker: it freed a runner others waited for
+klieg:inflight            zset     leased request ids, scored by lease deadline (ms)
+klieg:inflight:tenant     hash     tenant id -> requests in flight
+klieg:inflight:app        hash     "owner/app" -> requests in flight
+klieg:caps:tenant         hash     tenant id -> in-flight cap (0: none), as of its last enqueue
+klieg:caps:app            hash     "owner/app" -> in-flight cap (0: none)
+klieg:workers             hash     worker id -> heartbeat JSON (pools, slots, warm, idle, runners,
+                                   seen_ms); stale entries are ignored, removed at shutdown
+klieg:stats:service       hash     "owner/app" -> running mean service time (ms)
+klieg:stats:cold          hash     "owner/app" -> running mean cold-start time (ms)
+klieg:webhooks            zset     completed request ids with a webhook, scored by when the next
+                                   try is due (ms); a sender's claim pushes it to its deadline
+klieg:prewarm:{fn}        string   short claim: one worker starts a min_concurrency runner
+klieg:sweep               string   short claim: one gateway sweeps the blob store this period
+klieg:done                channel  request ids as they complete
+klieg:cancel              channel  request ids whose running worker must interrupt them
+klieg:aliases             channel  "owner/app" whenever an alias or visibility of that app changes
 """
 
 from __future__ import annotations
@@ -20,6 +34,8 @@ PREFIX = "klieg:"
 REQUEST_PREFIX = PREFIX + "req:"
 QUEUE_PREFIX = PREFIX + "q:"
 WAKE_PREFIX = PREFIX + "wake:"
+LOGS_PREFIX = PREFIX + "logs:"
+CHUNKS_PREFIX = PREFIX + "chunks:"
 INFLIGHT = PREFIX + "inflight"
 POOLS = PREFIX + "pools"
 TENANT_INFLIGHT = PREFIX + "inflight:tenant"
@@ -54,11 +70,11 @@ def wake(pool: str) -> str:
 
 
 def logs(request_id: str) -> str:
-    return PREFIX + "logs:" + request_id
+    return LOGS_PREFIX + request_id
 
 
 def chunks(request_id: str) -> str:
-    return PREFIX + "chunks:" + request_id
+    return CHUNKS_PREFIX + request_id
 
 
 def prewarm(function_key: str) -> str:

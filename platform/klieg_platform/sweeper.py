@@ -61,7 +61,9 @@ class BlobSweeper:
     async def _loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                if await self.broker.claim(keys.SWEEP_CLAIM, self._owner, self.interval_s * 0.9):
+                if await self.broker.claims.claim(
+                    keys.SWEEP_CLAIM, self._owner, self.interval_s * 0.9
+                ):
                     swept = await self.sweep()
                     if any(swept.values()):
                         log.info("swept the blob store: %s", swept)
@@ -77,10 +79,7 @@ class BlobSweeper:
         for prefix in (*BY_AGE, *BY_REQUEST):
             old = await asyncio.to_thread(self.store.written_before, prefix, before, self.batch)
             if prefix in BY_REQUEST and old:
-                async with self.broker.redis.pipeline(transaction=False) as pipe:
-                    for key in old:
-                        pipe.exists(keys.request(request_of(key)))
-                    alive = await pipe.execute()
+                alive = await self.broker.queue.existing([request_of(key) for key in old])
                 old = [key for key, live in zip(old, alive, strict=True) if not live]
             if old:
                 await asyncio.to_thread(self.store.delete_many, old)

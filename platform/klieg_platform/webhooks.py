@@ -33,7 +33,6 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from klieg_platform import keys
 from klieg_platform.broker import Broker, Outcome, now_ms
 from klieg_platform.config import Settings
 from klieg_platform.storage import BlobStore
@@ -42,49 +41,6 @@ log = logging.getLogger("klieg.webhooks")
 
 MAX_BACKOFF_S = 300.0
 BACKOFF_JITTER = 0.1
-
-# KEYS: webhooks zset. ARGV: now_ms, claimed_until_ms, limit.
-# Returns the ids claimed; their records get webhook_status=pending on their first claim.
-CLAIM = f"""
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-local out = {{}}
-for _, id in ipairs(ids) do
-  local rk = '{keys.REQUEST_PREFIX}' .. id
-  if redis.call('EXISTS', rk) == 0 then
-    redis.call('ZREM', KEYS[1], id)
-  else
-    if not redis.call('HGET', rk, 'webhook_status') then
-      redis.call('HSET', rk, 'webhook_status', 'pending')
-    end
-    redis.call('ZADD', KEYS[1], ARGV[2], id)
-    out[#out + 1] = id
-  end
-end
-return out
-"""
-
-# KEYS: request record, webhooks zset. ARGV: id, delivered ('1' | ''), error, retry_at_ms,
-# max_attempts. Returns the attempts so far, or -1 when the record is gone.
-RECORD = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  return -1
-end
-local n = redis.call('HINCRBY', KEYS[1], 'webhook_attempts', 1)
-if ARGV[2] == '1' then
-  redis.call('HSET', KEYS[1], 'webhook_status', 'delivered')
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  return n
-end
-redis.call('HSET', KEYS[1], 'webhook_last_error', ARGV[3])
-if n >= tonumber(ARGV[5]) then
-  redis.call('HSET', KEYS[1], 'webhook_status', 'failed')
-  redis.call('ZREM', KEYS[2], ARGV[1])
-else
-  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
-end
-return n
-"""
 
 
 async def refused_target(url: str) -> str | None:
@@ -171,8 +127,6 @@ class WebhookSender:
         self.concurrency = concurrency
         self.claim_ms = int(claim_timeout_s * 1000)
         self.poll_s = poll_s
-        self._claim = broker.redis.register_script(CLAIM)
-        self._record = broker.redis.register_script(RECORD)
         self._client = httpx.AsyncClient(
             timeout=timeout_s,
             follow_redirects=False,
@@ -232,10 +186,7 @@ class WebhookSender:
     async def claim(self, limit: int) -> list[str]:
         """Take up to ``limit`` due ids for this sender (atomic across senders)."""
         now = now_ms()
-        ids: list[Any] = await self._claim(
-            keys=[keys.WEBHOOKS], args=[now, now + self.claim_ms, limit]
-        )
-        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+        return await self.broker.claims.claim_webhooks(now, now + self.claim_ms, limit)
 
     async def deliver(self, request_id: str) -> None:
         """One try for a claimed id; its outcome is recorded before returning. An unexpected
@@ -246,10 +197,10 @@ class WebhookSender:
             log.exception("webhook delivery of %s failed unexpectedly", request_id)
 
     async def _deliver(self, request_id: str) -> None:
-        state = await self.broker.get(request_id, extra=["webhook_attempts"])
-        outcome = await self.broker.outcome(request_id)
+        state = await self.broker.queue.get(request_id)
+        outcome = await self.broker.queue.outcome(request_id)
         if state is None or outcome is None or not state.webhook:
-            await self.broker.redis.zrem(keys.WEBHOOKS, request_id)
+            await self.broker.claims.drop_webhook(request_id)
             return
         result, unreadable = outcome.result, ""
         if outcome.ok and outcome.result_ref:
@@ -265,12 +216,9 @@ class WebhookSender:
             error: str | None = f"refused: {refused}"
         else:
             error = await self._post(state.webhook, request_id, body)
-        attempt = int(state.extra.get("webhook_attempts") or 0) + 1
+        attempt = state.webhook_attempts + 1
         retry_at = now_ms() + int(backoff_s(attempt, self.base_backoff_s) * 1000)
-        n = await self._record(
-            keys=[keys.request(request_id), keys.WEBHOOKS],
-            args=[request_id, "" if error else "1", error or "", retry_at, self.max_attempts],
-        )
+        n = await self.broker.claims.record_webhook(request_id, error, retry_at, self.max_attempts)
         if error:
             log.info("webhook of %s failed (try %s): %s", request_id, n, error)
 

@@ -12,7 +12,7 @@ from klieg_platform.broker import Broker
 from klieg_platform.config import Settings
 from klieg_platform.storage.local import LocalBlobStore
 from klieg_platform.sweeper import BlobSweeper
-from tests.klieg_platform.test_broker import new
+from tests.klieg_platform.broker.test_queue import new
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -29,7 +29,7 @@ def test_a_sweep_deletes_old_media_and_orphans_only(redis_url: str, tmp_path: Pa
     async def body() -> dict[str, int]:
         broker = Broker.from_url(redis_url, result_ttl_s=100, max_attempts=3)
         try:
-            await broker.enqueue(new(rid="queued"))
+            await broker.queue.enqueue(new(rid="queued"))
             await broker.redis.hset("klieg:req:live", mapping={"status": "COMPLETED"})
             sweeper = BlobSweeper(broker, store, settings)
             assert await sweeper.sweep() == dict.fromkeys(

@@ -50,24 +50,26 @@ def sender(
 async def completed(broker: Broker, webhook: str, outcome: Outcome) -> str:
     """A request with ``webhook`` that has completed with ``outcome``."""
     rid = uuid.uuid4().hex
-    await broker.enqueue(
+    await broker.queue.enqueue(
         NewRequest(
             id=rid, owner="alice", tenant="t", app="echo", revision="r", function="echo",
             endpoint="/", pool="CPU-" + rid, payload=b"{}", timeout_s=30, webhook=webhook,
         )
     )  # fmt: skip
-    job = await broker.dispatch(["CPU-" + rid], "w1", lease_s=30)
+    job = await broker.queue.dispatch(["CPU-" + rid], "w1", lease_s=30)
     assert job is not None and job.id == rid
-    assert await broker.complete(rid, "w1", outcome)
+    assert await broker.queue.complete(rid, "w1", outcome)
     return rid
 
 
 async def record(broker: Broker, rid: str) -> dict[str, str]:
-    state = await broker.get(
-        rid, extra=["webhook_status", "webhook_attempts", "webhook_last_error"]
-    )
+    state = await broker.queue.get(rid)
     assert state is not None
-    return state.extra
+    return {
+        "webhook_status": state.webhook_status,
+        "webhook_attempts": str(state.webhook_attempts or ""),
+        "webhook_last_error": state.webhook_last_error,
+    }
 
 
 async def until(broker: Broker, rid: str, status: str, timeout_s: float = 10) -> dict[str, str]:
@@ -132,7 +134,7 @@ def test_retries_until_accepted_then_delivered(redis_url: str, tmp_path: Path) -
             assert hit.headers["content-type"] == "application/json"
             assert hit.headers["x-klieg-request-id"] == rid
             assert await b.redis.zscore(keys.WEBHOOKS, rid) is None
-            outcome = await b.outcome(rid)
+            outcome = await b.queue.outcome(rid)
             assert outcome is not None and outcome.result == b'{"n": 7}'
 
     run(redis_url, body)

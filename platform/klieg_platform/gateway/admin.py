@@ -141,7 +141,7 @@ async def list_revisions(request: Request) -> Response:
 async def alias_moved(gw: GatewayState, owner: str, app: str) -> None:
     """Drop ``owner/app`` from this gateway's route cache and tell every other gateway to."""
     gw.forget_app(f"{owner}/{app}")
-    await gw.broker.redis.publish(keys.ALIAS_CHANNEL, f"{owner}/{app}")
+    await gw.broker.streams.publish(keys.ALIAS_CHANNEL, f"{owner}/{app}")
 
 
 def alias_name(value: str) -> str:

@@ -25,7 +25,7 @@ from klieg_platform.webhooks import WebhookSender
 
 async def health(request: Request) -> Response:
     gw = gateway(request)
-    await gw.broker.redis.ping()
+    await gw.broker.ping()
     return JSONResponse({"status": "ok"})
 
 

@@ -169,10 +169,10 @@ async def intake(request: Request, *, allow_stream: bool) -> Intake:
 async def enqueue(gw: GatewayState, new: NewRequest) -> None:
     """Queue ``new``; a full tier queue answers 429 with a Retry-After from measured times."""
     try:
-        await gw.broker.enqueue(new)
+        await gw.broker.queue.enqueue(new)
     except QueueFullError as exc:
-        capacity, _ = await gw.broker.capacity(new.pool)
-        mean = await gw.broker.mean_time("service", new.app_key) or DEFAULT_SERVICE_S
+        capacity, _ = await gw.broker.workers.capacity(new.pool)
+        mean = await gw.broker.stats.mean_time("service", new.app_key) or DEFAULT_SERVICE_S
         exc.retry_after_s = retry_after_s(exc.queued, mean, capacity)
         raise
 

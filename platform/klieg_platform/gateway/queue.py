@@ -34,8 +34,6 @@ from klieg_platform.gateway.state import GatewayState, gateway
 from klieg_platform.registry import WORKFLOW_PREFIX
 from klieg_platform.scheduler import estimate_start_s
 
-WEBHOOK_FIELDS = ("webhook_status", "webhook_attempts", "webhook_last_error")
-
 
 def request_urls(request: Request, owner: str, app: str, request_id: str) -> dict[str, str]:
     """response_url, status_url and cancel_url of a request (a workflow's are under
@@ -57,7 +55,7 @@ async def submit(request: Request) -> Response:
 async def enqueue_and_accept(request: Request, gw: GatewayState, new: NewRequest) -> Response:
     """Queue ``new`` and answer with its id, queue position and URLs (fal's submit reply)."""
     await enqueue(gw, new)
-    state = await gw.broker.get(new.id)
+    state = await gw.broker.queue.get(new.id)
     body: dict[str, Any] = {
         "request_id": new.id,
         "status": "IN_QUEUE",
@@ -76,7 +74,7 @@ async def _owned(request: Request, *, logs: bool = False) -> tuple[GatewayState,
     gw = gateway(request)
     tenant = await gw.tenant(request)
     rid = request.path_params["request_id"]
-    state = await gw.broker.get(rid, with_logs=logs, extra=WEBHOOK_FIELDS)
+    state = await gw.broker.queue.get(rid, with_logs=logs)
     owner = request.path_params.get("owner")
     app = request.path_params.get("app", "").partition("@")[0]
     if (
@@ -108,9 +106,9 @@ def status_body(request: Request, state: RequestState, *, logs: bool) -> dict[st
     if state.webhook:
         body["webhook"] = {
             "url": state.webhook,
-            "status": state.extra.get("webhook_status") or "pending",
-            "attempts": int(state.extra.get("webhook_attempts") or 0),
-            "last_error": state.extra.get("webhook_last_error") or None,
+            "status": state.webhook_status or "pending",
+            "attempts": state.webhook_attempts,
+            "last_error": state.webhook_last_error or None,
         }
     return body
 
@@ -121,9 +119,9 @@ async def queue_eta_s(gw: GatewayState, state: RequestState) -> float | None:
     if state.queue_position is None:
         return None
     app_key = f"{state.owner}/{state.app}"
-    capacity, warm = await gw.broker.capacity(state.pool)
-    service = await gw.broker.mean_time("service", app_key) or DEFAULT_SERVICE_S
-    cold = await gw.broker.mean_time("cold", app_key) or 0.0
+    capacity, warm = await gw.broker.workers.capacity(state.pool)
+    service = await gw.broker.stats.mean_time("service", app_key) or DEFAULT_SERVICE_S
+    cold = await gw.broker.stats.mean_time("cold", app_key) or 0.0
     eta = estimate_start_s(state.queue_position, service, capacity, cold, app_key in warm)
     return round(eta, 2)
 
@@ -147,10 +145,10 @@ async def status_stream(request: Request) -> Response:
         seen_logs = 0
         last: tuple[str, int | None] | None = None
         while True:
-            state = await gw.broker.get(first.id, extra=WEBHOOK_FIELDS)
+            state = await gw.broker.queue.get(first.id)
             if state is None:
                 return
-            new_lines = await gw.broker.logs(first.id, seen_logs) if logs else []
+            new_lines = await gw.broker.streams.logs(first.id, seen_logs) if logs else []
             key = (state.status, state.queue_position)
             if key != last or new_lines:
                 body = status_body(request, state, logs=False)
@@ -167,7 +165,7 @@ async def status_stream(request: Request) -> Response:
 
 async def result(request: Request) -> Response:
     gw, state = await _owned(request)
-    outcome = await gw.broker.outcome(state.id) if state.status == "COMPLETED" else None
+    outcome = await gw.broker.queue.outcome(state.id) if state.status == "COMPLETED" else None
     if outcome is None:
         raise InvalidRequestError(f"request {state.id} is {state.status}, not COMPLETED yet")
     return await result_response(gw, state.id, outcome)
@@ -175,7 +173,7 @@ async def result(request: Request) -> Response:
 
 async def cancel(request: Request) -> Response:
     gw, state = await _owned(request)
-    outcome = await gw.broker.cancel(state.id)
+    outcome = await gw.broker.queue.cancel(state.id)
     if outcome in (1, 2):
         return JSONResponse({"status": "CANCELLATION_REQUESTED"}, 202)
     if outcome == -1:

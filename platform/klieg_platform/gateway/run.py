@@ -32,7 +32,7 @@ async def enqueue_and_answer(request: Request, gw: GatewayState, new: NewRequest
     fut = waiter.expect(new.id)
     await enqueue(gw, new)
     await waiter.wait(new.id, fut)
-    outcome = await gw.broker.outcome(new.id)
+    outcome = await gw.broker.queue.outcome(new.id)
     if outcome is None:
         raise NotFoundError(f"request {new.id} expired before its result was read")
     return await result_response(gw, new.id, outcome)
@@ -48,7 +48,9 @@ async def chunks(gw: GatewayState, request_id: str) -> AsyncIterator[bytes]:
     after = "0"
     completed = False
     while True:
-        entries = await gw.broker.read_chunks(request_id, after, None if completed else 2000)
+        entries = await gw.broker.streams.read_chunks(
+            request_id, after, None if completed else 2000
+        )
         for entry_id, entry in entries:
             after = entry_id
             if CHUNK_END in entry:
@@ -58,7 +60,7 @@ async def chunks(gw: GatewayState, request_id: str) -> AsyncIterator[bytes]:
             yield sse.event(entry[b"data"])
         if entries:
             continue
-        state = await gw.broker.get(request_id)
+        state = await gw.broker.queue.get(request_id)
         if completed:
             if state is not None and state.error:
                 yield sse.event(json.dumps(state.error).encode(), "error")

@@ -25,7 +25,7 @@ class Waiter:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(
-            self.broker.listen(
+            self.broker.streams.listen(
                 [keys.DONE_CHANNEL, keys.ALIAS_CHANNEL], self._on_message, self._ready
             )
         )
@@ -54,6 +54,6 @@ class Waiter:
     async def wait(self, request_id: str, fut: asyncio.Future[None], poll_s: float = 5.0) -> None:
         """Return once the request is COMPLETED (``Broker.completed``)."""
         try:
-            await self.broker.completed(request_id, fut, poll_s)
+            await self.broker.queue.completed(request_id, fut, poll_s)
         finally:
             self._futures.pop(request_id, None)

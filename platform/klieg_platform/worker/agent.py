@@ -107,7 +107,7 @@ class Worker:
         self._spec_dir.mkdir(parents=True, exist_ok=True)
         housekeeping = asyncio.create_task(self._housekeeping())
         cancels = asyncio.create_task(
-            self.broker.listen([keys.CANCEL_CHANNEL], lambda _, rid: self._cancel(rid))
+            self.broker.streams.listen([keys.CANCEL_CHANNEL], lambda _, rid: self._cancel(rid))
         )
         log.info(
             "worker %s serving pools %s with %d slots", self.id, self.pools, self.runners.slots
@@ -124,10 +124,10 @@ class Worker:
                     need = 1 if self.runners.slots - self._busy < need else need
                     continue
                 if drained:
-                    await self.broker.wait_for_work([*self.pools, self._own_wake], 1.0)
+                    await self.broker.queue.wait_for_work([*self.pools, self._own_wake], 1.0)
                 full = self.runners.full()
                 self._left_full = bool(full)
-                job = await self.broker.dispatch(
+                job = await self.broker.queue.dispatch(
                     self.pools,
                     self.id,
                     self.settings.lease_s,
@@ -155,7 +155,7 @@ class Worker:
                 await asyncio.wait(self._tasks, timeout=self.settings.lease_s)
             housekeeping.cancel()
             with contextlib.suppress(Exception):
-                await self.broker.forget_worker(self.id)
+                await self.broker.workers.forget(self.id)
             cancels.cancel()
             await self.runners.stop_all()
 
@@ -167,13 +167,13 @@ class Worker:
         while True:
             await asyncio.sleep(period)
             try:
-                requeued = await self.broker.requeue_expired()
+                requeued = await self.broker.queue.requeue_expired()
                 if requeued:
                     log.warning("requeued %d requests with expired leases", requeued)
                 await self.runners.reap_idle(self._peers.runners)
                 mine = self.runners.runners
                 warm = [self._app_keys.get(r.key[0], "") for r in mine]
-                self._peers = await self.broker.heartbeat(
+                self._peers = await self.broker.workers.heartbeat(
                     self.id, self.pools, self.runners.slots, warm, self._idle_here(),
                     [f"{r.key[0]}/{r.key[1]}" for r in mine],
                 )  # fmt: skip
@@ -209,7 +209,7 @@ class Worker:
                 or self._busy + units(fn) > self.runners.slots
             ):
                 continue
-            if await self.broker.claim(keys.prewarm(key), self.id, 10):
+            if await self.broker.claims.claim(keys.prewarm(key), self.id, 10):
                 self._warming.add(key)
                 self._background(self._prewarm(rev, fn))
 
@@ -233,7 +233,7 @@ class Worker:
         self._slot_free.set()
         if self._left_full:
             self._left_full = False
-            self._background(self.broker.nudge(self._own_wake))
+            self._background(self.broker.queue.nudge(self._own_wake))
 
     def _spawn(self, job: Job) -> None:
         task = asyncio.create_task(self._handle(job))
@@ -259,7 +259,9 @@ class Worker:
 
     # ---- one request ------------------------------------------------------------------
     async def _handle(self, job: Job) -> None:
-        renew = asyncio.create_task(self.broker.hold_lease(job.id, self.id, self.settings.lease_s))
+        renew = asyncio.create_task(
+            self.broker.queue.hold_lease(job.id, self.id, self.settings.lease_s)
+        )
         self._active[job.id] = None
         outcome: Outcome | None
         try:
@@ -277,9 +279,9 @@ class Worker:
             for batcher in self._batchers.values():
                 batcher.settled(job.id)
         if outcome is None:
-            await self.broker.requeue(job.id, self.id)
+            await self.broker.queue.requeue(job.id, self.id)
             return
-        if not await self.broker.finish_job(job, self.id, outcome):
+        if not await self.broker.queue.finish_job(job, self.id, outcome):
             log.warning("request %s: lease lost before completion; result dropped", job.id)
         elif job.payload_ref:
             await asyncio.to_thread(self.store.delete, job.payload_ref)
@@ -415,7 +417,7 @@ class Worker:
             self._freed()
 
         async def fill(n: int) -> list[str]:
-            jobs = await self.broker.dispatch_for(
+            jobs = await self.broker.queue.dispatch_for(
                 fn.pool, rev.id, fn.name, ep.path, n, self.id, self.settings.lease_s
             )
             for extra in jobs:
@@ -438,7 +440,7 @@ class Worker:
         """The outcome of a request from the runner's ``result`` frame."""
         logs = list(header.get("logs") or [])
         if header.get("ok"):
-            self._background(self.broker.record_time("service", job.app_key, elapsed))
+            self._background(self.broker.stats.record_time("service", job.app_key, elapsed))
             return await self._ok(job.id, body, logs)
         raw = header.get("error") or {}
         cls = error_class(raw.get("error_type"))
@@ -509,7 +511,9 @@ class Worker:
         env = _runner_env(gpu_ids, self.settings.base_url)
         await runner.start(self.packager.python(rev.env_key), code_dir, spec_file, env)
         log.info("started runner pid %s for %s/%s", runner.pid, rev.id, fn.name)
-        await self.broker.record_time("cold", f"{rev.owner}/{rev.app}", time.monotonic() - started)
+        await self.broker.stats.record_time(
+            "cold", f"{rev.owner}/{rev.app}", time.monotonic() - started
+        )
 
 
 def _runner_env(gpu_ids: tuple[int, ...] | None, gateway_url: str) -> dict[str, str]:

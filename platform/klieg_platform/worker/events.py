@@ -62,7 +62,7 @@ class EventForwarder:
                 for kind, group in itertools.groupby(batch, key=lambda event: event[0]):
                     items = [item for _, item in group]
                     if kind == "log":
-                        await self.broker.append_logs(self.request_id, items)
+                        await self.broker.streams.append_logs(self.request_id, items)
                     elif kind == "media":
                         for header, data in items:
                             url = await self.store_media(self.request_id, header, data)
@@ -70,7 +70,7 @@ class EventForwarder:
                             self.urls[placeholder.encode()] = url.encode()
                     else:
                         for data in items:
-                            await self.broker.add_chunk(self.request_id, self.rewrite(data))
+                            await self.broker.streams.add_chunk(self.request_id, self.rewrite(data))
             except Exception:
                 log.exception("request %s: could not store live events", self.request_id)
             if self._closing and not self._pending:

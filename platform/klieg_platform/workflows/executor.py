@@ -108,7 +108,7 @@ class WorkflowExecutor:
         leases (another executor takes them over)."""
         channels = [keys.DONE_CHANNEL, keys.CANCEL_CHANNEL]
         listener = asyncio.create_task(
-            self.broker.listen(channels, self._on_message, self._listening)
+            self.broker.streams.listen(channels, self._on_message, self._listening)
         )
         await asyncio.wait_for(self._listening.wait(), 10)
         pools = [keys.WORKFLOW_POOL]
@@ -118,11 +118,11 @@ class WorkflowExecutor:
                 if free <= 0:
                     await asyncio.sleep(0.05)
                     continue
-                job = await self.broker.dispatch(
+                job = await self.broker.queue.dispatch(
                     pools, self.id, self.settings.lease_s, free_units=free, total_units=free
                 )
                 if not isinstance(job, Job):
-                    await self.broker.wait_for_work(pools, 1.0)
+                    await self.broker.queue.wait_for_work(pools, 1.0)
                     continue
                 task = asyncio.create_task(self._handle(job))
                 self._tasks.add(task)
@@ -144,7 +144,9 @@ class WorkflowExecutor:
 
     # ---- one workflow -----------------------------------------------------------------
     async def _handle(self, job: Job) -> None:
-        renew = asyncio.create_task(self.broker.hold_lease(job.id, self.id, self.settings.lease_s))
+        renew = asyncio.create_task(
+            self.broker.queue.hold_lease(job.id, self.id, self.settings.lease_s)
+        )
         try:
             outcome = await self._execute(job)
         except KliegError as exc:
@@ -156,7 +158,7 @@ class WorkflowExecutor:
         finally:
             renew.cancel()
             self._runs.pop(job.id, None)
-        if not await self.broker.finish_job(job, self.id, outcome):
+        if not await self.broker.queue.finish_job(job, self.id, outcome):
             log.warning("workflow request %s: lease lost before completion", job.id)
         elif job.payload_ref:
             await asyncio.to_thread(self.store.delete, job.payload_ref)
@@ -166,7 +168,7 @@ class WorkflowExecutor:
         self._runs[job.id] = run
         # read again now that cancel messages reach this run: a cancel published before it was
         # registered is seen here, one published after by _on_message
-        state = await self.broker.get(job.id)
+        state = await self.broker.queue.get(job.id)
         if state is not None and state.cancel_requested:
             run.cancelled.set()
         timeout = job.timeout_s
@@ -201,7 +203,7 @@ class WorkflowExecutor:
         if rev is None:
             raise NotFoundError(f"workflow revision {job.revision} not found")
         doc = workflow_document(rev)
-        state = await self.broker.get(job.id)
+        state = await self.broker.queue.get(job.id)
         tenant = await asyncio.to_thread(self.registry.get_tenant_by_id, job.tenant)
         if state is None or tenant is None:
             raise NotFoundError(f"workflow request {job.id}: its record or tenant is gone")
@@ -240,16 +242,16 @@ class WorkflowExecutor:
         done = asyncio.get_running_loop().create_future()
         self._done[rid] = done
         try:
-            state = await self.broker.get(rid)
+            state = await self.broker.queue.get(rid)
             run.nodes[node] = rid
             if state is None:
                 await self._enqueue(run, node, rid)
             if state is None or state.status != "COMPLETED":
                 await self._event(run, node, "started", request_id=rid)
-                await self.broker.completed(rid, done)
+                await self.broker.queue.completed(rid, done)
         finally:
             self._done.pop(rid, None)
-        outcome = await self.broker.outcome(rid)
+        outcome = await self.broker.queue.outcome(rid)
         if outcome is None:
             raise NodeFailed(
                 node, {"detail": "its result expired", "error_type": "KliegError"}, 500
@@ -297,7 +299,7 @@ class WorkflowExecutor:
         )
         while True:
             try:
-                await self.broker.enqueue(new)
+                await self.broker.queue.enqueue(new)
                 return
             except QueueFullError:  # back pressure: the node waits for room, within the deadline
                 await asyncio.sleep(1.0)
@@ -321,7 +323,7 @@ class WorkflowExecutor:
         for node, rid in run.nodes.items():
             if node not in run.scope:
                 with contextlib.suppress(Exception):
-                    await self.broker.cancel(rid)
+                    await self.broker.queue.cancel(rid)
 
     async def _event(self, run: _Run, node: str | None, event: str, **fields: Any) -> None:
         """Append a node event to the workflow's logs (and its stream, when streamed)."""
@@ -335,7 +337,7 @@ class WorkflowExecutor:
             "node": node,
             **fields,
         }
-        await self.broker.append_logs(run.job.id, [line])
+        await self.broker.streams.append_logs(run.job.id, [line])
         if run.job.stream:
             chunk = {"event": event, "node": node, **fields}
-            await self.broker.add_chunk(run.job.id, json.dumps(chunk).encode())
+            await self.broker.streams.add_chunk(run.job.id, json.dumps(chunk).encode())

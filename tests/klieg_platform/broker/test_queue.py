@@ -52,7 +52,7 @@ def new(pool: str = "CPU", rid: str | None = None, payload: bytes = b'{"x": 1}')
 async def enqueue_spaced(b: Broker, *reqs: NewRequest) -> None:
     """Enqueue in order, a few ms apart, so enqueue times differ."""
     for req in reqs:
-        await b.enqueue(req)
+        await b.queue.enqueue(req)
         await asyncio.sleep(0.005)
 
 
@@ -83,7 +83,7 @@ def test_enqueue_then_get_shows_in_queue_with_position(redis_url: str) -> None:
         before = now_ms()
         await enqueue_spaced(b, *reqs)
         for position, req in enumerate(reqs):
-            state = await b.get(req.id)
+            state = await b.queue.get(req.id)
             assert state is not None
             assert (state.status, state.queue_position, state.attempts) == ("IN_QUEUE", position, 0)
             assert (state.owner, state.tenant, state.app, state.pool) == (
@@ -94,11 +94,11 @@ def test_enqueue_then_get_shows_in_queue_with_position(redis_url: str) -> None:
             )
             assert state.created_ms >= before and state.started_ms is None
             assert state.outcome is None and state.error is None
-            assert await b.outcome(req.id) is None
-        await b.dispatch(["CPU"], "w1", 30)
-        positions = [(await b.get(r.id)) for r in reqs[1:]]
+            assert await b.queue.outcome(req.id) is None
+        await b.queue.dispatch(["CPU"], "w1", 30)
+        positions = [(await b.queue.get(r.id)) for r in reqs[1:]]
         assert [s.queue_position for s in positions if s] == [0, 1]
-        assert await b.get("no-such-id") is None
+        assert await b.queue.get("no-such-id") is None
 
     run(redis_url, body)
 
@@ -106,7 +106,7 @@ def test_enqueue_then_get_shows_in_queue_with_position(redis_url: str) -> None:
 def test_enqueue_is_atomic(redis_url: str) -> None:
     async def body(b: Broker) -> None:
         req = new()
-        await b.enqueue(req)
+        await b.queue.enqueue(req)
         assert await b.redis.exists(keys.request(req.id)) == 1
         assert await b.redis.zscore(keys.queue("CPU", "free"), req.id) is not None
         assert await b.redis.sismember(keys.POOLS, "CPU")
@@ -128,7 +128,7 @@ def test_enqueue_is_atomic(redis_url: str) -> None:
                         torn.append(rid)
 
         watcher = asyncio.create_task(watch())
-        await asyncio.gather(*(b.enqueue(new("GPU-X", rid)) for rid in ids))
+        await asyncio.gather(*(b.queue.enqueue(new("GPU-X", rid)) for rid in ids))
         stop.set()
         await watcher
         assert torn == []
@@ -142,11 +142,11 @@ def test_dispatch_is_fifo_across_two_enqueues(redis_url: str) -> None:
     async def body(b: Broker) -> None:
         first, second = new(), new()
         await enqueue_spaced(b, first, second)
-        a = await b.dispatch(["CPU"], "w1", 30)
-        c = await b.dispatch(["CPU"], "w1", 30)
+        a = await b.queue.dispatch(["CPU"], "w1", 30)
+        c = await b.queue.dispatch(["CPU"], "w1", 30)
         assert a is not None and c is not None
         assert [a.id, c.id] == [first.id, second.id]
-        assert await b.dispatch(["CPU"], "w1", 30) is None
+        assert await b.queue.dispatch(["CPU"], "w1", 30) is None
 
     run(redis_url, body)
 
@@ -158,10 +158,10 @@ def test_dispatch_is_fifo_for_requests_enqueued_in_the_same_millisecond(redis_ur
     async def body(b: Broker) -> None:
         reqs = [new(rid=f"{9 - i}-{uuid.uuid4().hex}") for i in range(10)]
         for req in reqs:
-            await b.enqueue(req)
-        positions = [(await b.get(r.id)) for r in reqs]
+            await b.queue.enqueue(req)
+        positions = [(await b.queue.get(r.id)) for r in reqs]
         assert [s.queue_position for s in positions if s] == list(range(10))
-        got = [await b.dispatch(["CPU"], "w1", 30) for _ in reqs]
+        got = [await b.queue.dispatch(["CPU"], "w1", 30) for _ in reqs]
         assert [j.id for j in got if j] == [r.id for r in reqs]
 
     run(redis_url, body)
@@ -171,13 +171,13 @@ def test_dispatch_pools(redis_url: str) -> None:
     async def body(b: Broker) -> None:
         gpu, cpu = new("GPU-H100"), new("CPU")
         await enqueue_spaced(b, gpu, cpu)
-        assert await b.dispatch(["GPU-A100"], "w1", 30) is None
-        only_cpu = await b.dispatch(["CPU"], "w1", 30)
+        assert await b.queue.dispatch(["GPU-A100"], "w1", 30) is None
+        only_cpu = await b.queue.dispatch(["CPU"], "w1", 30)
         assert only_cpu is not None and only_cpu.id == cpu.id
-        assert await b.dispatch(["CPU"], "w1", 30) is None
-        anything = await b.dispatch(["*"], "w2", 30)
+        assert await b.queue.dispatch(["CPU"], "w1", 30) is None
+        anything = await b.queue.dispatch(["*"], "w2", 30)
         assert anything is not None and anything.id == gpu.id
-        assert await b.dispatch(["*"], "w2", 30) is None
+        assert await b.queue.dispatch(["*"], "w2", 30) is None
 
     run(redis_url, body)
 
@@ -186,9 +186,9 @@ def test_dispatch_star_and_pool_lists_take_the_oldest_of_every_pool(redis_url: s
     async def body(b: Broker) -> None:
         reqs = [new("GPU-H100"), new("CPU"), new("GPU-A100"), new("CPU")]
         await enqueue_spaced(b, *reqs)
-        both = await b.dispatch(["CPU", "GPU-A100"], "w1", 30)
+        both = await b.queue.dispatch(["CPU", "GPU-A100"], "w1", 30)
         assert both is not None and both.id == reqs[1].id
-        order = [await b.dispatch(["*"], "w1", 30) for _ in range(3)]
+        order = [await b.queue.dispatch(["*"], "w1", 30) for _ in range(3)]
         assert [j.id for j in order if j] == [reqs[0].id, reqs[2].id, reqs[3].id]
 
     run(redis_url, body)
@@ -197,9 +197,9 @@ def test_dispatch_star_and_pool_lists_take_the_oldest_of_every_pool(redis_url: s
 def test_dispatch_moves_to_in_progress_with_a_lease(redis_url: str) -> None:
     async def body(b: Broker) -> None:
         req = new(payload=b'{"prompt": "cat"}')
-        await b.enqueue(req)
+        await b.queue.enqueue(req)
         before = now_ms()
-        job = await b.dispatch(["CPU"], "w1", 30)
+        job = await b.queue.dispatch(["CPU"], "w1", 30)
         after = now_ms()
         assert job == Job(
             id=req.id,
@@ -213,7 +213,7 @@ def test_dispatch_moves_to_in_progress_with_a_lease(redis_url: str) -> None:
             attempts=1,
             tenant="t-alice",
         )
-        state = await b.get(req.id)
+        state = await b.queue.get(req.id)
         assert state is not None
         assert (state.status, state.attempts, state.queue_position) == ("IN_PROGRESS", 1, None)
         assert state.started_ms is not None and before <= state.started_ms <= after
@@ -228,23 +228,23 @@ def test_dispatch_moves_to_in_progress_with_a_lease(redis_url: str) -> None:
 def test_complete_by_the_lease_holder(redis_url: str) -> None:
     async def body(b: Broker) -> None:
         req = new()
-        await b.enqueue(req)
-        await b.dispatch(["CPU"], "w1", 30)
+        await b.queue.enqueue(req)
+        await b.queue.dispatch(["CPU"], "w1", 30)
         pubsub = await subscribe(b)
         logs = [{"message": "hi", "level": "INFO", "timestamp": "t"}]
         outcome = Outcome(ok=True, result=b'{"y": 2}', logs=logs)
-        assert await b.complete(req.id, "w1", outcome) is True
+        assert await b.queue.complete(req.id, "w1", outcome) is True
         assert await next_done(pubsub) == req.id.encode()
         await pubsub.aclose()
-        state = await b.get(req.id, with_logs=True)
+        state = await b.queue.get(req.id, with_logs=True)
         assert state is not None
         assert (state.status, state.outcome, state.http_status) == ("COMPLETED", "ok", 200)
         assert state.logs == logs and state.error is None
-        assert await b.outcome(req.id) == Outcome(ok=True, result=b'{"y": 2}')
+        assert await b.queue.outcome(req.id) == Outcome(ok=True, result=b'{"y": 2}')
         assert state.finished_ms is not None
         assert 0 < await b.redis.ttl(keys.request(req.id)) <= TTL_S
         assert await b.redis.zscore(keys.INFLIGHT, req.id) is None
-        assert await b.complete(req.id, "w1", outcome) is False
+        assert await b.queue.complete(req.id, "w1", outcome) is False
 
     run(redis_url, body)
 
@@ -252,15 +252,15 @@ def test_complete_by_the_lease_holder(redis_url: str) -> None:
 def test_complete_with_an_error_outcome(redis_url: str) -> None:
     async def body(b: Broker) -> None:
         req = new()
-        await b.enqueue(req)
-        await b.dispatch(["CPU"], "w1", 30)
+        await b.queue.enqueue(req)
+        await b.queue.dispatch(["CPU"], "w1", 30)
         error = {"detail": {"type": "ValueError", "message": "no"}, "error_type": "AppError"}
-        assert await b.complete(req.id, "w1", Outcome(ok=False, error=error, http_status=500))
-        state = await b.get(req.id)
+        assert await b.queue.complete(req.id, "w1", Outcome(ok=False, error=error, http_status=500))
+        state = await b.queue.get(req.id)
         assert state is not None
         assert (state.status, state.outcome, state.http_status) == ("COMPLETED", "error", 500)
         assert state.error == error
-        assert await b.outcome(req.id) == Outcome(ok=False, error=error, http_status=500)
+        assert await b.queue.outcome(req.id) == Outcome(ok=False, error=error, http_status=500)
 
     run(redis_url, body)
 
@@ -268,18 +268,18 @@ def test_complete_with_an_error_outcome(redis_url: str) -> None:
 def test_complete_by_another_worker_is_refused(redis_url: str) -> None:
     async def body(b: Broker) -> None:
         req = new()
-        await b.enqueue(req)
-        await b.dispatch(["CPU"], "w1", 30)
+        await b.queue.enqueue(req)
+        await b.queue.dispatch(["CPU"], "w1", 30)
         lease = await b.redis.zscore(keys.INFLIGHT, req.id)
-        assert await b.complete(req.id, "w2", Outcome(ok=True, result=b"late")) is False
-        state = await b.get(req.id)
+        assert await b.queue.complete(req.id, "w2", Outcome(ok=True, result=b"late")) is False
+        state = await b.queue.get(req.id)
         assert state is not None
         assert (state.status, state.outcome) == ("IN_PROGRESS", None)
-        assert await b.outcome(req.id) is None
+        assert await b.queue.outcome(req.id) is None
         assert await b.redis.zscore(keys.INFLIGHT, req.id) == lease
         assert await b.redis.ttl(keys.request(req.id)) == -1
-        assert await b.complete(req.id, "w1", Outcome(ok=True, result=b"mine")) is True
-        done = await b.outcome(req.id)
+        assert await b.queue.complete(req.id, "w1", Outcome(ok=True, result=b"mine")) is True
+        done = await b.queue.outcome(req.id)
         assert done is not None and done.result == b"mine"
 
     run(redis_url, body)
@@ -288,19 +288,19 @@ def test_complete_by_another_worker_is_refused(redis_url: str) -> None:
 def test_renew_extends_the_lease_only_for_the_holder(redis_url: str) -> None:
     async def body(b: Broker) -> None:
         req = new()
-        await b.enqueue(req)
-        await b.dispatch(["CPU"], "w1", 1)
+        await b.queue.enqueue(req)
+        await b.queue.dispatch(["CPU"], "w1", 1)
         first = await b.redis.zscore(keys.INFLIGHT, req.id)
         assert first is not None
-        assert await b.renew(req.id, "w2", 60) is False
+        assert await b.queue.renew(req.id, "w2", 60) is False
         assert await b.redis.zscore(keys.INFLIGHT, req.id) == first
-        assert await b.renew(req.id, "w1", 60) is True
+        assert await b.queue.renew(req.id, "w1", 60) is True
         renewed = await b.redis.zscore(keys.INFLIGHT, req.id)
         assert renewed is not None and renewed >= first + 58_000
-        await b.complete(req.id, "w1", Outcome(ok=True))
-        assert await b.renew(req.id, "w1", 60) is False
+        await b.queue.complete(req.id, "w1", Outcome(ok=True))
+        assert await b.queue.renew(req.id, "w1", 60) is False
         assert await b.redis.zscore(keys.INFLIGHT, req.id) is None
-        assert await b.renew("unknown", "w1", 60) is False
+        assert await b.queue.renew("unknown", "w1", 60) is False
 
     run(redis_url, body)
 
@@ -309,19 +309,19 @@ def test_requeue_expired_puts_it_back_at_its_original_position(redis_url: str) -
     async def body(b: Broker) -> None:
         first, second = new(), new()
         await enqueue_spaced(b, first, second)
-        job = await b.dispatch(["CPU"], "w1", 0.05)
+        job = await b.queue.dispatch(["CPU"], "w1", 0.05)
         assert job is not None and job.id == first.id
-        assert await b.requeue_expired() == 0
+        assert await b.queue.requeue_expired() == 0
         await asyncio.sleep(0.15)
-        assert await b.requeue_expired() == 1
-        state = await b.get(first.id)
+        assert await b.queue.requeue_expired() == 1
+        state = await b.queue.get(first.id)
         assert state is not None
         assert (state.status, state.queue_position, state.attempts) == ("IN_QUEUE", 0, 1)
-        later = await b.get(second.id)
+        later = await b.queue.get(second.id)
         assert later is not None and later.queue_position == 1
         assert await b.redis.zscore(keys.INFLIGHT, first.id) is None
-        assert await b.complete(first.id, "w1", Outcome(ok=True)) is False
-        again = await b.dispatch(["CPU"], "w2", 30)
+        assert await b.queue.complete(first.id, "w1", Outcome(ok=True)) is False
+        again = await b.queue.dispatch(["CPU"], "w2", 30)
         assert again is not None and (again.id, again.attempts) == (first.id, 2)
 
     run(redis_url, body)
@@ -330,10 +330,10 @@ def test_requeue_expired_puts_it_back_at_its_original_position(redis_url: str) -
 def test_requeue_keeps_live_leases(redis_url: str) -> None:
     async def body(b: Broker) -> None:
         req = new()
-        await b.enqueue(req)
-        await b.dispatch(["CPU"], "w1", 30)
-        assert await b.requeue_expired() == 0
-        state = await b.get(req.id)
+        await b.queue.enqueue(req)
+        await b.queue.dispatch(["CPU"], "w1", 30)
+        assert await b.queue.requeue_expired() == 0
+        state = await b.queue.get(req.id)
         assert state is not None and state.status == "IN_PROGRESS"
 
     run(redis_url, body)
@@ -342,23 +342,23 @@ def test_requeue_keeps_live_leases(redis_url: str) -> None:
 def test_requeue_past_max_attempts_fails_with_worker_lost(redis_url: str) -> None:
     async def body(b: Broker) -> None:
         req = new()
-        await b.enqueue(req)
+        await b.queue.enqueue(req)
         for attempt in (1, 2):
-            job = await b.dispatch(["CPU"], f"w{attempt}", 0.05)
+            job = await b.queue.dispatch(["CPU"], f"w{attempt}", 0.05)
             assert job is not None and job.attempts == attempt
             await asyncio.sleep(0.12)
             if attempt == 2:
                 pubsub = await subscribe(b)
-            assert await b.requeue_expired() == 1
+            assert await b.queue.requeue_expired() == 1
         assert await next_done(pubsub) == req.id.encode()
         await pubsub.aclose()
-        state = await b.get(req.id)
+        state = await b.queue.get(req.id)
         assert state is not None
         assert (state.status, state.outcome, state.http_status) == ("COMPLETED", "error", 500)
         assert state.error is not None and state.error["error_type"] == "WorkerLostError"
         assert 0 < await b.redis.ttl(keys.request(req.id)) <= TTL_S
-        assert await b.dispatch(["CPU"], "w3", 30) is None
-        assert await b.complete(req.id, "w2", Outcome(ok=True)) is False
+        assert await b.queue.dispatch(["CPU"], "w3", 30) is None
+        assert await b.queue.complete(req.id, "w2", Outcome(ok=True)) is False
 
     run(redis_url, body, max_attempts=2)
 
@@ -367,12 +367,12 @@ def test_cancel(redis_url: str) -> None:
     async def body(b: Broker) -> None:
         queued, running = new(), new()
         await enqueue_spaced(b, running, queued)
-        await b.dispatch(["CPU"], "w1", 30)
+        await b.queue.dispatch(["CPU"], "w1", 30)
         pubsub = await subscribe(b)
-        assert await b.cancel(queued.id) == 1
+        assert await b.queue.cancel(queued.id) == 1
         assert await next_done(pubsub) == queued.id.encode()
         await pubsub.aclose()
-        state = await b.get(queued.id)
+        state = await b.queue.get(queued.id)
         assert state is not None
         assert (state.status, state.outcome, state.http_status) == ("COMPLETED", "error", 499)
         assert state.error is not None
@@ -380,15 +380,15 @@ def test_cancel(redis_url: str) -> None:
         assert state.queue_position is None
         assert await b.redis.zscore(keys.queue("CPU", "free"), queued.id) is None
         assert 0 < await b.redis.ttl(keys.request(queued.id)) <= TTL_S
-        assert await b.dispatch(["CPU"], "w2", 30) is None
+        assert await b.queue.dispatch(["CPU"], "w2", 30) is None
 
-        assert await b.cancel(running.id) == 2
-        still = await b.get(running.id)
+        assert await b.queue.cancel(running.id) == 2
+        still = await b.queue.get(running.id)
         assert still is not None and still.status == "IN_PROGRESS"
-        await b.complete(running.id, "w1", Outcome(ok=True, result=b"{}"))
-        assert await b.cancel(running.id) == 0
-        assert await b.cancel(queued.id) == 0
-        assert await b.cancel("no-such-id") == -1
+        await b.queue.complete(running.id, "w1", Outcome(ok=True, result=b"{}"))
+        assert await b.queue.cancel(running.id) == 0
+        assert await b.queue.cancel(queued.id) == 0
+        assert await b.queue.cancel("no-such-id") == -1
 
     run(redis_url, body)
 
@@ -397,13 +397,13 @@ def test_wait_for_work_returns_promptly_after_an_enqueue(redis_url: str) -> None
     async def body(b: Broker) -> None:
         async def enqueue_later(pool: str) -> None:
             await asyncio.sleep(0.2)
-            await b.enqueue(new(pool))
+            await b.queue.enqueue(new(pool))
 
         for waiting_on, pool in ((["CPU"], "CPU"), (["*"], "GPU-H100")):
             await b.redis.delete(keys.wake("CPU"), keys.wake(keys.ALL_POOLS))
             start = time.monotonic()
             producer = asyncio.create_task(enqueue_later(pool))
-            await asyncio.wait_for(b.wait_for_work(waiting_on, 10), 8)
+            await asyncio.wait_for(b.queue.wait_for_work(waiting_on, 10), 8)
             elapsed = time.monotonic() - start
             await producer
             assert 0.15 <= elapsed < 2, elapsed
@@ -414,11 +414,11 @@ def test_wait_for_work_returns_promptly_after_an_enqueue(redis_url: str) -> None
 def test_wait_for_work_times_out_without_work_for_its_pools(redis_url: str) -> None:
     async def body(b: Broker) -> None:
         start = time.monotonic()
-        await b.wait_for_work(["CPU"], 0.3)
+        await b.queue.wait_for_work(["CPU"], 0.3)
         assert 0.25 <= time.monotonic() - start < 3
-        await b.enqueue(new("GPU-H100"))
+        await b.queue.enqueue(new("GPU-H100"))
         start = time.monotonic()
-        await b.wait_for_work(["CPU"], 0.3)
+        await b.queue.wait_for_work(["CPU"], 0.3)
         assert 0.25 <= time.monotonic() - start < 3
 
     run(redis_url, body)
@@ -428,12 +428,12 @@ def test_payload_and_results_are_bytes_exact(redis_url: str) -> None:
     async def body(b: Broker) -> None:
         payload = json.dumps({"text": "héllo \u0000 ✓", "n": list(range(50))}).encode()
         req = new(payload=payload)
-        await b.enqueue(req)
-        job = await b.dispatch(["CPU"], "w1", 30)
+        await b.queue.enqueue(req)
+        job = await b.queue.dispatch(["CPU"], "w1", 30)
         assert job is not None and job.payload == payload
         result = bytes(range(256))
-        await b.complete(req.id, "w1", Outcome(ok=True, result=result))
-        done = await b.outcome(req.id)
+        await b.queue.complete(req.id, "w1", Outcome(ok=True, result=result))
+        done = await b.queue.outcome(req.id)
         assert done is not None and done.result == result
 
     run(redis_url, body)
@@ -442,15 +442,15 @@ def test_payload_and_results_are_bytes_exact(redis_url: str) -> None:
 def test_a_queued_status_always_has_a_position(redis_url: str) -> None:
     async def body(b: Broker) -> None:
         req = new()
-        await b.enqueue(req)
-        original = b._position
+        await b.queue.enqueue(req)
+        original = b.queue._position
 
         async def dispatched_meanwhile(*args: Any, **kwargs: Any) -> Any:
-            await b.dispatch(["CPU"], "w1", 30)  # the request starts between the two reads
+            await b.queue.dispatch(["CPU"], "w1", 30)  # the request starts between the two reads
             return await original(*args, **kwargs)
 
-        b._position = dispatched_meanwhile  # type: ignore[method-assign]
-        state = await b.get(req.id)
+        b.queue._position = dispatched_meanwhile  # type: ignore[method-assign]
+        state = await b.queue.get(req.id)
         assert state is not None and state.status == "IN_QUEUE" and state.queue_position == 0
 
     run(redis_url, body)
@@ -461,15 +461,15 @@ def test_dispatch_for_fills_a_batch_with_one_endpoints_requests_in_order(redis_u
         other = NewRequest(**{**new().__dict__, "id": uuid.uuid4().hex, "endpoint": "/other"})
         reqs = [new() for _ in range(4)]
         await enqueue_spaced(b, reqs[0], other, *reqs[1:])
-        jobs = await b.dispatch_for("CPU", "rev-1", "echo", "/say", 3, "w1", 30)
+        jobs = await b.queue.dispatch_for("CPU", "rev-1", "echo", "/say", 3, "w1", 30)
         assert [j.id for j in jobs] == [r.id for r in reqs[:3]]
         assert all(j.units == 0 and j.attempts == 1 and j.endpoint == "/say" for j in jobs)
-        state = await b.get(jobs[0].id)
+        state = await b.queue.get(jobs[0].id)
         assert state is not None and state.status == "IN_PROGRESS"
-        rest = await b.dispatch_for("CPU", "rev-1", "echo", "/say", 8, "w1", 30)
+        rest = await b.queue.dispatch_for("CPU", "rev-1", "echo", "/say", 8, "w1", 30)
         assert [j.id for j in rest] == [reqs[3].id]
-        assert await b.dispatch_for("CPU", "rev-1", "echo", "/say", 8, "w1", 30) == []
-        job = await b.dispatch(["CPU"], "w2", 30)
+        assert await b.queue.dispatch_for("CPU", "rev-1", "echo", "/say", 8, "w1", 30) == []
+        job = await b.queue.dispatch(["CPU"], "w2", 30)
         assert isinstance(job, Job) and job.id == other.id
 
     run(redis_url, body)
@@ -484,10 +484,10 @@ def test_dispatch_for_respects_the_tenant_cap(redis_url: str) -> None:
             for _ in range(3)
         ]  # fmt: skip
         await enqueue_spaced(b, *reqs)
-        jobs = await b.dispatch_for("CPU", "rev-1", "echo", "/say", 3, "w1", 30)
+        jobs = await b.queue.dispatch_for("CPU", "rev-1", "echo", "/say", 3, "w1", 30)
         assert [j.id for j in jobs] == [r.id for r in reqs[:2]]
-        await b.complete(jobs[0].id, "w1", Outcome(ok=True, result=b"{}"))
-        more = await b.dispatch_for("CPU", "rev-1", "echo", "/say", 3, "w1", 30)
+        await b.queue.complete(jobs[0].id, "w1", Outcome(ok=True, result=b"{}"))
+        more = await b.queue.dispatch_for("CPU", "rev-1", "echo", "/say", 3, "w1", 30)
         assert [j.id for j in more] == [reqs[2].id]
 
     run(redis_url, body)
@@ -497,20 +497,20 @@ def test_completed_returns_on_the_message_or_on_a_reread_after_a_lost_one(redis_
     async def body(b: Broker) -> None:
         loop = asyncio.get_running_loop()
         req = new()
-        await b.enqueue(req)
-        await b.dispatch(["CPU"], "w1", 30)
+        await b.queue.enqueue(req)
+        await b.queue.dispatch(["CPU"], "w1", 30)
         told: asyncio.Future[None] = loop.create_future()
         loop.call_later(0.05, told.set_result, None)
-        await asyncio.wait_for(b.completed(req.id, told, poll_s=5.0), 1.0)  # the message
+        await asyncio.wait_for(b.queue.completed(req.id, told, poll_s=5.0), 1.0)  # the message
 
         lost: asyncio.Future[None] = loop.create_future()  # never set: the message was lost
-        waiting = asyncio.create_task(b.completed(req.id, lost, poll_s=0.05))
+        waiting = asyncio.create_task(b.queue.completed(req.id, lost, poll_s=0.05))
         await asyncio.sleep(0.3)
         assert not waiting.done()  # IN_PROGRESS: still waiting
-        assert await b.complete(req.id, "w1", Outcome(ok=True, result=b"{}")) is True
+        assert await b.queue.complete(req.id, "w1", Outcome(ok=True, result=b"{}")) is True
         await asyncio.wait_for(waiting, 1.0)  # the re-read saw COMPLETED
 
         gone: asyncio.Future[None] = loop.create_future()
-        await asyncio.wait_for(b.completed(uuid.uuid4().hex, gone, poll_s=0.05), 1.0)
+        await asyncio.wait_for(b.queue.completed(uuid.uuid4().hex, gone, poll_s=0.05), 1.0)
 
     run(redis_url, body)

@@ -1,15 +1,18 @@
-"""The broker's Lua scripts. Each runs atomically in Redis; together they are the only writers
-of a request record's status.
+"""Every Lua script of the broker. Each runs atomically in Redis; together they are the only
+writers of a request record's status.
 
-A shared prelude bakes in the key prefixes from ``keys.py`` and defines three steps every script
-composes from: ``wake`` (tokens for blocked workers), ``finish`` (COMPLETED + TTL + webhook due +
-publish) and ``requeue`` (back to its queue at its original position). Scripts derive request
-and queue keys from the prefixes, so they assume a single Redis node (not Redis Cluster).
+A shared prelude bakes in the key prefixes from ``keys.py``, the statuses and field lists of the
+job record (``jobs.py``), and defines the steps every script composes from: ``qkey`` (a queue's
+key, as ``keys.queue``), ``wake`` (tokens for blocked workers), ``take`` (lease a queued
+request: IN_QUEUE -> IN_PROGRESS), ``finish`` (-> COMPLETED + TTL + webhook due + publish) and
+``requeue`` (IN_PROGRESS -> IN_QUEUE at its original position). Scripts derive request and queue
+keys from the prefixes, so they assume a single Redis node (not Redis Cluster).
 """
 
 from __future__ import annotations
 
 from klieg_platform import keys
+from klieg_platform.broker.jobs import JOB, Status, lua_list
 
 PRELUDE = f"""
 local REQ, QUEUE, WAKE = '{keys.REQUEST_PREFIX}', '{keys.QUEUE_PREFIX}', '{keys.WAKE_PREFIX}'
@@ -19,7 +22,11 @@ local T_RUN, A_RUN = '{keys.TENANT_INFLIGHT}', '{keys.APP_INFLIGHT}'
 local T_CAP, A_CAP = '{keys.TENANT_CAPS}', '{keys.APP_CAPS}'
 local COLD = '{keys.COLD_STATS}'
 local UNCAPPED = '{keys.WORKFLOW_POOL}'
-local LOGS = '{keys.PREFIX}logs:'
+local LOGS = '{keys.LOGS_PREFIX}'
+local S_QUEUED, S_RUNNING = '{Status.IN_QUEUE}', '{Status.IN_PROGRESS}'
+local S_DONE = '{Status.COMPLETED}'
+
+local function qkey(pool, tier) return QUEUE .. pool .. ':' .. tier end
 
 local function wake(pool)
   for _, w in ipairs({{WAKE .. pool, WAKE .. '*'}}) do
@@ -38,8 +45,8 @@ end
 
 local function finish(id, now, ttl, fields)
   local rk = REQ .. id
-  if redis.call('HGET', rk, 'status') == 'IN_PROGRESS' then stopped(rk) end
-  redis.call('HSET', rk, 'status', 'COMPLETED', 'finished_ms', now, unpack(fields))
+  if redis.call('HGET', rk, 'status') == S_RUNNING then stopped(rk) end
+  redis.call('HSET', rk, 'status', S_DONE, 'finished_ms', now, unpack(fields))
   redis.call('ZREM', INFLIGHT, id)
   redis.call('EXPIRE', rk, ttl)
   redis.call('EXPIRE', LOGS .. id, ttl)
@@ -52,9 +59,9 @@ local function requeue(id)
   local rk = REQ .. id
   local st = redis.call('HMGET', rk, 'pool', 'tier', 'score')
   stopped(rk)
-  redis.call('HSET', rk, 'status', 'IN_QUEUE', 'worker', '')
+  redis.call('HSET', rk, 'status', S_QUEUED, 'worker', '')
   redis.call('ZREM', INFLIGHT, id)
-  redis.call('ZADD', QUEUE .. st[1] .. ':' .. st[2], st[3], id)
+  redis.call('ZADD', qkey(st[1], st[2]), st[3], id)
   wake(st[1])
 end
 
@@ -68,22 +75,20 @@ local function better(c, b)
 end
 
 -- lease queued candidate c to worker ARGV[3] (now ARGV[1], lease ms ARGV[2]); the job's row:
--- id, attempts, more, units, revision, function, endpoint, payload, timeout_s, owner, app,
--- payload_ref, deadline_ms, stream, tenant
+-- id, attempts, more, units, then the record fields of jobs.JOB
 local function take(c, more, units)
   redis.call('ZREM', c.q, c.id)
   local rk = REQ .. c.id
-  redis.call('HSET', rk, 'status', 'IN_PROGRESS', 'worker', ARGV[3], 'started_ms', ARGV[1])
+  redis.call('HSET', rk, 'status', S_RUNNING, 'worker', ARGV[3], 'started_ms', ARGV[1])
   local attempts = redis.call('HINCRBY', rk, 'attempts', 1)
   redis.call('ZADD', INFLIGHT, tonumber(ARGV[1]) + tonumber(ARGV[2]), c.id)
-  local f = redis.call('HMGET', rk, 'revision', 'function', 'endpoint', 'payload', 'timeout_s',
-                       'owner', 'app', 'payload_ref', 'deadline_ms', 'stream', 'tenant', 'app_key',
-                       'pool')
-  if f[13] ~= UNCAPPED then
-    redis.call('HINCRBY', T_RUN, f[11], 1)
-    redis.call('HINCRBY', A_RUN, f[12], 1)
+  local f = redis.call('HMGET', rk, {lua_list(JOB)})
+  local who = redis.call('HMGET', rk, 'tenant', 'app_key', 'pool')
+  if who[3] ~= UNCAPPED then
+    redis.call('HINCRBY', T_RUN, who[1], 1)
+    redis.call('HINCRBY', A_RUN, who[2], 1)
   end
-  return {{c.id, tostring(attempts), more, units, unpack(f, 1, 11)}}
+  return {{c.id, tostring(attempts), more, units, unpack(f, 1, {len(JOB)})}}
 end
 
 -- tiers from 'name:slo_ms,...' in rank order (first = most important)
@@ -101,7 +106,7 @@ end
 ENQUEUE = (
     PRELUDE
     + """
-local q = QUEUE .. ARGV[2] .. ':' .. ARGV[3]
+local q = qkey(ARGV[2], ARGV[3])
 local queued = redis.call('ZCARD', q)
 if queued >= tonumber(ARGV[5]) then return {-1, queued} end
 local score = tonumber(ARGV[4]) * 1000
@@ -172,7 +177,7 @@ local best, warm = nil, nil
 local queued = 0
 for _, tier in ipairs(tiers) do
   for _, pool in ipairs(pools) do
-    local q = QUEUE .. pool .. ':' .. tier.name
+    local q = qkey(pool, tier.name)
     queued = queued + redis.call('ZCARD', q)
     local heads = redis.call('ZRANGE', q, 0, 63, 'WITHSCORES')
     local first, first_warm = nil, nil
@@ -181,7 +186,7 @@ for _, tier in ipairs(tiers) do
       local f = redis.call('HMGET', REQ .. id, 'status', 'tenant', 'app_key', 'gpus', 'revision',
                            'function')
       local need = math.max(tonumber(f[4] or '0') or 0, 1)
-      if f[1] ~= 'IN_QUEUE' then
+      if f[1] ~= S_QUEUED then
         redis.call('ZREM', q, id)
       elseif need <= total and not full[f[5] .. '/' .. f[6]] and (pool == UNCAPPED
         or (under_cap(T_RUN, T_CAP, f[2]) and under_cap(A_RUN, A_CAP, f[3]))) then
@@ -228,13 +233,13 @@ local tiers = parse_tiers(ARGV[4])
 local pool, rev, fn, ep, n = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
 local cands = {}
 for _, tier in ipairs(tiers) do
-  local q = QUEUE .. pool .. ':' .. tier.name
+  local q = qkey(pool, tier.name)
   local heads = redis.call('ZRANGE', q, 0, 63, 'WITHSCORES')
   for i = 1, #heads, 2 do
     local id, enq = heads[i], math.floor(tonumber(heads[i + 1]) / 1000)
     local f = redis.call('HMGET', REQ .. id, 'status', 'tenant', 'app_key', 'revision',
                          'function', 'endpoint')
-    if f[1] == 'IN_QUEUE' and f[4] == rev and f[5] == fn and f[6] == ep then
+    if f[1] == S_QUEUED and f[4] == rev and f[5] == fn and f[6] == ep then
       local score = (now - enq) / tier.slo
       cands[#cands + 1] = {id = id, q = q, over = score >= 1, score = score, rank = tier.rank,
                            enq = enq, tenant = f[2], app = f[3]}
@@ -271,7 +276,7 @@ POSITION = (
     PRELUDE
     + """
 local f = redis.call('HMGET', REQ .. ARGV[1], 'status', 'pool', 'tier', 'score')
-if f[1] ~= 'IN_QUEUE' then return -1 end
+if f[1] ~= S_QUEUED then return -1 end
 local now, tiers = tonumber(ARGV[2]), parse_tiers(ARGV[3])
 local mine
 for _, t in ipairs(tiers) do if t.name == f[3] then mine = t end end
@@ -281,7 +286,7 @@ local wait = now - math.floor(my_score / 1000)
 local over = wait >= mine.slo
 local ahead = 0
 for _, t in ipairs(tiers) do
-  local q = QUEUE .. f[2] .. ':' .. t.name
+  local q = qkey(f[2], t.name)
   local overdue = (now - t.slo) * 1000
   if over then
     local cut = (now - wait * t.slo / mine.slo) * 1000
@@ -304,19 +309,22 @@ return ahead
 )
 
 # ARGV: id, worker_id, lease deadline ms
-RENEW = """
-local st = redis.call('HMGET', KEYS[1], 'status', 'worker')
-if st[1] ~= 'IN_PROGRESS' or st[2] ~= ARGV[2] then return 0 end
-redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[1])
+RENEW = (
+    PRELUDE
+    + """
+local st = redis.call('HMGET', REQ .. ARGV[1], 'status', 'worker')
+if st[1] ~= S_RUNNING or st[2] ~= ARGV[2] then return 0 end
+redis.call('ZADD', INFLIGHT, 'XX', ARGV[3], ARGV[1])
 return 1
 """
+)
 
 # ARGV: id, worker_id, now_ms, ttl_s, field/value pairs...
 COMPLETE = (
     PRELUDE
     + """
 local st = redis.call('HMGET', REQ .. ARGV[1], 'status', 'worker')
-if st[1] ~= 'IN_PROGRESS' or st[2] ~= ARGV[2] then return 0 end
+if st[1] ~= S_RUNNING or st[2] ~= ARGV[2] then return 0 end
 finish(ARGV[1], ARGV[3], ARGV[4], {unpack(ARGV, 5)})
 return 1
 """
@@ -327,13 +335,13 @@ REQUEUE = (
     PRELUDE
     + """
 local st = redis.call('HMGET', REQ .. ARGV[1], 'status', 'worker')
-if st[1] ~= 'IN_PROGRESS' or st[2] ~= ARGV[2] then return 0 end
+if st[1] ~= S_RUNNING or st[2] ~= ARGV[2] then return 0 end
 requeue(ARGV[1])
 return 1
 """
 )
 
-# ARGV: now_ms, max_attempts, ttl_s, error JSON
+# ARGV: now_ms, max_attempts, ttl_s, outcome field/value pairs (of a request lost too often)
 REQUEUE_EXPIRED = (
     PRELUDE
     + """
@@ -341,14 +349,14 @@ local ids = redis.call('ZRANGEBYSCORE', INFLIGHT, '-inf', ARGV[1], 'LIMIT', 0, 1
 local n = 0
 for _, id in ipairs(ids) do
   local st = redis.call('HMGET', REQ .. id, 'status', 'attempts')
-  if st[1] ~= 'IN_PROGRESS' then
+  if st[1] ~= S_RUNNING then
     redis.call('ZREM', INFLIGHT, id)
   else
     n = n + 1
     if tonumber(st[2]) < tonumber(ARGV[2]) then
       requeue(id)
     else
-      finish(id, ARGV[1], ARGV[3], {'outcome', 'error', 'error', ARGV[4], 'http_status', '500'})
+      finish(id, ARGV[1], ARGV[3], {unpack(ARGV, 4)})
     end
   end
 end
@@ -356,7 +364,7 @@ return n
 """
 )
 
-# ARGV: id, now_ms, ttl_s, error JSON
+# ARGV: id, now_ms, ttl_s, outcome field/value pairs (of a cancelled request)
 # returns 1: a queued request was cancelled; 2: running, interruption signalled;
 #         0: already completed; -1: unknown
 CANCEL = (
@@ -365,13 +373,12 @@ CANCEL = (
 local rk = REQ .. ARGV[1]
 local st = redis.call('HMGET', rk, 'status', 'pool', 'tier')
 if not st[1] then return -1 end
-if st[1] == 'IN_QUEUE' then
-  redis.call('ZREM', QUEUE .. st[2] .. ':' .. st[3], ARGV[1])
-  finish(ARGV[1], ARGV[2], ARGV[3],
-         {'outcome', 'error', 'error', ARGV[4], 'http_status', '499', 'cancelled', '1'})
+if st[1] == S_QUEUED then
+  redis.call('ZREM', qkey(st[2], st[3]), ARGV[1])
+  finish(ARGV[1], ARGV[2], ARGV[3], {'cancelled', '1', unpack(ARGV, 4)})
   return 1
 end
-if st[1] == 'IN_PROGRESS' then
+if st[1] == S_RUNNING then
   redis.call('HSET', rk, 'cancel_requested', '1')
   redis.call('PUBLISH', CANCEL, ARGV[1])
   return 2
@@ -387,4 +394,47 @@ local sample = tonumber(ARGV[2])
 local mean = old and (0.8 * old + 0.2 * sample) or sample
 redis.call('HSET', KEYS[1], ARGV[1], string.format('%.1f', mean))
 return 1
+"""
+
+# KEYS: webhooks zset. ARGV: now_ms, claimed_until_ms, limit.
+# Returns the ids claimed; their records get webhook_status=pending on their first claim.
+CLAIM_WEBHOOKS = f"""
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {{}}
+for _, id in ipairs(ids) do
+  local rk = '{keys.REQUEST_PREFIX}' .. id
+  if redis.call('EXISTS', rk) == 0 then
+    redis.call('ZREM', KEYS[1], id)
+  else
+    if not redis.call('HGET', rk, 'webhook_status') then
+      redis.call('HSET', rk, 'webhook_status', 'pending')
+    end
+    redis.call('ZADD', KEYS[1], ARGV[2], id)
+    out[#out + 1] = id
+  end
+end
+return out
+"""
+
+# KEYS: request record, webhooks zset. ARGV: id, delivered ('1' | ''), error, retry_at_ms,
+# max_attempts. Returns the attempts so far, or -1 when the record is gone.
+RECORD_WEBHOOK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return -1
+end
+local n = redis.call('HINCRBY', KEYS[1], 'webhook_attempts', 1)
+if ARGV[2] == '1' then
+  redis.call('HSET', KEYS[1], 'webhook_status', 'delivered')
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return n
+end
+redis.call('HSET', KEYS[1], 'webhook_last_error', ARGV[3])
+if n >= tonumber(ARGV[5]) then
+  redis.call('HSET', KEYS[1], 'webhook_status', 'failed')
+  redis.call('ZREM', KEYS[2], ARGV[1])
+else
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+end
+return n
 """

@@ -66,7 +66,7 @@ def test_lua_dispatch_matches_the_reference_policy(redis_url: str, seed: int) ->
         try:
             order = sorted(range(len(reqs)), key=lambda i: times[i])
             for i in order:  # each queue is FIFO by enqueue time
-                await broker.enqueue(reqs[i], at_ms=times[i])
+                await broker.queue.enqueue(reqs[i], at_ms=times[i])
             queues: dict[str, list[Job]] = defaultdict(list)
             for i in order:
                 r = reqs[i]
@@ -76,7 +76,7 @@ def test_lua_dispatch_matches_the_reference_policy(redis_url: str, seed: int) ->
                 now = NOW_MS + step * 1000
                 want = pick(queues, now / 1000, tiers=TIERS, inflight_by_tenant=running,
                             tenant_caps=caps)  # fmt: skip
-                got = await broker.dispatch(["CPU"], "w", 30, at_ms=now)
+                got = await broker.queue.dispatch(["CPU"], "w", 30, at_ms=now)
                 assert _outcome(got) == _outcome(want), f"step {step}"
                 if want is None:
                     break
@@ -100,12 +100,12 @@ def test_dispatch_blocks_instead_of_taking_smaller_work(redis_url: str) -> None:
                     gpus=gpus,
                 )  # fmt: skip
 
-            await broker.enqueue(req("huge", 8), at_ms=NOW_MS - 3000)
-            await broker.enqueue(req("big", 4), at_ms=NOW_MS - 2000)
-            await broker.enqueue(req("small", 1), at_ms=NOW_MS - 1000)
+            await broker.queue.enqueue(req("huge", 8), at_ms=NOW_MS - 3000)
+            await broker.queue.enqueue(req("big", 4), at_ms=NOW_MS - 2000)
+            await broker.queue.enqueue(req("small", 1), at_ms=NOW_MS - 1000)
 
             async def dispatch(free: int) -> BrokerJob | Blocked | BrokerElsewhere | None:
-                return await broker.dispatch(
+                return await broker.queue.dispatch(
                     ["GPU-H100"], "w", 30, free_units=free, total_units=4, at_ms=NOW_MS
                 )
 
@@ -116,7 +116,7 @@ def test_dispatch_blocks_instead_of_taking_smaller_work(redis_url: str) -> None:
             got = await dispatch(1)
             assert isinstance(got, BrokerJob) and got.id == "small"
             assert await dispatch(4) is None
-            got = await broker.dispatch(["GPU-H100"], "w8", 30, free_units=8, total_units=8)
+            got = await broker.queue.dispatch(["GPU-H100"], "w8", 30, free_units=8, total_units=8)
             assert isinstance(got, BrokerJob) and got.id == "huge"
         finally:
             await broker.close()
@@ -188,7 +188,7 @@ async def _replay_warm(seed: int, broker: Broker | None) -> Counter[str]:
     for i in order:  # each queue is FIFO by enqueue time
         r = sc.reqs[i]
         if broker is not None:
-            await broker.enqueue(r, at_ms=sc.times[i])
+            await broker.queue.enqueue(r, at_ms=sc.times[i])
         fn = f"{r.revision}/{r.function}"
         queues[r.tier].append(Job(r.id, r.tier, r.tenant, r.app_key, sc.times[i], r.gpus, fn))
     by_id = {j.id: j for q in queues.values() for j in q}
@@ -224,7 +224,7 @@ async def _replay_warm(seed: int, broker: Broker | None) -> Counter[str]:
             by_tenant[done.tenant] -= 1
             by_app[done.app] -= 1
             if broker is not None:
-                assert await broker.complete(done.id, "w", Outcome(ok=True, result=b"{}"))
+                assert await broker.queue.complete(done.id, "w", Outcome(ok=True, result=b"{}"))
         total = rng.choice([1, 2, 4, 8])
         counts = {
             "inflight_by_tenant": by_tenant, "inflight_by_app": by_app,
@@ -252,7 +252,7 @@ async def _replay_warm(seed: int, broker: Broker | None) -> Counter[str]:
         rules[_rule(want, queues, now, total, here, counts)] += 1
         if broker is not None:
             warm = {"warm_here": here, "warm_elsewhere": elsewhere, "full": full}
-            got = await broker.dispatch(
+            got = await broker.queue.dispatch(
                 ["GPU"], "w", 30, free_units=free, total_units=total, **warm, at_ms=now
             )
             context = f"seed {seed} step {step}: free {free}/{total}, here {here}, " + (
@@ -326,13 +326,13 @@ def test_a_job_is_young_while_its_wait_is_below_the_cold_start(
                 id="r", owner="o", tenant="t", app="a", revision="a-r1", function="f",
                 endpoint="/", pool="GPU", payload=b"{}", timeout_s=30, tier="api",
             )  # fmt: skip
-            await broker.enqueue(req, at_ms=NOW_MS - 20_000)
+            await broker.queue.enqueue(req, at_ms=NOW_MS - 20_000)
             await broker.redis.hset(keys.COLD_STATS, "o/a", cold_ms)
             queues = {"api": [Job("r", "api", "t", "o/a", NOW_MS - 20_000, 0, "a-r1/f")]}
             cold = {"o/a": float(cold_ms)}
             want = pick_for_worker(queues, NOW_MS, tiers=TIERS_MS, free_units=1, total_units=1,
                                    elsewhere=["a-r1/f"], cold_start_s=cold)  # fmt: skip
-            got = await broker.dispatch(
+            got = await broker.queue.dispatch(
                 ["GPU"], "w", 30, free_units=1, total_units=1, warm_elsewhere=["a-r1/f"],
                 at_ms=NOW_MS,
             )  # fmt: skip

@@ -1,0 +1,75 @@
+"""The broker: every Redis operation of Klieg, in parts over one connection pool.
+
+- ``jobs``: the job record (fields, encoding, state machine) and its views;
+- ``queue``: enqueue, dispatch with a lease, renew, complete, requeue, cancel, read a record;
+- ``membership``: worker heartbeats and the fleet's capacity;
+- ``stats``: measured service and cold-start times per app;
+- ``streams``: log lines, streamed items and the pub/sub channels;
+- ``claims``: short exclusive claims and the webhook due set;
+- ``scripts``: every Lua script, the only writers of a record's status.
+
+No module outside this package holds a Redis handle; key names live in ``keys.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+
+from klieg_platform.broker.claims import Claims
+from klieg_platform.broker.jobs import Job, NewRequest, Outcome, RequestState, Status, now_ms
+from klieg_platform.broker.membership import WORKER_FRESH_S, Membership, Peers
+from klieg_platform.broker.queue import Blocked, Elsewhere, Queue
+from klieg_platform.broker.stats import Stats
+from klieg_platform.broker.streams import CHUNK_END, Streams
+from klieg_platform.scheduler import DEFAULT_TIERS, Tier
+
+__all__ = [
+    "CHUNK_END", "WORKER_FRESH_S", "Blocked", "Broker", "Elsewhere", "Job", "NewRequest",
+    "Outcome", "Peers", "RequestState", "Status", "now_ms",
+]  # fmt: skip
+
+
+class Broker:
+    """One per process: the broker's parts sharing one Redis connection pool."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        result_ttl_s: int,
+        max_attempts: int,
+        tiers: Sequence[Tier] = DEFAULT_TIERS,
+    ) -> None:
+        self.redis = redis
+        self.streams = Streams(redis, result_ttl_s)
+        self.queue = Queue(
+            redis, self.streams, ttl_s=result_ttl_s, max_attempts=max_attempts, tiers=tiers
+        )
+        self.workers = Membership(redis)
+        self.stats = Stats(redis)
+        self.claims = Claims(redis)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        result_ttl_s: int,
+        max_attempts: int,
+        tiers: Sequence[Tier] = DEFAULT_TIERS,
+    ) -> Broker:
+        return cls(
+            aioredis.Redis.from_url(url, max_connections=256),
+            result_ttl_s=result_ttl_s,
+            max_attempts=max_attempts,
+            tiers=tiers,
+        )
+
+    async def ping(self) -> None:
+        """Raise unless Redis answers."""
+        await self.redis.ping()
+
+    async def close(self) -> None:
+        await self.redis.aclose()

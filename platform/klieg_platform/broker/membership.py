@@ -1,0 +1,80 @@
+"""Worker membership: heartbeats in ``keys.WORKERS`` and what they tell about the fleet.
+
+Each worker writes its heartbeat document (pools, slots, the apps it holds warm, the
+"revision/function" of its idle runners and of all its runners, ``seen_ms``) every housekeeping
+round; a worker not heard from in ``WORKER_FRESH_S`` is taken for gone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from klieg_platform import keys
+from klieg_platform.broker.jobs import now_ms
+
+WORKER_FRESH_S = 15.0
+"""A worker whose last heartbeat is older than this is taken for gone."""
+
+
+@dataclass
+class Peers:
+    """What the other live workers hold: idle runners by the pools they serve, and how many
+    runners of each "revision/function" they have."""
+
+    idle: dict[str, set[str]] = field(default_factory=dict)
+    runners: Counter[str] = field(default_factory=Counter)
+
+
+class Membership:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+
+    async def heartbeat(
+        self,
+        worker_id: str,
+        pools: Sequence[str],
+        slots: int,
+        warm: Collection[str],
+        idle: Collection[str],
+        runners: Sequence[str] = (),
+    ) -> Peers:
+        """A worker says it is alive: its pools, its slots, the apps it holds warm, and the
+        "revision/function" of its idle runners and of all its runners. Returns what the other
+        live workers hold."""
+        doc = {
+            "pools": list(pools), "slots": slots, "warm": sorted(set(warm)),
+            "idle": sorted(set(idle)), "runners": list(runners), "seen_ms": now_ms(),
+        }  # fmt: skip
+        await self.redis.hset(keys.WORKERS, worker_id, json.dumps(doc))
+        peers = Peers()
+        for wid, other in await self.live():
+            if wid == worker_id:
+                continue
+            for pool in other["pools"]:
+                peers.idle.setdefault(pool, set()).update(other.get("idle", []))
+            peers.runners.update(other.get("runners", []))
+        return peers
+
+    async def forget(self, worker_id: str) -> None:
+        await self.redis.hdel(keys.WORKERS, worker_id)
+
+    async def live(self) -> list[tuple[str, dict[str, Any]]]:
+        """(worker id, heartbeat document) of every worker heard from in ``WORKER_FRESH_S``."""
+        raw: dict[Any, Any] = await self.redis.hgetall(keys.WORKERS)
+        docs = [(wid.decode(), json.loads(value)) for wid, value in raw.items()]
+        return [(w, d) for w, d in docs if now_ms() - d["seen_ms"] <= WORKER_FRESH_S * 1000]
+
+    async def capacity(self, pool: str) -> tuple[int, set[str]]:
+        """Slots serving ``pool`` now (from recent heartbeats) and the apps warm on them."""
+        slots, warm = 0, set()
+        for _, doc in await self.live():
+            if pool in doc["pools"] or keys.ALL_POOLS in doc["pools"]:
+                slots += int(doc["slots"])
+                warm.update(doc["warm"])
+        return slots, warm

@@ -1,0 +1,266 @@
+"""The request lifecycle in Redis: enqueue, dispatch with a lease, renew, complete, requeue,
+cancel, and reading a record.
+
+Contract: a job record (``jobs.py``) moves IN_QUEUE -> IN_PROGRESS -> COMPLETED, and every move
+is one Lua script (``scripts.py``). A dispatched request sits in ``keys.INFLIGHT`` under a
+lease; a worker that stops renewing it loses it to ``requeue_expired`` (bounded by
+``max_attempts``, then the request fails with WorkerLostError). Completion from a worker that no
+longer holds the lease is refused, so a late result never overwrites a retried one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from klieg.exceptions import (
+    InvalidRequestError,
+    QueueFullError,
+    RequestCancelledError,
+    WorkerLostError,
+)
+from klieg_platform import keys
+from klieg_platform.broker import scripts as lua
+from klieg_platform.broker.jobs import (
+    OUTCOME_VIEW,
+    STATE_VIEW,
+    Job,
+    NewRequest,
+    Outcome,
+    RequestState,
+    Status,
+    error_fields,
+    now_ms,
+)
+from klieg_platform.broker.streams import Streams
+from klieg_platform.scheduler import Tier
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """Dispatch took nothing: the request the policy chose needs ``units`` slots, more than
+    the worker has free. The worker takes nothing smaller until it has room."""
+
+    units: int
+
+
+@dataclass(frozen=True)
+class Elsewhere:
+    """Dispatch took nothing: the request the policy chose is held warm by another worker,
+    which should serve it without a cold start."""
+
+
+class Queue:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        streams: Streams,
+        *,
+        ttl_s: int,
+        max_attempts: int,
+        tiers: Sequence[Tier],
+    ) -> None:
+        self.redis = redis
+        self.streams = streams
+        self.ttl_s = ttl_s
+        self.max_attempts = max_attempts
+        self.tiers = {t.name: t for t in tiers}
+        self.tiers_spec = ",".join(f"{t.name}:{int(t.slo_s * 1000)}" for t in tiers)
+        self._enqueue = redis.register_script(lua.ENQUEUE)
+        self._dispatch = redis.register_script(lua.DISPATCH)
+        self._dispatch_for = redis.register_script(lua.DISPATCH_FOR)
+        self._renew = redis.register_script(lua.RENEW)
+        self._complete = redis.register_script(lua.COMPLETE)
+        self._requeue = redis.register_script(lua.REQUEUE)
+        self._requeue_expired = redis.register_script(lua.REQUEUE_EXPIRED)
+        self._cancel = redis.register_script(lua.CANCEL)
+        self._position = redis.register_script(lua.POSITION)
+
+    # ---- moves ------------------------------------------------------------------------
+    async def enqueue(self, req: NewRequest, *, at_ms: int | None = None) -> None:
+        """Write the record and queue it in its pool and tier, atomically; wakes one waiting
+        worker. Raises QueueFullError when the tier's queue is at its bound. ``at_ms``: the
+        enqueue time (default now; a clock for replays and tests)."""
+        tier = self.tiers.get(req.tier)
+        if tier is None:
+            raise InvalidRequestError(f"unknown tier {req.tier!r}")
+        head: list[Any] = [req.id, req.pool, req.tier, at_ms or now_ms(), tier.max_queued]
+        caps: list[Any] = [req.tenant, req.tenant_cap, req.app_key, req.app_cap]
+        score, queued = await self._enqueue(args=[*head, *caps, *req.fields(now_ms())])
+        if int(score) < 0:
+            raise QueueFullError(
+                f"the {req.tier} queue of pool {req.pool} is full ({int(queued)} waiting)",
+                queued=int(queued),
+            )
+
+    async def dispatch(
+        self,
+        pools: Sequence[str],
+        worker_id: str,
+        lease_s: float,
+        *,
+        free_units: int = 1,
+        total_units: int = 1,
+        warm_here: Collection[str] = (),
+        warm_elsewhere: Collection[str] = (),
+        full: Collection[str] = (),
+        at_ms: int | None = None,
+    ) -> Job | Blocked | Elsewhere | None:
+        """Lease the request the policy picks next from ``pools`` (``["*"]``: every pool) to
+        ``worker_id``, which has ``free_units`` of ``total_units`` slots free and idle runners
+        of ``warm_here`` ("revision/function"); other workers have idle ``warm_elsewhere``;
+        requests of ``full`` functions (all runners here busy at max_concurrency) are left."""
+        row = await self._dispatch(
+            args=[
+                at_ms or now_ms(),
+                int(lease_s * 1000),
+                worker_id,
+                self.tiers_spec,
+                free_units,
+                total_units,
+                ",".join(warm_here),
+                ",".join(warm_elsewhere),
+                ",".join(full),
+                *pools,
+            ]
+        )
+        if not row:
+            return None
+        if not row[0]:
+            return Blocked(int(row[2])) if row[1] == b"blocked" else Elsewhere()
+        return Job.from_row(row)
+
+    async def dispatch_for(
+        self,
+        pool: str,
+        revision: str,
+        function: str,
+        endpoint: str,
+        n: int,
+        worker_id: str,
+        lease_s: float,
+        *,
+        at_ms: int | None = None,
+    ) -> list[Job]:
+        """Lease up to ``n`` queued requests of one endpoint to ``worker_id``, in the policy's
+        order and within tenant and app caps: the requests that join a batch its runner is
+        gathering. They take no slots of their own (``units`` 0)."""
+        if n <= 0:
+            return []
+        reply = await self._dispatch_for(
+            args=[
+                at_ms or now_ms(),
+                int(lease_s * 1000),
+                worker_id,
+                self.tiers_spec,
+                pool,
+                revision,
+                function,
+                endpoint,
+                n,
+            ]
+        )
+        return Job.rows(reply)
+
+    async def wait_for_work(self, pools: Sequence[str], timeout_s: float) -> None:
+        """Block until a wake token arrives for one of ``pools`` or the timeout passes."""
+        await self.redis.blpop([keys.wake(p) for p in pools], timeout=timeout_s)
+
+    async def nudge(self, pool: str) -> None:
+        """Push a wake token for ``pool`` (bounded, as the scripts' ``wake``)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lpush(keys.wake(pool), "1")
+            pipe.ltrim(keys.wake(pool), 0, 63)
+            pipe.expire(keys.wake(pool), 60)
+            await pipe.execute()
+
+    async def renew(self, request_id: str, worker_id: str, lease_s: float) -> bool:
+        deadline = now_ms() + int(lease_s * 1000)
+        return bool(await self._renew(args=[request_id, worker_id, deadline]))
+
+    async def hold_lease(self, request_id: str, worker_id: str, lease_s: float) -> None:
+        """Renew the lease every third of ``lease_s`` until cancelled (run it as a task while
+        the request is being worked on)."""
+        while True:
+            await asyncio.sleep(lease_s / 3)
+            await self.renew(request_id, worker_id, lease_s)
+
+    async def finish_job(self, job: Job, worker_id: str, outcome: Outcome) -> bool:
+        """Close a streamed job's chunk stream, then ``complete`` it (False: lease lost)."""
+        if job.stream:
+            await self.streams.end_chunks(job.id, None if outcome.ok else outcome.error)
+        return await self.complete(job.id, worker_id, outcome)
+
+    async def complete(self, request_id: str, worker_id: str, outcome: Outcome) -> bool:
+        """Record the outcome and notify waiters. False when the lease was lost meanwhile."""
+        if outcome.logs:
+            await self.streams.append_logs(request_id, outcome.logs)
+        done = await self._complete(
+            args=[request_id, worker_id, now_ms(), self.ttl_s, *outcome.fields()]
+        )
+        return bool(done)
+
+    async def requeue(self, request_id: str, worker_id: str) -> bool:
+        """Put a request this worker holds back in its queue, at its original position."""
+        return bool(await self._requeue(args=[request_id, worker_id]))
+
+    async def requeue_expired(self) -> int:
+        """Requeue (or fail, past max_attempts) every request whose lease has expired."""
+        lost = WorkerLostError(
+            f"the worker serving this request was lost {self.max_attempts} times"
+        )
+        fields = error_fields(lost.to_dict(), lost.status_code)
+        n = await self._requeue_expired(args=[now_ms(), self.max_attempts, self.ttl_s, *fields])
+        return int(n)
+
+    async def cancel(self, request_id: str) -> int:
+        """1: a queued request was cancelled; 2: it is running and its worker was signalled;
+        0: already completed; -1: unknown."""
+        cancelled = RequestCancelledError("request cancelled")
+        fields = error_fields(cancelled.to_dict(), cancelled.status_code)
+        return int(await self._cancel(args=[request_id, now_ms(), self.ttl_s, *fields]))
+
+    # ---- reading ----------------------------------------------------------------------
+    async def completed(
+        self, request_id: str, done: asyncio.Future[None], poll_s: float = 5.0
+    ) -> None:
+        """Return once ``done`` resolves (a listener on ``keys.DONE_CHANNEL`` sets it) or the
+        request's record, re-read every ``poll_s`` seconds, is COMPLETED or gone: a lost
+        pub/sub message only delays a waiter, never hangs it."""
+        while True:
+            try:
+                await asyncio.wait_for(asyncio.shield(done), poll_s)
+                return
+            except TimeoutError:
+                status = await self.redis.hget(keys.request(request_id), "status")
+                if status is None or status == Status.COMPLETED.encode():
+                    return
+
+    async def outcome(self, request_id: str) -> Outcome | None:
+        """How a COMPLETED request ended (no logs); None when unknown or not completed."""
+        values = await self.redis.hmget(keys.request(request_id), OUTCOME_VIEW)
+        return Outcome.from_values(values)
+
+    async def get(self, request_id: str, *, with_logs: bool = False) -> RequestState | None:
+        """The record without its result; ``with_logs`` adds the log lines so far."""
+        values = await self.redis.hmget(keys.request(request_id), STATE_VIEW)
+        if values[0] is None:
+            return None
+        position: int | None = None
+        if values[0] == Status.IN_QUEUE.encode():
+            # -1: it left the queue between the two reads (it is starting): nothing is ahead
+            ahead = int(await self._position(args=[request_id, now_ms(), self.tiers_spec]))
+            position = max(ahead, 0)
+        logs = await self.streams.logs(request_id) if with_logs else None
+        return RequestState.from_values(request_id, values, logs=logs, queue_position=position)
+
+    async def existing(self, request_ids: Sequence[str]) -> list[bool]:
+        """Whether each request still has a record."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for rid in request_ids:
+                pipe.exists(keys.request(rid))
+            return [bool(n) for n in await pipe.execute()]

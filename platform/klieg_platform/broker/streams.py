@@ -1,0 +1,101 @@
+"""Log and event streams beside a request record, and the pub/sub channels.
+
+A request's log lines are a list (``keys.logs``), a streaming request's items a Redis stream
+(``keys.chunks``) closed by one ``CHUNK_END`` entry; both expire with the record. Channels:
+``keys.DONE_CHANNEL`` (completions, published by the scripts), ``keys.CANCEL_CHANNEL`` and
+``keys.ALIAS_CHANNEL``; ``listen`` renews a dropped subscription by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from klieg_platform import keys
+
+log = logging.getLogger("klieg.broker")
+
+CHUNK_END = b"end"
+"""Field name of the last entry of a chunk stream (its value: empty, or an error JSON)."""
+
+
+def _s(value: bytes) -> str:
+    return value.decode()
+
+
+class Streams:
+    def __init__(self, redis: aioredis.Redis, ttl_s: int) -> None:
+        self.redis = redis
+        self.ttl_s = ttl_s
+
+    async def append_logs(self, request_id: str, lines: Sequence[dict[str, Any]]) -> None:
+        key = keys.logs(request_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, *(json.dumps(line) for line in lines))
+            pipe.expire(key, self.ttl_s)
+            await pipe.execute()
+
+    async def logs(self, request_id: str, start: int = 0) -> list[dict[str, Any]]:
+        """Log lines from index ``start`` on."""
+        raw: list[Any] = await self.redis.lrange(keys.logs(request_id), start, -1)
+        return [json.loads(line) for line in raw]
+
+    async def add_chunk(self, request_id: str, data: bytes) -> None:
+        """Append one item of a streaming endpoint's output."""
+        await self._xadd(request_id, {b"data": data})
+
+    async def end_chunks(self, request_id: str, error: dict[str, Any] | None = None) -> None:
+        """Close a chunk stream (with the error that ended it, if any)."""
+        await self._xadd(request_id, {CHUNK_END: json.dumps(error).encode() if error else b""})
+
+    async def _xadd(self, request_id: str, entry: dict[Any, Any]) -> None:
+        key = keys.chunks(request_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(key, entry)
+            pipe.expire(key, self.ttl_s)
+            await pipe.execute()
+
+    async def read_chunks(
+        self, request_id: str, after: str, block_ms: int | None
+    ) -> list[tuple[str, dict[bytes, bytes]]]:
+        """Chunk entries after entry id ``after`` ("0" for all), waiting up to ``block_ms``
+        (None: return at once)."""
+        reply: Any = await self.redis.xread({keys.chunks(request_id): after}, block=block_ms)
+        if not reply:
+            return []
+        return [(_s(entry_id), entry) for entry_id, entry in reply[0][1]]
+
+    async def publish(self, channel: str, message: str) -> None:
+        await self.redis.publish(channel, message)
+
+    async def listen(
+        self,
+        channels: Sequence[str],
+        on_message: Callable[[str, str], None],
+        ready: asyncio.Event | None = None,
+    ) -> None:
+        """Call ``on_message(channel, data)`` for every message on ``channels`` until cancelled;
+        a dropped subscription is renewed. ``ready`` is set once subscribed."""
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(*channels)
+                if ready is not None:
+                    ready.set()
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        on_message(message["channel"].decode(), message["data"].decode())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("subscription to %s failed; subscribing again", list(channels))
+                await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
