@@ -86,6 +86,18 @@ class GatewayState:
         key_id, sep, secret = cred.strip().partition(":")
         if scheme.lower() not in ("key", "bearer") or not sep or not key_id or not secret:
             raise AuthenticationError("malformed Authorization header; use 'Key <id>:<secret>'")
+        return await self.key_tenant(key_id, secret)
+
+    async def _call_token_tenant(self, request: Request, token: str) -> Tenant:
+        """The tenant a valid call token acts for; 401 when it is forged, expired or names no
+        tenant, 403 on a management route."""
+        endpoint = request.scope.get("endpoint")
+        if getattr(endpoint, "__module__", None) in _MANAGEMENT_MODULES:
+            raise PermissionDeniedError("a call token may call apps but not manage them")
+        return await self.token_tenant(token)
+
+    async def key_tenant(self, key_id: str, secret: str) -> Tenant:
+        """The tenant of API key ``key_id`` with ``secret``; 401 for an unknown or revoked key."""
         cache_key = (key_id, hashlib.sha256(secret.encode()).hexdigest())
         now = time.monotonic()
         hit = self._auth.get(cache_key)
@@ -97,12 +109,9 @@ class GatewayState:
         self._auth[cache_key] = (now + self.auth_ttl_s, tenant)
         return tenant
 
-    async def _call_token_tenant(self, request: Request, token: str) -> Tenant:
-        """The tenant a valid call token acts for; 401 when it is forged, expired or names no
-        tenant, 403 on a management route."""
-        endpoint = request.scope.get("endpoint")
-        if getattr(endpoint, "__module__", None) in _MANAGEMENT_MODULES:
-            raise PermissionDeniedError("a call token may call apps but not manage them")
+    async def token_tenant(self, token: str) -> Tenant:
+        """The tenant call token ``token`` acts for; 401 when it is forged, expired or names no
+        tenant."""
         tenant_id = calltokens.verify(self.settings.signing_key, token)
         if tenant_id is None:
             raise AuthenticationError("invalid or expired call token")
