@@ -33,6 +33,7 @@ from klieg.exceptions import (
 from klieg.types import AppSpec
 from klieg_platform import keys
 from klieg_platform.deploy import DeployResult, deploy
+from klieg_platform.gateway import auth
 from klieg_platform.gateway.intake import read_json_object
 from klieg_platform.gateway.state import GatewayState, gateway
 from klieg_platform.registry import AppRecord, Revision, Tenant
@@ -56,7 +57,7 @@ MAX_DEPLOY_BYTES = 128 * 1024 * 1024
 async def create_key(request: Request) -> Response:
     gw = gateway(request)
     data = await read_json_object(request, 64 * 1024)
-    caller = await gw.optional_tenant(request)
+    caller = auth.optional_caller(request)
     wanted = data.get("tenant")
     tier = str(data.get("tier") or gw.settings.default_tier)
     if tier not in gw.tiers:
@@ -98,7 +99,7 @@ async def _app(gw: GatewayState, tenant: Tenant, name: str) -> AppRecord:
 
 async def list_apps(request: Request) -> Response:
     gw = gateway(request)
-    tenant = await gw.tenant(request)
+    tenant = auth.caller(request)
 
     def load() -> list[dict[str, Any]]:
         return [
@@ -129,7 +130,7 @@ def _revision_json(rev: Revision, aliases: dict[str, str]) -> dict[str, Any]:
 
 async def list_revisions(request: Request) -> Response:
     gw = gateway(request)
-    app = await _app(gw, await gw.tenant(request), request.path_params["name"])
+    app = await _app(gw, auth.caller(request), request.path_params["name"])
 
     def load() -> list[dict[str, Any]]:
         aliases = gw.registry.list_aliases(app)
@@ -192,7 +193,7 @@ async def share(
 
 async def set_alias(request: Request) -> Response:
     gw = gateway(request)
-    tenant = await gw.tenant(request)
+    tenant = auth.caller(request)
     app = await _app(gw, tenant, request.path_params["name"])
     alias = alias_name(request.path_params["alias"])
     ref = str((await read_json_object(request, 64 * 1024)).get("revision") or "")
@@ -205,7 +206,7 @@ async def set_alias(request: Request) -> Response:
 
 async def rollback(request: Request) -> Response:
     gw = gateway(request)
-    tenant = await gw.tenant(request)
+    tenant = auth.caller(request)
     app = await _app(gw, tenant, request.path_params["name"])
     alias = alias_name(request.query_params.get("alias", "latest"))
     revision, previous = await roll_back(gw, tenant, app, alias)
@@ -216,7 +217,7 @@ async def rollback(request: Request) -> Response:
 
 async def deploy_app(request: Request) -> Response:
     gw = gateway(request)
-    tenant = await gw.tenant(request)
+    tenant = auth.caller(request)
     alias = alias_name(request.query_params.get("alias", "latest"))
     data = await read_json_object(request, MAX_DEPLOY_BYTES)
     try:
@@ -287,7 +288,7 @@ async def deploy_app(request: Request) -> Response:
 
 async def set_visibility(request: Request) -> Response:
     gw = gateway(request)
-    tenant = await gw.tenant(request)
+    tenant = auth.caller(request)
     app = await _app(gw, tenant, request.path_params["name"])
     app, names = await share(gw, tenant, app, await read_json_object(request, 64 * 1024))
     return JSONResponse({"app": app.name, "visibility": app.visibility, "shared_with": names})
@@ -304,7 +305,7 @@ def _limit(data: dict[str, Any]) -> int:
 
 async def set_app_limits(request: Request) -> Response:
     gw = gateway(request)
-    tenant = await gw.tenant(request)
+    tenant = auth.caller(request)
     app = await _app(gw, tenant, request.path_params["name"])
     limit = _limit(await read_json_object(request, 64 * 1024))
     app = await asyncio.to_thread(gw.registry.set_app_limit, app, limit)
@@ -314,7 +315,7 @@ async def set_app_limits(request: Request) -> Response:
 
 async def set_tenant(request: Request) -> Response:
     gw = gateway(request)
-    caller = await gw.tenant(request)
+    caller = auth.caller(request)
     if not caller.admin:
         raise PermissionDeniedError("only an admin tenant may change tenants")
     data = await read_json_object(request, 64 * 1024)

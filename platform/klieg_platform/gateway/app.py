@@ -1,4 +1,8 @@
-"""The gateway's Starlette app: routes, error handlers, and the services' lifespan."""
+"""The gateway's Starlette app: routes, error handlers, and the services' lifespan.
+
+Each route names what it needs from its caller (``PUBLIC``, ``BOOTSTRAP``, ``CALLER`` or
+``MANAGE``; see ``auth.py``).
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,10 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from klieg_platform.config import Settings
 from klieg_platform.gateway import admin, files, queue, run, workflow_admin, workflow_run
+from klieg_platform.gateway.auth import BOOTSTRAP, CALLER, MANAGE, PUBLIC, route
 from klieg_platform.gateway.errors import HANDLERS
 from klieg_platform.gateway.listeners import ListenerSplit
 from klieg_platform.gateway.state import GatewayState, gateway
@@ -29,47 +33,44 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+_REQUEST = "/queue/{owner}/{app}/requests/{request_id}"
 _WF_REQUEST = "/queue/workflows/{owner}/{name}/requests/{request_id}"
 
 ROUTES = [
-    Route("/health", health, methods=["GET"]),
-    Route("/keys", admin.create_key, methods=["POST"]),
-    Route("/files/upload", files.upload, methods=["POST"]),
-    Route("/files/{key:path}", files.download, methods=["GET"]),
-    Route("/apps", admin.list_apps, methods=["GET"]),
-    Route("/apps/{name}/revisions", admin.list_revisions, methods=["GET"]),
-    Route("/apps/{name}/deploy", admin.deploy_app, methods=["POST"]),
-    Route("/apps/{name}/aliases/{alias}", admin.set_alias, methods=["PUT"]),
-    Route("/apps/{name}/rollback", admin.rollback, methods=["POST"]),
-    Route("/apps/{name}/visibility", admin.set_visibility, methods=["PUT"]),
-    Route("/apps/{name}/limits", admin.set_app_limits, methods=["PUT"]),
-    Route("/tenants/{name}", admin.set_tenant, methods=["PUT"]),
-    Route("/workflows", workflow_admin.list_workflows, methods=["GET"]),
-    Route("/workflows/{name}", workflow_admin.get_workflow, methods=["GET"]),
-    Route("/workflows/{name}", workflow_admin.put_workflow, methods=["PUT"]),
-    Route("/workflows/{name}/aliases/{alias}", workflow_admin.set_workflow_alias, methods=["PUT"]),
-    Route("/workflows/{name}/rollback", workflow_admin.rollback_workflow, methods=["POST"]),
-    Route("/workflows/{name}/visibility", workflow_admin.set_workflow_visibility, methods=["PUT"]),
-    Route("/workflows/{owner}/{name}", workflow_run.run_workflow, methods=["POST"]),
-    Route("/workflows/{owner}/{name}/stream", workflow_run.run_workflow, methods=["POST"]),
-    Route("/queue/workflows/{owner}/{name}", workflow_run.submit_workflow, methods=["POST"]),
-    Route(f"{_WF_REQUEST}/status", workflow_run.status, methods=["GET"]),
-    Route(f"{_WF_REQUEST}/status/stream", workflow_run.status_stream, methods=["GET"]),
-    Route(f"{_WF_REQUEST}/cancel", workflow_run.cancel, methods=["PUT"]),
-    Route(_WF_REQUEST, workflow_run.result, methods=["GET"]),
-    Route("/requests/{request_id}/status", queue.status, methods=["GET"]),
-    Route("/queue/{owner}/{app}/requests/{request_id}/status", queue.status, methods=["GET"]),
-    Route(
-        "/queue/{owner}/{app}/requests/{request_id}/status/stream",
-        queue.status_stream,
-        methods=["GET"],
-    ),
-    Route("/queue/{owner}/{app}/requests/{request_id}/cancel", queue.cancel, methods=["PUT"]),
-    Route("/queue/{owner}/{app}/requests/{request_id}", queue.result, methods=["GET"]),
-    Route("/queue/{owner}/{app}", queue.submit, methods=["POST"]),
-    Route("/queue/{owner}/{app}/{path:path}", queue.submit, methods=["POST"]),
-    Route("/{owner}/{app}", run.run_sync, methods=["POST"]),
-    Route("/{owner}/{app}/{path:path}", run.run_sync, methods=["POST"]),
+    route("GET", "/health", health, PUBLIC),
+    route("POST", "/keys", admin.create_key, BOOTSTRAP),
+    route("POST", "/files/upload", files.upload, CALLER),
+    route("GET", "/files/{key:path}", files.download, PUBLIC),
+    route("GET", "/apps", admin.list_apps, MANAGE),
+    route("GET", "/apps/{name}/revisions", admin.list_revisions, MANAGE),
+    route("POST", "/apps/{name}/deploy", admin.deploy_app, MANAGE),
+    route("PUT", "/apps/{name}/aliases/{alias}", admin.set_alias, MANAGE),
+    route("POST", "/apps/{name}/rollback", admin.rollback, MANAGE),
+    route("PUT", "/apps/{name}/visibility", admin.set_visibility, MANAGE),
+    route("PUT", "/apps/{name}/limits", admin.set_app_limits, MANAGE),
+    route("PUT", "/tenants/{name}", admin.set_tenant, MANAGE),
+    route("GET", "/workflows", workflow_admin.list_workflows, MANAGE),
+    route("GET", "/workflows/{name}", workflow_admin.get_workflow, MANAGE),
+    route("PUT", "/workflows/{name}", workflow_admin.put_workflow, MANAGE),
+    route("PUT", "/workflows/{name}/aliases/{alias}", workflow_admin.set_workflow_alias, MANAGE),
+    route("POST", "/workflows/{name}/rollback", workflow_admin.rollback_workflow, MANAGE),
+    route("PUT", "/workflows/{name}/visibility", workflow_admin.set_workflow_visibility, MANAGE),
+    route("POST", "/workflows/{owner}/{name}", workflow_run.run_workflow, CALLER),
+    route("POST", "/workflows/{owner}/{name}/stream", workflow_run.run_workflow, CALLER),
+    route("POST", "/queue/workflows/{owner}/{name}", workflow_run.submit_workflow, CALLER),
+    route("GET", f"{_WF_REQUEST}/status", workflow_run.status, CALLER),
+    route("GET", f"{_WF_REQUEST}/status/stream", workflow_run.status_stream, CALLER),
+    route("PUT", f"{_WF_REQUEST}/cancel", workflow_run.cancel, CALLER),
+    route("GET", _WF_REQUEST, workflow_run.result, CALLER),
+    route("GET", "/requests/{request_id}/status", queue.status, CALLER),
+    route("GET", f"{_REQUEST}/status", queue.status, CALLER),
+    route("GET", f"{_REQUEST}/status/stream", queue.status_stream, CALLER),
+    route("PUT", f"{_REQUEST}/cancel", queue.cancel, CALLER),
+    route("GET", _REQUEST, queue.result, CALLER),
+    route("POST", "/queue/{owner}/{app}", queue.submit, CALLER),
+    route("POST", "/queue/{owner}/{app}/{path:path}", queue.submit, CALLER),
+    route("POST", "/{owner}/{app}", run.run_sync, CALLER),
+    route("POST", "/{owner}/{app}/{path:path}", run.run_sync, CALLER),
 ]
 
 

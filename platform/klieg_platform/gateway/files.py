@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from klieg.exceptions import NotFoundError
+from klieg_platform.gateway import auth
 from klieg_platform.gateway.intake import read_limited
 from klieg_platform.gateway.state import gateway
 from klieg_platform.storage import MEDIA, UPLOADS, direct_url, put_async, upload_key
@@ -39,7 +40,7 @@ async def download(request: Request) -> Response:
 
 async def upload(request: Request) -> Response:
     gw = gateway(request)
-    tenant = await gw.tenant(request)
+    tenant = auth.caller(request)
     data = await read_limited(request, gw.settings.max_upload_bytes)
     name = (
         request.headers.get("x-klieg-file-name") or request.headers.get("x-fal-file-name") or ""

@@ -28,6 +28,7 @@ from klieg.exceptions import (
 )
 from klieg.types import EndpointSpec, normalize_path
 from klieg_platform.broker import NewRequest, Outcome
+from klieg_platform.gateway import auth
 from klieg_platform.gateway.errors import error_response
 from klieg_platform.gateway.state import GatewayState, gateway
 from klieg_platform.scheduler import retry_after_s
@@ -122,7 +123,7 @@ async def intake(request: Request, *, allow_stream: bool) -> Intake:
     """Validate and build the request to enqueue. With ``allow_stream``, a path ending in
     ``/stream`` (or ``Accept: text/event-stream``) on a generator endpoint asks for SSE."""
     gw = gateway(request)
-    tenant = await gw.tenant(request)
+    tenant = auth.caller(request)
     owner = request.path_params["owner"]
     resolved = await gw.resolve(tenant, owner, request.path_params["app"])
     path = normalize_path(request.path_params.get("path", ""))

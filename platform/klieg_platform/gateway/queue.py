@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 
 from klieg.exceptions import InvalidRequestError, NotFoundError
 from klieg_platform.broker import NewRequest, RequestState
-from klieg_platform.gateway import sse
+from klieg_platform.gateway import auth, sse
 from klieg_platform.gateway.intake import (
     DEFAULT_SERVICE_S,
     enqueue,
@@ -72,7 +72,7 @@ def _flag(request: Request, name: str) -> bool:
 async def _owned(request: Request, *, logs: bool = False) -> tuple[GatewayState, RequestState]:
     """The request named in the path, if the caller's tenant submitted it (else 404)."""
     gw = gateway(request)
-    tenant = await gw.tenant(request)
+    tenant = auth.caller(request)
     rid = request.path_params["request_id"]
     state = await gw.broker.queue.get(rid, with_logs=logs)
     owner = request.path_params.get("owner")

@@ -1,12 +1,12 @@
 """What the gateway's routes share: services and the two hot-path caches.
 
-Auth cache: (key id, sha256 of secret) -> tenant, for ``auth_ttl_s``; a revoked key stops working
-within that time. Route cache: (owner, app, ref) -> revision and access, dropped when an alias or
-the visibility of that app changes (through the Waiter's subscription, on every gateway).
-
-Call tokens (``Bearer kc1.…``, see ``calltokens.py``) are checked by their signature, their
-tenant cached as ("kc1", tenant id) -> tenant; they may call apps but not manage anything (the
-routes of ``gateway/admin.py`` and ``gateway/workflow_admin.py`` refuse them).
+Auth cache, read by ``auth.Authenticate`` (which decides what each route accepts):
+(key id, sha256 of secret) -> tenant for API keys (``key_tenant``), and ("kc1", tenant id) ->
+tenant for call tokens, which are checked by their signature first (``token_tenant``); entries
+live ``auth_ttl_s``, so a revoked key stops working within that time, and ``forget_tenant``
+drops a tenant's at once. Route cache: (owner, app, ref) -> revision and access, dropped when an
+alias or the visibility of that app changes (through the Waiter's subscription, on every
+gateway).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
-from klieg.exceptions import AuthenticationError, NotFoundError, PermissionDeniedError
+from klieg.exceptions import AuthenticationError, NotFoundError
 from klieg.types import AppSpec
 from klieg_platform import calltokens
 from klieg_platform.broker import Broker
@@ -28,11 +28,6 @@ from klieg_platform.registry import AppRecord, Registry, Revision, Tenant
 from klieg_platform.registry_tables import allowed
 from klieg_platform.scheduler import Tier
 from klieg_platform.storage import BlobStore
-
-_MANAGEMENT_MODULES = frozenset(
-    {"klieg_platform.gateway.admin", "klieg_platform.gateway.workflow_admin"}
-)
-"""Modules whose routes manage keys, tenants, apps and workflows: API keys only."""
 
 
 @dataclass(frozen=True)
@@ -67,25 +62,8 @@ class GatewayState:
         for key in [k for k, (_, t) in self._auth.items() if t.id == tenant_id]:
             del self._auth[key]
 
-    async def tenant(self, request: Request) -> Tenant:
-        """The caller's tenant from ``Authorization: Key <id>:<secret>``; 401 otherwise."""
-        tenant = await self.optional_tenant(request)
-        if tenant is None:
-            raise AuthenticationError(
-                "missing credentials: send 'Authorization: Key <key_id>:<secret>'"
-            )
-        return tenant
-
-    async def optional_tenant(self, request: Request) -> Tenant | None:
-        header = request.headers.get("authorization")
-        if not header:
-            return None
-        scheme, _, cred = header.partition(" ")
-        if scheme.lower() == "bearer" and calltokens.is_call_token(cred.strip()):
-            return await self._call_token_tenant(request, cred.strip())
-        key_id, sep, secret = cred.strip().partition(":")
-        if scheme.lower() not in ("key", "bearer") or not sep or not key_id or not secret:
-            raise AuthenticationError("malformed Authorization header; use 'Key <id>:<secret>'")
+    async def key_tenant(self, key_id: str, secret: str) -> Tenant:
+        """The tenant of API key ``key_id`` with ``secret``; 401 for an unknown or revoked key."""
         cache_key = (key_id, hashlib.sha256(secret.encode()).hexdigest())
         now = time.monotonic()
         hit = self._auth.get(cache_key)
@@ -97,12 +75,9 @@ class GatewayState:
         self._auth[cache_key] = (now + self.auth_ttl_s, tenant)
         return tenant
 
-    async def _call_token_tenant(self, request: Request, token: str) -> Tenant:
-        """The tenant a valid call token acts for; 401 when it is forged, expired or names no
-        tenant, 403 on a management route."""
-        endpoint = request.scope.get("endpoint")
-        if getattr(endpoint, "__module__", None) in _MANAGEMENT_MODULES:
-            raise PermissionDeniedError("a call token may call apps but not manage them")
+    async def token_tenant(self, token: str) -> Tenant:
+        """The tenant call token ``token`` acts for; 401 when it is forged, expired or names no
+        tenant."""
         tenant_id = calltokens.verify(self.settings.signing_key, token)
         if tenant_id is None:
             raise AuthenticationError("invalid or expired call token")

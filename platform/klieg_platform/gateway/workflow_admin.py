@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 
 from klieg.exceptions import NotFoundError, ValidationError
 from klieg.workflow import WorkflowDoc, load_workflow
+from klieg_platform.gateway import auth
 from klieg_platform.gateway.admin import alias_moved, alias_name, point_alias, roll_back, share
 from klieg_platform.gateway.intake import read_json_object
 from klieg_platform.gateway.state import GatewayState, gateway
@@ -59,7 +60,7 @@ def _check_apps(registry: Registry, doc: WorkflowDoc, caller: Tenant) -> None:
 
 async def list_workflows(request: Request) -> Response:
     gw = gateway(request)
-    tenant = await gw.tenant(request)
+    tenant = auth.caller(request)
 
     def load() -> list[dict[str, Any]]:
         return [
@@ -79,7 +80,7 @@ async def list_workflows(request: Request) -> Response:
 
 async def put_workflow(request: Request) -> Response:
     gw = gateway(request)
-    tenant = await gw.tenant(request)
+    tenant = auth.caller(request)
     name = request.path_params["name"]
     stored_name = workflow_app_name(name)
     data = await read_json_object(request, MAX_WORKFLOW_BYTES)
@@ -123,7 +124,7 @@ async def put_workflow(request: Request) -> Response:
 
 async def get_workflow(request: Request) -> Response:
     gw = gateway(request)
-    tenant = await gw.tenant(request)
+    tenant = auth.caller(request)
     name = request.path_params["name"]
     app = await _workflow(gw, tenant, name)
 
@@ -153,7 +154,7 @@ async def get_workflow(request: Request) -> Response:
 
 async def set_workflow_alias(request: Request) -> Response:
     gw = gateway(request)
-    tenant = await gw.tenant(request)
+    tenant = auth.caller(request)
     name = request.path_params["name"]
     app = await _workflow(gw, tenant, name)
     alias = alias_name(request.path_params["alias"])
@@ -165,7 +166,7 @@ async def set_workflow_alias(request: Request) -> Response:
 
 async def rollback_workflow(request: Request) -> Response:
     gw = gateway(request)
-    tenant = await gw.tenant(request)
+    tenant = auth.caller(request)
     name = request.path_params["name"]
     app = await _workflow(gw, tenant, name)
     data = await read_json_object(request, _SMALL)
@@ -176,7 +177,7 @@ async def rollback_workflow(request: Request) -> Response:
 
 async def set_workflow_visibility(request: Request) -> Response:
     gw = gateway(request)
-    tenant = await gw.tenant(request)
+    tenant = auth.caller(request)
     name = request.path_params["name"]
     app = await _workflow(gw, tenant, name)
     app, names = await share(gw, tenant, app, await read_json_object(request, _SMALL))

@@ -25,7 +25,7 @@ from klieg.exceptions import NotFoundError
 from klieg.workflow import WorkflowDoc, validate_input
 from klieg_platform import keys
 from klieg_platform.broker import NewRequest
-from klieg_platform.gateway import queue
+from klieg_platform.gateway import auth, queue
 from klieg_platform.gateway.intake import deadline_ms, read_body, webhook_url
 from klieg_platform.gateway.run import enqueue_and_answer
 from klieg_platform.gateway.state import gateway
@@ -42,7 +42,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 async def _intake(request: Request, *, stream: bool) -> NewRequest:
     gw = gateway(request)
-    tenant = await gw.tenant(request)
+    tenant = auth.caller(request)
     owner = request.path_params["owner"]
     name, _, ref = request.path_params["name"].partition("@")
 

@@ -1,5 +1,5 @@
 """A real gateway (uvicorn in a thread, SQLite registry, the machine's Redis) over HTTP, with an
-admin tenant ``local`` and a second tenant ``other``."""
+admin tenant ``local``, a second tenant ``other`` and a signing key (for call tokens)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ class Gateway:
     admin: AdminClient
     other: AdminClient
     registry: Registry
+    settings: Settings
 
 
 @pytest.fixture()
@@ -34,6 +35,7 @@ def gateway(tmp_path: Path) -> Iterator[Gateway]:
         redis_url=MACHINE_REDIS_URL,
         database_url=f"sqlite:///{tmp_path / 'registry.db'}",
         port=free_port(),
+        signing_key="gateway-test-signing-key",
     )
     server = uvicorn.Server(
         uvicorn.Config(
@@ -61,7 +63,7 @@ def gateway(tmp_path: Path) -> Iterator[Gateway]:
         assert local is not None
         for name in ("digits", "imagetools", "private"):
             registry.ensure_app(local.id, name)
-        yield Gateway(url, admin, other, registry)
+        yield Gateway(url, admin, other, registry, settings)
         admin.close()
         other.close()
     finally:

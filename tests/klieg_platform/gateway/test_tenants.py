@@ -13,7 +13,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def test_every_fixed_first_segment_of_a_route_is_reserved() -> None:
-    fixed = {r.path.split("/")[1] for r in ROUTES if not r.path.startswith("/{")}  # type: ignore[attr-defined]
+    fixed = {r.path.split("/")[1] for r in ROUTES if not r.path.startswith("/{")}
     assert {"queue", "workflows", "files", "apps"} <= fixed
     assert fixed <= RESERVED, f"routes under a tenant-like name: {sorted(fixed - RESERVED)}"
 

@@ -1,0 +1,115 @@
+"""Who may use each route, and who is calling: the gateway's one authentication step.
+
+Every route of ``app.ROUTES`` is made by ``route()`` with an ``Access``; ``Authenticate``, a pure
+ASGI middleware on that route, runs after routing and before the handler (so a path no route
+matches is 404 and a wrong method 405, as without auth, and its errors leave through
+``errors.py`` like a handler's):
+
+- ``PUBLIC``: credentials are not read (``/health``, file downloads by signed URL).
+- ``BOOTSTRAP``: an API key when one is sent; without one the handler decides (``POST /keys``
+  makes the first tenant of an empty platform).
+- ``CALLER``: an API key or a call token; 401 without.
+- ``MANAGE``: an API key; 401 without. A call token is 403 on this and ``BOOTSTRAP`` routes,
+  whether or not its signature holds.
+
+Credentials come from one ``Authorization`` header: ``Key <id>:<secret>`` (``Bearer`` for
+``Key`` also works), or ``Bearer kc1.…`` for a call token (``calltokens.py``). A malformed header,
+an unknown or revoked key, and a forged, expired or tenantless call token are 401. The tenant is
+resolved through the caches of ``GatewayState`` (one lookup on a cache hit) and kept in
+``scope["state"]``; handlers take it with ``caller(request)`` or ``optional_caller(request)``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable
+
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from klieg.exceptions import AuthenticationError, PermissionDeniedError
+from klieg_platform import calltokens
+from klieg_platform.gateway.state import GatewayState
+from klieg_platform.registry import Tenant
+
+MISSING = "missing credentials: send 'Authorization: Key <key_id>:<secret>'"
+MALFORMED = "malformed Authorization header; use 'Key <id>:<secret>'"
+NOT_FOR_TOKENS = "a call token may call apps but not manage them"
+_CALLER = "caller"
+"""The key of the caller's tenant in ``scope["state"]``."""
+
+
+class Access(enum.Enum):
+    """What a route needs from its caller (see the module docstring)."""
+
+    PUBLIC = "public"
+    BOOTSTRAP = "bootstrap"
+    CALLER = "caller"
+    MANAGE = "manage"
+
+
+PUBLIC, BOOTSTRAP, CALLER, MANAGE = Access.PUBLIC, Access.BOOTSTRAP, Access.CALLER, Access.MANAGE
+
+
+class Authenticate:
+    """ASGI middleware of one route: resolve the caller as ``access`` requires, or raise."""
+
+    def __init__(self, app: ASGIApp, access: Access) -> None:
+        self.app = app
+        self.access = access
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.access is not Access.PUBLIC:
+            scope.setdefault("state", {})[_CALLER] = await self._tenant(scope)
+        await self.app(scope, receive, send)
+
+    async def _tenant(self, scope: Scope) -> Tenant | None:
+        header = _authorization(scope)
+        if not header:
+            if self.access is Access.BOOTSTRAP:
+                return None
+            raise AuthenticationError(MISSING)
+        scheme, _, cred = header.partition(" ")
+        scheme, cred = scheme.lower(), cred.strip()
+        gw: GatewayState = scope["app"].state.gateway
+        if scheme == "bearer" and calltokens.is_call_token(cred):
+            if self.access is not Access.CALLER:
+                raise PermissionDeniedError(NOT_FOR_TOKENS)
+            return await gw.token_tenant(cred)
+        key_id, sep, secret = cred.partition(":")
+        if scheme not in ("key", "bearer") or not sep or not key_id or not secret:
+            raise AuthenticationError(MALFORMED)
+        return await gw.key_tenant(key_id, secret)
+
+
+def _authorization(scope: Scope) -> str | None:
+    """The first ``Authorization`` header (ASGI header names are lower case)."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            text: str = value.decode("latin-1")
+            return text
+    return None
+
+
+def route(
+    method: str, path: str, endpoint: Callable[[Request], Awaitable[Response]], access: Access
+) -> Route:
+    """The route ``method path`` -> ``endpoint``, its requests authenticated for ``access``."""
+    return Route(path, endpoint, methods=[method], middleware=[Middleware(Authenticate, access)])
+
+
+def optional_caller(request: Request) -> Tenant | None:
+    """The caller's tenant; None on a ``PUBLIC`` route, or a ``BOOTSTRAP`` one sent no key."""
+    tenant: Tenant | None = request.scope.get("state", {}).get(_CALLER)
+    return tenant
+
+
+def caller(request: Request) -> Tenant:
+    """The caller's tenant; 401 where ``optional_caller`` is None."""
+    tenant = optional_caller(request)
+    if tenant is None:
+        raise AuthenticationError(MISSING)
+    return tenant
