@@ -20,6 +20,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from klieg._runtime import protocol
 from klieg.exceptions import (
     KliegError,
     NotFoundError,
@@ -27,7 +28,6 @@ from klieg.exceptions import (
     RequestTimeoutError,
     RunnerCrashedError,
     SetupError,
-    error_class,
 )
 from klieg.types import AppSpec, EndpointSpec, FunctionSpec, normalize_path
 from klieg_platform import calltokens, keys
@@ -50,7 +50,7 @@ log = logging.getLogger("klieg.worker")
 class _Backoff:
     until: float
     delay: float
-    error: dict[str, Any]
+    error: SetupError
     logs: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -223,7 +223,7 @@ class Worker:
             await self.runners.release(runner)
             log.info("kept warm: runner pid %s for %s (min_concurrency)", runner.pid, key)
         except SetupFailed as failed:
-            log.warning("could not keep %s warm: %s", key, failed.error.get("detail"))
+            log.warning("could not keep %s warm: %s", key, failed.error.detail)
         finally:
             self._warming.discard(key)
 
@@ -322,11 +322,8 @@ class Worker:
         backoff = self._backoff.get(key)
         if backoff and time.monotonic() < backoff.until:
             wait = backoff.until - time.monotonic()
-            err = dict(backoff.error)
-            err["detail"] = f"{err.get('detail')} (setup is retried in {wait:.0f}s)"
-            return Outcome(
-                ok=False, error=err, http_status=SetupError.status_code, logs=backoff.logs
-            )
+            retried = SetupError(f"{backoff.error.detail} (setup is retried in {wait:.0f}s)")
+            return _error_outcome(retried, backoff.logs)
         payload = job.payload
         if job.payload_ref:
             payload = await asyncio.to_thread(self.store.get, job.payload_ref)
@@ -348,7 +345,7 @@ class Worker:
             self._active[job.id] = runner
             started = time.monotonic()
             token = self._call_token(job, timeout)
-            header, body = await runner.call(
+            result, body = await runner.call(
                 job.id, job.endpoint, payload, timeout, events, token=token
             )
         except RunnerCrashedError as exc:
@@ -360,7 +357,7 @@ class Worker:
             self._active[job.id] = None
             await self.runners.release(runner)
             await events.close()
-        return await self._outcome(job, header, events.rewrite(body), time.monotonic() - started)
+        return await self._outcome(job, result, events.rewrite(body), time.monotonic() - started)
 
     async def _execute_batched(
         self,
@@ -382,7 +379,7 @@ class Worker:
             if job.id in self._cancelled:
                 raise RequestCancelledError("request cancelled")
             token = self._call_token(job, timeout)
-            header, body = await batcher.submit(job.id, payload, timeout, events, token=token)
+            result, body = await batcher.submit(job.id, payload, timeout, events, token=token)
         except SetupFailed as failed:
             return self._setup_failed(key, failed)
         except RunnerCrashedError as exc:
@@ -393,7 +390,7 @@ class Worker:
         finally:
             await events.close()
         self._backoff.pop(key, None)
-        return await self._outcome(job, header, events.rewrite(body), time.monotonic() - started)
+        return await self._outcome(job, result, events.rewrite(body), time.monotonic() - started)
 
     def _call_token(self, job: Job, timeout_s: float) -> str:
         """A call token for the job's tenant, valid while it may run and a minute more; empty
@@ -435,22 +432,19 @@ class Worker:
         return _error_outcome(exc)
 
     async def _outcome(
-        self, job: Job, header: dict[str, Any], body: bytes, elapsed: float
+        self, job: Job, result: protocol.Result, body: bytes, elapsed: float
     ) -> Outcome:
         """The outcome of a request from the runner's ``result`` frame."""
-        logs = list(header.get("logs") or [])
-        if header.get("ok"):
+        if result.ok:
             self._background(self.broker.stats.record_time("service", job.app_key, elapsed))
-            return await self._ok(job.id, body, logs)
-        raw = header.get("error") or {}
-        cls = error_class(raw.get("error_type"))
-        err = {"detail": raw.get("detail"), "error_type": raw.get("error_type") or cls.__name__}
-        return Outcome(ok=False, error=err, http_status=cls.status_code, logs=logs)
+            return await self._ok(job.id, body, result.logs)
+        error = result.error.to_exception() if result.error else KliegError("no error sent")
+        return _error_outcome(error, result.logs)
 
-    async def _store_media(self, request_id: str, header: dict[str, Any], data: bytes) -> str:
+    async def _store_media(self, request_id: str, media: protocol.Media, data: bytes) -> str:
         """Store a file an endpoint returned; the signed URL it is served at."""
-        name = str(header.get("file_name") or "file").replace("/", "_")[-128:]
-        token = "".join(c for c in str(header.get("token") or "") if c.isalnum())[:64]
+        name = (media.file_name or "file").replace("/", "_")[-128:]
+        token = "".join(c for c in media.token if c.isalnum())[:64]
         key = media_key(request_id, token, name)
         await put_async(self.store, key, data)
         ttl = self.settings.result_ttl_s
@@ -468,14 +462,14 @@ class Worker:
     def _setup_failed(self, key: RunnerKey, failed: SetupFailed) -> Outcome:
         """The outcome of a request whose runner could not start; the function backs off (the
         delay doubles per failed start, not per request: a batch fails together)."""
-        err = {"detail": failed.error.get("detail") or "setup failed", "error_type": "SetupError"}
+        err = SetupError(failed.error.detail or "setup failed")
         previous = self._backoff.get(key)
         if previous is None or previous.until <= time.monotonic():
             delay = min(300.0, previous.delay * 2) if previous else self.settings.setup_backoff_s
             self._backoff[key] = _Backoff(time.monotonic() + delay, delay, err, failed.logs)
-            detail = err["detail"]
+            detail = err.detail
             log.warning("revision %s function %s: %s (backing off %.0fs)", *key, detail, delay)
-        return Outcome(ok=False, error=err, http_status=SetupError.status_code, logs=failed.logs)
+        return _error_outcome(err, failed.logs)
 
     async def _revision(self, revision_id: str) -> tuple[Revision, AppSpec]:
         cached = self._revisions.get(revision_id)
@@ -496,11 +490,7 @@ class Worker:
             code_dir = await asyncio.to_thread(self.code.ensure, rev.code_hash)
         except KliegError as exc:
             raise SetupFailed(
-                {
-                    "detail": f"could not prepare revision {rev.id}: {exc.detail}",
-                    "error_type": "SetupError",
-                },
-                [],
+                SetupError(f"could not prepare revision {rev.id}: {exc.detail}")
             ) from exc
         spec_file = self._spec_dir / f"{rev.id}-{fn.name}.json"
         if not spec_file.exists():

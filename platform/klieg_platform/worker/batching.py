@@ -26,16 +26,15 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
+from klieg._runtime import protocol
 from klieg.exceptions import RequestCancelledError
 from klieg.types import EndpointSpec
 from klieg_platform.worker.events import EventForwarder
-from klieg_platform.worker.process import RunnerProcess
+from klieg_platform.worker.process import Reply, RunnerProcess
 
 log = logging.getLogger("klieg.worker")
 
-Result = tuple[dict[str, Any], bytes]
 Fill = Callable[[int], Awaitable[list[str]]]
 """Lease up to n more queued requests of the endpoint to this worker (each is then
 ``submit``-ted here by its own handler); returns their ids."""
@@ -48,7 +47,7 @@ class _Member:
     timeout_s: float
     events: EventForwarder
     token: str = ""
-    future: asyncio.Future[Result] = field(
+    future: asyncio.Future[Reply] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
@@ -86,8 +85,8 @@ class Batcher:
         events: EventForwarder,
         *,
         token: str = "",
-    ) -> Result:
-        """Run one request as part of a batch; its (header, body) result. ``token``: its call
+    ) -> Reply:
+        """Run one request as part of a batch; its ``result`` frame and body. ``token``: its call
         token. Raises the runner's error (``RunnerCrashedError``, ``RequestTimeoutError``,
         ``SetupFailed``) or ``RequestCancelledError``."""
         member = _Member(request_id, payload, timeout_s, events, token)
@@ -220,11 +219,13 @@ class Batcher:
         self.sizes = [*self.sizes[-999:], len(live)]
         by_id = {m.request_id: m for m in live}
 
-        def route(header: dict[str, Any], body: bytes) -> None:
-            for rid in header.get("ids") or [header.get("id")]:
-                member = by_id.get(str(rid))
+        def route(msg: protocol.Event, body: bytes) -> None:
+            """A batch's ``log`` frame goes to every request in its ``ids``, others to ``id``."""
+            ids = msg.ids if isinstance(msg, protocol.Log) and msg.ids else [msg.id]
+            for rid in ids:
+                member = by_id.get(rid)
                 if member is not None:
-                    member.events({**header, "id": rid}, body)
+                    member.events(msg, body)
 
         try:
             if live:

@@ -16,13 +16,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from klieg._runtime import protocol
 from klieg.media import PENDING_SCHEME
 from klieg_platform.broker import Broker
 
 log = logging.getLogger("klieg.worker")
 
 
-StoreMedia = Callable[[str, dict[str, Any], bytes], Awaitable[str]]
+StoreMedia = Callable[[str, protocol.Media, bytes], Awaitable[str]]
 """(request id, media frame header, bytes) -> the URL the stored file is served at."""
 
 
@@ -40,14 +41,13 @@ class EventForwarder:
         self._closing = False
         self._task = asyncio.create_task(self._run())
 
-    def __call__(self, header: dict[str, Any], body: bytes) -> None:
+    def __call__(self, msg: protocol.Event, body: bytes) -> None:
         """``RunnerProcess.call``'s ``on_event``: queue one frame."""
-        kind = header.get("type")
-        if kind == "log":
-            self._pending.append(("log", header.get("line")))
-        elif kind == "media":
-            self._pending.append(("media", (header, body)))
-        elif kind == "chunk" and self.stream:
+        if isinstance(msg, protocol.Log):
+            self._pending.append(("log", msg.line))
+        elif isinstance(msg, protocol.Media):
+            self._pending.append(("media", (msg, body)))
+        elif isinstance(msg, protocol.Chunk) and self.stream:
             self._pending.append(("chunk", body))
         else:
             return
@@ -64,9 +64,9 @@ class EventForwarder:
                     if kind == "log":
                         await self.broker.streams.append_logs(self.request_id, items)
                     elif kind == "media":
-                        for header, data in items:
-                            url = await self.store_media(self.request_id, header, data)
-                            placeholder = PENDING_SCHEME + str(header.get("token"))
+                        for media, data in items:
+                            url = await self.store_media(self.request_id, media, data)
+                            placeholder = PENDING_SCHEME + media.token
                             self.urls[placeholder.encode()] = url.encode()
                     else:
                         for data in items:

@@ -3,7 +3,7 @@
 ``start`` returns once the runner said ``ready``; raises :class:`SetupFailed` when setup() raised,
 the process died or it did not get ready within ``startup_timeout``. ``call`` serves one request,
 ``call_batch`` several of a batched endpoint; both raise ``RequestTimeoutError`` (the process is
-killed) or ``RunnerCrashedError`` (it died).
+killed) or ``RunnerCrashedError`` (it died, or broke the protocol and was killed).
 """
 
 from __future__ import annotations
@@ -16,23 +16,26 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from klieg._runtime import protocol
 from klieg._runtime.runner import CANCEL_SIGNAL
-from klieg.exceptions import RequestTimeoutError, RunnerCrashedError
+from klieg.exceptions import KliegError, RequestTimeoutError, RunnerCrashedError, SetupError
 from klieg.types import FunctionSpec
 
 RunnerKey = tuple[str, str]  # (revision id, function name)
+OnEvent = Callable[[protocol.Event, bytes], None]
+"""Receives the ``log``, ``chunk`` and ``media`` frames of the running call, as they arrive."""
+Reply = tuple[protocol.Result, bytes]
+"""A request's ``result`` frame and its body."""
 
 
 class SetupFailed(Exception):
-    """The runner could not get ready; ``error`` is the wire error, ``logs`` its output."""
+    """The runner could not get ready; ``error`` says why, ``logs`` are its output."""
 
-    def __init__(self, error: dict[str, Any], logs: list[dict[str, Any]]) -> None:
-        super().__init__(error.get("detail"))
+    def __init__(self, error: KliegError, logs: list[protocol.LogLine] | None = None) -> None:
+        super().__init__(error.detail)
         self.error = error
-        self.logs = logs
+        self.logs = logs or []
 
 
 class RunnerProcess:
@@ -81,31 +84,25 @@ class RunnerProcess:
             child.close()
         self._reader, self._writer = await asyncio.open_unix_connection(sock=parent)
         try:
-            header, _ = await asyncio.wait_for(
-                protocol.read(self._reader), self.spec.startup_timeout
-            )
+            msg, _ = await asyncio.wait_for(protocol.read(self._reader), self.spec.startup_timeout)
         except TimeoutError:
             await self.kill()
-            raise SetupFailed(
-                {
-                    "detail": f"runner not ready within startup_timeout="
-                    f"{self.spec.startup_timeout}s",
-                    "error_type": "SetupError",
-                },
-                [],
-            ) from None
+            detail = f"runner not ready within startup_timeout={self.spec.startup_timeout}s"
+            raise SetupFailed(SetupError(detail)) from None
         except EOFError:
             code = await self.proc.wait()
-            raise SetupFailed(
-                {
-                    "detail": f"runner exited with code {code} before it was ready",
-                    "error_type": "SetupError",
-                },
-                [],
-            ) from None
-        if header.get("type") != "ready":
+            detail = f"runner exited with code {code} before it was ready"
+            raise SetupFailed(SetupError(detail)) from None
+        except protocol.ProtocolError as exc:
             await self.kill()
-            raise SetupFailed(dict(header.get("error") or {}), list(header.get("logs") or []))
+            detail = f"runner broke the protocol before it was ready: {exc}"
+            raise SetupFailed(SetupError(detail)) from None
+        if isinstance(msg, protocol.SetupFailed):
+            await self.kill()
+            raise SetupFailed(msg.error.to_exception(), msg.logs)
+        if not isinstance(msg, protocol.Ready):
+            await self.kill()
+            raise SetupFailed(SetupError(f"runner sent {msg!r} before it was ready"))
 
     async def call(
         self,
@@ -113,14 +110,13 @@ class RunnerProcess:
         endpoint: str,
         payload: bytes,
         timeout_s: float,
-        on_event: Callable[[dict[str, Any], bytes], None],
+        on_event: OnEvent,
         *,
         token: str = "",
-    ) -> tuple[dict[str, Any], bytes]:
-        """Serve one request; ``log`` and ``chunk`` frames go to ``on_event`` as they arrive.
-        ``token``: the request's call token, for ``klieg.call`` inside it."""
-        header = {"type": "call", "id": request_id, "endpoint": endpoint, "token": token}
-        frame = protocol.encode(header, payload)
+    ) -> Reply:
+        """Serve one request; its ``log``, ``chunk`` and ``media`` frames go to ``on_event`` as
+        they arrive. ``token``: the request's call token, for ``klieg.call`` inside it."""
+        frame = protocol.encode(protocol.Call(request_id, endpoint, token), payload)
         results = await self._exchange((request_id,), frame, timeout_s, on_event)
         return results[0]
 
@@ -130,48 +126,47 @@ class RunnerProcess:
         endpoint: str,
         payloads: Sequence[bytes],
         timeout_s: float,
-        on_event: Callable[[dict[str, Any], bytes], None],
+        on_event: OnEvent,
         *,
         tokens: Sequence[str] = (),
-    ) -> list[tuple[dict[str, Any], bytes]]:
-        """Serve requests of a batched endpoint in one call; one (header, body) per request,
-        in order. ``log`` frames carry the batch's ``ids``; ``media`` frames the one ``id``.
+    ) -> list[Reply]:
+        """Serve requests of a batched endpoint in one call; one reply per request, in order.
+        ``log`` frames carry the batch's ``ids``; ``media`` frames the one ``id``.
         ``tokens``: each request's call token."""
-        header = {
-            "type": "batch",
-            "ids": list(request_ids),
-            "endpoint": endpoint,
-            "sizes": [len(p) for p in payloads],
-            "tokens": list(tokens),
-        }
-        frame = protocol.encode(header, b"".join(payloads))
+        batch = protocol.Batch(
+            list(request_ids), [len(p) for p in payloads], endpoint, list(tokens)
+        )
+        frame = protocol.encode(batch, b"".join(payloads))
         return await self._exchange(tuple(request_ids), frame, timeout_s, on_event)
 
     async def _exchange(
-        self,
-        ids: tuple[str, ...],
-        frame: bytes,
-        timeout_s: float,
-        on_event: Callable[[dict[str, Any], bytes], None],
-    ) -> list[tuple[dict[str, Any], bytes]]:
+        self, ids: tuple[str, ...], frame: bytes, timeout_s: float, on_event: OnEvent
+    ) -> list[Reply]:
+        """Send ``frame``, then read until one ``result`` per id came (other messages are
+        ignored). A runner breaking the protocol is killed (``RunnerCrashedError``)."""
         assert self._reader is not None and self._writer is not None
         self.last_used = time.monotonic()
         self.serving = ids
-        results: list[tuple[dict[str, Any], bytes]] = []
+        results: list[Reply] = []
         try:
             self._writer.write(frame)
             await self._writer.drain()
             async with asyncio.timeout(timeout_s):
                 while len(results) < len(ids):
-                    header, body = await protocol.read(self._reader)
-                    if header.get("type") == "result":
-                        results.append((header, body))
-                    else:
-                        on_event(header, body)
+                    msg, body = await protocol.read(self._reader)
+                    if isinstance(msg, protocol.Result):
+                        results.append((msg, body))
+                    elif isinstance(msg, protocol.Event):
+                        on_event(msg, body)
             return results
         except TimeoutError:
             await self.kill()
             raise RequestTimeoutError(f"request ran past its timeout of {timeout_s:g}s") from None
+        except protocol.ProtocolError as exc:
+            await self.kill()
+            raise RunnerCrashedError(
+                f"the runner broke the protocol and was killed: {exc}"
+            ) from None
         except (EOFError, ConnectionError):
             code = await self.proc.wait() if self.proc else None
             how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
@@ -195,7 +190,7 @@ class RunnerProcess:
         assert self.proc is not None
         with contextlib.suppress(Exception):
             assert self._writer is not None
-            self._writer.write(protocol.encode({"type": "shutdown"}))
+            self._writer.write(protocol.encode(protocol.Shutdown()))
             await self._writer.drain()
         try:
             await asyncio.wait_for(self.proc.wait(), grace_s)

@@ -1,45 +1,167 @@
-"""The runner IPC contract: framed messages over a local stream socket.
+"""The runner IPC contract: typed messages in frames over a local stream socket.
 
-Frame: two big-endian u32 lengths (header, body), then the JSON header, then the raw body.
-The body carries request/response payloads as the client sent them (JSON bytes), so nothing on
-the path re-encodes them.
+Frame: two big-endian u32 lengths (header, body), then the header, then the raw body. The header
+is one message below, msgpack-encoded with its tag in ``type``; the body carries request and
+response payloads as the client sent them (JSON bytes), so nothing on the path re-encodes them.
 
-Messages (``type`` in the header):
-  runner -> worker  ``ready`` {pid}                      after setup() succeeded
-  runner -> worker  ``setup_failed`` {error, logs}        then the runner exits
-  worker -> runner  ``call`` {id, endpoint, token} + body run one request
-  worker -> runner  ``batch`` {ids, endpoint, sizes, tokens} + the bodies, concatenated
-                    run requests of a batched endpoint in one call; one ``result`` per id
-                    follows, in order; its ``log`` frames carry ``ids`` (the whole batch)
-                    ``token`` / ``tokens`` (one per id): the call token of each request's
-                    tenant (``kc1.<tenant>.<expiry>.<sig>``), which ``klieg.call`` sends to the
-                    gateway at ``$KLIEG_GATEWAY_URL``; empty or absent when the worker has none
-  runner -> worker  ``log`` {id, line}                    a log line of the running request
-  runner -> worker  ``chunk`` {id} + body                 one item of a generator endpoint
-  runner -> worker  ``media`` {id, token, content_type, file_name} + body
-                    the bytes behind a ``klieg-media://<token>`` URL in the next chunk/result
-  runner -> worker  ``result`` {id, ok, error?, logs} + body (the output JSON when ok; for a
-                    generator endpoint its last item)
-  worker -> runner  ``shutdown`` {}                       run teardown() and exit
+Messages (their fields are the class attributes):
+  runner -> worker  :class:`Ready`        after setup() succeeded
+  runner -> worker  :class:`SetupFailed`  setup() raised; then the runner exits
+  worker -> runner  :class:`Call` + body  run one request
+  worker -> runner  :class:`Batch` + the bodies, concatenated (``sizes``)
+                    run requests of a batched endpoint in one call; one :class:`Result` per id
+                    follows, in order; the batch's :class:`Log` frames carry ``ids``
+  runner -> worker  :class:`Log`          a log line of the running request
+  runner -> worker  :class:`Chunk` + body one item of a generator endpoint
+  runner -> worker  :class:`Media` + body the bytes behind a ``klieg-media://<token>`` URL in
+                                          the next chunk or result
+  runner -> worker  :class:`Result` + body (the output JSON when ``ok``; for a generator
+                    endpoint its last item)
+  worker -> runner  :class:`Shutdown`     run teardown() and exit
+
+Errors cross the boundary only as :class:`WireError`, a serialised ``KliegError``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import struct
+import traceback
 from typing import Any
+
+import msgspec
+
+from klieg.exceptions import AppError, KliegError, error_class
 
 _HEAD = struct.Struct(">II")
 MAX_FRAME = 1 << 30
 
-Header = dict[str, Any]
+LogLine = dict[str, Any]
+"""One captured line: ``message``, ``level``, ``source``, ``timestamp`` (see logs.py)."""
 
 
-def encode(header: Header, body: bytes = b"") -> bytes:
-    head = json.dumps(header, separators=(",", ":")).encode()
+class ProtocolError(Exception):
+    """A frame that breaks the contract: a header that is no message, or a frame over
+    ``MAX_FRAME`` on the worker side."""
+
+
+class WireError(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A ``KliegError`` as it crosses the process boundary; ``error_type`` names its class."""
+
+    detail: Any
+    error_type: str
+    traceback: str | None = None
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> WireError:
+        """``exc`` with its traceback; an exception that is no ``KliegError`` becomes an
+        ``AppError`` whose detail is ``"<type>: <message>"``."""
+        trace = "".join(traceback.format_exception(exc))
+        if isinstance(exc, KliegError):
+            return cls(exc.detail, exc.error_type, trace)
+        return cls(f"{type(exc).__name__}: {exc}", AppError.__name__, trace)
+
+    def to_exception(self) -> KliegError:
+        """The error as an instance of the class ``error_type`` names, with that class's
+        status; a name the SDK does not define gives a ``KliegError`` keeping the name."""
+        return error_class(self.error_type)(self.detail, error_type=self.error_type)
+
+
+class _Message(msgspec.Struct, omit_defaults=True, tag_field="type"):
+    pass
+
+
+class Ready(_Message, tag="ready"):
+    pid: int
+
+
+class SetupFailed(_Message, tag="setup_failed"):
+    error: WireError
+    logs: list[LogLine] = []
+
+
+class Call(_Message, tag="call"):
+    """``token``: the call token of the request's tenant (``kc1.<tenant>.<expiry>.<sig>``),
+    which ``klieg.call`` sends to the gateway at ``$KLIEG_GATEWAY_URL``; empty when the worker
+    has none."""
+
+    id: str
+    endpoint: str = "/"
+    token: str = ""
+
+
+class Batch(_Message, tag="batch"):
+    """``sizes``: the length of each request's body in the frame body; ``tokens``: each
+    request's call token (see :class:`Call`)."""
+
+    ids: list[str]
+    sizes: list[int]
+    endpoint: str = "/"
+    tokens: list[str] = []
+
+    def split(self, body: bytes) -> list[bytes]:
+        """The frame body cut into one body per request."""
+        bodies, at = [], 0
+        for size in self.sizes:
+            bodies.append(body[at : at + size])
+            at += size
+        return bodies
+
+
+class Log(_Message, tag="log"):
+    """``ids``: every request of the batch the line was logged in (``id`` is the first);
+    empty outside a batch."""
+
+    id: str
+    line: LogLine
+    ids: list[str] = []
+
+
+class Chunk(_Message, tag="chunk"):
+    id: str
+
+
+class Media(_Message, tag="media"):
+    id: str
+    token: str
+    content_type: str
+    file_name: str
+
+
+class Result(_Message, tag="result"):
+    """``error`` is set exactly when ``ok`` is false; ``logs``: lines not sent as ``Log``."""
+
+    id: str
+    ok: bool
+    error: WireError | None = None
+    logs: list[LogLine] = []
+
+
+class Shutdown(_Message, tag="shutdown"):
+    pass
+
+
+Message = Ready | SetupFailed | Call | Batch | Log | Chunk | Media | Result | Shutdown
+Event = Log | Chunk | Media
+"""What the runner sends about a request while it runs, ahead of its ``Result``."""
+
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(Message)
+
+
+def encode(msg: Message, body: bytes = b"") -> bytes:
+    """One frame: ``msg`` as the header, ``body`` as is."""
+    head = _ENCODER.encode(msg)
     return _HEAD.pack(len(head), len(body)) + head + body
+
+
+def decode(head: bytes) -> Message:
+    """The message in a frame header; raises ProtocolError when it is none."""
+    try:
+        return _DECODER.decode(head)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"malformed frame header: {exc}") from exc
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -52,22 +174,27 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def recv(sock: socket.socket) -> tuple[Header, bytes]:
-    """Blocking read of one frame (runner side)."""
+def recv(sock: socket.socket) -> tuple[Message, bytes]:
+    """Blocking read of one frame (runner side). Raises EOFError when the peer is gone or the
+    frame is over MAX_FRAME (the stream cannot go on), ProtocolError when its header is no
+    message (the frame was read whole: the next one can be read)."""
     hlen, blen = _HEAD.unpack(_recv_exact(sock, _HEAD.size))
     if hlen + blen > MAX_FRAME:
         raise EOFError("frame too large")
-    header = json.loads(_recv_exact(sock, hlen))
+    head = _recv_exact(sock, hlen)
     body = _recv_exact(sock, blen) if blen else b""
-    return header, body
+    return decode(head), body
 
 
-async def read(reader: asyncio.StreamReader) -> tuple[Header, bytes]:
-    """Async read of one frame (worker side). Raises EOFError when the runner is gone."""
+async def read(reader: asyncio.StreamReader) -> tuple[Message, bytes]:
+    """Async read of one frame (worker side). Raises EOFError when the runner is gone,
+    ProtocolError when the frame is over MAX_FRAME or its header is no message."""
     try:
         hlen, blen = _HEAD.unpack(await reader.readexactly(_HEAD.size))
-        header = json.loads(await reader.readexactly(hlen))
+        if hlen + blen > MAX_FRAME:
+            raise ProtocolError(f"frame of {hlen + blen} bytes is over MAX_FRAME")
+        head = await reader.readexactly(hlen)
         body = await reader.readexactly(blen) if blen else b""
     except (asyncio.IncompleteReadError, ConnectionError) as exc:
         raise EOFError("runner closed the connection") from exc
-    return header, body
+    return decode(head), body

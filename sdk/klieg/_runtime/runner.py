@@ -2,10 +2,11 @@
 
 Started by a worker with the env's own interpreter and one end of a socketpair (fd N). Loads
 the function, runs ``setup()`` once, says ``ready`` (or ``setup_failed`` and exits), then serves
-``call`` messages one at a time until ``shutdown`` or the socket closes. See protocol.py.
-While a call runs, its log lines go out as ``log`` frames and a generator endpoint's items as
-``chunk`` frames; SIGUSR1 (CANCEL_SIGNAL) interrupts the endpoint code with
-RequestCancelledError, and the runner goes on serving.
+``call`` and ``batch`` messages one at a time until ``shutdown`` or the socket closes (frames
+whose header is no message are skipped). See protocol.py. While a call runs, its log lines go
+out as ``log`` frames and a generator endpoint's items as ``chunk`` frames; SIGUSR1
+(CANCEL_SIGNAL) interrupts the endpoint code with RequestCancelledError, and the runner goes on
+serving.
 """
 
 from __future__ import annotations
@@ -23,21 +24,13 @@ from pathlib import Path
 from klieg import media
 from klieg._runtime import context, logs, protocol
 from klieg._runtime.loader import Target
-from klieg.exceptions import AppError, KliegError, RequestCancelledError
+from klieg._runtime.protocol import WireError
+from klieg.exceptions import AppError, KliegError, RequestCancelledError, SetupError
 from klieg.types import FunctionSpec
 
 _MEDIA_TOKEN = re.compile(re.escape(media.PENDING_SCHEME.encode()) + rb"([0-9a-f]{24})")
 CANCEL_SIGNAL = signal.SIGUSR1
 """The worker sends this to interrupt the running request (raises RequestCancelledError in it)."""
-
-
-def _error(exc: BaseException) -> dict[str, object]:
-    if isinstance(exc, KliegError):
-        out = exc.to_dict()
-    else:
-        out = {"detail": f"{type(exc).__name__}: {exc}", "error_type": AppError.__name__}
-    out["traceback"] = "".join(traceback.format_exception(exc))
-    return out
 
 
 class _Channel:
@@ -48,8 +41,8 @@ class _Channel:
         self.sock = sock
         self.lock = threading.Lock()
 
-    def send(self, header: protocol.Header, body: bytes = b"") -> None:
-        frame = protocol.encode(header, body)
+    def send(self, msg: protocol.Message, body: bytes = b"") -> None:
+        frame = protocol.encode(msg, body)
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {CANCEL_SIGNAL})
         try:
             with self.lock:
@@ -76,9 +69,7 @@ def _ship_media(channel: _Channel, request_id: str, body: bytes) -> None:
         item = media.PENDING.take(token)
         if item is not None:
             data, content_type, file_name = item
-            header = {"type": "media", "id": request_id, "token": token,
-                      "content_type": content_type, "file_name": file_name}  # fmt: skip
-            channel.send(header, data)
+            channel.send(protocol.Media(request_id, token, content_type, file_name), data)
 
 
 def _run(channel: _Channel, target: Target, request_id: str, path: str, body: bytes) -> bytes:
@@ -94,7 +85,7 @@ def _run(channel: _Channel, target: Target, request_id: str, path: str, body: by
         last = b"null"
         for item in endpoint.items(body):
             _ship_media(channel, request_id, item)
-            channel.send({"type": "chunk", "id": request_id}, item)
+            channel.send(protocol.Chunk(request_id), item)
             last = item
         return last
     finally:
@@ -103,46 +94,39 @@ def _run(channel: _Channel, target: Target, request_id: str, path: str, body: by
 
 
 def _serve_call(
-    channel: _Channel, sink: logs.LogSink, target: Target, header: protocol.Header, body: bytes
-) -> tuple[protocol.Header, bytes]:
-    request_id = str(header.get("id"))
-    reply: protocol.Header = {"type": "result", "id": request_id}
+    channel: _Channel, sink: logs.LogSink, target: Target, call: protocol.Call, body: bytes
+) -> tuple[protocol.Result, bytes]:
+    request_id = call.id
     out = b""
-    sink.emit = lambda line: channel.send({"type": "log", "id": request_id, "line": line})
-    context.set_token(header.get("token"))
+    error: WireError | None = None
+    sink.emit = lambda line: channel.send(protocol.Log(request_id, line))
+    context.set_token(call.token)
     try:
-        out = _run(channel, target, request_id, str(header.get("endpoint", "/")), body)
-        reply["ok"] = True
+        out = _run(channel, target, request_id, call.endpoint, body)
     except Exception as exc:
         _Running.request_id = None
         if not isinstance(exc, KliegError) or isinstance(exc, AppError):
             traceback.print_exc()
-        reply["ok"] = False
-        reply["error"] = _error(exc)
+        error = WireError.from_exception(exc)
     finally:
         context.clear()
         logs.flush_streams()
         sink.emit = None
-    reply["logs"] = sink.drain()
-    return reply, out
+    return protocol.Result(request_id, error is None, error, sink.drain()), out
 
 
 def _serve_batch(
-    channel: _Channel, sink: logs.LogSink, target: Target, header: protocol.Header, body: bytes
+    channel: _Channel, sink: logs.LogSink, target: Target, batch: protocol.Batch, body: bytes
 ) -> None:
     """Run a ``batch`` message and send one ``result`` per request, in order. Cancelling (the
     signal) cancels the whole batch: the worker signals only a batch of one."""
-    ids = [str(i) for i in header.get("ids") or []]
-    sizes = [int(n) for n in header.get("sizes") or []]
-    bodies, at = [], 0
-    for size in sizes:
-        bodies.append(body[at : at + size])
-        at += size
-    sink.emit = lambda line: channel.send({"type": "log", "id": ids[0], "ids": ids, "line": line})
-    context.set_batch_tokens([str(t) for t in header.get("tokens") or []])
+    ids = batch.ids
+    bodies = batch.split(body)
+    sink.emit = lambda line: channel.send(protocol.Log(ids[0], line, ids))
+    context.set_batch_tokens(batch.tokens)
     try:
         _Running.request_id = ",".join(ids)
-        endpoint = target.endpoint(str(header.get("endpoint", "/")))
+        endpoint = target.endpoint(batch.endpoint)
         results: list[bytes | KliegError] = list(endpoint.batch(bodies))
     except Exception as exc:
         _Running.request_id = None
@@ -158,14 +142,12 @@ def _serve_batch(
     lines = sink.drain()
     try:
         for request_id, result in zip(ids, results, strict=True):
-            reply: protocol.Header = {"type": "result", "id": request_id, "logs": lines}
             if isinstance(result, KliegError):
-                reply.update(ok=False, error=_error(result))
-                channel.send(reply)
+                error = WireError.from_exception(result)
+                channel.send(protocol.Result(request_id, False, error, lines))
             else:
                 _ship_media(channel, request_id, result)
-                reply["ok"] = True
-                channel.send(reply, result)
+                channel.send(protocol.Result(request_id, True, None, lines), result)
     finally:
         media.PENDING.clear()
 
@@ -181,40 +163,34 @@ def serve(sock: socket.socket, code_dir: Path, spec: FunctionSpec) -> int:
     except BaseException as exc:  # setup may raise anything, including SystemExit
         traceback.print_exc()
         logs.flush_streams()
-        err = _error(exc)
-        err["error_type"] = "SetupError"
-        err["detail"] = f"setup failed: {type(exc).__name__}: {exc}"
-        channel.send({"type": "setup_failed", "error": err, "logs": sink.drain()})
+        trace = "".join(traceback.format_exception(exc))
+        detail = f"setup failed: {type(exc).__name__}: {exc}"
+        error = WireError(detail, SetupError.__name__, trace)
+        channel.send(protocol.SetupFailed(error, sink.drain()))
         return 1
     logs.flush_streams()
     sink.drain()
-    channel.send({"type": "ready", "pid": os.getpid()})
+    channel.send(protocol.Ready(os.getpid()))
     while True:
         try:
-            header, body = protocol.recv(sock)
+            msg, body = protocol.recv(sock)
+        except protocol.ProtocolError:
+            continue
         except EOFError:
             return 0
-        if header.get("type") == "shutdown":
+        if isinstance(msg, protocol.Shutdown):
             target.teardown()
             return 0
-        if header.get("type") == "batch":
-            _serve_batch(channel, sink, target, header, body)
+        if isinstance(msg, protocol.Batch):
+            _serve_batch(channel, sink, target, msg, body)
             continue
-        if header.get("type") != "call":
+        if not isinstance(msg, protocol.Call):
             continue
         try:
-            reply, out = _serve_call(channel, sink, target, header, body)
+            reply, out = _serve_call(channel, sink, target, msg, body)
         except RequestCancelledError as exc:  # the signal landed just as the call ended
-            reply, out = (
-                {
-                    "type": "result",
-                    "id": header.get("id"),
-                    "ok": False,
-                    "error": _error(exc),
-                    "logs": sink.drain(),
-                },
-                b"",
-            )
+            error = WireError.from_exception(exc)
+            reply, out = protocol.Result(msg.id, False, error, sink.drain()), b""
         channel.send(reply, out)
 
 

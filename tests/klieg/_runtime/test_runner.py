@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -17,10 +18,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 import klieg
 from klieg._runtime import protocol
+from klieg._runtime.protocol import Call, Chunk, Log, Ready, Result, SetupFailed, Shutdown
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -151,30 +154,35 @@ class Runner:
     sock: socket.socket
     code: Path
 
-    def send(self, header: dict[str, Any], body: bytes = b"") -> None:
-        self.sock.sendall(protocol.encode(header, body))
+    def send(self, msg: protocol.Message, body: bytes = b"") -> None:
+        self.sock.sendall(protocol.encode(msg, body))
 
-    def recv(self) -> tuple[dict[str, Any], bytes]:
+    def recv(self) -> tuple[protocol.Message, bytes]:
         return protocol.recv(self.sock)
 
-    def call(self, endpoint: str, body: Any, rid: str = "r") -> tuple[dict[str, Any], Any]:
-        """One call; live ``log`` frames are gathered into the result header's ``logs``."""
+    def call(self, endpoint: str, body: Any, rid: str = "r") -> tuple[Result, Any]:
+        """One call; live ``log`` frames are gathered into the result's ``logs``."""
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        self.send({"type": "call", "id": rid, "endpoint": endpoint}, raw)
-        live: list[dict[str, Any]] = []
+        self.send(Call(rid, endpoint), raw)
+        live: list[protocol.LogLine] = []
         self.chunks: list[Any] = []
         while True:
-            header, out = self.recv()
-            assert header["id"] == rid
-            if header["type"] == "log":
-                live.append(header["line"])
-            elif header["type"] == "chunk":
+            msg, out = self.recv()
+            assert isinstance(msg, Log | Chunk | Result) and msg.id == rid
+            if isinstance(msg, Log):
+                live.append(msg.line)
+            elif isinstance(msg, Chunk):
                 self.chunks.append(json.loads(out))
             else:
                 break
-        assert header["type"] == "result"
-        header["logs"] = live + header["logs"]
-        return header, json.loads(out) if out else None
+        result = msgspec.structs.replace(msg, logs=live + msg.logs)
+        return result, json.loads(out) if out else None
+
+
+def failure(result: Result) -> protocol.WireError:
+    """The error of a failed result."""
+    assert result.ok is False and result.error is not None
+    return result.error
 
 
 @pytest.fixture(scope="module")
@@ -243,15 +251,15 @@ def echo(code_dir: Path, tmp_path: Path, runners: list[Runner]) -> Runner:
     app, _ = app_specs(code_dir)
     runner = start_runner(code_dir, app, "Echo", tmp_path)
     runners.append(runner)
-    header, body = runner.recv()
-    assert header == {"type": "ready", "pid": runner.proc.pid}
+    msg, body = runner.recv()
+    assert msg == Ready(runner.proc.pid)
     assert body == b""
     return runner
 
 
 def test_call_returns_the_endpoint_output(echo: Runner) -> None:
-    header, out = echo.call("/", {"text": "ab", "n": 3}, rid="req-1")
-    assert header["ok"] is True and "error" not in header
+    result, out = echo.call("/", {"text": "ab", "n": 3}, rid="req-1")
+    assert result.ok is True and result.error is None
     assert out == {"text": "ababab", "setups": 1}
 
 
@@ -259,9 +267,9 @@ def test_plain_function_kind(code_dir: Path, tmp_path: Path, runners: list[Runne
     app, _ = app_specs(code_dir)
     runner = start_runner(code_dir, app, "plain", tmp_path)
     runners.append(runner)
-    assert runner.recv()[0]["type"] == "ready"
-    header, out = runner.call("plain/", {"text": "abcd", "n": 2})
-    assert header["ok"] is True and out == {"length": 8}
+    assert isinstance(runner.recv()[0], Ready)
+    result, out = runner.call("plain/", {"text": "abcd", "n": 2})
+    assert result.ok is True and out == {"length": 8}
 
 
 def test_function_defined_inside_a_function_travels_by_value(
@@ -272,24 +280,24 @@ def test_function_defined_inside_a_function_travels_by_value(
     assert fn is not None and fn.pickled is not None
     runner = start_runner(code_dir, app, "local", tmp_path)
     runners.append(runner)
-    assert runner.recv()[0]["type"] == "ready"
-    header, out = runner.call("/local", {"text": "hey"})
-    assert header["ok"] is True and out == {"local": "hey!"}
-    header, _ = runner.call("/local", {"n": 1})
-    assert header["error"]["error_type"] == "ValidationError"
+    assert isinstance(runner.recv()[0], Ready)
+    result, out = runner.call("/local", {"text": "hey"})
+    assert result.ok is True and out == {"local": "hey!"}
+    result, _ = runner.call("/local", {"n": 1})
+    assert failure(result).error_type == "ValidationError"
 
 
 def test_setup_runs_once_across_calls(echo: Runner) -> None:
     for i in range(4):
-        header, out = echo.call("/", {"text": str(i)}, rid=f"r{i}")
-        assert header["ok"] is True
+        result, out = echo.call("/", {"text": str(i)}, rid=f"r{i}")
+        assert result.ok is True
         assert out == {"text": str(i), "setups": 1}
     assert (echo.code / "setup-count").read_text() == "1"
 
 
 def test_setup_output_does_not_leak_into_the_first_request(echo: Runner) -> None:
-    header, _ = echo.call("/", {"text": "x"})
-    assert all("setup ran" not in line["message"] for line in header["logs"])
+    result, _ = echo.call("/", {"text": "x"})
+    assert all("setup ran" not in line["message"] for line in result.logs)
 
 
 @pytest.mark.parametrize(
@@ -299,38 +307,38 @@ def test_setup_output_does_not_leak_into_the_first_request(echo: Runner) -> None
 def test_invalid_body_is_a_validation_error_naming_the_field(
     echo: Runner, body: dict[str, Any], field: str
 ) -> None:
-    header, out = echo.call("/", body)
-    assert header["ok"] is False and out is None
-    error = header["error"]
-    assert error["error_type"] == "ValidationError"
-    assert [d["loc"] for d in error["detail"]] == [["body", field]]
-    assert all(d["msg"] and d["type"] for d in error["detail"])
-    header, out = echo.call("/", {"text": "ok"})
-    assert header["ok"] is True and out["text"] == "ok"
+    result, out = echo.call("/", body)
+    assert result.ok is False and out is None
+    error = failure(result)
+    assert error.error_type == "ValidationError"
+    assert [d["loc"] for d in error.detail] == [["body", field]]
+    assert all(d["msg"] and d["type"] for d in error.detail)
+    result, out = echo.call("/", {"text": "ok"})
+    assert result.ok is True and out["text"] == "ok"
 
 
 def test_malformed_json_is_a_validation_error(echo: Runner) -> None:
-    header, _ = echo.call("/", b"{not json")
-    assert header["ok"] is False
-    assert header["error"]["error_type"] == "ValidationError"
+    result, _ = echo.call("/", b"{not json")
+    assert result.ok is False
+    assert failure(result).error_type == "ValidationError"
 
 
 def test_endpoint_raising_is_an_app_error_and_the_runner_keeps_serving(echo: Runner) -> None:
-    header, out = echo.call("/fail", {"text": "this"}, rid="bad")
-    assert header["ok"] is False and out is None
-    error = header["error"]
-    assert error["error_type"] == "AppError"
-    assert error["detail"] == "ValueError: cannot handle this"
-    assert "ValueError" in error["traceback"]
-    header, out = echo.call("/", {"text": "next"}, rid="good")
-    assert header["ok"] is True and out == {"text": "next", "setups": 1}
-    assert all("ValueError" not in line["message"] for line in header["logs"])
+    result, out = echo.call("/fail", {"text": "this"}, rid="bad")
+    assert result.ok is False and out is None
+    error = failure(result)
+    assert error.error_type == "AppError"
+    assert error.detail == "ValueError: cannot handle this"
+    assert error.traceback is not None and "ValueError" in error.traceback
+    result, out = echo.call("/", {"text": "next"}, rid="good")
+    assert result.ok is True and out == {"text": "next", "setups": 1}
+    assert all("ValueError" not in line["message"] for line in result.logs)
 
 
 def test_print_and_logging_come_back_per_request(echo: Runner) -> None:
-    header, out = echo.call("/log", {"text": "one"})
-    assert header["ok"] is True and out == {"ok": True}
-    lines = header["logs"]
+    result, out = echo.call("/log", {"text": "one"})
+    assert result.ok is True and out == {"ok": True}
+    lines = result.logs
     by_message = {line["message"]: line for line in lines}
     assert by_message["printed one"]["level"] == "INFO"
     assert by_message["warned one"]["level"] == "WARNING"
@@ -338,41 +346,43 @@ def test_print_and_logging_come_back_per_request(echo: Runner) -> None:
     for line in lines:
         stamp = datetime.fromisoformat(line["timestamp"])
         assert stamp.tzinfo is not None
-    header, _ = echo.call("/log", {"text": "two"})
-    messages = [line["message"] for line in header["logs"]]
+    result, _ = echo.call("/log", {"text": "two"})
+    messages = [line["message"] for line in result.logs]
     assert "printed two" in messages and "warned two" in messages
     assert not any("one" in m for m in messages)
-    header, _ = echo.call("/", {"text": "quiet"})
-    assert header["logs"] == []
+    result, _ = echo.call("/", {"text": "quiet"})
+    assert result.logs == []
 
 
 def test_stderr_lines_are_tagged_stderr_even_without_a_newline(echo: Runner) -> None:
-    header, _ = echo.call("/stderr", {"text": "e"})
-    by_message = {line["message"]: line for line in header["logs"]}
+    result, _ = echo.call("/stderr", {"text": "e"})
+    by_message = {line["message"]: line for line in result.logs}
     assert (by_message["full e"]["level"], by_message["full e"]["source"]) == ("STDERR", "stderr")
     partial = by_message["partial e"]
     assert (partial["level"], partial["source"]) == ("STDERR", "stderr")
 
 
 def test_async_endpoint(echo: Runner) -> None:
-    header, out = echo.call("/async", {"text": "abc"})
-    assert header["ok"] is True and out == {"text": "cba", "setups": 1}
-    header, out = echo.call("async/", {"text": "xy"})
-    assert header["ok"] is True and out == {"text": "yx", "setups": 1}
+    result, out = echo.call("/async", {"text": "abc"})
+    assert result.ok is True and out == {"text": "cba", "setups": 1}
+    result, out = echo.call("async/", {"text": "xy"})
+    assert result.ok is True and out == {"text": "yx", "setups": 1}
 
 
 def test_unknown_endpoint_is_not_found(echo: Runner) -> None:
-    header, out = echo.call("/nope", {"text": "x"})
-    assert header["ok"] is False and out is None
-    assert header["error"]["error_type"] == "NotFoundError"
-    assert "/nope" in header["error"]["detail"]
-    assert echo.call("/", {"text": "still"})[0]["ok"] is True
+    result, out = echo.call("/nope", {"text": "x"})
+    assert result.ok is False and out is None
+    assert failure(result).error_type == "NotFoundError"
+    assert "/nope" in failure(result).detail
+    assert echo.call("/", {"text": "still"})[0].ok is True
 
 
-def test_unknown_message_types_are_ignored(echo: Runner) -> None:
-    echo.send({"type": "hello"})
-    header, out = echo.call("/", {"text": "after"})
-    assert header["ok"] is True and out["text"] == "after"
+def test_frames_that_are_no_message_are_skipped(echo: Runner) -> None:
+    for head in (msgspec.msgpack.encode({"type": "hello"}), b"\xc1 not msgpack"):
+        echo.sock.sendall(struct.pack(">II", len(head), 2) + head + b"{}")
+    echo.send(Ready(1))
+    result, out = echo.call("/", {"text": "after"})
+    assert result.ok is True and out["text"] == "after"
 
 
 def test_setup_failure_reports_and_exits_non_zero(
@@ -381,61 +391,62 @@ def test_setup_failure_reports_and_exits_non_zero(
     _, broken = app_specs(code_dir)
     runner = start_runner(code_dir, broken, "Broken", tmp_path)
     runners.append(runner)
-    header, _ = runner.recv()
-    assert header["type"] == "setup_failed"
-    error = header["error"]
-    assert error["error_type"] == "SetupError"
-    assert "weights missing: /models/x.safetensors" in error["detail"]
-    assert "RuntimeError" in error["detail"]
-    messages = [line["message"] for line in header["logs"]]
+    msg, _ = runner.recv()
+    assert isinstance(msg, SetupFailed)
+    error = msg.error
+    assert error.error_type == "SetupError"
+    assert "weights missing: /models/x.safetensors" in error.detail
+    assert "RuntimeError" in error.detail
+    assert error.traceback is not None and "RuntimeError" in error.traceback
+    messages = [line["message"] for line in msg.logs]
     assert "loading weights that are not there" in messages
     assert runner.proc.wait(timeout=15) != 0
 
 
 def test_shutdown_runs_teardown_and_exits_zero(echo: Runner) -> None:
-    assert echo.call("/", {"text": "x"})[0]["ok"] is True
+    assert echo.call("/", {"text": "x"})[0].ok is True
     assert not (echo.code / "teardown").exists()
-    echo.send({"type": "shutdown"})
+    echo.send(Shutdown())
     assert echo.proc.wait(timeout=15) == 0
     assert (echo.code / "teardown").read_text() == "torn down after 1 setup"
 
 
 def test_closing_the_socket_makes_the_runner_exit(echo: Runner) -> None:
-    assert echo.call("/", {"text": "x"})[0]["ok"] is True
+    assert echo.call("/", {"text": "x"})[0].ok is True
     echo.sock.close()
     assert echo.proc.wait(timeout=15) == 0
 
 
 def test_generator_endpoint_streams_chunks_and_returns_the_last(echo: Runner) -> None:
-    header, out = echo.call("/gen", {"text": "x", "n": 3})
-    assert header["ok"] is True
+    result, out = echo.call("/gen", {"text": "x", "n": 3})
+    assert result.ok is True
     assert [c["text"] for c in echo.chunks] == ["x0", "x1", "x2"]
     assert out == echo.chunks[-1]
-    assert [line["message"] for line in header["logs"]] == ["item 0", "item 1", "item 2"]
+    assert [line["message"] for line in result.logs] == ["item 0", "item 1", "item 2"]
     _, out = echo.call("/agen", {"text": "", "n": 2})
     assert echo.chunks == [{"i": 0}, {"i": 1}] and out == {"i": 1}
 
 
 def test_logs_arrive_live_before_the_result(echo: Runner) -> None:
-    echo.send({"type": "call", "id": "live", "endpoint": "/sleep"}, b'{"text": "", "n": 1}')
-    header, _ = echo.recv()
-    assert header["type"] == "log" and header["line"]["message"] == "going to sleep"
-    header, out = echo.recv()
-    assert header["type"] == "result" and json.loads(out) == {"woke": True}
+    echo.send(Call("live", "/sleep"), b'{"text": "", "n": 1}')
+    msg, _ = echo.recv()
+    assert isinstance(msg, Log) and msg.line["message"] == "going to sleep"
+    msg, out = echo.recv()
+    assert isinstance(msg, Result) and json.loads(out) == {"woke": True}
 
 
 def test_cancel_signal_interrupts_the_running_call_and_the_runner_serves_on(
     echo: Runner,
 ) -> None:
-    echo.send({"type": "call", "id": "c1", "endpoint": "/sleep"}, b'{"text": "", "n": 30}')
-    header, _ = echo.recv()
-    assert header["type"] == "log"
+    echo.send(Call("c1", "/sleep"), b'{"text": "", "n": 30}')
+    msg, _ = echo.recv()
+    assert isinstance(msg, Log)
     started = time.monotonic()
     os.kill(echo.proc.pid, signal.SIGUSR1)
-    header, _ = echo.recv()
+    msg, _ = echo.recv()
     assert time.monotonic() - started < 5
-    assert header["type"] == "result" and header["ok"] is False
-    assert header["error"]["error_type"] == "RequestCancelledError"
+    assert isinstance(msg, Result) and msg.ok is False
+    assert msg.error is not None and msg.error.error_type == "RequestCancelledError"
     os.kill(echo.proc.pid, signal.SIGUSR1)  # idle: ignored
-    header, out = echo.call("/", {"text": "after"})
-    assert header["ok"] is True and out["text"] == "after"
+    result, out = echo.call("/", {"text": "after"})
+    assert result.ok is True and out["text"] == "after"
