@@ -1,0 +1,194 @@
+"""Warmth: starting runners (cold starts), the setup backoff, and min_concurrency prewarming.
+
+- ``start`` prepares a revision's env and code and starts a runner on it, recording the app's
+  cold-start time; a failure to prepare is a ``SetupFailed`` like a failed ``setup()``.
+- Backoff: a function whose runner could not start is not restarted in a tight loop; for a
+  doubling delay (per failed start, not per request: a batch fails together) its requests fail
+  fast with the recorded ``SetupError``.
+- Keep warm: each housekeeping round, aliased functions below their ``min_concurrency`` across
+  the fleet get one runner started here, when this worker has room (no busy work displaced),
+  under a short claim so two workers do not both start one. Idle runners past ``keep_alive``
+  are stopped by ``RunnerSet.reap_idle``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from klieg.exceptions import KliegError, SetupError
+from klieg.types import AppSpec, FunctionSpec
+from klieg_platform import keys
+from klieg_platform.broker import Broker
+from klieg_platform.config import Settings
+from klieg_platform.packager import LockedEnv, Packager
+from klieg_platform.registry import Registry, Revision
+from klieg_platform.worker.code import CodeCache
+from klieg_platform.worker.process import RunnerKey, RunnerProcess, SetupFailed
+from klieg_platform.worker.revisions import Revisions
+from klieg_platform.worker.runners import RunnerSet, units
+
+log = logging.getLogger("klieg.worker")
+
+TARGETS_TTL_S = 10.0
+"""How long the list of functions to keep warm is reused before the registry is read again."""
+
+
+@dataclass
+class _Backoff:
+    until: float
+    delay: float
+    error: SetupError
+    logs: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Warmth:
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker,
+        registry: Registry,
+        packager: Packager,
+        code: CodeCache,
+        runners: RunnerSet,
+        revisions: Revisions,
+    ) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.registry = registry
+        self.packager = packager
+        self.code = code
+        self.runners = runners
+        self.revisions = revisions
+        self.spec_dir = settings.run_dir / "specs"
+        self._backoff: dict[RunnerKey, _Backoff] = {}
+        self._targets: list[tuple[Revision, FunctionSpec]] = []
+        self._targets_at = -1e9
+        self._warming: set[str] = set()
+
+    # ---- cold starts ------------------------------------------------------------------
+    def starter(
+        self, rev: Revision, fn: FunctionSpec
+    ) -> Callable[[RunnerProcess], Awaitable[None]]:
+        """``RunnerSet.acquire``'s ``start`` for a runner of ``fn`` in ``rev``."""
+        return lambda runner: self.start(runner, rev, fn)
+
+    async def start(self, runner: RunnerProcess, rev: Revision, fn: FunctionSpec) -> None:
+        started = time.monotonic()
+        locked = LockedEnv(python=rev.python, lock=rev.lock, key=rev.env_key)
+        try:
+            await asyncio.to_thread(self.packager.build, locked)
+            code_dir = await asyncio.to_thread(self.code.ensure, rev.code_hash)
+        except KliegError as exc:
+            raise SetupFailed(
+                SetupError(f"could not prepare revision {rev.id}: {exc.detail}")
+            ) from exc
+        spec_file = self._spec_file(rev, fn)
+        gpu_ids = runner.gpu_ids if self.runners.gpu_ids else None
+        env = runner_env(gpu_ids, self.settings.base_url)
+        await runner.start(self.packager.python(rev.env_key), code_dir, spec_file, env)
+        log.info("started runner pid %s for %s/%s", runner.pid, rev.id, fn.name)
+        cold_s = time.monotonic() - started
+        await self.broker.stats.record_time("cold", f"{rev.owner}/{rev.app}", cold_s)
+
+    def _spec_file(self, rev: Revision, fn: FunctionSpec) -> Path:
+        """The function spec a runner reads at start, written once (atomically) per function."""
+        spec_file = self.spec_dir / f"{rev.id}-{fn.name}.json"
+        if not spec_file.exists():
+            self.spec_dir.mkdir(parents=True, exist_ok=True)
+            tmp = spec_file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(fn.model_dump_json())
+            os.replace(tmp, spec_file)
+        return spec_file
+
+    # ---- setup backoff ----------------------------------------------------------------
+    def backing_off(self, key: RunnerKey) -> tuple[SetupError, list[dict[str, Any]]] | None:
+        """The error (and setup logs) a request of ``key`` fails with while its function backs
+        off; None when a start may be tried."""
+        backoff = self._backoff.get(key)
+        if backoff is None or time.monotonic() >= backoff.until:
+            return None
+        wait = backoff.until - time.monotonic()
+        return SetupError(f"{backoff.error.detail} (setup is retried in {wait:.0f}s)"), backoff.logs
+
+    def setup_failed(self, key: RunnerKey, failed: SetupFailed) -> SetupError:
+        """Record a failed start of ``key``; the error its requests fail with."""
+        err = SetupError(failed.error.detail or "setup failed")
+        previous = self._backoff.get(key)
+        if previous is None or previous.until <= time.monotonic():
+            delay = min(300.0, previous.delay * 2) if previous else self.settings.setup_backoff_s
+            self._backoff[key] = _Backoff(time.monotonic() + delay, delay, err, failed.logs)
+            log.warning("revision %s function %s: %s (backing off %.0fs)", *key, err.detail, delay)
+        return err
+
+    def started(self, key: RunnerKey) -> None:
+        """A runner of ``key`` served a request: its backoff is over."""
+        self._backoff.pop(key, None)
+
+    # ---- keep warm --------------------------------------------------------------------
+    async def keep_warm(
+        self,
+        worker_id: str,
+        pools: tuple[str, ...],
+        busy: int,
+        elsewhere: Mapping[str, int],
+        background: Callable[[Awaitable[None]], None],
+    ) -> None:
+        """Start runners for aliased functions below their min_concurrency across the fleet
+        (``elsewhere``: runners other workers have, by "revision/function"), one per function
+        per round, when this worker (``busy`` slots in use) has the room."""
+        now = time.monotonic()
+        if now - self._targets_at > TARGETS_TTL_S:
+            self._targets_at = now
+            revisions = await asyncio.to_thread(self.registry.aliased_revisions)
+            self._targets = [
+                (rev, fn)
+                for rev in revisions
+                for fn in AppSpec.model_validate(rev.spec).functions
+                if fn.min_concurrency > 0 and ("*" in pools or fn.pool in pools)
+            ]
+        for rev, fn in self._targets:
+            key = f"{rev.id}/{fn.name}"
+            here = sum(1 for r in self.runners.runners if r.key == (rev.id, fn.name))
+            if here + elsewhere.get(key, 0) >= fn.min_concurrency:
+                continue
+            free = self.runners.slots - self.runners.used()
+            if key in self._warming or free < units(fn) or busy + units(fn) > self.runners.slots:
+                continue
+            if await self.broker.claims.claim(keys.prewarm(key), worker_id, 10):
+                self._warming.add(key)
+                background(self._prewarm(rev, fn))
+
+    async def _prewarm(self, rev: Revision, fn: FunctionSpec) -> None:
+        key = f"{rev.id}/{fn.name}"
+        try:
+            await self.revisions.get(rev.id)  # so the heartbeat names its app as warm
+            runner = await self.runners.acquire(
+                (rev.id, fn.name), fn, self.starter(rev, fn), fresh=True
+            )
+            await self.runners.release(runner)
+            log.info("kept warm: runner pid %s for %s (min_concurrency)", runner.pid, key)
+        except SetupFailed as failed:
+            log.warning("could not keep %s warm: %s", key, failed.error.detail)
+        finally:
+            self._warming.discard(key)
+
+
+def runner_env(gpu_ids: tuple[int, ...] | None, gateway_url: str) -> dict[str, str]:
+    """The runner's environment: ours, minus what would leak this venv into the app's and the
+    signing key (app code must not mint call tokens); on a worker with GPU ids,
+    CUDA_VISIBLE_DEVICES names the runner's own (none for CPU work). ``KLIEG_GATEWAY_URL`` is
+    where ``klieg.call`` sends its requests."""
+    hidden = ("PYTHONPATH", "VIRTUAL_ENV", "KLIEG_SIGNING_KEY")
+    env = {k: v for k, v in os.environ.items() if k not in hidden}
+    if gpu_ids is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["KLIEG_GATEWAY_URL"] = gateway_url
+    return env
