@@ -1,6 +1,6 @@
 """What Klieg adds to a request: the echo app through Klieg versus a bare Starlette echo server.
 
-    .venv/bin/python bench/overhead.py [--quick | --requests N] [--poll-ms MS]
+    .venv/bin/python bench/overhead.py [--quick | --requests N] [--poll-ms MS] [--profile DIR]
 
 One run measures three targets with the same load generator, at concurrency 1 and 32:
 
@@ -10,6 +10,13 @@ klieg_queue  ``POST /queue/local/echo``, poll its status_url until 200, GET its 
              the whole round trip is one request's latency; the status route has no blocking
              (long-poll) form, so the first poll goes out right after the submit reply and each
              later one ``--poll-ms`` (default 1) after a 202
+
+Each Klieg cell also reports the CPU time every Klieg process spent per request (gateway, worker,
+runner, Redis, from ``/proc``; the load generator excluded), the commands Redis ran per request
+(``INFO commandstats``, those inside Lua scripts included) and the ratio of its rps and p50 to
+the bare cell's. After the timed cells, an untimed pass under Redis MONITOR counts the round
+trips per request (commands sent by a client, apart from those its scripts run). ``--profile
+DIR`` adds a sync c=32 pass recorded by py-spy: one flame graph per process in DIR.
 
 The load generator is a raw asyncio HTTP/1.1 client on uvloop: each virtual user owns one
 keep-alive connection and sends its next request when the previous one has been answered
@@ -43,6 +50,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import uvloop
+from proctally import Monitor, Tally, per_request, role_of
 
 REPO = Path(__file__).resolve().parents[1]
 ECHO_APP = REPO / "apps" / "echo" / "app.py"
@@ -160,12 +168,26 @@ class Klieg:
     port: int
     key: str
     home: Path
+    tally: Tally
+    redis_url: str
+
+
+def _supervisor_pid(port: int) -> int:
+    """The pid of the ``klieg up`` serving ``port``."""
+    marker = f"up --port {port} ".encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if marker in (entry / "cmdline").read_bytes().replace(b"\0", b" ") + b" ":
+                    return int(entry.name)
+    raise RuntimeError(f"no klieg up process for port {port}")
 
 
 @contextlib.contextmanager
 def klieg_platform(keep_home: bool) -> Iterator[Klieg]:
     """``klieg up`` in a fresh temporary KLIEG_HOME, a bootstrapped key, apps/echo deployed."""
     from klieg.admin import AdminClient, load_app
+    from klieg_platform.config import Settings
     from klieg_platform.local import launched
 
     home = Path(tempfile.mkdtemp(prefix="klieg-bench-"))
@@ -182,7 +204,12 @@ def klieg_platform(keep_home: bool) -> Iterator[Klieg]:
             with AdminClient(url, key=key, timeout=300) as admin:
                 done = admin.deploy(app, folder, entry)
             log(f"klieg up at {url}, home {home}, deployed {done.get('revision')}")
-            yield Klieg(port, key, home)
+            redis_url = Settings(home=home).effective_redis_url
+            tally = Tally(_supervisor_pid(port), redis_url)
+            try:
+                yield Klieg(port, key, home, tally, redis_url)
+            finally:
+                tally.close()
     finally:
         if keep_home:
             log(f"kept {home}")
@@ -330,13 +357,15 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 async def measure(
-    name: str, port: int, auth: str, op: Op, concurrency: int, n: int
+    name: str, port: int, auth: str, op: Op, concurrency: int, n: int, tally: Tally | None
 ) -> dict[str, Any]:
     warmup = max(200, n // 5)
     await run_load(port, auth, op, concurrency, warmup)
     if isinstance(op, QueueOp):
         op.polls = 0
+    before = tally.snapshot() if tally else None
     latencies, wall = await run_load(port, auth, op, concurrency, n)
+    after = tally.snapshot() if tally else None
     latencies.sort()
     cell: dict[str, Any] = {
         "p50_ms": round(percentile(latencies, 0.50) * 1000, 3),
@@ -346,6 +375,8 @@ async def measure(
     }
     if isinstance(op, QueueOp):
         cell["status_polls_per_request"] = round(op.polls / len(latencies), 2)
+    if before is not None and after is not None:
+        cell.update(per_request(before, after, len(latencies)))
     log(f"{name} c={concurrency}: {cell}")
     return cell
 
@@ -364,10 +395,54 @@ async def run_all(
     for concurrency in CONCURRENCIES:
         for name, (port, make_op) in targets.items():
             n = counts[name][concurrency]
-            results[name][f"c{concurrency}"] = await measure(
-                name, port, auth, make_op(), concurrency, n
-            )
+            tally = klieg.tally if name != "bare" else None
+            cell = await measure(name, port, auth, make_op(), concurrency, n, tally)
+            if name != "bare":
+                bare = results["bare"][f"c{concurrency}"]
+                cell["rps_vs_bare"] = round(cell["rps"] / bare["rps"], 3)
+                cell["p50_vs_bare"] = round(cell["p50_ms"] / bare["p50_ms"], 2)
+            results[name][f"c{concurrency}"] = cell
     return results
+
+
+async def count_round_trips(klieg: Klieg, poll_s: float, n: int = 200) -> dict[str, Any]:
+    """Redis round trips per request of the sync and queue paths at c=1, under MONITOR."""
+    auth = f"Key {klieg.key}"
+    out: dict[str, Any] = {}
+    ops: dict[str, Op] = {
+        "klieg_sync": post_echo("/local/echo"),
+        "klieg_queue": QueueOp("/queue/local/echo", poll_s),
+    }
+    for name, op in ops.items():
+        with Monitor(klieg.redis_url) as monitor:
+            await run_load(klieg.port, auth, op, 1, n)
+            await asyncio.sleep(0.5)  # the worker's completion of the last request
+        out[name] = monitor.per_request(n)
+        log(f"{name} round trips: {out[name]}")
+    return out
+
+
+async def profile(klieg: Klieg, out_dir: Path, n: int, fmt: str) -> list[str]:
+    """A sync c=32 pass recorded by py-spy, one flame graph (or ``fmt``: ``raw`` collapsed
+    stacks, ``speedscope``) per Klieg Python process."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    auth = f"Key {klieg.key}"
+    recorders = []
+    for pid in klieg.tally.pids():
+        role = role_of(pid)
+        if role in ("gateway", "worker", "runner"):
+            suffix = {"flamegraph": "svg", "raw": "txt", "speedscope": "json"}[fmt]
+            svg = out_dir / f"{role}-{pid}.{suffix}"
+            py_spy = str(Path(sys.executable).with_name("py-spy"))
+            cmd = [py_spy, "record", "--pid", str(pid), "--rate", "250", "-o", str(svg)]
+            cmd += ["--format", fmt]
+            recorders.append((svg, subprocess.Popen(cmd, stderr=subprocess.DEVNULL)))
+    await asyncio.sleep(1.0)
+    await run_load(klieg.port, auth, post_echo("/local/echo"), 32, n)
+    for _, proc in recorders:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    return [str(svg) for svg, _ in recorders if svg.exists()]
 
 
 # ---- the run ----------------------------------------------------------------------------
@@ -395,6 +470,12 @@ def main(argv: list[str] | None = None) -> int:
         "--poll-ms", type=float, default=1.0, help="queue: pause between status polls (ms)"
     )
     parser.add_argument("--keep-home", action="store_true", help="keep the temp KLIEG_HOME")
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="write py-spy flame graphs to this folder"
+    )
+    parser.add_argument(
+        "--profile-format", choices=("flamegraph", "raw", "speedscope"), default="flamegraph"
+    )
     parser.add_argument("--serve-bare", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_bare is not None:
@@ -409,6 +490,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with bare_server() as bare_port, klieg_platform(args.keep_home) as klieg:
             results = uvloop.run(run_all(bare_port, klieg, counts, poll_s))
+            round_trips = uvloop.run(count_round_trips(klieg, poll_s))
+            flames = (
+                uvloop.run(profile(klieg, args.profile, base, args.profile_format))
+                if args.profile
+                else []
+            )
     except KeyboardInterrupt:
         log("interrupted; servers stopped")
         return 130
@@ -435,12 +522,15 @@ def main(argv: list[str] | None = None) -> int:
             "wall_s": round(time.monotonic() - started, 1),
         },
         "results": results,
+        "round_trips_c1": round_trips,
         "added_p50_ms": added_p50,
         "target": {
             "sync_added_p50_ms_max": SYNC_TARGET_ADDED_P50_MS,
             "met": added_p50["sync_c1"] <= SYNC_TARGET_ADDED_P50_MS,
         },
     }
+    if flames:
+        report["flame_graphs"] = flames
     print(json.dumps(report), flush=True)
     return 0
 
