@@ -9,6 +9,7 @@ never be confused with a signed file URL (``storage/signing.py``) made with the 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import math
@@ -17,6 +18,7 @@ import time
 PREFIX = "kc1"
 
 
+@functools.lru_cache(maxsize=8)
 def _key(signing_key: bytes | str) -> bytes:
     raw = signing_key.encode() if isinstance(signing_key, str) else signing_key
     return hmac.new(raw, b"klieg call token", hashlib.sha256).digest()

@@ -11,6 +11,7 @@ longer holds the lease is refused, so a late result never overwrites a retried o
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,10 @@ from klieg_platform.broker.jobs import (
 )
 from klieg_platform.broker.streams import Streams
 from klieg_platform.scheduler import Tier
+
+MAX_LINES_INLINE = 1000
+"""Log lines a completion carries in its script; more are appended before it (Lua's unpack has
+a bound)."""
 
 
 @dataclass(frozen=True)
@@ -179,8 +184,15 @@ class Queue:
             await pipe.execute()
 
     async def renew(self, request_id: str, worker_id: str, lease_s: float) -> bool:
+        return await self.renew_many([request_id], worker_id, lease_s) > 0
+
+    async def renew_many(self, request_ids: Sequence[str], worker_id: str, lease_s: float) -> int:
+        """Extend by ``lease_s`` the leases of ``request_ids`` that ``worker_id`` still holds;
+        how many it holds. One script for all of them."""
+        if not request_ids:
+            return 0
         deadline = now_ms() + int(lease_s * 1000)
-        return bool(await self._renew(args=[request_id, worker_id, deadline]))
+        return int(await self._renew(args=[worker_id, deadline, *request_ids]))
 
     async def hold_lease(self, request_id: str, worker_id: str, lease_s: float) -> None:
         """Renew the lease every third of ``lease_s`` until cancelled (run it as a task while
@@ -189,20 +201,35 @@ class Queue:
             await asyncio.sleep(lease_s / 3)
             await self.renew(request_id, worker_id, lease_s)
 
-    async def finish_job(self, job: Job, worker_id: str, outcome: Outcome) -> bool:
-        """Close a streamed job's chunk stream, then ``complete`` it (False: lease lost)."""
+    async def finish_job(
+        self, job: Job, worker_id: str, outcome: Outcome, *, service_s: float | None = None
+    ) -> bool:
+        """Close a streamed job's chunk stream, then ``complete`` it (False: lease lost);
+        ``service_s``: how long its runner took, folded into its app's service time."""
         if job.stream:
             await self.streams.end_chunks(job.id, None if outcome.ok else outcome.error)
-        return await self.complete(job.id, worker_id, outcome)
+        service = (job.app_key, service_s) if service_s is not None else None
+        return await self.complete(job.id, worker_id, outcome, service=service)
 
-    async def complete(self, request_id: str, worker_id: str, outcome: Outcome) -> bool:
-        """Record the outcome and notify waiters. False when the lease was lost meanwhile."""
-        if outcome.logs:
-            await self.streams.append_logs(request_id, outcome.logs)
-        done = await self._complete(
-            args=[request_id, worker_id, now_ms(), self.ttl_s, *outcome.fields()]
-        )
-        return bool(done)
+    async def complete(
+        self,
+        request_id: str,
+        worker_id: str,
+        outcome: Outcome,
+        *,
+        service: tuple[str, float] | None = None,
+    ) -> bool:
+        """Record the outcome (and its log lines, and ``service``: an app key and a service time
+        to fold into its mean) and notify waiters, in one script. False when the lease was lost
+        meanwhile."""
+        logs = outcome.logs
+        if len(logs) > MAX_LINES_INLINE:
+            await self.streams.append_logs(request_id, logs)
+            logs = []
+        app, ms = (service[0], f"{service[1] * 1000:.1f}") if service else ("", "0")
+        lines = [json.dumps(line) for line in logs]
+        head: list[Any] = [request_id, worker_id, now_ms(), self.ttl_s, app, ms, len(lines)]
+        return bool(await self._complete(args=[*head, *lines, *outcome.fields()]))
 
     async def requeue(self, request_id: str, worker_id: str) -> bool:
         """Put a request this worker holds back in its queue, at its original position."""

@@ -20,13 +20,21 @@ local INFLIGHT, POOLS = '{keys.INFLIGHT}', '{keys.POOLS}'
 local HOOKS, DONE, CANCEL = '{keys.WEBHOOKS}', '{keys.DONE_CHANNEL}', '{keys.CANCEL_CHANNEL}'
 local T_RUN, A_RUN = '{keys.TENANT_INFLIGHT}', '{keys.APP_INFLIGHT}'
 local T_CAP, A_CAP = '{keys.TENANT_CAPS}', '{keys.APP_CAPS}'
-local COLD = '{keys.COLD_STATS}'
+local COLD, SERVICE = '{keys.COLD_STATS}', '{keys.SERVICE_STATS}'
 local UNCAPPED = '{keys.WORKFLOW_POOL}'
 local LOGS = '{keys.LOGS_PREFIX}'
 local S_QUEUED, S_RUNNING = '{Status.IN_QUEUE}', '{Status.IN_PROGRESS}'
 local S_DONE = '{Status.COMPLETED}'
 
 local function qkey(pool, tier) return QUEUE .. pool .. ':' .. tier end
+
+-- fold a sample (ms) into a running mean of hash key's field (new samples weighted 0.2)
+local function fold_mean(key, field, sample)
+  local old = tonumber(redis.call('HGET', key, field))
+  local s = tonumber(sample)
+  local mean = old and (0.8 * old + 0.2 * s) or s
+  redis.call('HSET', key, field, string.format('%.1f', mean))
+end
 
 local function wake(pool)
   for _, w in ipairs({{WAKE .. pool, WAKE .. '*'}}) do
@@ -82,11 +90,10 @@ local function take(c, more, units)
   redis.call('HSET', rk, 'status', S_RUNNING, 'worker', ARGV[3], 'started_ms', ARGV[1])
   local attempts = redis.call('HINCRBY', rk, 'attempts', 1)
   redis.call('ZADD', INFLIGHT, tonumber(ARGV[1]) + tonumber(ARGV[2]), c.id)
-  local f = redis.call('HMGET', rk, {lua_list(JOB)})
-  local who = redis.call('HMGET', rk, 'tenant', 'app_key', 'pool')
-  if who[3] ~= UNCAPPED then
-    redis.call('HINCRBY', T_RUN, who[1], 1)
-    redis.call('HINCRBY', A_RUN, who[2], 1)
+  local f = redis.call('HMGET', rk, {lua_list(JOB)}, 'app_key', 'pool')
+  if f[{len(JOB) + 2}] ~= UNCAPPED then
+    redis.call('HINCRBY', T_RUN, f[{JOB.index("tenant") + 1}], 1)
+    redis.call('HINCRBY', A_RUN, f[{len(JOB) + 1}], 1)
   end
   return {{c.id, tostring(attempts), more, units, unpack(f, 1, {len(JOB)})}}
 end
@@ -178,8 +185,8 @@ local queued = 0
 for _, tier in ipairs(tiers) do
   for _, pool in ipairs(pools) do
     local q = qkey(pool, tier.name)
-    queued = queued + redis.call('ZCARD', q)
     local heads = redis.call('ZRANGE', q, 0, 63, 'WITHSCORES')
+    queued = queued + #heads / 2
     local first, first_warm = nil, nil
     for i = 1, #heads, 2 do
       local id, enq = heads[i], math.floor(tonumber(heads[i + 1]) / 1000)
@@ -308,24 +315,35 @@ return ahead
 """
 )
 
-# ARGV: id, worker_id, lease deadline ms
+# ARGV: worker_id, lease deadline ms, id... Renews the leases of those ids the worker still
+# holds; returns how many.
 RENEW = (
     PRELUDE
     + """
-local st = redis.call('HMGET', REQ .. ARGV[1], 'status', 'worker')
-if st[1] ~= S_RUNNING or st[2] ~= ARGV[2] then return 0 end
-redis.call('ZADD', INFLIGHT, 'XX', ARGV[3], ARGV[1])
-return 1
+local n = 0
+for i = 3, #ARGV do
+  local st = redis.call('HMGET', REQ .. ARGV[i], 'status', 'worker')
+  if st[1] == S_RUNNING and st[2] == ARGV[1] then
+    redis.call('ZADD', INFLIGHT, 'XX', ARGV[2], ARGV[i])
+    n = n + 1
+  end
+end
+return n
 """
 )
 
-# ARGV: id, worker_id, now_ms, ttl_s, field/value pairs...
+# ARGV: id, worker_id, now_ms, ttl_s, service app key ('': none), service ms, n, n log lines,
+#       outcome field/value pairs. The lease holder's completion: its last log lines, the app's
+#       service time and the outcome, in one step; 0 when the lease was lost.
 COMPLETE = (
     PRELUDE
     + """
 local st = redis.call('HMGET', REQ .. ARGV[1], 'status', 'worker')
 if st[1] ~= S_RUNNING or st[2] ~= ARGV[2] then return 0 end
-finish(ARGV[1], ARGV[3], ARGV[4], {unpack(ARGV, 5)})
+local n = tonumber(ARGV[7])
+if n > 0 then redis.call('RPUSH', LOGS .. ARGV[1], unpack(ARGV, 8, 7 + n)) end
+if ARGV[5] ~= '' then fold_mean(SERVICE, ARGV[5], ARGV[6]) end
+finish(ARGV[1], ARGV[3], ARGV[4], {unpack(ARGV, 8 + n)})
 return 1
 """
 )
@@ -388,13 +406,13 @@ return 0
 )
 
 # KEYS: stats hash. ARGV: app key, sample (ms). A running mean, new samples weighted 0.2.
-RECORD_TIME = """
-local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
-local sample = tonumber(ARGV[2])
-local mean = old and (0.8 * old + 0.2 * sample) or sample
-redis.call('HSET', KEYS[1], ARGV[1], string.format('%.1f', mean))
+RECORD_TIME = (
+    PRELUDE
+    + """
+fold_mean(KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
+)
 
 # KEYS: webhooks zset. ARGV: now_ms, claimed_until_ms, limit.
 # Returns the ids claimed; their records get webhook_status=pending on their first claim.

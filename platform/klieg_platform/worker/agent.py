@@ -5,8 +5,8 @@ to an ``Execution`` (``execution.py``), which runs it on a warm runner of its re
 cold-started one and completes it. Housekeeping, every third of a lease: requeue expired leases
 (any worker's), stop idle runners past keep_alive, heartbeat, and keep min_concurrency runners
 warm (``warmth.py``). The parts: ``RunnerSet`` (the runners and their slots), ``Warmth`` (cold
-starts, setup backoff, prewarming), ``Revisions`` (the revision cache), a ``Batcher`` per
-batched endpoint.
+starts, setup backoff, prewarming), ``Revisions`` (the revision cache), ``Leases`` (one renewal
+loop for every lease held here), a ``Batcher`` per batched endpoint.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from klieg_platform.storage import BlobStore
 from klieg_platform.worker.batching import Batcher
 from klieg_platform.worker.code import CodeCache
 from klieg_platform.worker.execution import Execution
+from klieg_platform.worker.leases import Leases
 from klieg_platform.worker.process import RunnerProcess
 from klieg_platform.worker.revisions import Revisions
 from klieg_platform.worker.runners import RunnerSet
@@ -70,6 +71,7 @@ class Worker:
         """Requests being executed here, with the runner serving each (None between runners)."""
         self.cancelled: dict[str, float] = {}
         """Ids cancelled while (or before) they ran here, with when (monotonic)."""
+        self.leases = Leases(broker, self.id, settings.lease_s)
         self._batchers: dict[tuple[str, str, str], Batcher] = {}
         self._busy = 0
         self._slot_free = asyncio.Event()
@@ -85,6 +87,7 @@ class Worker:
     async def run(self) -> None:
         """Serve until ``stop()``; then finish in-flight requests and stop the runners."""
         housekeeping = asyncio.create_task(self._housekeeping())
+        leases = asyncio.create_task(self.leases.keep())
         cancels = asyncio.create_task(
             self.broker.streams.listen([keys.CANCEL_CHANNEL], lambda _, rid: self._cancel(rid))
         )
@@ -133,6 +136,7 @@ class Worker:
             if self._tasks:
                 await asyncio.wait(self._tasks, timeout=self.settings.lease_s)
             housekeeping.cancel()
+            leases.cancel()
             with contextlib.suppress(Exception):
                 await self.broker.workers.forget(self.id)
             cancels.cancel()
@@ -169,6 +173,7 @@ class Worker:
     def settled(self, job: Job) -> None:
         """``job``'s execution no longer holds its slots or a runner."""
         self.active.pop(job.id, None)
+        self.leases.drop(job.id)
         self._busy -= job.units
         self._freed()
         for batcher in self._batchers.values():
@@ -223,6 +228,7 @@ class Worker:
 
     def _spawn(self, job: Job) -> None:
         self.active[job.id] = None
+        self.leases.hold(job.id)
         self._track(asyncio.create_task(Execution(self, job).run()))
 
     def _track(self, task: asyncio.Task[None]) -> None:

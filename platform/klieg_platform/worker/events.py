@@ -39,7 +39,8 @@ class EventForwarder:
         self._pending: list[tuple[str, Any]] = []
         self._wake = asyncio.Event()
         self._closing = False
-        self._task = asyncio.create_task(self._run())
+        self._task: asyncio.Task[None] | None = None
+        """Started by the first event: a request that sends none costs no task."""
 
     def __call__(self, msg: protocol.Event, body: bytes) -> None:
         """``RunnerProcess.call``'s ``on_event``: queue one frame."""
@@ -52,6 +53,8 @@ class EventForwarder:
         else:
             return
         self._wake.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         while True:
@@ -84,5 +87,6 @@ class EventForwarder:
 
     async def close(self) -> None:
         self._closing = True
-        self._wake.set()
-        await self._task
+        if self._task is not None:
+            self._wake.set()
+            await self._task

@@ -1,17 +1,18 @@
 """One request on a worker, from its lease to its completion: an ``Execution`` per job.
 
-``run`` holds the job's lease while it works; resolves its revision, function and endpoint;
-fails fast while the function's setup backs off; runs it on a runner (directly, or in a batch
-of a batched endpoint: see ``batching.py``) while its live events are forwarded; and turns what
-happened into one ``Outcome``, with one error mapping for both paths:
+``run`` works while the worker's ``Leases`` renew the job's lease; it resolves its revision,
+function and endpoint; fails fast while the function's setup backs off; runs it on a runner
+(directly, or in a batch of a batched endpoint: see ``batching.py``) while its live events are
+forwarded; and turns what happened into one ``Outcome``, with one error mapping for both paths:
 
 - the runner's result: ok (the output, in the blob store when large) or the endpoint's error;
 - ``SetupFailed``: ``SetupError``, and the function backs off;
 - ``RunnerCrashedError``: the job goes back to the queue while ``retries`` allow, else fails;
 - any other ``KliegError`` (timeout, cancel, deadline passed): that error.
 
-Then it completes the job (a lost lease drops the result) or requeues it, and deletes a
-payload blob once the request is completed.
+Then it completes the job in one script (its last log lines and its service time with it; a
+lost lease drops the result) or requeues it, and deletes a payload blob once the request is
+completed.
 """
 
 from __future__ import annotations
@@ -53,11 +54,11 @@ class Execution:
         self.job = job
         self.started = time.monotonic()
         """When the runner got the request (service time is measured from here)."""
+        self.service_s: float | None = None
+        """How long the runner took, once it answered."""
 
     async def run(self) -> None:
         w, job = self.worker, self.job
-        lease = w.broker.queue.hold_lease(job.id, w.id, w.settings.lease_s)
-        renew = asyncio.create_task(lease)
         outcome: Outcome | None
         try:
             outcome = await self._execute()
@@ -67,12 +68,12 @@ class Execution:
             log.exception("request %s failed inside the worker", job.id)
             outcome = error_outcome(KliegError(f"worker error: {type(exc).__name__}: {exc}"))
         finally:
-            renew.cancel()
             w.settled(job)
         if outcome is None:
             await w.broker.queue.requeue(job.id, w.id)
             return
-        if not await w.broker.queue.finish_job(job, w.id, outcome):
+        service_s = self.service_s if outcome.ok else None
+        if not await w.broker.queue.finish_job(job, w.id, outcome, service_s=service_s):
             log.warning("request %s: lease lost before completion; result dropped", job.id)
         elif job.payload_ref:
             await asyncio.to_thread(w.store.delete, job.payload_ref)
@@ -163,8 +164,7 @@ class Execution:
         if not result.ok:
             error = result.error.to_exception() if result.error else KliegError("no error sent")
             return error_outcome(error, result.logs)
-        elapsed = time.monotonic() - self.started
-        w.background(w.broker.stats.record_time("service", job.app_key, elapsed))
+        self.service_s = time.monotonic() - self.started
         if len(body) <= w.settings.inline_payload_bytes:
             return Outcome(ok=True, result=body, logs=result.logs)
         ref = result_key(job.id)

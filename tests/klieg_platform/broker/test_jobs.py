@@ -63,7 +63,8 @@ def test_status_is_written_only_by_the_prelude_steps_as_the_moves_say() -> None:
 
 
 def test_the_take_row_is_the_record_job_fields_in_order() -> None:
-    assert f"redis.call('HMGET', rk, {jobs.lua_list(jobs.JOB)})" in lua.PRELUDE
+    assert f"redis.call('HMGET', rk, {jobs.lua_list(jobs.JOB)}," in lua.PRELUDE
+    assert f"unpack(f, 1, {len(jobs.JOB)})" in lua.PRELUDE
     assert len(jobs.JOB_HEAD) + len(jobs.JOB) == jobs.JOB_ROW
     assert set(jobs.JOB) <= set(jobs.ROUTING)
 

@@ -305,6 +305,68 @@ def test_renew_extends_the_lease_only_for_the_holder(redis_url: str) -> None:
     run(redis_url, body)
 
 
+def test_renew_many_renews_only_the_leases_the_worker_holds(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        mine, theirs, done = new(), new(), new()
+        for req in (mine, theirs, done):
+            await b.queue.enqueue(req)
+        assert isinstance(await b.queue.dispatch(["CPU"], "w1", 1), Job)
+        assert isinstance(await b.queue.dispatch(["CPU"], "w2", 1), Job)
+        assert isinstance(await b.queue.dispatch(["CPU"], "w1", 1), Job)
+        await b.queue.complete(done.id, "w1", Outcome(ok=True))
+        before = await b.redis.zscore(keys.INFLIGHT, theirs.id)
+        ids = [mine.id, theirs.id, done.id, "unknown"]
+        assert await b.queue.renew_many(ids, "w1", 60) == 1
+        renewed = await b.redis.zscore(keys.INFLIGHT, mine.id)
+        assert renewed is not None and renewed >= now_ms() + 58_000
+        assert await b.redis.zscore(keys.INFLIGHT, theirs.id) == before
+        assert await b.redis.zscore(keys.INFLIGHT, done.id) is None
+        assert await b.queue.renew_many([], "w1", 60) == 0
+
+    run(redis_url, body)
+
+
+def test_complete_records_logs_and_service_time_with_the_outcome(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        req = new()
+        await b.queue.enqueue(req)
+        await b.queue.dispatch(["CPU"], "w1", 30)
+        lines = [{"message": f"line {i}", "level": "INFO"} for i in range(3)]
+        outcome = Outcome(ok=True, result=b'{"y": 2}', logs=lines)
+        assert await b.queue.complete(req.id, "w1", outcome, service=("alice/echo", 0.25))
+        assert await b.streams.logs(req.id) == lines
+        assert 0 < await b.redis.ttl(keys.logs(req.id)) <= TTL_S
+        assert await b.stats.mean_time("service", "alice/echo") == 0.25
+        second = new()
+        await b.queue.enqueue(second)
+        await b.queue.dispatch(["CPU"], "w1", 30)
+        slow = ("alice/echo", 0.5)
+        assert await b.queue.complete(second.id, "w1", Outcome(ok=True), service=slow)
+        assert await b.stats.mean_time("service", "alice/echo") == pytest.approx(0.3)
+        assert await b.streams.logs(second.id) == []
+        many = [{"message": str(i)} for i in range(1500)]  # more than a script carries
+        third = new()
+        await b.queue.enqueue(third)
+        await b.queue.dispatch(["CPU"], "w1", 30)
+        assert await b.queue.complete(third.id, "w1", Outcome(ok=True, logs=many))
+        assert await b.streams.logs(third.id) == many
+
+    run(redis_url, body)
+
+
+def test_a_refused_completion_records_no_logs_and_no_service_time(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        req = new()
+        await b.queue.enqueue(req)
+        await b.queue.dispatch(["CPU"], "w1", 30)
+        outcome = Outcome(ok=True, logs=[{"message": "late"}])
+        assert not await b.queue.complete(req.id, "w2", outcome, service=("alice/echo", 1.0))
+        assert await b.streams.logs(req.id) == []
+        assert await b.stats.mean_time("service", "alice/echo") is None
+
+    run(redis_url, body)
+
+
 def test_requeue_expired_puts_it_back_at_its_original_position(redis_url: str) -> None:
     async def body(b: Broker) -> None:
         first, second = new(), new()
