@@ -23,7 +23,9 @@ klieg:webhooks            zset     completed request ids with a webhook, scored 
                                    try is due (ms); a sender's claim pushes it to its deadline
 klieg:prewarm:{fn}        string   short claim: one worker starts a min_concurrency runner
 klieg:sweep               string   short claim: one gateway sweeps the blob store this period
-klieg:done                channel  request ids as they complete
+klieg:done                channel  ids of completed requests that name no reply channel
+klieg:reply:{gateway}     channel  one gateway's sync requests as they complete, each with its
+                                   outcome (``broker/jobs.py``: ``Outcome.from_reply``)
 klieg:cancel              channel  request ids whose running worker must interrupt them
 klieg:aliases             channel  "owner/app" whenever an alias or visibility of that app changes
 """
@@ -75,6 +77,10 @@ def logs(request_id: str) -> str:
 
 def chunks(request_id: str) -> str:
     return CHUNKS_PREFIX + request_id
+
+
+def reply(gateway_id: str) -> str:
+    return PREFIX + "reply:" + gateway_id
 
 
 def prewarm(function_key: str) -> str:

@@ -55,9 +55,10 @@ TRANSITIONS: dict[Status | None, frozenset[Status]] = {
 ROUTING = (
     "id", "owner", "tenant", "app", "app_key", "tier", "gpus", "revision", "function",
     "endpoint", "pool", "payload", "payload_ref", "timeout_s", "deadline_ms", "webhook",
-    "stream", "status", "created_ms", "attempts",
+    "stream", "reply_to", "status", "created_ms", "attempts",
 )  # fmt: skip
-"""Written once, at enqueue (with the first status and an attempt count of 0)."""
+"""Written once, at enqueue (with the first status and an attempt count of 0). ``reply_to``:
+the channel of the gateway waiting to answer the request (``keys.reply``), or empty."""
 
 STATE = (
     "status", "score", "worker", "started_ms", "finished_ms", "attempts", "cancel_requested",
@@ -94,6 +95,10 @@ STATE_VIEW = (
 
 OUTCOME_VIEW = ("status", *OUTCOME)
 
+REPLY = ("http_status", "outcome", "result_ref", "error", "result")
+"""The fields a completion published on a ``reply_to`` channel carries, in order, after the
+request id; one line each, the result (which may hold anything) last."""
+
 
 def _s(value: bytes | None) -> str:
     return value.decode() if value is not None else ""
@@ -126,6 +131,7 @@ class NewRequest:
     deadline_ms: int = 0
     webhook: str = ""
     stream: bool = False
+    reply_to: str = ""
     tier: str = "free"
     tenant_cap: int = 0
     app_cap: int = 0
@@ -144,7 +150,8 @@ class NewRequest:
             "pool": self.pool, "payload": self.payload, "payload_ref": self.payload_ref,
             "timeout_s": str(self.timeout_s), "deadline_ms": str(self.deadline_ms),
             "webhook": self.webhook, "stream": "1" if self.stream else "",
-            "status": Status.IN_QUEUE.value, "created_ms": str(created_ms), "attempts": "0",
+            "reply_to": self.reply_to, "status": Status.IN_QUEUE.value,
+            "created_ms": str(created_ms), "attempts": "0",
         }  # fmt: skip
         return [item for name in ROUTING for item in (name, values[name])]
 
@@ -226,6 +233,18 @@ class Outcome:
             "error", json.dumps(self.error) if self.error else "",
             "http_status", str(self.http_status),
         ]  # fmt: skip
+
+    @classmethod
+    def from_reply(cls, data: bytes) -> tuple[str, Outcome]:
+        """The request id and outcome of a completion published on a reply channel."""
+        request_id, http_status, outcome, ref, error, result = data.split(b"\n", len(REPLY))
+        return _s(request_id), cls(
+            ok=outcome == b"ok",
+            result=result,
+            error=json.loads(error) if error else None,
+            http_status=_int(http_status, 200),
+            result_ref=_s(ref),
+        )
 
     @classmethod
     def from_values(cls, values: Sequence[Any]) -> Outcome | None:

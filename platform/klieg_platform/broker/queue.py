@@ -14,7 +14,7 @@ import asyncio
 import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 
@@ -39,6 +39,8 @@ from klieg_platform.broker.jobs import (
 )
 from klieg_platform.broker.streams import Streams
 from klieg_platform.scheduler import Tier
+
+T = TypeVar("T")
 
 MAX_LINES_INLINE = 1000
 """Log lines a completion carries in its script; more are appended before it (Lua's unpack has
@@ -253,19 +255,18 @@ class Queue:
 
     # ---- reading ----------------------------------------------------------------------
     async def completed(
-        self, request_id: str, done: asyncio.Future[None], poll_s: float = 5.0
-    ) -> None:
-        """Return once ``done`` resolves (a listener on ``keys.DONE_CHANNEL`` sets it) or the
-        request's record, re-read every ``poll_s`` seconds, is COMPLETED or gone: a lost
-        pub/sub message only delays a waiter, never hangs it."""
+        self, request_id: str, done: asyncio.Future[T], poll_s: float = 5.0
+    ) -> T | None:
+        """``done``'s result once it resolves (a listener on ``keys.DONE_CHANNEL`` or a reply
+        channel sets it), or None once the request's record, re-read every ``poll_s`` seconds,
+        is COMPLETED or gone: a lost pub/sub message only delays a waiter, never hangs it."""
         while True:
             try:
-                await asyncio.wait_for(asyncio.shield(done), poll_s)
-                return
+                return await asyncio.wait_for(asyncio.shield(done), poll_s)
             except TimeoutError:
                 status = await self.redis.hget(keys.request(request_id), "status")
                 if status is None or status == Status.COMPLETED.encode():
-                    return
+                    return None
 
     async def outcome(self, request_id: str) -> Outcome | None:
         """How a COMPLETED request ended (no logs); None when unknown or not completed."""

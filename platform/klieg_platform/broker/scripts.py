@@ -12,7 +12,7 @@ keys from the prefixes, so they assume a single Redis node (not Redis Cluster).
 from __future__ import annotations
 
 from klieg_platform import keys
-from klieg_platform.broker.jobs import JOB, Status, lua_list
+from klieg_platform.broker.jobs import JOB, REPLY, Status, lua_list
 
 PRELUDE = f"""
 local REQ, QUEUE, WAKE = '{keys.REQUEST_PREFIX}', '{keys.QUEUE_PREFIX}', '{keys.WAKE_PREFIX}'
@@ -51,6 +51,8 @@ local function stopped(rk)
   if f[2] then redis.call('HINCRBY', A_RUN, f[2], -1) end
 end
 
+-- COMPLETED with the outcome field/value pairs ``fields``; the waiting gateway gets the outcome
+-- on its reply channel (jobs.REPLY, one line each after the id), anyone else the id on DONE
 local function finish(id, now, ttl, fields)
   local rk = REQ .. id
   if redis.call('HGET', rk, 'status') == S_RUNNING then stopped(rk) end
@@ -58,9 +60,17 @@ local function finish(id, now, ttl, fields)
   redis.call('ZREM', INFLIGHT, id)
   redis.call('EXPIRE', rk, ttl)
   redis.call('EXPIRE', LOGS .. id, ttl)
-  local hook = redis.call('HGET', rk, 'webhook')
-  if hook and hook ~= '' then redis.call('ZADD', HOOKS, now, id) end
-  redis.call('PUBLISH', DONE, id)
+  local to = redis.call('HMGET', rk, 'webhook', 'reply_to')
+  if to[1] and to[1] ~= '' then redis.call('ZADD', HOOKS, now, id) end
+  if to[2] and to[2] ~= '' then
+    local out = {{}}
+    for i = 1, #fields, 2 do out[fields[i]] = fields[i + 1] end
+    local reply = {{id}}
+    for _, name in ipairs({{{lua_list(REPLY)}}}) do reply[#reply + 1] = out[name] or '' end
+    redis.call('PUBLISH', to[2], table.concat(reply, '\\n'))
+  else
+    redis.call('PUBLISH', DONE, id)
+  end
 end
 
 local function requeue(id)

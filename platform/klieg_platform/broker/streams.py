@@ -77,7 +77,7 @@ class Streams:
     async def listen(
         self,
         channels: Sequence[str],
-        on_message: Callable[[str, str], None],
+        on_message: Callable[[str, bytes], None],
         ready: asyncio.Event | None = None,
     ) -> None:
         """Call ``on_message(channel, data)`` for every message on ``channels`` until cancelled;
@@ -90,7 +90,7 @@ class Streams:
                     ready.set()
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
-                        on_message(message["channel"].decode(), message["data"].decode())
+                        on_message(message["channel"].decode(), message["data"])
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -30,9 +31,12 @@ async def enqueue_and_answer(request: Request, gw: GatewayState, new: NewRequest
         return sse.response(chunks(gw, new.id), {"x-fal-request-id": new.id})
     waiter: Waiter = request.app.state.waiter
     fut = waiter.expect(new.id)
-    await enqueue(gw, new)
-    await waiter.wait(new.id, fut)
-    outcome = await gw.broker.queue.outcome(new.id)
+    try:
+        await enqueue(gw, replace(new, reply_to=waiter.channel))
+    except BaseException:
+        waiter.forget(new.id)
+        raise
+    outcome = await waiter.wait(new.id, fut) or await gw.broker.queue.outcome(new.id)
     if outcome is None:
         raise NotFoundError(f"request {new.id} expired before its result was read")
     return await result_response(gw, new.id, outcome)

@@ -1,32 +1,39 @@
 """Completion waiters: one Redis subscription per gateway process, a future per waiting request.
 
-Register before enqueueing, so a completion can never be missed; ``wait`` also re-reads the
-record every few seconds, so a dropped pub/sub message only delays, never hangs, a caller.
-The same subscription carries alias changes, which drop the gateway's revision cache.
+Each gateway has its own reply channel (``keys.reply``); a sync request names it in its record
+(``reply_to``), and its completion is published there with the outcome, so the waiter answers
+without reading the record again and a gateway hears only of its own requests. Register before
+enqueueing, so a completion can never be missed; ``wait`` also re-reads the record every few
+seconds, so a dropped pub/sub message only delays, never hangs, a caller (the outcome is then
+read from the record). The same subscription carries alias changes, which drop the gateway's
+revision cache.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Callable
 
 from klieg_platform import keys
-from klieg_platform.broker import Broker
+from klieg_platform.broker import Broker, Outcome
 
 
 class Waiter:
     def __init__(self, broker: Broker, on_alias_change: Callable[[str], None]) -> None:
         self.broker = broker
         self.on_alias_change = on_alias_change
-        self._futures: dict[str, asyncio.Future[None]] = {}
+        self.channel = keys.reply(uuid.uuid4().hex)
+        """This gateway's reply channel: the ``reply_to`` of the requests it waits for."""
+        self._futures: dict[str, asyncio.Future[Outcome]] = {}
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(
             self.broker.streams.listen(
-                [keys.DONE_CHANNEL, keys.ALIAS_CHANNEL], self._on_message, self._ready
+                [self.channel, keys.ALIAS_CHANNEL], self._on_message, self._ready
             )
         )
         await asyncio.wait_for(self._ready.wait(), 10)
@@ -38,22 +45,30 @@ class Waiter:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(self._task, 2)
 
-    def _on_message(self, channel: str, data: str) -> None:
+    def _on_message(self, channel: str, data: bytes) -> None:
         if channel == keys.ALIAS_CHANNEL:
-            self.on_alias_change(data)
+            self.on_alias_change(data.decode())
             return
-        fut = self._futures.get(data)
+        request_id, outcome = Outcome.from_reply(data)
+        fut = self._futures.get(request_id)
         if fut is not None and not fut.done():
-            fut.set_result(None)
+            fut.set_result(outcome)
 
-    def expect(self, request_id: str) -> asyncio.Future[None]:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def expect(self, request_id: str) -> asyncio.Future[Outcome]:
+        fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._futures[request_id] = fut
         return fut
 
-    async def wait(self, request_id: str, fut: asyncio.Future[None], poll_s: float = 5.0) -> None:
-        """Return once the request is COMPLETED (``Broker.completed``)."""
+    def forget(self, request_id: str) -> None:
+        """Stop waiting for a request that was not queued after all."""
+        self._futures.pop(request_id, None)
+
+    async def wait(
+        self, request_id: str, fut: asyncio.Future[Outcome], poll_s: float = 5.0
+    ) -> Outcome | None:
+        """The outcome once the request is COMPLETED; None when it was seen completed (or gone)
+        by a re-read rather than on the reply channel (``Broker.queue.completed``)."""
         try:
-            await self.broker.queue.completed(request_id, fut, poll_s)
+            return await self.broker.queue.completed(request_id, fut, poll_s)
         finally:
-            self._futures.pop(request_id, None)
+            self.forget(request_id)

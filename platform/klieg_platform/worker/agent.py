@@ -89,7 +89,9 @@ class Worker:
         housekeeping = asyncio.create_task(self._housekeeping())
         leases = asyncio.create_task(self.leases.keep())
         cancels = asyncio.create_task(
-            self.broker.streams.listen([keys.CANCEL_CHANNEL], lambda _, rid: self._cancel(rid))
+            self.broker.streams.listen(
+                [keys.CANCEL_CHANNEL], lambda _, rid: self._cancel(rid.decode())
+            )
         )
         log.info(
             "worker %s serving pools %s with %d slots", self.id, self.pools, self.runners.slots

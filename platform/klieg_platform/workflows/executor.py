@@ -132,7 +132,8 @@ class WorkflowExecutor:
                 task.cancel()
             listener.cancel()
 
-    def _on_message(self, channel: str, data: str) -> None:
+    def _on_message(self, channel: str, message: bytes) -> None:
+        data = message.decode()
         if channel == keys.CANCEL_CHANNEL:
             run = self._runs.get(data)
             if run is not None:

@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -574,5 +575,49 @@ def test_completed_returns_on_the_message_or_on_a_reread_after_a_lost_one(redis_
 
         gone: asyncio.Future[None] = loop.create_future()
         await asyncio.wait_for(b.queue.completed(uuid.uuid4().hex, gone, poll_s=0.05), 1.0)
+
+    run(redis_url, body)
+
+
+def test_a_request_with_a_reply_channel_completes_there_with_its_outcome(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        channel = keys.reply("gw-test")
+        pubsub = b.redis.pubsub()
+        await pubsub.subscribe(channel, keys.DONE_CHANNEL)
+        for _ in range(2):
+            assert (await pubsub.get_message(timeout=5) or {}).get("type") == "subscribe"
+
+        async def published() -> tuple[bytes, bytes]:
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+            assert msg is not None
+            return msg["channel"], msg["data"]
+
+        ok = replace(new(), reply_to=channel)
+        await b.queue.enqueue(ok)
+        await b.queue.dispatch(["CPU"], "w1", 30)
+        result = b'{"text": "two\\nlines"}\n'  # whatever bytes the endpoint returned
+        assert await b.queue.complete(ok.id, "w1", Outcome(ok=True, result=result))
+        where, data = await published()
+        assert where == channel.encode()
+        assert Outcome.from_reply(data) == (ok.id, Outcome(ok=True, result=result))
+
+        failed = replace(new(), reply_to=channel)
+        await b.queue.enqueue(failed)
+        assert await b.queue.cancel(failed.id) == 1
+        where, data = await published()
+        rid, outcome = Outcome.from_reply(data)
+        assert (where, rid, outcome.ok, outcome.http_status) == (
+            channel.encode(),
+            failed.id,
+            False,
+            499,
+        )
+        assert outcome == await b.queue.outcome(failed.id)
+
+        plain = new()
+        await b.queue.enqueue(plain)
+        await b.queue.cancel(plain.id)
+        assert await published() == (keys.DONE_CHANNEL.encode(), plain.id.encode())
+        await pubsub.aclose()
 
     run(redis_url, body)
