@@ -1,15 +1,17 @@
 """What Klieg adds to a request: the echo app through Klieg versus a bare Starlette echo server.
 
-    .venv/bin/python bench/overhead.py [--quick | --requests N] [--poll-ms MS] [--profile DIR]
+    .venv/bin/python bench/overhead.py [--quick | --requests N] [--wait-s S | --poll-ms MS]
+                                       [--profile DIR]
 
 One run measures three targets with the same load generator, at concurrency 1 and 32:
 
 bare         a Starlette echo app on uvicorn (uvloop + httptools), pydantic in and out, no Klieg
 klieg_sync   ``POST /local/echo`` through a fresh ``klieg up``: gateway -> Redis -> worker -> runner
 klieg_queue  ``POST /queue/local/echo``, poll its status_url until 200, GET its response_url;
-             the whole round trip is one request's latency; the status route has no blocking
-             (long-poll) form, so the first poll goes out right after the submit reply and each
-             later one ``--poll-ms`` (default 1) after a 202
+             the whole round trip is one request's latency; each poll is a long poll
+             (``?wait_s=``, ``--wait-s``, default 10), answered when the request completes;
+             ``--wait-s 0`` polls without waiting, the first right after the submit reply and
+             each later one ``--poll-ms`` (default 1) after a 202
 
 Each Klieg cell also reports the CPU time every Klieg process spent per request (gateway, worker,
 runner, Redis, from ``/proc``; the load generator excluded), the commands Redis ran per request
@@ -296,12 +298,14 @@ def post_echo(path: str) -> Op:
 class QueueOp:
     """One request = submit, poll status_url until 200 (COMPLETED), GET response_url.
 
-    The first poll goes out right after the submit reply; later ones ``poll_s`` after the
-    previous reply (0: back to back; every poll is a full round trip, so it never spins).
+    With ``wait_s``, each poll is a long poll the gateway answers once the request completes.
+    Without, the first poll goes out right after the submit reply; later ones ``poll_s`` after
+    the previous reply (0: back to back; every poll is a full round trip, so it never spins).
     """
 
     path: str
     poll_s: float
+    wait_s: float = 0.0
     polls: int = 0
 
     async def __call__(self, conn: Connection) -> None:
@@ -310,9 +314,10 @@ class QueueOp:
             raise HttpError(f"POST {self.path}: HTTP {status} {body[:300]!r}")
         sub = json.loads(body)
         status_url, response_url = urlsplit(sub["status_url"]), urlsplit(sub["response_url"])
+        poll = status_url.path + (f"?wait_s={self.wait_s:g}" if self.wait_s > 0 else "")
         while True:
             self.polls += 1
-            status, body = await conn.request("GET", status_url.path)
+            status, body = await conn.request("GET", poll)
             if status == 200:
                 if json.loads(body).get("status") != "COMPLETED":
                     raise HttpError(f"status 200 but not COMPLETED: {body[:300]!r}")
@@ -382,14 +387,18 @@ async def measure(
 
 
 async def run_all(
-    bare_port: int, klieg: Klieg, counts: dict[str, dict[int, int]], poll_s: float
+    bare_port: int,
+    klieg: Klieg,
+    counts: dict[str, dict[int, int]],
+    poll_s: float,
+    wait_s: float,
 ) -> dict[str, dict[str, Any]]:
     """Every cell, one at a time: for each concurrency, bare then klieg_sync then klieg_queue."""
     auth = f"Key {klieg.key}"
     targets: dict[str, tuple[int, Callable[[], Op]]] = {
         "bare": (bare_port, lambda: post_echo("/local/echo")),
         "klieg_sync": (klieg.port, lambda: post_echo("/local/echo")),
-        "klieg_queue": (klieg.port, lambda: QueueOp("/queue/local/echo", poll_s)),
+        "klieg_queue": (klieg.port, lambda: QueueOp("/queue/local/echo", poll_s, wait_s)),
     }
     results: dict[str, dict[str, Any]] = {name: {} for name in targets}
     for concurrency in CONCURRENCIES:
@@ -405,13 +414,15 @@ async def run_all(
     return results
 
 
-async def count_round_trips(klieg: Klieg, poll_s: float, n: int = 200) -> dict[str, Any]:
+async def count_round_trips(
+    klieg: Klieg, poll_s: float, wait_s: float, n: int = 200
+) -> dict[str, Any]:
     """Redis round trips per request of the sync and queue paths at c=1, under MONITOR."""
     auth = f"Key {klieg.key}"
     out: dict[str, Any] = {}
     ops: dict[str, Op] = {
         "klieg_sync": post_echo("/local/echo"),
-        "klieg_queue": QueueOp("/queue/local/echo", poll_s),
+        "klieg_queue": QueueOp("/queue/local/echo", poll_s, wait_s),
     }
     for name, op in ops.items():
         with Monitor(klieg.redis_url) as monitor:
@@ -469,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--poll-ms", type=float, default=1.0, help="queue: pause between status polls (ms)"
     )
+    parser.add_argument(
+        "--wait-s", type=float, default=10.0, help="queue: long-poll wait per status poll (0: none)"
+    )
     parser.add_argument("--keep-home", action="store_true", help="keep the temp KLIEG_HOME")
     parser.add_argument(
         "--profile", type=Path, default=None, help="write py-spy flame graphs to this folder"
@@ -489,8 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     try:
         with bare_server() as bare_port, klieg_platform(args.keep_home) as klieg:
-            results = uvloop.run(run_all(bare_port, klieg, counts, poll_s))
-            round_trips = uvloop.run(count_round_trips(klieg, poll_s))
+            results = uvloop.run(run_all(bare_port, klieg, counts, poll_s, args.wait_s))
+            round_trips = uvloop.run(count_round_trips(klieg, poll_s, args.wait_s))
             flames = (
                 uvloop.run(profile(klieg, args.profile, base, args.profile_format))
                 if args.profile
@@ -519,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "warmup": "max(200, n/5) requests per cell at the same concurrency",
             "queue_poll_ms": args.poll_ms,
+            "queue_wait_s": args.wait_s,
             "wall_s": round(time.monotonic() - started, 1),
         },
         "results": results,

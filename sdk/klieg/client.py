@@ -65,6 +65,10 @@ def split_app_id(app_id: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2] if len(parts) > 2 else ""
 
 
+LONG_POLL_S = 30.0
+"""How long one status poll of ``Client.wait`` asks the gateway to wait."""
+
+
 @dataclass(frozen=True)
 class RequestHandle:
     """A submitted request: where to poll it."""
@@ -146,6 +150,13 @@ class _Api:
     def request_path(app_id: str, request_id: str, suffix: str = "") -> str:
         owner, app, _ = split_app_id(app_id)
         return f"/queue/{owner}/{app}/requests/{request_id}{suffix}"
+
+    @staticmethod
+    def status_params(with_logs: bool, wait_s: float) -> dict[str, str]:
+        params = {"logs": "1" if with_logs else "0"}
+        if wait_s > 0:
+            params["wait_s"] = f"{wait_s:g}"
+        return params
 
     @staticmethod
     def submit_params(webhook_url: str | None) -> dict[str, str]:
@@ -233,12 +244,15 @@ class Client:
         )
         return self.api.handle(app_id, body)
 
-    def status(self, app_id: str, request_id: str, *, with_logs: bool = False) -> dict[str, Any]:
-        """IN_QUEUE (with queue_position), IN_PROGRESS or COMPLETED, with logs if asked."""
+    def status(
+        self, app_id: str, request_id: str, *, with_logs: bool = False, wait_s: float = 0.0
+    ) -> dict[str, Any]:
+        """IN_QUEUE (with queue_position), IN_PROGRESS or COMPLETED, with logs if asked.
+        ``wait_s`` (at most 60): the server answers once the request is COMPLETED or that long
+        has passed (a long poll)."""
         path = self.api.request_path(app_id, request_id, "/status")
-        out: dict[str, Any] = self._json(
-            self.http.get(path, params={"logs": "1" if with_logs else "0"})
-        )
+        params = self.api.status_params(with_logs, wait_s)
+        out: dict[str, Any] = self._json(self.http.get(path, params=params, timeout=wait_s + 30))
         return out
 
     def result(self, app_id: str, request_id: str) -> Any:
@@ -267,12 +281,15 @@ class Client:
         return list(body.get("logs") or [])
 
     def wait(self, handle: RequestHandle, *, timeout: float = 600.0, interval: float = 0.1) -> Any:
-        """Poll until the request completes; return its result (or raise its error)."""
+        """Wait until the request completes, with long polls of its status; return its result
+        (or raise its error). ``interval``: the least time between two polls."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.status(handle.app_id, handle.request_id)["status"] == "COMPLETED":
+        while (left := deadline - time.monotonic()) > 0:
+            asked = time.monotonic()
+            status = self.status(handle.app_id, handle.request_id, wait_s=min(left, LONG_POLL_S))
+            if status["status"] == "COMPLETED":
                 return self.result(handle.app_id, handle.request_id)
-            time.sleep(interval)
+            time.sleep(max(0.0, interval - (time.monotonic() - asked)))
         raise RequestTimeoutError(f"request {handle.request_id} not done within {timeout}s")
 
     def subscribe(
@@ -369,10 +386,12 @@ class AsyncClient:
         return self.api.handle(app_id, self._json(r))
 
     async def status(
-        self, app_id: str, request_id: str, *, with_logs: bool = False
+        self, app_id: str, request_id: str, *, with_logs: bool = False, wait_s: float = 0.0
     ) -> dict[str, Any]:
+        """As ``Client.status``."""
         path = self.api.request_path(app_id, request_id, "/status")
-        r = await self.http.get(path, params={"logs": "1" if with_logs else "0"})
+        params = self.api.status_params(with_logs, wait_s)
+        r = await self.http.get(path, params=params, timeout=wait_s + 30)
         out: dict[str, Any] = self._json(r)
         return out
 

@@ -79,6 +79,32 @@ def test_status_moves_through_queue_states(platform: Platform) -> None:
         assert all(r["slept"] == 1.5 for r in results)
 
 
+def test_status_long_poll_answers_when_the_request_completes(platform: Platform) -> None:
+    platform.deploy(TEST_APPS / "slow" / "app.py")
+    with platform.http() as http:
+        sub = http.post("/queue/local/slow", json={"seconds": 1.0}).json()
+        started = time.monotonic()
+        st = http.get(sub["status_url"], params={"wait_s": "20", "logs": "1"}, timeout=60)
+        waited = time.monotonic() - started
+        assert st.status_code == 200 and st.json()["status"] == "COMPLETED", st.text
+        assert 0.8 < waited < 10, waited  # answered at completion, not at the 20 s limit
+        assert http.get(sub["response_url"]).json()["slept"] == 1.0
+        again = time.monotonic()  # already completed: at once
+        assert http.get(sub["status_url"], params={"wait_s": "20"}).status_code == 200
+        assert time.monotonic() - again < 2
+
+        running = http.post("/queue/local/slow", json={"seconds": 3.0}).json()
+        started = time.monotonic()
+        st = http.get(running["status_url"], params={"wait_s": "0.5"})
+        assert st.status_code == 202 and st.json()["status"] in ("IN_QUEUE", "IN_PROGRESS")
+        assert 0.4 < time.monotonic() - started < 3
+        for bad in ("-1", "61", "soon"):
+            r = http.get(running["status_url"], params={"wait_s": bad})
+            _err(r, 400, "InvalidRequestError")
+        unknown = running["status_url"].replace(running["request_id"], "0" * 32)
+        _err(http.get(unknown, params={"wait_s": "5"}), 404, "NotFoundError")
+
+
 def test_missing_or_bad_key_is_401(platform: Platform, echo_deployed: object) -> None:
     with platform.http(key="") as anon:
         _err(anon.post("/local/echo", json={"text": "x"}), 401, "AuthenticationError")

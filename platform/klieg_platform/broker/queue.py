@@ -255,14 +255,25 @@ class Queue:
 
     # ---- reading ----------------------------------------------------------------------
     async def completed(
-        self, request_id: str, done: asyncio.Future[T], poll_s: float = 5.0
+        self,
+        request_id: str,
+        done: asyncio.Future[T],
+        poll_s: float = 5.0,
+        *,
+        within_s: float | None = None,
     ) -> T | None:
         """``done``'s result once it resolves (a listener on ``keys.DONE_CHANNEL`` or a reply
         channel sets it), or None once the request's record, re-read every ``poll_s`` seconds,
-        is COMPLETED or gone: a lost pub/sub message only delays a waiter, never hangs it."""
+        is COMPLETED or gone: a lost pub/sub message only delays a waiter, never hangs it.
+        ``within_s``: give up (None) after that long, completed or not."""
+        loop = asyncio.get_running_loop()
+        deadline = None if within_s is None else loop.time() + within_s
         while True:
+            wait = poll_s if deadline is None else min(poll_s, deadline - loop.time())
+            if wait <= 0:
+                return None
             try:
-                return await asyncio.wait_for(asyncio.shield(done), poll_s)
+                return await asyncio.wait_for(asyncio.shield(done), wait)
             except TimeoutError:
                 status = await self.redis.hget(keys.request(request_id), "status")
                 if status is None or status == Status.COMPLETED.encode():

@@ -1,8 +1,11 @@
 """Queue routes (fal's queue protocol):
 
   POST /queue/{owner}/{app}[@ref][/{path}]           submit; {request_id, status_url, ...}
-  GET  .../requests/{id}/status[?logs=1]             IN_QUEUE (queue_position, queue_eta_s) |
-                                                     IN_PROGRESS | COMPLETED; ``logs`` always
+  GET  .../requests/{id}/status[?logs=1][&wait_s=S]  IN_QUEUE (queue_position, queue_eta_s) |
+                                                     IN_PROGRESS | COMPLETED; ``logs`` always;
+                                                     with ``wait_s`` (at most MAX_WAIT_S) it
+                                                     answers once the request is COMPLETED or
+                                                     S seconds have passed (a long poll)
   GET  .../requests/{id}/status/stream[?logs=1]      the same as server-sent events, until done
   GET  .../requests/{id}                             the result (or the request's error)
   PUT  .../requests/{id}/cancel                      cancel a queued or running request
@@ -31,6 +34,7 @@ from klieg_platform.gateway.intake import (
     result_response,
 )
 from klieg_platform.gateway.state import GatewayState, gateway
+from klieg_platform.gateway.waiter import Waiter
 from klieg_platform.registry import WORKFLOW_PREFIX
 from klieg_platform.scheduler import estimate_start_s
 
@@ -126,13 +130,45 @@ async def queue_eta_s(gw: GatewayState, state: RequestState) -> float | None:
     return round(eta, 2)
 
 
+MAX_WAIT_S = 60.0
+"""The longest a status request may wait for its request to complete (``wait_s``)."""
+
+
+def _wait_s(request: Request) -> float:
+    raw = request.query_params.get("wait_s")
+    if raw is None:
+        return 0.0
+    try:
+        wait = float(raw)
+    except ValueError:
+        raise InvalidRequestError(f"wait_s must be a number of seconds, got {raw!r}") from None
+    if not 0 <= wait <= MAX_WAIT_S:
+        raise InvalidRequestError(f"wait_s must be between 0 and {MAX_WAIT_S:g}")
+    return wait
+
+
 async def status(request: Request) -> Response:
     logs = _flag(request, "logs")
+    wait_s = _wait_s(request)
+    if wait_s > 0:
+        await _until_completed(request, wait_s)
     gw, state = await _owned(request, logs=logs)
     body = status_body(request, state, logs=logs)
     if state.status == "IN_QUEUE":
         body["queue_eta_s"] = await queue_eta_s(gw, state)
     return JSONResponse(body, 200 if state.status == "COMPLETED" else 202)
+
+
+async def _until_completed(request: Request, wait_s: float) -> None:
+    """Return once the request named in the path (the caller's, else 404) is COMPLETED, or
+    after ``wait_s``."""
+    waiter: Waiter = request.app.state.waiter
+    async with waiter.watch(request.path_params["request_id"]) as done:
+        gw, state = await _owned(request)
+        if state.status != "COMPLETED":
+            await gw.broker.queue.completed(
+                state.id, done, poll_s=min(wait_s, 5.0), within_s=wait_s
+            )
 
 
 async def status_stream(request: Request) -> Response:

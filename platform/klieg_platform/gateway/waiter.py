@@ -5,8 +5,9 @@ Each gateway has its own reply channel (``keys.reply``); a sync request names it
 without reading the record again and a gateway hears only of its own requests. Register before
 enqueueing, so a completion can never be missed; ``wait`` also re-reads the record every few
 seconds, so a dropped pub/sub message only delays, never hangs, a caller (the outcome is then
-read from the record). The same subscription carries alias changes, which drop the gateway's
-revision cache.
+read from the record). ``watch`` serves the long-poll status route: it hears of any request's
+completion on ``keys.DONE_CHANNEL``. The same subscription carries alias changes, which drop the
+gateway's revision cache.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from klieg_platform import keys
 from klieg_platform.broker import Broker, Outcome
@@ -27,13 +28,16 @@ class Waiter:
         self.channel = keys.reply(uuid.uuid4().hex)
         """This gateway's reply channel: the ``reply_to`` of the requests it waits for."""
         self._futures: dict[str, asyncio.Future[Outcome]] = {}
+        self._watchers: dict[str, set[asyncio.Future[None]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(
             self.broker.streams.listen(
-                [self.channel, keys.ALIAS_CHANNEL], self._on_message, self._ready
+                [self.channel, keys.DONE_CHANNEL, keys.ALIAS_CHANNEL],
+                self._on_message,
+                self._ready,
             )
         )
         await asyncio.wait_for(self._ready.wait(), 10)
@@ -49,6 +53,11 @@ class Waiter:
         if channel == keys.ALIAS_CHANNEL:
             self.on_alias_change(data.decode())
             return
+        if channel == keys.DONE_CHANNEL:
+            for watcher in self._watchers.get(data.decode(), ()):
+                if not watcher.done():
+                    watcher.set_result(None)
+            return
         request_id, outcome = Outcome.from_reply(data)
         fut = self._futures.get(request_id)
         if fut is not None and not fut.done():
@@ -58,6 +67,20 @@ class Waiter:
         fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._futures[request_id] = fut
         return fut
+
+    @contextlib.asynccontextmanager
+    async def watch(self, request_id: str) -> AsyncIterator[asyncio.Future[None]]:
+        """A future set when ``request_id`` (submitted through any gateway) completes; enter
+        before reading its state, so a completion in between is not missed."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        watchers = self._watchers.setdefault(request_id, set())
+        watchers.add(fut)
+        try:
+            yield fut
+        finally:
+            watchers.discard(fut)
+            if not watchers:
+                self._watchers.pop(request_id, None)
 
     def forget(self, request_id: str) -> None:
         """Stop waiting for a request that was not queued after all."""
