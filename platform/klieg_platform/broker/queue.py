@@ -88,21 +88,26 @@ class Queue:
         self._position = redis.register_script(lua.POSITION)
 
     # ---- moves ------------------------------------------------------------------------
-    async def enqueue(self, req: NewRequest, *, at_ms: int | None = None) -> None:
+    async def enqueue(
+        self, req: NewRequest, *, at_ms: int | None = None, position: bool = False
+    ) -> int | None:
         """Write the record and queue it in its pool and tier, atomically; wakes one waiting
         worker. Raises QueueFullError when the tier's queue is at its bound. ``at_ms``: the
-        enqueue time (default now; a clock for replays and tests)."""
+        enqueue time (default now; a clock for replays and tests). With ``position``, returns
+        its queue position as ``get`` would report it then (None otherwise)."""
         tier = self.tiers.get(req.tier)
         if tier is None:
             raise InvalidRequestError(f"unknown tier {req.tier!r}")
         head: list[Any] = [req.id, req.pool, req.tier, at_ms or now_ms(), tier.max_queued]
         caps: list[Any] = [req.tenant, req.tenant_cap, req.app_key, req.app_cap]
-        score, queued = await self._enqueue(args=[*head, *caps, *req.fields(now_ms())])
-        if int(score) < 0:
+        spec = self.tiers_spec if position else ""
+        reply = await self._enqueue(args=[*head, *caps, spec, *req.fields(now_ms())])
+        if int(reply[0]) < 0:
             raise QueueFullError(
-                f"the {req.tier} queue of pool {req.pool} is full ({int(queued)} waiting)",
-                queued=int(queued),
+                f"the {req.tier} queue of pool {req.pool} is full ({int(reply[1])} waiting)",
+                queued=int(reply[1]),
             )
+        return max(int(reply[2]), 0) if position else None
 
     async def dispatch(
         self,

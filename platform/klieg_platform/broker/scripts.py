@@ -116,10 +116,46 @@ local function parse_tiers(spec)
   end
   return tiers
 end
+
+-- how many queued requests of its pool go before request id, as the policy orders them at now
+-- (an estimate: caps and later arrivals can change it); -1 when it is not queued
+local function position(id, now, tiers)
+  local f = redis.call('HMGET', REQ .. id, 'status', 'pool', 'tier', 'score')
+  if f[1] ~= S_QUEUED then return -1 end
+  local mine
+  for _, t in ipairs(tiers) do if t.name == f[3] then mine = t end end
+  if mine == nil then return -1 end
+  local my_score = tonumber(f[4])
+  local wait = now - math.floor(my_score / 1000)
+  local over = wait >= mine.slo
+  local ahead = 0
+  for _, t in ipairs(tiers) do
+    local q = qkey(f[2], t.name)
+    local overdue = (now - t.slo) * 1000
+    if over then
+      local cut = (now - wait * t.slo / mine.slo) * 1000
+      if t.name == mine.name then
+        ahead = ahead + redis.call('ZCOUNT', q, '-inf', '(' .. f[4])
+      else
+        ahead = ahead + redis.call('ZCOUNT', q, '-inf', '(' .. string.format('%.0f', cut))
+      end
+    else
+      ahead = ahead + redis.call('ZCOUNT', q, '-inf', '(' .. string.format('%.0f', overdue))
+      if t.rank < mine.rank then
+        ahead = ahead + redis.call('ZCOUNT', q, string.format('%.0f', overdue), '+inf')
+      elseif t.name == mine.name then
+        ahead = ahead + redis.call('ZCOUNT', q, string.format('%.0f', overdue), '(' .. f[4])
+      end
+    end
+  end
+  return ahead
+end
 """
 
-# ARGV: id, pool, tier, now_ms, max_queued, tenant, tenant cap, app key, app cap, fields...
-# returns {score, 0} when queued; {-1, queued_in_tier} when the tier's queue is full
+# ARGV: id, pool, tier, now_ms, max_queued, tenant, tenant cap, app key, app cap, tiers spec
+#       ('': no position wanted), fields...
+# returns {score, 0, position (-1 when not asked)} when queued; {-1, queued_in_tier} when the
+# tier's queue is full
 ENQUEUE = (
     PRELUDE
     + """
@@ -129,13 +165,15 @@ if queued >= tonumber(ARGV[5]) then return {-1, queued} end
 local score = tonumber(ARGV[4]) * 1000
 local last = redis.call('ZRANGE', q, -1, -1, 'WITHSCORES')
 if last[2] and tonumber(last[2]) >= score then score = tonumber(last[2]) + 1 end
-redis.call('HSET', REQ .. ARGV[1], 'score', string.format('%.0f', score), unpack(ARGV, 10))
+redis.call('HSET', REQ .. ARGV[1], 'score', string.format('%.0f', score), unpack(ARGV, 11))
 redis.call('ZADD', q, score, ARGV[1])
 redis.call('HSET', T_CAP, ARGV[6], ARGV[7])
 redis.call('HSET', A_CAP, ARGV[8], ARGV[9])
 redis.call('SADD', POOLS, ARGV[2])
 wake(ARGV[2])
-return {string.format('%.0f', score), 0}
+local pos = -1
+if ARGV[10] ~= '' then pos = position(ARGV[1], tonumber(ARGV[4]), parse_tiers(ARGV[10])) end
+return {string.format('%.0f', score), 0, pos}
 """
 )
 
@@ -287,41 +325,12 @@ return out
 """
 )
 
-# ARGV: id, now_ms, tiers spec. How many queued requests of its pool go before it, as the
-# policy orders them now (an estimate: caps and later arrivals can change it).
+# ARGV: id, now_ms, tiers spec. The request's queue position (``position``), -1 when it is not
+# queued.
 POSITION = (
     PRELUDE
     + """
-local f = redis.call('HMGET', REQ .. ARGV[1], 'status', 'pool', 'tier', 'score')
-if f[1] ~= S_QUEUED then return -1 end
-local now, tiers = tonumber(ARGV[2]), parse_tiers(ARGV[3])
-local mine
-for _, t in ipairs(tiers) do if t.name == f[3] then mine = t end end
-if mine == nil then return -1 end
-local my_score = tonumber(f[4])
-local wait = now - math.floor(my_score / 1000)
-local over = wait >= mine.slo
-local ahead = 0
-for _, t in ipairs(tiers) do
-  local q = qkey(f[2], t.name)
-  local overdue = (now - t.slo) * 1000
-  if over then
-    local cut = (now - wait * t.slo / mine.slo) * 1000
-    if t.name == mine.name then
-      ahead = ahead + redis.call('ZCOUNT', q, '-inf', '(' .. f[4])
-    else
-      ahead = ahead + redis.call('ZCOUNT', q, '-inf', '(' .. string.format('%.0f', cut))
-    end
-  else
-    ahead = ahead + redis.call('ZCOUNT', q, '-inf', '(' .. string.format('%.0f', overdue))
-    if t.rank < mine.rank then
-      ahead = ahead + redis.call('ZCOUNT', q, string.format('%.0f', overdue), '+inf')
-    elseif t.name == mine.name then
-      ahead = ahead + redis.call('ZCOUNT', q, string.format('%.0f', overdue), '(' .. f[4])
-    end
-  end
-end
-return ahead
+return position(ARGV[1], tonumber(ARGV[2]), parse_tiers(ARGV[3]))
 """
 )
 

@@ -167,10 +167,11 @@ async def intake(request: Request, *, allow_stream: bool) -> Intake:
     return Intake(gw, new, ep)
 
 
-async def enqueue(gw: GatewayState, new: NewRequest) -> None:
-    """Queue ``new``; a full tier queue answers 429 with a Retry-After from measured times."""
+async def enqueue(gw: GatewayState, new: NewRequest, *, position: bool = False) -> int | None:
+    """Queue ``new`` (its queue position, with ``position``); a full tier queue answers 429 with
+    a Retry-After from measured times."""
     try:
-        await gw.broker.queue.enqueue(new)
+        return await gw.broker.queue.enqueue(new, position=position)
     except QueueFullError as exc:
         capacity, _ = await gw.broker.workers.capacity(new.pool)
         mean = await gw.broker.stats.mean_time("service", new.app_key) or DEFAULT_SERVICE_S

@@ -58,12 +58,11 @@ async def submit(request: Request) -> Response:
 
 async def enqueue_and_accept(request: Request, gw: GatewayState, new: NewRequest) -> Response:
     """Queue ``new`` and answer with its id, queue position and URLs (fal's submit reply)."""
-    await enqueue(gw, new)
-    state = await gw.broker.queue.get(new.id)
+    position = await enqueue(gw, new, position=True)
     body: dict[str, Any] = {
         "request_id": new.id,
         "status": "IN_QUEUE",
-        "queue_position": state.queue_position if state else None,
+        "queue_position": position,
         **request_urls(request, new.owner, new.app, new.id),
     }
     return JSONResponse(body, 200)

@@ -621,3 +621,18 @@ def test_a_request_with_a_reply_channel_completes_there_with_its_outcome(redis_u
         await pubsub.aclose()
 
     run(redis_url, body)
+
+
+def test_enqueue_reports_the_position_get_reports(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        reqs = [new() for _ in range(3)]
+        positions = []
+        for req in reqs:
+            positions.append(await b.queue.enqueue(req, position=True))
+            await asyncio.sleep(0.005)
+        assert positions == [0, 1, 2]
+        states = [await b.queue.get(r.id) for r in reqs]
+        assert [s.queue_position for s in states if s] == positions
+        assert await b.queue.enqueue(new()) is None
+
+    run(redis_url, body)
