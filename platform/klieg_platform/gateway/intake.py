@@ -78,18 +78,26 @@ async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
     return data
 
 
+def seconds(raw: str, name: str, *, most: float | None = None, zero: bool = False) -> float:
+    """``raw`` as a number of seconds: positive (or 0 with ``zero``) and at most ``most``;
+    ``InvalidRequestError`` naming ``name`` otherwise."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidRequestError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if value < 0 or (value == 0 and not zero):
+        raise InvalidRequestError(f"{name} must be {'0 or more' if zero else 'positive'}")
+    if most is not None and value > most:
+        raise InvalidRequestError(f"{name} must be at most {most:g} seconds")
+    return value
+
+
 def deadline_ms(request: Request) -> int:
     """The deadline (unix ms) ``X-Fal-Request-Timeout`` asks for; 0 when none."""
     raw = request.headers.get(TIMEOUT_HEADER)
     if raw is None:
         return 0
-    try:
-        seconds = float(raw)
-    except ValueError:
-        raise InvalidRequestError(f"{TIMEOUT_HEADER} must be a number of seconds") from None
-    if seconds <= 0:
-        raise InvalidRequestError(f"{TIMEOUT_HEADER} must be positive")
-    return int((time.time() + seconds) * 1000)
+    return int((time.time() + seconds(raw, TIMEOUT_HEADER)) * 1000)
 
 
 async def webhook_url(request: Request, gw: GatewayState) -> str:

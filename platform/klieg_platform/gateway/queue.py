@@ -32,6 +32,7 @@ from klieg_platform.gateway.intake import (
     enqueue,
     intake,
     result_response,
+    seconds,
 )
 from klieg_platform.gateway.state import GatewayState, gateway
 from klieg_platform.gateway.waiter import Waiter
@@ -135,15 +136,7 @@ MAX_WAIT_S = 60.0
 
 def _wait_s(request: Request) -> float:
     raw = request.query_params.get("wait_s")
-    if raw is None:
-        return 0.0
-    try:
-        wait = float(raw)
-    except ValueError:
-        raise InvalidRequestError(f"wait_s must be a number of seconds, got {raw!r}") from None
-    if not 0 <= wait <= MAX_WAIT_S:
-        raise InvalidRequestError(f"wait_s must be between 0 and {MAX_WAIT_S:g}")
-    return wait
+    return 0.0 if raw is None else seconds(raw, "wait_s", most=MAX_WAIT_S, zero=True)
 
 
 async def status(request: Request) -> Response:
