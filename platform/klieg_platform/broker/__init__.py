@@ -6,7 +6,8 @@
 - ``stats``: measured service and cold-start times per app;
 - ``streams``: log lines, streamed items and the pub/sub channels;
 - ``claims``: short exclusive claims and the webhook due set;
-- ``scripts``: every Lua script, the only writers of a record's status.
+- ``scripts``: every Lua script, the only writers of a record's status;
+- ``wire``: a lean pipelined connection the request path's scripts run over.
 
 No module outside this package holds a Redis handle; key names live in ``keys.py``.
 """
@@ -23,6 +24,7 @@ from klieg_platform.broker.membership import WORKER_FRESH_S, Membership, Peers
 from klieg_platform.broker.queue import Blocked, Elsewhere, Queue
 from klieg_platform.broker.stats import Stats
 from klieg_platform.broker.streams import CHUNK_END, Streams
+from klieg_platform.broker.wire import Wire
 from klieg_platform.scheduler import DEFAULT_TIERS, Tier
 
 __all__ = [
@@ -43,9 +45,15 @@ class Broker:
         tiers: Sequence[Tier] = DEFAULT_TIERS,
     ) -> None:
         self.redis = redis
+        self.wire = Wire.of(redis)
         self.streams = Streams(redis, result_ttl_s)
         self.queue = Queue(
-            redis, self.streams, ttl_s=result_ttl_s, max_attempts=max_attempts, tiers=tiers
+            redis,
+            self.streams,
+            ttl_s=result_ttl_s,
+            max_attempts=max_attempts,
+            tiers=tiers,
+            wire=self.wire,
         )
         self.workers = Membership(redis)
         self.stats = Stats(redis)
@@ -72,4 +80,6 @@ class Broker:
         await self.redis.ping()
 
     async def close(self) -> None:
+        if self.wire is not None:
+            self.wire.close()
         await self.redis.aclose()

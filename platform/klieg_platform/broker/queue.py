@@ -38,6 +38,7 @@ from klieg_platform.broker.jobs import (
     now_ms,
 )
 from klieg_platform.broker.streams import Streams
+from klieg_platform.broker.wire import HotScript, Wire
 from klieg_platform.scheduler import Tier
 
 T = TypeVar("T")
@@ -70,22 +71,24 @@ class Queue:
         ttl_s: int,
         max_attempts: int,
         tiers: Sequence[Tier],
+        wire: Wire | None = None,
     ) -> None:
         self.redis = redis
+        self.wire = wire
         self.streams = streams
         self.ttl_s = ttl_s
         self.max_attempts = max_attempts
         self.tiers = {t.name: t for t in tiers}
         self.tiers_spec = ",".join(f"{t.name}:{int(t.slo_s * 1000)}" for t in tiers)
-        self._enqueue = redis.register_script(lua.ENQUEUE)
-        self._dispatch = redis.register_script(lua.DISPATCH)
-        self._dispatch_for = redis.register_script(lua.DISPATCH_FOR)
-        self._renew = redis.register_script(lua.RENEW)
-        self._complete = redis.register_script(lua.COMPLETE)
-        self._requeue = redis.register_script(lua.REQUEUE)
-        self._requeue_expired = redis.register_script(lua.REQUEUE_EXPIRED)
-        self._cancel = redis.register_script(lua.CANCEL)
-        self._position = redis.register_script(lua.POSITION)
+        self._enqueue = HotScript(redis, wire, lua.ENQUEUE)
+        self._dispatch = HotScript(redis, wire, lua.DISPATCH)
+        self._dispatch_for = HotScript(redis, wire, lua.DISPATCH_FOR)
+        self._renew = HotScript(redis, wire, lua.RENEW)
+        self._complete = HotScript(redis, wire, lua.COMPLETE)
+        self._requeue = HotScript(redis, wire, lua.REQUEUE)
+        self._requeue_expired = HotScript(redis, wire, lua.REQUEUE_EXPIRED)
+        self._cancel = HotScript(redis, wire, lua.CANCEL)
+        self._position = HotScript(redis, wire, lua.POSITION)
 
     # ---- moves ------------------------------------------------------------------------
     async def enqueue(
@@ -286,12 +289,12 @@ class Queue:
 
     async def outcome(self, request_id: str) -> Outcome | None:
         """How a COMPLETED request ended (no logs); None when unknown or not completed."""
-        values = await self.redis.hmget(keys.request(request_id), OUTCOME_VIEW)
+        values = await self._read(keys.request(request_id), OUTCOME_VIEW)
         return Outcome.from_values(values)
 
     async def get(self, request_id: str, *, with_logs: bool = False) -> RequestState | None:
         """The record without its result; ``with_logs`` adds the log lines so far."""
-        values = await self.redis.hmget(keys.request(request_id), STATE_VIEW)
+        values = await self._read(keys.request(request_id), STATE_VIEW)
         if values[0] is None:
             return None
         position: int | None = None
@@ -301,6 +304,13 @@ class Queue:
             position = max(ahead, 0)
         logs = await self.streams.logs(request_id) if with_logs else None
         return RequestState.from_values(request_id, values, logs=logs, queue_position=position)
+
+    async def _read(self, key: str, fields: Sequence[str]) -> list[Any]:
+        """HMGET of a record, over the wire where there is one."""
+        if self.wire is not None:
+            values: list[Any] = await self.wire.call("HMGET", key, *fields)
+            return values
+        return await self.redis.hmget(key, fields)
 
     async def existing(self, request_ids: Sequence[str]) -> list[bool]:
         """Whether each request still has a record."""
