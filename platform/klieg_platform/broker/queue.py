@@ -62,6 +62,27 @@ class Elsewhere:
     which should serve it without a cold start."""
 
 
+class Wakes:
+    """One dispatch loop's waits for wake tokens, on a connection of its own (a blocking pop
+    holds its connection: two loops sharing one would wait behind each other)."""
+
+    def __init__(self, redis: aioredis.Redis, wire: Wire | None) -> None:
+        self.redis = redis
+        self.wire = wire
+
+    async def wait(self, pools: Sequence[str], timeout_s: float) -> None:
+        """Block until a wake token arrives for one of ``pools`` or the timeout passes."""
+        names = [keys.wake(p) for p in pools]
+        if self.wire is None:
+            await self.redis.blpop(names, timeout=timeout_s)
+        else:
+            await self.wire.call("BLPOP", *names, f"{timeout_s:.3f}")
+
+    def close(self) -> None:
+        if self.wire is not None:
+            self.wire.close()
+
+
 class Queue:
     def __init__(
         self,
@@ -184,6 +205,10 @@ class Queue:
     async def wait_for_work(self, pools: Sequence[str], timeout_s: float) -> None:
         """Block until a wake token arrives for one of ``pools`` or the timeout passes."""
         await self.redis.blpop([keys.wake(p) for p in pools], timeout=timeout_s)
+
+    def wakes(self) -> Wakes:
+        """A connection of its own for one loop's blocking waits for work (``Wakes.wait``)."""
+        return Wakes(self.redis, Wire.of(self.redis))
 
     async def nudge(self, pool: str) -> None:
         """Push a wake token for ``pool`` (bounded, as the scripts' ``wake``)."""

@@ -96,6 +96,7 @@ class Worker:
         log.info(
             "worker %s serving pools %s with %d slots", self.id, self.pools, self.runners.slots
         )
+        wakes = self.broker.queue.wakes()
         drained = False  # the last dispatch left nothing queued: block for a wake token first
         need = 1  # slots the next request needs (more after a Blocked dispatch)
         try:
@@ -108,7 +109,7 @@ class Worker:
                     need = 1 if self.runners.slots - self._busy < need else need
                     continue
                 if drained:
-                    await self.broker.queue.wait_for_work([*self.pools, self._own_wake], 1.0)
+                    await wakes.wait([*self.pools, self._own_wake], 1.0)
                 full = self.runners.full()
                 self._left_full = bool(full)
                 job = await self.broker.queue.dispatch(
@@ -142,6 +143,7 @@ class Worker:
             with contextlib.suppress(Exception):
                 await self.broker.workers.forget(self.id)
             cancels.cancel()
+            wakes.close()
             await self.runners.stop_all()
 
     def stop(self) -> None:

@@ -112,6 +112,7 @@ class WorkflowExecutor:
         )
         await asyncio.wait_for(self._listening.wait(), 10)
         pools = [keys.WORKFLOW_POOL]
+        wakes = self.broker.queue.wakes()
         try:
             while not self._stopping.is_set():
                 free = self.concurrency - len(self._runs)
@@ -122,7 +123,7 @@ class WorkflowExecutor:
                     pools, self.id, self.settings.lease_s, free_units=free, total_units=free
                 )
                 if not isinstance(job, Job):
-                    await self.broker.queue.wait_for_work(pools, 1.0)
+                    await wakes.wait(pools, 1.0)
                     continue
                 task = asyncio.create_task(self._handle(job))
                 self._tasks.add(task)
@@ -131,6 +132,7 @@ class WorkflowExecutor:
             for task in list(self._tasks):
                 task.cancel()
             listener.cancel()
+            wakes.close()
 
     def _on_message(self, channel: str, message: bytes) -> None:
         data = message.decode()

@@ -636,3 +636,25 @@ def test_enqueue_reports_the_position_get_reports(redis_url: str) -> None:
         assert await b.queue.enqueue(new()) is None
 
     run(redis_url, body)
+
+
+def test_wakes_of_two_loops_do_not_wait_behind_each_other(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        idle, busy = b.queue.wakes(), b.queue.wakes()
+        try:
+            started = time.monotonic()
+            sleeper = asyncio.create_task(idle.wait(["quiet"], 3.0))  # nothing will come
+            await asyncio.sleep(0.1)
+            waiter = asyncio.create_task(busy.wait(["CPU"], 3.0))
+            await asyncio.sleep(0.1)
+            await b.queue.enqueue(new("CPU"))
+            await asyncio.wait_for(waiter, 2.0)
+            assert time.monotonic() - started < 1.5  # not behind the other loop's 3 s wait
+            assert not sleeper.done()
+            await asyncio.wait_for(sleeper, 5.0)
+            assert time.monotonic() - started >= 2.9
+        finally:
+            idle.close()
+            busy.close()
+
+    run(redis_url, body)
