@@ -202,10 +202,6 @@ class Queue:
         )
         return Job.rows(reply)
 
-    async def wait_for_work(self, pools: Sequence[str], timeout_s: float) -> None:
-        """Block until a wake token arrives for one of ``pools`` or the timeout passes."""
-        await self.redis.blpop([keys.wake(p) for p in pools], timeout=timeout_s)
-
     def wakes(self) -> Wakes:
         """A connection of its own for one loop's blocking waits for work (``Wakes.wait``)."""
         return Wakes(self.redis, Wire.of(self.redis))

@@ -462,27 +462,35 @@ def test_wait_for_work_returns_promptly_after_an_enqueue(redis_url: str) -> None
             await asyncio.sleep(0.2)
             await b.queue.enqueue(new(pool))
 
-        for waiting_on, pool in ((["CPU"], "CPU"), (["*"], "GPU-H100")):
-            await b.redis.delete(keys.wake("CPU"), keys.wake(keys.ALL_POOLS))
-            start = time.monotonic()
-            producer = asyncio.create_task(enqueue_later(pool))
-            await asyncio.wait_for(b.queue.wait_for_work(waiting_on, 10), 8)
-            elapsed = time.monotonic() - start
-            await producer
-            assert 0.15 <= elapsed < 2, elapsed
+        wakes = b.queue.wakes()
+        try:
+            for waiting_on, pool in ((["CPU"], "CPU"), (["*"], "GPU-H100")):
+                await b.redis.delete(keys.wake("CPU"), keys.wake(keys.ALL_POOLS))
+                start = time.monotonic()
+                producer = asyncio.create_task(enqueue_later(pool))
+                await asyncio.wait_for(wakes.wait(waiting_on, 10), 8)
+                elapsed = time.monotonic() - start
+                await producer
+                assert 0.15 <= elapsed < 2, elapsed
+        finally:
+            wakes.close()
 
     run(redis_url, body)
 
 
 def test_wait_for_work_times_out_without_work_for_its_pools(redis_url: str) -> None:
     async def body(b: Broker) -> None:
-        start = time.monotonic()
-        await b.queue.wait_for_work(["CPU"], 0.3)
-        assert 0.25 <= time.monotonic() - start < 3
-        await b.queue.enqueue(new("GPU-H100"))
-        start = time.monotonic()
-        await b.queue.wait_for_work(["CPU"], 0.3)
-        assert 0.25 <= time.monotonic() - start < 3
+        wakes = b.queue.wakes()
+        try:
+            start = time.monotonic()
+            await wakes.wait(["CPU"], 0.3)
+            assert 0.25 <= time.monotonic() - start < 3
+            await b.queue.enqueue(new("GPU-H100"))
+            start = time.monotonic()
+            await wakes.wait(["CPU"], 0.3)
+            assert 0.25 <= time.monotonic() - start < 3
+        finally:
+            wakes.close()
 
     run(redis_url, body)
 
