@@ -98,7 +98,7 @@ def test_status_long_poll_answers_when_the_request_completes(platform: Platform)
         st = http.get(running["status_url"], params={"wait_s": "0.5"})
         assert st.status_code == 202 and st.json()["status"] in ("IN_QUEUE", "IN_PROGRESS")
         assert 0.4 < time.monotonic() - started < 3
-        for bad in ("-1", "61", "soon"):
+        for bad in ("-1", "61", "soon", "nan", "inf"):
             r = http.get(running["status_url"], params={"wait_s": bad})
             _err(r, 400, "InvalidRequestError")
         unknown = running["status_url"].replace(running["request_id"], "0" * 32)

@@ -116,6 +116,11 @@ def test_request_timeout_header_ends_the_request(semantics: Platform) -> None:
             "/local/semantics/sleep", json={"n": 0}, headers={"X-Fal-Request-Timeout": "x"}
         )
         assert bad.status_code == 400
+        for value in ("nan", "inf", "-1", "0"):
+            bad = http.post(
+                "/local/semantics/sleep", json={"n": 0}, headers={"X-Fal-Request-Timeout": value}
+            )
+            assert bad.status_code == 400 and bad.json()["error_type"] == "InvalidRequestError"
 
 
 def test_segfaulting_runner_fails_the_request_and_is_replaced(semantics: Platform) -> None:

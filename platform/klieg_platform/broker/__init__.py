@@ -6,6 +6,7 @@
 - ``stats``: measured service and cold-start times per app;
 - ``streams``: log lines, streamed items and the pub/sub channels;
 - ``claims``: short exclusive claims and the webhook due set;
+- ``leases``: one renewal loop for every lease a worker or executor holds;
 - ``scripts``: every Lua script, the only writers of a record's status;
 - ``wire``: a lean pipelined connection the request path's scripts run over.
 
@@ -20,6 +21,7 @@ import redis.asyncio as aioredis
 
 from klieg_platform.broker.claims import Claims
 from klieg_platform.broker.jobs import Job, NewRequest, Outcome, RequestState, Status, now_ms
+from klieg_platform.broker.leases import Leases
 from klieg_platform.broker.membership import WORKER_FRESH_S, Membership, Peers
 from klieg_platform.broker.queue import Blocked, Elsewhere, Queue
 from klieg_platform.broker.stats import Stats
@@ -28,7 +30,7 @@ from klieg_platform.broker.wire import Wire
 from klieg_platform.scheduler import DEFAULT_TIERS, Tier
 
 __all__ = [
-    "CHUNK_END", "WORKER_FRESH_S", "Blocked", "Broker", "Elsewhere", "Job", "NewRequest",
+    "CHUNK_END", "WORKER_FRESH_S", "Blocked", "Broker", "Elsewhere", "Job", "Leases", "NewRequest",
     "Outcome", "Peers", "RequestState", "Status", "now_ms",
 ]  # fmt: skip
 

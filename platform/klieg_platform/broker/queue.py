@@ -225,13 +225,6 @@ class Queue:
         deadline = now_ms() + int(lease_s * 1000)
         return int(await self._renew(args=[worker_id, deadline, *request_ids]))
 
-    async def hold_lease(self, request_id: str, worker_id: str, lease_s: float) -> None:
-        """Renew the lease every third of ``lease_s`` until cancelled (run it as a task while
-        the request is being worked on)."""
-        while True:
-            await asyncio.sleep(lease_s / 3)
-            await self.renew(request_id, worker_id, lease_s)
-
     async def finish_job(
         self, job: Job, worker_id: str, outcome: Outcome, *, service_s: float | None = None
     ) -> bool:

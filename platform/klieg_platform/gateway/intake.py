@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -84,7 +85,9 @@ def seconds(raw: str, name: str, *, most: float | None = None, zero: bool = Fals
     try:
         value = float(raw)
     except ValueError:
-        raise InvalidRequestError(f"{name} must be a number of seconds, got {raw!r}") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise InvalidRequestError(f"{name} must be a number of seconds, got {raw!r}")
     if value < 0 or (value == 0 and not zero):
         raise InvalidRequestError(f"{name} must be {'0 or more' if zero else 'positive'}")
     if most is not None and value > most:

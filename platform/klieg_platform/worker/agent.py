@@ -6,7 +6,7 @@ cold-started one and completes it. Housekeeping, every third of a lease: requeue
 (any worker's), stop idle runners past keep_alive, heartbeat, and keep min_concurrency runners
 warm (``warmth.py``). The parts: ``RunnerSet`` (the runners and their slots), ``Warmth`` (cold
 starts, setup backoff, prewarming), ``Revisions`` (the revision cache), ``Leases`` (one renewal
-loop for every lease held here), a ``Batcher`` per batched endpoint.
+loop for every lease held here, ``broker/leases.py``), a ``Batcher`` per batched endpoint.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Awaitable
 
 from klieg.types import EndpointSpec, FunctionSpec
 from klieg_platform import keys
-from klieg_platform.broker import Blocked, Broker, Elsewhere, Job, Peers
+from klieg_platform.broker import Blocked, Broker, Elsewhere, Job, Leases, Peers
 from klieg_platform.config import Settings
 from klieg_platform.packager import Packager
 from klieg_platform.registry import Registry, Revision
@@ -30,7 +30,6 @@ from klieg_platform.storage import BlobStore
 from klieg_platform.worker.batching import Batcher
 from klieg_platform.worker.code import CodeCache
 from klieg_platform.worker.execution import Execution
-from klieg_platform.worker.leases import Leases
 from klieg_platform.worker.process import RunnerProcess
 from klieg_platform.worker.revisions import Revisions
 from klieg_platform.worker.runners import RunnerSet
@@ -71,7 +70,7 @@ class Worker:
         """Requests being executed here, with the runner serving each (None between runners)."""
         self.cancelled: dict[str, float] = {}
         """Ids cancelled while (or before) they ran here, with when (monotonic)."""
-        self.leases = Leases(broker, self.id, settings.lease_s)
+        self.leases = Leases(broker.queue, self.id, settings.lease_s)
         self._batchers: dict[tuple[str, str, str], Batcher] = {}
         self._busy = 0
         self._slot_free = asyncio.Event()

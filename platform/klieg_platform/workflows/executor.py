@@ -41,7 +41,7 @@ from klieg.exceptions import (
 from klieg.types import AppSpec
 from klieg.workflow import WorkflowDoc, resolve
 from klieg_platform import keys
-from klieg_platform.broker import Broker, Job, NewRequest, Outcome, now_ms
+from klieg_platform.broker import Broker, Job, Leases, NewRequest, Outcome, now_ms
 from klieg_platform.config import Settings
 from klieg_platform.registry import Registry, Tenant
 from klieg_platform.storage import BlobStore, offload_payload
@@ -94,6 +94,7 @@ class WorkflowExecutor:
         self.store = store
         self.concurrency = concurrency
         self.id = executor_id or f"wf-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.leases = Leases(broker.queue, self.id, settings.lease_s)
         self._runs: dict[str, _Run] = {}
         self._done: dict[str, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -113,6 +114,7 @@ class WorkflowExecutor:
         await asyncio.wait_for(self._listening.wait(), 10)
         pools = [keys.WORKFLOW_POOL]
         wakes = self.broker.queue.wakes()
+        leases = asyncio.create_task(self.leases.keep())
         try:
             while not self._stopping.is_set():
                 free = self.concurrency - len(self._runs)
@@ -132,6 +134,7 @@ class WorkflowExecutor:
             for task in list(self._tasks):
                 task.cancel()
             listener.cancel()
+            leases.cancel()
             wakes.close()
 
     def _on_message(self, channel: str, message: bytes) -> None:
@@ -147,9 +150,7 @@ class WorkflowExecutor:
 
     # ---- one workflow -----------------------------------------------------------------
     async def _handle(self, job: Job) -> None:
-        renew = asyncio.create_task(
-            self.broker.queue.hold_lease(job.id, self.id, self.settings.lease_s)
-        )
+        self.leases.hold(job.id)
         try:
             outcome = await self._execute(job)
         except KliegError as exc:
@@ -159,7 +160,7 @@ class WorkflowExecutor:
             err = KliegError(f"workflow executor error: {type(exc).__name__}: {exc}")
             outcome = Outcome(ok=False, error=err.to_dict(), http_status=500)
         finally:
-            renew.cancel()
+            self.leases.drop(job.id)
             self._runs.pop(job.id, None)
         if not await self.broker.queue.finish_job(job, self.id, outcome):
             log.warning("workflow request %s: lease lost before completion", job.id)
