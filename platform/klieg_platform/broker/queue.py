@@ -214,9 +214,6 @@ class Queue:
             pipe.expire(keys.wake(pool), 60)
             await pipe.execute()
 
-    async def renew(self, request_id: str, worker_id: str, lease_s: float) -> bool:
-        return await self.renew_many([request_id], worker_id, lease_s) > 0
-
     async def renew_many(self, request_ids: Sequence[str], worker_id: str, lease_s: float) -> int:
         """Extend by ``lease_s`` the leases of ``request_ids`` that ``worker_id`` still holds;
         how many it holds. One script for all of them."""

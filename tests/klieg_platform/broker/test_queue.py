@@ -293,15 +293,15 @@ def test_renew_extends_the_lease_only_for_the_holder(redis_url: str) -> None:
         await b.queue.dispatch(["CPU"], "w1", 1)
         first = await b.redis.zscore(keys.INFLIGHT, req.id)
         assert first is not None
-        assert await b.queue.renew(req.id, "w2", 60) is False
+        assert await b.queue.renew_many([req.id], "w2", 60) == 0
         assert await b.redis.zscore(keys.INFLIGHT, req.id) == first
-        assert await b.queue.renew(req.id, "w1", 60) is True
+        assert await b.queue.renew_many([req.id], "w1", 60) == 1
         renewed = await b.redis.zscore(keys.INFLIGHT, req.id)
         assert renewed is not None and renewed >= first + 58_000
         await b.queue.complete(req.id, "w1", Outcome(ok=True))
-        assert await b.queue.renew(req.id, "w1", 60) is False
+        assert await b.queue.renew_many([req.id], "w1", 60) == 0
         assert await b.redis.zscore(keys.INFLIGHT, req.id) is None
-        assert await b.queue.renew("unknown", "w1", 60) is False
+        assert await b.queue.renew_many(["unknown"], "w1", 60) == 0
 
     run(redis_url, body)
 
