@@ -5,7 +5,29 @@ klieg:req:{id}            hash     one request: the job record (``broker/jobs.py
 klieg:logs:{id}           list     its log lines (JSON each); expires with the record
 klieg:chunks:{id}         stream   the items of a streaming request, closed by an ``end`` entry
 klieg:q:{pool}:{tier}     zset     queued request ids of a pool and tier, scored by enqueue time
-                                   (ms * 1000, made unique)
+                                   (ms * 1000, made unique); reserved ones included
+klieg:lanes:{pool}:{tier} zset     the tier's eligible lanes ("revision/function#units") scored
+                                   by their oldest eligible request: a lane is eligible while its
+                                   app is under cap and one of its tenants is
+klieg:lane:{pool}:{tier}:{lane}
+                          zset     the lane's tenants under cap, scored by their oldest request
+klieg:flow:{pool}:{tier}:{lane}:{tenant}
+                          zset     that tenant's queued request ids in the lane (FIFO by score),
+                                   reserved ones excluded
+klieg:lanejobs:{pool}:{tier}
+                          hash     lane -> how many requests its flows hold
+klieg:laneapp:{pool}:{tier}
+                          hash     lane -> its "owner/app"
+klieg:fnlanes:{pool}:{tier}:{fn}
+                          set      the lanes of one "revision/function" that hold requests
+klieg:tlanes:{tenant}     set      "{pool}:{tier}:{lane}" of every lane where the tenant has a
+                                   flow (the workflow pool excluded: it is never capped)
+klieg:alanes:{app}        set      the same for an "owner/app"
+klieg:reserved:{pool}     hash     worker id -> the queued request it drains for (out of the
+                                   lanes, still in klieg:q)
+klieg:reserved-until:{pool}
+                          zset     worker id -> when its reservation expires (ms), renewed by
+                                   each of its dispatches
 klieg:pools               set      every pool that has ever had a request
 klieg:wake:{pool}         list     wake-up tokens; workers block on it when the queue is empty
 klieg:wake:*              list     wake-up tokens for workers that serve every pool
@@ -35,6 +57,16 @@ from __future__ import annotations
 PREFIX = "klieg:"
 REQUEST_PREFIX = PREFIX + "req:"
 QUEUE_PREFIX = PREFIX + "q:"
+LANES_PREFIX = PREFIX + "lanes:"
+LANE_PREFIX = PREFIX + "lane:"
+FLOW_PREFIX = PREFIX + "flow:"
+LANE_JOBS_PREFIX = PREFIX + "lanejobs:"
+LANE_APP_PREFIX = PREFIX + "laneapp:"
+FN_LANES_PREFIX = PREFIX + "fnlanes:"
+TENANT_LANES_PREFIX = PREFIX + "tlanes:"
+APP_LANES_PREFIX = PREFIX + "alanes:"
+RESERVED_PREFIX = PREFIX + "reserved:"
+RESERVED_UNTIL_PREFIX = PREFIX + "reserved-until:"
 WAKE_PREFIX = PREFIX + "wake:"
 LOGS_PREFIX = PREFIX + "logs:"
 CHUNKS_PREFIX = PREFIX + "chunks:"
@@ -65,6 +97,31 @@ def request(request_id: str) -> str:
 
 def queue(pool: str, tier: str) -> str:
     return f"{QUEUE_PREFIX}{pool}:{tier}"
+
+
+def lane(function_key: str, units: int) -> str:
+    """A lane's name: the requests of one "revision/function" taking ``units`` (at least 1)."""
+    return f"{function_key}#{max(units, 1)}"
+
+
+def lanes(pool: str, tier: str) -> str:
+    return f"{LANES_PREFIX}{pool}:{tier}"
+
+
+def lane_tenants(pool: str, tier: str, lane_name: str) -> str:
+    return f"{LANE_PREFIX}{pool}:{tier}:{lane_name}"
+
+
+def flow(pool: str, tier: str, lane_name: str, tenant: str) -> str:
+    return f"{FLOW_PREFIX}{pool}:{tier}:{lane_name}:{tenant}"
+
+
+def reserved(pool: str) -> str:
+    return RESERVED_PREFIX + pool
+
+
+def reserved_until(pool: str) -> str:
+    return RESERVED_UNTIL_PREFIX + pool
 
 
 def wake(pool: str) -> str:

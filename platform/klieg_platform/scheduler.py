@@ -1,17 +1,18 @@
 """The ordering policy: which queued job a free GPU slot takes next. Plain code, no I/O.
 
 The live broker applies the same rule inside one Redis Lua script, and the simulator
-(``klieg_platform.simulator``) replays traces through these very functions in virtual time, so
-the rule is written here once, literally:
+(``klieg_platform.simulator``) replays traces through this very code in virtual time, so the
+rule is written here once, literally:
 
 1. Tiers. Each tier has a queue-time SLO (``slo_s``), a queue bound (``max_queued``) and a
    ``rank``: 0 is the most important (paid) tier, higher ranks are less important. ``queues``
    maps a tier name to its queued jobs in FIFO order (oldest first).
-2. Candidates. For each tier, the candidate is the first job in FIFO order whose tenant has
-   fewer jobs in flight than its cap AND whose app has fewer jobs in flight than its cap. At most
-   ``SCAN`` (64) jobs are examined per tier; a tier whose first ``SCAN`` jobs are all capped has
-   no candidate this round. Caps are mappings name -> cap; a name missing from a cap mapping is
-   unlimited; a name missing from an in-flight mapping has 0 in flight.
+2. Candidates. For each tier, the candidate is the first job (FIFO) whose tenant has fewer jobs in
+   flight than its cap AND whose app has fewer jobs in flight than its cap. Caps are mappings
+   name -> cap; a name missing from a cap mapping is unlimited; a name missing from an in-flight
+   mapping has 0 in flight. However many jobs of capped tenants or apps wait ahead of it, the
+   candidate is found in bounded time: ``Backlog`` (below) indexes the queue so that capped
+   tenants and apps are parked, not scanned.
 3. Score. A candidate's score is ``(now - enqueued_at) / slo_s`` of its tier: the share of its
    SLO that its wait has used ("1 minute of an api job's wait weighs as much as 10 minutes of a
    light job's").
@@ -21,47 +22,74 @@ the rule is written here once, literally:
 
 Consequences: no tier starves (a waiting job's score grows without bound until it is the
 highest); under overload every tier ends up equally late relative to its SLO; while everyone is
-within SLO a paid job still goes first. A tenant at its cap waits without blocking others.
+within SLO a paid job still goes first. A tenant or app at its cap waits without blocking others.
 
 ``pick_for_worker`` is what the live dispatch runs: the same pick, asked by one worker, plus warm
 affinity and GPU draining. The worker states its free units, its total units, ``here`` (the
 function keys with an idle warm runner on it), ``elsewhere`` (function keys idle on other
-workers) and the apps' measured cold starts (``cold_start_s``, by app). A job takes
-``max(gpus, 1)`` units; its function key is ``fn`` (the app when empty). The candidates are rule
-2's, except that a job needing more units than the worker's total is never one; ``best`` is rule
-4's pick among them. Then:
+workers that can take work) and the apps' measured cold starts (``cold_start_s``, by app). A job
+takes ``max(gpus, 1)`` units; its function key is ``fn`` (the app when empty). The candidates
+are rule 2's, except that a job needing more units than the worker's total, or whose function's
+runners here are all busy (``full``), is never one; ``best`` is rule 4's pick among them. Jobs
+reserved by a draining worker (W3) are not candidates. Then:
 
+W0. a reserved job fits the free units and is under cap: this worker's own reservation, else the
+    best (rule 4) of the other workers' reservations that fit: take it (a drained slot goes to
+    the job it was drained for). This worker's reservation does not fit yet: ``Blocked(units)``,
+    take nothing. This worker's reservation is now over cap: the reservation ends (the job waits
+    in its queue like any other) and the rules go on;
 W1. best's function is idle here: take best;
-W2. best needs more units than are free: ``Blocked(units)``, take nothing (the worker drains
-    until it fits, so a big job is not starved by small ones);
-W3. best is young (within its SLO, and it has waited less than its app's cold start) and some
-    job whose function is idle here is a candidate by the same test (per tier, the first such
-    job among the same ``SCAN``, under caps, fitting the total): the best of those by rule 4, if
-    it fits the free units; no cold start;
-W4. best is young and its function is idle elsewhere: ``Elsewhere()``, take nothing (the warm
-    worker serves it);
+W2. best's function is idle on another worker: ``Elsewhere()``, take nothing (that worker
+    serves it now, warm, instead of this one paying a cold start or draining for it);
+W3. best needs more units than are free: reserve best for this worker and answer
+    ``Blocked(units)``: the worker drains until it fits, so a big job is not starved by small
+    ones, and only this worker drains for it (the others go on serving the queue). At most
+    ``max_reserved`` jobs are reserved at once (the pool's share of draining workers): when that
+    many are, the worker backfills instead: these rules again, over the candidates that fit its
+    free units;
+W4. some job whose function is idle here is a candidate by the same test (per tier, the oldest
+    such job under caps, fitting the total), and the best of those by rule 4 fits the free
+    units, and either best is young (within its SLO, and it has waited less than its app's cold
+    start) or best is over its SLO and that warm job's score is at least ``WARM_SHARE`` (0.5) of
+    best's: take the warm job, no cold start;
 W5. otherwise best, paying a cold start.
 
-So warm work goes first only while that is better for the queue than a cold start: once best
-has waited as long as a cold start (or is over its SLO), it is served where asked.
+So a job is never cold-started while a runner of its function idles on a worker that can take
+it, and warm work goes first while that is better for the queue than a cold start: while the
+best job would have waited for its cold start anyway, or, under overload, while the warm job is
+about as late as the best one (so the fleet is not spent on cold starts exactly when it is
+short of GPUs).
 
 ``pick_strict`` is the strict-priority baseline the policy is measured against: the lowest rank
 with a candidate wins, FIFO within it (same candidates, same caps). Back pressure (``admit``,
 ``retry_after_s``) and the queue ETA (``estimate_start_s``) live here too, so the gateway, the
 broker and the simulator share one set of numbers.
+
+Two forms, one rule. ``pick``, ``pick_strict`` and ``pick_for_worker`` are the reference: pure
+functions over plain queues, scanning them whole. ``Backlog`` holds the queues indexed as the
+live broker holds them in Redis, and answers the same picks (``Backlog.pick`` and friends) in
+time bounded by the number of tiers and of the functions a worker skips, not by the queue: per
+tier, the *lanes* (jobs of one function and size) ordered by their oldest eligible job; per
+lane, the tenants ordered by their oldest job; per tenant and lane, a FIFO. A tenant at its cap
+leaves its lanes' tenant orders, an app at its cap leaves the tier orders, and both come back
+when they fall under cap. A property test holds the two forms equal on random queues.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from itertools import islice
+from collections import deque
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
 
-SCAN = 64
-"""How many queued jobs per tier ``pick`` examines for one whose tenant and app are under cap."""
+WARM_SHARE = 0.5
+"""W4: under overload a warm job goes first while its score is at least this share of best's."""
+
+DRAIN_SHARE = 1 / 16
+"""W3: at most this share of a pool's workers drain for a reservation at once."""
 
 RETRY_AFTER_MIN_S = 1
 RETRY_AFTER_MAX_S = 600
@@ -132,33 +160,35 @@ class Job:
     gpus: int = 1
     fn: str = ""
     """The function the job runs ("revision/function" live); empty: the app is the function."""
+    function_key: str = field(init=False, repr=False, compare=False)
+    """What ``here``/``elsewhere`` of ``pick_for_worker`` name: ``fn``, else ``app``."""
+    units: int = field(init=False, repr=False, compare=False)
+    """Worker units (GPUs) the job takes: ``gpus``, at least one."""
 
-    @property
-    def function_key(self) -> str:
-        """What ``here``/``elsewhere`` of ``pick_for_worker`` name: ``fn``, else ``app``."""
-        return self.fn or self.app
-
-    @property
-    def units(self) -> int:
-        """Worker units (GPUs) the job takes: ``gpus``, at least one."""
-        return max(self.gpus, 1)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "function_key", self.fn or self.app)
+        object.__setattr__(self, "units", self.gpus if self.gpus > 1 else 1)
 
 
 @dataclass(frozen=True, slots=True)
 class Blocked:
-    """``pick_for_worker`` took nothing: the best job needs ``units``, more than are free."""
+    """``pick_for_worker`` took nothing: the job this worker drains for needs ``units``, more than
+    are free. ``job`` is that job: reserved for this worker now (W3) or already (W0)."""
 
     units: int
+    job: Job | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Elsewhere:
-    """``pick_for_worker`` took nothing: the best job is young and its function is idle warm on
-    another worker, which should serve it without a cold start."""
+    """``pick_for_worker`` took nothing: the best job's function is idle warm on another worker,
+    which should serve it without a cold start. ``job``: that best job."""
+
+    job: Job | None = field(default=None, compare=False)
 
 
 class PickFn(Protocol):
-    """The signature ``pick`` and ``pick_strict`` share (what the simulator takes)."""
+    """The signature ``pick`` and ``pick_strict`` share."""
 
     def __call__(
         self,
@@ -173,25 +203,18 @@ class PickFn(Protocol):
     ) -> Job | None: ...
 
 
-class WorkerPickFn(Protocol):
-    """The signature of ``pick_for_worker`` (what ``simulator.simulate_per_worker`` takes)."""
-
-    def __call__(
-        self,
-        queues: Mapping[str, Sequence[Job]],
-        now: float,
-        *,
-        tiers: Sequence[Tier] = ...,
-        inflight_by_tenant: Mapping[str, int] = ...,
-        inflight_by_app: Mapping[str, int] = ...,
-        tenant_caps: Mapping[str, int] = ...,
-        app_caps: Mapping[str, int] = ...,
-        free_units: int,
-        total_units: int,
-        here: Collection[str] = ...,
-        elsewhere: Collection[str] = ...,
-        cold_start_s: Mapping[str, float] = ...,
-    ) -> Job | Blocked | Elsewhere | None: ...
+def _under_cap(
+    job: Job,
+    inflight_by_tenant: Mapping[str, int],
+    inflight_by_app: Mapping[str, int],
+    tenant_caps: Mapping[str, int],
+    app_caps: Mapping[str, int],
+) -> bool:
+    cap = tenant_caps.get(job.tenant)
+    if cap is not None and inflight_by_tenant.get(job.tenant, 0) >= cap:
+        return False
+    cap = app_caps.get(job.app)
+    return cap is None or inflight_by_app.get(job.app, 0) < cap
 
 
 def _candidates(
@@ -204,16 +227,18 @@ def _candidates(
     max_units: float = math.inf,
     warm: Collection[str] | None = None,
     full: Collection[str] = (),
+    skip: Collection[str] = (),
 ) -> list[tuple[Tier, Job]]:
-    """Per tier, the first of its first SCAN jobs whose tenant and app are under cap, that takes
-    at most ``max_units`` units and (when ``warm`` is given) whose function key is in ``warm``.
-
-    The result is sorted by (rank, enqueued_at).
+    """Rule 2 by a whole scan: per tier, the first job (FIFO) whose tenant and app are under
+    cap, that takes at most ``max_units`` units, whose function is not in ``full`` (and, when
+    ``warm`` is given, is in ``warm``) and whose id is not in ``skip``. Sorted by (rank,
+    enqueued_at).
 
     Raises ValueError for a non-empty queue whose tier is not in ``tiers`` (it would never be
     served).
     """
     by_name = {t.name: t for t in tiers}
+    counts = (inflight_by_tenant, inflight_by_app, tenant_caps, app_caps)
     found: list[tuple[Tier, Job]] = []
     for name, queue in queues.items():
         if not queue:
@@ -221,25 +246,31 @@ def _candidates(
         tier = by_name.get(name)
         if tier is None:
             raise ValueError(f"jobs queued in unknown tier {name!r}")
-        if max_units < 1:
-            continue  # every job takes at least one unit
-        for job in islice(queue, SCAN):
-            if job.gpus > max_units:  # units > max_units, as max_units >= 1 here
+        for job in queue:
+            if job.units > max_units or job.function_key in full or job.id in skip:
                 continue
             if warm is not None and job.function_key not in warm:
                 continue
-            if job.function_key in full:
-                continue
-            cap = tenant_caps.get(job.tenant)
-            if cap is not None and inflight_by_tenant.get(job.tenant, 0) >= cap:
-                continue
-            cap = app_caps.get(job.app)
-            if cap is not None and inflight_by_app.get(job.app, 0) >= cap:
-                continue
-            found.append((tier, job))
-            break
+            if _under_cap(job, *counts):
+                found.append((tier, job))
+                break
     found.sort(key=lambda c: (c[0].rank, c[1].enqueued_at))
     return found
+
+
+def _best(found: Sequence[tuple[Tier, Job]], now: float) -> tuple[Job, float]:
+    """Rule 4 over non-empty ``found`` (in (rank, enqueued_at) order): the pick and its score."""
+    best_tier, best = found[0]
+    best_score = (now - best.enqueued_at) / best_tier.slo_s
+    first_score = best_score
+    for tier, job in found[1:]:
+        score = (now - job.enqueued_at) / tier.slo_s
+        if score > best_score:
+            best_tier, best, best_score = tier, job, score
+    # ``found`` is in (rank, enqueued_at) order and only a strictly higher score replaces the
+    # best, so ties already went to the lower rank, then the earlier job. Below 1 the best score
+    # does not count: found[0] (the lowest rank) wins.
+    return (best, best_score) if best_score >= 1.0 else (found[0][1], first_score)
 
 
 def pick(
@@ -261,19 +292,87 @@ def pick(
     return _best(found, now)[0] if found else None
 
 
-def _best(found: Sequence[tuple[Tier, Job]], now: float) -> tuple[Job, float]:
-    """Rule 4 over non-empty ``found`` (in (rank, enqueued_at) order): the pick and its score."""
-    best_tier, best = found[0]
-    best_score = (now - best.enqueued_at) / best_tier.slo_s
-    first_score = best_score
-    for tier, job in found[1:]:
-        score = (now - job.enqueued_at) / tier.slo_s
-        if score > best_score:
-            best_tier, best, best_score = tier, job, score
-    # ``found`` is in (rank, enqueued_at) order and only a strictly higher score replaces the
-    # best, so ties already went to the lower rank, then the earlier job. Below 1 the best score
-    # does not count: found[0] (the lowest rank) wins.
-    return (best, best_score) if best_score >= 1.0 else (found[0][1], first_score)
+def pick_strict(
+    queues: Mapping[str, Sequence[Job]],
+    now: float,
+    *,
+    tiers: Sequence[Tier] = DEFAULT_TIERS,
+    inflight_by_tenant: Mapping[str, int] = _NO_COUNTS,
+    inflight_by_app: Mapping[str, int] = _NO_COUNTS,
+    tenant_caps: Mapping[str, int] = _NO_COUNTS,
+    app_caps: Mapping[str, int] = _NO_COUNTS,
+) -> Job | None:
+    """Strict priority, the baseline: the lowest-rank tier's candidate, whatever the waits.
+
+    ``now`` is unused (kept so both picks share one signature).
+    """
+    found = _candidates(queues, tiers, inflight_by_tenant, inflight_by_app, tenant_caps, app_caps)
+    return found[0][1] if found else None
+
+
+_VOID = object()
+"""``_held`` of a worker whose reservation is over cap: the reservation ends."""
+
+
+def _held(
+    worker: str,
+    reserved: Mapping[str, Job],
+    tiers: Sequence[Tier],
+    now: float,
+    free_units: int,
+    total_units: int,
+    under_cap: Callable[[Job], bool],
+) -> Job | Blocked | object | None:
+    """Rule W0: the reserved job to take, ``Blocked`` (still draining), ``_VOID`` (this worker's
+    reservation ends untaken) or None (no reservation applies: go on with W1-W5)."""
+    mine = reserved.get(worker)
+    if mine is not None:
+        if not under_cap(mine):
+            return _VOID
+        return Blocked(mine.units, mine) if mine.units > free_units else mine
+    by_name = {t.name: t for t in tiers}
+    fits = sorted(
+        (
+            (by_name[j.tier], j)
+            for w, j in reserved.items()
+            if w != worker and j.units <= min(free_units, total_units) and under_cap(j)
+        ),
+        key=lambda c: (c[0].rank, c[1].enqueued_at),
+    )
+    return _best(fits, now)[0] if fits else None
+
+
+def _for_worker(
+    found: Sequence[tuple[Tier, Job]],
+    warm_found: Callable[[], Sequence[tuple[Tier, Job]]],
+    now: float,
+    free_units: int,
+    here: Collection[str],
+    elsewhere: Collection[str],
+    cold_start_s: Mapping[str, float],
+    backfill: Callable[[], Job | Blocked | Elsewhere | None] | None = None,
+) -> Job | Blocked | Elsewhere | None:
+    """Rules W1-W5 over the candidates ``found`` (rule 2, sorted) and, asked only when W4 needs
+    them, the warm candidates. ``backfill``: W3's answer when no reservation may be made (None:
+    one may)."""
+    if not found:
+        return None
+    best, score = _best(found, now)
+    if best.function_key in here:
+        return best  # W1
+    if best.function_key in elsewhere:
+        return Elsewhere(best)  # W2
+    if best.units > free_units:
+        return Blocked(best.units, best) if backfill is None else backfill()  # W3
+    young = score < 1.0 and now - best.enqueued_at < cold_start_s.get(best.app, 0.0)
+    if here and (young or score >= 1.0):
+        warm = warm_found()
+        if warm:
+            pick_warm, warm_score = _best(warm, now)
+            close = warm_score >= WARM_SHARE * score
+            if pick_warm.units <= free_units and (young or close):
+                return pick_warm  # W4
+    return best  # W5
 
 
 def pick_for_worker(
@@ -291,54 +390,508 @@ def pick_for_worker(
     elsewhere: Collection[str] = (),
     cold_start_s: Mapping[str, float] = _NO_TIMES,
     full: Collection[str] = (),
+    worker: str = "",
+    reserved: Mapping[str, Job] = MappingProxyType({}),
+    max_reserved: int | None = None,
 ) -> Job | Blocked | Elsewhere | None:
-    """What one worker takes (module docstring, rules W1-W5); None when nothing is a candidate.
+    """What ``worker`` takes (module docstring, rules W0-W5); None when nothing is a candidate.
 
     ``here``/``elsewhere`` hold function keys (``Job.function_key``); ``cold_start_s`` maps an
     app to its measured cold start (missing: 0, so its jobs are never young). ``full``: the
     functions whose runners on this worker are all busy at their max_concurrency; their jobs are
-    not candidates here (the worker could not start them now: it must not hoard them). Pure,
-    like ``pick``: the caller removes a returned job from its queue and counts it in flight.
+    not candidates here (the worker could not start them now: it must not hoard them).
+    ``reserved``: worker -> the job it drains for; those jobs stay in ``queues`` but are not
+    candidates. Pure, like ``pick``: the caller removes a returned job from its queue and counts
+    it in flight, and keeps ``reserved``: a ``Blocked`` answer reserves its ``job`` for
+    ``worker``; any other answer ends ``worker``'s reservation (taken, or back in its queue), and
+    a returned job reserved by another worker is no longer reserved.
     """
     counts = (inflight_by_tenant, inflight_by_app, tenant_caps, app_caps)
-    found = _candidates(queues, tiers, *counts, max_units=total_units, full=full)
-    if not found:
-        return None
-    best, score = _best(found, now)
-    if best.function_key in here:
-        return best  # W1
-    if best.units > free_units:
-        return Blocked(best.units)  # W2
-    young = score < 1.0 and now - best.enqueued_at < cold_start_s.get(best.app, 0.0)
-    if not young:
-        return best  # W5
-    if here:
-        warm_found = _candidates(
-            queues, tiers, *counts, max_units=total_units, warm=here, full=full
+    held = _held(
+        worker, reserved, tiers, now, free_units, total_units, lambda j: _under_cap(j, *counts)
+    )
+    if isinstance(held, Job | Blocked):
+        return held
+    skip = {j.id for w, j in reserved.items() if w != worker or held is not _VOID}
+    others = len(reserved) - (worker in reserved)
+
+    def rules(
+        units: int, backfill: Callable[[], Job | Blocked | Elsewhere | None] | None
+    ) -> Job | Blocked | Elsewhere | None:
+        return _for_worker(
+            _candidates(queues, tiers, *counts, max_units=units, full=full, skip=skip),
+            lambda: _candidates(
+                queues, tiers, *counts, max_units=units, warm=here, full=full, skip=skip
+            ),
+            now,
+            free_units,
+            here,
+            elsewhere,
+            cold_start_s,
+            backfill,
         )
-        if warm_found:
-            warm = _best(warm_found, now)[0]
-            if warm.units <= free_units:
-                return warm  # W3
-    return Elsewhere() if best.function_key in elsewhere else best  # W4, W5
+
+    if max_reserved is None or others < max_reserved:
+        return rules(total_units, None)
+    return rules(total_units, lambda: rules(free_units, None))
 
 
-def pick_strict(
-    queues: Mapping[str, Sequence[Job]],
-    now: float,
-    *,
-    tiers: Sequence[Tier] = DEFAULT_TIERS,
-    inflight_by_tenant: Mapping[str, int] = _NO_COUNTS,
-    inflight_by_app: Mapping[str, int] = _NO_COUNTS,
-    tenant_caps: Mapping[str, int] = _NO_COUNTS,
-    app_caps: Mapping[str, int] = _NO_COUNTS,
-) -> Job | None:
-    """Strict priority, the baseline: the lowest-rank tier's candidate, whatever the waits.
+# -- the indexed form ------------------------------------------------------------------------------
 
-    ``now`` is unused (kept so both picks share one signature).
+Lane = tuple[str, int]
+"""Jobs of one function key that take the same units."""
+_Key = int
+"""A queued job's place in FIFO order: its arrival sequence in the backlog."""
+
+
+@dataclass(slots=True)
+class _LaneIndex:
+    """One lane of one tier: its tenants by their oldest job, how many jobs it holds, and the
+    key of its one live entry in the tier's order (None: it has none)."""
+
+    tenants: list[tuple[_Key, str]] = field(default_factory=list)
+    jobs: int = 0
+    pushed: _Key | None = None
+
+
+@dataclass(slots=True)
+class _Flow:
+    """The jobs of one tenant in one lane of one tier, FIFO, and the key of its one live entry
+    in the lane's tenant order (None: it has none)."""
+
+    jobs: deque[Job] = field(default_factory=deque)
+    pushed: _Key | None = None
+
+
+class Backlog:
+    """Queued jobs indexed by tier, lane and tenant, with the in-flight counts and the
+    reservations: the state the live broker keeps in Redis (module docstring, "Two forms").
+
+    ``add`` queues a job; ``start`` takes a picked job (a candidate or a reservation) out of the
+    queue and counts it in flight; ``finish`` ends it. The picks answer what the reference
+    functions of the same name answer for the same queues, counts and reservations, and
+    ``pick_for_worker`` keeps the reservations itself (W0, W3).
     """
-    found = _candidates(queues, tiers, inflight_by_tenant, inflight_by_app, tenant_caps, app_caps)
-    return found[0][1] if found else None
+
+    def __init__(
+        self,
+        tiers: Sequence[Tier] = DEFAULT_TIERS,
+        *,
+        tenant_caps: Mapping[str, int] = _NO_COUNTS,
+        app_caps: Mapping[str, int] = _NO_COUNTS,
+    ) -> None:
+        self.tiers = tuple(sorted(tiers, key=lambda t: t.rank))
+        self._tier = {t.name: t for t in self.tiers}
+        self.tenant_caps = dict(tenant_caps)
+        self.app_caps = dict(app_caps)
+        self.inflight_by_tenant: dict[str, int] = {}
+        self.inflight_by_app: dict[str, int] = {}
+        self.reserved: dict[str, Job] = {}
+        """Worker -> the job it drains for (still queued, not a candidate)."""
+        self._reserved_units: dict[int, dict[str, Job]] = {}
+        """Units -> worker -> its reserved job, of those that take that many units."""
+        self._queued = dict.fromkeys(self._tier, 0)
+        self._total = 0
+        self._seq = 0
+        self._key: dict[str, _Key] = {}
+        self._flows: dict[tuple[str, Lane, str], _Flow] = {}
+        self._lanes: dict[tuple[str, Lane], _LaneIndex] = {}
+        self._heads: dict[str, dict[int, list[tuple[_Key, Lane]]]] = {n: {} for n in self._tier}
+        """Tier -> units -> its lanes of that many units, by their oldest eligible job."""
+        self._version = dict.fromkeys(self._tier, 0)
+        """Tier -> bumped whenever a job enters or leaves its index."""
+        self._caps_version = 0
+        """Bumped whenever a tenant or app reaches its cap or falls under it."""
+        self._tops: dict[tuple[str, int], tuple[int, int, Job | None]] = {}
+        """(tier, units) -> (tier version, caps version, ``_top`` with nothing full) cached."""
+        self._fn_lanes: dict[tuple[str, str], set[Lane]] = {}
+        self._tenant_lanes: dict[str, set[tuple[str, Lane]]] = {}
+        self._app_lanes: dict[str, set[tuple[str, Lane]]] = {}
+        self._lane_app: dict[Lane, str] = {}
+
+    # -- counts ----------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Jobs queued, reserved ones included."""
+        return self._total
+
+    def queued_in(self, tier: str) -> int:
+        """Jobs queued in ``tier`` (for ``admit``)."""
+        return self._queued[tier]
+
+    def _tenant_open(self, tenant: str) -> bool:
+        cap = self.tenant_caps.get(tenant)
+        return cap is None or self.inflight_by_tenant.get(tenant, 0) < cap
+
+    def _app_open(self, app: str) -> bool:
+        cap = self.app_caps.get(app)
+        return cap is None or self.inflight_by_app.get(app, 0) < cap
+
+    def _open(self, job: Job) -> bool:
+        return self._tenant_open(job.tenant) and self._app_open(job.app)
+
+    def under_cap(self, job: Job) -> bool:
+        """Whether ``job``'s tenant and app are both under their in-flight caps."""
+        return self._open(job)
+
+    # -- changes ---------------------------------------------------------------------------------
+
+    def add(self, job: Job) -> None:
+        """Queue ``job``, FIFO: after every job added before it (as ``queues`` lists them)."""
+        tier = self._tier.get(job.tier)
+        if tier is None:
+            raise ValueError(f"jobs queued in unknown tier {job.tier!r}")
+        self._seq += 1
+        key = self._seq
+        self._key[job.id] = key
+        self._queued[job.tier] += 1
+        self._total += 1
+        self._index(job, key)
+
+    def _index(self, job: Job, key: _Key) -> None:
+        self._version[job.tier] += 1
+        lane: Lane = (job.function_key, job.units)
+        flow_key = (job.tier, lane, job.tenant)
+        flow = self._flows.get(flow_key)
+        if flow is None:
+            self._flows[flow_key] = flow = _Flow()
+        jobs = flow.jobs
+        if jobs and self._key[jobs[-1].id] > key:  # a reservation coming back: keep FIFO
+            items = sorted([*jobs, job], key=lambda j: self._key[j.id])
+            jobs.clear()
+            jobs.extend(items)
+        else:
+            jobs.append(job)
+        at = (job.tier, lane)
+        index = self._lanes.get(at)
+        if index is None:
+            self._lanes[at] = index = _LaneIndex()
+            self._fn_lanes.setdefault((job.tier, job.function_key), set()).add(lane)
+            self._app_lanes.setdefault(job.app, set()).add(at)
+            self._lane_app[lane] = job.app
+        index.jobs += 1
+        if jobs[0] is job:
+            self._tenant_lanes.setdefault(job.tenant, set()).add(at)
+            self._push_flow(index, flow, job.tenant, key)
+            self._push_lane(job.tier, lane, index, key)
+
+    def _push_flow(self, index: _LaneIndex, flow: _Flow, tenant: str, key: _Key) -> None:
+        """Make sure the lane's tenant order holds the flow at ``key`` or older."""
+        if flow.pushed is None or key < flow.pushed:
+            heapq.heappush(index.tenants, (key, tenant))
+            flow.pushed = key
+
+    def _push_lane(self, tier: str, lane: Lane, index: _LaneIndex, key: _Key) -> None:
+        """Make sure the tier's order holds the lane at ``key`` or older."""
+        if index.pushed is None or key < index.pushed:
+            heapq.heappush(self._heads[tier].setdefault(lane[1], []), (key, lane))
+            index.pushed = key
+
+    def _unindex(self, job: Job) -> None:
+        """Take ``job``, the head of its flow, out of the index (the heap entries it leaves
+        behind are dropped or refreshed when next looked at)."""
+        self._version[job.tier] += 1
+        lane: Lane = (job.function_key, job.units)
+        flow_key = (job.tier, lane, job.tenant)
+        jobs = self._flows[flow_key].jobs
+        if jobs[0] is job:
+            jobs.popleft()
+        else:
+            jobs.remove(job)
+        at = (job.tier, lane)
+        if not jobs:
+            del self._flows[flow_key]
+            lanes = self._tenant_lanes[job.tenant]
+            lanes.discard(at)
+            if not lanes:
+                del self._tenant_lanes[job.tenant]
+        index = self._lanes[at]
+        index.jobs -= 1
+        if not index.jobs:
+            del self._lanes[at]
+            fns = self._fn_lanes[(job.tier, job.function_key)]
+            fns.discard(lane)
+            if not fns:
+                del self._fn_lanes[(job.tier, job.function_key)]
+            apps = self._app_lanes[job.app]
+            apps.discard(at)
+            if not apps:
+                del self._app_lanes[job.app]
+
+    def start(self, job: Job) -> str | None:
+        """``job`` (returned by a pick) leaves the queue and runs: it counts in flight. Returns
+        the worker that held it reserved, if one did."""
+        holder = None
+        for worker, held in self.reserved.items():
+            if held is job:
+                holder = worker
+                break
+        if holder is None:
+            self._unindex(job)
+        else:
+            del self.reserved[holder]
+            self._count_reserved(holder, job, False)
+        del self._key[job.id]
+        self._queued[job.tier] -= 1
+        self._total -= 1
+        self.inflight_by_tenant[job.tenant] = self.inflight_by_tenant.get(job.tenant, 0) + 1
+        self.inflight_by_app[job.app] = self.inflight_by_app.get(job.app, 0) + 1
+        if not self._open(job):
+            self._caps_version += 1
+        return holder
+
+    def finish(self, job: Job) -> None:
+        """``job`` stopped running: its tenant and app may fall under cap again."""
+        tenant_was = self._tenant_open(job.tenant)
+        app_was = self._app_open(job.app)
+        self.inflight_by_tenant[job.tenant] -= 1
+        self.inflight_by_app[job.app] -= 1
+        if not (tenant_was and app_was):
+            self._caps_version += 1
+        if not tenant_was and self._tenant_open(job.tenant):
+            for tier, lane in self._tenant_lanes.get(job.tenant, ()):
+                flow = self._flows[(tier, lane, job.tenant)]
+                key = self._key[flow.jobs[0].id]
+                index = self._lanes[(tier, lane)]
+                self._push_flow(index, flow, job.tenant, key)
+                self._push_lane(tier, lane, index, key)
+        if not app_was and self._app_open(job.app):
+            for tier, lane in self._app_lanes.get(job.app, ()):
+                head = self._lane_head(tier, lane)
+                if head is not None:
+                    self._push_lane(tier, lane, self._lanes[(tier, lane)], self._key[head.id])
+
+    def smallest_reserved(self) -> int:
+        """The fewest units a reserved job takes (0: nothing is reserved)."""
+        return min(self._reserved_units) if self._reserved_units else 0
+
+    def unreserved(self) -> int:
+        """Jobs queued and not reserved: those a pick can find as candidates."""
+        return self._total - len(self.reserved)
+
+    def _count_reserved(self, worker: str, job: Job, add: bool) -> None:
+        by_units = self._reserved_units
+        if add:
+            by_units.setdefault(job.units, {})[worker] = job
+        else:
+            del by_units[job.units][worker]
+            if not by_units[job.units]:
+                del by_units[job.units]
+
+    def _held(
+        self, worker: str, now: float, free_units: int, total_units: int
+    ) -> Job | Blocked | object | None:
+        """Rule W0 as ``_held`` answers it, looking only at the reservations that fit."""
+        mine = self.reserved.get(worker)
+        if mine is not None:
+            if not self._open(mine):
+                return _VOID
+            return Blocked(mine.units, mine) if mine.units > free_units else mine
+        room = min(free_units, total_units)
+        fits = [
+            (self._tier[j.tier], j)
+            for units, held in self._reserved_units.items()
+            if units <= room
+            for j in held.values()
+            if self._open(j)
+        ]
+        if not fits:
+            return None
+        fits.sort(key=lambda c: (c[0].rank, c[1].enqueued_at))
+        return _best(fits, now)[0]
+
+    def _reserve(self, worker: str, job: Job) -> None:
+        self._release(worker)
+        self._unindex(job)
+        self.reserved[worker] = job
+        self._count_reserved(worker, job, True)
+
+    def _release(self, worker: str) -> None:
+        held = self.reserved.pop(worker, None)
+        if held is not None:
+            self._count_reserved(worker, held, False)
+            self._index(held, self._key[held.id])
+
+    # -- lookups ---------------------------------------------------------------------------------
+
+    def _lane_head(self, tier: str, lane: Lane) -> Job | None:
+        """The oldest job of the lane whose tenant is under cap. A capped tenant's entry is
+        dropped (``finish`` pushes it back), a stale one refreshed, a dead duplicate dropped."""
+        index = self._lanes.get((tier, lane))
+        if index is None:
+            return None
+        heap, flows, keys = index.tenants, self._flows, self._key
+        while heap:
+            key, tenant = heap[0]
+            flow = flows.get((tier, lane, tenant))
+            if flow is None or flow.pushed != key:
+                heapq.heappop(heap)
+                continue
+            head = flow.jobs[0]
+            head_key = keys[head.id]
+            if head_key != key:
+                heapq.heapreplace(heap, (head_key, tenant))
+                flow.pushed = head_key
+            elif not self._tenant_open(tenant):
+                heapq.heappop(heap)
+                flow.pushed = None
+            else:
+                return head
+        return None
+
+    def _first(self, tier: str, max_units: float, full: Collection[str]) -> Job | None:
+        """The oldest lane head of ``tier`` under cap that fits ``max_units`` and whose function
+        is not in ``full``: the oldest of the heads of each lane size that fits."""
+        found: Job | None = None
+        found_key = 0
+        version, caps, tops = self._version[tier], self._caps_version, self._tops
+        for units, heap in self._heads[tier].items():
+            if units > max_units or not heap:
+                continue
+            if full:
+                head = self._top(tier, heap, full)
+            else:
+                cached = tops.get((tier, units))
+                if cached is not None and cached[0] == version and cached[1] == caps:
+                    head = cached[2]
+                else:
+                    head = self._top(tier, heap, full)
+                    tops[(tier, units)] = (version, caps, head)
+            if head is not None and (found is None or self._key[head.id] < found_key):
+                found, found_key = head, self._key[head.id]
+        return found
+
+    def _top(self, tier: str, heap: list[tuple[_Key, Lane]], full: Collection[str]) -> Job | None:
+        """The oldest lane head under cap in ``heap`` whose function is not in ``full``. Lanes
+        skipped for ``full`` go back into the order afterwards."""
+        lanes, keys = self._lanes, self._key
+        skipped: list[tuple[_Key, Lane]] = []
+        found: Job | None = None
+        while heap:
+            key, lane = heap[0]
+            index = lanes.get((tier, lane))
+            if index is None or index.pushed != key:
+                heapq.heappop(heap)
+                continue
+            if not self._app_open(self._lane_app[lane]):
+                heapq.heappop(heap)
+                index.pushed = None
+                continue
+            head = self._lane_head(tier, lane)
+            if head is None:
+                heapq.heappop(heap)
+                index.pushed = None
+                continue
+            head_key = keys[head.id]
+            if head_key != key:
+                heapq.heapreplace(heap, (head_key, lane))
+                index.pushed = head_key
+                continue
+            if full and lane[0] in full:
+                skipped.append(heapq.heappop(heap))
+                continue
+            found = head
+            break
+        for entry in skipped:
+            heapq.heappush(heap, entry)
+        return found
+
+    def candidates(
+        self, max_units: float = math.inf, full: Collection[str] = ()
+    ) -> list[tuple[Tier, Job]]:
+        """Rule 2: per tier its candidate, sorted by (rank, enqueued_at)."""
+        found = []
+        for tier in self.tiers:
+            job = self._first(tier.name, max_units, full)
+            if job is not None:
+                found.append((tier, job))
+        found.sort(key=lambda c: (c[0].rank, c[1].enqueued_at))
+        return found
+
+    def warm_candidates(
+        self, here: Collection[str], max_units: float = math.inf, full: Collection[str] = ()
+    ) -> list[tuple[Tier, Job]]:
+        """W4's candidates: per tier the oldest job under cap whose function is in ``here``."""
+        found = []
+        for tier in self.tiers:
+            best: Job | None = None
+            for fn in here:
+                if fn in full:
+                    continue
+                for lane in self._fn_lanes.get((tier.name, fn), ()):
+                    if lane[1] > max_units or not self._app_open(self._lane_app[lane]):
+                        continue
+                    head = self._lane_head(tier.name, lane)
+                    if head is not None and (
+                        best is None or self._key[head.id] < self._key[best.id]
+                    ):
+                        best = head
+            if best is not None:
+                found.append((tier, best))
+        found.sort(key=lambda c: (c[0].rank, c[1].enqueued_at))
+        return found
+
+    def pick(self, now: float) -> Job | None:
+        """``pick`` over this backlog."""
+        found = self.candidates()
+        return _best(found, now)[0] if found else None
+
+    def pick_strict(self, now: float) -> Job | None:
+        """``pick_strict`` over this backlog."""
+        for tier in self.tiers:
+            job = self._first(tier.name, math.inf, ())
+            if job is not None:
+                return job
+        return None
+
+    def pick_for_worker(
+        self,
+        now: float,
+        *,
+        worker: str,
+        free_units: int,
+        total_units: int,
+        here: Collection[str] = (),
+        elsewhere: Collection[str] = (),
+        cold_start_s: Mapping[str, float] = _NO_TIMES,
+        full: Collection[str] = (),
+        max_reserved: int | None = None,
+    ) -> Job | Blocked | Elsewhere | None:
+        """``pick_for_worker`` over this backlog, keeping the reservations: a ``Blocked`` answer
+        reserves its job for ``worker``, any other answer ends ``worker``'s reservation."""
+        held = self._held(worker, now, free_units, total_units) if self.reserved else None
+        if isinstance(held, Blocked):
+            return held
+        if isinstance(held, Job):
+            return held  # start() ends its reservation
+        self._release(worker)
+
+        def rules(
+            units: int, backfill: Callable[[], Job | Blocked | Elsewhere | None] | None
+        ) -> Job | Blocked | Elsewhere | None:
+            return _for_worker(
+                self.candidates(units, full),
+                lambda: self.warm_candidates(here, units, full),
+                now,
+                free_units,
+                here,
+                elsewhere,
+                cold_start_s,
+                backfill,
+            )
+
+        if max_reserved is None or len(self.reserved) < max_reserved:
+            got = rules(total_units, None)
+        else:
+            got = rules(total_units, lambda: rules(free_units, None))
+        if isinstance(got, Blocked) and got.job is not None:
+            self._reserve(worker, got.job)
+        return got
+
+
+def max_reserved(workers: int) -> int:
+    """W3's limit for a pool of ``workers`` workers: ``DRAIN_SHARE`` of them, at least one."""
+    return max(1, math.ceil(workers * DRAIN_SHARE))
 
 
 def admit(tier: str, queued_in_tier: int, tiers: Sequence[Tier] = DEFAULT_TIERS) -> bool:

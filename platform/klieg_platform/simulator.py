@@ -18,28 +18,35 @@ per app ``max_inflight`` (in-flight cap of the app).
 Cluster model, the same whatever the pick: each worker has ``gpus_per_worker`` GPUs; a runner of
 an app holds ``num_gpus`` GPUs on one worker and stays warm (idle, still holding them) after a
 request until it is evicted. A new runner pays its app's ``cold_start_s`` before the service
-time. Whenever jobs arrive or finish, dispatch runs, in one of two ways:
+time. Queued jobs live in a ``scheduler.Backlog`` (the indexed queues the live broker keeps in
+Redis; tenant caps per tier, app caps per app). Whenever jobs arrive or finish, dispatch runs,
+in one of two ways:
 
-- ``simulate`` (one pick for the whole cluster, ``pick``/``pick_strict``): the loop picks a job
-  (``pick_fn``) and places it on an idle warm runner of its app if there is one (the most
-  recently used; no cold start); else on the worker with the fewest free GPUs that still fit it;
-  else on the worker of the least recently used idle runner whose worker can make room, after
-  evicting that worker's idle runners, least recently used first. If the picked job fits
-  nowhere, dispatch stops until something finishes (so a big job is not starved by small ones).
-- ``simulate_per_worker`` (what the live workers do, ``pick_for_worker``): every worker with
-  available GPUs (free or held by idle runners, as a live worker counts its idle runners' slots
-  free) asks, the fewest available first (ties: lower id), and keeps asking while it gets jobs.
-  It states its available GPUs as free units, ``gpus_per_worker`` as total units, the apps it
-  holds idle as ``here``, the apps idle on other workers as ``elsewhere`` and each app's
-  ``cold_start_s`` as the measured cold start (the app is the function key). A job runs on the
-  asker: on its most recently used idle runner of the app, else on a new runner, after evicting
-  the asker's idle runners, least recently used first. ``Blocked`` and ``Elsewhere`` end that
-  worker's turn; rounds of asks repeat until one takes nothing (a worker blocked on a big job
-  asks again at the next arrival or completion, as a live one does when a slot frees).
+- ``simulate`` (one pick for the whole cluster, ``Backlog.pick``, or ``Backlog.pick_strict``
+  with ``strict``): the loop picks a job and places it on an idle warm runner of its app if there
+  is one (the most recently used; no cold start); else on the worker with the fewest free GPUs
+  that still fit it; else on the worker of the least recently used idle runner whose worker can
+  make room, after evicting that worker's idle runners, least recently used first. If the
+  picked job fits nowhere, dispatch stops until something finishes (so a big job is not starved
+  by small ones).
+- ``simulate_per_worker`` (what the live workers do, ``Backlog.pick_for_worker``): every worker
+  with available GPUs (free or held by idle runners, as a live worker counts its idle runners'
+  slots free) asks, the fewest available first, and keeps asking while it gets jobs. It states
+  its available GPUs as free units, ``gpus_per_worker`` as total units, the apps it holds idle
+  as ``here``, the apps idle on other workers that are not draining as ``elsewhere`` and each
+  app's ``cold_start_s`` as the measured cold start (the app is the function key). A job runs on
+  the asker: on its most recently used idle runner of the app, else on a new runner, after
+  evicting the asker's idle runners, least recently used first. ``Elsewhere`` makes the warm
+  worker ask (the live broker wakes it), then the asker asks again; ``Blocked`` (the worker
+  drains for its reservation) ends that worker's turn; a worker whose reservation another worker
+  took asks again; a worker that drains asks again at the next arrival or completion, as a live
+  one does when a slot frees.
 
 Wait = dispatch time - arrival; ``gpu_utilisation`` = service GPU-seconds / (GPUs x makespan);
 cold starts are not busy time, ``cold_start_gpu_share`` is their GPU-seconds over the same
-denominator.
+denominator; ``window_utilisation`` counts only the service GPU-seconds between the first and the
+last arrival, over GPUs x that span (a backlog that a capped app drains long after the last
+arrival does not dilute it).
 """
 
 from __future__ import annotations
@@ -47,22 +54,18 @@ from __future__ import annotations
 import heapq
 import json
 import math
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any, TextIO
 
 from klieg_platform.scheduler import (
-    SCAN,
+    Backlog,
     Blocked,
     Elsewhere,
     Job,
-    PickFn,
     Tier,
-    WorkerPickFn,
     admit,
-    pick_for_worker,
+    max_reserved,
 )
 
 UNBOUNDED = 2**62
@@ -332,6 +335,8 @@ class RunStats:
     gpu_utilisation: float
     cold_start_gpu_share: float
     makespan_s: float
+    window_utilisation: float = 0.0
+    """Service GPU-seconds between the first and the last arrival over GPUs x that span."""
 
     def as_dict(self) -> dict[str, Any]:
         tiers = {
@@ -344,6 +349,7 @@ class RunStats:
             "gpu_utilisation": round(self.gpu_utilisation, 4),
             "cold_start_gpu_share": round(self.cold_start_gpu_share, 4),
             "makespan_s": round(self.makespan_s, 1),
+            "window_utilisation": round(self.window_utilisation, 4),
         }
 
 
@@ -368,8 +374,27 @@ def _tier_stats(tier: Tier, waits: list[float], shed: int) -> TierStats:
     )
 
 
+class _IdleElsewhere:
+    """``elsewhere`` of one asking worker, computed on demand: the functions with an idle runner
+    on another worker that can take work (not one draining for a reservation)."""
+
+    __slots__ = ("asker", "replay")
+
+    def __init__(self, replay: _Replay, asker: _Worker) -> None:
+        self.replay, self.asker = replay, asker
+
+    def __contains__(self, fn: object) -> bool:
+        return self.replay.idle_elsewhere(self.asker, str(fn)) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([fn for fn in self.replay.nodes.idle_count if fn in self])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 class _Replay:
-    """The state of one replay: queues, caps, runners, waits. ``run`` drives the events; the
+    """The state of one replay: the backlog, runners, waits. ``run`` drives the events; the
     dispatch step is ``dispatch_global`` (``simulate``) or ``dispatch_workers``
     (``simulate_per_worker``)."""
 
@@ -379,28 +404,45 @@ class _Replay:
         self.tiers = cluster.tiers
         self.apps = cluster.apps
         self.nodes = _Nodes(cluster.workers, cluster.gpus_per_worker)
-        self.queues: dict[str, deque[Job]] = {t.name: deque() for t in self.tiers}
-        self.waits: dict[str, list[float]] = {t.name: [] for t in self.tiers}
-        self.shed = dict.fromkeys(self.queues, 0)
         caps = cluster.tenant_caps
-        self.tenant_caps = {r.tenant: caps[r.tier] for r in trace.requests if r.tier in caps}
-        self.app_caps = {
-            a.name: a.max_inflight for a in self.apps.values() if a.max_inflight is not None
-        }
+        self.backlog = Backlog(
+            self.tiers,
+            tenant_caps={r.tenant: caps[r.tier] for r in trace.requests if r.tier in caps},
+            app_caps={
+                a.name: a.max_inflight for a in self.apps.values() if a.max_inflight is not None
+            },
+        )
+        self.waits: dict[str, list[float]] = {t.name: [] for t in self.tiers}
+        self.shed = {t.name: 0 for t in self.tiers}
         self.cold_start_s = {a.name: a.cold_start_s for a in self.apps.values()}
-        self.by_tenant: dict[str, int] = {}
-        self.by_app: dict[str, int] = {}
         self.running: list[tuple[float, int, _Runner, Job]] = []
         self.service = [r.service_s for r in trace.requests]
-        self.queued = self.cold_starts = self.seq = 0
-        self.busy_gpu_s = self.cold_gpu_s = 0.0
+        self.cold_starts = self.seq = 0
+        self.busy_gpu_s = self.cold_gpu_s = self.window_busy_gpu_s = 0.0
+        reqs = trace.requests
+        self.window = (reqs[0].t, reqs[-1].t) if reqs else (0.0, 0.0)
+        self.draining: dict[str, _Worker] = {}
+        """Worker name (``str(id)``) -> worker, for those holding a reservation."""
+        self.max_reserved = max_reserved(cluster.workers)
+        self.drain_ids: set[int] = set()
+        """The ids of the workers in ``draining``."""
+        self.touched: set[int] = set()
+        """The ids of the workers whose runners finished since the last dispatch."""
+        self.floor = 1
+        """In one dispatch: the fewest available GPUs with which a worker can take anything."""
+        self.due: list[_Worker] = []
+        """Workers whose reservation another worker took: they ask again in this dispatch."""
 
     def run(
-        self, dispatch: Callable[[float], None], progress: Callable[[float], None] | None
+        self,
+        dispatch: Callable[[float], None],
+        progress: Callable[[float], None] | None,
+        check: Callable[[_Replay, float], None] | None = None,
     ) -> RunStats:
-        """Replay every arrival and completion, calling ``dispatch(now)`` after each instant."""
+        """Replay every arrival and completion, calling ``dispatch(now)`` after each instant
+        (and ``check(self, now)`` after it, when given)."""
         reqs = self.trace.requests
-        apps, queues, running = self.apps, self.queues, self.running
+        apps, backlog, running, tiers = self.apps, self.backlog, self.running, self.tiers
         i = 0
         start = reqs[0].t if reqs else 0.0
         now = report_at = start
@@ -411,19 +453,18 @@ class _Replay:
             while running and running[0][0] <= now:
                 _, _, runner, done = heapq.heappop(running)
                 self.nodes.release(runner)
-                self.by_tenant[done.tenant] -= 1
-                self.by_app[done.app] -= 1
+                self.touched.add(runner.worker.id)
+                backlog.finish(done)
             while i < len(reqs) and reqs[i].t <= now:
                 r = reqs[i]
-                if admit(r.tier, len(queues[r.tier]), self.tiers):
-                    queues[r.tier].append(
-                        Job(str(i), r.tier, r.tenant, r.app, r.t, apps[r.app].num_gpus)
-                    )
-                    self.queued += 1
+                if admit(r.tier, backlog.queued_in(r.tier), tiers):
+                    backlog.add(Job(str(i), r.tier, r.tenant, r.app, r.t, apps[r.app].num_gpus))
                 else:
                     self.shed[r.tier] += 1
                 i += 1
             dispatch(now)
+            if check is not None:
+                check(self, now)
             if progress is not None and now >= report_at + 1800.0:
                 report_at = now
                 progress(now)
@@ -431,47 +472,46 @@ class _Replay:
         makespan = max(now - start, 1e-9)
         gpus = cluster.workers * cluster.gpus_per_worker
         waits, shed = self.waits, self.shed
+        span = self.window[1] - self.window[0]
         return RunStats(
             tiers={t.name: _tier_stats(t, waits[t.name], shed[t.name]) for t in self.tiers},
             cold_starts=self.cold_starts,
             gpu_utilisation=self.busy_gpu_s / (gpus * makespan),
             cold_start_gpu_share=self.cold_gpu_s / (gpus * makespan),
             makespan_s=makespan,
+            window_utilisation=self.window_busy_gpu_s / (gpus * span) if span > 0 else 0.0,
         )
 
     def start(self, job: Job, runner: _Runner, cold: bool, now: float) -> None:
-        """``job`` leaves its queue and runs on ``runner`` (after a cold start if ``cold``)."""
-        queue = self.queues[job.tier]
-        if queue[0] is job:
-            queue.popleft()
-        else:
-            del queue[next(k for k, j in enumerate(islice(queue, SCAN)) if j is job)]
-        self.queued -= 1
+        """``job`` leaves the backlog and runs on ``runner`` (after a cold start if ``cold``).
+        A worker that held it reserved and no longer drains is due to ask again."""
+        holder = self.backlog.start(job)
+        if holder is not None and holder != str(runner.worker.id):
+            self.draining.pop(holder, None)
+            self.drain_ids.discard(int(holder))
+            self.due.append(self.nodes.workers[int(holder)])
         self.waits[job.tier].append(now - job.enqueued_at)
-        self.by_tenant[job.tenant] = self.by_tenant.get(job.tenant, 0) + 1
-        self.by_app[job.app] = self.by_app.get(job.app, 0) + 1
         app = self.apps[job.app]
         run_s = self.service[int(job.id)]
         self.busy_gpu_s += run_s * app.num_gpus
         cold_s = app.cold_start_s if cold else 0.0
         self.cold_starts += cold
         self.cold_gpu_s += cold_s * app.num_gpus
+        begin, end = now + cold_s, now + cold_s + run_s
+        lo, hi = self.window
+        overlap = min(end, hi) - max(begin, lo)
+        if overlap > 0:
+            self.window_busy_gpu_s += overlap * app.num_gpus
         self.seq += 1
-        heapq.heappush(self.running, (now + cold_s + run_s, self.seq, runner, job))
+        heapq.heappush(self.running, (end, self.seq, runner, job))
 
-    def dispatch_global(self, pick_fn: PickFn, now: float) -> None:
-        """Pick with ``pick_fn`` and place anywhere (``_Nodes.place``) until nothing is picked or
-        the pick fits nowhere."""
-        while self.queued:
-            job = pick_fn(
-                self.queues,
-                now,
-                tiers=self.tiers,
-                inflight_by_tenant=self.by_tenant,
-                inflight_by_app=self.by_app,
-                tenant_caps=self.tenant_caps,
-                app_caps=self.app_caps,
-            )
+    def dispatch_global(self, strict: bool, now: float) -> None:
+        """Pick (``Backlog.pick`` or ``pick_strict``) and place anywhere (``_Nodes.place``) until
+        nothing is picked or the pick fits nowhere."""
+        backlog = self.backlog
+        choose = backlog.pick_strict if strict else backlog.pick
+        while len(backlog):
+            job = choose(now)
             if job is None:
                 return
             placed = self.nodes.place(self.apps[job.app])
@@ -479,72 +519,128 @@ class _Replay:
                 return
             self.start(job, *placed, now)
 
-    def dispatch_workers(self, pick_fn: WorkerPickFn, now: float) -> None:
-        """Every worker with available GPUs asks ``pick_fn`` (module docstring) until a round of
-        asks takes nothing."""
+    def idle_elsewhere(self, asker: _Worker, fn: str) -> _Worker | None:
+        """A worker other than ``asker``, not draining, with an idle runner of ``fn`` (the one
+        of the most recently used such runner); None if there is none."""
         nodes = self.nodes
-        size = nodes.size
-        idle_count = nodes.idle_count
-        while self.queued:
-            order = [wid for k in range(1, size + 1) for wid in sorted(nodes.by_avail[k])]
-            took = False
-            # A Blocked(units) answer holds for every worker with fewer available GPUs until
-            # the queues change: such a worker cannot hold an idle runner of that job's app.
-            blocked = 0
-            for wid in order:
-                w = nodes.workers[wid]
-                while self.queued:
-                    avail = w.free + w.idle_gpus
-                    if avail == 0 or avail < blocked:
-                        break
-                    here = w.idle_apps
-                    got = pick_fn(
-                        self.queues,
-                        now,
-                        tiers=self.tiers,
-                        inflight_by_tenant=self.by_tenant,
-                        inflight_by_app=self.by_app,
-                        tenant_caps=self.tenant_caps,
-                        app_caps=self.app_caps,
-                        free_units=avail,
-                        total_units=size,
-                        here=here,
-                        elsewhere={a for a, n in idle_count.items() if n > here.get(a, 0)},
-                        cold_start_s=self.cold_start_s,
-                    )
-                    if got is None:
-                        return  # nothing is a candidate, for any worker
-                    if isinstance(got, Blocked):
-                        blocked = got.units
-                        break
-                    if isinstance(got, Elsewhere):
-                        break
-                    self.start(got, *nodes.place_on(w, self.apps[got.app]), now)
-                    took, blocked = True, 0
-            if not took:
-                return
+        if nodes.idle_count.get(fn, 0) <= asker.idle_apps.get(fn, 0):
+            return None
+        draining = self.backlog.reserved
+        for runner in reversed(nodes.idle_by_app[fn].values()):
+            w = runner.worker
+            if w is not asker and str(w.id) not in draining:
+                return w
+        return None
+
+    def ask(self, w: _Worker, now: float) -> Job | Blocked | Elsewhere | None:
+        """``w`` asks ``Backlog.pick_for_worker`` once and runs what it gets."""
+        name = str(w.id)
+        got = self.backlog.pick_for_worker(
+            now,
+            worker=name,
+            free_units=w.free + w.idle_gpus,
+            total_units=self.nodes.size,
+            here=w.idle_apps,
+            elsewhere=_IdleElsewhere(self, w),
+            cold_start_s=self.cold_start_s,
+            max_reserved=self.max_reserved,
+        )
+        if name in self.backlog.reserved:
+            self.draining[name] = w
+            self.drain_ids.add(w.id)
+        elif self.draining.pop(name, None) is not None:
+            self.drain_ids.discard(w.id)
+        if isinstance(got, Job):
+            self.start(got, *self.nodes.place_on(w, self.apps[got.app]), now)
+        return got
+
+    def dispatch_workers(self, now: float) -> None:
+        """Workers with available GPUs ask, the fewest available first, each until it takes
+        nothing; a worker told ``Elsewhere`` lets the warm worker ask, then asks again; a worker
+        whose reservation another took asks again. Stops when nothing is a candidate for anyone
+        (workers without room for a reservation are not asked once only reservations wait), or
+        when all have asked."""
+        nodes, backlog = self.nodes, self.backlog
+        self.floor = 1
+        touched, self.touched = self.touched, set()
+        for wid in touched & self.drain_ids:  # a slot freed: the reservation may fit now
+            if self._raise_floor():
+                self.serve(nodes.workers[wid], now)
+        for k in range(1, nodes.size + 1):
+            if not self._raise_floor() or k < self.floor:
+                continue
+            bucket = nodes.by_avail[k]
+            for wid in bucket - self.drain_ids if self.drain_ids else list(bucket):
+                if not self.serve(nodes.workers[wid], now):
+                    break
+                if k < self.floor:
+                    break
+            else:
+                continue
+            if not len(backlog):
+                break
+        while self.due:
+            w = self.due.pop()
+            if self._raise_floor():
+                self.serve(w, now)
+
+    def _raise_floor(self) -> bool:
+        """Whether anything waits; once only reservations do, ``floor`` rises to the smallest."""
+        backlog = self.backlog
+        if not len(backlog):
+            return False
+        if not backlog.unreserved():
+            self.floor = max(self.floor, backlog.smallest_reserved())
+        return True
+
+    def serve(self, w: _Worker, now: float) -> bool:
+        """``w`` asks until it takes nothing; False when no worker could take anything now."""
+        backlog = self.backlog
+        held = backlog.reserved.get(str(w.id))
+        if held is not None and held.units > w.free + w.idle_gpus and backlog.under_cap(held):
+            return True  # it drains: it would be told Blocked again
+        while len(backlog) and w.free + w.idle_gpus >= self.floor and self._raise_floor():
+            got = self.ask(w, now)
+            if got is None:
+                if not backlog.reserved:
+                    return False  # nothing is a candidate, for any worker
+                # Nothing fits this worker: only one with more room can take anything now
+                # (a reservation, or a backfill among bigger candidates).
+                self.floor = max(self.floor, w.free + w.idle_gpus + 1)
+                return True
+            if isinstance(got, Blocked):
+                return True
+            if isinstance(got, Elsewhere):
+                fn = got.job.function_key if got.job is not None else ""
+                warm = self.idle_elsewhere(w, fn)
+                if warm is None or not isinstance(self.ask(warm, now), Job):
+                    return True
+        return True
 
 
 def simulate(
-    trace: Trace, pick_fn: PickFn, progress: Callable[[float], None] | None = None
+    trace: Trace,
+    strict: bool = False,
+    progress: Callable[[float], None] | None = None,
+    check: Callable[[_Replay, float], None] | None = None,
 ) -> RunStats:
-    """Replay ``trace`` with ``pick_fn`` choosing every dispatch and the global placement; every
-    request runs to the end.
-
-    ``progress`` (if given) is called with the virtual time after each virtual half hour.
+    """Replay ``trace`` with one pick for the whole cluster (``Backlog.pick``, or
+    ``Backlog.pick_strict`` when ``strict``) and the global placement; every request runs to the
+    end. ``progress`` (if given) is called with the virtual time after each virtual half hour;
+    ``check`` (if given) after every dispatch step, with the replay's state.
     """
     replay = _Replay(trace)
-    return replay.run(lambda now: replay.dispatch_global(pick_fn, now), progress)
+    return replay.run(lambda now: replay.dispatch_global(strict, now), progress, check)
 
 
 def simulate_per_worker(
     trace: Trace,
-    pick_fn: WorkerPickFn = pick_for_worker,
     progress: Callable[[float], None] | None = None,
+    check: Callable[[_Replay, float], None] | None = None,
 ) -> RunStats:
-    """Replay ``trace`` the way the live workers dispatch: each worker asks ``pick_fn`` (by
-    default ``scheduler.pick_for_worker``: warm affinity and draining) and runs what it gets
-    itself. Every request runs to the end; ``progress`` as for ``simulate``.
+    """Replay ``trace`` the way the live workers dispatch: each worker asks
+    ``Backlog.pick_for_worker`` (warm affinity, reservations and draining) and runs what it gets
+    itself. Every request runs to the end; ``progress`` and ``check`` as for ``simulate``.
     """
     replay = _Replay(trace)
-    return replay.run(lambda now: replay.dispatch_workers(pick_fn, now), progress)
+    return replay.run(lambda now: replay.dispatch_workers(now), progress, check)

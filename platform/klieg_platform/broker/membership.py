@@ -25,10 +25,12 @@ WORKER_FRESH_S = 15.0
 @dataclass
 class Peers:
     """What the other live workers hold: idle runners by the pools they serve, and how many
-    runners of each "revision/function" they have."""
+    runners of each "revision/function" they have, and how many serve each pool."""
 
     idle: dict[str, set[str]] = field(default_factory=dict)
     runners: Counter[str] = field(default_factory=Counter)
+    workers: Counter[str] = field(default_factory=Counter)
+    """Pool -> how many other live workers serve it."""
 
 
 class Membership:
@@ -58,6 +60,7 @@ class Membership:
                 continue
             for pool in other["pools"]:
                 peers.idle.setdefault(pool, set()).update(other.get("idle", []))
+                peers.workers[pool] += 1
             peers.runners.update(other.get("runners", []))
         return peers
 

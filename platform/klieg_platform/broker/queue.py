@@ -51,7 +51,9 @@ a bound)."""
 @dataclass(frozen=True)
 class Blocked:
     """Dispatch took nothing: the request the policy chose needs ``units`` slots, more than
-    the worker has free. The worker takes nothing smaller until it has room."""
+    the worker has free. It is reserved for this worker (no other drains for it) while the
+    worker dispatches at least once a lease; the worker takes nothing smaller until it has
+    room."""
 
     units: int
 
@@ -144,12 +146,15 @@ class Queue:
         warm_here: Collection[str] = (),
         warm_elsewhere: Collection[str] = (),
         full: Collection[str] = (),
+        max_reserved: int | None = None,
         at_ms: int | None = None,
     ) -> Job | Blocked | Elsewhere | None:
         """Lease the request the policy picks next from ``pools`` (``["*"]``: every pool) to
         ``worker_id``, which has ``free_units`` of ``total_units`` slots free and idle runners
         of ``warm_here`` ("revision/function"); other workers have idle ``warm_elsewhere``;
-        requests of ``full`` functions (all runners here busy at max_concurrency) are left."""
+        requests of ``full`` functions (all runners here busy at max_concurrency) are left. At
+        most ``max_reserved`` requests are reserved for draining workers at once (None: no
+        limit); past it a worker backfills (``scheduler``, rule W3)."""
         row = await self._dispatch(
             args=[
                 at_ms or now_ms(),
@@ -161,6 +166,7 @@ class Queue:
                 ",".join(warm_here),
                 ",".join(warm_elsewhere),
                 ",".join(full),
+                "" if max_reserved is None else max_reserved,
                 *pools,
             ]
         )

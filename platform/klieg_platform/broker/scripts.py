@@ -7,11 +7,20 @@ key, as ``keys.queue``), ``wake`` (tokens for blocked workers), ``take`` (lease 
 request: IN_QUEUE -> IN_PROGRESS), ``finish`` (-> COMPLETED + TTL + webhook due + publish) and
 ``requeue`` (IN_PROGRESS -> IN_QUEUE at its original position). Scripts derive request and queue
 keys from the prefixes, so they assume a single Redis node (not Redis Cluster).
+
+The lane index (``scheduler.Backlog`` in Redis, keys in ``keys.py``): besides its queue
+``klieg:q:{pool}:{tier}``, every queued request that no worker has reserved sits in its flow
+(the FIFO of its tenant in its lane, a lane being the requests of one "revision/function" and
+size); a lane's tenants under cap are ordered by their oldest request, and a tier's lanes whose
+app is under cap by their oldest eligible request. ``index`` and ``unindex`` keep it exact as
+requests come and go; ``counted`` and ``recap`` take a tenant's or app's entries out when it
+reaches its cap and put them back when it falls under it, so a dispatch finds each tier's oldest
+eligible request at the head of one zset, however many capped requests wait.
 """
 
 from __future__ import annotations
 
-from klieg_platform import keys
+from klieg_platform import keys, scheduler
 from klieg_platform.broker.jobs import JOB, REPLY, Status, lua_list
 
 PRELUDE = f"""
@@ -21,10 +30,16 @@ local HOOKS, DONE, CANCEL = '{keys.WEBHOOKS}', '{keys.DONE_CHANNEL}', '{keys.CAN
 local T_RUN, A_RUN = '{keys.TENANT_INFLIGHT}', '{keys.APP_INFLIGHT}'
 local T_CAP, A_CAP = '{keys.TENANT_CAPS}', '{keys.APP_CAPS}'
 local COLD, SERVICE = '{keys.COLD_STATS}', '{keys.SERVICE_STATS}'
+local LANES, LANE, FLOW = '{keys.LANES_PREFIX}', '{keys.LANE_PREFIX}', '{keys.FLOW_PREFIX}'
+local LANE_JOBS, LANE_APP = '{keys.LANE_JOBS_PREFIX}', '{keys.LANE_APP_PREFIX}'
+local FN_LANES = '{keys.FN_LANES_PREFIX}'
+local T_LANES, A_LANES = '{keys.TENANT_LANES_PREFIX}', '{keys.APP_LANES_PREFIX}'
+local RESERVED, RESERVED_UNTIL = '{keys.RESERVED_PREFIX}', '{keys.RESERVED_UNTIL_PREFIX}'
 local UNCAPPED = '{keys.WORKFLOW_POOL}'
 local LOGS = '{keys.LOGS_PREFIX}'
 local S_QUEUED, S_RUNNING = '{Status.IN_QUEUE}', '{Status.IN_PROGRESS}'
 local S_DONE = '{Status.COMPLETED}'
+local WARM_SHARE = {scheduler.WARM_SHARE!r}
 
 local function qkey(pool, tier) return QUEUE .. pool .. ':' .. tier end
 
@@ -43,12 +58,179 @@ local function wake(pool)
   end
 end
 
+-- is tenant (run T_RUN, cap T_CAP) or app (A_RUN, A_CAP) ``who`` under its in-flight cap in pool?
+local function open(pool, run, cap, who)
+  if pool == UNCAPPED then return true end
+  local c = tonumber(redis.call('HGET', cap, who) or '0') or 0
+  return c <= 0 or (tonumber(redis.call('HGET', run, who) or '0') or 0) < c
+end
+
+-- a request's scheduling view (fn: "revision/function"; lane: fn .. '#' .. units); nil if gone
+local function load(id)
+  local f = redis.call('HMGET', REQ .. id, 'status', 'pool', 'tier', 'score', 'tenant', 'app_key',
+                       'revision', 'function', 'gpus')
+  if not f[1] then return nil end
+  local units = math.max(tonumber(f[9] or '0') or 0, 1)
+  local fn = (f[7] or '') .. '/' .. (f[8] or '')
+  return {{id = id, status = f[1], pool = f[2], tier = f[3], score = tonumber(f[4]),
+          tenant = f[5], app = f[6], fn = fn, units = units, lane = fn .. '#' .. units}}
+end
+
+local function job_open(j)
+  return open(j.pool, T_RUN, T_CAP, j.tenant) and open(j.pool, A_RUN, A_CAP, j.app)
+end
+
+-- request j (queued, not reserved) joins the lane index: its flow; its tenant into the lane's
+-- order if under cap; the lane into the tier's order if its app is under cap
+local function index(j)
+  local at = j.pool .. ':' .. j.tier
+  local ref = at .. ':' .. j.lane
+  local flow = FLOW .. ref .. ':' .. j.tenant
+  redis.call('ZADD', flow, j.score, j.id)
+  if redis.call('HINCRBY', LANE_JOBS .. at, j.lane, 1) == 1 then
+    redis.call('HSET', LANE_APP .. at, j.lane, j.app)
+    redis.call('SADD', FN_LANES .. at .. ':' .. j.fn, j.lane)
+    if j.pool ~= UNCAPPED then redis.call('SADD', A_LANES .. j.app, ref) end
+  end
+  if j.pool ~= UNCAPPED then redis.call('SADD', T_LANES .. j.tenant, ref) end
+  if redis.call('ZRANGE', flow, 0, 0)[1] ~= j.id then return end
+  if not open(j.pool, T_RUN, T_CAP, j.tenant) then return end
+  redis.call('ZADD', LANE .. ref, j.score, j.tenant)
+  if redis.call('ZRANGE', LANE .. ref, 0, 0)[1] ~= j.tenant then return end
+  if open(j.pool, A_RUN, A_CAP, j.app) then redis.call('ZADD', LANES .. at, j.score, j.lane) end
+end
+
+-- lane ref ("pool:tier:lane") after its tenants' order changed: its tier's order follows its
+-- oldest tenant; ``add``: the lane enters that order (else only an entry already there moves)
+local function relane(ref, add)
+  local pool, tier, lane = string.match(ref, '^([^:]*):([^:]*):(.*)$')
+  local lanes = LANES .. pool .. ':' .. tier
+  local first = redis.call('ZRANGE', LANE .. ref, 0, 0, 'WITHSCORES')
+  if not first[1] then
+    redis.call('ZREM', lanes, lane)
+  elseif add then
+    redis.call('ZADD', lanes, first[2], lane)
+  else
+    redis.call('ZADD', lanes, 'XX', first[2], lane)
+  end
+end
+
+-- request j leaves the lane index (it is taken, reserved or cancelled)
+local function unindex(j)
+  local at = j.pool .. ':' .. j.tier
+  local ref = at .. ':' .. j.lane
+  local flow = FLOW .. ref .. ':' .. j.tenant
+  redis.call('ZREM', flow, j.id)
+  local head = redis.call('ZRANGE', flow, 0, 0, 'WITHSCORES')
+  if head[1] then
+    redis.call('ZADD', LANE .. ref, 'XX', head[2], j.tenant)
+  else
+    redis.call('ZREM', LANE .. ref, j.tenant)
+    if j.pool ~= UNCAPPED then redis.call('SREM', T_LANES .. j.tenant, ref) end
+  end
+  relane(ref, false)
+  if redis.call('HINCRBY', LANE_JOBS .. at, j.lane, -1) <= 0 then
+    redis.call('HDEL', LANE_JOBS .. at, j.lane)
+    redis.call('HDEL', LANE_APP .. at, j.lane)
+    redis.call('SREM', FN_LANES .. at .. ':' .. j.fn, j.lane)
+    if j.pool ~= UNCAPPED then redis.call('SREM', A_LANES .. j.app, ref) end
+  end
+end
+
+-- a tenant reached its cap: it leaves the orders of its lanes
+local function park_tenant(tenant)
+  for _, ref in ipairs(redis.call('SMEMBERS', T_LANES .. tenant)) do
+    redis.call('ZREM', LANE .. ref, tenant)
+    relane(ref, false)
+  end
+end
+
+-- a tenant fell under its cap: it rejoins the orders of its lanes at its oldest request there,
+-- and the workers of those pools are woken (its requests may be all that waits)
+local function unpark_tenant(tenant)
+  local apps, woken = {{}}, {{}}
+  for _, ref in ipairs(redis.call('SMEMBERS', T_LANES .. tenant)) do
+    local head = redis.call('ZRANGE', FLOW .. ref .. ':' .. tenant, 0, 0, 'WITHSCORES')
+    if head[1] then
+      redis.call('ZADD', LANE .. ref, head[2], tenant)
+      local pool, tier, lane = string.match(ref, '^([^:]*):([^:]*):(.*)$')
+      local app = redis.call('HGET', LANE_APP .. pool .. ':' .. tier, lane)
+      if app and apps[app] == nil then apps[app] = open(pool, A_RUN, A_CAP, app) end
+      relane(ref, app and apps[app])
+      if not woken[pool] then woken[pool] = true; wake(pool) end
+    end
+  end
+end
+
+-- an app reached its cap: its lanes leave their tiers' orders
+local function park_app(app)
+  for _, ref in ipairs(redis.call('SMEMBERS', A_LANES .. app)) do
+    local pool, tier, lane = string.match(ref, '^([^:]*):([^:]*):(.*)$')
+    redis.call('ZREM', LANES .. pool .. ':' .. tier, lane)
+  end
+end
+
+-- an app fell under its cap: its lanes with a tenant under cap rejoin their tiers' orders, and
+-- the workers of those pools are woken
+local function unpark_app(app)
+  local woken = {{}}
+  for _, ref in ipairs(redis.call('SMEMBERS', A_LANES .. app)) do
+    relane(ref, true)
+    local pool = string.match(ref, '^([^:]*):')
+    if not woken[pool] then woken[pool] = true; wake(pool) end
+  end
+end
+
+-- the in-flight counts of tenant and app move by delta; reaching a cap parks, leaving it unparks
+local function counted(tenant, app, delta)
+  for _, s in ipairs({{{{T_RUN, T_CAP, tenant, park_tenant, unpark_tenant}},
+                      {{A_RUN, A_CAP, app, park_app, unpark_app}}}}) do
+    local n = redis.call('HINCRBY', s[1], s[3], delta)
+    local cap = tonumber(redis.call('HGET', s[2], s[3]) or '0') or 0
+    if cap > 0 then
+      local was, now = n - delta < cap, n < cap
+      if was and not now then s[4](s[3]) elseif now and not was then s[5](s[3]) end
+    end
+  end
+end
+
+-- who's in-flight cap (hash cap) becomes new; crossing it parks or unparks
+local function recap(run, cap, who, new, park, unpark)
+  local running = tonumber(redis.call('HGET', run, who) or '0') or 0
+  local old = tonumber(redis.call('HGET', cap, who) or '0') or 0
+  redis.call('HSET', cap, who, new)
+  local was = old <= 0 or running < old
+  local now = (tonumber(new) or 0) <= 0 or running < (tonumber(new) or 0)
+  if was and not now then park(who) elseif now and not was then unpark(who) end
+end
+
+-- worker w's reservation in pool ends; returns the id it held (nil: none)
+local function unreserve(pool, w)
+  local id = redis.call('HGET', RESERVED .. pool, w)
+  redis.call('HDEL', RESERVED .. pool, w)
+  redis.call('ZREM', RESERVED_UNTIL .. pool, w)
+  return id
+end
+
+-- worker w's reservation in pool ends and its request, still queued, rejoins the lane index
+local function release(pool, w)
+  local id = unreserve(pool, w)
+  local j = id and load(id)
+  if j and j.status == S_QUEUED then index(j) end
+end
+
+-- the worker holding request j's reservation (nil: none)
+local function holder(j)
+  local held = redis.call('HGETALL', RESERVED .. j.pool)
+  for i = 1, #held, 2 do if held[i + 1] == j.id then return held[i] end end
+  return nil
+end
+
 -- a request stops running: its tenant's and app's in-flight counts go down
 local function stopped(rk)
   local f = redis.call('HMGET', rk, 'tenant', 'app_key', 'pool')
-  if f[3] == UNCAPPED then return end
-  if f[1] then redis.call('HINCRBY', T_RUN, f[1], -1) end
-  if f[2] then redis.call('HINCRBY', A_RUN, f[2], -1) end
+  if f[3] == UNCAPPED or not f[1] or not f[2] then return end
+  counted(f[1], f[2], -1)
 end
 
 -- COMPLETED with the outcome field/value pairs ``fields``; the waiting gateway gets the outcome
@@ -75,12 +257,13 @@ end
 
 local function requeue(id)
   local rk = REQ .. id
-  local st = redis.call('HMGET', rk, 'pool', 'tier', 'score')
   stopped(rk)
   redis.call('HSET', rk, 'status', S_QUEUED, 'worker', '')
   redis.call('ZREM', INFLIGHT, id)
-  redis.call('ZADD', qkey(st[1], st[2]), st[3], id)
-  wake(st[1])
+  local j = load(id)
+  redis.call('ZADD', qkey(j.pool, j.tier), j.score, id)
+  index(j)
+  wake(j.pool)
 end
 
 -- is candidate c better than b by the policy?
@@ -92,20 +275,21 @@ local function better(c, b)
   return c.enq < b.enq
 end
 
--- lease queued candidate c to worker ARGV[3] (now ARGV[1], lease ms ARGV[2]); the job's row:
--- id, attempts, more, units, then the record fields of jobs.JOB
-local function take(c, more, units)
-  redis.call('ZREM', c.q, c.id)
-  local rk = REQ .. c.id
+-- lease queued request j (``load``) to worker ARGV[3] (now ARGV[1], lease ms ARGV[2]); held:
+-- the worker whose reservation it is (nil: it is in the lane index). The job's row: id,
+-- attempts, more, units, then the record fields of jobs.JOB
+local function take(j, held, more, units)
+  redis.call('ZREM', qkey(j.pool, j.tier), j.id)
+  if held then unreserve(j.pool, held) else unindex(j) end
+  local rk = REQ .. j.id
   redis.call('HSET', rk, 'status', S_RUNNING, 'worker', ARGV[3], 'started_ms', ARGV[1])
   local attempts = redis.call('HINCRBY', rk, 'attempts', 1)
-  redis.call('ZADD', INFLIGHT, tonumber(ARGV[1]) + tonumber(ARGV[2]), c.id)
+  redis.call('ZADD', INFLIGHT, tonumber(ARGV[1]) + tonumber(ARGV[2]), j.id)
   local f = redis.call('HMGET', rk, {lua_list(JOB)}, 'app_key', 'pool')
   if f[{len(JOB) + 2}] ~= UNCAPPED then
-    redis.call('HINCRBY', T_RUN, f[{JOB.index("tenant") + 1}], 1)
-    redis.call('HINCRBY', A_RUN, f[{len(JOB) + 1}], 1)
+    counted(f[{JOB.index("tenant") + 1}], f[{len(JOB) + 1}], 1)
   end
-  return {{c.id, tostring(attempts), more, units, unpack(f, 1, {len(JOB)})}}
+  return {{j.id, tostring(attempts), more, units, unpack(f, 1, {len(JOB)})}}
 end
 
 -- tiers from 'name:slo_ms,...' in rank order (first = most important)
@@ -115,6 +299,13 @@ local function parse_tiers(spec)
     tiers[#tiers + 1] = {{name = name, slo = tonumber(slo), rank = #tiers}}
   end
   return tiers
+end
+
+-- a candidate of tier t at now: request id with queue score raw
+local function candidate(id, raw, t, now)
+  local enq = math.floor(raw / 1000)
+  local score = (now - enq) / t.slo
+  return {{id = id, raw = raw, enq = enq, score = score, over = score >= 1, rank = t.rank}}
 end
 
 -- how many queued requests of its pool go before request id, as the policy orders them at now
@@ -155,7 +346,8 @@ end
 # ARGV: id, pool, tier, now_ms, max_queued, tenant, tenant cap, app key, app cap, tiers spec
 #       ('': no position wanted), fields...
 # returns {score, 0, position (-1 when not asked)} when queued; {-1, queued_in_tier} when the
-# tier's queue is full
+# tier's queue is full. The caps given become the tenant's and the app's (one crossing its
+# in-flight count parks or unparks it), then the request joins its queue and the lane index.
 ENQUEUE = (
     PRELUDE
     + """
@@ -167,8 +359,9 @@ local last = redis.call('ZRANGE', q, -1, -1, 'WITHSCORES')
 if last[2] and tonumber(last[2]) >= score then score = tonumber(last[2]) + 1 end
 redis.call('HSET', REQ .. ARGV[1], 'score', string.format('%.0f', score), unpack(ARGV, 11))
 redis.call('ZADD', q, score, ARGV[1])
-redis.call('HSET', T_CAP, ARGV[6], ARGV[7])
-redis.call('HSET', A_CAP, ARGV[8], ARGV[9])
+recap(T_RUN, T_CAP, ARGV[6], ARGV[7], park_tenant, unpark_tenant)
+recap(A_RUN, A_CAP, ARGV[8], ARGV[9], park_app, unpark_app)
+index(load(ARGV[1]))
 redis.call('SADD', POOLS, ARGV[2])
 wake(ARGV[2])
 local pos = -1
@@ -178,29 +371,45 @@ return {string.format('%.0f', score), 0, pos}
 )
 
 # ARGV: now_ms, lease_ms, worker_id, tiers spec, free units, total units, warm here, warm
-#       elsewhere, full, pool... ('*': every pool). "warm here/elsewhere": comma-separated
+#       elsewhere, full, max reserved ('': no limit), pool... ('*': every pool).
+#       "warm here/elsewhere": comma-separated
 #       "revision/function" of runners idle on this worker / on other workers; "full": those
 #       whose runners here are all busy at max_concurrency (never candidates: no hoarding).
-# The policy of scheduler.pick_for_worker. Per queue, the first request (FIFO, at most 64 looked
-# at) whose tenant and app are under their in-flight caps, and that this worker could ever hold
-# (its gpus <= total units), is a candidate; the policy's pick among candidates: if any has
-# waited past its tier's SLO, the one with the largest wait/SLO; otherwise the most important
-# tier's. Then, for this worker:
-#   1. the pick runs on a runner idle here: take it;
-#   2. the pick needs more units than are free: take nothing, {'', 'blocked', need} (the worker
-#      drains until it fits, so large jobs are not starved by small ones);
-#   3. the pick has waited less than its app's measured cold start (and is within its SLO), and
-#      a request this worker holds warm and idle is a candidate by the same test (looked for
-#      among the same 64): the best of those, with no cold start;
-#   4. another worker holds the pick's function idle and the pick has waited less than its app's
-#      measured cold start: take nothing, {'', 'elsewhere'}, and wake that pool's workers;
-#   5. otherwise the pick, with a cold start.
-# So warm work goes first only while that is better for the queue than a cold start.
+# The policy of scheduler.pick_for_worker, over the lane index. A request takes max(gpus, 1)
+# units. Reservations past their deadline (their worker went silent) first return to the index.
+# Candidates: per tier, the oldest request whose tenant and app are under their in-flight caps,
+# that this worker could ever hold (units <= total) and whose function is not full: the head of
+# the first such lane of the tier's lane order (capped tenants and apps are not in it, reserved
+# requests neither). ``best``, the policy's pick among them: if any has waited past its tier's
+# SLO, the one with the largest wait/SLO; otherwise the most important tier's. Then:
+#   W0. this worker holds a reservation: over cap: the reservation ends (the request returns
+#       to the index) and the rules go on; it needs more units than are free: renew it and
+#       answer {'', 'blocked', units}; it fits: take it. Without one of its own,
+#       the best of the other workers' reservations that fit the free units and are under cap:
+#       take it;
+#   W1. best runs on a runner idle here: take it;
+#   W2. best's function is idle on another worker: take nothing, {'', 'elsewhere'}, and wake
+#       that pool's workers;
+#   W3. best needs more units than are free: reserve it for this worker (until now + lease
+#       ms, out of the index) and answer {'', 'blocked', units}: only this worker drains for it.
+#       With max reserved reservations held in these pools already, backfill instead: these
+#       rules again over the candidates that fit the free units;
+#   W4. best is young (within its SLO and waited less than its app's measured cold start), or
+#       over its SLO: the best of the warm candidates (per tier the oldest request under caps of
+#       a function idle here, fitting the total), if it fits the free units and best is young or
+#       its wait/SLO is at least WARM_SHARE of best's, with no cold start;
+#   W5. otherwise best, with a cold start.
+# Cost: a few commands per tier and pool, plus the lanes skipped, the reservations of the pools
+# and the warm functions' lanes; never the capped requests queued.
 DISPATCH = (
     PRELUDE
     + """
 local now = tonumber(ARGV[1])
+local worker = ARGV[3]
+local until_ms = now + tonumber(ARGV[2])
 local tiers = parse_tiers(ARGV[4])
+local by_name = {}
+for _, t in ipairs(tiers) do by_name[t.name] = t end
 local free, total = tonumber(ARGV[5]), tonumber(ARGV[6])
 local function set_of(csv)
   local set, n = {}, 0
@@ -211,66 +420,158 @@ local here, n_here = set_of(ARGV[7])
 local elsewhere = set_of(ARGV[8])
 local full = set_of(ARGV[9])
 local pools = {}
-if ARGV[10] == '*' then
+local max_reserved = tonumber(ARGV[10])
+if ARGV[11] == '*' then
   for _, p in ipairs(redis.call('SMEMBERS', POOLS)) do
     if p ~= UNCAPPED then pools[#pools + 1] = p end
   end
 else
-  for i = 10, #ARGV do pools[#pools + 1] = ARGV[i] end
+  for i = 11, #ARGV do pools[#pools + 1] = ARGV[i] end
 end
-local under = {}
-local function under_cap(hash_run, hash_cap, who)
-  local key = hash_run .. '|' .. who
-  if under[key] == nil then
-    local cap = tonumber(redis.call('HGET', hash_cap, who) or '0')
-    local running = tonumber(redis.call('HGET', hash_run, who) or '0')
-    under[key] = cap <= 0 or running < cap
-  end
-  return under[key]
-end
-local best, warm = nil, nil
-local queued = 0
-for _, tier in ipairs(tiers) do
+local function more()
+  local queued = 0
   for _, pool in ipairs(pools) do
-    local q = qkey(pool, tier.name)
-    local heads = redis.call('ZRANGE', q, 0, 63, 'WITHSCORES')
-    queued = queued + #heads / 2
-    local first, first_warm = nil, nil
-    for i = 1, #heads, 2 do
-      local id, enq = heads[i], math.floor(tonumber(heads[i + 1]) / 1000)
-      local f = redis.call('HMGET', REQ .. id, 'status', 'tenant', 'app_key', 'gpus', 'revision',
-                           'function')
-      local need = math.max(tonumber(f[4] or '0') or 0, 1)
-      if f[1] ~= S_QUEUED then
-        redis.call('ZREM', q, id)
-      elseif need <= total and not full[f[5] .. '/' .. f[6]] and (pool == UNCAPPED
-        or (under_cap(T_RUN, T_CAP, f[2]) and under_cap(A_RUN, A_CAP, f[3]))) then
-        local score = (now - enq) / tier.slo
-        local c = {id = id, q = q, over = score >= 1, score = score, rank = tier.rank, enq = enq,
-                   need = need, fn = f[5] .. '/' .. f[6], app = f[3], pool = pool}
-        first = first or c
-        if first_warm == nil and here[c.fn] then first_warm = c end
-        if first_warm ~= nil or n_here == 0 then break end
+    for _, t in ipairs(tiers) do queued = queued + redis.call('ZCARD', qkey(pool, t.name)) end
+  end
+  return tostring(queued - 1)
+end
+
+-- W0
+local own, others = nil, {}
+for _, pool in ipairs(pools) do
+  local expired = redis.call('ZRANGEBYSCORE', RESERVED_UNTIL .. pool, '-inf', '(' .. now)
+  for _, w in ipairs(expired) do release(pool, w) end
+  local held = redis.call('HGETALL', RESERVED .. pool)
+  for i = 1, #held, 2 do
+    local j = load(held[i + 1])
+    if not (j and j.status == S_QUEUED and by_name[j.tier]) then
+      unreserve(pool, held[i])
+    elseif held[i] == worker then
+      own = j
+    else
+      others[#others + 1] = {w = held[i], j = j}
+    end
+  end
+end
+if own then
+  if not job_open(own) then
+    release(own.pool, worker)
+  elseif own.units > free then
+    redis.call('ZADD', RESERVED_UNTIL .. own.pool, until_ms, worker)
+    return {'', 'blocked', tostring(own.units)}
+  else
+    return take(own, worker, more(), tostring(own.units))
+  end
+else
+  local pick
+  for _, o in ipairs(others) do
+    if o.j.units <= math.min(free, total) and job_open(o.j) then
+      local c = candidate(o.j.id, o.j.score, by_name[o.j.tier], now)
+      c.j, c.w = o.j, o.w
+      if better(c, pick) then pick = c end
+    end
+  end
+  if pick then return take(pick.j, pick.w, more(), tostring(pick.j.units)) end
+end
+
+-- the head of lane (of pool:tier at) and its score
+local function head(at, lane)
+  local ref = at .. ':' .. lane
+  local tenant = redis.call('ZRANGE', LANE .. ref, 0, 0)[1]
+  local h = redis.call('ZRANGE', FLOW .. ref .. ':' .. tenant, 0, 0, 'WITHSCORES')
+  return h[1], tonumber(h[2])
+end
+
+local function reserved_count()
+  local n = 0
+  for _, pool in ipairs(pools) do n = n + redis.call('HLEN', RESERVED .. pool) end
+  return n
+end
+
+-- rules 2 and W1-W5 over the requests of at most limit units (W3's backfill: the free units)
+local choose
+choose = function(limit)
+  -- rule 2: per tier the oldest eligible request across the pools, skipping lanes too big or full
+  local best
+  for _, t in ipairs(tiers) do
+    local first
+    for _, pool in ipairs(pools) do
+      local at = pool .. ':' .. t.name
+      local from, found = 0, nil
+      while found == nil do
+        local lanes = redis.call('ZRANGE', LANES .. at, from, from + 15, 'WITHSCORES')
+        if #lanes == 0 then break end
+        for i = 1, #lanes, 2 do
+          local fn, units = string.match(lanes[i], '^(.*)#(%d+)$')
+          if tonumber(units) <= limit and not full[fn] then
+            found = {lane = lanes[i], fn = fn, units = tonumber(units),
+                     raw = tonumber(lanes[i + 1])}
+            break
+          end
+        end
+        from = from + 16
+      end
+      if found and (first == nil or found.raw < first.raw) then
+        found.at, found.pool = at, pool
+        first = found
       end
     end
-    if first and better(first, best) then best = first end
-    if first_warm and better(first_warm, warm) then warm = first_warm end
+    if first then
+      local id, raw = head(first.at, first.lane)
+      local c = candidate(id, raw, t, now)
+      c.fn, c.units, c.pool = first.fn, first.units, first.pool
+      if better(c, best) then best = c end
+    end
   end
-end
-if best == nil then return nil end
-local chosen = best
-if not here[best.fn] then
-  if best.need > free then return {'', 'blocked', tostring(best.need)} end
-  local cold = tonumber(redis.call('HGET', COLD, best.app) or '0')
-  local young = not best.over and now - best.enq < cold
-  if young and warm ~= nil and warm.need <= free then
-    chosen = warm
-  elseif young and elsewhere[best.fn] then
+  if best == nil then return nil end
+
+  if here[best.fn] then return take(load(best.id), nil, more(), tostring(best.units)) end -- W1
+  if elsewhere[best.fn] then -- W2
     wake(best.pool)
     return {'', 'elsewhere'}
   end
+  local bj = load(best.id)
+  if best.units > free then -- W3
+    if max_reserved and reserved_count() >= max_reserved then return choose(free) end
+    unindex(bj)
+    redis.call('HSET', RESERVED .. bj.pool, worker, bj.id)
+    redis.call('ZADD', RESERVED_UNTIL .. bj.pool, until_ms, worker)
+    return {'', 'blocked', tostring(best.units)}
+  end
+  local cold = tonumber(redis.call('HGET', COLD, bj.app) or '0')
+  local young = not best.over and now - best.enq < cold
+  if n_here > 0 and (young or best.over) then -- W4
+    local warm
+    for _, t in ipairs(tiers) do
+      local first
+      for _, pool in ipairs(pools) do
+        local at = pool .. ':' .. t.name
+        for fn in pairs(here) do
+          if not full[fn] then
+            for _, lane in ipairs(redis.call('SMEMBERS', FN_LANES .. at .. ':' .. fn)) do
+              local units = tonumber(string.match(lane, '#(%d+)$'))
+              local raw = units <= limit and redis.call('ZSCORE', LANES .. at, lane)
+              if raw and (first == nil or tonumber(raw) < first.raw) then
+                first = {at = at, lane = lane, units = units, raw = tonumber(raw)}
+              end
+            end
+          end
+        end
+      end
+      if first then
+        local id, raw = head(first.at, first.lane)
+        local c = candidate(id, raw, t, now)
+        c.units = first.units
+        if better(c, warm) then warm = c end
+      end
+    end
+    if warm and warm.units <= free and (young or warm.score >= WARM_SHARE * best.score) then
+      return take(load(warm.id), nil, more(), tostring(warm.units))
+    end
+  end
+  return take(bj, nil, more(), tostring(best.units)) -- W5
 end
-return take(chosen, tostring(queued - 1), tostring(chosen.need))
+return choose(total)
 """
 )
 
@@ -278,47 +579,50 @@ return take(chosen, tostring(queued - 1), tostring(chosen.need))
 # Fills a batch: leases up to n queued requests of one endpoint (revision, function, endpoint
 # path) of ``pool`` to the worker whose runner is gathering them, in the policy's order (as
 # DISPATCH: over-SLO first by wait/SLO, then tier rank, then FIFO), skipping those whose tenant
-# or app is at its in-flight cap. Looks at the first 64 of each tier's queue. Returns the rows
-# of the leased jobs, 15 fields each (as DISPATCH's), with units '0': they share the runner's.
+# or app is at its in-flight cap and those reserved. Looks only at the function's lanes in the
+# index: per tier and lane, the first n requests of that endpoint of each of its first n
+# tenants under cap, looking at 256 requests at most. Returns the rows of the leased jobs, 15
+# fields each (as DISPATCH's), with units '0': they share the runner's.
 DISPATCH_FOR = (
     PRELUDE
     + """
 local now = tonumber(ARGV[1])
 local tiers = parse_tiers(ARGV[4])
-local pool, rev, fn, ep, n = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
+local pool, fnkey, ep, n = ARGV[5], ARGV[6] .. '/' .. ARGV[7], ARGV[8], tonumber(ARGV[9])
 local cands = {}
-for _, tier in ipairs(tiers) do
-  local q = qkey(pool, tier.name)
-  local heads = redis.call('ZRANGE', q, 0, 63, 'WITHSCORES')
-  for i = 1, #heads, 2 do
-    local id, enq = heads[i], math.floor(tonumber(heads[i + 1]) / 1000)
-    local f = redis.call('HMGET', REQ .. id, 'status', 'tenant', 'app_key', 'revision',
-                         'function', 'endpoint')
-    if f[1] == S_QUEUED and f[4] == rev and f[5] == fn and f[6] == ep then
-      local score = (now - enq) / tier.slo
-      cands[#cands + 1] = {id = id, q = q, over = score >= 1, score = score, rank = tier.rank,
-                           enq = enq, tenant = f[2], app = f[3]}
+local budget = 256
+for _, t in ipairs(tiers) do
+  local at = pool .. ':' .. t.name
+  for _, lane in ipairs(redis.call('SMEMBERS', FN_LANES .. at .. ':' .. fnkey)) do
+    local ref = at .. ':' .. lane
+    if budget > 0 and redis.call('ZSCORE', LANES .. at, lane) then
+      for _, tenant in ipairs(redis.call('ZRANGE', LANE .. ref, 0, n - 1)) do
+        local flow, from, found = FLOW .. ref .. ':' .. tenant, 0, 0
+        while budget > 0 and found < n do
+          local ids = redis.call('ZRANGE', flow, from, from + n - 1, 'WITHSCORES')
+          if #ids == 0 then break end
+          for i = 1, #ids, 2 do
+            budget = budget - 1
+            if redis.call('HGET', REQ .. ids[i], 'endpoint') == ep then
+              found = found + 1
+              cands[#cands + 1] = candidate(ids[i], tonumber(ids[i + 1]), t, now)
+            end
+          end
+          from = from + n
+        end
+      end
     end
   end
 end
 table.sort(cands, better)
-local counts = {}
-local function room(hash_run, hash_cap, who)
-  local key = hash_run .. '|' .. who
-  if counts[key] == nil then
-    counts[key] = {cap = tonumber(redis.call('HGET', hash_cap, who) or '0'),
-                   n = tonumber(redis.call('HGET', hash_run, who) or '0')}
-  end
-  return counts[key]
-end
 local out = {}
 local taken = 0
 for _, c in ipairs(cands) do
   if taken >= n then break end
-  local t, a = room(T_RUN, T_CAP, c.tenant), room(A_RUN, A_CAP, c.app)
-  if (t.cap <= 0 or t.n < t.cap) and (a.cap <= 0 or a.n < a.cap) then
-    t.n, a.n, taken = t.n + 1, a.n + 1, taken + 1
-    for _, v in ipairs(take(c, '0', '0')) do out[#out + 1] = v end
+  local j = load(c.id)
+  if job_open(j) then
+    taken = taken + 1
+    for _, v in ipairs(take(j, nil, '0', '0')) do out[#out + 1] = v end
   end
 end
 return out
@@ -411,7 +715,10 @@ local rk = REQ .. ARGV[1]
 local st = redis.call('HMGET', rk, 'status', 'pool', 'tier')
 if not st[1] then return -1 end
 if st[1] == S_QUEUED then
+  local j = load(ARGV[1])
   redis.call('ZREM', qkey(st[2], st[3]), ARGV[1])
+  local held = holder(j)
+  if held then unreserve(j.pool, held) else unindex(j) end
   finish(ARGV[1], ARGV[2], ARGV[3], {'cancelled', '1', unpack(ARGV, 4)})
   return 1
 end

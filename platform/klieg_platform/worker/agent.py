@@ -2,7 +2,10 @@
 
 Loop: while a slot is free, dispatch the next request of our pools (atomic, leased) and hand it
 to an ``Execution`` (``execution.py``), which runs it on a warm runner of its revision or a
-cold-started one and completes it. Housekeeping, every third of a lease: requeue expired leases
+cold-started one and completes it. A ``Blocked`` dispatch reserves a request for this worker:
+it drains (takes nothing else) until that request fits, dispatching again as slots free and at
+least every third of a lease to keep the reservation, and advertises no idle runners to its
+peers meanwhile. Housekeeping, every third of a lease: requeue expired leases
 (any worker's), stop idle runners past keep_alive, heartbeat, and keep min_concurrency runners
 warm (``warmth.py``). The parts: ``RunnerSet`` (the runners and their slots), ``Warmth`` (cold
 starts, setup backoff, prewarming), ``Revisions`` (the revision cache), ``Leases`` (one renewal
@@ -26,6 +29,7 @@ from klieg_platform.broker import Blocked, Broker, Elsewhere, Job, Leases, Peers
 from klieg_platform.config import Settings
 from klieg_platform.packager import Packager
 from klieg_platform.registry import Registry, Revision
+from klieg_platform.scheduler import max_reserved
 from klieg_platform.storage import BlobStore
 from klieg_platform.worker.batching import Batcher
 from klieg_platform.worker.code import CodeCache
@@ -81,6 +85,9 @@ class Worker:
         self._own_wake = f"@{self.id}"
         """A wake list of this worker alone (``keys.wake``), pushed when it frees a runner."""
         self._left_full = False
+        self._draining = False
+        """A request is reserved for this worker (Blocked): it drains for it and serves nothing
+        else, so it advertises no idle runners to its peers meanwhile."""
 
     # ---- main loops -------------------------------------------------------------------
     async def run(self) -> None:
@@ -98,19 +105,25 @@ class Worker:
         wakes = self.broker.queue.wakes()
         drained = False  # the last dispatch left nothing queued: block for a wake token first
         need = 1  # slots the next request needs (more after a Blocked dispatch)
+        # while draining, dispatch at least this often: it renews the reservation (it expires
+        # after a lease) and learns when the reserved request went elsewhere
+        keepalive_s = min(1.0, self.settings.lease_s / 3)
+        loop = asyncio.get_running_loop()
+        dispatched_at = 0.0
         try:
             while not self._stopping.is_set():
                 free = self.runners.slots - max(self._busy, self.runners.busy_units())
-                if free < need:
+                renew = self._draining and loop.time() - dispatched_at >= keepalive_s
+                if free < need and not renew:
                     self._slot_free.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._slot_free.wait(), 1.0)
-                    need = 1 if self.runners.slots - self._busy < need else need
+                        await asyncio.wait_for(self._slot_free.wait(), keepalive_s)
                     continue
                 if drained:
                     await wakes.wait([*self.pools, self._own_wake], 1.0)
                 full = self.runners.full()
                 self._left_full = bool(full)
+                dispatched_at = loop.time()
                 job = await self.broker.queue.dispatch(
                     self.pools,
                     self.id,
@@ -120,8 +133,10 @@ class Worker:
                     warm_here=self._idle_here(),
                     warm_elsewhere=self._warm_elsewhere,
                     full=full,
+                    max_reserved=self._max_reserved(),
                 )
-                if isinstance(job, Blocked):
+                self._draining = isinstance(job, Blocked)
+                if isinstance(job, Blocked):  # the request is reserved for us: drain for it
                     need, drained = job.units, False
                     continue
                 if isinstance(job, Elsewhere):  # a warm worker was woken for it; look again soon
@@ -160,7 +175,8 @@ class Worker:
                 mine = self.runners.runners
                 warm = [self.revisions.app_key(r.key[0]) for r in mine]
                 self._peers = await self.broker.workers.heartbeat(
-                    self.id, self.pools, self.runners.slots, warm, self._idle_here(),
+                    self.id, self.pools, self.runners.slots, warm,
+                    [] if self._draining else self._idle_here(),
                     [f"{r.key[0]}/{r.key[1]}" for r in mine],
                 )  # fmt: skip
                 idle = self._peers.idle
@@ -237,6 +253,13 @@ class Worker:
     def _track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _max_reserved(self) -> int:
+        """How many requests may be reserved for draining workers in this worker's pools: by
+        the policy's share of the workers serving them (this one and its live peers)."""
+        workers = self._peers.workers
+        peers = sum(workers.values()) if "*" in self.pools else sum(workers[p] for p in self.pools)
+        return max_reserved(1 + peers)
 
     def _idle_here(self) -> list[str]:
         """ "revision/function" of this worker's idle, live runners."""

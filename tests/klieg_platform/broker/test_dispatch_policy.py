@@ -3,7 +3,10 @@
 Random queues across tiers, tenants, apps, functions, GPU sizes, enqueue times and caps are
 loaded into a real Redis; then, step by step, the broker's dispatch and the reference policy must
 choose the same job (or both take nothing, for the same reason), also with random free and total
-units, warm runners here and elsewhere, measured cold starts and completions between steps.
+units, warm runners here and elsewhere, measured cold starts and completions between steps,
+asked by several workers in turn, so that reservations (W3) are held, renewed and taken (W0).
+The lane index is checked against the replay's queues as it goes, and a long replay keeps far
+more capped jobs at the heads of the queues than any scan window would reach.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter, defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import pytest
@@ -32,7 +36,7 @@ def _scenario(rng: random.Random) -> tuple[list[NewRequest], list[int], dict[str
     apps = ["a", "b", "c"]
     caps = {t: rng.choice([1, 2]) for t in rng.sample(tenants, 2)}
     reqs, times = [], []
-    for i in range(rng.randint(5, 40)):
+    for i in range(rng.randint(5, 120)):
         tier = rng.choice(TIERS)
         tenant = rng.choice(tenants)
         app = rng.choice(apps)
@@ -141,15 +145,25 @@ class WarmScenario:
     app_caps: dict[str, int]
 
 
-def _warm_scenario(rng: random.Random) -> WarmScenario:
+def _warm_scenario(rng: random.Random, n: int | None = None, capped_head: int = 0) -> WarmScenario:
+    """Random requests; ``n`` of them (default 5-40). With ``capped_head``, that many of the
+    oldest belong to the capped tenants or the capped app, so those wait at every queue's head.
+    """
     tenants = [f"t{i}" for i in range(5)]
     tenant_caps = {t: rng.choice([1, 2]) for t in rng.sample(tenants, 2)}
     app_caps = {f"o/{a}": rng.choice([1, 3]) for a in rng.sample(APPS, 1)}
+    capped_tenants = sorted(tenant_caps)
+    capped_app = next(iter(app_caps)).removeprefix("o/")
     reqs, times = [], []
     recent_share = rng.choice([0.3, 0.7, 1.0])
-    for i in range(rng.randint(5, 40)):
+    for i in range(n if n is not None else rng.randint(5, 40)):
         tier = rng.choice(TIERS)
         tenant, app = rng.choice(tenants), rng.choice(APPS)
+        if i < capped_head:
+            if rng.random() < 0.5:
+                tenant = rng.choice(capped_tenants)
+            else:
+                app = capped_app
         reqs.append(
             NewRequest(
                 id=f"r{i:03d}", owner="o", tenant=tenant, app=app,
@@ -161,6 +175,8 @@ def _warm_scenario(rng: random.Random) -> WarmScenario:
         )  # fmt: skip
         recent = rng.random() < recent_share  # within a cold start or so, else up to 3 SLOs
         wait_s = rng.uniform(0, 40) if recent else rng.uniform(0, 3 * tier.slo_s)
+        if i < capped_head:  # older than every other request
+            wait_s = 4 * tier.slo_s + (capped_head - i)
         times.append(NOW_MS - int(wait_s * 1000))
     return WarmScenario(reqs, times, tenant_caps, app_caps)
 
@@ -178,11 +194,19 @@ def _outcome(
     return ("job", got.id)
 
 
-async def _replay_warm(seed: int, broker: Broker | None) -> Counter[str]:
+WORKERS = ("w", "w2", "w3")
+LEASE_S = 100_000
+"""Leases and reservations outlive every replay (the reference has no clock for them)."""
+
+
+async def _replay_warm(
+    seed: int, broker: Broker | None, *, n: int | None = None, capped_head: int = 0
+) -> Counter[str]:
     """Replay seed's scenario through the reference, and through ``broker`` when given (assert
-    they agree at every step). Returns how often each rule (W1-W5, or none) decided."""
+    they agree at every step), with several workers and their reservations. Returns how often
+    each rule (W0-W5, or none) decided."""
     rng = random.Random(seed)
-    sc = _warm_scenario(rng)
+    sc = _warm_scenario(rng, n, capped_head)
     order = sorted(range(len(sc.reqs)), key=lambda i: sc.times[i])
     queues: dict[str, list[Job]] = defaultdict(list)
     for i in order:  # each queue is FIFO by enqueue time
@@ -210,9 +234,11 @@ async def _replay_warm(seed: int, broker: Broker | None) -> Counter[str]:
 
     for app in APPS:
         await set_cold(f"o/{app}", some_cold_ms())
+    totals = {w: rng.choice([1, 2, 4, 8]) for w in WORKERS}
     by_tenant: dict[str, int] = defaultdict(int)
     by_app: dict[str, int] = defaultdict(int)
-    running: list[str] = []
+    running: list[tuple[str, str]] = []
+    reserved: dict[str, Job] = {}
     rules: Counter[str] = Counter()
     now = NOW_MS
     for step in range(2 * len(sc.reqs)):
@@ -220,19 +246,21 @@ async def _replay_warm(seed: int, broker: Broker | None) -> Counter[str]:
         if rng.random() < 0.25:
             await set_cold(f"o/{rng.choice(APPS)}", some_cold_ms())
         if running and rng.random() < 0.6:
-            done = by_id[running.pop(rng.randrange(len(running)))]
+            rid, holder = running.pop(rng.randrange(len(running)))
+            done = by_id[rid]
             by_tenant[done.tenant] -= 1
             by_app[done.app] -= 1
             if broker is not None:
-                assert await broker.queue.complete(done.id, "w", Outcome(ok=True, result=b"{}"))
-        total = rng.choice([1, 2, 4, 8])
+                assert await broker.queue.complete(rid, holder, Outcome(ok=True, result=b"{}"))
+        worker = rng.choice(WORKERS)
+        total = totals[worker]
         counts = {
             "inflight_by_tenant": by_tenant, "inflight_by_app": by_app,
             "tenant_caps": sc.tenant_caps, "app_caps": sc.app_caps,
         }  # fmt: skip
         # Often just what the plain pick (best) needs, and the functions of queued jobs, the
         # best's among them, so that every rule and its edges are reached.
-        best = pick(_fitting(queues, total), now, tiers=TIERS_MS, **counts)
+        best = pick(_fitting(queues, total, (), reserved, worker), now, tiers=TIERS_MS, **counts)
         free = rng.choice([rng.randint(0, total), total, best.units if best else 0])
         here = rng.sample(FN_KEYS, rng.randint(0, 3))
         elsewhere = rng.sample(FN_KEYS, rng.randint(0, 3))
@@ -246,33 +274,58 @@ async def _replay_warm(seed: int, broker: Broker | None) -> Counter[str]:
         full = rng.sample(FN_KEYS, rng.randint(0, 1))
         if best is not None and rng.random() < 0.15:
             full.append(best.function_key)
+        limit = rng.choice([None, None, 1, 2])  # past it, a worker backfills instead of draining
         want = pick_for_worker(queues, now, tiers=TIERS_MS, **counts, free_units=free,
                                total_units=total, here=here, elsewhere=elsewhere,
-                               cold_start_s=cold_ms, full=full)  # fmt: skip
-        rules[_rule(want, queues, now, total, here, counts)] += 1
+                               cold_start_s=cold_ms, full=full, worker=worker,
+                               reserved=reserved, max_reserved=limit)  # fmt: skip
+        rules[_rule(want, queues, now, total, here, full, counts, reserved, worker)] += 1
         if broker is not None:
             warm = {"warm_here": here, "warm_elsewhere": elsewhere, "full": full}
             got = await broker.queue.dispatch(
-                ["GPU"], "w", 30, free_units=free, total_units=total, **warm, at_ms=now
-            )
-            context = f"seed {seed} step {step}: free {free}/{total}, here {here}, " + (
-                f"elsewhere {elsewhere}, full {full}, cold {cold_ms}, now {now}"
+                ["GPU"], worker, LEASE_S, free_units=free, total_units=total, **warm,
+                max_reserved=limit, at_ms=now,
+            )  # fmt: skip
+            context = f"seed {seed} step {step}: {worker} free {free}/{total}, here {here}, " + (
+                f"elsewhere {elsewhere}, full {full}, cold {cold_ms}, now {now}, limit {limit}, "
+                f"reserved { {w: j.id for w, j in reserved.items()} }"
             )
             assert _outcome(got) == _outcome(want), context
             if isinstance(got, BrokerJob) and isinstance(want, Job):
                 assert got.units == want.units, context
+        # the reservations, as pick_for_worker's docstring says
+        if isinstance(want, PolicyBlocked):
+            assert want.job is not None
+            reserved[worker] = want.job
+        else:
+            reserved.pop(worker, None)
         if isinstance(want, Job):
+            for w, held in list(reserved.items()):
+                if held is want:
+                    del reserved[w]
             queues[want.tier].remove(want)
             by_tenant[want.tenant] += 1
             by_app[want.app] += 1
-            running.append(want.id)
+            running.append((want.id, worker))
+        if broker is not None and (step % 25 == 0 or step == 2 * len(sc.reqs) - 1):
+            await _assert_index_exact(broker, queues, reserved, counts)
     return rules
 
 
-def _fitting(queues: dict[str, list[Job]], total: int) -> dict[str, list[Job]]:
-    """The jobs a worker of ``total`` units could hold; with fewer than SCAN jobs per queue,
-    ``pick`` over these picks ``best`` of ``pick_for_worker``."""
-    return {t: [j for j in q if j.units <= total] for t, q in queues.items()}
+def _fitting(
+    queues: dict[str, list[Job]],
+    total: int,
+    full: Collection[str],
+    reserved: dict[str, Job],
+    worker: str,
+) -> dict[str, list[Job]]:
+    """The jobs that are candidates for ``worker`` of ``total`` units (by the caps aside): ``pick``
+    over these picks ``best`` of ``pick_for_worker`` (W1-W5)."""
+    skip = {j.id for w, j in reserved.items() if w != worker}
+    return {
+        t: [j for j in q if j.units <= total and j.function_key not in full and j.id not in skip]
+        for t, q in queues.items()
+    }
 
 
 def _rule(
@@ -281,18 +334,70 @@ def _rule(
     now: int,
     total: int,
     here: list[str],
+    full: list[str],
     counts: dict[str, dict[str, int]],
+    reserved: dict[str, Job],
+    worker: str,
 ) -> str:
-    """Which rule produced ``got``: the plain pick among jobs that fit the worker is ``best``."""
+    """Which rule produced ``got`` (``reserved`` as it was before): the plain pick among the
+    worker's candidates is ``best``."""
     if got is None:
         return "none"
     if isinstance(got, PolicyBlocked):
-        return "W2"
+        return "W0" if worker in reserved else "W3"
     if isinstance(got, PolicyElsewhere):
+        return "W2"
+    if any(got is held for held in reserved.values()):
+        return "W0"
+    best = pick(_fitting(queues, total, full, reserved, worker), now, tiers=TIERS_MS, **counts)
+    if got is not best:
         return "W4"
-    if got is not pick(_fitting(queues, total), now, tiers=TIERS_MS, **counts):
-        return "W3"
     return "W1" if got.function_key in here else "W5"
+
+
+async def _assert_index_exact(
+    broker: Broker,
+    queues: dict[str, list[Job]],
+    reserved: dict[str, Job],
+    counts: dict[str, dict[str, int]],
+) -> None:
+    """The lane index in Redis holds exactly the queued, unreserved jobs, with their tenants and
+    lanes in order only while under cap; the reservations are the replay's."""
+    r = broker.redis
+    held = {j.id for j in reserved.values()}
+
+    def under(cap_of: dict[str, int], running: dict[str, int], who: str) -> bool:
+        cap = cap_of.get(who)
+        return cap is None or running.get(who, 0) < cap
+
+    want: dict[str, dict[str, float]] = {}
+    for tier, queue in queues.items():
+        for j in queue:
+            if j.id in held:
+                continue
+            score = await r.zscore(keys.queue("GPU", tier), j.id)
+            assert score is not None, j
+            lane = keys.lane(j.function_key, j.units)
+            want.setdefault(keys.flow("GPU", tier, lane, j.tenant), {})[j.id] = score
+            if under(counts["tenant_caps"], counts["inflight_by_tenant"], j.tenant):
+                tenants = want.setdefault(keys.lane_tenants("GPU", tier, lane), {})
+                tenants[j.tenant] = min(tenants.get(j.tenant, score), score)
+    for tier, queue in queues.items():
+        for j in queue:
+            lane = keys.lane(j.function_key, j.units)
+            tenants = want.get(keys.lane_tenants("GPU", tier, lane))
+            if tenants and under(counts["app_caps"], counts["inflight_by_app"], j.app):
+                want.setdefault(keys.lanes("GPU", tier), {})[lane] = min(tenants.values())
+    got: dict[str, dict[str, float]] = {}
+    for prefix in (keys.FLOW_PREFIX, keys.LANE_PREFIX, keys.LANES_PREFIX):
+        async for key in r.scan_iter(match=prefix + "*"):
+            members = await r.zrange(key, 0, -1, withscores=True)
+            got[key.decode()] = {m.decode(): s for m, s in members}
+    assert got == want
+    reservations = await r.hgetall(keys.reserved("GPU"))
+    assert {w.decode(): i.decode() for w, i in reservations.items()} == {
+        w: j.id for w, j in reserved.items()
+    }
 
 
 @pytest.mark.parametrize("seed", range(24))
@@ -307,11 +412,28 @@ def test_lua_dispatch_matches_pick_for_worker(redis_url: str, seed: int) -> None
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_lua_dispatch_matches_pick_for_worker_behind_long_capped_heads(
+    redis_url: str, seed: int
+) -> None:
+    """300 queued, the 200 oldest of capped tenants or a capped app: far more than any scan
+    window; the index must still find exactly the reference's candidates."""
+
+    async def main() -> None:
+        broker = Broker.from_url(redis_url, result_ttl_s=60, max_attempts=3, tiers=TIERS)
+        try:
+            await _replay_warm(100 + seed, broker, n=300, capped_head=200)
+        finally:
+            await broker.close()
+
+    asyncio.run(main())
+
+
 def test_the_warm_scenarios_exercise_every_rule() -> None:
     rules: Counter[str] = Counter()
     for seed in range(24):
         rules += asyncio.run(_replay_warm(seed, None))
-    assert set(rules) == {"W1", "W2", "W3", "W4", "W5", "none"}
+    assert set(rules) == {"W0", "W1", "W2", "W3", "W4", "W5", "none"}
     assert min(rules.values()) >= 10, rules
 
 
@@ -319,24 +441,171 @@ def test_the_warm_scenarios_exercise_every_rule() -> None:
 def test_a_job_is_young_while_its_wait_is_below_the_cold_start(
     redis_url: str, cold_ms: str, young: bool
 ) -> None:
+    """Young, the best job lets a warm one go first (W4); no longer young, it is cold-started."""
+
     async def main() -> None:
         broker = Broker.from_url(redis_url, result_ttl_s=60, max_attempts=3, tiers=TIERS)
         try:
-            req = NewRequest(
-                id="r", owner="o", tenant="t", app="a", revision="a-r1", function="f",
-                endpoint="/", pool="GPU", payload=b"{}", timeout_s=30, tier="api",
-            )  # fmt: skip
-            await broker.queue.enqueue(req, at_ms=NOW_MS - 20_000)
+            for rid, fn, waited in (("r", "f", 20_000), ("q", "g", 10_000)):
+                req = NewRequest(
+                    id=rid, owner="o", tenant="t", app="a", revision="a-r1", function=fn,
+                    endpoint="/", pool="GPU", payload=b"{}", timeout_s=30, tier="api",
+                )  # fmt: skip
+                await broker.queue.enqueue(req, at_ms=NOW_MS - waited)
             await broker.redis.hset(keys.COLD_STATS, "o/a", cold_ms)
-            queues = {"api": [Job("r", "api", "t", "o/a", NOW_MS - 20_000, 0, "a-r1/f")]}
+            queues = {
+                "api": [
+                    Job("r", "api", "t", "o/a", NOW_MS - 20_000, 0, "a-r1/f"),
+                    Job("q", "api", "t", "o/a", NOW_MS - 10_000, 0, "a-r1/g"),
+                ]
+            }
             cold = {"o/a": float(cold_ms)}
             want = pick_for_worker(queues, NOW_MS, tiers=TIERS_MS, free_units=1, total_units=1,
-                                   elsewhere=["a-r1/f"], cold_start_s=cold)  # fmt: skip
+                                   here=["a-r1/g"], cold_start_s=cold)  # fmt: skip
             got = await broker.queue.dispatch(
-                ["GPU"], "w", 30, free_units=1, total_units=1, warm_elsewhere=["a-r1/f"],
+                ["GPU"], "w", 30, free_units=1, total_units=1, warm_here=["a-r1/g"],
                 at_ms=NOW_MS,
             )  # fmt: skip
-            assert _outcome(got) == _outcome(want) == (("elsewhere", 0) if young else ("job", "r"))
+            assert _outcome(got) == _outcome(want) == ("job", "q" if young else "r")
+        finally:
+            await broker.close()
+
+    asyncio.run(main())
+
+
+def _gpu_req(
+    rid: str, gpus: int, tenant: str = "t", app: str = "a", tenant_cap: int = 0
+) -> NewRequest:
+    return NewRequest(
+        id=rid, owner="o", tenant=tenant, app=app, revision=f"{app}-r1", function="f",
+        endpoint="/", pool="GPU", payload=b"{}", timeout_s=30, tier="api", gpus=gpus,
+        tenant_cap=tenant_cap,
+    )  # fmt: skip
+
+
+def test_a_reservation_keeps_the_job_for_the_worker_draining_for_it(redis_url: str) -> None:
+    async def main() -> None:
+        broker = Broker.from_url(redis_url, result_ttl_s=60, max_attempts=3, tiers=TIERS)
+        q = broker.queue
+        try:
+            await q.enqueue(_gpu_req("big", 2), at_ms=NOW_MS - 2000)
+            await q.enqueue(_gpu_req("small", 1), at_ms=NOW_MS - 1000)
+            got = await q.dispatch(["GPU"], "a", 30, free_units=1, total_units=2, at_ms=NOW_MS)
+            assert got == Blocked(2)
+            assert await broker.redis.hget(keys.reserved("GPU"), "a") == b"big"
+            # another worker of the same size serves the queue instead of draining for it too
+            got = await q.dispatch(["GPU"], "b", 30, free_units=1, total_units=2, at_ms=NOW_MS)
+            assert isinstance(got, BrokerJob) and got.id == "small"
+            got = await q.dispatch(["GPU"], "a", 30, free_units=1, total_units=2, at_ms=NOW_MS)
+            assert got == Blocked(2), "still draining: the reservation holds"
+            state = await q.get("big")
+            assert state is not None and state.status == "IN_QUEUE"
+            got = await q.dispatch(["GPU"], "a", 30, free_units=2, total_units=2, at_ms=NOW_MS)
+            assert isinstance(got, BrokerJob) and got.id == "big" and got.units == 2
+            assert await broker.redis.hlen(keys.reserved("GPU")) == 0
+        finally:
+            await broker.close()
+
+    asyncio.run(main())
+
+
+def test_a_reservation_of_a_silent_worker_expires_and_others_take_reservations_that_fit(
+    redis_url: str,
+) -> None:
+    async def main() -> None:
+        broker = Broker.from_url(redis_url, result_ttl_s=60, max_attempts=3, tiers=TIERS)
+        q = broker.queue
+        try:
+            await q.enqueue(_gpu_req("big", 2), at_ms=NOW_MS - 2000)
+            got = await q.dispatch(["GPU"], "a", 30, free_units=1, total_units=2, at_ms=NOW_MS)
+            assert got == Blocked(2)
+            # within the lease, b (1 free) does not drain for it: a does
+            got = await q.dispatch(["GPU"], "b", 30, free_units=1, total_units=2, at_ms=NOW_MS)
+            assert got is None
+            # a went silent: past its lease the job is a candidate again, and b drains for it
+            later = NOW_MS + 30_001
+            got = await q.dispatch(["GPU"], "b", 30, free_units=1, total_units=2, at_ms=later)
+            assert got == Blocked(2)
+            assert await broker.redis.hgetall(keys.reserved("GPU")) == {b"b": b"big"}
+            # a worker with room takes another's reservation that fits (W0)
+            got = await q.dispatch(["GPU"], "c", 30, free_units=4, total_units=4, at_ms=later)
+            assert isinstance(got, BrokerJob) and got.id == "big"
+            assert await broker.redis.hlen(keys.reserved("GPU")) == 0
+        finally:
+            await broker.close()
+
+    asyncio.run(main())
+
+
+def test_cancelling_a_reserved_job_ends_its_reservation(redis_url: str) -> None:
+    async def main() -> None:
+        broker = Broker.from_url(redis_url, result_ttl_s=60, max_attempts=3, tiers=TIERS)
+        q = broker.queue
+        try:
+            await q.enqueue(_gpu_req("big", 2), at_ms=NOW_MS - 2000)
+            await q.enqueue(_gpu_req("small", 1), at_ms=NOW_MS - 1000)
+            got = await q.dispatch(["GPU"], "a", 30, free_units=1, total_units=2, at_ms=NOW_MS)
+            assert got == Blocked(2)
+            assert await q.cancel("big") == 1
+            assert await broker.redis.hlen(keys.reserved("GPU")) == 0
+            assert await broker.redis.zcard(keys.reserved_until("GPU")) == 0
+            got = await q.dispatch(["GPU"], "a", 30, free_units=1, total_units=2, at_ms=NOW_MS)
+            assert isinstance(got, BrokerJob) and got.id == "small"
+        finally:
+            await broker.close()
+
+    asyncio.run(main())
+
+
+async def _commands(broker: Broker) -> int:
+    stats = await broker.redis.info("commandstats")
+    return sum(int(v["calls"]) for v in stats.values())
+
+
+def test_a_dispatch_costs_the_same_behind_10_or_10000_capped_jobs(redis_server_url: str) -> None:
+    """Redis commands per dispatch (scripts' included, from ``INFO commandstats`` of the
+    session's own embedded server) do not grow with the capped jobs queued ahead (behind 10 the
+    taken job may empty its lane, a few commands more)."""
+
+    async def main() -> None:
+        tiers = parse_tiers("enterprise:60:20000,api:120:20000,light:600:20000,free:1800:20000")
+        broker = Broker.from_url(redis_server_url, result_ttl_s=60, max_attempts=3, tiers=tiers)
+        q = broker.queue
+        await broker.redis.flushdb()
+        rng = random.Random(7)
+        try:
+
+            def req(rid: str, tenant: str, app: str, tier: str) -> NewRequest:
+                return NewRequest(
+                    id=rid, owner="o", tenant=tenant, app=app, revision=f"{app}-r1",
+                    function="f", endpoint="/", pool="GPU", payload=b"{}", timeout_s=30,
+                    tier=tier, tenant_cap=1 if tenant == "capped" else 0,
+                    app_cap=1 if app == "capped" else 0,
+                )  # fmt: skip
+
+            at = NOW_MS - 3_600_000
+            for rid, tenant, app in (("t0", "capped", "a"), ("a0", "t", "capped")):
+                await q.enqueue(req(rid, tenant, app, "api"), at_ms=at)
+                got = await q.dispatch(["GPU"], "w", 30, at_ms=NOW_MS)
+                assert isinstance(got, BrokerJob) and got.id == rid
+            queued, costs = 0, []
+            for n in (10, 10_000):
+                batch = []
+                for i in range(queued, n):  # the capped tenant's and the capped app's, oldest
+                    tenant, app = ("capped", "a") if i % 2 else ("t", "capped")
+                    batch.append(req(f"c{i}", tenant, app, rng.choice(TIERS).name))
+                for start in range(0, len(batch), 500):
+                    chunk = batch[start : start + 500]
+                    at += 1
+                    await asyncio.gather(*(q.enqueue(r, at_ms=at) for r in chunk))
+                queued = n
+                await q.enqueue(req(f"free{n}", "u", "a", "free"), at_ms=NOW_MS - 1000)
+                before = await _commands(broker)
+                got = await q.dispatch(["GPU"], "w", 30, at_ms=NOW_MS)
+                costs.append(await _commands(broker) - before - 2)  # less INFO and EVALSHA
+                assert isinstance(got, BrokerJob) and got.id == f"free{n}"
+            print(f"redis commands per dispatch behind 10 / 10000 capped jobs: {costs}")
+            assert max(costs) <= 40 and costs[1] <= costs[0], costs
         finally:
             await broker.close()
 
