@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -43,9 +44,9 @@ def _setup(p: Platform) -> dict[str, str]:
     return keys
 
 
-def _submit(p: Platform, key: str, seconds: float, tag: str) -> dict[str, Any]:
+def _submit(p: Platform, key: str, seconds: float, tag: str, app: str = "sched") -> dict[str, Any]:
     with p.http(key=key) as http:
-        r = http.post("/queue/ops/sched", json={"seconds": seconds, "tag": tag})
+        r = http.post(f"/queue/ops/{app}", json={"seconds": seconds, "tag": tag})
         assert r.status_code == 200, r.text
         return dict(r.json())
 
@@ -235,3 +236,106 @@ def test_app_cap_holds_across_workers_and_tenants(two_workers: Any) -> None:
         p.admin().limit_app("sched", 0)
     for a, b in itertools.pairwise(runs):
         assert b["started"] >= a["ended"] - 0.05, "two requests of a capped app ran at once"
+
+
+BACKLOG = 100  # deeper than 64 in one tier: a dispatch must see past the capped requests
+DEEP_TIERS = "enterprise:30:1000,api:60:1000,free:3:3"
+
+
+@pytest.fixture(scope="module")
+def deep_queues(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Platform, dict[str, str]]]:
+    """Two slots, queues deep enough for a long backlog; apps ``sched`` and ``sched2`` (its copy
+    under another name), both warm; tenant ``ent2`` (enterprise) besides ``_setup``'s."""
+    home = tmp_path_factory.mktemp("deep-queues")
+    env = {"KLIEG_TIERS": DEEP_TIERS, "KLIEG_WORKER_SLOTS": "2"}
+    with running_platform(home, extra_env=env) as p:
+        keys = _setup(p)
+        keys["ent2"] = p.admin().create_key("ent2", tier="enterprise")["key"]
+        copy = home / "sched2"
+        shutil.copytree(TEST_APPS / "sched", copy)
+        code = (copy / "app.py").read_text()
+        (copy / "app.py").write_text(code.replace('App("sched")', 'App("sched2")'))
+        p.deploy(copy / "app.py")
+        for app in ("sched", "sched2"):
+            _result(p, keys["ops"], _submit(p, keys["ops"], 0, "warm-up", app))
+        yield p, keys
+
+
+def _queue(p: Platform, key: str, app: str, n: int, seconds: float) -> list[dict[str, Any]]:
+    with p.http(key=key) as http:
+        subs = []
+        for i in range(n):
+            r = http.post(f"/queue/ops/{app}", json={"seconds": seconds, "tag": f"q{i}"})
+            assert r.status_code == 200, r.text
+            subs.append(dict(r.json()))
+        return subs
+
+
+def _drain(p: Platform, key: str, subs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cancel what is still queued (newest first) and wait for all of ``subs`` to complete; the
+    results of those that ran to the end, in the order they started."""
+    runs = []
+    with p.http(key=key) as http:
+        for sub in reversed(subs):
+            if http.get(sub["status_url"]).json()["status"] == "IN_QUEUE":
+                http.put(sub["cancel_url"])
+        for sub in subs:
+            wait_for_status(http, sub["status_url"], "COMPLETED", timeout=60)
+            r = http.get(sub["response_url"])
+            if r.status_code == 200 and "started" in r.json():
+                runs.append(dict(r.json()))
+    return sorted(runs, key=lambda r: r["started"])
+
+
+def _one_at_a_time(runs: list[dict[str, Any]]) -> bool:
+    return all(b["started"] >= a["ended"] - 0.05 for a, b in itertools.pairwise(runs))
+
+
+def test_capped_app_backlog_does_not_delay_another_app(deep_queues: Any) -> None:
+    p, keys = deep_queues
+    p.admin().limit_app("sched2", 1)
+    try:
+        backlog = _queue(p, keys["ops"], "sched2", BACKLOG, 0.25)
+        submitted = time.time()
+        other = [_submit(p, keys["ops"], 0.05, f"other{i}") for i in range(2)]
+        other_runs = [_result(p, keys["ops"], s) for s in other]
+        with p.http(key=keys["ops"]) as http:
+            last = http.get(backlog[-1]["status_url"]).json()["status"]
+            wait_for_status(http, backlog[2]["status_url"], "COMPLETED", timeout=30)
+    finally:
+        p.admin().limit_app("sched2", 0)
+        runs = _drain(p, keys["ops"], backlog)
+    waited = max(r["started"] for r in other_runs) - submitted
+    ahead = sum(r["started"] < other_runs[0]["started"] for r in runs)
+    assert waited < 3.0, (
+        f"the other app's requests started {waited:.1f} s after they were submitted, once "
+        f"{ahead} of the {BACKLOG} queued requests of the capped app had started"
+    )
+    assert last == "IN_QUEUE", "the capped app still had a backlog when the other app ran"
+    assert len(runs) >= 3 and _one_at_a_time(runs), "two requests of a capped app ran at once"
+
+
+def test_capped_tenant_backlog_does_not_delay_another_tenant(deep_queues: Any) -> None:
+    p, keys = deep_queues
+    p.admin().set_tenant("ent", max_inflight=1)
+    try:
+        backlog = _queue(p, keys["ent"], "sched", BACKLOG, 0.25)
+        submitted = time.time()
+        other = [_submit(p, keys["ent2"], 0.05, f"other{i}") for i in range(2)]
+        other_runs = [_result(p, keys["ent2"], s) for s in other]
+        with p.http(key=keys["ent"]) as http:
+            last = http.get(backlog[-1]["status_url"]).json()["status"]
+            wait_for_status(http, backlog[2]["status_url"], "COMPLETED", timeout=30)
+    finally:
+        p.admin().set_tenant("ent", max_inflight=0)
+        runs = _drain(p, keys["ent"], backlog)
+    waited = max(r["started"] for r in other_runs) - submitted
+    ahead = sum(r["started"] < other_runs[0]["started"] for r in runs)
+    assert waited < 3.0, (
+        f"the other tenant's requests started {waited:.1f} s after they were submitted, once "
+        f"{ahead} of the {BACKLOG} queued requests of the capped tenant had started"
+    )
+    assert last == "IN_QUEUE", "the capped tenant still had a backlog when the other tenant ran"
+    assert len(runs) >= 3 and _one_at_a_time(runs), "the capped tenant ran two at once"
