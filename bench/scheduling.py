@@ -405,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"sweep: {scenario}, {gpus} GPUs, {apps} apps, {args.hours} h")
                 trace = generate(args.hours, gpus, args.seed, load, args.cold_start_scale, apps)
                 rows.append(summary(measure(trace, scenario, args.seed)))
+                log(f"sweep row: {json.dumps(rows[-1])}")
         met = all(row["met"] for row in rows)
         out = {"sweep": rows, "hours": args.hours, "seed": args.seed, "met": met,
                "wall_s": round(time.perf_counter() - started, 2)}  # fmt: skip

@@ -56,6 +56,7 @@ import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, TextIO
 
 from klieg_platform.scheduler import (
@@ -560,29 +561,40 @@ class _Replay:
         whose reservation another took asks again. Stops when nothing is a candidate for anyone
         (workers without room for a reservation are not asked once only reservations wait), or
         when all have asked."""
-        nodes, backlog = self.nodes, self.backlog
+        nodes = self.nodes
         self.floor = 1
         touched, self.touched = self.touched, set()
         for wid in touched & self.drain_ids:  # a slot freed: the reservation may fit now
             if self._raise_floor():
                 self.serve(nodes.workers[wid], now)
         for k in range(1, nodes.size + 1):
-            if not self._raise_floor() or k < self.floor:
+            if not nodes.by_avail[k] or not self._raise_floor() or k < self.floor:
                 continue
-            bucket = nodes.by_avail[k]
-            for wid in bucket - self.drain_ids if self.drain_ids else list(bucket):
-                if not self.serve(nodes.workers[wid], now):
-                    break
-                if k < self.floor:
-                    break
-            else:
-                continue
-            if not len(backlog):
+            if not self._serve_bucket(k, now):
                 break
         while self.due:
             w = self.due.pop()
             if self._raise_floor():
                 self.serve(w, now)
+
+    def _serve_bucket(self, k: int, now: float) -> bool:
+        """The workers with ``k`` available GPUs that do not drain ask in turn (a few first: a
+        dispatch seldom goes further; the rest only if it does); False when no worker could take
+        anything now."""
+        bucket, drain_ids, workers = self.nodes.by_avail[k], self.drain_ids, self.nodes.workers
+        first = list(islice((wid for wid in bucket if wid not in drain_ids), 8))
+        for batch in (first, None):
+            if batch is None:
+                seen = set(first)
+                batch = [wid for wid in bucket if wid not in seen and wid not in drain_ids]
+            for wid in batch:
+                if wid in drain_ids:
+                    continue
+                if not self.serve(workers[wid], now):
+                    return False
+                if k < self.floor or not len(self.backlog):
+                    return True
+        return True
 
     def _raise_floor(self) -> bool:
         """Whether anything waits; once only reservations do, ``floor`` rises to the smallest."""
