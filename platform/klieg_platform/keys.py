@@ -28,6 +28,8 @@ klieg:reserved:{pool}     hash     worker id -> the queued request it drains for
 klieg:reserved-until:{pool}
                           zset     worker id -> when its reservation expires (ms), renewed by
                                    each of its dispatches
+klieg:index              string   the lane index's version; absent on data queued before it
+                                   (``Queue.reindex`` then builds it from klieg:q)
 klieg:pools               set      every pool that has ever had a request
 klieg:wake:{pool}         list     wake-up tokens; workers block on it when the queue is empty
 klieg:wake:*              list     wake-up tokens for workers that serve every pool
@@ -65,6 +67,7 @@ LANE_APP_PREFIX = PREFIX + "laneapp:"
 FN_LANES_PREFIX = PREFIX + "fnlanes:"
 TENANT_LANES_PREFIX = PREFIX + "tlanes:"
 APP_LANES_PREFIX = PREFIX + "alanes:"
+INDEX_VERSION = PREFIX + "index"
 RESERVED_PREFIX = PREFIX + "reserved:"
 RESERVED_UNTIL_PREFIX = PREFIX + "reserved-until:"
 WAKE_PREFIX = PREFIX + "wake:"

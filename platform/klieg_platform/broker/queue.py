@@ -41,6 +41,9 @@ from klieg_platform.broker.streams import Streams
 from klieg_platform.broker.wire import HotScript, Wire
 from klieg_platform.scheduler import Tier
 
+INDEX_VERSION = "1"
+"""The lane index's version in ``keys.INDEX_VERSION`` (``Queue.reindex``)."""
+
 T = TypeVar("T")
 
 MAX_LINES_INLINE = 1000
@@ -112,6 +115,7 @@ class Queue:
         self._requeue_expired = HotScript(redis, wire, lua.REQUEUE_EXPIRED)
         self._cancel = HotScript(redis, wire, lua.CANCEL)
         self._position = HotScript(redis, wire, lua.POSITION)
+        self._reindex = HotScript(redis, wire, lua.REINDEX)
 
     # ---- moves ------------------------------------------------------------------------
     async def enqueue(
@@ -134,6 +138,23 @@ class Queue:
                 queued=int(reply[1]),
             )
         return max(int(reply[2]), 0) if position else None
+
+    async def reindex(self, chunk: int = 1000) -> int:
+        """Build the lane index for requests queued before it existed (data from an older
+        Klieg), once: ``keys.INDEX_VERSION`` marks an index that is whole. Returns how many
+        requests it indexed. Safe to run while others enqueue and dispatch."""
+        if await self.redis.get(keys.INDEX_VERSION) == INDEX_VERSION.encode():
+            return 0
+        indexed = 0
+        for raw in await self.redis.smembers(keys.POOLS):
+            pool = raw.decode() if isinstance(raw, bytes) else raw
+            for tier in self.tiers:
+                start = 0
+                while start >= 0:
+                    start, n = await self._reindex(args=[pool, tier, start, chunk])
+                    indexed += int(n)
+        await self.redis.set(keys.INDEX_VERSION, INDEX_VERSION)
+        return indexed
 
     async def dispatch(
         self,

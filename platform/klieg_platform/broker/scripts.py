@@ -629,6 +629,34 @@ return out
 """
 )
 
+# ARGV: pool, tier, from, count. Puts the queued requests at ranks from..from+count-1 of the
+# tier's queue that the lane index lacks (queued before it existed) into it; reserved ones are
+# left out. Returns {next rank (-1: done), requests indexed}.
+REINDEX = (
+    PRELUDE
+    + """
+local pool, tier = ARGV[1], ARGV[2]
+local from, count = tonumber(ARGV[3]), tonumber(ARGV[4])
+local ids = redis.call('ZRANGE', qkey(pool, tier), from, from + count - 1)
+local held = {}
+local reserved = redis.call('HVALS', RESERVED .. pool)
+for _, id in ipairs(reserved) do held[id] = true end
+local n = 0
+for _, id in ipairs(ids) do
+  local j = load(id)
+  if j and j.status == S_QUEUED and not held[id] then
+    local flow = FLOW .. pool .. ':' .. tier .. ':' .. j.lane .. ':' .. j.tenant
+    if not redis.call('ZSCORE', flow, id) then
+      index(j)
+      n = n + 1
+    end
+  end
+end
+if #ids < count then return {-1, n} end
+return {from + count, n}
+"""
+)
+
 # ARGV: id, now_ms, tiers spec. The request's queue position (``position``), -1 when it is not
 # queued.
 POSITION = (

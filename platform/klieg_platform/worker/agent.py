@@ -92,6 +92,9 @@ class Worker:
     # ---- main loops -------------------------------------------------------------------
     async def run(self) -> None:
         """Serve until ``stop()``; then finish in-flight requests and stop the runners."""
+        indexed = await self.broker.queue.reindex()
+        if indexed:
+            log.warning("indexed %d requests queued before the lane index", indexed)
         housekeeping = asyncio.create_task(self._housekeeping())
         leases = asyncio.create_task(self.leases.keep())
         cancels = asyncio.create_task(

@@ -666,3 +666,25 @@ def test_wakes_of_two_loops_do_not_wait_behind_each_other(redis_url: str) -> Non
             busy.close()
 
     run(redis_url, body)
+
+
+def test_reindex_builds_the_lane_index_for_requests_queued_before_it(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        first, second = new(), new()
+        await enqueue_spaced(b, first, second)
+        index = (
+            keys.LANES_PREFIX, keys.LANE_PREFIX, keys.FLOW_PREFIX, keys.LANE_JOBS_PREFIX,
+            keys.LANE_APP_PREFIX, keys.FN_LANES_PREFIX, keys.TENANT_LANES_PREFIX,
+            keys.APP_LANES_PREFIX,
+        )  # fmt: skip
+        for prefix in index:  # data of a Klieg without the index: the queue alone
+            async for key in b.redis.scan_iter(match=prefix + "*"):
+                await b.redis.delete(key)
+        await b.redis.delete(keys.INDEX_VERSION)
+        assert await b.queue.dispatch(["CPU"], "w1", 30) is None
+        assert await b.queue.reindex(chunk=1) == 2
+        assert await b.queue.reindex() == 0, "once whole, the index is not rebuilt"
+        got = [await b.queue.dispatch(["CPU"], "w1", 30) for _ in range(3)]
+        assert [j.id if j else None for j in got] == [first.id, second.id, None]
+
+    run(redis_url, body)
