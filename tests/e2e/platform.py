@@ -102,19 +102,25 @@ def running_platform(
 
 
 def platform_pids(home: Path, module: str) -> list[int]:
-    """Pids of this platform's processes running ``python -m <module>`` (found through /proc)."""
-    found: list[int] = []
+    """Pids of this platform's processes running ``python -m <module>`` (found through /proc).
+
+    A child caught between its fork and its exec still shows its parent's command line: a
+    process whose parent is also found is that child, not another instance."""
+    found: dict[int, int] = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             cmdline = (proc / "cmdline").read_bytes().split(b"\0")
             environ = (proc / "environ").read_bytes().split(b"\0")
+            status = (proc / "status").read_text()
         except OSError:
             continue
         if module.encode() in cmdline and f"KLIEG_HOME={home}".encode() in environ:
-            found.append(int(proc.name))
-    return found
+            ppid = next((int(line.split()[1]) for line in status.splitlines()
+                         if line.startswith("PPid:")), 0)  # fmt: skip
+            found[int(proc.name)] = ppid
+    return [pid for pid, ppid in found.items() if ppid not in found]
 
 
 def wait_for_status(http: httpx.Client, status_url: str, want: str, timeout: float = 60) -> dict:
