@@ -422,11 +422,7 @@ class _Replay:
         self.busy_gpu_s = self.cold_gpu_s = self.window_busy_gpu_s = 0.0
         reqs = trace.requests
         self.window = (reqs[0].t, reqs[-1].t) if reqs else (0.0, 0.0)
-        self.draining: dict[str, _Worker] = {}
-        """Worker name (``str(id)``) -> worker, for those holding a reservation."""
         self.max_reserved = max_reserved(cluster.workers)
-        self.drain_ids: set[int] = set()
-        """The ids of the workers in ``draining``."""
         self.touched: set[int] = set()
         """The ids of the workers whose runners finished since the last dispatch."""
         self.floor = 1
@@ -488,8 +484,6 @@ class _Replay:
         A worker that held it reserved and no longer drains is due to ask again."""
         holder = self.backlog.start(job)
         if holder is not None and holder != str(runner.worker.id):
-            self.draining.pop(holder, None)
-            self.drain_ids.discard(int(holder))
             self.due.append(self.nodes.workers[int(holder)])
         self.waits[job.tier].append(now - job.enqueued_at)
         app = self.apps[job.app]
@@ -535,10 +529,9 @@ class _Replay:
 
     def ask(self, w: _Worker, now: float) -> Job | Blocked | Elsewhere | None:
         """``w`` asks ``Backlog.pick_for_worker`` once and runs what it gets."""
-        name = str(w.id)
         got = self.backlog.pick_for_worker(
             now,
-            worker=name,
+            worker=str(w.id),
             free_units=w.free + w.idle_gpus,
             total_units=self.nodes.size,
             here=w.idle_apps,
@@ -546,11 +539,6 @@ class _Replay:
             cold_start_s=self.cold_start_s,
             max_reserved=self.max_reserved,
         )
-        if name in self.backlog.reserved:
-            self.draining[name] = w
-            self.drain_ids.add(w.id)
-        elif self.draining.pop(name, None) is not None:
-            self.drain_ids.discard(w.id)
         if isinstance(got, Job):
             self.start(got, *self.nodes.place_on(w, self.apps[got.app]), now)
         return got
@@ -564,7 +552,8 @@ class _Replay:
         nodes = self.nodes
         self.floor = 1
         touched, self.touched = self.touched, set()
-        for wid in touched & self.drain_ids:  # a slot freed: the reservation may fit now
+        draining = [wid for wid in touched if str(wid) in self.backlog.reserved]
+        for wid in draining:  # a slot freed: the reservation may fit now
             if self._raise_floor():
                 self.serve(nodes.workers[wid], now)
         for k in range(1, nodes.size + 1):
@@ -581,14 +570,18 @@ class _Replay:
         """The workers with ``k`` available GPUs that do not drain ask in turn (a few first: a
         dispatch seldom goes further; the rest only if it does); False when no worker could take
         anything now."""
-        bucket, drain_ids, workers = self.nodes.by_avail[k], self.drain_ids, self.nodes.workers
-        first = list(islice((wid for wid in bucket if wid not in drain_ids), 8))
+        bucket, reserved, workers = (
+            self.nodes.by_avail[k],
+            self.backlog.reserved,
+            self.nodes.workers,
+        )
+        first = list(islice((wid for wid in bucket if str(wid) not in reserved), 8))
         for batch in (first, None):
             if batch is None:
                 seen = set(first)
-                batch = [wid for wid in bucket if wid not in seen and wid not in drain_ids]
+                batch = [wid for wid in bucket if wid not in seen and str(wid) not in reserved]
             for wid in batch:
-                if wid in drain_ids:
+                if str(wid) in reserved:
                     continue
                 if not self.serve(workers[wid], now):
                     return False
