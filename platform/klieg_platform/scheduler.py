@@ -315,46 +315,45 @@ _VOID = object()
 
 
 def _held(
-    worker: str,
-    reserved: Mapping[str, Job],
-    tiers: Sequence[Tier],
+    mine: Job | None,
+    others: Iterable[Job],
+    tiers: Mapping[str, Tier],
     now: float,
     free_units: int,
     total_units: int,
     under_cap: Callable[[Job], bool],
 ) -> Job | Blocked | object | None:
-    """Rule W0: the reserved job to take, ``Blocked`` (still draining), ``_VOID`` (this worker's
-    reservation ends untaken) or None (no reservation applies: go on with W1-W5)."""
-    mine = reserved.get(worker)
+    """Rule W0, for a worker holding ``mine`` (None: no reservation) while ``others`` (every
+    other reservation, or at least those that fit) are held elsewhere: the reserved job to
+    take, ``Blocked`` (still draining), ``_VOID`` (this worker's reservation ends untaken) or
+    None (no reservation applies: go on with W1-W5)."""
     if mine is not None:
         if not under_cap(mine):
             return _VOID
         return Blocked(mine.units, mine) if mine.units > free_units else mine
-    by_name = {t.name: t for t in tiers}
+    room = min(free_units, total_units)
     fits = sorted(
-        (
-            (by_name[j.tier], j)
-            for w, j in reserved.items()
-            if w != worker and j.units <= min(free_units, total_units) and under_cap(j)
-        ),
+        ((tiers[j.tier], j) for j in others if j.units <= room and under_cap(j)),
         key=lambda c: (c[0].rank, c[1].enqueued_at),
     )
     return _best(fits, now)[0] if fits else None
 
 
 def _for_worker(
-    found: Sequence[tuple[Tier, Job]],
-    warm_found: Callable[[], Sequence[tuple[Tier, Job]]],
+    candidates: Callable[[int], Sequence[tuple[Tier, Job]]],
+    warm_candidates: Callable[[int], Sequence[tuple[Tier, Job]]],
     now: float,
     free_units: int,
+    total_units: int,
     here: Collection[str],
     elsewhere: Collection[str],
     cold_start_s: Mapping[str, float],
-    backfill: Callable[[], Job | Blocked | Elsewhere | None] | None = None,
+    may_reserve: bool,
 ) -> Job | Blocked | Elsewhere | None:
-    """Rules W1-W5 over the candidates ``found`` (rule 2, sorted) and, asked only when W4 needs
-    them, the warm candidates. ``backfill``: W3's answer when no reservation may be made (None:
-    one may)."""
+    """Rules W1-W5 over ``candidates(units)`` (rule 2, sorted, of jobs of at most ``units``)
+    and, asked only when W4 needs them, ``warm_candidates(units)``. Without ``may_reserve``, W3
+    backfills: the same rules over the candidates that fit the free units."""
+    found = candidates(total_units)
     if not found:
         return None
     best, score = _best(found, now)
@@ -362,11 +361,14 @@ def _for_worker(
         return best  # W1
     if best.function_key in elsewhere:
         return Elsewhere(best)  # W2
-    if best.units > free_units:
-        return Blocked(best.units, best) if backfill is None else backfill()  # W3
+    if best.units > free_units:  # W3
+        if may_reserve:
+            return Blocked(best.units, best)
+        return _for_worker(candidates, warm_candidates, now, free_units, free_units, here,
+                           elsewhere, cold_start_s, True)  # fmt: skip
     young = score < 1.0 and now - best.enqueued_at < cold_start_s.get(best.app, 0.0)
     if here and (young or score >= 1.0):
-        warm = warm_found()
+        warm = warm_candidates(total_units)
         if warm:
             pick_warm, warm_score = _best(warm, now)
             close = warm_score >= WARM_SHARE * score
@@ -407,33 +409,26 @@ def pick_for_worker(
     a returned job reserved by another worker is no longer reserved.
     """
     counts = (inflight_by_tenant, inflight_by_app, tenant_caps, app_caps)
-    held = _held(
-        worker, reserved, tiers, now, free_units, total_units, lambda j: _under_cap(j, *counts)
-    )
+    others = [j for w, j in reserved.items() if w != worker]
+    by_name = {t.name: t for t in tiers}
+    held = _held(reserved.get(worker), others, by_name, now, free_units, total_units,
+                 lambda j: _under_cap(j, *counts))  # fmt: skip
     if isinstance(held, Job | Blocked):
         return held
     skip = {j.id for w, j in reserved.items() if w != worker or held is not _VOID}
-    others = len(reserved) - (worker in reserved)
-
-    def rules(
-        units: int, backfill: Callable[[], Job | Blocked | Elsewhere | None] | None
-    ) -> Job | Blocked | Elsewhere | None:
-        return _for_worker(
-            _candidates(queues, tiers, *counts, max_units=units, full=full, skip=skip),
-            lambda: _candidates(
-                queues, tiers, *counts, max_units=units, warm=here, full=full, skip=skip
-            ),
-            now,
-            free_units,
-            here,
-            elsewhere,
-            cold_start_s,
-            backfill,
-        )
-
-    if max_reserved is None or others < max_reserved:
-        return rules(total_units, None)
-    return rules(total_units, lambda: rules(free_units, None))
+    return _for_worker(
+        lambda units: _candidates(queues, tiers, *counts, max_units=units, full=full, skip=skip),
+        lambda units: _candidates(
+            queues, tiers, *counts, max_units=units, warm=here, full=full, skip=skip
+        ),
+        now,
+        free_units,
+        total_units,
+        here,
+        elsewhere,
+        cold_start_s,
+        max_reserved is None or len(others) < max_reserved,
+    )
 
 
 # -- the indexed form ------------------------------------------------------------------------------
@@ -527,12 +522,9 @@ class Backlog:
         cap = self.app_caps.get(app)
         return cap is None or self.inflight_by_app.get(app, 0) < cap
 
-    def _open(self, job: Job) -> bool:
-        return self._tenant_open(job.tenant) and self._app_open(job.app)
-
     def under_cap(self, job: Job) -> bool:
         """Whether ``job``'s tenant and app are both under their in-flight caps."""
-        return self._open(job)
+        return self._tenant_open(job.tenant) and self._app_open(job.app)
 
     # -- changes ---------------------------------------------------------------------------------
 
@@ -636,7 +628,7 @@ class Backlog:
         self._total -= 1
         self.inflight_by_tenant[job.tenant] = self.inflight_by_tenant.get(job.tenant, 0) + 1
         self.inflight_by_app[job.app] = self.inflight_by_app.get(job.app, 0) + 1
-        if not self._open(job):
+        if not self.under_cap(job):
             self._caps_version += 1
         return holder
 
@@ -677,28 +669,6 @@ class Backlog:
             del by_units[job.units][worker]
             if not by_units[job.units]:
                 del by_units[job.units]
-
-    def _held(
-        self, worker: str, now: float, free_units: int, total_units: int
-    ) -> Job | Blocked | object | None:
-        """Rule W0 as ``_held`` answers it, looking only at the reservations that fit."""
-        mine = self.reserved.get(worker)
-        if mine is not None:
-            if not self._open(mine):
-                return _VOID
-            return Blocked(mine.units, mine) if mine.units > free_units else mine
-        room = min(free_units, total_units)
-        fits = [
-            (self._tier[j.tier], j)
-            for units, held in self._reserved_units.items()
-            if units <= room
-            for j in held.values()
-            if self._open(j)
-        ]
-        if not fits:
-            return None
-        fits.sort(key=lambda c: (c[0].rank, c[1].enqueued_at))
-        return _best(fits, now)[0]
 
     def _reserve(self, worker: str, job: Job) -> None:
         self._release(worker)
@@ -859,31 +829,34 @@ class Backlog:
     ) -> Job | Blocked | Elsewhere | None:
         """``pick_for_worker`` over this backlog, keeping the reservations: a ``Blocked`` answer
         reserves its job for ``worker``, any other answer ends ``worker``'s reservation."""
-        held = self._held(worker, now, free_units, total_units) if self.reserved else None
+        held = None
+        if self.reserved:
+            room = min(free_units, total_units)
+            others = (
+                j
+                for units, holders in self._reserved_units.items()
+                if units <= room
+                for w, j in holders.items()
+                if w != worker
+            )
+            mine = self.reserved.get(worker)
+            held = _held(mine, others, self._tier, now, free_units, total_units, self.under_cap)
         if isinstance(held, Blocked):
             return held
         if isinstance(held, Job):
             return held  # start() ends its reservation
         self._release(worker)
-
-        def rules(
-            units: int, backfill: Callable[[], Job | Blocked | Elsewhere | None] | None
-        ) -> Job | Blocked | Elsewhere | None:
-            return _for_worker(
-                self.candidates(units, full),
-                lambda: self.warm_candidates(here, units, full),
-                now,
-                free_units,
-                here,
-                elsewhere,
-                cold_start_s,
-                backfill,
-            )
-
-        if max_reserved is None or len(self.reserved) < max_reserved:
-            got = rules(total_units, None)
-        else:
-            got = rules(total_units, lambda: rules(free_units, None))
+        got = _for_worker(
+            lambda units: self.candidates(units, full),
+            lambda units: self.warm_candidates(here, units, full),
+            now,
+            free_units,
+            total_units,
+            here,
+            elsewhere,
+            cold_start_s,
+            max_reserved is None or len(self.reserved) < max_reserved,
+        )
         if isinstance(got, Blocked) and got.job is not None:
             self._reserve(worker, got.job)
         return got

@@ -153,7 +153,7 @@ def _work_conserving(replay: _Replay, now: float) -> None:
         fits = backlog.candidates(max_units=avail)
         assert not fits, f"t={now}: worker {w.id} has {avail} GPUs free, {fits[0][1]} waits"
         for job in backlog.reserved.values():
-            under = backlog._open(job)
+            under = backlog.under_cap(job)
             assert job.units > avail or not under, f"t={now}: worker {w.id} fits {job}"
 
 
