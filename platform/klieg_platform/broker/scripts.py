@@ -428,12 +428,16 @@ if ARGV[11] == '*' then
 else
   for i = 11, #ARGV do pools[#pools + 1] = ARGV[i] end
 end
+-- '1' when the pools hold another queued request besides the one being taken, else '0'
 local function more()
   local queued = 0
   for _, pool in ipairs(pools) do
-    for _, t in ipairs(tiers) do queued = queued + redis.call('ZCARD', qkey(pool, t.name)) end
+    for _, t in ipairs(tiers) do
+      queued = queued + redis.call('ZCARD', qkey(pool, t.name))
+      if queued > 1 then return '1' end
+    end
   end
-  return tostring(queued - 1)
+  return '0'
 end
 
 -- W0
