@@ -30,7 +30,10 @@ class Peers:
     idle: dict[str, set[str]] = field(default_factory=dict)
     runners: Counter[str] = field(default_factory=Counter)
     workers: Counter[str] = field(default_factory=Counter)
-    """Pool -> how many other live workers serve it."""
+    """Pool (``keys.ALL_POOLS`` for those serving every pool) -> how many other live workers
+    name it."""
+    live: int = 0
+    """How many other live workers there are."""
 
 
 class Membership:
@@ -58,6 +61,7 @@ class Membership:
         for wid, other in await self.live():
             if wid == worker_id:
                 continue
+            peers.live += 1
             for pool in other["pools"]:
                 peers.idle.setdefault(pool, set()).update(other.get("idle", []))
                 peers.workers[pool] += 1

@@ -260,9 +260,12 @@ class Worker:
     def _max_reserved(self) -> int:
         """How many requests may be reserved for draining workers in this worker's pools: by
         the policy's share of the workers serving them (this one and its live peers)."""
-        workers = self._peers.workers
-        peers = sum(workers.values()) if "*" in self.pools else sum(workers[p] for p in self.pools)
-        return max_reserved(1 + peers)
+        peers, workers = self._peers, self._peers.workers
+        if keys.ALL_POOLS in self.pools:
+            serving = peers.live
+        else:
+            serving = workers[keys.ALL_POOLS] + sum(workers[p] for p in self.pools)
+        return max_reserved(1 + min(serving, peers.live))
 
     def _idle_here(self) -> list[str]:
         """ "revision/function" of this worker's idle, live runners."""
