@@ -23,7 +23,7 @@ import time
 import uuid
 
 from klieg_platform import keys
-from klieg_platform.broker import Broker
+from klieg_platform.broker import UNAVAILABLE, Broker
 from klieg_platform.config import Settings
 from klieg_platform.storage import MEDIA, PAYLOADS, RESULTS, UPLOADS, BlobStore, request_of
 
@@ -67,6 +67,8 @@ class BlobSweeper:
                     swept = await self.sweep()
                     if any(swept.values()):
                         log.info("swept the blob store: %s", swept)
+            except UNAVAILABLE as exc:  # the next round sweeps
+                log.warning("blob sweep skipped: Redis is unavailable (%s)", exc)
             except Exception:
                 log.exception("blob sweep failed")
             with contextlib.suppress(TimeoutError):

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from klieg_platform.broker import Broker, Outcome, now_ms
+from klieg_platform.broker import UNAVAILABLE, Broker, Outage, Outcome, now_ms
 from klieg_platform.config import Settings
 from klieg_platform.storage import BlobStore
 
@@ -135,6 +135,7 @@ class WebhookSender:
         )
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._outage = Outage("webhook sender")
         self._inflight: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -179,9 +180,14 @@ class WebhookSender:
                     task.add_done_callback(self._inflight.discard)
                 if len(claimed) < free:
                     await self._pause(self.poll_s)
+            except UNAVAILABLE as exc:
+                self._outage.lost(exc)
+                await self._pause(1.0)
             except Exception:
                 log.exception("webhook round failed; retrying")
                 await self._pause(1.0)
+            else:
+                self._outage.back()
 
     async def claim(self, limit: int) -> list[str]:
         """Take up to ``limit`` due ids for this sender (atomic across senders)."""

@@ -8,7 +8,8 @@
 - ``claims``: short exclusive claims and the webhook due set;
 - ``leases``: one renewal loop for every lease a worker or executor holds;
 - ``scripts``: every Lua script, the only writers of a record's status;
-- ``wire``: a lean pipelined connection the request path's scripts run over.
+- ``wire``: a lean pipelined connection the request path's scripts run over;
+- ``outage``: what Redis being out of reach raises, and how a loop rides it out.
 
 No module outside this package holds a Redis handle; key names live in ``keys.py``.
 """
@@ -23,6 +24,7 @@ from klieg_platform.broker.claims import Claims
 from klieg_platform.broker.jobs import Job, NewRequest, Outcome, RequestState, Status, now_ms
 from klieg_platform.broker.leases import Leases
 from klieg_platform.broker.membership import WORKER_FRESH_S, Membership, Peers
+from klieg_platform.broker.outage import UNAVAILABLE, Outage, until_available
 from klieg_platform.broker.queue import Blocked, Elsewhere, Queue
 from klieg_platform.broker.stats import Stats
 from klieg_platform.broker.streams import CHUNK_END, Streams
@@ -30,8 +32,9 @@ from klieg_platform.broker.wire import Wire
 from klieg_platform.scheduler import DEFAULT_TIERS, Tier
 
 __all__ = [
-    "CHUNK_END", "WORKER_FRESH_S", "Blocked", "Broker", "Elsewhere", "Job", "Leases", "NewRequest",
-    "Outcome", "Peers", "RequestState", "Status", "now_ms",
+    "CHUNK_END", "UNAVAILABLE", "WORKER_FRESH_S", "Blocked", "Broker", "Elsewhere", "Job", "Leases",
+    "NewRequest", "Outage", "Outcome", "Peers", "RequestState", "Status", "now_ms",
+    "until_available",
 ]  # fmt: skip
 
 

@@ -37,6 +37,7 @@ from klieg_platform.broker.jobs import (
     error_fields,
     now_ms,
 )
+from klieg_platform.broker.outage import UNAVAILABLE
 from klieg_platform.broker.streams import Streams
 from klieg_platform.broker.wire import HotScript, Wire
 from klieg_platform.scheduler import Tier
@@ -310,7 +311,8 @@ class Queue:
     ) -> T | None:
         """``done``'s result once it resolves (a listener on ``keys.DONE_CHANNEL`` or a reply
         channel sets it), or None once the request's record, re-read every ``poll_s`` seconds,
-        is COMPLETED or gone: a lost pub/sub message only delays a waiter, never hangs it.
+        is COMPLETED or gone: a lost pub/sub message only delays a waiter, never hangs it, and
+        neither does Redis being out of reach for a while.
         ``within_s``: give up (None) after that long, completed or not."""
         loop = asyncio.get_running_loop()
         deadline = None if within_s is None else loop.time() + within_s
@@ -321,7 +323,10 @@ class Queue:
             try:
                 return await asyncio.wait_for(asyncio.shield(done), wait)
             except TimeoutError:
-                status = await self.redis.hget(keys.request(request_id), "status")
+                try:
+                    status = await self.redis.hget(keys.request(request_id), "status")
+                except UNAVAILABLE:  # Redis restarting: the request is kept; wait on
+                    continue
                 if status is None or status == Status.COMPLETED.encode():
                     return None
 

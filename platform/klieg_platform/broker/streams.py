@@ -18,6 +18,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from klieg_platform import keys
+from klieg_platform.broker.outage import UNAVAILABLE, Outage
 
 log = logging.getLogger("klieg.broker")
 
@@ -82,10 +83,12 @@ class Streams:
     ) -> None:
         """Call ``on_message(channel, data)`` for every message on ``channels`` until cancelled;
         a dropped subscription is renewed. ``ready`` is set once subscribed."""
+        outage = Outage(f"subscription to {', '.join(channels)}")
         while True:
             pubsub = self.redis.pubsub()
             try:
                 await pubsub.subscribe(*channels)
+                outage.back()
                 if ready is not None:
                     ready.set()
                 async for message in pubsub.listen():
@@ -93,6 +96,9 @@ class Streams:
                         on_message(message["channel"].decode(), message["data"])
             except asyncio.CancelledError:
                 raise
+            except UNAVAILABLE as exc:
+                outage.lost(exc)
+                await asyncio.sleep(0.5)
             except Exception:
                 log.exception("subscription to %s failed; subscribing again", list(channels))
                 await asyncio.sleep(0.5)

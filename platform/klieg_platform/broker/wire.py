@@ -8,8 +8,8 @@ connection with their commands pipelined; it never runs a blocking command (thos
 redis-py's pool). It connects on first use with the address, password and database of the
 redis-py client it is made from, and again after the connection drops: commands in flight then
 fail with ``redis.exceptions.ConnectionError``, as redis-py's would. Error replies raise
-``ResponseError``; a script Redis does not know (``NOSCRIPT``, e.g. after a restart) is loaded
-and run again.
+``ResponseError`` (``BusyLoadingError`` while a restarted Redis loads its data, as redis-py's);
+a script Redis does not know (``NOSCRIPT``, e.g. after a restart) is loaded and run again.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any, cast
 
 import hiredis
 import redis.asyncio as aioredis
+from redis.exceptions import BusyLoadingError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 
 
 def _encode(args: tuple[Any, ...]) -> bytes:
@@ -164,7 +164,10 @@ class Wire:
 
 def _raise(reply: Any) -> Any:
     if isinstance(reply, hiredis.ReplyError):
-        raise ResponseError(str(reply))
+        message = str(reply)
+        if message.startswith("LOADING"):  # a restarted Redis replaying its append-only file
+            raise BusyLoadingError(message)
+        raise ResponseError(message)
     return reply
 
 

@@ -13,7 +13,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from klieg.exceptions import KliegError, QueueFullError
+from klieg.exceptions import KliegError, QueueFullError, UnavailableError
+from klieg_platform.broker import UNAVAILABLE
 
 log = logging.getLogger("klieg.gateway")
 
@@ -48,6 +49,18 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, exc.detail, kind, headers=headers)
 
 
+REDIS_RETRY_AFTER_S = 1
+"""What a caller is told to wait while Redis is out of reach (a restart takes about that)."""
+
+
+async def unavailable(request: Request, exc: Exception) -> Response:
+    """Redis is down, restarting or loading: 503, try again shortly (nothing was accepted)."""
+    log.warning("Redis unavailable on %s %s: %s", request.method, request.url.path, exc)
+    err = UnavailableError("the request store is unavailable; retry shortly")
+    headers = {"Retry-After": str(REDIS_RETRY_AFTER_S)}
+    return error_response(err.status_code, err.detail, err.error_type, headers=headers)
+
+
 async def internal_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, "internal error", "InternalError")
@@ -56,5 +69,6 @@ async def internal_error(request: Request, exc: Exception) -> Response:
 HANDLERS: dict[Any, Any] = {
     KliegError: klieg_error,
     HTTPException: http_error,
+    **dict.fromkeys(UNAVAILABLE, unavailable),
     Exception: internal_error,
 }

@@ -25,7 +25,17 @@ from collections.abc import Awaitable
 
 from klieg.types import EndpointSpec, FunctionSpec
 from klieg_platform import keys
-from klieg_platform.broker import Blocked, Broker, Elsewhere, Job, Leases, Peers
+from klieg_platform.broker import (
+    UNAVAILABLE,
+    Blocked,
+    Broker,
+    Elsewhere,
+    Job,
+    Leases,
+    Outage,
+    Peers,
+    until_available,
+)
 from klieg_platform.config import Settings
 from klieg_platform.packager import Packager
 from klieg_platform.registry import Registry, Revision
@@ -75,6 +85,8 @@ class Worker:
         self.cancelled: dict[str, float] = {}
         """Ids cancelled while (or before) they ran here, with when (monotonic)."""
         self.leases = Leases(broker.queue, self.id, settings.lease_s)
+        self.outage = Outage(f"worker {self.id}")
+        """Redis out of reach: the loops keep trying, results wait (``until_available``)."""
         self._batchers: dict[tuple[str, str, str], Batcher] = {}
         self._busy = 0
         self._slot_free = asyncio.Event()
@@ -92,11 +104,11 @@ class Worker:
     # ---- main loops -------------------------------------------------------------------
     async def run(self) -> None:
         """Serve until ``stop()``; then finish in-flight requests and stop the runners."""
-        indexed = await self.broker.queue.reindex()
+        indexed = await until_available(self.broker.queue.reindex, self.outage)
         if indexed:
             log.warning("indexed %d requests queued before the lane index", indexed)
         housekeeping = asyncio.create_task(self._housekeeping())
-        leases = asyncio.create_task(self.leases.keep())
+        leases = asyncio.create_task(self.leases.keep(self.outage))
         cancels = asyncio.create_task(
             self.broker.streams.listen(
                 [keys.CANCEL_CHANNEL], lambda _, rid: self._cancel(rid.decode())
@@ -122,22 +134,29 @@ class Worker:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._slot_free.wait(), keepalive_s)
                     continue
-                if drained:
-                    await wakes.wait([*self.pools, self._own_wake], 1.0)
-                full = self.runners.full()
-                self._left_full = bool(full)
-                dispatched_at = loop.time()
-                job = await self.broker.queue.dispatch(
-                    self.pools,
-                    self.id,
-                    self.settings.lease_s,
-                    free_units=free,
-                    total_units=self.runners.slots,
-                    warm_here=self._idle_here(),
-                    warm_elsewhere=self._warm_elsewhere,
-                    full=full,
-                    max_reserved=self._max_reserved(),
-                )
+                try:
+                    if drained:
+                        await wakes.wait([*self.pools, self._own_wake], 1.0)
+                    full = self.runners.full()
+                    self._left_full = bool(full)
+                    dispatched_at = loop.time()
+                    job = await self.broker.queue.dispatch(
+                        self.pools,
+                        self.id,
+                        self.settings.lease_s,
+                        free_units=free,
+                        total_units=self.runners.slots,
+                        warm_here=self._idle_here(),
+                        warm_elsewhere=self._warm_elsewhere,
+                        full=full,
+                        max_reserved=self._max_reserved(),
+                    )
+                except UNAVAILABLE as exc:  # what runs here goes on; dispatch when it is back
+                    self.outage.lost(exc)
+                    await self.outage.pause()
+                    drained = False
+                    continue
+                self.outage.back()
                 self._draining = isinstance(job, Blocked)
                 if isinstance(job, Blocked):  # the request is reserved for us: drain for it
                     need, drained = job.units, False
@@ -168,9 +187,12 @@ class Worker:
 
     async def _housekeeping(self) -> None:
         period = max(0.2, min(1.0, self.settings.lease_s / 3))
+        failed = False
         while True:
             await asyncio.sleep(period)
             try:
+                if failed:  # Redis may have been out for longer than a lease: ours first
+                    await self.leases.renew()
                 requeued = await self.broker.queue.requeue_expired()
                 if requeued:
                     log.warning("requeued %d requests with expired leases", requeued)
@@ -188,14 +210,20 @@ class Worker:
                 await self.warmth.keep_warm(
                     self.id, self.pools, self._busy, self._peers.runners, self.background
                 )
+            except UNAVAILABLE as exc:
+                self.outage.lost(exc)
+                failed = True
             except Exception:
                 log.exception("housekeeping failed")
+                failed = True
+            else:
+                failed = False
 
     # ---- what executions share ----------------------------------------------------------
     def settled(self, job: Job) -> None:
-        """``job``'s execution no longer holds its slots or a runner."""
+        """``job``'s execution no longer holds its slots or a runner (it holds its lease until
+        its outcome is in Redis)."""
         self.active.pop(job.id, None)
-        self.leases.drop(job.id)
         self._busy -= job.units
         self._freed()
         for batcher in self._batchers.values():

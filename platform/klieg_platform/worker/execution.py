@@ -11,8 +11,8 @@ forwarded; and turns what happened into one ``Outcome``, with one error mapping 
 - any other ``KliegError`` (timeout, cancel, deadline passed): that error.
 
 Then it completes the job in one script (its last log lines and its service time with it; a
-lost lease drops the result) or requeues it, and deletes a payload blob once the request is
-completed.
+lost lease drops the result) or requeues it, holding the lease and trying again while Redis is
+out of reach, and deletes a payload blob once the request is completed.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from klieg.exceptions import (
 )
 from klieg.types import FunctionSpec
 from klieg_platform import calltokens
-from klieg_platform.broker import Job, Outcome, now_ms
+from klieg_platform.broker import UNAVAILABLE, Job, Outcome, now_ms, until_available
 from klieg_platform.registry import Revision
 from klieg_platform.storage import direct_url, media_key, put_async, result_key
 from klieg_platform.storage.signing import signed_url
@@ -64,16 +64,28 @@ class Execution:
             outcome = await self._execute()
         except KliegError as exc:
             outcome = error_outcome(exc)
+        except UNAVAILABLE as exc:  # the worker's own bookkeeping failed: run it again later
+            log.warning(
+                "request %s: Redis unavailable while serving it (%s); requeued", job.id, exc
+            )
+            outcome = None
         except Exception as exc:
             log.exception("request %s failed inside the worker", job.id)
             outcome = error_outcome(KliegError(f"worker error: {type(exc).__name__}: {exc}"))
         finally:
             w.settled(job)
-        if outcome is None:
-            await w.broker.queue.requeue(job.id, w.id)
-            return
-        service_s = self.service_s if outcome.ok else None
-        if not await w.broker.queue.finish_job(job, w.id, outcome, service_s=service_s):
+        try:
+            if outcome is None:
+                await until_available(lambda: w.broker.queue.requeue(job.id, w.id), w.outage)
+                return
+            service_s = self.service_s if outcome.ok else None
+            done = await until_available(
+                lambda: w.broker.queue.finish_job(job, w.id, outcome, service_s=service_s),
+                w.outage,
+            )
+        finally:
+            w.leases.drop(job.id)
+        if not done:
             log.warning("request %s: lease lost before completion; result dropped", job.id)
         elif job.payload_ref:
             await asyncio.to_thread(w.store.delete, job.payload_ref)

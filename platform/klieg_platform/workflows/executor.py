@@ -41,7 +41,17 @@ from klieg.exceptions import (
 from klieg.types import AppSpec
 from klieg.workflow import WorkflowDoc, resolve
 from klieg_platform import keys
-from klieg_platform.broker import Broker, Job, Leases, NewRequest, Outcome, now_ms
+from klieg_platform.broker import (
+    UNAVAILABLE,
+    Broker,
+    Job,
+    Leases,
+    NewRequest,
+    Outage,
+    Outcome,
+    now_ms,
+    until_available,
+)
 from klieg_platform.config import Settings
 from klieg_platform.registry import Registry, Tenant
 from klieg_platform.storage import BlobStore, offload_payload
@@ -95,6 +105,7 @@ class WorkflowExecutor:
         self.concurrency = concurrency
         self.id = executor_id or f"wf-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.leases = Leases(broker.queue, self.id, settings.lease_s)
+        self.outage = Outage(f"workflow executor {self.id}")
         self._runs: dict[str, _Run] = {}
         self._done: dict[str, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -114,19 +125,25 @@ class WorkflowExecutor:
         await asyncio.wait_for(self._listening.wait(), 10)
         pools = [keys.WORKFLOW_POOL]
         wakes = self.broker.queue.wakes()
-        leases = asyncio.create_task(self.leases.keep())
+        leases = asyncio.create_task(self.leases.keep(self.outage))
         try:
             while not self._stopping.is_set():
                 free = self.concurrency - len(self._runs)
                 if free <= 0:
                     await asyncio.sleep(0.05)
                     continue
-                job = await self.broker.queue.dispatch(
-                    pools, self.id, self.settings.lease_s, free_units=free, total_units=free
-                )
-                if not isinstance(job, Job):
-                    await wakes.wait(pools, 1.0)
+                try:
+                    job = await self.broker.queue.dispatch(
+                        pools, self.id, self.settings.lease_s, free_units=free, total_units=free
+                    )
+                    if not isinstance(job, Job):
+                        await wakes.wait(pools, 1.0)
+                        continue
+                except UNAVAILABLE as exc:
+                    self.outage.lost(exc)
+                    await self.outage.pause()
                     continue
+                self.outage.back()
                 task = asyncio.create_task(self._handle(job))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -160,9 +177,14 @@ class WorkflowExecutor:
             err = KliegError(f"workflow executor error: {type(exc).__name__}: {exc}")
             outcome = Outcome(ok=False, error=err.to_dict(), http_status=500)
         finally:
-            self.leases.drop(job.id)
             self._runs.pop(job.id, None)
-        if not await self.broker.queue.finish_job(job, self.id, outcome):
+        try:
+            done = await until_available(
+                lambda: self.broker.queue.finish_job(job, self.id, outcome), self.outage
+            )
+        finally:
+            self.leases.drop(job.id)
+        if not done:
             log.warning("workflow request %s: lease lost before completion", job.id)
         elif job.payload_ref:
             await asyncio.to_thread(self.store.delete, job.payload_ref)

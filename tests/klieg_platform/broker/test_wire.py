@@ -7,9 +7,10 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 import uvloop
+from redis.exceptions import BusyLoadingError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 
+from klieg_platform.broker import UNAVAILABLE
 from klieg_platform.broker.wire import HotScript, Script, Wire
 
 pytestmark = pytest.mark.timeout(30)
@@ -91,3 +92,17 @@ def test_a_dropped_connection_fails_its_calls_and_the_next_call_reconnects(redis
 def test_no_wire_where_the_client_speaks_tls() -> None:
     assert Wire.of(aioredis.Redis.from_url("rediss://127.0.0.1:1/0")) is None
     assert Wire.of(aioredis.Redis.from_url("redis://127.0.0.1:1/0")) is not None
+
+
+def test_a_loading_reply_is_unavailable_not_an_error_of_the_call(redis_url: str) -> None:
+    """A restarted Redis answers LOADING while it replays its append-only file: callers treat it
+    as Redis out of reach (and retry), as redis-py's ``BusyLoadingError``."""
+
+    async def body(client: aioredis.Redis, wire: Wire) -> None:
+        loading = Script("return redis.error_reply('LOADING Redis is loading the dataset')")
+        with pytest.raises(UNAVAILABLE) as caught:
+            await wire.run(loading, [])
+        assert isinstance(caught.value, BusyLoadingError)
+        assert await wire.call("PING") == b"PONG"
+
+    run(redis_url, body)
