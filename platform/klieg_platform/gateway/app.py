@@ -28,9 +28,11 @@ from klieg_platform.webhooks import WebhookSender
 
 
 async def health(request: Request) -> Response:
+    """200 while Redis answers (else 503, as every route); ``instance`` tells the process that
+    started this gateway (``klieg up``) that the answer is its own gateway's."""
     gw = gateway(request)
     await gw.broker.ping()
-    return JSONResponse({"status": "ok"})
+    return JSONResponse({"status": "ok", "instance": gw.settings.instance})
 
 
 _REQUEST = "/queue/{owner}/{app}/requests/{request_id}"

@@ -152,7 +152,7 @@ def test_public_routes_do_not_read_credentials(gateway: Gateway) -> None:
     url = signed_url(gateway.url, gateway.settings.signing_key, key, 60)
     for authorization in ("Key no-such-key:secret", "Basic x", "Bearer kc1.forged.0.0"):
         r = send(gateway, "GET", "/health", authorization)
-        assert (r.status_code, body(r)) == (200, {"status": "ok"})
+        assert (r.status_code, body(r)["status"]) == (200, "ok")
         r = send(gateway, "GET", url.removeprefix(gateway.url), authorization)
         assert (r.status_code, r.content) == (200, b"not really a png")
 
