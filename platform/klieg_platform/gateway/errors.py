@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 
 from klieg.exceptions import KliegError, QueueFullError, UnavailableError
 from klieg_platform.broker import UNAVAILABLE
+from klieg_platform.storage import StorageError
 
 log = logging.getLogger("klieg.gateway")
 
@@ -28,6 +29,11 @@ _HTTP_TYPES = {
 }
 
 
+RETRY_AFTER_S = 1
+"""What a caller is told to wait while Redis or the blob store is out of reach (a restart takes
+about that)."""
+
+
 def error_response(
     status: int, detail: Any, error_type: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
@@ -39,6 +45,8 @@ async def klieg_error(request: Request, exc: Exception) -> Response:
     headers = None
     if isinstance(exc, QueueFullError) and exc.retry_after_s is not None:
         headers = {"Retry-After": str(exc.retry_after_s)}
+    elif isinstance(exc, UnavailableError | StorageError):
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
     return error_response(exc.status_code, exc.detail, exc.error_type, headers=headers)
 
 
@@ -49,15 +57,11 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, exc.detail, kind, headers=headers)
 
 
-REDIS_RETRY_AFTER_S = 1
-"""What a caller is told to wait while Redis is out of reach (a restart takes about that)."""
-
-
 async def unavailable(request: Request, exc: Exception) -> Response:
     """Redis is down, restarting or loading: 503, try again shortly (nothing was accepted)."""
     log.warning("Redis unavailable on %s %s: %s", request.method, request.url.path, exc)
     err = UnavailableError("the request store is unavailable; retry shortly")
-    headers = {"Retry-After": str(REDIS_RETRY_AFTER_S)}
+    headers = {"Retry-After": str(RETRY_AFTER_S)}
     return error_response(err.status_code, err.detail, err.error_type, headers=headers)
 
 

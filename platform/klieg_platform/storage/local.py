@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from klieg.exceptions import NotFoundError
-from klieg_platform.storage import check_key
+from klieg_platform.storage import StorageError, check_key
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
 _TEMP_IDS = itertools.count()
@@ -35,7 +35,14 @@ class LocalBlobStore:
         return f"{self._base}/{check_key(key)}"
 
     def put(self, key: str, data: bytes) -> None:
+        """Write ``key`` atomically; a full or failing disk raises ``StorageError``."""
         path = self._path(key)
+        try:
+            self._write(path, data)
+        except OSError as exc:
+            raise StorageError(f"cannot write blob {key!r}: {exc.strerror or exc}") from exc
+
+    def _write(self, path: str, data: bytes) -> None:
         tmp = f"{os.path.dirname(path)}/.tmp-{os.getpid()}-{next(_TEMP_IDS)}"
         try:
             fd = os.open(tmp, _CREATE, 0o600)
