@@ -92,6 +92,7 @@ SWEEP_CLAIM = PREFIX + "sweep"
 DONE_CHANNEL = PREFIX + "done"
 CANCEL_CHANNEL = PREFIX + "cancel"
 ALIAS_CHANNEL = PREFIX + "aliases"
+KEYS_CHANNEL = PREFIX + "revoked-keys"
 
 
 def request(request_id: str) -> str:

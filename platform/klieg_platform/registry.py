@@ -45,9 +45,11 @@ from klieg_platform.registry_tables import (
     APP_FROM,
     REVISION_COLUMNS,
     REVISION_FROM,
+    SCOPES,
     AliasMove,
     ApiKey,
     AppRecord,
+    Grant,
     Revision,
     Tenant,
     add_missing_columns,
@@ -65,10 +67,12 @@ from klieg_platform.registry_tables import (
 )
 
 __all__ = [
+    "SCOPES",
     "WORKFLOW_PREFIX",
     "AliasMove",
     "ApiKey",
     "AppRecord",
+    "Grant",
     "Registry",
     "Revision",
     "Tenant",
@@ -221,13 +225,27 @@ class Registry:
 
     # keys
 
-    def create_key(self, tenant_id: str, label: str | None = None) -> tuple[ApiKey, str]:
+    def create_key(
+        self,
+        tenant_id: str,
+        label: str | None = None,
+        *,
+        scope: str = "admin",
+        expires_at: float | None = None,
+    ) -> tuple[ApiKey, str]:
         """A new key and its secret. The secret is returned here once and never stored."""
         if label is not None and len(label) > 200:
             raise InvalidRequestError("key label is longer than 200 characters")
+        if scope not in SCOPES:
+            raise InvalidRequestError(f"unknown key scope {scope!r}; scopes: {', '.join(SCOPES)}")
         secret = secrets.token_urlsafe(32)
         key = ApiKey(
-            id="k_" + secrets.token_hex(8), tenant_id=tenant_id, label=label, created_at=time.time()
+            id="k_" + secrets.token_hex(8),
+            tenant_id=tenant_id,
+            label=label,
+            created_at=time.time(),
+            scope=scope,
+            expires_at=expires_at,
         )
         with self._write() as conn:
             found = conn.execute(sa.select(tenants.c.id).where(tenants.c.id == tenant_id)).first()
@@ -236,18 +254,38 @@ class Registry:
             conn.execute(sa.insert(api_keys).values(**vars(key), secret_sha256=_sha256(secret)))
         return key, secret
 
-    def authenticate(self, key_id: str, secret: str) -> Tenant | None:
-        """The key's tenant if the key exists, is not revoked and the secret matches."""
+    def authenticate(self, key_id: str, secret: str) -> Grant | None:
+        """The key and its tenant if the key exists, is neither revoked nor expired, and the
+        secret matches."""
         query = (
-            sa.select(api_keys.c.secret_sha256, tenants)
+            sa.select(api_keys, tenants)
             .join(tenants, api_keys.c.tenant_id == tenants.c.id)
             .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
         )
         with self._read() as conn:
             row = conn.execute(query).first()
-        if row is None or not hmac.compare_digest(row[0], _sha256(secret)):
+        if row is None or not hmac.compare_digest(row._mapping[api_keys.c.secret_sha256],
+                                                  _sha256(secret)):  # fmt: skip
             return None
-        return tenant_row(row._mapping)
+        key = _key_row(row._mapping)
+        if not key.live(time.time()):
+            return None
+        return Grant(Tenant(**{c.name: row._mapping[c] for c in tenants.c}), key)
+
+    def list_keys(self, tenant_id: str) -> list[ApiKey]:
+        """The tenant's keys, revoked and expired ones included, oldest first."""
+        query = (
+            sa.select(api_keys)
+            .where(api_keys.c.tenant_id == tenant_id)
+            .order_by(api_keys.c.created_at)
+        )
+        with self._read() as conn:
+            return [_key_row(row._mapping) for row in conn.execute(query)]
+
+    def get_key(self, key_id: str) -> ApiKey | None:
+        with self._read() as conn:
+            row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).first()
+        return _key_row(row._mapping) if row else None
 
     def revoke_key(self, key_id: str) -> bool:
         """Revoke a key; True if this call revoked it, False if unknown or already revoked."""
@@ -582,3 +620,8 @@ class Registry:
                 created_at=now,
             )
         )
+
+
+def _key_row(row: sa.RowMapping) -> ApiKey:
+    """An ``ApiKey`` from a row holding the ``api_keys`` columns (joined rows included)."""
+    return ApiKey(**{name: row[api_keys.c[name]] for name in ApiKey.__dataclass_fields__})

@@ -36,6 +36,8 @@ api_keys = sa.Table(
     sa.Column("label", sa.String(200)),
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("revoked_at", sa.Double),
+    sa.Column("scope", sa.String(16), nullable=False, server_default=sa.text("'admin'")),
+    sa.Column("expires_at", sa.Double),
 )
 
 apps = sa.Table(
@@ -109,12 +111,39 @@ class Tenant:
     max_inflight: int = 0
 
 
+SCOPES = ("call", "deploy", "admin")
+"""What an API key may do, each scope all that the ones before it may: ``call`` apps and
+workflows (and read its own requests), ``deploy`` (manage its tenant's apps and workflows),
+``admin`` (keys and tenants as well). A key made without a scope is ``admin``."""
+
+
+def scope_allows(scope: str, needed: str) -> bool:
+    """Whether a key of ``scope`` may do what ``needed`` names (one of ``SCOPES``)."""
+    return scope in SCOPES and SCOPES.index(scope) >= SCOPES.index(needed)
+
+
 @dataclass(frozen=True)
 class ApiKey:
+    """An API key's record (never its secret); ``expires_at``: epoch seconds, None: never."""
+
     id: str
     tenant_id: str
     label: str | None
     created_at: float
+    scope: str = "admin"
+    expires_at: float | None = None
+    revoked_at: float | None = None
+
+    def live(self, now: float) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What an authenticated API key grants: its tenant, within the key's scope and expiry."""
+
+    tenant: Tenant
+    key: ApiKey
 
 
 @dataclass(frozen=True)

@@ -57,10 +57,29 @@ class AdminClient(Client):
     """Client for the management routes (same URL and key as :class:`klieg.Client`)."""
 
     def create_key(
-        self, tenant: str | None = None, *, label: str | None = None, tier: str | None = None
+        self,
+        tenant: str | None = None,
+        *,
+        label: str | None = None,
+        tier: str | None = None,
+        scope: str | None = None,
+        expires_in_s: float | None = None,
     ) -> dict[str, Any]:
-        body = {k: v for k, v in {"tenant": tenant, "label": label, "tier": tier}.items() if v}
+        """A new key (``key`` is ``id:secret``, shown once); ``scope``: ``call``, ``deploy`` or
+        ``admin`` (the default); ``expires_in_s``: it stops working that long from now."""
+        fields = {"tenant": tenant, "label": label, "tier": tier, "scope": scope,
+                  "expires_in_s": expires_in_s}  # fmt: skip
+        body = {k: v for k, v in fields.items() if v is not None}
         out: dict[str, Any] = self._json(self.http.post("/keys", json=body))
+        return out
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        """The tenant's keys: id, label, scope, created, expiry, revoked, active."""
+        keys: list[dict[str, Any]] = self._json(self.http.get("/keys"))["keys"]
+        return keys
+
+    def revoke_key(self, key_id: str) -> dict[str, Any]:
+        out: dict[str, Any] = self._json(self.http.delete(f"/keys/{key_id}"))
         return out
 
     def deploy(

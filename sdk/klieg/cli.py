@@ -4,6 +4,8 @@
 Example::
 
     klieg keys create                      # prints id:secret on its last line
+    klieg keys create --scope call --expires-in 30d
+    klieg keys list && klieg keys revoke k_...
     export KLIEG_KEY=...
     klieg deploy apps/echo/app.py --alias prod
     klieg call local/echo --json '{"text": "hi"}'
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -30,13 +33,58 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2))
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``12h`` or ``30d`` in seconds."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {text!r} (e.g. 90s, 15m, 12h, 30d)"
+        ) from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"a duration must be positive: {text!r}")
+    return seconds
+
+
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    out = AdminClient().create_key(args.tenant, label=args.label, tier=args.tier)
+    out = AdminClient().create_key(
+        args.tenant,
+        label=args.label,
+        tier=args.tier,
+        scope=args.scope,
+        expires_in_s=args.expires_in,
+    )
     print(
         f"created key for tenant {out['tenant']}; export it with: export KLIEG_KEY={out['key']}",
         file=sys.stderr,
     )
     print(out["key"])
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    with AdminClient() as admin:
+        found = admin.list_keys()
+    for key in found:
+        state = "active" if key["active"] else ("revoked" if key["revoked_at"] else "expired")
+        expires = "never" if key["expires_at"] is None else _when(key["expires_at"])
+        label = key["label"] or ""
+        print(f"{key['key_id']}  {key['scope']:<6}  {state:<7}  expires {expires}  {label}")
+    return 0
+
+
+def _when(epoch_s: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch_s))
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    with AdminClient() as admin:
+        out = admin.revoke_key(args.key_id)
+    print(f"{out['key_id']} {'revoked' if out['revoked'] else 'was already revoked'}")
     return 0
 
 
@@ -264,7 +312,16 @@ def build_parser() -> argparse.ArgumentParser:
     kc.add_argument("--tenant", help="tenant for the key (admin only, unless bootstrapping)")
     kc.add_argument("--label")
     kc.add_argument("--tier", help="tier of a new tenant")
+    kc.add_argument(
+        "--scope", choices=["call", "deploy", "admin"], default=None,
+        help="call: call apps; deploy: also manage apps; admin (default): also keys and tenants",
+    )  # fmt: skip
+    kc.add_argument("--expires-in", type=duration, help="lifetime, e.g. 12h or 30d")
     kc.set_defaults(func=cmd_keys_create)
+    keys.add_parser("list", help="the tenant's keys").set_defaults(func=cmd_keys_list)
+    kr = keys.add_parser("revoke", help="revoke a key (every gateway refuses it at once)")
+    kr.add_argument("key_id")
+    kr.set_defaults(func=cmd_keys_revoke)
 
     dp = sub.add_parser("deploy", help="deploy an app file as a new immutable revision")
     dp.add_argument("path")

@@ -13,6 +13,7 @@ import secrets
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -130,10 +131,10 @@ def test_key_authenticates_its_tenant(registry: Registry, tenant: Tenant) -> Non
     key, secret = registry.create_key(tenant.id, label="ci")
     assert key.id.startswith("k_") and len(key.id) == 18
     assert key.tenant_id == tenant.id and key.label == "ci"
-    assert registry.authenticate(key.id, secret) == tenant
+    assert (grant := registry.authenticate(key.id, secret)) and grant.tenant == tenant
     admin = registry.create_tenant("root", admin=True)
     admin_key, admin_secret = registry.create_key(admin.id)
-    assert registry.authenticate(admin_key.id, admin_secret) == admin
+    assert (grant := registry.authenticate(admin_key.id, admin_secret)) and grant.tenant == admin
     assert registry.authenticate(admin_key.id, secret) is None
 
 
@@ -156,7 +157,7 @@ def test_revoked_key_no_longer_authenticates(registry: Registry, tenant: Tenant)
     assert registry.authenticate(key.id, secret) is None
     assert registry.revoke_key(key.id) is False
     assert registry.revoke_key("k_missing") is False
-    assert registry.authenticate(other.id, other_secret) == tenant
+    assert (grant := registry.authenticate(other.id, other_secret)) and grant.tenant == tenant
 
 
 def test_secret_is_not_stored(registry: Registry, tenant: Tenant) -> None:
@@ -488,4 +489,48 @@ def test_old_database_gains_new_columns(tmp_path: Path) -> None:
     registry.create_all()
     early = registry.get_tenant("early")
     assert early is not None and early.max_inflight == 0 and early.admin is False
+    registry.close()
+
+
+def test_key_scope_and_expiry(registry: Registry, tenant: Tenant) -> None:
+    caller, caller_secret = registry.create_key(tenant.id, scope="call")
+    short, short_secret = registry.create_key(tenant.id, expires_at=time.time() + 0.3)
+    assert (grant := registry.authenticate(caller.id, caller_secret))
+    assert grant.key.scope == "call" and grant.key.expires_at is None
+    assert (grant := registry.authenticate(short.id, short_secret))
+    assert grant.key.scope == "admin"  # the default
+    time.sleep(0.4)
+    assert registry.authenticate(short.id, short_secret) is None
+    with pytest.raises(InvalidRequestError, match="unknown key scope"):
+        registry.create_key(tenant.id, scope="root")
+
+
+def test_list_keys_shows_revoked_and_expired(registry: Registry, tenant: Tenant) -> None:
+    a, _ = registry.create_key(tenant.id, label="a")
+    b, _ = registry.create_key(tenant.id, label="b", scope="deploy", expires_at=1.0)
+    other = registry.create_tenant("other")
+    registry.create_key(other.id)
+    registry.revoke_key(a.id)
+    listed = {key.id: key for key in registry.list_keys(tenant.id)}
+    assert set(listed) == {a.id, b.id}
+    assert listed[a.id].revoked_at is not None and not listed[a.id].live(time.time())
+    assert listed[b.id].scope == "deploy" and not listed[b.id].live(time.time())
+    assert registry.get_key(b.id) == listed[b.id]
+
+
+def test_old_keys_table_gains_scope_admin(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE api_keys (id VARCHAR(32) PRIMARY KEY, tenant_id VARCHAR(32) NOT NULL,"
+            " secret_sha256 VARCHAR(64) NOT NULL, label VARCHAR(200), created_at FLOAT NOT NULL,"
+            " revoked_at FLOAT)"
+        )
+        conn.exec_driver_sql("INSERT INTO api_keys VALUES ('k_old', 't1', 'x', NULL, 1.0, NULL)")
+    engine.dispose()
+    registry = Registry(url)
+    registry.create_all()
+    old = registry.get_key("k_old")
+    assert old is not None and old.scope == "admin" and old.expires_at is None
     registry.close()

@@ -80,15 +80,19 @@ class Streams:
         channels: Sequence[str],
         on_message: Callable[[str, bytes], None],
         ready: asyncio.Event | None = None,
+        on_subscribed: Callable[[], None] | None = None,
     ) -> None:
         """Call ``on_message(channel, data)`` for every message on ``channels`` until cancelled;
-        a dropped subscription is renewed. ``ready`` is set once subscribed."""
+        a dropped subscription is renewed. ``ready`` is set once subscribed; ``on_subscribed``
+        is called each time it is (again: messages sent meanwhile were missed)."""
         outage = Outage(f"subscription to {', '.join(channels)}")
         while True:
             pubsub = self.redis.pubsub()
             try:
                 await pubsub.subscribe(*channels)
                 outage.back()
+                if on_subscribed is not None:
+                    on_subscribed()
                 if ready is not None:
                     ready.set()
                 async for message in pubsub.listen():

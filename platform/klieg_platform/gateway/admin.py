@@ -15,6 +15,7 @@ import base64
 import binascii
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -36,7 +37,7 @@ from klieg_platform.deploy import DeployResult, deploy
 from klieg_platform.gateway import auth
 from klieg_platform.gateway.intake import read_json_object
 from klieg_platform.gateway.state import GatewayState, gateway
-from klieg_platform.registry import AppRecord, Revision, Tenant
+from klieg_platform.registry import SCOPES, ApiKey, AppRecord, Revision, Tenant
 
 RESERVED = {
     "queue",
@@ -58,6 +59,9 @@ async def create_key(request: Request) -> Response:
     gw = gateway(request)
     data = await read_json_object(request, 64 * 1024)
     caller = auth.optional_caller(request)
+    used = auth.caller_key(request)
+    if caller is not None and (used is None or used.scope != "admin"):
+        raise PermissionDeniedError("creating keys needs an 'admin' key")
     wanted = data.get("tenant")
     tier = str(data.get("tier") or gw.settings.default_tier)
     if tier not in gw.tiers:
@@ -78,11 +82,71 @@ async def create_key(request: Request) -> Response:
         if found is None:
             found = await asyncio.to_thread(gw.registry.create_tenant, str(wanted), tier)
         tenant = found
-    key, secret = await asyncio.to_thread(gw.registry.create_key, tenant.id, data.get("label"))
+    scope, expires_at = _key_terms(data)
+    key, secret = await asyncio.to_thread(
+        gw.registry.create_key, tenant.id, data.get("label"), scope=scope, expires_at=expires_at
+    )
     return JSONResponse(
-        {"key_id": key.id, "secret": secret, "key": f"{key.id}:{secret}", "tenant": tenant.name},
+        {**_key_view(key), "secret": secret, "key": f"{key.id}:{secret}", "tenant": tenant.name},
         201,
     )
+
+
+MAX_KEY_LIFETIME_S = 10 * 365 * 24 * 3600
+
+
+def _key_terms(data: dict[str, Any]) -> tuple[str, float | None]:
+    """The new key's scope (default ``admin``) and expiry (``expires_in_s`` from now)."""
+    scope = data.get("scope", "admin")
+    if scope not in SCOPES:
+        raise InvalidRequestError(f"unknown key scope {scope!r}; scopes: {', '.join(SCOPES)}")
+    ttl = data.get("expires_in_s")
+    if ttl is None:
+        return scope, None
+    if (
+        isinstance(ttl, bool)
+        or not isinstance(ttl, int | float)
+        or not 0 < ttl <= MAX_KEY_LIFETIME_S
+    ):
+        raise InvalidRequestError(
+            f"expires_in_s must be a number of seconds in (0, {MAX_KEY_LIFETIME_S}]"
+        )
+    return scope, time.time() + float(ttl)
+
+
+def _key_view(key: ApiKey) -> dict[str, Any]:
+    """A key as the API shows it (never its secret)."""
+    return {
+        "key_id": key.id,
+        "label": key.label,
+        "scope": key.scope,
+        "created_at": key.created_at,
+        "expires_at": key.expires_at,
+        "revoked_at": key.revoked_at,
+        "active": key.live(time.time()),
+    }
+
+
+async def list_keys(request: Request) -> Response:
+    """The caller's tenant's keys (``GET /keys``), revoked and expired ones marked."""
+    gw = gateway(request)
+    found = await asyncio.to_thread(gw.registry.list_keys, auth.caller(request).id)
+    return JSONResponse({"keys": [_key_view(key) for key in found]})
+
+
+async def revoke_key(request: Request) -> Response:
+    """``DELETE /keys/{key_id}``: revoke one of the tenant's keys (an admin tenant: any key);
+    every gateway drops it from its cache at once."""
+    gw = gateway(request)
+    caller = auth.caller(request)
+    key_id = request.path_params["key_id"]
+    key = await asyncio.to_thread(gw.registry.get_key, key_id)
+    if key is None or (key.tenant_id != caller.id and not caller.admin):
+        raise NotFoundError(f"key {key_id} not found")
+    revoked = await asyncio.to_thread(gw.registry.revoke_key, key_id)
+    gw.forget_key(key_id)
+    await gw.broker.streams.publish(keys.KEYS_CHANNEL, key_id)
+    return JSONResponse({"key_id": key_id, "revoked": revoked})
 
 
 def _check_tenant_name(name: str) -> None:

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 
 from klieg_platform.config import Settings
 from klieg_platform.gateway import admin, files, queue, run, workflow_admin, workflow_run
-from klieg_platform.gateway.auth import BOOTSTRAP, CALLER, MANAGE, PUBLIC, route
+from klieg_platform.gateway.auth import ADMIN, BOOTSTRAP, CALLER, MANAGE, PUBLIC, route
 from klieg_platform.gateway.errors import HANDLERS
 from klieg_platform.gateway.listeners import ListenerSplit
 from klieg_platform.gateway.state import GatewayState, gateway
@@ -41,6 +41,8 @@ _WF_REQUEST = "/queue/workflows/{owner}/{name}/requests/{request_id}"
 ROUTES = [
     route("GET", "/health", health, PUBLIC),
     route("POST", "/keys", admin.create_key, BOOTSTRAP),
+    route("GET", "/keys", admin.list_keys, ADMIN),
+    route("DELETE", "/keys/{key_id}", admin.revoke_key, ADMIN),
     route("POST", "/files/upload", files.upload, CALLER),
     route("GET", "/files/{key:path}", files.download, PUBLIC),
     route("GET", "/apps", admin.list_apps, MANAGE),
@@ -50,7 +52,7 @@ ROUTES = [
     route("POST", "/apps/{name}/rollback", admin.rollback, MANAGE),
     route("PUT", "/apps/{name}/visibility", admin.set_visibility, MANAGE),
     route("PUT", "/apps/{name}/limits", admin.set_app_limits, MANAGE),
-    route("PUT", "/tenants/{name}", admin.set_tenant, MANAGE),
+    route("PUT", "/tenants/{name}", admin.set_tenant, ADMIN),
     route("GET", "/workflows", workflow_admin.list_workflows, MANAGE),
     route("GET", "/workflows/{name}", workflow_admin.get_workflow, MANAGE),
     route("PUT", "/workflows/{name}", workflow_admin.put_workflow, MANAGE),
@@ -82,7 +84,7 @@ def create_app(settings: Settings) -> Starlette:
         broker = open_broker(settings)
         registry = open_registry(settings)
         gw = GatewayState(settings, broker, registry, open_store(settings), Packager(settings))
-        waiter = Waiter(broker, gw.forget_app)
+        waiter = Waiter(broker, gw.forget_app, gw.forget_key, gw.forget_keys)
         await waiter.start()
         webhooks = WebhookSender(broker, gw.store, settings)
         await webhooks.start()

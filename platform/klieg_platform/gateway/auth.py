@@ -9,8 +9,11 @@ matches is 404 and a wrong method 405, as without auth, and its errors leave thr
 - ``BOOTSTRAP``: an API key when one is sent; without one the handler decides (``POST /keys``
   makes the first tenant of an empty platform).
 - ``CALLER``: an API key or a call token; 401 without.
-- ``MANAGE``: an API key; 401 without. A call token is 403 on this and ``BOOTSTRAP`` routes,
-  whether or not its signature holds.
+- ``MANAGE``: an API key of scope ``deploy`` or ``admin``; 401 without.
+- ``ADMIN``: an API key of scope ``admin`` (keys, tenants).
+
+A call token is 403 on ``BOOTSTRAP``, ``MANAGE`` and ``ADMIN`` routes, whether or not its
+signature holds; a key whose scope (``registry.SCOPES``) is below the route's is 403.
 
 Credentials come from one ``Authorization`` header: ``Key <id>:<secret>`` (``Bearer`` for
 ``Key`` also works), or ``Bearer kc1.…`` for a call token (``calltokens.py``). A malformed header,
@@ -33,7 +36,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from klieg.exceptions import AuthenticationError, PermissionDeniedError
 from klieg_platform import calltokens
 from klieg_platform.gateway.state import GatewayState
-from klieg_platform.registry import Tenant
+from klieg_platform.registry import ApiKey, Tenant
+from klieg_platform.registry_tables import scope_allows
 
 MISSING = "missing credentials: send 'Authorization: Key <key_id>:<secret>'"
 MALFORMED = "malformed Authorization header; use 'Key <id>:<secret>'"
@@ -49,9 +53,17 @@ class Access(enum.Enum):
     BOOTSTRAP = "bootstrap"
     CALLER = "caller"
     MANAGE = "manage"
+    ADMIN = "admin"
 
 
-PUBLIC, BOOTSTRAP, CALLER, MANAGE = Access.PUBLIC, Access.BOOTSTRAP, Access.CALLER, Access.MANAGE
+PUBLIC, BOOTSTRAP, CALLER, MANAGE, ADMIN = (
+    Access.PUBLIC, Access.BOOTSTRAP, Access.CALLER, Access.MANAGE, Access.ADMIN,
+)  # fmt: skip
+_SCOPE_NEEDED = {Access.BOOTSTRAP: "call", Access.CALLER: "call", Access.MANAGE: "deploy",
+                 Access.ADMIN: "admin"}  # fmt: skip
+"""The key scope (``registry.SCOPES``) each access needs."""
+_KEY = "key"
+"""The caller's ``ApiKey`` in ``scope["state"]`` (absent for call tokens)."""
 
 
 class Authenticate:
@@ -63,7 +75,8 @@ class Authenticate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.access is not Access.PUBLIC:
-            scope.setdefault("state", {})[_CALLER] = await self._tenant(scope)
+            state = scope.setdefault("state", {})
+            state[_CALLER] = await self._tenant(scope)
         await self.app(scope, receive, send)
 
     async def _tenant(self, scope: Scope) -> Tenant | None:
@@ -82,7 +95,14 @@ class Authenticate:
         key_id, sep, secret = cred.partition(":")
         if scheme not in ("key", "bearer") or not sep or not key_id or not secret:
             raise AuthenticationError(MALFORMED)
-        return await gw.key_tenant(key_id, secret)
+        grant = await gw.key_grant(key_id, secret)
+        needed = _SCOPE_NEEDED[self.access]
+        if not scope_allows(grant.key.scope, needed):
+            raise PermissionDeniedError(
+                f"this key's scope is {grant.key.scope!r}; this needs a {needed!r} key"
+            )
+        scope["state"][_KEY] = grant.key
+        return grant.tenant
 
 
 def _authorization(scope: Scope) -> str | None:
@@ -105,6 +125,12 @@ def optional_caller(request: Request) -> Tenant | None:
     """The caller's tenant; None on a ``PUBLIC`` route, or a ``BOOTSTRAP`` one sent no key."""
     tenant: Tenant | None = request.scope.get("state", {}).get(_CALLER)
     return tenant
+
+
+def caller_key(request: Request) -> ApiKey | None:
+    """The API key the caller sent; None for a call token or no credentials."""
+    key: ApiKey | None = request.scope.get("state", {}).get(_KEY)
+    return key
 
 
 def caller(request: Request) -> Tenant:

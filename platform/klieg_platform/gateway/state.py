@@ -1,12 +1,13 @@
 """What the gateway's routes share: services and the two hot-path caches.
 
-Auth cache, read by ``auth.Authenticate`` (which decides what each route accepts):
-(key id, sha256 of secret) -> tenant for API keys (``key_tenant``), and ("kc1", tenant id) ->
-tenant for call tokens, which are checked by their signature first (``token_tenant``); entries
-live ``auth_ttl_s``, so a revoked key stops working within that time, and ``forget_tenant``
-drops a tenant's at once. Route cache: (owner, app, ref) -> revision and access, dropped when an
-alias or the visibility of that app changes (through the Waiter's subscription, on every
-gateway).
+Auth caches, read by ``auth.Authenticate`` (which decides what each route accepts):
+(key id, sha256 of secret) -> what the key grants (tenant, scope, expiry; ``key_grant``), and
+tenant id -> tenant for call tokens, which are checked by their signature first
+(``token_tenant``); entries live ``auth_ttl_s``. A revoked key is dropped at once on every
+gateway (``forget_key``, through the Waiter's subscription), an expired one on its next use, and
+``forget_tenant`` drops a tenant's entries. Route cache: (owner, app, ref) -> revision and
+access, dropped when an alias or the visibility of that app changes (through the Waiter's
+subscription, on every gateway).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from klieg_platform import calltokens
 from klieg_platform.broker import Broker
 from klieg_platform.config import Settings
 from klieg_platform.packager import Packager
-from klieg_platform.registry import AppRecord, Registry, Revision, Tenant
+from klieg_platform.registry import AppRecord, Grant, Registry, Revision, Tenant
 from klieg_platform.registry_tables import allowed
 from klieg_platform.scheduler import Tier
 from klieg_platform.storage import BlobStore
@@ -46,7 +47,8 @@ class GatewayState:
     store: BlobStore
     packager: Packager
     auth_ttl_s: float = 30.0
-    _auth: dict[tuple[str, str], tuple[float, Tenant]] = field(default_factory=dict)
+    _keys: dict[tuple[str, str], tuple[float, Grant]] = field(default_factory=dict)
+    _tokens: dict[str, tuple[float, Tenant]] = field(default_factory=dict)
     _routes: dict[tuple[str, str, str], Resolved] = field(default_factory=dict)
 
     @property
@@ -59,21 +61,32 @@ class GatewayState:
 
     def forget_tenant(self, tenant_id: str) -> None:
         """Drop cached credentials of a tenant whose tier or limits changed."""
-        for key in [k for k, (_, t) in self._auth.items() if t.id == tenant_id]:
-            del self._auth[key]
+        for key in [k for k, (_, g) in self._keys.items() if g.tenant.id == tenant_id]:
+            del self._keys[key]
+        self._tokens.pop(tenant_id, None)
 
-    async def key_tenant(self, key_id: str, secret: str) -> Tenant:
-        """The tenant of API key ``key_id`` with ``secret``; 401 for an unknown or revoked key."""
+    def forget_key(self, key_id: str) -> None:
+        """Drop a revoked key from the cache (every gateway hears of it: ``keys.KEYS_CHANNEL``)."""
+        for key in [k for k in self._keys if k[0] == key_id]:
+            del self._keys[key]
+
+    def forget_keys(self) -> None:
+        """Drop every cached key (a subscription that was down may have missed revocations)."""
+        self._keys.clear()
+
+    async def key_grant(self, key_id: str, secret: str) -> Grant:
+        """What API key ``key_id`` with ``secret`` grants; 401 for an unknown, revoked or
+        expired key."""
         cache_key = (key_id, hashlib.sha256(secret.encode()).hexdigest())
         now = time.monotonic()
-        hit = self._auth.get(cache_key)
-        if hit and hit[0] > now:
+        hit = self._keys.get(cache_key)
+        if hit and hit[0] > now and hit[1].key.live(time.time()):
             return hit[1]
-        tenant = await asyncio.to_thread(self.registry.authenticate, key_id, secret)
-        if tenant is None:
-            raise AuthenticationError("invalid API key")
-        self._auth[cache_key] = (now + self.auth_ttl_s, tenant)
-        return tenant
+        grant = await asyncio.to_thread(self.registry.authenticate, key_id, secret)
+        if grant is None:
+            raise AuthenticationError("invalid, revoked or expired API key")
+        self._keys[cache_key] = (now + self.auth_ttl_s, grant)
+        return grant
 
     async def token_tenant(self, token: str) -> Tenant:
         """The tenant call token ``token`` acts for; 401 when it is forged, expired or names no
@@ -81,15 +94,14 @@ class GatewayState:
         tenant_id = calltokens.verify(self.settings.signing_key, token)
         if tenant_id is None:
             raise AuthenticationError("invalid or expired call token")
-        cache_key = (calltokens.PREFIX, tenant_id)
         now = time.monotonic()
-        hit = self._auth.get(cache_key)
+        hit = self._tokens.get(tenant_id)
         if hit and hit[0] > now:
             return hit[1]
         tenant = await asyncio.to_thread(self.registry.get_tenant_by_id, tenant_id)
         if tenant is None:
             raise AuthenticationError("invalid or expired call token")
-        self._auth[cache_key] = (now + self.auth_ttl_s, tenant)
+        self._tokens[tenant_id] = (now + self.auth_ttl_s, tenant)
         return tenant
 
     async def resolve(self, caller: Tenant, owner: str, app_ref: str) -> Resolved:

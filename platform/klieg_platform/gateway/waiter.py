@@ -7,7 +7,8 @@ enqueueing, so a completion can never be missed; ``wait`` also re-reads the reco
 seconds, so a dropped pub/sub message only delays, never hangs, a caller (the outcome is then
 read from the record). ``watch`` serves the long-poll status route: it hears of any request's
 completion on ``keys.DONE_CHANNEL``. The same subscription carries alias changes, which drop the
-gateway's revision cache.
+gateway's revision cache, and revoked keys, which drop them from its key cache (every key is
+dropped when the subscription is made again: revocations may have been missed meanwhile).
 """
 
 from __future__ import annotations
@@ -22,9 +23,17 @@ from klieg_platform.broker import Broker, Outcome
 
 
 class Waiter:
-    def __init__(self, broker: Broker, on_alias_change: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        on_alias_change: Callable[[str], None],
+        on_key_revoked: Callable[[str], None] = lambda key_id: None,
+        on_subscribed: Callable[[], None] = lambda: None,
+    ) -> None:
         self.broker = broker
         self.on_alias_change = on_alias_change
+        self.on_key_revoked = on_key_revoked
+        self.on_subscribed = on_subscribed
         self.channel = keys.reply(uuid.uuid4().hex)
         """This gateway's reply channel: the ``reply_to`` of the requests it waits for."""
         self._futures: dict[str, asyncio.Future[Outcome]] = {}
@@ -35,9 +44,10 @@ class Waiter:
     async def start(self) -> None:
         self._task = asyncio.create_task(
             self.broker.streams.listen(
-                [self.channel, keys.DONE_CHANNEL, keys.ALIAS_CHANNEL],
+                [self.channel, keys.DONE_CHANNEL, keys.ALIAS_CHANNEL, keys.KEYS_CHANNEL],
                 self._on_message,
                 self._ready,
+                self.on_subscribed,
             )
         )
         await asyncio.wait_for(self._ready.wait(), 10)
@@ -52,6 +62,9 @@ class Waiter:
     def _on_message(self, channel: str, data: bytes) -> None:
         if channel == keys.ALIAS_CHANNEL:
             self.on_alias_change(data.decode())
+            return
+        if channel == keys.KEYS_CHANNEL:
+            self.on_key_revoked(data.decode())
             return
         if channel == keys.DONE_CHANNEL:
             for watcher in self._watchers.get(data.decode(), ()):

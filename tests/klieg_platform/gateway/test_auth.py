@@ -28,7 +28,10 @@ MALFORMED = {
     "detail": "malformed Authorization header; use 'Key <id>:<secret>'",
     "error_type": "AuthenticationError",
 }
-INVALID_KEY = {"detail": "invalid API key", "error_type": "AuthenticationError"}
+INVALID_KEY = {
+    "detail": "invalid, revoked or expired API key",
+    "error_type": "AuthenticationError",
+}
 INVALID_TOKEN = {"detail": "invalid or expired call token", "error_type": "AuthenticationError"}
 NOT_FOR_TOKENS = {
     "detail": "a call token may call apps but not manage them",
@@ -45,7 +48,9 @@ NOT_CALLER = {
     ("POST", "/apps/{name}/rollback"): Access.MANAGE,
     ("PUT", "/apps/{name}/visibility"): Access.MANAGE,
     ("PUT", "/apps/{name}/limits"): Access.MANAGE,
-    ("PUT", "/tenants/{name}"): Access.MANAGE,
+    ("PUT", "/tenants/{name}"): Access.ADMIN,
+    ("GET", "/keys"): Access.ADMIN,
+    ("DELETE", "/keys/{key_id}"): Access.ADMIN,
     ("GET", "/workflows"): Access.MANAGE,
     ("GET", "/workflows/{name}"): Access.MANAGE,
     ("PUT", "/workflows/{name}"): Access.MANAGE,
@@ -91,7 +96,9 @@ def test_a_call_token_on_a_management_route_is_403(gateway: Gateway) -> None:
     assert local is not None
     good = calltokens.issue(gateway.settings.signing_key, local.id, 60)
     forged = calltokens.issue("not-the-signing-key", local.id, 60)
-    managing = [(m, p) for m, p, a in routes() if a in (Access.MANAGE, Access.BOOTSTRAP)]
+    managing = [
+        (m, p) for m, p, a in routes() if a in (Access.MANAGE, Access.ADMIN, Access.BOOTSTRAP)
+    ]
     assert len(managing) == len(NOT_CALLER) - 2
     for method, path in managing:
         for token in (good, forged):
@@ -112,7 +119,7 @@ def test_a_call_token_may_use_a_caller_route(gateway: Gateway) -> None:
 
 def test_no_key_on_a_caller_or_management_route_is_401(gateway: Gateway) -> None:
     for method, path, access in routes():
-        if access in (Access.CALLER, Access.MANAGE):
+        if access in (Access.CALLER, Access.MANAGE, Access.ADMIN):
             r = send(gateway, method, concrete(path), None)
             assert (r.status_code, body(r)) == (401, MISSING), (method, path)
             assert r.headers["content-type"] == "application/json"
