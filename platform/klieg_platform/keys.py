@@ -52,6 +52,9 @@ klieg:reply:{gateway}     channel  one gateway's sync requests as they complete,
                                    outcome (``broker/jobs.py``: ``Outcome.from_reply``)
 klieg:cancel              channel  request ids whose running worker must interrupt them
 klieg:aliases             channel  "owner/app" whenever an alias or visibility of that app changes
+klieg:revoked-keys        channel  key ids as they are revoked (every gateway drops them)
+klieg:rate:{key id}       hash     a rate-limited key's token bucket: tokens, at_ms; expires once
+                                   full again
 """
 
 from __future__ import annotations
@@ -142,6 +145,10 @@ def chunks(request_id: str) -> str:
 
 def reply(gateway_id: str) -> str:
     return PREFIX + "reply:" + gateway_id
+
+
+def rate(key_id: str) -> str:
+    return PREFIX + "rate:" + key_id
 
 
 def prewarm(function_key: str) -> str:

@@ -232,6 +232,8 @@ class Registry:
         *,
         scope: str = "admin",
         expires_at: float | None = None,
+        rate_per_s: float = 0.0,
+        burst: int = 0,
     ) -> tuple[ApiKey, str]:
         """A new key and its secret. The secret is returned here once and never stored."""
         if label is not None and len(label) > 200:
@@ -246,6 +248,8 @@ class Registry:
             created_at=time.time(),
             scope=scope,
             expires_at=expires_at,
+            rate_per_s=rate_per_s,
+            burst=burst,
         )
         with self._write() as conn:
             found = conn.execute(sa.select(tenants.c.id).where(tenants.c.id == tenant_id)).first()

@@ -38,6 +38,8 @@ api_keys = sa.Table(
     sa.Column("revoked_at", sa.Double),
     sa.Column("scope", sa.String(16), nullable=False, server_default=sa.text("'admin'")),
     sa.Column("expires_at", sa.Double),
+    sa.Column("rate_per_s", sa.Double, nullable=False, server_default="0"),
+    sa.Column("burst", sa.Integer, nullable=False, server_default="0"),
 )
 
 apps = sa.Table(
@@ -133,6 +135,9 @@ class ApiKey:
     scope: str = "admin"
     expires_at: float | None = None
     revoked_at: float | None = None
+    rate_per_s: float = 0.0
+    """Requests per second this key may send (0: no limit), ``burst`` at once."""
+    burst: int = 0
 
     def live(self, now: float) -> bool:
         return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)

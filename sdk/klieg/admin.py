@@ -64,11 +64,15 @@ class AdminClient(Client):
         tier: str | None = None,
         scope: str | None = None,
         expires_in_s: float | None = None,
+        rate_per_s: float | None = None,
+        burst: int | None = None,
     ) -> dict[str, Any]:
         """A new key (``key`` is ``id:secret``, shown once); ``scope``: ``call``, ``deploy`` or
-        ``admin`` (the default); ``expires_in_s``: it stops working that long from now."""
+        ``admin`` (the default); ``expires_in_s``: it stops working that long from now;
+        ``rate_per_s`` and ``burst``: its rate limit (429 with ``Retry-After`` beyond it)."""
         fields = {"tenant": tenant, "label": label, "tier": tier, "scope": scope,
-                  "expires_in_s": expires_in_s}  # fmt: skip
+                  "expires_in_s": expires_in_s, "rate_per_s": rate_per_s,
+                  "burst": burst}  # fmt: skip
         body = {k: v for k, v in fields.items() if v is not None}
         out: dict[str, Any] = self._json(self.http.post("/keys", json=body))
         return out

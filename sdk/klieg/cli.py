@@ -57,6 +57,8 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         tier=args.tier,
         scope=args.scope,
         expires_in_s=args.expires_in,
+        rate_per_s=args.rate,
+        burst=args.burst,
     )
     print(
         f"created key for tenant {out['tenant']}; export it with: export KLIEG_KEY={out['key']}",
@@ -317,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="call: call apps; deploy: also manage apps; admin (default): also keys and tenants",
     )  # fmt: skip
     kc.add_argument("--expires-in", type=duration, help="lifetime, e.g. 12h or 30d")
+    kc.add_argument("--rate", type=float, help="requests per second it may send (429 beyond)")
+    kc.add_argument("--burst", type=int, help="requests it may send at once (default: --rate)")
     kc.set_defaults(func=cmd_keys_create)
     keys.add_parser("list", help="the tenant's keys").set_defaults(func=cmd_keys_list)
     kr = keys.add_parser("revoke", help="revoke a key (every gateway refuses it at once)")

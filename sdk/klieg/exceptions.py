@@ -91,6 +91,16 @@ class QueueFullError(KliegError):
         self.retry_after_s: int | None = None
 
 
+class RateLimitedError(KliegError):
+    """This API key sent more requests than its rate limit allows; retry after ``Retry-After``."""
+
+    status_code = 429
+
+    def __init__(self, detail: Any = None, *, retry_after_s: int | None = None, **kw: Any) -> None:
+        super().__init__(detail, **kw)
+        self.retry_after_s = retry_after_s
+
+
 class AppError(KliegError):
     """The endpoint raised; ``detail`` carries the exception type and message."""
 

@@ -112,3 +112,28 @@ def test_a_revoked_key_fails_within_a_second_on_every_gateway(
     assert listing.returncode == 0
     line = next(ln for ln in listing.stdout.splitlines() if ln.startswith(key.split(":")[0]))
     assert "call" in line and "revoked" in line
+
+
+def test_a_rate_limited_key_gets_429_with_retry_after_across_gateways(
+    platform: Platform, echo_deployed: object, second_gateway: str
+) -> None:
+    with platform.admin() as admin:
+        made = admin.create_key(label="limited", scope="call", rate_per_s=2, burst=4)
+    assert (made["rate_per_s"], made["burst"]) == (2, 4)
+    headers = {"Authorization": f"Key {made['key']}"}
+    body = {"text": "r"}
+    statuses = []
+    for n in range(6):  # the two gateways draw from one bucket
+        url = platform.url if n % 2 else second_gateway
+        response = httpx.post(f"{url}/local/echo", json=body, headers=headers)
+        statuses.append(response.status_code)
+        if response.status_code == 429:
+            assert response.json()["error_type"] == "RateLimitedError"
+            assert int(response.headers["retry-after"]) >= 1
+    assert statuses[:4] == [200] * 4 and statuses[4:] == [429, 429], statuses
+    time.sleep(1.1)  # two tokens back
+    assert httpx.post(f"{platform.url}/local/echo", json=body, headers=headers).status_code == 200
+    with platform.http() as http:  # an unlimited key is never limited
+        assert all(http.post("/local/echo", json=body).status_code == 200 for _ in range(8))
+        bad = http.post("/keys", json={"rate_per_s": -1})
+    assert (bad.status_code, bad.json()["error_type"]) == (400, "InvalidRequestError")

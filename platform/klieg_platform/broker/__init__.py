@@ -6,6 +6,7 @@
 - ``stats``: measured service and cold-start times per app;
 - ``streams``: log lines, streamed items and the pub/sub channels;
 - ``claims``: short exclusive claims and the webhook due set;
+- ``limits``: per-key rate limits (a token bucket per key);
 - ``leases``: one renewal loop for every lease a worker or executor holds;
 - ``scripts``: every Lua script, the only writers of a record's status;
 - ``wire``: a lean pipelined connection the request path's scripts run over;
@@ -23,6 +24,7 @@ import redis.asyncio as aioredis
 from klieg_platform.broker.claims import Claims
 from klieg_platform.broker.jobs import Job, NewRequest, Outcome, RequestState, Status, now_ms
 from klieg_platform.broker.leases import Leases
+from klieg_platform.broker.limits import Limits
 from klieg_platform.broker.membership import WORKER_FRESH_S, Membership, Peers
 from klieg_platform.broker.outage import UNAVAILABLE, Outage, until_available
 from klieg_platform.broker.queue import Blocked, Elsewhere, Queue
@@ -63,6 +65,7 @@ class Broker:
         self.workers = Membership(redis)
         self.stats = Stats(redis)
         self.claims = Claims(redis)
+        self.limits = Limits(redis)
 
     @classmethod
     def from_url(

@@ -772,6 +772,20 @@ return 1
 """
 )
 
+# KEYS: a key's token bucket (keys.rate). ARGV: now_ms, rate per second, burst. Takes one token:
+# 0 when there was one, else how many ms until there is.
+TAKE_TOKEN = """
+local now, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at_ms')
+local tokens, at = tonumber(state[1]) or burst, tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) * 1000 / rate) end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at_ms', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
+return wait
+"""
+
 # KEYS: webhooks zset. ARGV: now_ms, claimed_until_ms, limit.
 # Returns the ids claimed; their records get webhook_status=pending on their first claim.
 CLAIM_WEBHOOKS = f"""

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import json
+import math
 import re
 import time
 from collections.abc import AsyncIterator
@@ -83,8 +85,17 @@ async def create_key(request: Request) -> Response:
             found = await asyncio.to_thread(gw.registry.create_tenant, str(wanted), tier)
         tenant = found
     scope, expires_at = _key_terms(data)
+    rate, burst = _rate_terms(data)
     key, secret = await asyncio.to_thread(
-        gw.registry.create_key, tenant.id, data.get("label"), scope=scope, expires_at=expires_at
+        functools.partial(
+            gw.registry.create_key,
+            tenant.id,
+            data.get("label"),
+            scope=scope,
+            expires_at=expires_at,
+            rate_per_s=rate,
+            burst=burst,
+        )
     )
     return JSONResponse(
         {**_key_view(key), "secret": secret, "key": f"{key.id}:{secret}", "tenant": tenant.name},
@@ -103,15 +114,30 @@ def _key_terms(data: dict[str, Any]) -> tuple[str, float | None]:
     ttl = data.get("expires_in_s")
     if ttl is None:
         return scope, None
-    if (
-        isinstance(ttl, bool)
-        or not isinstance(ttl, int | float)
-        or not 0 < ttl <= MAX_KEY_LIFETIME_S
-    ):
+    if not _number(ttl) or not 0 < ttl <= MAX_KEY_LIFETIME_S:
         raise InvalidRequestError(
             f"expires_in_s must be a number of seconds in (0, {MAX_KEY_LIFETIME_S}]"
         )
     return scope, time.time() + float(ttl)
+
+
+MAX_RATE_PER_S = 100_000
+
+
+def _rate_terms(data: dict[str, Any]) -> tuple[float, int]:
+    """``rate_per_s`` (0: none) and ``burst`` (default: one second's worth, at least 1)."""
+    rate, burst = data.get("rate_per_s", 0), data.get("burst")
+    if not _number(rate) or not 0 <= rate <= MAX_RATE_PER_S:
+        raise InvalidRequestError(f"rate_per_s must be a number in [0, {MAX_RATE_PER_S}]")
+    if burst is None:
+        return float(rate), max(1, math.ceil(rate)) if rate else 0
+    if isinstance(burst, bool) or not isinstance(burst, int) or not 1 <= burst <= MAX_RATE_PER_S:
+        raise InvalidRequestError(f"burst must be an integer in [1, {MAX_RATE_PER_S}]")
+    return float(rate), burst
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _key_view(key: ApiKey) -> dict[str, Any]:
@@ -123,6 +149,8 @@ def _key_view(key: ApiKey) -> dict[str, Any]:
         "created_at": key.created_at,
         "expires_at": key.expires_at,
         "revoked_at": key.revoked_at,
+        "rate_per_s": key.rate_per_s,
+        "burst": key.burst,
         "active": key.live(time.time()),
     }
 

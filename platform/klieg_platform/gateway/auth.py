@@ -25,6 +25,7 @@ resolved through the caches of ``GatewayState`` (one lookup on a cache hit) and 
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Awaitable, Callable
 
 from starlette.middleware import Middleware
@@ -33,7 +34,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from klieg.exceptions import AuthenticationError, PermissionDeniedError
+from klieg.exceptions import AuthenticationError, PermissionDeniedError, RateLimitedError
 from klieg_platform import calltokens
 from klieg_platform.gateway.state import GatewayState
 from klieg_platform.registry import ApiKey, Tenant
@@ -101,7 +102,15 @@ class Authenticate:
             raise PermissionDeniedError(
                 f"this key's scope is {grant.key.scope!r}; this needs a {needed!r} key"
             )
-        scope["state"][_KEY] = grant.key
+        key = grant.key
+        if key.rate_per_s > 0:
+            wait_s = await gw.broker.limits.take(key.id, key.rate_per_s, key.burst)
+            if wait_s > 0:
+                raise RateLimitedError(
+                    f"rate limit of this key: {key.rate_per_s:g} requests/s, burst {key.burst}",
+                    retry_after_s=max(1, math.ceil(wait_s)),
+                )
+        scope["state"][_KEY] = key
         return grant.tenant
 
 

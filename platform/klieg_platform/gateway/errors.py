@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from klieg.exceptions import KliegError, QueueFullError, UnavailableError
+from klieg.exceptions import KliegError, QueueFullError, RateLimitedError, UnavailableError
 from klieg_platform.broker import UNAVAILABLE
 from klieg_platform.storage import StorageError
 
@@ -43,7 +43,7 @@ def error_response(
 async def klieg_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, KliegError)
     headers = None
-    if isinstance(exc, QueueFullError) and exc.retry_after_s is not None:
+    if isinstance(exc, QueueFullError | RateLimitedError) and exc.retry_after_s is not None:
         headers = {"Retry-After": str(exc.retry_after_s)}
     elif isinstance(exc, UnavailableError | StorageError):
         headers = {"Retry-After": str(RETRY_AFTER_S)}
