@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import mimetypes
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from klieg.exceptions import RequestTimeoutError, from_wire
+from klieg.exceptions import InvalidRequestError, KliegError, RequestTimeoutError, from_wire
 from klieg.media import File
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -42,26 +43,53 @@ _A = TypeVar("_A", bound="AsyncClient")
 StatusCallback = Callable[[dict[str, Any]], None]
 
 
+_TAG = re.compile(r"<[^>]*>")
+_SNIPPET_CHARS = 200
+
+
+def _not_json(response: httpx.Response) -> str:
+    """What a reply that is not JSON said, on one line: ``HTTP 502 Bad Gateway: <its text>``
+    (HTML tags dropped, cut to a few hundred characters), for errors from proxies and other
+    servers that are not a Klieg gateway."""
+    text = " ".join(_TAG.sub(" ", response.text).split())
+    if len(text) > _SNIPPET_CHARS:
+        text = text[:_SNIPPET_CHARS] + "..."
+    head = f"HTTP {response.status_code} {response.reason_phrase}".rstrip()
+    return f"{head}: {text}" if text else head
+
+
 def raise_for_error(response: httpx.Response) -> None:
-    """Raise the typed Klieg error a non-2xx response carries."""
+    """Raise the typed Klieg error a non-2xx response carries (``KliegError`` with the status
+    and a summary of the text when the body is not JSON)."""
     if response.is_success:
         return
     try:
         body: Any = response.json()
     except ValueError:
-        body = response.text
+        body = _not_json(response)
     raise from_wire(body, response.status_code)
+
+
+def _response_json(response: httpx.Response) -> Any:
+    """The JSON body of a successful reply; the typed error of a failed one. ``KliegError`` when
+    a 2xx body is not JSON (the URL names a server that is not a Klieg gateway)."""
+    raise_for_error(response)
+    try:
+        return response.json()
+    except ValueError:
+        raise KliegError(f"the reply is not JSON: {_not_json(response)}") from None
 
 
 def split_app_id(app_id: str) -> tuple[str, str, str]:
     """``owner/app[@ref][/path...]`` -> (owner, app[@ref], path). A workflow's id,
-    ``workflows/owner/name[@ref]``, gives (``workflows/owner``, name[@ref], "")."""
+    ``workflows/owner/name[@ref]``, gives (``workflows/owner``, name[@ref], "").
+    ``InvalidRequestError`` when the owner or the app is missing."""
     if app_id.strip("/").startswith("workflows/"):
         owner, app, path = split_app_id(app_id.strip("/").removeprefix("workflows/"))
         return f"workflows/{owner}", app, path
     parts = app_id.strip("/").split("/", 2)
     if len(parts) < 2 or not all(parts[:2]):
-        raise ValueError(f"app id must be owner/app[/path], got {app_id!r}")
+        raise InvalidRequestError(f"app id must be owner/app[/path], got {app_id!r}")
     return parts[0], parts[1], parts[2] if len(parts) > 2 else ""
 
 
@@ -205,8 +233,7 @@ class Client:
         self.close()
 
     def _json(self, response: httpx.Response) -> Any:
-        raise_for_error(response)
-        return response.json()
+        return _response_json(response)
 
     def run(
         self,
@@ -351,8 +378,7 @@ class AsyncClient:
 
     @staticmethod
     def _json(response: httpx.Response) -> Any:
-        raise_for_error(response)
-        return response.json()
+        return _response_json(response)
 
     async def run(
         self,
