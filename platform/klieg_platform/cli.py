@@ -1,19 +1,45 @@
 """Platform subcommands of ``klieg``, registered through the ``klieg.cli`` entry point group:
-``klieg up``, ``klieg demo``, ``klieg worker``, ``klieg gateway``.
+``klieg up``, ``klieg demo``, ``klieg worker``, ``klieg gateway``. Their failures are reported
+by ``klieg``'s ``main`` like every other command's: one ``error:`` line and a non-zero exit.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from klieg.exceptions import InvalidRequestError, KliegError
+
+if TYPE_CHECKING:
+    from klieg_platform.config import Settings
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"a port is 1 to 65535, got {port}")
+    return port
+
+
+def _settings() -> Settings:
+    """``Settings.from_env()``; a KLIEG_* variable that does not parse is a ``ConfigError``."""
+    from klieg_platform.config import Settings
+
+    try:
+        return Settings.from_env()
+    except ValueError as exc:
+        detail = f"a KLIEG_* setting does not parse: {exc}"
+        raise KliegError(detail, error_type="ConfigError") from None
 
 
 def _up(args: argparse.Namespace) -> int:
-    from klieg_platform.config import Settings
     from klieg_platform.local import up
 
-    settings = Settings.from_env()
+    settings = _settings()
     if args.port is not None:
         settings = settings.with_(port=args.port)
     if args.home is not None:
@@ -33,7 +59,10 @@ def _up(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from klieg_platform.demo import main
 
-    return main(port=args.port, apps_dir=Path(args.apps))
+    apps = Path(args.apps)
+    if not apps.is_dir():
+        raise InvalidRequestError(f"--apps {args.apps}: no such folder")
+    return main(port=args.port, apps_dir=apps)
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -53,7 +82,7 @@ def _gateway(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     """Add the platform's subcommands to the ``klieg`` parser."""
     up = sub.add_parser("up", help="run the whole platform locally (embedded Redis, SQLite)")
-    up.add_argument("--port", type=int, default=None, help="gateway port (default 8000)")
+    up.add_argument("--port", type=_port, default=None, help="gateway port (default 8000)")
     up.add_argument("--home", default=None, help="data folder (default $KLIEG_HOME or ~/.klieg)")
     up.add_argument(
         "--tls",
@@ -63,7 +92,7 @@ def register(sub: Any) -> None:
     )
     up.add_argument(
         "--queue-port",
-        type=int,
+        type=_port,
         default=None,
         help="also listen here as fal's queue host (default with --tls: port + 1)",
     )
@@ -71,7 +100,7 @@ def register(sub: Any) -> None:
     up.set_defaults(func=_up)
 
     demo = sub.add_parser("demo", help="start the platform, deploy the example apps, call them")
-    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--port", type=_port, default=8000)
     demo.add_argument("--apps", default="apps")
     demo.set_defaults(func=_demo)
 
