@@ -10,27 +10,45 @@ Example::
     klieg deploy apps/echo/app.py --alias prod
     klieg call local/echo --json '{"text": "hi"}'
     klieg workflow create movie.yaml --name digits-movie
+
+Every failure (a refused key, an unreachable gateway, an error reply, bad input) is one line on
+stderr, ``error: <error type>: <detail>``, and a non-zero exit status; ``KLIEG_DEBUG=1`` prints
+the traceback above that line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
+import traceback
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
 from klieg.admin import AdminClient, load_app
-from klieg.exceptions import KliegError
+from klieg.exceptions import InvalidRequestError, KliegError
 from klieg.workflow import load_workflow
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE: what a shell reports for a writer whose reader left (``klieg ... | head``)."""
 
 
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2))
+
+
+def _admin(args: argparse.Namespace) -> AdminClient:
+    """The management client, with ``--timeout`` when one was given."""
+    return AdminClient() if args.timeout is None else AdminClient(timeout=args.timeout)
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -51,7 +69,7 @@ def duration(text: str) -> float:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    out = AdminClient().create_key(
+    out = _admin(args).create_key(
         args.tenant,
         label=args.label,
         tier=args.tier,
@@ -69,7 +87,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    with AdminClient() as admin:
+    with _admin(args) as admin:
         found = admin.list_keys()
     for key in found:
         state = "active" if key["active"] else ("revoked" if key["revoked_at"] else "expired")
@@ -84,7 +102,7 @@ def _when(epoch_s: float) -> str:
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    with AdminClient() as admin:
+    with _admin(args) as admin:
         out = admin.revoke_key(args.key_id)
     print(f"{out['key_id']} {'revoked' if out['revoked'] else 'was already revoked'}")
     return 0
@@ -92,7 +110,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     app, folder, entry = load_app(args.path, args.app)
-    with AdminClient() as admin:
+    with _admin(args) as admin:
         done = admin.deploy(
             app,
             folder,
@@ -109,7 +127,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_apps_list(args: argparse.Namespace) -> int:
-    apps = AdminClient().apps()
+    apps = _admin(args).apps()
     if args.json:
         _print_json(apps)
     for a in [] if args.json else apps:
@@ -119,7 +137,7 @@ def cmd_apps_list(args: argparse.Namespace) -> int:
 
 
 def cmd_revisions(args: argparse.Namespace) -> int:
-    revs = AdminClient().revisions(args.app)
+    revs = _admin(args).revisions(args.app)
     if args.json:
         _print_json(revs)
     for r in [] if args.json else revs:
@@ -156,34 +174,46 @@ def _share_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_alias_set(args: argparse.Namespace) -> int:
-    out = AdminClient().set_alias(args.app, args.alias, args.revision)
+    out = _admin(args).set_alias(args.app, args.alias, args.revision)
     _print_moved(out["app"], out)
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    out = AdminClient().rollback(args.app, args.alias)
+    out = _admin(args).rollback(args.app, args.alias)
     _print_moved(out["app"], out)
     return 0
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
     """FILE: ``apps: {NAME: {aliases: {ALIAS: revision-id-or-alias}}}``."""
+    shape = f"{args.file}: expected a mapping 'apps: {{name: {{aliases: {{alias: revision}}}}}}'"
     with open(args.file) as f:
-        doc = yaml.safe_load(f) or {}
+        try:
+            doc = yaml.safe_load(f) or {}
+        except yaml.YAMLError as exc:
+            raise InvalidRequestError(f"{args.file} is not YAML: {exc}") from None
     apps = doc.get("apps") if isinstance(doc, dict) else None
     if not isinstance(apps, dict):
-        raise KliegError(f"{args.file}: expected a mapping 'apps: {{name: {{aliases: ...}}}}'")
-    admin = AdminClient()
+        raise InvalidRequestError(shape)
+    plan: list[tuple[str, str, str]] = []
     for name, entry in apps.items():
-        for alias, ref in ((entry or {}).get("aliases") or {}).items():
-            _print_moved(str(name), admin.set_alias(str(name), str(alias), str(ref)))
+        aliases = entry.get("aliases") if isinstance(entry, dict) else entry
+        if not isinstance(aliases or {}, dict):
+            raise InvalidRequestError(f"{shape}; got {entry!r} for {name}")
+        plan += [(str(name), str(alias), str(ref)) for alias, ref in (aliases or {}).items()]
+    admin = _admin(args)
+    for name, alias, ref in plan:
+        _print_moved(name, admin.set_alias(name, alias, ref))
     return 0
 
 
 def cmd_call(args: argparse.Namespace) -> int:
-    payload = json.loads(args.json) if args.json else {}
-    client = AdminClient()
+    try:
+        payload = json.loads(args.json) if args.json else {}
+    except ValueError as exc:
+        raise InvalidRequestError(f"--json is not valid JSON: {exc}") from None
+    client = _admin(args)
     if args.queue:
         handle = client.submit(args.app_id, payload)
         print(f"request {handle.request_id} queued", file=sys.stderr)
@@ -194,25 +224,25 @@ def cmd_call(args: argparse.Namespace) -> int:
 
 
 def cmd_apps_share(args: argparse.Namespace) -> int:
-    out = AdminClient().share(args.app, *_visibility(args))
+    out = _admin(args).share(args.app, *_visibility(args))
     _print_shared(out["app"], out)
     return 0
 
 
 def cmd_apps_limit(args: argparse.Namespace) -> int:
-    out = AdminClient().limit_app(args.app, args.max_inflight)
+    out = _admin(args).limit_app(args.app, args.max_inflight)
     print(f"{out['app']}: at most {out['max_inflight'] or 'unlimited'} running requests")
     return 0
 
 
 def cmd_tenants_set(args: argparse.Namespace) -> int:
-    out = AdminClient().set_tenant(args.name, tier=args.tier, max_inflight=args.max_inflight)
+    out = _admin(args).set_tenant(args.name, tier=args.tier, max_inflight=args.max_inflight)
     print(f"tenant {out['tenant']}: tier {out['tier']}, max_inflight {out['max_inflight']}")
     return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    for line in AdminClient().logs(args.request_id):
+    for line in _admin(args).logs(args.request_id):
         print(f"{line.get('timestamp', '')} {line.get('level', ''):7} {line.get('message', '')}")
     return 0
 
@@ -221,7 +251,7 @@ def cmd_workflow_create(args: argparse.Namespace) -> int:
     path = Path(args.file)
     doc = load_workflow(path)
     name = args.name or doc.name or path.stem
-    out = AdminClient().put_workflow(name, doc, alias=args.alias)
+    out = _admin(args).put_workflow(name, doc, alias=args.alias)
     state = "created" if out["created"] else "unchanged (same document)"
     print(
         f"workflow {out['name']} revision {out['revision']} {state}; {out['alias']} -> "
@@ -231,7 +261,7 @@ def cmd_workflow_create(args: argparse.Namespace) -> int:
 
 
 def cmd_workflow_list(args: argparse.Namespace) -> int:
-    flows = AdminClient().list_workflows()
+    flows = _admin(args).list_workflows()
     if args.json:
         _print_json(flows)
     for w in [] if args.json else flows:
@@ -241,7 +271,7 @@ def cmd_workflow_list(args: argparse.Namespace) -> int:
 
 
 def cmd_workflow_show(args: argparse.Namespace) -> int:
-    flow = AdminClient().get_workflow(args.name)
+    flow = _admin(args).get_workflow(args.name)
     if args.json:
         _print_json(flow)
         return 0
@@ -257,19 +287,19 @@ def cmd_workflow_show(args: argparse.Namespace) -> int:
 
 
 def cmd_workflow_alias(args: argparse.Namespace) -> int:
-    out = AdminClient().set_workflow_alias(args.name, args.alias, args.revision)
+    out = _admin(args).set_workflow_alias(args.name, args.alias, args.revision)
     _print_moved(out["name"], out)
     return 0
 
 
 def cmd_workflow_rollback(args: argparse.Namespace) -> int:
-    out = AdminClient().rollback_workflow(args.name, args.alias)
+    out = _admin(args).rollback_workflow(args.name, args.alias)
     _print_moved(out["name"], out)
     return 0
 
 
 def cmd_workflow_share(args: argparse.Namespace) -> int:
-    out = AdminClient().share_workflow(args.name, *_visibility(args))
+    out = _admin(args).share_workflow(args.name, *_visibility(args))
     _print_shared(out["name"], out)
     return 0
 
@@ -305,8 +335,25 @@ def _workflow_parser(sub: Any) -> None:
     sh.set_defaults(func=cmd_workflow_share)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="klieg", description="Klieg: serverless media apps")
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=None,
+        help="seconds to wait for each reply of the gateway (default 600; a deploy's build "
+        "stream is not limited)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_cmd", required=True)
@@ -394,18 +441,80 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+def _one_line(text: str) -> str:
+    """``text`` with every run of whitespace (newlines included) as one space."""
+    return " ".join(text.split())
+
+
+def _url_of(exc: httpx.HTTPError) -> str:
     try:
-        code = args.func(args)
-    except KliegError as exc:
-        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-        print(f"error: {exc.error_type}: {detail}", file=sys.stderr)
-        code = 1
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        code = 1
-    sys.exit(code)
+        return str(exc.request.url)
+    except RuntimeError:
+        return "the gateway"
+
+
+def _describe(exc: Exception) -> tuple[str, str]:
+    """``(error type, detail)`` of the error a command ended with: Klieg errors by their wire
+    type, transport failures as ``UnavailableError`` or ``RequestTimeoutError`` naming the URL,
+    other errors by their class name."""
+    if isinstance(exc, KliegError):
+        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail, default=str)
+        return exc.error_type, detail
+    if isinstance(exc, httpx.TimeoutException):
+        return "RequestTimeoutError", f"no reply from {_url_of(exc)} in time ({exc or 'timeout'})"
+    if isinstance(exc, httpx.ConnectError):
+        hint = "is the gateway running, and does KLIEG_URL name it?"
+        return "UnavailableError", f"cannot reach {_url_of(exc)}: {exc} ({hint})"
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return "InvalidRequestError", f"{exc} (KLIEG_URL must start with http:// or https://)"
+    if isinstance(exc, httpx.TransportError):
+        return "UnavailableError", f"{_url_of(exc)}: {exc or type(exc).__name__}"
+    if isinstance(exc, httpx.InvalidURL):
+        return "InvalidRequestError", f"not a valid URL: {exc}"
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename is not None else ""
+        return type(exc).__name__, f"{exc.strerror}{where}"
+    return type(exc).__name__, str(exc) or "(no message)"
+
+
+def _say_error(line: str) -> None:
+    with contextlib.suppress(OSError):
+        print(line, file=sys.stderr, flush=True)
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _run(argv: list[str] | None) -> int:
+    """Parse ``argv``, run the command, return the exit status; never raises but ``SystemExit``
+    (argparse's usage errors, status 2)."""
+    debug = os.environ.get("KLIEG_DEBUG", "") not in ("", "0")
+    try:
+        args = build_parser().parse_args(argv)
+        code: int = args.func(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        _drop_stdout()
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        _say_error("error: interrupted")
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        error_type, detail = _describe(exc)
+        _say_error(_one_line(f"error: {error_type}: {detail}"))
+        return EXIT_ERROR
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(_run(argv))
 
 
 if __name__ == "__main__":
