@@ -338,13 +338,14 @@ def _lookup(ref: Reference, scope: dict[str, Any]) -> Any:
                 raise ValidationError(f"{ref}: no key {seg!r} (keys: {keys or 'none'})")
             value = value[seg]
         elif isinstance(value, list):
-            if not seg.isdigit():
+            if not (seg.isascii() and seg.isdigit()):
                 raise ValidationError(f"{ref}: {seg!r} is not an index into an array")
-            if int(seg) >= len(value):
+            digits = seg.lstrip("0") or "0"
+            if len(digits) > len(str(len(value))) or int(digits) >= len(value):
                 raise ValidationError(
                     f"{ref}: index {seg} out of range (the array has {len(value)} items)"
                 )
-            value = value[int(seg)]
+            value = value[int(digits)]
         else:
             raise ValidationError(f"{ref}: cannot look up {seg!r} in a {_json_type(value)}")
     return value
