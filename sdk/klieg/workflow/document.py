@@ -375,10 +375,12 @@ def resolve(template: Any, scope: dict[str, Any]) -> Any:
     return template
 
 
-def _type_ok(value: Any, want: str) -> bool:
+def _type_ok(value: Any, want: Any) -> bool:
+    """Whether ``value`` is of the JSON type ``want``; a type this check does not know (another
+    name, or not a name at all) accepts every value."""
     if want == "null":
         return value is None
-    if want not in _JSON_TYPES:
+    if not isinstance(want, str) or want not in _JSON_TYPES:
         return True
     if isinstance(value, bool) and want != "boolean":
         return False
