@@ -33,6 +33,9 @@ _OWNER = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _APP = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _APP_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _PATH = re.compile(r"[A-Za-z0-9_.~-]+(?:/[A-Za-z0-9_.~-]+)*/?")
+MAX_NESTING = 100
+"""How deep lists and objects may nest in a node's input and in the output template: templates
+are walked recursively (``references``, ``resolve``, serialisation)."""
 _JSON_TYPES: dict[str, tuple[tuple[type, ...], str]] = {  # JSON type -> (python, pydantic type)
     "string": ((str,), "string_type"),
     "integer": ((int,), "int_type"),
@@ -90,18 +93,21 @@ def references(template: Any) -> Iterator[Reference]:
         yield ref
 
 
-def _json_problem(value: Any, where: str) -> str | None:
-    """Why ``value`` is not plain JSON (dict with str keys, list, str, number, bool, null)."""
+def _json_problem(value: Any, where: str, depth: int = 0) -> str | None:
+    """Why ``value`` is not plain JSON (dict with str keys, list, str, number, bool, null) of at
+    most ``MAX_NESTING`` levels."""
     if value is None or isinstance(value, str | bool | int | float):
         return None
+    if isinstance(value, list | dict) and depth >= MAX_NESTING:
+        return f"{where}: nested deeper than {MAX_NESTING} levels"
     if isinstance(value, list):
-        problems = (_json_problem(v, f"{where}.{i}") for i, v in enumerate(value))
+        problems = (_json_problem(v, f"{where}.{i}", depth + 1) for i, v in enumerate(value))
         return next((p for p in problems if p), None)
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 return f"{where}: key {key!r} is not a string"
-            if problem := _json_problem(item, f"{where}.{key}"):
+            if problem := _json_problem(item, f"{where}.{key}", depth + 1):
                 return problem
         return None
     return f"{where}: a {type(value).__name__} is not a JSON value (quote it in YAML)"
@@ -201,7 +207,23 @@ class WorkflowDoc(BaseModel):
         return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _deeper_than(value: Any, levels: int) -> bool:
+    """Whether lists and dicts nest more than ``levels`` deep in ``value`` (walked without
+    recursion)."""
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, list | dict):
+            if depth >= levels:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+    return False
+
+
 def _check_input_schema(schema: dict[str, Any]) -> None:
+    if _deeper_than(schema, MAX_NESTING):
+        raise ValidationError(f"input: the input schema is nested deeper than {MAX_NESTING} levels")
     if schema.get("type", "object") != "object":
         raise ValidationError('input: the input schema\'s type must be "object"')
     props = schema.get("properties", {})
@@ -224,25 +246,27 @@ def _check_ref(ref: Reference, who: str, doc: WorkflowDoc, self_id: str | None) 
 
 
 def _find_cycle(doc: WorkflowDoc) -> list[str] | None:
-    """A dependency cycle as ``[a, b, a]``, or None; searched in document order."""
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        stack.append(node)
-        for dep in sorted(doc.deps(node), key=list(doc.nodes).index):
-            if state.get(dep) == 1:
-                return [*stack[stack.index(dep) :], dep]
-            if dep not in state and (found := visit(dep)):
-                return found
-        stack.pop()
-        state[node] = 2
-        return None
-
-    for node in doc.nodes:
-        if node not in state and (found := visit(node)):
-            return found
+    """A dependency cycle as ``[a, b, a]``, or None; a depth-first search in document order,
+    with its own stack (a chain of nodes may be longer than Python's recursion limit)."""
+    position = {node: i for i, node in enumerate(doc.nodes)}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for start in doc.nodes:
+        if start in state:
+            continue
+        state[start] = 1
+        path = [start]
+        pending = [iter(sorted(doc.deps(start), key=position.__getitem__))]
+        while pending:
+            dep = next(pending[-1], None)
+            if dep is None:
+                state[path.pop()] = 2
+                pending.pop()
+            elif state.get(dep) == 1:
+                return [*path[path.index(dep) :], dep]
+            elif dep not in state:
+                state[dep] = 1
+                path.append(dep)
+                pending.append(iter(sorted(doc.deps(dep), key=position.__getitem__)))
     return None
 
 
@@ -308,6 +332,8 @@ def load_workflow(source: str | bytes | dict[str, Any] | Path | WorkflowDoc) -> 
             data = source
     except (ValueError, yaml.YAMLError) as exc:
         raise ValidationError(f"the workflow document does not parse: {exc}") from None
+    except RecursionError:
+        raise ValidationError("the workflow document is nested too deeply to parse") from None
     if not isinstance(data, dict):
         raise ValidationError("a workflow document must be a mapping with 'nodes' and 'output'")
     try:
