@@ -93,10 +93,25 @@ def references(template: Any) -> Iterator[Reference]:
         yield ref
 
 
+def _is_text(value: str) -> bool:
+    """Whether ``value`` encodes as UTF-8: JSON's ``\\ud800`` escapes decode to lone surrogates,
+    which no document can be stored or sent with."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+_NOT_TEXT = "a string with a lone surrogate (not UTF-8 text)"
+
+
 def _json_problem(value: Any, where: str, depth: int = 0) -> str | None:
     """Why ``value`` is not plain JSON (dict with str keys, list, str, number, bool, null) of at
-    most ``MAX_NESTING`` levels."""
-    if value is None or isinstance(value, str | bool | int | float):
+    most ``MAX_NESTING`` levels, its strings UTF-8 text."""
+    if isinstance(value, str):
+        return None if _is_text(value) else f"{where}: {_NOT_TEXT}"
+    if value is None or isinstance(value, bool | int | float):
         return None
     if isinstance(value, list | dict) and depth >= MAX_NESTING:
         return f"{where}: nested deeper than {MAX_NESTING} levels"
@@ -107,6 +122,8 @@ def _json_problem(value: Any, where: str, depth: int = 0) -> str | None:
         for key, item in value.items():
             if not isinstance(key, str):
                 return f"{where}: key {key!r} is not a string"
+            if not _is_text(key):
+                return f"{where}: key {key!r} is {_NOT_TEXT}"
             if problem := _json_problem(item, f"{where}.{key}", depth + 1):
                 return problem
         return None
@@ -207,23 +224,25 @@ class WorkflowDoc(BaseModel):
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _deeper_than(value: Any, levels: int) -> bool:
-    """Whether lists and dicts nest more than ``levels`` deep in ``value`` (walked without
-    recursion)."""
+def _storable_problem(value: Any, where: str) -> str | None:
+    """Why ``value`` cannot be stored: lists and dicts nested more than ``MAX_NESTING`` deep, or
+    a key or string that is not UTF-8 text. Walked without recursion."""
     pending = [(value, 0)]
     while pending:
         item, depth = pending.pop()
+        if isinstance(item, str) and not _is_text(item):
+            return f"{where}: {_NOT_TEXT}"
         if isinstance(item, list | dict):
-            if depth >= levels:
-                return True
-            children = item.values() if isinstance(item, dict) else item
+            if depth >= MAX_NESTING:
+                return f"{where}: nested deeper than {MAX_NESTING} levels"
+            children = [*item, *item.values()] if isinstance(item, dict) else item
             pending.extend((child, depth + 1) for child in children)
-    return False
+    return None
 
 
 def _check_input_schema(schema: dict[str, Any]) -> None:
-    if _deeper_than(schema, MAX_NESTING):
-        raise ValidationError(f"input: the input schema is nested deeper than {MAX_NESTING} levels")
+    if problem := _storable_problem(schema, "input"):
+        raise ValidationError(problem)
     if schema.get("type", "object") != "object":
         raise ValidationError('input: the input schema\'s type must be "object"')
     props = schema.get("properties", {})
@@ -273,6 +292,8 @@ def _find_cycle(doc: WorkflowDoc) -> list[str] | None:
 def _check(doc: WorkflowDoc) -> None:
     if not doc.nodes:
         raise ValidationError("a workflow needs at least one node")
+    if doc.name is not None and not _is_text(doc.name):
+        raise ValidationError(f"name: {_NOT_TEXT}")
     _check_input_schema(doc.input)
     for node_id, node in doc.nodes.items():
         where = f"node {node_id!r}"
