@@ -16,8 +16,8 @@ from klieg.exceptions import DeployError
 
 Progress = Callable[[str], None]
 
-_PYTHON = re.compile(r"^3\.\d{1,2}(\.\d{1,2})?$")
-_KEY = re.compile(r"^[0-9a-f]{64}$")
+_PYTHON = re.compile(r"3\.[0-9]{1,2}(\.[0-9]{1,2})?")
+_KEY = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"^([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)(.*)$", re.DOTALL)
 _COMMENT = re.compile(r"(^|\s)#.*$")
 _HASH_OPTION = re.compile(r"\s*--hash[=\s]\S+")
@@ -61,7 +61,7 @@ def requirement_name(requirement: str) -> str | None:
 
 def check_python(python: str) -> None:
     """Reject anything but a ``3.X`` or ``3.X.Y`` version string."""
-    if not _PYTHON.match(python):
+    if not _PYTHON.fullmatch(python):
         raise EnvResolutionError(f"python must be a version like '3.11', got {python!r}")
 
 
@@ -75,7 +75,7 @@ def check_requirements(requirements: Iterable[str]) -> None:
 
 def check_key(key: str) -> None:
     """Reject anything that is not a 64-character lowercase sha256 hex digest."""
-    if not _KEY.match(key):
+    if not _KEY.fullmatch(key):
         raise ValueError(f"not an env key: {key!r}")
 
 
