@@ -461,14 +461,15 @@ def _describe(exc: Exception) -> tuple[str, str]:
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail, default=str)
         return exc.error_type, detail
     if isinstance(exc, httpx.TimeoutException):
-        return "RequestTimeoutError", f"no reply from {_url_of(exc)} in time ({exc or 'timeout'})"
+        reason = str(exc) or "timed out"
+        return "RequestTimeoutError", f"no reply from {_url_of(exc)} in time ({reason})"
     if isinstance(exc, httpx.ConnectError):
         hint = "is the gateway running, and does KLIEG_URL name it?"
         return "UnavailableError", f"cannot reach {_url_of(exc)}: {exc} ({hint})"
     if isinstance(exc, httpx.UnsupportedProtocol):
         return "InvalidRequestError", f"{exc} (KLIEG_URL must start with http:// or https://)"
     if isinstance(exc, httpx.TransportError):
-        return "UnavailableError", f"{_url_of(exc)}: {exc or type(exc).__name__}"
+        return "UnavailableError", f"{_url_of(exc)}: {str(exc) or type(exc).__name__}"
     if isinstance(exc, httpx.InvalidURL):
         return "InvalidRequestError", f"not a valid URL: {exc}"
     if isinstance(exc, OSError) and exc.strerror:

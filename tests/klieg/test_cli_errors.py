@@ -4,6 +4,7 @@ and a non-zero exit, with no traceback unless ``KLIEG_DEBUG=1``; a reader that s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -123,6 +124,24 @@ def test_gateway_that_never_answers_times_out_in_one_line() -> None:
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
         out = klieg(url, "--timeout", "0.5", "apps", "list")
     assert url in assert_one_error_line(out, "RequestTimeoutError")
+
+
+def test_gateway_that_hangs_up_is_one_line() -> None:
+    with socket.socket() as rude:
+        rude.bind(("127.0.0.1", 0))
+        rude.listen(8)
+        url = f"http://127.0.0.1:{rude.getsockname()[1]}"
+
+        def hang_up() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    conn, _ = rude.accept()
+                    conn.recv(65536)
+                    conn.close()
+
+        threading.Thread(target=hang_up, daemon=True).start()
+        out = klieg(url, "apps", "list")
+    assert url in assert_one_error_line(out, "UnavailableError")
 
 
 def test_url_without_scheme_is_one_line() -> None:
