@@ -26,6 +26,7 @@ from klieg.workflow.document import (
 pytestmark = pytest.mark.timeout(60)
 
 checked = settings(derandomize=True, database=None, deadline=None, max_examples=300)
+fewer = settings(checked, max_examples=150)
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
 json_values = st.recursive(
@@ -207,7 +208,7 @@ documents = st.fixed_dictionaries(
 too), with malformed parts mixed in."""
 
 
-@checked
+@fewer
 @given(st.text() | documents.map(json.dumps))
 @example("[" * 600 + "]" * 600)
 @example("{a: " * 600 + "1" + "}" * 600)
@@ -235,7 +236,7 @@ def test_load_workflow_text_raises_only_validation_errors(text: str) -> None:
     assert doc.nodes and load_workflow(doc.to_dict()).digest() == doc.digest()
 
 
-@checked
+@fewer
 @given(documents)
 def test_load_workflow_mapping_raises_only_validation_errors(data: dict[str, Any]) -> None:
     try:
