@@ -1,7 +1,9 @@
 """From an HTTP request to a queued request, and from an outcome back to a response.
 
 ``intake`` authenticates, resolves ``{owner}/{app}[@ref]/{path}`` to a revision and endpoint,
-reads the body under the size limit (checking it is JSON), and builds the ``NewRequest``:
+reads the body under the size limit (checking it is JSON), checks it against the endpoint's
+input schema (``klieg.input_schema``: a 422 naming the field, media URLs of allowed schemes
+only) so that nothing invalid is queued, and builds the ``NewRequest``:
 ``X-Fal-Request-Timeout`` becomes a deadline, ``?fal_webhook=`` the webhook, and a body larger
 than ``inline_payload_bytes`` goes to the blob store instead of Redis.
 """
@@ -56,24 +58,28 @@ async def read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def read_input(request: Request, limit: int) -> tuple[bytes, Any]:
+    """The request body, size-limited, and its JSON value (``{}`` for an empty body, as the
+    runner reads it); ``ValidationError`` when it is not JSON."""
+    body = await read_limited(request, limit)
+    if not body.strip():
+        return body, {}
+    try:
+        return body, json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        msg = f"invalid JSON: {exc}" if isinstance(exc, ValueError) else "JSON nested too deeply"
+        raise ValidationError([{"loc": ["body"], "msg": msg, "type": "json_invalid"}]) from exc
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, size-limited and checked to be JSON (an empty body is allowed)."""
-    body = await read_limited(request, limit)
-    if body.strip():
-        try:
-            json.loads(body)
-        except ValueError as exc:
-            raise ValidationError(
-                [{"loc": ["body"], "msg": f"invalid JSON: {exc}", "type": "json_invalid"}]
-            ) from exc
-    return body
+    return (await read_input(request, limit))[0]
 
 
 async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
     """The request body parsed as a JSON object (``{}`` for an empty body), size-limited as
     ``read_body``; ``ValidationError`` for invalid JSON or any other JSON value."""
-    body = await read_body(request, limit)
-    data = json.loads(body) if body.strip() else {}
+    _, data = await read_input(request, limit)
     if not isinstance(data, dict):
         raise ValidationError([{"loc": ["body"], "msg": "expected a JSON object", "type": "type"}])
     return data
@@ -152,7 +158,10 @@ async def intake(request: Request, *, allow_stream: bool) -> Intake:
     if route is None:
         raise NotFoundError(f"app {owner}/{resolved.spec.name} has no endpoint at '{path}'")
     fn, ep = route
-    body = await read_body(request, gw.settings.max_body_bytes)
+    body, value = await read_input(request, gw.settings.max_body_bytes)
+    schema = resolved.input_schema(ep)
+    if schema is not None:
+        schema.check(value, max_data_url=gw.settings.max_body_bytes)
     rid = uuid.uuid4().hex
     body, ref = await offload_payload(gw.store, rid, body, gw.settings.inline_payload_bytes)
     new = NewRequest(

@@ -4,9 +4,10 @@ Auth cache, read by ``auth.Authenticate`` (which decides what each route accepts
 (key id, sha256 of secret) -> tenant for API keys (``key_tenant``), and ("kc1", tenant id) ->
 tenant for call tokens, which are checked by their signature first (``token_tenant``); entries
 live ``auth_ttl_s``, so a revoked key stops working within that time, and ``forget_tenant``
-drops a tenant's at once. Route cache: (owner, app, ref) -> revision and access, dropped when an
-alias or the visibility of that app changes (through the Waiter's subscription, on every
-gateway).
+drops a tenant's at once. Route cache: (owner, app, ref) -> revision, access and the input
+schema of each endpoint (built once per route, so checking a body costs no parsing of schemas),
+dropped when an alias or the visibility of that app changes (through the Waiter's
+subscription, on every gateway).
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
 from klieg.exceptions import AuthenticationError, NotFoundError
-from klieg.types import AppSpec
+from klieg.input_schema import InputSchema
+from klieg.types import AppSpec, EndpointSpec, normalize_path
 from klieg_platform import calltokens
 from klieg_platform.broker import Broker
 from klieg_platform.config import Settings
@@ -32,10 +35,17 @@ from klieg_platform.storage import BlobStore
 
 @dataclass(frozen=True)
 class Resolved:
+    """A route's revision, its spec and its app. ``inputs``: the input schema of each endpoint
+    that declares one, by normalised path, built once per cached route."""
+
     revision: Revision
     spec: AppSpec
     app: AppRecord
     shared_with: frozenset[str]
+    inputs: Mapping[str, InputSchema] = field(default_factory=dict)
+
+    def input_schema(self, endpoint: EndpointSpec) -> InputSchema | None:
+        return self.inputs.get(normalize_path(endpoint.path))
 
 
 @dataclass
@@ -114,7 +124,14 @@ class GatewayState:
         if record is None or rev is None:
             return None
         shares = self.registry.shared_with(record) if record.visibility == "shared" else []
-        return Resolved(rev, AppSpec.model_validate(rev.spec), record, frozenset(shares))
+        spec = AppSpec.model_validate(rev.spec)
+        inputs = {
+            normalize_path(ep.path): InputSchema(ep.input_schema)
+            for fn in spec.functions
+            for ep in fn.endpoints
+            if ep.input_schema is not None
+        }
+        return Resolved(rev, spec, record, frozenset(shares), inputs)
 
     def forget_app(self, owner_app: str) -> None:
         owner, _, app = owner_app.partition("/")
