@@ -31,6 +31,7 @@ from klieg.exceptions import (
 )
 from klieg.types import EndpointSpec, normalize_path
 from klieg_platform.broker import NewRequest, Outcome
+from klieg_platform.disclosure import error_view
 from klieg_platform.gateway import auth
 from klieg_platform.gateway.errors import error_response
 from klieg_platform.gateway.state import GatewayState, gateway
@@ -199,7 +200,11 @@ async def enqueue(gw: GatewayState, new: NewRequest, *, position: bool = False) 
         raise
 
 
-async def result_response(gw: GatewayState, request_id: str, outcome: Outcome) -> Response:
+async def result_response(
+    gw: GatewayState, request_id: str, outcome: Outcome, *, full: bool
+) -> Response:
+    """The request's result, or its error (seen through ``disclosure.error_view`` unless
+    ``full``: the caller owns the app or may see its logs)."""
     headers = {"x-klieg-request-id": request_id, "x-fal-request-id": request_id}
     if outcome.ok:
         body = outcome.result
@@ -207,6 +212,8 @@ async def result_response(gw: GatewayState, request_id: str, outcome: Outcome) -
             body = await asyncio.to_thread(gw.store.get, outcome.result_ref)
         return Response(body, 200, media_type="application/json", headers=headers)
     err = outcome.error or {"detail": "request failed", "error_type": "KliegError"}
+    if not full:
+        err = error_view(err)
     return error_response(
         outcome.http_status, err.get("detail"), str(err.get("error_type")), headers=headers
     )

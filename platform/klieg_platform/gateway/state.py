@@ -1,4 +1,4 @@
-"""What the gateway's routes share: services and the two hot-path caches.
+"""What the gateway's routes share: services and the hot-path caches.
 
 Auth cache, read by ``auth.Authenticate`` (which decides what each route accepts):
 (key id, sha256 of secret) -> tenant for API keys (``key_tenant``), and ("kc1", tenant id) ->
@@ -6,8 +6,9 @@ tenant for call tokens, which are checked by their signature first (``token_tena
 live ``auth_ttl_s``, so a revoked key stops working within that time, and ``forget_tenant``
 drops a tenant's at once. Route cache: (owner, app, ref) -> revision, access and the input
 schema of each endpoint (built once per route, so checking a body costs no parsing of schemas),
-dropped when an alias or the visibility of that app changes (through the Waiter's
-subscription, on every gateway).
+dropped when an alias, the visibility or a setting of that app changes (through the Waiter's
+subscription, on every gateway). App cache: (owner, app) -> its record, for ``full_view``,
+dropped on the same changes.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class GatewayState:
     auth_ttl_s: float = 30.0
     _auth: dict[tuple[str, str], tuple[float, Tenant]] = field(default_factory=dict)
     _routes: dict[tuple[str, str, str], Resolved] = field(default_factory=dict)
+    _apps: dict[tuple[str, str], AppRecord] = field(default_factory=dict)
 
     @property
     def tiers(self) -> dict[str, Tier]:
@@ -113,6 +115,7 @@ class GatewayState:
             resolved = await asyncio.to_thread(self._load, owner, app, ref)
             if resolved is not None:
                 self._routes[key] = resolved
+                self._apps[(owner, app)] = resolved.app
         if resolved is None or not allowed(resolved.app, resolved.shared_with, caller):
             what = f"app {owner}/{app}" if ref == "latest" else f"{owner}/{app}@{ref}"
             raise NotFoundError(f"{what} not found")
@@ -133,10 +136,24 @@ class GatewayState:
         }
         return Resolved(rev, spec, record, frozenset(shares), inputs)
 
+    async def full_view(self, tenant_id: str, owner: str, app: str) -> bool:
+        """Whether tenant ``tenant_id`` sees requests to ``owner/app`` in full (every log line,
+        errors as raised): it owns the app, or the app shows its logs to callers
+        (``caller_logs``). Otherwise it sees them through ``klieg_platform.disclosure``. The app
+        record is cached like routes (dropped on the same changes)."""
+        record = self._apps.get((owner, app))
+        if record is None:
+            record = await asyncio.to_thread(self.registry.get_app, owner, app)
+            if record is None:
+                return False
+            self._apps[(owner, app)] = record
+        return record.owner_id == tenant_id or record.caller_logs
+
     def forget_app(self, owner_app: str) -> None:
         owner, _, app = owner_app.partition("/")
         for key in [k for k in self._routes if k[0] == owner and k[1] == app]:
             del self._routes[key]
+        self._apps.pop((owner, app), None)
 
 
 def gateway(request: Request) -> GatewayState:

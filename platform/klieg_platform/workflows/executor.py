@@ -46,6 +46,7 @@ from klieg.workflow import WorkflowDoc, resolve
 from klieg_platform import keys
 from klieg_platform.broker import Broker, Job, Leases, NewRequest, Outcome, now_ms
 from klieg_platform.config import Settings
+from klieg_platform.disclosure import WORKFLOW_SOURCE
 from klieg_platform.registry import Registry, Tenant
 from klieg_platform.storage import BlobStore, offload_payload
 from klieg_platform.workflows.store import workflow_document
@@ -345,7 +346,7 @@ class WorkflowExecutor:
         line = {
             "message": what,
             "level": "ERROR" if event == "failed" else "INFO",
-            "source": "workflow",
+            "source": WORKFLOW_SOURCE,
             "timestamp": datetime.fromtimestamp(time.time(), tz=UTC).isoformat(),
             "event": event,
             "node": node,
