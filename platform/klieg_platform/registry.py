@@ -419,6 +419,12 @@ class Registry:
             conn.execute(apps.update().where(apps.c.id == app.id).values(max_inflight=max_inflight))
         return replace(app, max_inflight=max_inflight)
 
+    def set_caller_logs(self, app: AppRecord, on: bool) -> AppRecord:
+        """Let callers other than the owner see the app's logs and full errors, or not."""
+        with self._write() as conn:
+            conn.execute(apps.update().where(apps.c.id == app.id).values(caller_logs=bool(on)))
+        return replace(app, caller_logs=bool(on))
+
     # revisions
 
     def put_revision(

@@ -52,6 +52,8 @@ apps = sa.Table(
     sa.Column("visibility", sa.String(16), nullable=False, server_default="private"),
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("max_inflight", sa.Integer, nullable=False, server_default="0"),
+    # whether callers other than the owner see its requests' logs and full errors
+    sa.Column("caller_logs", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.UniqueConstraint("owner_id", "name"),
 )
 
@@ -154,7 +156,8 @@ class Grant:
 @dataclass(frozen=True)
 class AppRecord:
     """An app; ``visibility`` is private, shared or public; ``max_inflight`` caps its running
-    requests across the platform (0: no cap)."""
+    requests across the platform (0: no cap); ``caller_logs``: callers that are not its owner
+    see its requests' logs and errors as the owner does (else only error types and messages)."""
 
     id: str
     owner: str
@@ -163,6 +166,7 @@ class AppRecord:
     created_at: float
     visibility: str = "private"
     max_inflight: int = 0
+    caller_logs: bool = False
 
 
 @dataclass(frozen=True)
@@ -198,6 +202,7 @@ APP_COLUMNS = (
     apps.c.created_at,
     apps.c.visibility,
     apps.c.max_inflight,
+    apps.c.caller_logs,
 )
 APP_FROM = apps.join(tenants, apps.c.owner_id == tenants.c.id)
 REVISION_COLUMNS = (

@@ -15,7 +15,9 @@ Record fields written here: ``webhook_status`` (``pending`` from the first claim
 ``delivered`` or ``failed``), ``webhook_attempts`` (tries so far) and ``webhook_last_error``.
 Delivery is at least once: a sender that dies mid-POST leaves its claim to expire, and another
 sender tries again. A record that expired meanwhile is dropped from the zset, never recreated.
-Delivery only reads the outcome; the result stays fetchable.
+Delivery only reads the outcome; the result stays fetchable. Given ``full_view`` (the gateway's
+``GatewayState.full_view``), the error of a request whose tenant does not own the app goes out
+as ``disclosure.error_view`` shows it, as in every other reply to that caller.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import json
 import logging
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,9 +38,13 @@ import httpx
 
 from klieg_platform.broker import UNAVAILABLE, Broker, Outage, Outcome, now_ms
 from klieg_platform.config import Settings
+from klieg_platform.disclosure import error_view
 from klieg_platform.storage import BlobStore
 
 log = logging.getLogger("klieg.webhooks")
+
+FullView = Callable[[str, str, str], Awaitable[bool]]
+"""(tenant id, owner, app) -> whether that tenant sees the app's errors as raised."""
 
 MAX_BACKOFF_S = 300.0
 BACKOFF_JITTER = 0.1
@@ -118,8 +125,10 @@ class WebhookSender:
         timeout_s: float = 10.0,
         claim_timeout_s: float = 60.0,
         poll_s: float = 0.2,
+        full_view: FullView | None = None,
     ) -> None:
         self.broker = broker
+        self.full_view = full_view
         self.store = store
         self.max_attempts = max(1, settings.webhook_max_attempts)
         self.base_backoff_s = settings.webhook_backoff_s
@@ -208,6 +217,15 @@ class WebhookSender:
         if state is None or outcome is None or not state.webhook:
             await self.broker.claims.drop_webhook(request_id)
             return
+        viewer = self.full_view
+        shown_as_raised = (
+            outcome.ok
+            or not outcome.error
+            or viewer is None
+            or await viewer(state.tenant, state.owner, state.app)
+        )
+        if not shown_as_raised and outcome.error:
+            outcome = replace(outcome, error=error_view(outcome.error))
         result, unreadable = outcome.result, ""
         if outcome.ok and outcome.result_ref:
             try:

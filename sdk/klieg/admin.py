@@ -144,6 +144,18 @@ class AdminClient(Client):
         out: dict[str, Any] = self._json(self.http.put(f"/apps/{app}/visibility", json=body))
         return out
 
+    def set_caller_logs(self, app: str, on: bool) -> dict[str, Any]:
+        """Let the app's callers (tenants other than its owner) see its requests' logs and full
+        errors, or (``on=False``, the default of every app) only error types and messages.
+
+        Example::
+
+            AdminClient().set_caller_logs("echo", True)   # {"app": "echo", "caller_logs": True}
+        """
+        body = {"caller_logs": on}
+        out: dict[str, Any] = self._json(self.http.put(f"/apps/{app}/visibility", json=body))
+        return out
+
     def limit_app(self, app: str, max_inflight: int) -> dict[str, Any]:
         """Cap an app's running requests across the platform (0: no cap)."""
         out: dict[str, Any] = self._json(

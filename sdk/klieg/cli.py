@@ -229,6 +229,13 @@ def cmd_apps_share(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_apps_caller_logs(args: argparse.Namespace) -> int:
+    out = AdminClient().set_caller_logs(args.app, args.state == "on")
+    shown = "logs and full errors" if out["caller_logs"] else "error types and messages only"
+    print(f"{out['app']}: callers see {shown}")
+    return 0
+
+
 def cmd_apps_limit(args: argparse.Namespace) -> int:
     out = _admin(args).limit_app(args.app, args.max_inflight)
     print(f"{out['app']}: at most {out['max_inflight'] or 'unlimited'} running requests")
@@ -389,6 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("app")
     _share_args(sh)
     sh.set_defaults(func=cmd_apps_share)
+    cl = apps.add_parser(
+        "caller-logs", help="whether an app's callers see its logs and full errors (default: off)"
+    )
+    cl.add_argument("app")
+    cl.add_argument("state", choices=["on", "off"])
+    cl.set_defaults(func=cmd_apps_caller_logs)
     lim = apps.add_parser("limit", help="cap an app's running requests (0: no cap)")
     lim.add_argument("app")
     lim.add_argument("--max-inflight", type=int, required=True)

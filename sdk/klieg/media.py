@@ -39,6 +39,9 @@ from pydantic import BaseModel
 from klieg.exceptions import ValidationError
 
 PENDING_SCHEME = "klieg-media://"
+INPUT_URL_SCHEMES = ("http", "https", "data")
+"""The schemes a media URL in a request may use (the platform's own file URLs are https or
+http); the gateway refuses any other (``file:``, ``ftp:``, ...) with a 422 before queueing."""
 F = TypeVar("F", bound="File")
 I = TypeVar("I", bound="Image")  # noqa: E741
 Loc = Sequence[str | int]

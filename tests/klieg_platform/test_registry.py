@@ -475,6 +475,45 @@ def test_tenant_and_app_limits(registry: Registry) -> None:
     assert registry.get_app("capped", "a") == app
 
 
+def test_caller_logs_is_off_until_the_owner_turns_it_on(registry: Registry) -> None:
+    owner = registry.create_tenant("owner", tier="free")
+    app = registry.ensure_app(owner.id, "shown")
+    assert app.caller_logs is False
+    on = registry.set_caller_logs(app, True)
+    assert on.caller_logs is True and registry.get_app("owner", "shown") == on
+    assert registry.list_apps(owner.id) == [on]
+    off = registry.set_caller_logs(on, False)
+    assert registry.get_app("owner", "shown") == off and off.caller_logs is False
+
+
+def test_an_apps_table_without_caller_logs_gains_it_off(db_url: str) -> None:
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE tenants (id VARCHAR(32) PRIMARY KEY, name VARCHAR(63) NOT NULL UNIQUE,"
+            " tier VARCHAR(32) NOT NULL, created_at FLOAT NOT NULL)"
+        )
+        conn.exec_driver_sql(
+            "CREATE TABLE apps (id VARCHAR(32) PRIMARY KEY, owner_id VARCHAR(32) NOT NULL"
+            " REFERENCES tenants (id), name VARCHAR(63) NOT NULL,"
+            " visibility VARCHAR(16) NOT NULL DEFAULT 'private', created_at FLOAT NOT NULL,"
+            " max_inflight INTEGER NOT NULL DEFAULT 0)"
+        )
+        conn.exec_driver_sql("INSERT INTO tenants VALUES ('t1', 'early', 'free', 1.0)")
+        conn.exec_driver_sql(
+            "INSERT INTO apps (id, owner_id, name, created_at) VALUES ('a1', 't1', 'old', 1.0)"
+        )
+    engine.dispose()
+    registry = Registry(db_url)
+    registry.create_all()
+    try:
+        old = registry.get_app("early", "old")
+        assert old is not None and old.caller_logs is False
+        assert registry.set_caller_logs(old, True) == registry.get_app("early", "old")
+    finally:
+        registry.close()
+
+
 def test_old_database_gains_new_columns(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = sa.create_engine(url)

@@ -15,7 +15,13 @@ from klieg_platform import keys
 from klieg_platform.broker import Broker, NewRequest, Outcome
 from klieg_platform.config import Settings
 from klieg_platform.storage.local import LocalBlobStore
-from klieg_platform.webhooks import WebhookSender, backoff_s, refused_target, webhook_body
+from klieg_platform.webhooks import (
+    FullView,
+    WebhookSender,
+    backoff_s,
+    refused_target,
+    webhook_body,
+)
 from tests.e2e.platform import free_port
 from tests.e2e.webhook_receiver import receiving
 
@@ -36,7 +42,12 @@ def run(url: str, body: Body) -> None:
 
 
 def sender(
-    broker: Broker, tmp_path: Path, *, max_attempts: int = 3, allow_private: bool = True
+    broker: Broker,
+    tmp_path: Path,
+    *,
+    max_attempts: int = 3,
+    allow_private: bool = True,
+    full_view: FullView | None = None,
 ) -> WebhookSender:
     settings = Settings(
         home=tmp_path,
@@ -44,7 +55,8 @@ def sender(
         webhook_backoff_s=0.05,
         webhook_allow_private=allow_private,
     )
-    return WebhookSender(broker, LocalBlobStore(tmp_path / "blobs"), settings, poll_s=0.02)
+    store = LocalBlobStore(tmp_path / "blobs")
+    return WebhookSender(broker, store, settings, poll_s=0.02, full_view=full_view)
 
 
 async def completed(broker: Broker, webhook: str, outcome: Outcome) -> str:
@@ -136,6 +148,40 @@ def test_retries_until_accepted_then_delivered(redis_url: str, tmp_path: Path) -
             assert await b.redis.zscore(keys.WEBHOOKS, rid) is None
             outcome = await b.queue.outcome(rid)
             assert outcome is not None and outcome.result == b'{"n": 7}'
+
+    run(redis_url, body)
+
+
+def test_a_caller_that_is_not_the_owner_gets_the_error_it_may_see(
+    redis_url: str, tmp_path: Path
+) -> None:
+    detail = 'Traceback (most recent call last):\n  File "/srv/code/app.py", line 1\n'
+    detail += "OSError: cannot open /srv/code/w.bin"
+    asked: list[tuple[str, str, str]] = []
+    sees = [False]
+
+    async def full_view(tenant: str, owner: str, app: str) -> bool:
+        asked.append((tenant, owner, app))
+        return sees[0]
+
+    async def body(b: Broker) -> None:
+        with receiving() as receiver:
+            delivered = {}
+            for owner_sees in (False, True):
+                sees[0] = owner_sees
+                error = {"detail": detail, "error_type": "AppError"}
+                rid = await completed(b, receiver.url, Outcome(ok=False, error=error))
+                s = sender(b, tmp_path, full_view=full_view)
+                await s.start()
+                try:
+                    await until(b, rid, "delivered")
+                finally:
+                    await s.stop()
+                delivered[owner_sees] = receiver.accepted(rid)[0].body
+            assert delivered[False]["error"] == "OSError: cannot open .../w.bin"
+            assert delivered[False]["payload"]["detail"] == "OSError: cannot open .../w.bin"
+            assert delivered[True]["error"] == detail
+            assert asked == [("t", "alice", "echo")] * 2
 
     run(redis_url, body)
 

@@ -6,6 +6,8 @@ GET  /apps/{name}/revisions         revisions, newest first
 POST /apps/{name}/deploy?alias=A    JSON {spec, archive(base64)} -> NDJSON progress stream
 PUT  /apps/{name}/aliases/{alias}   JSON {revision: id or alias}
 POST /apps/{name}/rollback?alias=A  move an alias back one step
+PUT  /apps/{name}/visibility        JSON {visibility, tenants} and/or {caller_logs: bool}
+PUT  /apps/{name}/limits            JSON {max_inflight}
 """
 
 from __future__ import annotations
@@ -378,12 +380,40 @@ async def deploy_app(request: Request) -> Response:
     return StreamingResponse(stream(), media_type="application/x-ndjson")
 
 
+def _caller_logs(data: dict[str, Any]) -> bool | None:
+    """The body's ``caller_logs`` (a boolean), None when it has none."""
+    value = data.get("caller_logs")
+    if value is not None and not isinstance(value, bool):
+        raise ValidationError(
+            [{"loc": ["body", "caller_logs"], "msg": "true or false", "type": "bool_type"}]
+        )
+    return value
+
+
 async def set_visibility(request: Request) -> Response:
+    """Who may call the app (``visibility``, ``tenants``) and whether those callers see its
+    logs and full errors (``caller_logs``); a body with only ``caller_logs`` leaves the
+    visibility as it is."""
     gw = gateway(request)
     tenant = auth.caller(request)
     app = await _app(gw, tenant, request.path_params["name"])
-    app, names = await share(gw, tenant, app, await read_json_object(request, 64 * 1024))
-    return JSONResponse({"app": app.name, "visibility": app.visibility, "shared_with": names})
+    data = await read_json_object(request, 64 * 1024)
+    caller_logs = _caller_logs(data)
+    if "visibility" in data or caller_logs is None:
+        app, names = await share(gw, tenant, app, data)
+    else:
+        names = await asyncio.to_thread(gw.registry.shared_with, app)
+    if caller_logs is not None:
+        app = await asyncio.to_thread(gw.registry.set_caller_logs, app, caller_logs)
+        await alias_moved(gw, tenant.name, app.name)
+    return JSONResponse(
+        {
+            "app": app.name,
+            "visibility": app.visibility,
+            "shared_with": names,
+            "caller_logs": app.caller_logs,
+        }
+    )
 
 
 def _limit(data: dict[str, Any]) -> int:

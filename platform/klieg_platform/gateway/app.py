@@ -86,7 +86,7 @@ def create_app(settings: Settings) -> Starlette:
         gw = GatewayState(settings, broker, registry, open_store(settings), Packager(settings))
         waiter = Waiter(broker, gw.forget_app, gw.forget_key, gw.forget_keys)
         await waiter.start()
-        webhooks = WebhookSender(broker, gw.store, settings)
+        webhooks = WebhookSender(broker, gw.store, settings, full_view=gw.full_view)
         await webhooks.start()
         sweeper = BlobSweeper(broker, gw.store, settings)
         await sweeper.start()

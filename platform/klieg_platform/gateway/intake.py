@@ -1,7 +1,9 @@
 """From an HTTP request to a queued request, and from an outcome back to a response.
 
 ``intake`` authenticates, resolves ``{owner}/{app}[@ref]/{path}`` to a revision and endpoint,
-reads the body under the size limit (checking it is JSON), and builds the ``NewRequest``:
+reads the body under the size limit (checking it is JSON), checks it against the endpoint's
+input schema (``klieg.input_schema``: a 422 naming the field, media URLs of allowed schemes
+only) so that nothing invalid is queued, and builds the ``NewRequest``:
 ``X-Fal-Request-Timeout`` becomes a deadline, ``?fal_webhook=`` the webhook, and a body larger
 than ``inline_payload_bytes`` goes to the blob store instead of Redis.
 """
@@ -29,6 +31,7 @@ from klieg.exceptions import (
 )
 from klieg.types import EndpointSpec, normalize_path
 from klieg_platform.broker import NewRequest, Outcome
+from klieg_platform.disclosure import error_view
 from klieg_platform.gateway import auth
 from klieg_platform.gateway.errors import error_response
 from klieg_platform.gateway.state import GatewayState, gateway
@@ -56,24 +59,28 @@ async def read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def read_input(request: Request, limit: int) -> tuple[bytes, Any]:
+    """The request body, size-limited, and its JSON value (``{}`` for an empty body, as the
+    runner reads it); ``ValidationError`` when it is not JSON."""
+    body = await read_limited(request, limit)
+    if not body.strip():
+        return body, {}
+    try:
+        return body, json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        msg = f"invalid JSON: {exc}" if isinstance(exc, ValueError) else "JSON nested too deeply"
+        raise ValidationError([{"loc": ["body"], "msg": msg, "type": "json_invalid"}]) from exc
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, size-limited and checked to be JSON (an empty body is allowed)."""
-    body = await read_limited(request, limit)
-    if body.strip():
-        try:
-            json.loads(body)
-        except ValueError as exc:
-            raise ValidationError(
-                [{"loc": ["body"], "msg": f"invalid JSON: {exc}", "type": "json_invalid"}]
-            ) from exc
-    return body
+    return (await read_input(request, limit))[0]
 
 
 async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
     """The request body parsed as a JSON object (``{}`` for an empty body), size-limited as
     ``read_body``; ``ValidationError`` for invalid JSON or any other JSON value."""
-    body = await read_body(request, limit)
-    data = json.loads(body) if body.strip() else {}
+    _, data = await read_input(request, limit)
     if not isinstance(data, dict):
         raise ValidationError([{"loc": ["body"], "msg": "expected a JSON object", "type": "type"}])
     return data
@@ -152,7 +159,10 @@ async def intake(request: Request, *, allow_stream: bool) -> Intake:
     if route is None:
         raise NotFoundError(f"app {owner}/{resolved.spec.name} has no endpoint at '{path}'")
     fn, ep = route
-    body = await read_body(request, gw.settings.max_body_bytes)
+    body, value = await read_input(request, gw.settings.max_body_bytes)
+    schema = resolved.input_schema(ep)
+    if schema is not None:
+        schema.check(value, max_data_url=gw.settings.max_body_bytes)
     rid = uuid.uuid4().hex
     body, ref = await offload_payload(gw.store, rid, body, gw.settings.inline_payload_bytes)
     new = NewRequest(
@@ -190,7 +200,11 @@ async def enqueue(gw: GatewayState, new: NewRequest, *, position: bool = False) 
         raise
 
 
-async def result_response(gw: GatewayState, request_id: str, outcome: Outcome) -> Response:
+async def result_response(
+    gw: GatewayState, request_id: str, outcome: Outcome, *, full: bool
+) -> Response:
+    """The request's result, or its error (seen through ``disclosure.error_view`` unless
+    ``full``: the caller owns the app or may see its logs)."""
     headers = {"x-klieg-request-id": request_id, "x-fal-request-id": request_id}
     if outcome.ok:
         body = outcome.result
@@ -198,6 +212,8 @@ async def result_response(gw: GatewayState, request_id: str, outcome: Outcome) -
             body = await asyncio.to_thread(gw.store.get, outcome.result_ref)
         return Response(body, 200, media_type="application/json", headers=headers)
     err = outcome.error or {"detail": "request failed", "error_type": "KliegError"}
+    if not full:
+        err = error_view(err)
     return error_response(
         outcome.http_status, err.get("detail"), str(err.get("error_type")), headers=headers
     )

@@ -11,7 +11,9 @@
   PUT  .../requests/{id}/cancel                      cancel a queued or running request
   GET  /requests/{id}/status[?logs=1]                status by id alone (``klieg logs``)
 
-``...`` is ``/queue/{owner}/{app}``. Only the tenant that submitted a request can see it.
+``...`` is ``/queue/{owner}/{app}``. Only the tenant that submitted a request can see it; a
+tenant that does not own the app sees its logs and errors as ``klieg_platform.disclosure``
+describes, unless the app shows its logs to callers.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from starlette.responses import JSONResponse, Response
 
 from klieg.exceptions import InvalidRequestError, NotFoundError
 from klieg_platform.broker import NewRequest, RequestState
+from klieg_platform.disclosure import error_view, logs_view
 from klieg_platform.gateway import auth, sse
 from klieg_platform.gateway.intake import (
     DEFAULT_SERVICE_S,
@@ -90,12 +93,19 @@ async def _owned(request: Request, *, logs: bool = False) -> tuple[GatewayState,
     return gw, state
 
 
-def status_body(request: Request, state: RequestState, *, logs: bool) -> dict[str, Any]:
+async def full_view(request: Request, gw: GatewayState, state: RequestState) -> bool:
+    """Whether the caller sees ``state``'s logs and errors in full (``GatewayState.full_view``);
+    otherwise ``status_body`` and ``result_response`` show them through ``disclosure``."""
+    return await gw.full_view(auth.caller(request).id, state.owner, state.app)
+
+
+def status_body(request: Request, state: RequestState, *, logs: bool, full: bool) -> dict[str, Any]:
+    lines = state.logs or []
     body: dict[str, Any] = {
         "request_id": state.id,
         "status": state.status,
         **request_urls(request, state.owner, state.app, state.id),
-        "logs": (state.logs or []) if logs else None,
+        "logs": (lines if full else logs_view(lines)) if logs else None,
     }
     if state.status == "IN_QUEUE":
         body["queue_position"] = state.queue_position
@@ -103,8 +113,9 @@ def status_body(request: Request, state: RequestState, *, logs: bool) -> dict[st
         if state.started_ms and state.finished_ms:
             body["metrics"] = {"inference_time": (state.finished_ms - state.started_ms) / 1000}
         if state.outcome == "error" and state.error:
-            body["error"] = state.error.get("detail")
-            body["error_type"] = state.error.get("error_type")
+            error = state.error if full else error_view(state.error)
+            body["error"] = error.get("detail")
+            body["error_type"] = error.get("error_type")
     if state.cancel_requested and state.status != "COMPLETED":
         body["cancel_requested"] = True
     if state.webhook:
@@ -145,7 +156,7 @@ async def status(request: Request) -> Response:
     if wait_s > 0:
         await _until_completed(request, wait_s)
     gw, state = await _owned(request, logs=logs)
-    body = status_body(request, state, logs=logs)
+    body = status_body(request, state, logs=logs, full=await full_view(request, gw, state))
     if state.status == "IN_QUEUE":
         body["queue_eta_s"] = await queue_eta_s(gw, state)
     return JSONResponse(body, 200 if state.status == "COMPLETED" else 202)
@@ -168,6 +179,7 @@ async def status_stream(request: Request) -> Response:
     carries only the lines that are new since the previous one), ending with COMPLETED."""
     logs = _flag(request, "logs")
     gw, first = await _owned(request)
+    full = await full_view(request, gw, first)
 
     async def events() -> AsyncIterator[bytes]:
         seen_logs = 0
@@ -179,8 +191,8 @@ async def status_stream(request: Request) -> Response:
             new_lines = await gw.broker.streams.logs(first.id, seen_logs) if logs else []
             key = (state.status, state.queue_position)
             if key != last or new_lines:
-                body = status_body(request, state, logs=False)
-                body["logs"] = new_lines if logs else None
+                body = status_body(request, state, logs=False, full=full)
+                body["logs"] = (new_lines if full else logs_view(new_lines)) if logs else None
                 seen_logs += len(new_lines)
                 last = key
                 yield sse.event(json.dumps(body).encode())
@@ -196,7 +208,8 @@ async def result(request: Request) -> Response:
     outcome = await gw.broker.queue.outcome(state.id) if state.status == "COMPLETED" else None
     if outcome is None:
         raise InvalidRequestError(f"request {state.id} is {state.status}, not COMPLETED yet")
-    return await result_response(gw, state.id, outcome)
+    full = outcome.ok or await full_view(request, gw, state)
+    return await result_response(gw, state.id, outcome, full=full)
 
 
 async def cancel(request: Request) -> Response:

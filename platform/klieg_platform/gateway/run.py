@@ -6,16 +6,19 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from klieg.exceptions import NotFoundError
 from klieg_platform.broker import CHUNK_END, NewRequest
-from klieg_platform.gateway import sse
+from klieg_platform.disclosure import error_view, event_view
+from klieg_platform.gateway import auth, sse
 from klieg_platform.gateway.intake import enqueue, intake, result_response
 from klieg_platform.gateway.state import GatewayState
 from klieg_platform.gateway.waiter import Waiter
+from klieg_platform.registry import WORKFLOW_PREFIX
 
 
 async def run_sync(request: Request) -> Response:
@@ -25,10 +28,16 @@ async def run_sync(request: Request) -> Response:
 
 async def enqueue_and_answer(request: Request, gw: GatewayState, new: NewRequest) -> Response:
     """Queue ``new`` and answer with its items as SSE (a streamed request) or, once it is
-    done, with its result or error."""
+    done, with its result or error. A caller that does not own the app sees the errors (and a
+    workflow's node events) as ``klieg_platform.disclosure`` describes."""
+    caller = auth.caller(request).id
     if new.stream:
+        full = await gw.full_view(caller, new.owner, new.app)
+        events = new.app.startswith(WORKFLOW_PREFIX)
         await enqueue(gw, new)
-        return sse.response(chunks(gw, new.id), {"x-fal-request-id": new.id})
+        return sse.response(
+            chunks(gw, new.id, full=full, events=events), {"x-fal-request-id": new.id}
+        )
     waiter: Waiter = request.app.state.waiter
     fut = waiter.expect(new.id)
     try:
@@ -39,11 +48,31 @@ async def enqueue_and_answer(request: Request, gw: GatewayState, new: NewRequest
     outcome = await waiter.wait(new.id, fut) or await gw.broker.queue.outcome(new.id)
     if outcome is None:
         raise NotFoundError(f"request {new.id} expired before its result was read")
-    return await result_response(gw, new.id, outcome)
+    full = outcome.ok or await gw.full_view(caller, new.owner, new.app)
+    return await result_response(gw, new.id, outcome, full=full)
 
 
-async def chunks(gw: GatewayState, request_id: str) -> AsyncIterator[bytes]:
+def _error_event(error: bytes | dict[str, Any], full: bool) -> bytes:
+    if full:
+        return sse.event(error if isinstance(error, bytes) else json.dumps(error).encode(), "error")
+    value = json.loads(error) if isinstance(error, bytes) else error
+    return sse.event(json.dumps(error_view(value)).encode(), "error")
+
+
+def _item(data: bytes, full: bool, events: bool) -> bytes:
+    """One item as the caller sees it: a workflow's node event through ``event_view``."""
+    if full or not events:
+        return data
+    event = json.loads(data)
+    return json.dumps(event_view(event)).encode() if isinstance(event, dict) else data
+
+
+async def chunks(
+    gw: GatewayState, request_id: str, *, full: bool, events: bool
+) -> AsyncIterator[bytes]:
     """The request's items as they arrive; an ``error`` event if it failed; then the end.
+    Unless ``full``, errors are seen through ``disclosure.error_view``, and so are the errors
+    in the items when they are a workflow's node ``events``.
 
     The worker closes the chunk stream when the request ends. A request that ended without
     reaching a worker (cancelled while queued, its worker lost for good) has no such end: once
@@ -59,14 +88,14 @@ async def chunks(gw: GatewayState, request_id: str) -> AsyncIterator[bytes]:
             after = entry_id
             if CHUNK_END in entry:
                 if entry[CHUNK_END]:
-                    yield sse.event(entry[CHUNK_END], "error")
+                    yield _error_event(entry[CHUNK_END], full)
                 return
-            yield sse.event(entry[b"data"])
+            yield sse.event(_item(entry[b"data"], full, events))
         if entries:
             continue
         state = await gw.broker.queue.get(request_id)
         if completed:
             if state is not None and state.error:
-                yield sse.event(json.dumps(state.error).encode(), "error")
+                yield _error_event(state.error, full)
             return
         completed = state is None or state.status == "COMPLETED"

@@ -1,13 +1,15 @@
-"""What the gateway's routes share: services and the two hot-path caches.
+"""What the gateway's routes share: services and the hot-path caches.
 
 Auth caches, read by ``auth.Authenticate`` (which decides what each route accepts):
 (key id, sha256 of secret) -> what the key grants (tenant, scope, expiry; ``key_grant``), and
 tenant id -> tenant for call tokens, which are checked by their signature first
 (``token_tenant``); entries live ``auth_ttl_s``. A revoked key is dropped at once on every
 gateway (``forget_key``, through the Waiter's subscription), an expired one on its next use, and
-``forget_tenant`` drops a tenant's entries. Route cache: (owner, app, ref) -> revision and
-access, dropped when an alias or the visibility of that app changes (through the Waiter's
-subscription, on every gateway).
+``forget_tenant`` drops a tenant's entries. Route cache: (owner, app, ref) -> revision, access
+and the input schema of each endpoint (built once per route, so checking a body costs no parsing
+of schemas), dropped when an alias, the visibility or a setting of that app changes (through the
+Waiter's subscription, on every gateway). App cache: (owner, app) -> its record, for
+``full_view``, dropped on the same changes.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
 from klieg.exceptions import AuthenticationError, NotFoundError
-from klieg.types import AppSpec
+from klieg.input_schema import InputSchema
+from klieg.types import AppSpec, EndpointSpec, normalize_path
 from klieg_platform import calltokens
 from klieg_platform.broker import Broker
 from klieg_platform.config import Settings
@@ -33,10 +37,17 @@ from klieg_platform.storage import BlobStore
 
 @dataclass(frozen=True)
 class Resolved:
+    """A route's revision, its spec and its app. ``inputs``: the input schema of each endpoint
+    that declares one, by normalised path, built once per cached route."""
+
     revision: Revision
     spec: AppSpec
     app: AppRecord
     shared_with: frozenset[str]
+    inputs: Mapping[str, InputSchema] = field(default_factory=dict)
+
+    def input_schema(self, endpoint: EndpointSpec) -> InputSchema | None:
+        return self.inputs.get(normalize_path(endpoint.path))
 
 
 @dataclass
@@ -50,6 +61,7 @@ class GatewayState:
     _keys: dict[tuple[str, str], tuple[float, Grant]] = field(default_factory=dict)
     _tokens: dict[str, tuple[float, Tenant]] = field(default_factory=dict)
     _routes: dict[tuple[str, str, str], Resolved] = field(default_factory=dict)
+    _apps: dict[tuple[str, str], AppRecord] = field(default_factory=dict)
 
     @property
     def tiers(self) -> dict[str, Tier]:
@@ -115,6 +127,7 @@ class GatewayState:
             resolved = await asyncio.to_thread(self._load, owner, app, ref)
             if resolved is not None:
                 self._routes[key] = resolved
+                self._apps[(owner, app)] = resolved.app
         if resolved is None or not allowed(resolved.app, resolved.shared_with, caller):
             what = f"app {owner}/{app}" if ref == "latest" else f"{owner}/{app}@{ref}"
             raise NotFoundError(f"{what} not found")
@@ -126,12 +139,33 @@ class GatewayState:
         if record is None or rev is None:
             return None
         shares = self.registry.shared_with(record) if record.visibility == "shared" else []
-        return Resolved(rev, AppSpec.model_validate(rev.spec), record, frozenset(shares))
+        spec = AppSpec.model_validate(rev.spec)
+        inputs = {
+            normalize_path(ep.path): InputSchema(ep.input_schema)
+            for fn in spec.functions
+            for ep in fn.endpoints
+            if ep.input_schema is not None
+        }
+        return Resolved(rev, spec, record, frozenset(shares), inputs)
+
+    async def full_view(self, tenant_id: str, owner: str, app: str) -> bool:
+        """Whether tenant ``tenant_id`` sees requests to ``owner/app`` in full (every log line,
+        errors as raised): it owns the app, or the app shows its logs to callers
+        (``caller_logs``). Otherwise it sees them through ``klieg_platform.disclosure``. The app
+        record is cached like routes (dropped on the same changes)."""
+        record = self._apps.get((owner, app))
+        if record is None:
+            record = await asyncio.to_thread(self.registry.get_app, owner, app)
+            if record is None:
+                return False
+            self._apps[(owner, app)] = record
+        return record.owner_id == tenant_id or record.caller_logs
 
     def forget_app(self, owner_app: str) -> None:
         owner, _, app = owner_app.partition("/")
         for key in [k for k in self._routes if k[0] == owner and k[1] == app]:
             del self._routes[key]
+        self._apps.pop((owner, app), None)
 
 
 def gateway(request: Request) -> GatewayState:

@@ -6,15 +6,15 @@
   GET  /queue/workflows/{owner}/{name}/requests/{id}[/status[/stream]]   result, status
   PUT  /queue/workflows/{owner}/{name}/requests/{id}/cancel              cancel (its nodes too)
 
-The input is checked against the workflow's input schema (422 naming the field) before anything
-is queued. A workflow request is a request record in the ``workflow`` pool with the caller's
-tenant, tier, deadline (``X-Fal-Request-Timeout``) and webhook (``?fal_webhook=``).
+The input is checked against the workflow's input schema (422 naming the field; media URLs of
+allowed schemes only) before anything is queued. A workflow request is a request record in the
+``workflow`` pool with the caller's tenant, tier, deadline (``X-Fal-Request-Timeout``) and
+webhook (``?fal_webhook=``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -26,7 +26,7 @@ from klieg.workflow import WorkflowDoc, validate_input
 from klieg_platform import keys
 from klieg_platform.broker import NewRequest
 from klieg_platform.gateway import auth, queue
-from klieg_platform.gateway.intake import deadline_ms, read_body, webhook_url
+from klieg_platform.gateway.intake import deadline_ms, read_input, webhook_url
 from klieg_platform.gateway.run import enqueue_and_answer
 from klieg_platform.gateway.state import gateway
 from klieg_platform.registry import WORKFLOW_PREFIX, AppRecord, Revision
@@ -54,8 +54,9 @@ async def _intake(request: Request, *, stream: bool) -> NewRequest:
     if found is None:
         raise NotFoundError(f"workflow {owner}/{request.path_params['name']} not found")
     app, rev, doc = found
-    body = await read_body(request, gw.settings.max_body_bytes)
-    validate_input(doc, json.loads(body) if body.strip() else {})
+    limit = gw.settings.max_body_bytes
+    body, value = await read_input(request, limit)
+    validate_input(doc, value, max_data_url=limit)
     rid = uuid.uuid4().hex
     body, ref_key = await offload_payload(gw.store, rid, body, gw.settings.inline_payload_bytes)
     return NewRequest(

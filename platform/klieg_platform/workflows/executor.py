@@ -13,7 +13,9 @@ request; independent nodes run in parallel. Guarantees:
   with its ``error``; ``output`` at the end) and, for a streamed workflow, sent as a chunk;
 - a node that fails fails the workflow with an error that names the node; the nodes still
   queued or running are cancelled; cancelling the workflow cancels them too;
-- a node runs as the workflow's caller: an app the caller may not call fails that node (404).
+- a node runs as the workflow's caller: an app the caller may not call fails that node (404);
+- a node's input is checked against its endpoint's input schema before it is queued (as the
+  gateway checks a request's): one that does not match fails that node (422).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from klieg.exceptions import (
     RequestTimeoutError,
     ValidationError,
 )
+from klieg.input_schema import InputSchema
 from klieg.types import AppSpec
 from klieg.workflow import WorkflowDoc, resolve
 from klieg_platform import keys
@@ -53,6 +56,7 @@ from klieg_platform.broker import (
     until_available,
 )
 from klieg_platform.config import Settings
+from klieg_platform.disclosure import WORKFLOW_SOURCE
 from klieg_platform.registry import Registry, Tenant
 from klieg_platform.storage import BlobStore, offload_payload
 from klieg_platform.workflows.store import workflow_document
@@ -295,7 +299,7 @@ class WorkflowExecutor:
         spec = run.doc.nodes[node]
         owner, app_name, ref, path = spec.target()
         try:
-            body = json.dumps(resolve(spec.input, run.scope)).encode()
+            value = resolve(spec.input, run.scope)
         except ValidationError as exc:
             raise NodeFailed(node, exc.to_dict(), exc.status_code) from None
         found = await asyncio.to_thread(self._route, run.tenant, owner, app_name, ref, path)
@@ -303,6 +307,13 @@ class WorkflowExecutor:
             err = NotFoundError(found)
             raise NodeFailed(node, err.to_dict(), err.status_code)
         rev_id, app_cap, fn, ep = found
+        if ep.input_schema is not None:
+            schema = InputSchema(ep.input_schema)
+            invalid = schema.errors(value, max_data_url=self.settings.max_body_bytes)
+            if invalid:
+                refused = ValidationError(invalid)
+                raise NodeFailed(node, refused.to_dict(), refused.status_code)
+        body = json.dumps(value).encode()
         limit = self.settings.inline_payload_bytes
         body, ref_key = await offload_payload(self.store, rid, body, limit)
         new = NewRequest(
@@ -357,7 +368,7 @@ class WorkflowExecutor:
         line = {
             "message": what,
             "level": "ERROR" if event == "failed" else "INFO",
-            "source": "workflow",
+            "source": WORKFLOW_SOURCE,
             "timestamp": datetime.fromtimestamp(time.time(), tz=UTC).isoformat(),
             "event": event,
             "node": node,

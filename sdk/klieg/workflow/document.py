@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from klieg.exceptions import ValidationError
+from klieg.input_schema import InputSchema
 
 NODE_ID = re.compile(r"[a-z][a-z0-9_]{0,62}")
 _REF = re.compile(r"\$([a-z][a-z0-9_]{0,62})((?:\.[^.\s]+)*)")
@@ -36,14 +37,6 @@ _PATH = re.compile(r"[A-Za-z0-9_.~-]+(?:/[A-Za-z0-9_.~-]+)*/?")
 MAX_NESTING = 100
 """How deep lists and objects may nest in a node's input and in the output template: templates
 are walked recursively (``references``, ``resolve``, serialisation)."""
-_JSON_TYPES: dict[str, tuple[tuple[type, ...], str]] = {  # JSON type -> (python, pydantic type)
-    "string": ((str,), "string_type"),
-    "integer": ((int,), "int_type"),
-    "number": ((int, float), "float_type"),
-    "boolean": ((bool,), "bool_type"),
-    "array": ((list,), "list_type"),
-    "object": ((dict,), "dict_type"),
-}
 
 
 @dataclass(frozen=True)
@@ -422,43 +415,17 @@ def resolve(template: Any, scope: dict[str, Any]) -> Any:
     return template
 
 
-def _type_ok(value: Any, want: Any) -> bool:
-    """Whether ``value`` is of the JSON type ``want``; a type this check does not know (another
-    name, or not a name at all) accepts every value."""
-    if want == "null":
-        return value is None
-    if not isinstance(want, str) or want not in _JSON_TYPES:
-        return True
-    if isinstance(value, bool) and want != "boolean":
-        return False
-    if want == "integer" and isinstance(value, float):
-        return value.is_integer()
-    return isinstance(value, _JSON_TYPES[want][0])
-
-
-def validate_input(doc: WorkflowDoc, value: Any) -> None:
-    """Check a workflow input against the document's input schema: an object, its ``required``
-    keys present, declared properties of the declared ``type``. ``ValidationError`` with a
+def validate_input(doc: WorkflowDoc, value: Any, *, max_data_url: int | None = None) -> None:
+    """Check a workflow input against the document's input schema, with JSON Schema's types as
+    written (``klieg.input_schema`` in strict mode): an object, its ``required`` keys present,
+    declared properties of the declared ``type`` (nested schemas too), media URLs of allowed
+    schemes (``data:`` URLs at most ``max_data_url`` characters). ``ValidationError`` with a
     pydantic-shaped detail list otherwise.
 
     Example::
 
         validate_input(doc, {})    # ValidationError([{"loc": ["body", "digits"], ...}])
     """
-    if not isinstance(value, dict):
-        raise ValidationError(
-            [{"loc": ["body"], "msg": "Input should be a valid dictionary", "type": "dict_type"}]
-        )
-    errors: list[dict[str, Any]] = []
-    for key in doc.input.get("required", []):
-        if key not in value:
-            errors.append({"loc": ["body", key], "msg": "Field required", "type": "missing"})
-    for key, schema in (doc.input_properties() or {}).items():
-        want = schema.get("type")
-        wants = want if isinstance(want, list) else [want] if isinstance(want, str) else []
-        if key in value and wants and not any(_type_ok(value[key], w) for w in wants):
-            kind = next((w for w in wants if w in _JSON_TYPES), "string")
-            msg = f"Input should be of type {' or '.join(wants)}"
-            errors.append({"loc": ["body", key], "msg": msg, "type": _JSON_TYPES[kind][1]})
-    if errors:
-        raise ValidationError(errors)
+    InputSchema({**doc.input, "type": "object"}, strict=True).check(
+        value, max_data_url=max_data_url
+    )
