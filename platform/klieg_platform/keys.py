@@ -53,7 +53,7 @@ klieg:reply:{gateway}     channel  one gateway's sync requests as they complete,
 klieg:cancel              channel  request ids whose running worker must interrupt them
 klieg:aliases             channel  "owner/app" whenever an alias or visibility of that app changes
 klieg:revoked-keys        channel  key ids as they are revoked (every gateway drops them)
-klieg:rate:{key id}       hash     a rate-limited key's token bucket: tokens, at_ms; expires once
+klieg:rate:{key id}       string   a rate-limited key's token bucket, "tokens at_ms"; expires once
                                    full again
 """
 

@@ -170,8 +170,6 @@ class Stream:
             with self._lock:
                 self.tally.wrong.append(f"{what}: untyped {response.status_code}")
             return
-        if response.status_code == 503 and "retry-after" not in response.headers:
-            kind += " (no Retry-After)"
         self._count("refused", kind)
 
     def _sync(self, http: httpx.Client, i: int) -> None:
@@ -183,7 +181,9 @@ class Stream:
         except httpx.TransportError:
             self._count("interrupted")
             return
-        if response.status_code in (429, 503) and _error_type(response):
+        if response.status_code == 429 or (
+            response.status_code == 503 and "retry-after" in response.headers
+        ):  # refused at the door; a 503 without Retry-After is the request's own failure
             self._refused(response, f"sync {i}")
             return
         with self._lock:
@@ -250,7 +250,7 @@ class Stream:
             except httpx.TransportError:
                 time.sleep(0.5)
                 continue
-            if response.status_code == 503:
+            if _error_type(response) == "UnavailableError":  # Redis restarting: ask again
                 time.sleep(0.5)
                 continue
             self._ended(response, i, f"queue {i} ({rid})")

@@ -776,13 +776,17 @@ return 1
 # 0 when there was one, else how many ms until there is.
 TAKE_TOKEN = """
 local now, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'at_ms')
-local tokens, at = tonumber(state[1]) or burst, tonumber(state[2]) or now
+local tokens, at = burst, now
+local state = redis.call('GET', KEYS[1])
+if state then
+  local sep = string.find(state, ' ', 1, true)
+  tokens, at = tonumber(string.sub(state, 1, sep - 1)), tonumber(string.sub(state, sep + 1))
+end
 tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
 local wait = 0
 if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) * 1000 / rate) end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at_ms', now)
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
+redis.call('SET', KEYS[1], string.format('%.6f %d', tokens, now),
+           'PX', math.ceil(burst * 1000 / rate) + 1000)
 return wait
 """
 
