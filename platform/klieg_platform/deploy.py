@@ -1,8 +1,9 @@
 """Deploy: (app spec, code archive) -> an immutable revision, and an alias moved to it.
 
 Order matters for "no revision on failure": resolve the env, build it, store the code, and only
-then write the revision and move the alias. The revision id is derived from its content (app,
-code hash, env key, spec), so deploying the same thing twice yields the same revision.
+then write the revision and move the alias. The revision id is derived from its owner and its
+content (app, code hash, env key, spec), so deploying the same thing twice yields the same
+revision, and two tenants deploying the same app each get a revision of their own.
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ class DeployResult:
     previous: str | None
 
 
-def revision_id(spec: AppSpec, code_hash: str, env_key: str) -> str:
+def revision_id(owner: str, spec: AppSpec, code_hash: str, env_key: str) -> str:
+    """``rev-`` + 20 hex digits. Revision ids are unique across the registry, so the owner is
+    part of the hash (as for workflows, ``workflows/store.py``)."""
     doc = {
+        "owner": owner,
         "app": spec.name,
         "code": code_hash,
         "env": env_key,
@@ -77,7 +81,7 @@ def deploy(
     if not store.exists(key):
         store.put(key, code)
     app = registry.ensure_app(tenant.id, spec.name)
-    rid = revision_id(spec, code_hash, locked.key)
+    rid = revision_id(tenant.name, spec, code_hash, locked.key)
     revision, created = registry.put_revision(
         app, rid, spec.model_dump(mode="json"), code_hash, locked.key, locked.python, locked.lock
     )
