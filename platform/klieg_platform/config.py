@@ -80,6 +80,9 @@ class Settings:
     s3_prefix: str = ""
     s3_presign: bool = False
     instance: str = ""
+    secrets_key: str = field(default="", repr=False)
+    """The key app secrets are sealed with (``vault.py``): ``KLIEG_SECRETS_KEY``, else
+    ``$KLIEG_HOME/secrets-key``; empty: this platform stores no secrets."""
     """A token ``klieg up`` gives the gateway it starts, read back from ``/health``."""
 
     @property
@@ -175,6 +178,7 @@ class Settings:
             s3_prefix=env.get("KLIEG_S3_PREFIX", ""),
             s3_presign=_flag(env.get("KLIEG_S3_PRESIGN"), default=False),
             instance=env.get("KLIEG_INSTANCE", ""),
+            secrets_key=env.get("KLIEG_SECRETS_KEY") or _read_key(home / "secrets-key"),
         )
 
 

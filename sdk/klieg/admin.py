@@ -82,6 +82,20 @@ class AdminClient(Client):
         keys: list[dict[str, Any]] = self._json(self.http.get("/keys"))["keys"]
         return keys
 
+    def set_secret(self, name: str, value: str) -> dict[str, Any]:
+        """Store (or replace) the tenant's secret ``name``; the answer holds no value."""
+        out: dict[str, Any] = self._json(self.http.put(f"/secrets/{name}", json={"value": value}))
+        return out
+
+    def list_secrets(self) -> list[dict[str, Any]]:
+        """The tenant's secrets: name and when set (values never leave the platform)."""
+        found: list[dict[str, Any]] = self._json(self.http.get("/secrets"))["secrets"]
+        return found
+
+    def delete_secret(self, name: str) -> dict[str, Any]:
+        out: dict[str, Any] = self._json(self.http.delete(f"/secrets/{name}"))
+        return out
+
     def revoke_key(self, key_id: str) -> dict[str, Any]:
         out: dict[str, Any] = self._json(self.http.delete(f"/keys/{key_id}"))
         return out

@@ -44,7 +44,7 @@ import cloudpickle
 from pydantic import BaseModel
 
 from klieg.exceptions import KliegError
-from klieg.types import AppSpec, EndpointSpec, FunctionSpec, normalize_path
+from klieg.types import AppSpec, EndpointSpec, FunctionSpec, normalize_path, secret_name_problem
 
 T = TypeVar("T")
 
@@ -116,13 +116,23 @@ class App:
     """
 
     def __init__(
-        self, name: str, *, requirements: Sequence[str] = (), python: str = "3.11"
+        self,
+        name: str,
+        *,
+        requirements: Sequence[str] = (),
+        python: str = "3.11",
+        secrets: Sequence[str] = (),
     ) -> None:
         if not _NAME.match(name):
             raise KliegError(f"invalid app name {name!r}: use lowercase letters, digits, - and _")
+        for secret in secrets:
+            if (problem := secret_name_problem(secret)) is not None:
+                raise KliegError(problem)
         self.name = name
         self.requirements = tuple(requirements)
         self.python = python
+        self.secrets = tuple(secrets)
+        """Secrets (``klieg secrets set NAME``) its runners get as environment variables."""
         self._entries: list[_Entry] = []
 
     def function(
@@ -236,6 +246,7 @@ class App:
             requirements=self.requirements,
             entrypoint=entrypoint,
             functions=functions,
+            secrets=self.secrets,
         )
 
 

@@ -108,6 +108,33 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_secrets_set(args: argparse.Namespace) -> int:
+    """The value comes from stdin (never the command line, where ps and shell history see it);
+    one trailing newline is dropped."""
+    value = sys.stdin.read()
+    value = value[:-1] if value.endswith("\n") else value
+    if not value:
+        raise InvalidRequestError("no value on stdin: echo -n VALUE | klieg secrets set NAME")
+    with _admin(args) as admin:
+        out = admin.set_secret(args.name, value)
+    print(f"secret {out['name']} set")
+    return 0
+
+
+def cmd_secrets_list(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        for secret in admin.list_secrets():
+            print(f"{secret['name']}  set {_when(secret['updated_at'])}")
+    return 0
+
+
+def cmd_secrets_delete(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        admin.delete_secret(args.name)
+    print(f"secret {args.name} deleted")
+    return 0
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     app, folder, entry = load_app(args.path, args.app)
     with _admin(args) as admin:
@@ -380,6 +407,16 @@ def build_parser() -> argparse.ArgumentParser:
     kr = keys.add_parser("revoke", help="revoke a key (every gateway refuses it at once)")
     kr.add_argument("key_id")
     kr.set_defaults(func=cmd_keys_revoke)
+
+    sec = sub.add_parser("secrets", help="app secrets (values from stdin, never shown again)")
+    secrets = sec.add_subparsers(dest="secrets_cmd", required=True)
+    ss = secrets.add_parser("set", help="set NAME from stdin: echo -n VALUE | klieg secrets set N")
+    ss.add_argument("name")
+    ss.set_defaults(func=cmd_secrets_set)
+    secrets.add_parser("list", help="names and when set").set_defaults(func=cmd_secrets_list)
+    sd = secrets.add_parser("delete", help="delete a secret")
+    sd.add_argument("name")
+    sd.set_defaults(func=cmd_secrets_delete)
 
     dp = sub.add_parser("deploy", help="deploy an app file as a new immutable revision")
     dp.add_argument("path")

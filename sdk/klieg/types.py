@@ -12,9 +12,23 @@ Example::
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_SECRET_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,127}")
+_RESERVED_SECRET_PREFIXES = ("KLIEG_", "PYTHON", "CUDA_", "LD_")
+
+
+def secret_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name an app secret (it becomes an environment variable of the
+    app's runners), or None when it can."""
+    if not _SECRET_NAME.fullmatch(name):
+        return f"invalid secret name {name!r}: upper-case letters, digits and _, as an env variable"
+    if name.startswith(_RESERVED_SECRET_PREFIXES) or name in ("PATH", "HOME"):
+        return f"secret name {name!r} is reserved"
+    return None
 
 
 class EndpointSpec(BaseModel):
@@ -73,6 +87,16 @@ class AppSpec(BaseModel):
     requirements: tuple[str, ...] = ()
     entrypoint: str = "app.py"
     functions: tuple[FunctionSpec, ...] = Field(default_factory=tuple)
+    secrets: tuple[str, ...] = ()
+    """Names of the owner's secrets its runners get as environment variables (never values)."""
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        for name in names:
+            if (problem := secret_name_problem(name)) is not None:
+                raise ValueError(problem)
+        return tuple(sorted(set(names)))
 
     def route(self, path: str) -> tuple[FunctionSpec, EndpointSpec] | None:
         """The function and endpoint serving ``path`` (leading/trailing slashes ignored)."""

@@ -36,7 +36,7 @@ from klieg.exceptions import (
     ValidationError,
 )
 from klieg.types import AppSpec
-from klieg_platform import keys
+from klieg_platform import keys, vault
 from klieg_platform.deploy import DeployResult, deploy
 from klieg_platform.gateway import auth
 from klieg_platform.gateway.intake import read_json_object
@@ -455,3 +455,33 @@ async def set_tenant(request: Request) -> Response:
     return JSONResponse(
         {"tenant": changed.name, "tier": changed.tier, "max_inflight": changed.max_inflight}
     )
+
+
+# ---- secrets: the API shows names and when they were set, never a value ----
+
+
+async def list_secrets(request: Request) -> Response:
+    gw = gateway(request)
+    names = await asyncio.to_thread(gw.registry.secret_names, auth.caller(request).id)
+    return JSONResponse({"secrets": [{"name": n, "updated_at": at} for n, at in names]})
+
+
+async def set_secret(request: Request) -> Response:
+    """``PUT /secrets/{name}`` ``{"value": "..."}``: sealed before it is stored."""
+    gw = gateway(request)
+    name = vault.check_name(request.path_params["name"])
+    data = await read_json_object(request, vault.MAX_VALUE_BYTES * 2)
+    value = data.get("value")
+    if not isinstance(value, str) or not value:
+        raise InvalidRequestError('send the secret as {"value": "..."} (a non-empty string)')
+    sealed = vault.Vault(gw.settings.secrets_key).seal(value)
+    at = await asyncio.to_thread(gw.registry.set_secret, auth.caller(request).id, name, sealed)
+    return JSONResponse({"name": name, "updated_at": at})
+
+
+async def delete_secret(request: Request) -> Response:
+    gw = gateway(request)
+    name = vault.check_name(request.path_params["name"])
+    if not await asyncio.to_thread(gw.registry.delete_secret, auth.caller(request).id, name):
+        raise NotFoundError(f"secret {name} not found")
+    return JSONResponse({"name": name, "deleted": True})

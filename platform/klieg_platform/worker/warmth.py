@@ -24,7 +24,7 @@ from typing import Any
 
 from klieg.exceptions import KliegError, SetupError
 from klieg.types import AppSpec, FunctionSpec
-from klieg_platform import keys
+from klieg_platform import keys, vault
 from klieg_platform.broker import Broker
 from klieg_platform.config import Settings
 from klieg_platform.packager import LockedEnv, Packager
@@ -85,17 +85,34 @@ class Warmth:
         try:
             await asyncio.to_thread(self.packager.build, locked)
             code_dir = await asyncio.to_thread(self.code.ensure, rev.code_hash)
+            secrets = await asyncio.to_thread(self._secrets, rev)
         except KliegError as exc:
             raise SetupFailed(
                 SetupError(f"could not prepare revision {rev.id}: {exc.detail}")
             ) from exc
         spec_file = self._spec_file(rev, fn)
         gpu_ids = runner.gpu_ids if self.runners.gpu_ids else None
-        env = runner_env(gpu_ids, self.settings.base_url)
+        env = runner_env(gpu_ids, self.settings.base_url) | secrets
         await runner.start(self.packager.python(rev.env_key), code_dir, spec_file, env)
         log.info("started runner pid %s for %s/%s", runner.pid, rev.id, fn.name)
         cold_s = time.monotonic() - started
         await self.broker.stats.record_time("cold", f"{rev.owner}/{rev.app}", cold_s)
+
+    def _secrets(self, rev: Revision) -> dict[str, str]:
+        """The values of the secrets ``rev`` declares, from its owner's, opened; a missing one
+        is a ``SetupError`` naming it."""
+        names = list(rev.spec.get("secrets") or ())
+        if not names:
+            return {}
+        owner = self.registry.get_tenant(rev.owner)
+        sealed = self.registry.sealed_secrets(owner.id, names) if owner else {}
+        missing = [name for name in names if name not in sealed]
+        if missing:
+            raise SetupError(
+                f"secret {', '.join(missing)} is not set: its owner runs klieg secrets set NAME"
+            )
+        box = vault.Vault(self.settings.secrets_key)
+        return {name: box.open(name, value) for name, value in sealed.items()}
 
     def _spec_file(self, rev: Revision, fn: FunctionSpec) -> Path:
         """The function spec a runner reads at start, written once (atomically) per function."""
@@ -180,12 +197,21 @@ class Warmth:
             self._warming.discard(key)
 
 
+PLATFORM_CREDENTIALS = (
+    "KLIEG_SIGNING_KEY", "KLIEG_SECRETS_KEY", "KLIEG_S3_ACCESS_KEY", "KLIEG_S3_SECRET_KEY",
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "KLIEG_DATABASE_URL",
+    "KLIEG_REDIS_URL",
+)  # fmt: skip
+"""The worker's own credentials: app code gets none of them."""
+
+
 def runner_env(gpu_ids: tuple[int, ...] | None, gateway_url: str) -> dict[str, str]:
     """The runner's environment: ours, minus what would leak this venv into the app's and the
-    signing key (app code must not mint call tokens); on a worker with GPU ids,
+    platform's credentials (app code must not mint call tokens, open secrets or reach Redis,
+    the registry or the bucket); on a worker with GPU ids,
     CUDA_VISIBLE_DEVICES names the runner's own (none for CPU work). ``KLIEG_GATEWAY_URL`` is
     where ``klieg.call`` sends its requests."""
-    hidden = ("PYTHONPATH", "VIRTUAL_ENV", "KLIEG_SIGNING_KEY")
+    hidden = ("PYTHONPATH", "VIRTUAL_ENV", *PLATFORM_CREDENTIALS)
     env = {k: v for k, v in os.environ.items() if k not in hidden}
     if gpu_ids is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
