@@ -98,6 +98,13 @@ def _health(w: World, who: Identity, access: Access) -> None:
     assert body["status"] == "ok"
 
 
+@case("GET", "/openapi.json", Access.PUBLIC)
+def _openapi(w: World, who: Identity, access: Access) -> None:
+    r = w.send(who, "GET", "/openapi.json")
+    body = expect(r, 200, "openapi")
+    assert "/keys" in body["paths"] and OWNER not in r.text, "the API document names a tenant"
+
+
 @case("POST", "/keys", Access.BOOTSTRAP)
 def _create_key(w: World, who: Identity, access: Access) -> None:
     """Minting a key for the owner's tenant: the owner and the platform admin only."""

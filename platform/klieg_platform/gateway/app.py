@@ -7,6 +7,7 @@ Each route names what it needs from its caller (``PUBLIC``, ``BOOTSTRAP``, ``CAL
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -15,7 +16,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from klieg_platform.config import Settings
-from klieg_platform.gateway import admin, files, queue, run, workflow_admin, workflow_run
+from klieg_platform.gateway import (
+    admin,
+    files,
+    openapi,
+    queue,
+    run,
+    workflow_admin,
+    workflow_run,
+)
 from klieg_platform.gateway.auth import ADMIN, BOOTSTRAP, CALLER, MANAGE, PUBLIC, route
 from klieg_platform.gateway.errors import HANDLERS
 from klieg_platform.gateway.listeners import ListenerSplit
@@ -35,11 +44,22 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok", "instance": gw.settings.instance})
 
 
+async def openapi_doc(request: Request) -> Response:
+    """This API, as OpenAPI 3.1."""
+    return JSONResponse(_openapi())
+
+
+@functools.cache
+def _openapi() -> dict[str, object]:
+    return openapi.platform_openapi(ROUTES, version="1")
+
+
 _REQUEST = "/queue/{owner}/{app}/requests/{request_id}"
 _WF_REQUEST = "/queue/workflows/{owner}/{name}/requests/{request_id}"
 
 ROUTES = [
     route("GET", "/health", health, PUBLIC),
+    route("GET", "/openapi.json", openapi_doc, PUBLIC),
     route("POST", "/keys", admin.create_key, BOOTSTRAP),
     route("GET", "/keys", admin.list_keys, ADMIN),
     route("DELETE", "/keys/{key_id}", admin.revoke_key, ADMIN),
