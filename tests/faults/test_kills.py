@@ -12,8 +12,8 @@ import signal
 
 import pytest
 
-from tests.e2e.platform import Platform, platform_pids
-from tests.faults.conftest import kill_one, process_pids, record, stream, wait_healthy
+from tests.e2e.platform import Platform, platform_pids, wait_healthy
+from tests.faults.conftest import kill_one, process_pids, record, stream
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -13,8 +13,14 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.e2e.platform import Platform, free_port, running_platform, wait_for_status
-from tests.faults.conftest import PrivateRedis, deploy_steady, record, stream, wait_healthy
+from tests.e2e.platform import (
+    Platform,
+    free_port,
+    running_platform,
+    wait_for_status,
+    wait_healthy,
+)
+from tests.faults.conftest import PrivateRedis, deploy_steady, record, stream
 
 pytestmark = pytest.mark.timeout(240)
 

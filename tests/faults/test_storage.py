@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.platform import Platform, running_platform
-from tests.faults.conftest import deploy_steady, record, stream, wait_healthy
+from tests.e2e.platform import Platform, running_platform, wait_healthy
+from tests.faults.conftest import deploy_steady, record, stream
 from tests.faults.proxy import FaultyProxy
 from tests.klieg_platform.storage.s3server import ACCESS_KEY, SECRET_KEY, moto_server
 

@@ -54,6 +54,12 @@ RESERVED = {
     "metrics",
     "requests",
     "tenants",
+    "secrets",
+    "openapi.json",
+    "console",
+    "workers",
+    "pools",
+    "runners",
 }
 _ALIAS = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 MAX_DEPLOY_BYTES = 128 * 1024 * 1024
