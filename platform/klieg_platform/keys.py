@@ -40,6 +40,7 @@ klieg:inflight:app        hash     "owner/app" -> requests in flight
 klieg:caps:tenant         hash     tenant id -> in-flight cap (0: none), as of its last enqueue
 klieg:caps:app            hash     "owner/app" -> in-flight cap (0: none)
 klieg:workers             hash     worker id -> heartbeat JSON (pools, slots, warm, idle, runners,
+                                   detail, cold_starts, gpu_ids, draining,
                                    seen_ms); stale entries are ignored, removed at shutdown
 klieg:stats:service       hash     "owner/app" -> running mean service time (ms)
 klieg:stats:cold          hash     "owner/app" -> running mean cold-start time (ms)

@@ -82,6 +82,16 @@ class AdminClient(Client):
         keys: list[dict[str, Any]] = self._json(self.http.get("/keys"))["keys"]
         return keys
 
+    def workers(self) -> list[dict[str, Any]]:
+        """Every live worker of the fleet with its runners (an admin tenant's admin key)."""
+        found: list[dict[str, Any]] = self._json(self.http.get("/workers"))["workers"]
+        return found
+
+    def pools(self) -> list[dict[str, Any]]:
+        """Per pool: workers, slots, runners by state, queue depth per tier (admin)."""
+        found: list[dict[str, Any]] = self._json(self.http.get("/pools"))["pools"]
+        return found
+
     def set_secret(self, name: str, value: str) -> dict[str, Any]:
         """Store (or replace) the tenant's secret ``name``; the answer holds no value."""
         out: dict[str, Any] = self._json(self.http.put(f"/secrets/{name}", json={"value": value}))

@@ -101,6 +101,50 @@ def _when(epoch_s: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch_s))
 
 
+def cmd_workers(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        found = admin.workers()
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    if not found:
+        print("no live workers", file=sys.stderr)
+    for w in found:
+        flags = "  draining" if w["draining"] else ""
+        gpus = f"  gpus {','.join(map(str, w['gpu_ids']))}" if w["gpu_ids"] else ""
+        print(
+            f"{w['id']}  pools {','.join(w['pools'])}  slots {w['slots_held']}/{w['slots']}"
+            f"{gpus}  cold starts {w['cold_starts']}  seen {w['seen_s_ago']}s ago{flags}"
+        )
+        for r in w["runners"]:
+            idle = f" {r['idle_s']}s" if r["state"] == "idle" else ""
+            held = f"  gpus {','.join(map(str, r['gpus']))}" if r["gpus"] else ""
+            print(f"    {r['function']}  {r['state']}{idle}{held}")
+    return 0
+
+
+def cmd_pools(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        found = admin.pools()
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    if not found:
+        print("no pools yet", file=sys.stderr)
+    for p in found:
+        slots, runners = p["slots"], p["runners"]
+        states = " ".join(f"{n} {runners[n]}" for n in runners if runners[n])
+        print(
+            f"{p['pool']}  workers {p['workers']}  slots {slots['busy']} busy/{slots['held']} held"
+            f"/{slots['total']}  runners {states or 'none'}  queued {p['queued']}"
+        )
+        for q in p["queue"]:
+            if q["queued"]:
+                wait = q["oldest_wait_s"]
+                print(f"    {q['tier']:<10}  {q['queued']} queued, oldest {wait:.1f}s")
+    return 0
+
+
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     with _admin(args) as admin:
         out = admin.revoke_key(args.key_id)
@@ -408,6 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
     kr.add_argument("key_id")
     kr.set_defaults(func=cmd_keys_revoke)
 
+    wk = sub.add_parser("workers", help="live workers and their runners (admin)")
+    wk.add_argument("--json", action="store_true", help="print the JSON the gateway answered")
+    wk.set_defaults(func=cmd_workers)
+    pl = sub.add_parser("pools", help="pools: workers, slots, runners, queue per tier (admin)")
+    pl.add_argument("--json", action="store_true", help="print the JSON the gateway answered")
+    pl.set_defaults(func=cmd_pools)
     sec = sub.add_parser("secrets", help="app secrets (values from stdin, never shown again)")
     secrets = sec.add_subparsers(dest="secrets_cmd", required=True)
     ss = secrets.add_parser("set", help="set NAME from stdin: echo -n VALUE | klieg secrets set N")

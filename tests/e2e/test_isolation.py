@@ -10,7 +10,7 @@ requests of their own on the owner's apps. The expectations:
 - a call token on a route that manages (keys, apps, workflows, tenants): 403; a ``call`` key
   there: 403; a ``deploy`` key on the key and tenant routes: 403;
 - keys and tenants: a tenant mints, lists and revokes its own keys only, the platform admin
-  any tenant's; changing a tenant takes the platform admin;
+  any tenant's; changing a tenant and the fleet views (workers, pools) take the platform admin;
 - an app, workflow, request, status, log, result, revision, alias or key of another tenant
   that the caller may not see: 404 with the same detail as for one that does not exist, never
   403 (existence does not leak), and nothing of it in the answer;
@@ -332,6 +332,20 @@ def _set_tenant(w: World, who: Identity, access: Access) -> None:
             admin.set_tenant(OWNER, max_inflight=0)
     else:
         assert tenant.max_inflight == 0
+
+
+@case("GET", "/workers", Access.ADMIN)
+@case("GET", "/pools", Access.ADMIN)
+def _fleet(w: World, who: Identity, access: Access) -> None:
+    """The fleet views show every tenant's runners: the platform admin only."""
+    for path, field in (("/workers", "workers"), ("/pools", "pools")):
+        r = w.send(who, "GET", path)
+        allowed = who.tenant == ADMIN
+        body = expect(r, outcome(access, who, allowed=allowed, ok=200, denied=403), path)
+        if r.status_code == 200:
+            assert isinstance(body[field], list)
+        else:
+            assert "runners" not in r.text and "function" not in r.text
 
 
 @case("GET", "/workflows", Access.MANAGE)

@@ -1,7 +1,8 @@
 """Worker membership: heartbeats in ``keys.WORKERS`` and what they tell about the fleet.
 
 Each worker writes its heartbeat document (pools, slots, the apps it holds warm, the
-"revision/function" of its idle runners and of all its runners, ``seen_ms``) every housekeeping
+"revision/function" of its idle runners and of all its runners, ``seen_ms``, and for the fleet
+views each runner's state, its cold starts, GPU ids and whether it drains) every housekeeping
 round; a worker not heard from in ``WORKER_FRESH_S`` is taken for gone.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,13 +49,21 @@ class Membership:
         warm: Collection[str],
         idle: Collection[str],
         runners: Sequence[str] = (),
+        *,
+        detail: Sequence[Mapping[str, Any]] = (),
+        cold_starts: int = 0,
+        gpu_ids: Sequence[int] = (),
+        draining: bool = False,
     ) -> Peers:
         """A worker says it is alive: its pools, its slots, the apps it holds warm, and the
-        "revision/function" of its idle runners and of all its runners. Returns what the other
-        live workers hold."""
+        "revision/function" of its idle runners and of all its runners; for the fleet views
+        also each runner's ``detail`` (``RunnerSet.describe``), its cold starts so far, its GPU
+        ids and whether it drains. Returns what the other live workers hold."""
         doc = {
             "pools": list(pools), "slots": slots, "warm": sorted(set(warm)),
             "idle": sorted(set(idle)), "runners": list(runners), "seen_ms": now_ms(),
+            "detail": list(detail), "cold_starts": cold_starts, "gpu_ids": list(gpu_ids),
+            "draining": draining,
         }  # fmt: skip
         await self.redis.hset(keys.WORKERS, worker_id, json.dumps(doc))
         peers = Peers()

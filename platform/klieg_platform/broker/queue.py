@@ -89,6 +89,16 @@ class Wakes:
             self.wire.close()
 
 
+@dataclass(frozen=True)
+class Depth:
+    """The queue of one pool and tier: requests waiting and the oldest one's wait (s)."""
+
+    pool: str
+    tier: str
+    queued: int
+    oldest_wait_s: float
+
+
 class Queue:
     def __init__(
         self,
@@ -354,6 +364,25 @@ class Queue:
             values: list[Any] = await self.wire.call("HMGET", key, *fields)
             return values
         return await self.redis.hmget(key, fields)
+
+    async def depths(self) -> list[Depth]:
+        """How many requests wait in each pool and tier of every pool that has had a request,
+        and how long the oldest has waited (reserved ones included: they have not started)."""
+        members: set[Any] = await self.redis.smembers(keys.POOLS)
+        pools = sorted(p.decode() if isinstance(p, bytes) else str(p) for p in members)
+        cells = [(pool, tier) for pool in pools for tier in self.tiers]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for pool, tier in cells:
+                pipe.zcard(keys.queue(pool, tier))
+                pipe.zrange(keys.queue(pool, tier), 0, 0, withscores=True)
+            replies = await pipe.execute()
+        now = now_ms()
+        out = []
+        for i, (pool, tier) in enumerate(cells):
+            queued, head = int(replies[2 * i]), replies[2 * i + 1]
+            oldest = max(0.0, (now - head[0][1] / 1000) / 1000) if head else 0.0
+            out.append(Depth(pool, tier, queued, round(oldest, 3)))
+        return out
 
     async def existing(self, request_ids: Sequence[str]) -> list[bool]:
         """Whether each request still has a record."""

@@ -19,6 +19,7 @@ from klieg_platform.config import Settings
 from klieg_platform.gateway import (
     admin,
     files,
+    fleet,
     openapi,
     queue,
     run,
@@ -74,6 +75,8 @@ ROUTES = [
     route("PUT", "/apps/{name}/limits", admin.set_app_limits, MANAGE),
     route("PUT", "/tenants/{name}", admin.set_tenant, ADMIN),
     route("GET", "/secrets", admin.list_secrets, MANAGE),
+    route("GET", "/workers", fleet.list_workers, ADMIN),
+    route("GET", "/pools", fleet.list_pools, ADMIN),
     route("PUT", "/secrets/{name}", admin.set_secret, MANAGE),
     route("DELETE", "/secrets/{name}", admin.delete_secret, MANAGE),
     route("GET", "/workflows", workflow_admin.list_workflows, MANAGE),

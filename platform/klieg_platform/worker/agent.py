@@ -203,6 +203,8 @@ class Worker:
                     self.id, self.pools, self.runners.slots, warm,
                     [] if self._draining else self._idle_here(),
                     [f"{r.key[0]}/{r.key[1]}" for r in mine],
+                    detail=self.runners.describe(), cold_starts=self.runners.cold_starts,
+                    gpu_ids=self.runners.gpu_ids, draining=self._draining,
                 )  # fmt: skip
                 idle = self._peers.idle
                 serving = idle if "*" in self.pools else {p: idle.get(p, set()) for p in self.pools}

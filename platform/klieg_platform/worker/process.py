@@ -45,6 +45,8 @@ class RunnerProcess:
         self.key = key
         self.spec = spec
         self.busy = True
+        self.ready = False
+        """Whether the runner said ``ready`` (setup done); until then it is starting."""
         self.last_used = time.monotonic()
         self.proc: asyncio.subprocess.Process | None = None
         self.serving: tuple[str, ...] = ()
@@ -103,6 +105,7 @@ class RunnerProcess:
         if not isinstance(msg, protocol.Ready):
             await self.kill()
             raise SetupFailed(SetupError(f"runner sent {msg!r} before it was ready"))
+        self.ready = True
 
     async def call(
         self,

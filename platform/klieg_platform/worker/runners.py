@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 from klieg.types import FunctionSpec
 from klieg_platform.worker.process import RunnerKey, RunnerProcess
@@ -34,7 +35,8 @@ class RunnerSet:
         self.slots = len(self.gpu_ids) if self.gpu_ids else slots
         self.runners: list[RunnerProcess] = []
         self._cond = asyncio.Condition()
-        self._stopping: set[asyncio.Task[None]] = set()
+        self._stopping: dict[asyncio.Task[None], str] = {}
+        """Runners being stopped to make room -> their "revision/function"."""
         self.cold_starts = 0
 
     async def acquire(
@@ -77,6 +79,22 @@ class RunnerSet:
                 out.append(f"{key[0]}/{key[1]}")
         return out
 
+    def describe(self) -> list[dict[str, Any]]:
+        """Each runner for the fleet views: its "revision/function", state (``starting``,
+        ``busy``, ``idle``, ``stopping``), seconds idle, GPU ids, slots and pid."""
+        now = time.monotonic()
+        out = []
+        for r in self.runners:
+            state = "starting" if not r.ready else "busy" if r.busy else "idle"
+            out.append({
+                "function": f"{r.key[0]}/{r.key[1]}", "state": state,
+                "idle_s": round(now - r.last_used, 1) if state == "idle" else 0.0,
+                "gpus": list(r.gpu_ids), "slots": units(r.spec), "pid": r.pid,
+            })  # fmt: skip
+        out.extend({"function": name, "state": "stopping", "idle_s": 0.0, "gpus": [], "slots": 0,
+                    "pid": None} for name in self._stopping.values())  # fmt: skip
+        return out
+
     def used(self) -> int:
         return sum(units(r.spec) for r in self.runners)
 
@@ -102,8 +120,8 @@ class RunnerSet:
         for victim in chosen:
             self._remove(victim)
             task = asyncio.create_task(victim.stop())
-            self._stopping.add(task)
-            task.add_done_callback(self._stopping.discard)
+            self._stopping[task] = f"{victim.key[0]}/{victim.key[1]}"
+            task.add_done_callback(lambda t: self._stopping.pop(t, None))
         return True
 
     def _free_gpus(self, spec: FunctionSpec) -> tuple[int, ...]:

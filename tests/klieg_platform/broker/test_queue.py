@@ -688,3 +688,28 @@ def test_reindex_builds_the_lane_index_for_requests_queued_before_it(redis_url: 
         assert [j.id if j else None for j in got] == [first.id, second.id, None]
 
     run(redis_url, body)
+
+
+def test_depths_count_waiting_requests_per_pool_and_tier_with_the_oldest_wait(
+    redis_url: str,
+) -> None:
+    async def body(b: Broker) -> None:
+        assert await b.queue.depths() == []
+        at = now_ms()
+        await b.queue.enqueue(new("CPU"), at_ms=at - 4000)
+        await b.queue.enqueue(new("CPU"), at_ms=at - 1000)
+        await b.queue.enqueue(replace(new("GPU-H100"), tier="enterprise"))
+        found = {(d.pool, d.tier): d for d in await b.queue.depths()}
+        assert set(found) == {(p, t) for p in ("CPU", "GPU-H100") for t in b.queue.tiers}
+        cpu = found[("CPU", "free")]
+        assert cpu.queued == 2 and 3.9 <= cpu.oldest_wait_s <= 6
+        assert found[("GPU-H100", "enterprise")].queued == 1
+        empty = replace(cpu, pool="GPU-H100", queued=0, oldest_wait_s=0)
+        assert found[("GPU-H100", "free")] == empty
+        started = await b.queue.dispatch(["CPU"], "w1", 30)
+        assert started is not None
+        after = {(d.pool, d.tier): d for d in await b.queue.depths()}
+        assert after[("CPU", "free")].queued == 1
+        assert after[("CPU", "free")].oldest_wait_s < 3
+
+    run(redis_url, body)

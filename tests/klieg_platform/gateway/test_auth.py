@@ -55,6 +55,8 @@ NOT_CALLER = {
     ("GET", "/secrets"): Access.MANAGE,
     ("PUT", "/secrets/{name}"): Access.MANAGE,
     ("DELETE", "/secrets/{name}"): Access.MANAGE,
+    ("GET", "/workers"): Access.ADMIN,
+    ("GET", "/pools"): Access.ADMIN,
     ("GET", "/workflows"): Access.MANAGE,
     ("GET", "/workflows/{name}"): Access.MANAGE,
     ("PUT", "/workflows/{name}"): Access.MANAGE,

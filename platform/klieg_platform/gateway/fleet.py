@@ -1,0 +1,98 @@
+"""The fleet views: workers, pools and their queues, as JSON, for the CLI and the console.
+
+GET /workers   every live worker: pools, slots, GPU ids, whether it drains, cold starts so far,
+               and each runner's "revision/function", state, idle time and the GPUs it holds
+GET /pools     per pool: live workers, slots (held by runners, busy, free), runners by state,
+               and per tier the requests waiting and the oldest one's wait
+
+Both come from Redis (heartbeats in ``keys.WORKERS``, the queues), so every gateway answers for
+the whole fleet. They show every tenant's runners, so only an admin tenant's ``admin`` key sees
+them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from klieg.exceptions import PermissionDeniedError
+from klieg_platform import keys
+from klieg_platform.broker import Depth, now_ms
+from klieg_platform.gateway import auth
+from klieg_platform.gateway.state import gateway
+
+RUNNER_STATES = ("starting", "busy", "idle", "stopping")
+"""A runner's states, in the order the views list them."""
+
+
+def _operator(request: Request) -> None:
+    if not auth.caller(request).admin:
+        raise PermissionDeniedError("the fleet views are for an admin tenant")
+
+
+def worker_view(worker_id: str, doc: dict[str, Any], now: int) -> dict[str, Any]:
+    """One heartbeat document as the API shows it."""
+    runners = list(doc.get("detail", []))
+    held = sum(r["slots"] for r in runners if r["state"] != "stopping")
+    return {
+        "id": worker_id,
+        "pools": doc["pools"],
+        "slots": int(doc["slots"]),
+        "slots_held": held,
+        "gpu_ids": doc.get("gpu_ids", []),
+        "draining": bool(doc.get("draining", False)),
+        "cold_starts": int(doc.get("cold_starts", 0)),
+        "seen_s_ago": round(max(0, now - int(doc["seen_ms"])) / 1000, 1),
+        "runners": runners,
+    }
+
+
+def pool_views(workers: list[dict[str, Any]], depths: list[Depth]) -> list[dict[str, Any]]:
+    """Per pool (those that have had a request and those a worker names): workers, slots,
+    runners by state, and the queue per tier. A worker serving every pool (``*``) counts in
+    each."""
+    named = {p for w in workers for p in w["pools"] if p != keys.ALL_POOLS}
+    names = sorted({d.pool for d in depths} | named)
+    out = []
+    for name in names:
+        serving = [w for w in workers if name in w["pools"] or keys.ALL_POOLS in w["pools"]]
+        states: Counter[str] = Counter()
+        busy = 0
+        for w in serving:
+            for r in w["runners"]:
+                states[r["state"]] += 1
+                busy += r["slots"] if r["state"] in ("busy", "starting") else 0
+        slots = sum(w["slots"] for w in serving)
+        held = sum(w["slots_held"] for w in serving)
+        mine = [d for d in depths if d.pool == name]
+        queue = [
+            {"tier": d.tier, "queued": d.queued, "oldest_wait_s": d.oldest_wait_s} for d in mine
+        ]
+        out.append({
+            "pool": name, "workers": len(serving),
+            "slots": {"total": slots, "held": held, "busy": busy, "free": max(0, slots - held)},
+            "runners": {s: states[s] for s in RUNNER_STATES},
+            "queued": sum(d.queued for d in mine), "queue": queue,
+        })  # fmt: skip
+    return out
+
+
+async def fleet_workers(request: Request) -> list[dict[str, Any]]:
+    now = now_ms()
+    live = await gateway(request).broker.workers.live()
+    return [worker_view(wid, doc, now) for wid, doc in sorted(live)]
+
+
+async def list_workers(request: Request) -> Response:
+    _operator(request)
+    return JSONResponse({"workers": await fleet_workers(request)})
+
+
+async def list_pools(request: Request) -> Response:
+    _operator(request)
+    workers = await fleet_workers(request)
+    depths = await gateway(request).broker.queue.depths()
+    return JSONResponse({"pools": pool_views(workers, depths)})
