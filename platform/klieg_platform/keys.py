@@ -44,6 +44,18 @@ klieg:workers             hash     worker id -> heartbeat JSON (pools, slots, wa
                                    seen_ms); stale entries are ignored, removed at shutdown
 klieg:stats:service       hash     "owner/app" -> running mean service time (ms)
 klieg:stats:cold          hash     "owner/app" -> running mean cold-start time (ms)
+klieg:metrics:requests    hash     "{pool}|{tier}|{owner/app}|{status}" -> requests completed
+                                   (status ok, error or cancelled)
+klieg:metrics:queue_s     hash     histogram of seconds queued, "{pool}|{tier}|{owner/app}|{i}" ->
+                                   count in bucket i (1-based, of ``scripts.DURATIONS``; the last
+                                   is +Inf), and "...|sum"
+klieg:metrics:run_s       hash     the same for seconds running
+klieg:metrics:cold_s      hash     the same for cold starts, "{pool}|{owner/app}|{i}"
+klieg:metrics:batch       hash     the same for batch sizes (``scripts.BATCH_SIZES``)
+klieg:metrics:slo:{minute}
+                          hash     "{tier}|met" and "{tier}|all": requests started that minute
+                                   (epoch ms // 60000) within their tier's SLO, and all; 11 min
+klieg:slo                 hash     tier -> SLO (ms) of the queue wait, written by each gateway
 klieg:webhooks            zset     completed request ids with a webhook, scored by when the next
                                    try is due (ms); a sender's claim pushes it to its deadline
 klieg:prewarm:{fn}        string   short claim: one worker starts a min_concurrency runner
@@ -90,6 +102,13 @@ ALL_POOLS = "*"
 WORKFLOW_POOL = "workflow"
 """Workflow requests queue here: served by workflow executors, never by ``*`` workers, and not
 counted against tenant or app in-flight caps (their nodes are)."""
+METRICS_REQUESTS = PREFIX + "metrics:requests"
+METRICS_QUEUE_S = PREFIX + "metrics:queue_s"
+METRICS_RUN_S = PREFIX + "metrics:run_s"
+METRICS_COLD_S = PREFIX + "metrics:cold_s"
+METRICS_BATCH = PREFIX + "metrics:batch"
+METRICS_SLO_PREFIX = PREFIX + "metrics:slo:"
+SLO = PREFIX + "slo"
 WEBHOOKS = PREFIX + "webhooks"
 SWEEP_CLAIM = PREFIX + "sweep"
 """Held by the gateway sweeping the blob store this period (one per cluster)."""
@@ -150,6 +169,11 @@ def reply(gateway_id: str) -> str:
 
 def rate(key_id: str) -> str:
     return PREFIX + "rate:" + key_id
+
+
+def metrics_slo(minute: int) -> str:
+    """SLO attainment counts of one minute (epoch ms // 60000)."""
+    return f"{METRICS_SLO_PREFIX}{minute}"
 
 
 def prewarm(function_key: str) -> str:

@@ -11,6 +11,7 @@ requests of their own on the owner's apps. The expectations:
   there: 403; a ``deploy`` key on the key and tenant routes: 403;
 - keys and tenants: a tenant mints, lists and revokes its own keys only, the platform admin
   any tenant's; changing a tenant and the fleet views (workers, pools) take the platform admin;
+- metrics: a tenant sees the series of its own apps only, the platform admin every series;
 - an app, workflow, request, status, log, result, revision, alias or key of another tenant
   that the caller may not see: 404 with the same detail as for one that does not exist, never
   403 (existence does not leak), and nothing of it in the answer;
@@ -332,6 +333,22 @@ def _set_tenant(w: World, who: Identity, access: Access) -> None:
             admin.set_tenant(OWNER, max_inflight=0)
     else:
         assert tenant.max_inflight == 0
+
+
+@case("GET", "/metrics", Access.MANAGE)
+def _metrics(w: World, who: Identity, access: Access) -> None:
+    """Series of the owner's apps: the owner and the platform admin; nobody else sees a label
+    of them (the fleet-wide gauges are the admin's)."""
+    r = w.send(who, "GET", "/metrics")
+    expect(r, outcome(access, who, allowed=True, ok=200), "GET /metrics")
+    if r.status_code != 200:
+        return
+    shown = f'owner="{OWNER}"' in r.text
+    if who.tenant in (OWNER, ADMIN):
+        assert shown, "the owner's series are missing"
+    else:
+        assert not shown and PRIVATE not in r.text, f"{OWNER}'s series shown to {who.tenant}"
+    assert ("klieg_queue_depth" in r.text) == (who.tenant == ADMIN)
 
 
 @case("GET", "/workers", Access.ADMIN)

@@ -139,10 +139,11 @@ class Queue:
         tier = self.tiers.get(req.tier)
         if tier is None:
             raise InvalidRequestError(f"unknown tier {req.tier!r}")
-        head: list[Any] = [req.id, req.pool, req.tier, at_ms or now_ms(), tier.max_queued]
+        at = at_ms or now_ms()
+        head: list[Any] = [req.id, req.pool, req.tier, at, tier.max_queued]
         caps: list[Any] = [req.tenant, req.tenant_cap, req.app_key, req.app_cap]
         spec = self.tiers_spec if position else ""
-        reply = await self._enqueue(args=[*head, *caps, spec, *req.fields(now_ms())])
+        reply = await self._enqueue(args=[*head, *caps, spec, *req.fields(at)])
         if int(reply[0]) < 0:
             raise QueueFullError(
                 f"the {req.tier} queue of pool {req.pool} is full ({int(reply[1])} waiting)",

@@ -23,6 +23,14 @@ from __future__ import annotations
 from klieg_platform import keys, scheduler
 from klieg_platform.broker.jobs import JOB, REPLY, Status, lua_list
 
+DURATIONS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+             300.0, 600.0, 1800.0, 3600.0)  # fmt: skip
+"""Upper bounds (s) of the buckets of the queue, run and cold-start histograms (then +Inf)."""
+BATCH_SIZES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
+"""Upper bounds of the batch-size histogram's buckets (then +Inf)."""
+SLO_WINDOW_S = 660
+"""How long a minute's SLO counts are kept (the attainment covers the last 10 minutes)."""
+
 PRELUDE = f"""
 local REQ, QUEUE, WAKE = '{keys.REQUEST_PREFIX}', '{keys.QUEUE_PREFIX}', '{keys.WAKE_PREFIX}'
 local INFLIGHT, POOLS = '{keys.INFLIGHT}', '{keys.POOLS}'
@@ -40,6 +48,43 @@ local LOGS = '{keys.LOGS_PREFIX}'
 local S_QUEUED, S_RUNNING = '{Status.IN_QUEUE}', '{Status.IN_PROGRESS}'
 local S_DONE = '{Status.COMPLETED}'
 local WARM_SHARE = {scheduler.WARM_SHARE!r}
+local M_REQUESTS = '{keys.METRICS_REQUESTS}'
+local M_QUEUE, M_RUN = '{keys.METRICS_QUEUE_S}', '{keys.METRICS_RUN_S}'
+local M_SLO, SLO = '{keys.METRICS_SLO_PREFIX}', '{keys.SLO}'
+local DURATIONS = {{{", ".join(repr(b) for b in DURATIONS)}}}
+
+-- count value v in the histogram hash key under labels (bucket i: the first bound >= v)
+local function observe(key, labels, v, bounds)
+  local i = #bounds + 1
+  for b = 1, #bounds do
+    if v <= bounds[b] then i = b; break end
+  end
+  redis.call('HINCRBY', key, labels .. '|' .. i, 1)
+  redis.call('HINCRBYFLOAT', key, labels .. '|sum', v)
+end
+
+-- a completed request's metrics: its count by status, its queue and run times, and whether it
+-- started within its tier's SLO (keys.py: klieg:metrics:*)
+local function measure(rk, now)
+  local m = redis.call('HMGET', rk, 'pool', 'tier', 'app_key', 'created_ms', 'started_ms',
+                       'outcome', 'cancelled')
+  local labels = (m[1] or '') .. '|' .. (m[2] or '') .. '|' .. (m[3] or '')
+  local status = 'error'
+  if m[7] == '1' then status = 'cancelled' elseif m[6] == 'ok' then status = 'ok' end
+  redis.call('HINCRBY', M_REQUESTS, labels .. '|' .. status, 1)
+  local started, created = tonumber(m[5] or ''), tonumber(m[4] or '')
+  if not started or started <= 0 or not created then return end
+  local wait_ms = math.max(0, started - created)
+  observe(M_QUEUE, labels, wait_ms / 1000, DURATIONS)
+  observe(M_RUN, labels, math.max(0, tonumber(now) - started) / 1000, DURATIONS)
+  local slo = tonumber(redis.call('HGET', SLO, m[2] or '') or '')
+  if slo then
+    local win = M_SLO .. math.floor(started / 60000)
+    if wait_ms <= slo then redis.call('HINCRBY', win, m[2] .. '|met', 1) end
+    redis.call('HINCRBY', win, m[2] .. '|all', 1)
+    redis.call('EXPIRE', win, {SLO_WINDOW_S})
+  end
+end
 
 local function qkey(pool, tier) return QUEUE .. pool .. ':' .. tier end
 
@@ -239,6 +284,7 @@ local function finish(id, now, ttl, fields)
   local rk = REQ .. id
   if redis.call('HGET', rk, 'status') == S_RUNNING then stopped(rk) end
   redis.call('HSET', rk, 'status', S_DONE, 'finished_ms', now, unpack(fields))
+  measure(rk, now)
   redis.call('ZREM', INFLIGHT, id)
   redis.call('EXPIRE', rk, ttl)
   redis.call('EXPIRE', LOGS .. id, ttl)
@@ -760,6 +806,27 @@ if st[1] == S_RUNNING then
   return 2
 end
 return 0
+"""
+)
+
+# ARGV: pool, app key, cold-start seconds. Folds the app's mean cold start (ms) and counts it
+# in the cold-start histogram.
+RECORD_COLD = (
+    PRELUDE
+    + f"""
+fold_mean(COLD, ARGV[2], string.format('%.1f', tonumber(ARGV[3]) * 1000))
+observe('{keys.METRICS_COLD_S}', ARGV[1] .. '|' .. ARGV[2], tonumber(ARGV[3]), DURATIONS)
+return 1
+"""
+)
+
+# ARGV: pool, app key, batch size. Counts it in the batch-size histogram.
+RECORD_BATCH = (
+    PRELUDE
+    + f"""
+observe('{keys.METRICS_BATCH}', ARGV[1] .. '|' .. ARGV[2], tonumber(ARGV[3]),
+        {{{", ".join(repr(b) for b in BATCH_SIZES)}}})
+return 1
 """
 )
 

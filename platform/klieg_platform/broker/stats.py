@@ -1,33 +1,130 @@
-"""Measured times per app: running means of service and cold-start times, in Redis so every
-gateway and worker of the fleet sees the same figures (``keys.SERVICE_STATS``,
-``keys.COLD_STATS``; ms, one decimal)."""
+"""Telemetry and stats, in Redis so every gateway and worker of the fleet sees the same figures.
+
+- Running means of service and cold-start times per app (``keys.SERVICE_STATS``,
+  ``keys.COLD_STATS``; ms, one decimal), which the scheduler's estimates use.
+- The metrics' counts (``keys.METRICS_*``): requests by status and their queue and run times are
+  counted by the scripts as each request completes (``scripts.measure``); cold starts and batch
+  sizes by the worker, here. ``snapshot`` reads them all for ``GET /metrics``.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import redis.asyncio as aioredis
 
 from klieg_platform import keys
 from klieg_platform.broker import scripts as lua
+from klieg_platform.scheduler import Tier
 
 Kind = Literal["service", "cold"]
+Labels = tuple[str, ...]
 
 
 def _key(kind: Kind) -> str:
     return keys.SERVICE_STATS if kind == "service" else keys.COLD_STATS
 
 
+@dataclass
+class Histogram:
+    """Per label set: count per bucket (``bounds``, then +Inf; not cumulative) and the sum."""
+
+    bounds: tuple[float, ...]
+    buckets: dict[Labels, list[int]] = field(default_factory=dict)
+    sums: dict[Labels, float] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, raw: dict[Any, Any], bounds: tuple[float, ...]) -> Histogram:
+        out = cls(bounds)
+        for name, value in raw.items():
+            *labels, slot = (name.decode() if isinstance(name, bytes) else name).split("|")
+            key = tuple(labels)
+            if slot == "sum":
+                out.sums[key] = float(value)
+            elif slot.isdigit() and 1 <= int(slot) <= len(bounds) + 1:
+                out.buckets.setdefault(key, [0] * (len(bounds) + 1))[int(slot) - 1] += int(value)
+        for key in out.buckets:
+            out.sums.setdefault(key, 0.0)
+        return out
+
+
+@dataclass
+class Snapshot:
+    """What ``GET /metrics`` reports from Redis: fleet-wide, whichever gateway reads it."""
+
+    requests: dict[Labels, int]
+    """(pool, tier, owner/app, status) -> requests completed."""
+    queue_s: Histogram
+    run_s: Histogram
+    cold_s: Histogram
+    """Labels (pool, owner/app)."""
+    batch: Histogram
+    """Labels (pool, owner/app)."""
+    slo: dict[str, tuple[int, int]]
+    """tier -> (started within the SLO, started) over the last 10 minutes."""
+
+
 class Stats:
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
         self._record = redis.register_script(lua.RECORD_TIME)
+        self._cold = redis.register_script(lua.RECORD_COLD)
+        self._batch = redis.register_script(lua.RECORD_BATCH)
 
     async def record_time(self, kind: Kind, app_key: str, seconds: float) -> None:
         """Fold a service or cold-start time into the app's running mean (one atomic step:
         weight 0.2 for the new sample)."""
         await self._record(keys=[_key(kind)], args=[app_key, f"{seconds * 1000:.1f}"])
 
+    async def record_cold_start(self, pool: str, app_key: str, seconds: float) -> None:
+        """A runner of ``app_key`` started in ``seconds``: its mean and its histogram."""
+        await self._cold(args=[pool, app_key, f"{seconds:.6f}"])
+
+    async def record_batch(self, pool: str, app_key: str, size: int) -> None:
+        await self._batch(args=[pool, app_key, size])
+
     async def mean_time(self, kind: Kind, app_key: str) -> float | None:
         value = await self.redis.hget(_key(kind), app_key)
         return float(value) / 1000 if value is not None else None
+
+    async def publish_slos(self, tiers: Iterable[Tier]) -> None:
+        """Tell the scripts each tier's queue-wait SLO (for the SLO attainment counts)."""
+        args: list[str | int] = []
+        for t in tiers:
+            args += [t.name, int(t.slo_s * 1000)]
+        if args:
+            await self.redis.execute_command("HSET", keys.SLO, *args)
+
+    async def snapshot(self, now_s: float | None = None) -> Snapshot:
+        minute = int((time.time() if now_s is None else now_s) // 60)
+        windows = [keys.metrics_slo(m) for m in range(minute - 9, minute + 1)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.METRICS_REQUESTS)
+            for name in (keys.METRICS_QUEUE_S, keys.METRICS_RUN_S, keys.METRICS_COLD_S,
+                         keys.METRICS_BATCH):  # fmt: skip
+                pipe.hgetall(name)
+            for window in windows:
+                pipe.hgetall(window)
+            replies = await pipe.execute()
+        requests: dict[Labels, int] = {}
+        for name, value in replies[0].items():
+            labels = tuple(name.decode().split("|"))
+            if len(labels) == 4:
+                requests[labels] = int(value)
+        slo: dict[str, list[int]] = {}
+        for counts in replies[5:]:
+            for name, value in counts.items():
+                tier, _, what = name.decode().rpartition("|")
+                pair = slo.setdefault(tier, [0, 0])
+                pair[0 if what == "met" else 1] += int(value)
+        return Snapshot(
+            requests=requests,
+            queue_s=Histogram.read(replies[1], lua.DURATIONS),
+            run_s=Histogram.read(replies[2], lua.DURATIONS),
+            cold_s=Histogram.read(replies[3], lua.DURATIONS),
+            batch=Histogram.read(replies[4], lua.BATCH_SIZES),
+            slo={tier: (met, total) for tier, (met, total) in slo.items()},
+        )

@@ -15,11 +15,13 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from klieg_platform.broker import UNAVAILABLE
 from klieg_platform.config import Settings
 from klieg_platform.gateway import (
     admin,
     files,
     fleet,
+    metrics,
     openapi,
     queue,
     run,
@@ -75,6 +77,7 @@ ROUTES = [
     route("PUT", "/apps/{name}/limits", admin.set_app_limits, MANAGE),
     route("PUT", "/tenants/{name}", admin.set_tenant, ADMIN),
     route("GET", "/secrets", admin.list_secrets, MANAGE),
+    route("GET", "/metrics", metrics.scrape, MANAGE),
     route("GET", "/workers", fleet.list_workers, ADMIN),
     route("GET", "/pools", fleet.list_pools, ADMIN),
     route("PUT", "/secrets/{name}", admin.set_secret, MANAGE),
@@ -110,6 +113,8 @@ def create_app(settings: Settings) -> Starlette:
         broker = open_broker(settings)
         registry = open_registry(settings)
         gw = GatewayState(settings, broker, registry, open_store(settings), Packager(settings))
+        with contextlib.suppress(*UNAVAILABLE):  # Redis not up yet: the next start tells it
+            await broker.stats.publish_slos(broker.queue.tiers.values())
         waiter = Waiter(broker, gw.forget_app, gw.forget_key, gw.forget_keys)
         await waiter.start()
         webhooks = WebhookSender(broker, gw.store, settings, full_view=gw.full_view)

@@ -96,7 +96,7 @@ class Warmth:
         await runner.start(self.packager.python(rev.env_key), code_dir, spec_file, env)
         log.info("started runner pid %s for %s/%s", runner.pid, rev.id, fn.name)
         cold_s = time.monotonic() - started
-        await self.broker.stats.record_time("cold", f"{rev.owner}/{rev.app}", cold_s)
+        await self.broker.stats.record_cold_start(fn.pool, f"{rev.owner}/{rev.app}", cold_s)
 
     def _secrets(self, rev: Revision) -> dict[str, str]:
         """The values of the secrets ``rev`` declares, from its owner's, opened; a missing one

@@ -16,7 +16,11 @@ from klieg_platform.broker import scripts as lua
 
 pytestmark = pytest.mark.timeout(30)
 
-SCRIPTS = {name: text for name, text in vars(lua).items() if name.isupper() and "redis" in text}
+SCRIPTS = {
+    name: text
+    for name, text in vars(lua).items()
+    if name.isupper() and isinstance(text, str) and "redis" in text
+}
 _HASH_CALL = re.compile(r"redis\.call\('H(SET|MGET|GET|INCRBY)',\s*([^,]+),([^)]*)\)", re.S)
 _STATUS_WRITE = re.compile(r"'status',\s*(S_\w+)")
 

@@ -55,6 +55,7 @@ NOT_CALLER = {
     ("GET", "/secrets"): Access.MANAGE,
     ("PUT", "/secrets/{name}"): Access.MANAGE,
     ("DELETE", "/secrets/{name}"): Access.MANAGE,
+    ("GET", "/metrics"): Access.MANAGE,
     ("GET", "/workers"): Access.ADMIN,
     ("GET", "/pools"): Access.ADMIN,
     ("GET", "/workflows"): Access.MANAGE,

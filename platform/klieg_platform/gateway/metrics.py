@@ -1,0 +1,163 @@
+"""``GET /metrics``: the fleet in the Prometheus text format (``prometheus_client``).
+
+Every figure is read from Redis at scrape time (the scripts' counts, the heartbeats, the
+queues), so any gateway answers for the whole fleet and a restarted gateway loses nothing.
+Base units, ``_total`` for counters; labels ``pool``, ``tier``, ``owner``, ``app``, ``status``,
+``state``, never a request id:
+
+klieg_requests_total{pool,tier,owner,app,status}   completed requests (ok, error, cancelled)
+klieg_request_queue_seconds{pool,tier,owner,app}   histogram: enqueue to start (last attempt)
+klieg_request_run_seconds{pool,tier,owner,app}     histogram: start to completion
+klieg_cold_starts_total{pool,owner,app}            runners started
+klieg_cold_start_seconds{pool,owner,app}           histogram: runner start to ready
+klieg_batch_size{pool,owner,app}                   histogram: requests per batch run
+klieg_queue_depth{pool,tier}                       requests waiting now
+klieg_queue_oldest_wait_seconds{pool,tier}         how long the oldest of them has waited
+klieg_slo_attainment_ratio{tier}                   requests started within the tier's SLO,
+                                                   of those started in the last 10 minutes
+klieg_workers{pool}                                live workers serving the pool
+klieg_runners{pool,state}                          starting, busy, idle, stopping
+klieg_gpu_slots{pool,state}                        busy, idle (held by an idle runner), free
+
+The admin tenant sees every series. Any other tenant's key (scope ``deploy`` or more) sees only
+the series of its own apps, and no fleet-wide gauge: another tenant's app names never appear.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+
+from klieg_platform.broker.stats import Histogram
+from klieg_platform.gateway import auth, fleet
+from klieg_platform.gateway.state import gateway
+
+
+class _Families(Collector):
+    """A collector of families built for one scrape."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+def _split_app(app_key: str) -> tuple[str, str]:
+    owner, _, app = app_key.partition("/")
+    return owner, app
+
+
+def _histogram(
+    name: str, doc: str, hist: Histogram, names: list[str], keep: Any
+) -> HistogramMetricFamily:
+    """``hist`` (labels ending in an "owner/app") as a family; ``keep(owner)`` filters."""
+    family = HistogramMetricFamily(name, doc, labels=[*names, "owner", "app"])
+    for labels, counts in sorted(hist.buckets.items()):
+        owner, app = _split_app(labels[-1])
+        if not keep(owner):
+            continue
+        running, buckets = 0, []
+        for bound, n in zip((*hist.bounds, float("inf")), counts, strict=True):
+            running += n
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        family.add_metric([*labels[:-1], owner, app], buckets, hist.sums.get(labels, 0.0))
+    return family
+
+
+def _cold_total(hist: Histogram, keep: Any) -> CounterMetricFamily:
+    family = CounterMetricFamily(
+        "klieg_cold_starts", "Runners started (cold starts)", labels=["pool", "owner", "app"]
+    )
+    for labels, counts in sorted(hist.buckets.items()):
+        owner, app = _split_app(labels[-1])
+        if keep(owner):
+            family.add_metric([labels[0], owner, app], sum(counts))
+    return family
+
+
+async def families(request: Request) -> list[Metric]:
+    gw = gateway(request)
+    tenant = auth.caller(request)
+    snap = await gw.broker.stats.snapshot()
+
+    def keep(owner: str) -> bool:
+        return tenant.admin or owner == tenant.name
+
+    requests = CounterMetricFamily(
+        "klieg_requests", "Completed requests by status",
+        labels=["pool", "tier", "owner", "app", "status"],
+    )  # fmt: skip
+    for (pool, tier, app_key, status), n in sorted(snap.requests.items()):
+        owner, app = _split_app(app_key)
+        if keep(owner):
+            requests.add_metric([pool, tier, owner, app, status], n)
+    out: list[Metric] = [
+        requests,
+        _histogram("klieg_request_queue_seconds", "Seconds from enqueue to start",
+                   snap.queue_s, ["pool", "tier"], keep),
+        _histogram("klieg_request_run_seconds", "Seconds from start to completion",
+                   snap.run_s, ["pool", "tier"], keep),
+        _cold_total(snap.cold_s, keep),
+        _histogram("klieg_cold_start_seconds", "Seconds from runner start to ready",
+                   snap.cold_s, ["pool"], keep),
+        _histogram("klieg_batch_size", "Requests per batch run", snap.batch, ["pool"], keep),
+    ]  # fmt: skip
+    if tenant.admin:
+        out += await _fleet(request, snap.slo)
+    return out
+
+
+async def _fleet(request: Request, slo: dict[str, tuple[int, int]]) -> list[Metric]:
+    gw = gateway(request)
+    depths = await gw.broker.queue.depths()
+    pools = fleet.pool_views(await fleet.fleet_workers(request), depths)
+    depth = GaugeMetricFamily("klieg_queue_depth", "Requests waiting", labels=["pool", "tier"])
+    oldest = GaugeMetricFamily(
+        "klieg_queue_oldest_wait_seconds", "Wait of the oldest waiting request",
+        labels=["pool", "tier"],
+    )  # fmt: skip
+    for d in depths:
+        depth.add_metric([d.pool, d.tier], d.queued)
+        oldest.add_metric([d.pool, d.tier], d.oldest_wait_s)
+    attainment = GaugeMetricFamily(
+        "klieg_slo_attainment_ratio",
+        "Requests started within their tier's SLO, of those started in the last 10 minutes",
+        labels=["tier"],
+    )
+    for tier, (met, total) in sorted(slo.items()):
+        if total:
+            attainment.add_metric([tier], met / total)
+    workers = GaugeMetricFamily("klieg_workers", "Live workers serving a pool", labels=["pool"])
+    runners = GaugeMetricFamily("klieg_runners", "Runners by state", labels=["pool", "state"])
+    slots = GaugeMetricFamily("klieg_gpu_slots", "Slots by state", labels=["pool", "state"])
+    for p in pools:
+        workers.add_metric([p["pool"]], p["workers"])
+        for state in fleet.RUNNER_STATES:
+            runners.add_metric([p["pool"], state], p["runners"][state])
+        s = p["slots"]
+        for state, n in (("busy", s["busy"]), ("idle", s["held"] - s["busy"]), ("free", s["free"])):
+            slots.add_metric([p["pool"], state], max(0, n))
+    return [depth, oldest, attainment, workers, runners, slots]
+
+
+def render(found: list[Metric]) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(found))
+    return generate_latest(registry)
+
+
+async def scrape(request: Request) -> Response:
+    """The fleet's metrics, Prometheus text format."""
+    return Response(render(await families(request)), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,64 @@
+"""The metrics' counts in Redis: what the scripts count as requests complete, what workers add
+(cold starts, batch sizes), and the snapshot ``GET /metrics`` renders."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from klieg_platform.broker import Broker, Outcome
+from klieg_platform.broker import scripts as lua
+from klieg_platform.scheduler import DEFAULT_TIERS
+from tests.klieg_platform.broker.test_queue import new, run
+
+pytestmark = pytest.mark.timeout(30)
+APP = ("CPU", "free", "alice/echo")
+
+
+def test_completions_are_counted_by_status_with_queue_and_run_times(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        await b.stats.publish_slos(DEFAULT_TIERS)
+        empty = await b.stats.snapshot()
+        assert empty.requests == {} and empty.queue_s.buckets == {} and empty.slo == {}
+        at = int(time.time() * 1000)
+        late, fast, failing, cancelled = new(), new(), new(), new()
+        free_slo_ms = int(next(t for t in DEFAULT_TIERS if t.name == "free").slo_s * 1000)
+        await b.queue.enqueue(late, at_ms=at - free_slo_ms - 5000)
+        await b.queue.enqueue(fast)
+        await b.queue.enqueue(failing)
+        for _ in range(3):
+            assert await b.queue.dispatch(["CPU"], "w1", 30) is not None
+        await b.queue.enqueue(cancelled)
+        assert await b.queue.cancel(cancelled.id) == 1
+        assert await b.queue.complete(late.id, "w1", Outcome(ok=True, result=b"1"))
+        assert await b.queue.complete(fast.id, "w1", Outcome(ok=True, result=b"2"))
+        error = {"detail": "no", "error_type": "AppError"}
+        assert await b.queue.complete(failing.id, "w1", Outcome(ok=False, error=error))
+        snap = await b.stats.snapshot()
+        assert snap.requests == {(*APP, "ok"): 2, (*APP, "error"): 1, (*APP, "cancelled"): 1}
+        # three started: their queue and run times; the one cancelled in the queue never ran
+        queued = snap.queue_s.buckets[APP]
+        assert len(queued) == len(lua.DURATIONS) + 1 and sum(queued) == 3
+        assert snap.queue_s.sums[APP] >= free_slo_ms / 1000 + 4.9
+        assert sum(snap.run_s.buckets[APP]) == 3 and snap.run_s.sums[APP] < 5
+        assert snap.slo == {"free": (2, 3)}
+
+    run(redis_url, body)
+
+
+def test_cold_starts_and_batches_are_counted_in_their_histograms(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        await b.stats.record_cold_start("GPU-H100", "alice/video", 0.3)
+        await b.stats.record_cold_start("GPU-H100", "alice/video", 42.0)
+        for size in (1, 8, 8, 500):
+            await b.stats.record_batch("CPU", "alice/digits", size)
+        snap = await b.stats.snapshot()
+        cold = snap.cold_s.buckets[("GPU-H100", "alice/video")]
+        assert cold[lua.DURATIONS.index(0.5)] == 1 and cold[lua.DURATIONS.index(60.0)] == 1
+        assert snap.cold_s.sums[("GPU-H100", "alice/video")] == pytest.approx(42.3)
+        assert await b.stats.mean_time("cold", "alice/video") == pytest.approx(8.64)
+        batch = snap.batch.buckets[("CPU", "alice/digits")]
+        assert batch[0] == 1 and batch[lua.BATCH_SIZES.index(8.0)] == 2 and batch[-1] == 1
+
+    run(redis_url, body)
