@@ -52,6 +52,8 @@ klieg:metrics:queue_s     hash     histogram of seconds queued, "{pool}|{tier}|{
 klieg:metrics:run_s       hash     the same for seconds running
 klieg:metrics:cold_s      hash     the same for cold starts, "{pool}|{owner/app}|{i}"
 klieg:metrics:batch       hash     the same for batch sizes (``scripts.BATCH_SIZES``)
+klieg:metrics:webhooks    hash     "{owner/app}|{result}" -> webhook tries (delivered, retried,
+                                   failed: the last try failed)
 klieg:metrics:slo:{minute}
                           hash     "{tier}|met" and "{tier}|all": requests started that minute
                                    (epoch ms // 60000) within their tier's SLO, and all; 11 min
@@ -107,6 +109,7 @@ METRICS_QUEUE_S = PREFIX + "metrics:queue_s"
 METRICS_RUN_S = PREFIX + "metrics:run_s"
 METRICS_COLD_S = PREFIX + "metrics:cold_s"
 METRICS_BATCH = PREFIX + "metrics:batch"
+METRICS_WEBHOOKS = PREFIX + "metrics:webhooks"
 METRICS_SLO_PREFIX = PREFIX + "metrics:slo:"
 SLO = PREFIX + "slo"
 WEBHOOKS = PREFIX + "webhooks"

@@ -38,13 +38,35 @@ def _submit_all(c: klieg.Client, bodies: list[dict[str, Any]]) -> list[dict[str,
     return [_outcome(c, h) for h in handles]
 
 
-def test_requests_are_gathered_into_batches_and_results_split_in_order(client: Any) -> None:
+def test_requests_are_gathered_into_batches_and_results_split_in_order(
+    client: Any, platform: Platform
+) -> None:
+    batches_before = _batch_sizes(platform)
     outcomes = _submit_all(client, [{"value": v} for v in range(8)])
     results = [o["ok"] for o in outcomes]
     assert [r["doubled"] for r in results] == [2 * v for v in range(8)]
     sizes = [r["batch_size"] for r in results]
     assert max(sizes) > 1 and all(1 <= s <= 4 for s in sizes)
     assert len({r["pid"] for r in results}) == 1  # one runner served every batch
+    # klieg_batch_size counts each batch run: its _sum moves by the 8 requests, its _count by
+    # the batches (recorded off the request path: wait for it)
+    deadline, after = time.monotonic() + 10, _batch_sizes(platform)
+    while after[0] - batches_before[0] < 8 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        after = _batch_sizes(platform)
+    assert after[0] - batches_before[0] == 8
+    assert after[1] - batches_before[1] == round(sum(1 / r["batch_size"] for r in results))
+
+
+def _batch_sizes(platform: Platform) -> tuple[float, float]:
+    """(sum, count) of the batcher app's ``klieg_batch_size`` in ``GET /metrics``."""
+    from tests.e2e.test_metrics import scrape, total
+
+    seen = scrape(platform)
+    labels = {"owner": "local", "app": "batcher"}
+    return total(seen, "klieg_batch_size_sum", **labels), total(
+        seen, "klieg_batch_size_count", **labels
+    )
 
 
 def test_an_item_returned_as_an_error_fails_only_its_request(client: Any) -> None:

@@ -36,7 +36,7 @@ class Claims:
         """Record one try (no ``error``: delivered); the tries so far, -1 when the record is
         gone. A failed try is due again at ``retry_at_ms`` until ``max_attempts``."""
         n = await self._record_webhook(
-            keys=[keys.request(request_id), keys.WEBHOOKS],
+            keys=[keys.request(request_id), keys.WEBHOOKS, keys.METRICS_WEBHOOKS],
             args=[request_id, "" if error else "1", error or "", retry_at_ms, max_attempts],
         )
         return int(n)

@@ -885,17 +885,21 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return -1
 end
 local n = redis.call('HINCRBY', KEYS[1], 'webhook_attempts', 1)
+local app = (redis.call('HGET', KEYS[1], 'app_key') or '') .. '|'
 if ARGV[2] == '1' then
   redis.call('HSET', KEYS[1], 'webhook_status', 'delivered')
   redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('HINCRBY', KEYS[3], app .. 'delivered', 1)
   return n
 end
 redis.call('HSET', KEYS[1], 'webhook_last_error', ARGV[3])
 if n >= tonumber(ARGV[5]) then
   redis.call('HSET', KEYS[1], 'webhook_status', 'failed')
   redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('HINCRBY', KEYS[3], app .. 'failed', 1)
 else
   redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+  redis.call('HINCRBY', KEYS[3], app .. 'retried', 1)
 end
 return n
 """

@@ -65,6 +65,8 @@ class Snapshot:
     """Labels (pool, owner/app)."""
     slo: dict[str, tuple[int, int]]
     """tier -> (started within the SLO, started) over the last 10 minutes."""
+    webhooks: dict[Labels, int] = field(default_factory=dict)
+    """(owner/app, result) -> webhook tries."""
 
 
 class Stats:
@@ -106,6 +108,7 @@ class Stats:
             for name in (keys.METRICS_QUEUE_S, keys.METRICS_RUN_S, keys.METRICS_COLD_S,
                          keys.METRICS_BATCH):  # fmt: skip
                 pipe.hgetall(name)
+            pipe.hgetall(keys.METRICS_WEBHOOKS)
             for window in windows:
                 pipe.hgetall(window)
             replies = await pipe.execute()
@@ -115,7 +118,11 @@ class Stats:
             if len(labels) == 4:
                 requests[labels] = int(value)
         slo: dict[str, list[int]] = {}
-        for counts in replies[5:]:
+        webhooks: dict[Labels, int] = {}
+        for name, value in replies[5].items():
+            app_key, _, result = name.decode().rpartition("|")
+            webhooks[(app_key, result)] = int(value)
+        for counts in replies[6:]:
             for name, value in counts.items():
                 tier, _, what = name.decode().rpartition("|")
                 pair = slo.setdefault(tier, [0, 0])
@@ -127,4 +134,5 @@ class Stats:
             cold_s=Histogram.read(replies[3], lua.DURATIONS),
             batch=Histogram.read(replies[4], lua.BATCH_SIZES),
             slo={tier: (met, total) for tier, (met, total) in slo.items()},
+            webhooks=webhooks,
         )

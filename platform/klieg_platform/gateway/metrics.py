@@ -11,6 +11,7 @@ klieg_request_run_seconds{pool,tier,owner,app}     histogram: start to completio
 klieg_cold_starts_total{pool,owner,app}            runners started
 klieg_cold_start_seconds{pool,owner,app}           histogram: runner start to ready
 klieg_batch_size{pool,owner,app}                   histogram: requests per batch run
+klieg_webhook_deliveries_total{owner,app,result}   webhook tries: delivered, retried, failed
 klieg_queue_depth{pool,tier}                       requests waiting now
 klieg_queue_oldest_wait_seconds{pool,tier}         how long the oldest of them has waited
 klieg_slo_attainment_ratio{tier}                   requests started within the tier's SLO,
@@ -114,6 +115,14 @@ async def families(request: Request) -> list[Metric]:
                    snap.cold_s, ["pool"], keep),
         _histogram("klieg_batch_size", "Requests per batch run", snap.batch, ["pool"], keep),
     ]  # fmt: skip
+    hooks = CounterMetricFamily(
+        "klieg_webhook_deliveries", "Webhook tries by result", labels=["owner", "app", "result"]
+    )
+    for (app_key, result), n in sorted(snap.webhooks.items()):
+        owner, app = _split_app(app_key)
+        if keep(owner):
+            hooks.add_metric([owner, app, result], n)
+    out.append(hooks)
     if tenant.admin:
         out += await _fleet(request, snap.slo)
     return out

@@ -60,8 +60,11 @@ class Batcher:
         acquire: Callable[[], Awaitable[RunnerProcess]],
         release: Callable[[RunnerProcess], Awaitable[None]],
         fill: Fill,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self._on_batch = on_batch
+        """Told the size of each batch run (the batch-size metric)."""
         self.max_size = max(1, endpoint.max_batch_size)
         self.wait_s = endpoint.batch_wait_ms / 1000
         self._acquire = acquire
@@ -217,6 +220,8 @@ class Batcher:
         for member in live:
             self._running[member.request_id] = (runner, len(live), member)
         self.sizes = [*self.sizes[-999:], len(live)]
+        if live and self._on_batch is not None:
+            self._on_batch(len(live))
         by_id = {m.request_id: m for m in live}
 
         def route(msg: protocol.Event, body: bytes) -> None:

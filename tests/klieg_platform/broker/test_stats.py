@@ -62,3 +62,21 @@ def test_cold_starts_and_batches_are_counted_in_their_histograms(redis_url: str)
         assert batch[0] == 1 and batch[lua.BATCH_SIZES.index(8.0)] == 2 and batch[-1] == 1
 
     run(redis_url, body)
+
+
+def test_webhook_tries_are_counted_by_result(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        ok, flaky = new(), new()
+        for req in (ok, flaky):
+            await b.queue.enqueue(req)
+        assert await b.claims.record_webhook(ok.id, None, 0, 3) == 1
+        assert await b.claims.record_webhook(flaky.id, "503", 0, 2) == 1
+        assert await b.claims.record_webhook(flaky.id, "503", 0, 2) == 2
+        assert await b.claims.record_webhook("gone", None, 0, 3) == -1
+        snap = await b.stats.snapshot()
+        assert snap.webhooks == {
+            ("alice/echo", "delivered"): 1, ("alice/echo", "retried"): 1,
+            ("alice/echo", "failed"): 1,
+        }  # fmt: skip
+
+    run(redis_url, body)
