@@ -10,10 +10,21 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from klieg_platform.gateway.metrics import NAMES
 from tests.e2e.platform import Platform
 
 pytestmark = pytest.mark.timeout(180)
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def families(platform: Platform) -> set[str]:
+    """The metric names of the admin's scrape (counters with ``_total``)."""
+    with platform.http() as http:
+        text = http.get("/metrics").text
+    return {
+        f.name + "_total" if f.type == "counter" else f.name
+        for f in text_string_to_metric_families(text)
+    }
 
 
 def scrape(platform: Platform, key: str | None = None) -> Samples:
@@ -83,6 +94,7 @@ def test_counters_move_by_the_traffic_sent(platform: Platform, echo_deployed: An
     ratio = [v for (n, _), v in after.items() if n == "klieg_slo_attainment_ratio"]
     assert ratio and all(0 <= v <= 1 for v in ratio)
     assert not any("request_id" in dict(ls) for _, ls in after), "a series per request"
+    assert families(platform) == set(NAMES)
 
 
 def test_another_tenant_sees_only_its_own_series(platform: Platform, echo_deployed: Any) -> None:

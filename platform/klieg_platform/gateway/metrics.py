@@ -44,6 +44,15 @@ from klieg_platform.broker.stats import Histogram
 from klieg_platform.gateway import auth, fleet
 from klieg_platform.gateway.state import gateway
 
+NAMES = (
+    "klieg_requests_total", "klieg_request_queue_seconds", "klieg_request_run_seconds",
+    "klieg_cold_starts_total", "klieg_cold_start_seconds", "klieg_batch_size",
+    "klieg_webhook_deliveries_total", "klieg_queue_depth", "klieg_queue_oldest_wait_seconds",
+    "klieg_slo_attainment_ratio", "klieg_workers", "klieg_runners", "klieg_gpu_slots",
+)  # fmt: skip
+"""Every metric the admin's scrape has (histograms add ``_bucket``, ``_sum``, ``_count``);
+``infra/grafana/klieg-fleet.json`` charts them."""
+
 
 class _Families(Collector):
     """A collector of families built for one scrape."""

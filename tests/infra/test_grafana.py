@@ -1,0 +1,61 @@
+"""The Grafana dashboard under infra/: valid JSON Grafana imports (panels with targets on a
+Prometheus datasource variable), and every query names only metrics ``GET /metrics`` exposes,
+and every exposed metric is charted."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from klieg_platform.gateway.metrics import NAMES
+
+DASHBOARD = Path(__file__).parents[2] / "infra" / "grafana" / "klieg-fleet.json"
+_METRIC = re.compile(r"\bklieg_[a-z_]+\b")
+_SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def _load() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return data
+
+
+def _family(name: str) -> str:
+    for suffix in _SUFFIXES:
+        if name.endswith(suffix) and name[: -len(suffix)] in NAMES:
+            return name[: -len(suffix)]
+    return name
+
+
+def test_the_dashboard_is_importable() -> None:
+    dash = _load()
+    assert dash["uid"] and dash["title"] and isinstance(dash["schemaVersion"], int)
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids)), "two panels share an id"
+    for panel in dash["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert set(panel["gridPos"]) == {"x", "y", "w", "h"}
+        assert panel["gridPos"]["x"] >= 0 and panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
+        assert panel["targets"] and all(t["expr"] and t["refId"] for t in panel["targets"])
+
+
+def test_every_query_names_exposed_metrics_and_every_metric_is_charted() -> None:
+    used = {
+        _family(name)
+        for panel in _load()["panels"]
+        for target in panel["targets"]
+        for name in _METRIC.findall(target["expr"])
+    }
+    assert used <= set(NAMES), f"queries of metrics that do not exist: {used - set(NAMES)}"
+    assert set(NAMES) <= used, f"metrics no panel charts: {set(NAMES) - used}"
+
+
+def test_brackets_balance_in_every_query() -> None:
+    for panel in _load()["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"]
+            for open_, close in ("()", "[]", "{}"):
+                assert expr.count(open_) == expr.count(close), (panel["title"], expr)
