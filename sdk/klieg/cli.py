@@ -319,6 +319,33 @@ def cmd_tenants_set(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_requests(args: argparse.Namespace) -> int:
+    since = time.time() - args.since if args.since is not None else None
+    with _admin(args) as client:
+        page = client.requests(
+            args.app, status=args.status, since=since, limit=args.limit, after=args.after
+        )
+    if args.json:
+        print(json.dumps(page, indent=2))
+        return 0
+    if not page["requests"]:
+        print("no requests", file=sys.stderr)
+    for r in page["requests"]:
+        ended = r["outcome"] or r["status"]
+        error = f"  {r['error_type']}" if r["error_type"] else ""
+        timing = "".join(
+            f"  {name} {r[key]:.3f}s" for name, key in (("queued", "queue_s"), ("ran", "run_s"))
+            if r[key] is not None
+        )  # fmt: skip
+        print(
+            f"{r['request_id']}  {_when(r['created_at'])}  {r['app']}{r['endpoint'] or ''}"
+            f"  {ended}{error}{timing}"
+        )
+    if page["next"]:
+        print(f"older ones: --after {page['next']}", file=sys.stderr)
+    return 0
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     for line in _admin(args).logs(args.request_id):
         print(f"{line.get('timestamp', '')} {line.get('level', ''):7} {line.get('message', '')}")
@@ -452,6 +479,14 @@ def build_parser() -> argparse.ArgumentParser:
     kr.add_argument("key_id")
     kr.set_defaults(func=cmd_keys_revoke)
 
+    rq = sub.add_parser("requests", help="your requests, newest first")
+    rq.add_argument("app", nargs="?", help="only this app (name or owner/name)")
+    rq.add_argument("--status", help="IN_QUEUE, IN_PROGRESS, COMPLETED, ok, error or cancelled")
+    rq.add_argument("--since", type=duration, help="only those of the last 90s, 15m, 12h, 30d")
+    rq.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    rq.add_argument("--after", help="the page after this cursor (printed under a full page)")
+    rq.add_argument("--json", action="store_true", help="print the JSON the gateway answered")
+    rq.set_defaults(func=cmd_requests)
     wk = sub.add_parser("workers", help="live workers and their runners (admin)")
     wk.add_argument("--json", action="store_true", help="print the JSON the gateway answered")
     wk.set_defaults(func=cmd_workers)

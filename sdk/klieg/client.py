@@ -307,6 +307,27 @@ class Client:
         body = self._json(self.http.get(f"/requests/{request_id}/status", params={"logs": "1"}))
         return list(body.get("logs") or [])
 
+    def requests(
+        self,
+        app: str | None = None,
+        *,
+        status: str | None = None,
+        since: float | None = None,
+        limit: int = 50,
+        after: str | None = None,
+    ) -> dict[str, Any]:
+        """The caller's requests, newest first: ``{"requests": [...], "next": cursor}``.
+        ``status``: IN_QUEUE, IN_PROGRESS, COMPLETED, ok, error or cancelled; ``since``: unix
+        seconds; ``after``: the ``next`` of the previous page."""
+        params: dict[str, str] = {"limit": str(limit)}
+        for name, value in (("app", app), ("status", status), ("after", after)):
+            if value is not None:
+                params[name] = value
+        if since is not None:
+            params["since"] = f"{since:.3f}"
+        page: dict[str, Any] = self._json(self.http.get("/requests", params=params))
+        return page
+
     def wait(self, handle: RequestHandle, *, timeout: float = 600.0, interval: float = 0.1) -> Any:
         """Wait until the request completes, with long polls of its status; return its result
         (or raise its error). ``interval``: the least time between two polls."""

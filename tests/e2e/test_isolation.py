@@ -335,6 +335,22 @@ def _set_tenant(w: World, who: Identity, access: Access) -> None:
         assert tenant.max_inflight == 0
 
 
+@case("GET", "/requests", Access.CALLER)
+def _history(w: World, who: Identity, access: Access) -> None:
+    """A request history is its tenant's own; a call token may not read it."""
+    r = w.send(who, "GET", "/requests", params={"limit": "1000"})
+    allowed = who.kind != "token"
+    body = expect(r, outcome(access, who, allowed=allowed, ok=200, denied=403), "GET /requests")
+    if r.status_code != 200:
+        return
+    listed = {x["request_id"] for x in body["requests"]}
+    for req in w.requests.values():
+        if req.tenant != who.tenant:
+            assert req.id not in listed, f"{req.tenant}'s request listed for {who.tenant}"
+    own = {req.id for req in w.requests.values() if req.tenant == who.tenant}
+    assert own <= listed, "the history lacks the caller's requests"
+
+
 @case("GET", "/metrics", Access.MANAGE)
 def _metrics(w: World, who: Identity, access: Access) -> None:
     """Series of the owner's apps: the owner and the platform admin; nobody else sees a label

@@ -89,7 +89,7 @@ JOB_ROW = len(JOB_HEAD) + len(JOB)
 STATE_VIEW = (
     "status", "owner", "tenant", "app", "pool", "outcome", "error", "http_status",
     "created_ms", "started_ms", "finished_ms", "attempts", "cancel_requested", "webhook",
-    "tier", *DELIVERY,
+    "tier", *DELIVERY, "endpoint", "revision",
 )  # fmt: skip
 """What ``RequestState`` reads (no payload, no result)."""
 
@@ -291,6 +291,8 @@ class RequestState:
     webhook_status: str = ""
     webhook_attempts: int = 0
     webhook_last_error: str = ""
+    endpoint: str = ""
+    revision: str = ""
 
     @classmethod
     def from_values(
@@ -328,6 +330,8 @@ class RequestState:
             webhook_status=_s(row["webhook_status"]),
             webhook_attempts=_int(row["webhook_attempts"]),
             webhook_last_error=_s(row["webhook_last_error"]),
+            endpoint=_s(row["endpoint"]),
+            revision=_s(row["revision"]),
         )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -365,6 +365,53 @@ class Queue:
             values: list[Any] = await self.wire.call("HMGET", key, *fields)
             return values
         return await self.redis.hmget(key, fields)
+
+    async def history(
+        self,
+        tenant_id: str,
+        *,
+        after: str | None = None,
+        since_ms: int = 0,
+        limit: int = 100,
+        keep: Callable[[RequestState], bool] = lambda _: True,
+    ) -> tuple[list[RequestState], str | None]:
+        """The tenant's requests that ``keep`` accepts, newest first, enqueued at or after
+        ``since_ms``, and after the cursor ``after`` (a page's last); at most ``limit``. Also
+        the cursor of the next page (None when there are no more). Ids whose record has
+        expired leave the history here."""
+        key = keys.history(tenant_id)
+        top, last = "+inf", ""
+        if after:
+            at, _, last = after.partition(":")
+            top = at if at.isdigit() else "+inf"
+        found: list[RequestState] = []
+        chunk = max(limit, 100)
+        while True:
+            rows: list[Any] = await self.redis.zrevrangebyscore(
+                key, top, since_ms, start=0, num=chunk, withscores=True
+            )
+            fresh = [
+                (rid.decode(), int(score)) for rid, score in rows
+                if not (str(int(score)) == top and last and rid.decode() >= last)
+            ]  # fmt: skip
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for rid, _ in fresh:
+                    pipe.hmget(keys.request(rid), STATE_VIEW)
+                values = await pipe.execute()
+            gone = []
+            for (rid, score), row in zip(fresh, values, strict=True):
+                state = RequestState.from_values(rid, row)
+                if state is None:
+                    gone.append(rid)
+                elif keep(state):
+                    found.append(state)
+                    if len(found) == limit:
+                        return found, f"{score}:{rid}"
+            if gone:
+                await self.redis.zrem(key, *gone)
+            if len(rows) < chunk or not fresh:
+                return found, None
+            top, last = str(fresh[-1][1]), fresh[-1][0]
 
     async def depths(self) -> list[Depth]:
         """How many requests wait in each pool and tier of every pool that has had a request,

@@ -50,6 +50,7 @@ local S_DONE = '{Status.COMPLETED}'
 local WARM_SHARE = {scheduler.WARM_SHARE!r}
 local M_REQUESTS = '{keys.METRICS_REQUESTS}'
 local M_QUEUE, M_RUN = '{keys.METRICS_QUEUE_S}', '{keys.METRICS_RUN_S}'
+local HISTORY, HISTORY_MAX = '{keys.HISTORY_PREFIX}', {keys.HISTORY_MAX}
 local M_SLO, SLO = '{keys.METRICS_SLO_PREFIX}', '{keys.SLO}'
 local DURATIONS = {{{", ".join(repr(b) for b in DURATIONS)}}}
 
@@ -409,6 +410,9 @@ recap(T_RUN, T_CAP, ARGV[6], ARGV[7], park_tenant, unpark_tenant)
 recap(A_RUN, A_CAP, ARGV[8], ARGV[9], park_app, unpark_app)
 index(load(ARGV[1]))
 redis.call('SADD', POOLS, ARGV[2])
+local hk = HISTORY .. ARGV[6]
+redis.call('ZADD', hk, ARGV[4], ARGV[1])
+if redis.call('ZCARD', hk) > HISTORY_MAX then redis.call('ZREMRANGEBYRANK', hk, 0, 0) end
 wake(ARGV[2])
 local pos = -1
 if ARGV[10] ~= '' then pos = position(ARGV[1], tonumber(ARGV[4]), parse_tiers(ARGV[10])) end

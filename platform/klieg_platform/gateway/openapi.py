@@ -24,6 +24,13 @@ ERROR = {
 _PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")
 _QUERY: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]] = {
     ("POST", "/apps/{name}/deploy"): [("alias", {"type": "string"})],
+    ("GET", "/requests"): [
+        ("app", {"type": "string"}),
+        ("status", {"type": "string"}),
+        ("since", {"type": "string"}),
+        ("limit", {"type": "string"}),
+        ("after", {"type": "string"}),
+    ],
     ("GET", "/requests/{request_id}/status"): [
         ("logs", {"type": "string", "enum": ["0", "1"]}),
         ("wait_s", {"type": "number", "minimum": 0}),

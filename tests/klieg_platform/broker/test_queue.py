@@ -713,3 +713,35 @@ def test_depths_count_waiting_requests_per_pool_and_tier_with_the_oldest_wait(
         assert after[("CPU", "free")].oldest_wait_s < 3
 
     run(redis_url, body)
+
+
+def test_history_pages_newest_first_through_equal_times_and_drops_expired(
+    redis_url: str,
+) -> None:
+    async def body(b: Broker) -> None:
+        at = now_ms()
+        reqs = [new(rid=f"r{i:02d}") for i in range(7)]
+        for i, req in enumerate(reqs):  # r00..r02 share a millisecond, then 1 ms apart
+            await b.queue.enqueue(req, at_ms=at + max(0, i - 2))
+        other = replace(new(rid="theirs"), tenant="t-bob")
+        await b.queue.enqueue(other, at_ms=at + 50)
+        ids: list[str] = []
+        cursor = None
+        for _ in range(10):
+            page, cursor = await b.queue.history("t-alice", after=cursor, limit=2)
+            ids += [s.id for s in page]
+            if cursor is None:
+                break
+        assert ids == ["r06", "r05", "r04", "r03", "r02", "r01", "r00"]
+        await b.redis.delete(keys.request("r05"))
+        page, cursor = await b.queue.history("t-alice", limit=100)
+        assert [s.id for s in page] == ["r06", "r04", "r03", "r02", "r01", "r00"] and not cursor
+        assert await b.redis.zscore(keys.history("t-alice"), "r05") is None
+        recent, _ = await b.queue.history("t-alice", since_ms=at + 2)
+        assert [s.id for s in recent] == ["r06", "r04"]
+        odd, _ = await b.queue.history("t-alice", keep=lambda s: s.id[-1] in "13")
+        assert [s.id for s in odd] == ["r03", "r01"]
+        assert [s.id for s in (await b.queue.history("t-bob"))[0]] == ["theirs"]
+        assert page[0].endpoint == "/say" and page[0].revision == "rev-1"
+
+    run(redis_url, body)
