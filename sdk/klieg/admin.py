@@ -87,6 +87,15 @@ class AdminClient(Client):
         found: list[dict[str, Any]] = self._json(self.http.get("/workers"))["workers"]
         return found
 
+    def runners(self, app: str | None = None) -> list[dict[str, Any]]:
+        """The runners of the tenant's apps (an admin tenant: all), or of ``app`` only: worker,
+        app, revision, function, state, idle seconds, GPUs."""
+        params = {"app": app} if app else {}
+        found: list[dict[str, Any]] = self._json(self.http.get("/runners", params=params))[
+            "runners"
+        ]
+        return found
+
     def pools(self) -> list[dict[str, Any]]:
         """Per pool: workers, slots, runners by state, queue depth per tier (admin)."""
         found: list[dict[str, Any]] = self._json(self.http.get("/pools"))["pools"]

@@ -123,6 +123,26 @@ def cmd_workers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runners(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        found = admin.runners(args.app)
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    if not found:
+        print("no runners", file=sys.stderr)
+    by_revision: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in found:
+        by_revision.setdefault((r["app"], r["revision"]), []).append(r)
+    for (app, revision), runners in sorted(by_revision.items()):
+        print(f"{app or '?'}  revision {revision}")
+        for r in runners:
+            idle = f" {r['idle_s']}s" if r["state"] == "idle" else ""
+            held = f"  gpus {','.join(map(str, r['gpus']))}" if r["gpus"] else ""
+            print(f"    {r['function']}  {r['state']}{idle}  on {r['worker']}{held}")
+    return 0
+
+
 def cmd_pools(args: argparse.Namespace) -> int:
     with _admin(args) as admin:
         found = admin.pools()
@@ -334,8 +354,9 @@ def cmd_requests(args: argparse.Namespace) -> int:
         ended = r["outcome"] or r["status"]
         error = f"  {r['error_type']}" if r["error_type"] else ""
         timing = "".join(
-            f"  {name} {r[key]:.3f}s" for name, key in (("queued", "queue_s"), ("ran", "run_s"))
-            if r[key] is not None
+            f"  {name} {r[key]:.3f}s"
+            for name, key in (("queued", "queue_s"), ("ran", "run_s"), ("cold", "cold_start_s"))
+            if r.get(key) is not None
         )  # fmt: skip
         print(
             f"{r['request_id']}  {_when(r['created_at'])}  {r['app']}{r['endpoint'] or ''}"
@@ -343,6 +364,31 @@ def cmd_requests(args: argparse.Namespace) -> int:
         )
     if page["next"]:
         print(f"older ones: --after {page['next']}", file=sys.stderr)
+    return 0
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    with _admin(args) as client:
+        found = client.request(args.request_id, with_output=True)
+    outcome, output = found["outcome"], found["output"]
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    timing = "".join(
+        f"  {name} {found[key]:.3f}s"
+        for name, key in (("queued", "queue_s"), ("ran", "run_s"), ("cold", "cold_start_s"))
+        if found.get(key) is not None
+    )
+    print(f"{found['request_id']}  {found['app']}{found['endpoint'] or ''}  revision "
+          f"{found['revision']}  {outcome or found['status']}{timing}")  # fmt: skip
+    stored = "(stored in the blob store)" if found["input_stored"] else json.dumps(found["input"])
+    print(f"input: {stored}")
+    if found["error"]:
+        print(f"error: {found['error_type']}: {found['error']}")
+    if output is not None:
+        print(f"output: {json.dumps(output)}")
+    for line in found["logs"]:
+        print(f"  {line.get('timestamp', '')} {line.get('level', ''):7} {line.get('message', '')}")
     return 0
 
 
@@ -487,9 +533,17 @@ def build_parser() -> argparse.ArgumentParser:
     rq.add_argument("--after", help="the page after this cursor (printed under a full page)")
     rq.add_argument("--json", action="store_true", help="print the JSON the gateway answered")
     rq.set_defaults(func=cmd_requests)
+    one = sub.add_parser("request", help="one of your requests: input, output, logs, timings")
+    one.add_argument("request_id")
+    one.add_argument("--json", action="store_true", help="print the JSON the gateway answered")
+    one.set_defaults(func=cmd_request)
     wk = sub.add_parser("workers", help="live workers and their runners (admin)")
     wk.add_argument("--json", action="store_true", help="print the JSON the gateway answered")
     wk.set_defaults(func=cmd_workers)
+    rn = sub.add_parser("runners", help="your apps' runners by revision: state, idle time, GPUs")
+    rn.add_argument("app", nargs="?", help="only this app (name or owner/name)")
+    rn.add_argument("--json", action="store_true", help="print the JSON the gateway answered")
+    rn.set_defaults(func=cmd_runners)
     pl = sub.add_parser("pools", help="pools: workers, slots, runners, queue per tier (admin)")
     pl.add_argument("--json", action="store_true", help="print the JSON the gateway answered")
     pl.set_defaults(func=cmd_pools)

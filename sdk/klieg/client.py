@@ -328,6 +328,15 @@ class Client:
         page: dict[str, Any] = self._json(self.http.get("/requests", params=params))
         return page
 
+    def request(self, request_id: str, *, with_output: bool = False) -> dict[str, Any]:
+        """One of the caller's requests: its history row, input, logs, error and result URL;
+        ``with_output`` adds ``output``, the result of one that ended ok (else None)."""
+        found: dict[str, Any] = self._json(self.http.get(f"/requests/{request_id}"))
+        if with_output:
+            ok = found["outcome"] == "ok"
+            found["output"] = self._json(self.http.get(found["response_url"])) if ok else None
+        return found
+
     def wait(self, handle: RequestHandle, *, timeout: float = 600.0, interval: float = 0.1) -> Any:
         """Wait until the request completes, with long polls of its status; return its result
         (or raise its error). ``interval``: the least time between two polls."""

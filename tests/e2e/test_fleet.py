@@ -1,6 +1,7 @@
 """The fleet views on a running platform: ``GET /workers`` and ``GET /pools`` (and ``klieg
 workers`` / ``klieg pools``) show the real worker, its runners by state and the queue per tier
-while requests wait, and are refused to anyone but an admin tenant's admin key."""
+while requests wait, and are refused to anyone but an admin tenant's admin key; ``GET /runners``
+(``klieg runners APP``) shows a tenant its own apps' runners only."""
 
 from __future__ import annotations
 
@@ -86,6 +87,16 @@ def test_fleet_views_show_workers_runners_and_queue_depth(platform: Platform) ->
         assert 1 <= worker["cold_starts"] <= later["cold_starts"]
         assert _until(pools, lambda ps: all(p["queued"] == 0 for p in ps))[0]["queued"] == 0
 
+    with platform.http() as http:
+        runners = http.get("/runners", params={"app": "slow"}).json()["runners"]
+    assert runners and {(r["app"], r["revision"], r["function"]) for r in runners} == {
+        ("local/slow", rev, "sleep")
+    }
+    assert all(r["worker"] and r["state"] == "idle" for r in runners), runners
+    by_app = klieg(platform, "runners", "slow")
+    assert by_app.returncode == 0, by_app.stderr
+    assert f"local/slow  revision {rev}" in by_app.stdout and "sleep  idle" in by_app.stdout
+
     shown = klieg(platform, "workers")
     assert shown.returncode == 0, shown.stderr
     assert worker["id"] in shown.stdout and fn in shown.stdout and "idle" in shown.stdout
@@ -106,6 +117,8 @@ def test_fleet_views_are_for_an_admin_tenant_only(platform: Platform) -> None:
                 refused = http.get(path)
                 assert refused.status_code == 403, (path, refused.text)
                 assert refused.json()["error_type"] == "PermissionDeniedError"
+    with platform.http(str(other)) as http:
+        assert http.get("/runners").json()["runners"] == [], "another tenant's runners shown"
     with platform.http("") as anonymous:
         assert anonymous.get("/pools").status_code == 401
     out = klieg(platform, "workers", key=str(other))

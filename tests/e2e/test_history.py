@@ -1,6 +1,8 @@
 """Request history on a running platform: ``GET /requests`` and ``klieg requests`` list the
 caller's own requests newest first, filtered by app, status and time, paged by cursor, with
-their timings; another tenant's requests never appear, and a call token is refused."""
+their timings (cold start included); ``GET /requests/{id}`` and ``klieg request ID`` show one
+with its input, output and logs; another tenant's requests never appear, and a call token is
+refused."""
 
 from __future__ import annotations
 
@@ -52,6 +54,9 @@ def test_the_history_lists_own_requests_newest_first(platform: Platform, tenant:
         assert r["revision"] and r["endpoint"] is not None and r["error_type"] is None
         assert r["queue_s"] >= 0 and r["run_s"] >= 0 and r["attempts"] >= 1
         assert abs(r["created_at"] - time.time()) < 300
+    # the first request waited for the runner started for it; warm ones after it did not
+    assert 0 < found[-1]["cold_start_s"] <= found[-1]["run_s"]
+    assert len([r for r in found if r["cold_start_s"] is None]) >= 3
     assert page(platform, tenant, app="echo")["requests"] == found
     assert page(platform, tenant, app="historian/echo", status="ok")["requests"] == found
     assert page(platform, tenant, status="error")["requests"] == []
@@ -104,6 +109,26 @@ def test_bad_queries_are_typed_and_a_call_token_is_refused(platform: Platform, t
             == 404
         )
     assert (refused.status_code, refused.json()["error_type"]) == (403, "PermissionDeniedError")
+
+
+def test_one_request_shows_its_input_output_and_logs(platform: Platform, tenant: str) -> None:
+    newest = page(platform, tenant, limit="1")["requests"][0]
+    with Client(platform.url, tenant) as c:
+        found = c.request(newest["request_id"], with_output=True)
+    assert {k: found[k] for k in newest} == newest
+    assert found["input"] == {"text": "queued 1"} and found["input_stored"] is False
+    assert found["output"] == {"text": "queued 1", "length": 8}
+    assert found["error"] is None and isinstance(found["logs"], list)
+    assert found["response_url"].endswith(f"/queue/historian/echo/requests/{found['request_id']}")
+    with platform.http(platform.key) as other:
+        hidden = other.get(f"/requests/{found['request_id']}")
+    assert (hidden.status_code, hidden.json()["error_type"]) == (404, "NotFoundError")
+    shown = klieg(platform, "request", found["request_id"], key=tenant)
+    assert shown.returncode == 0, shown.stderr
+    assert 'input: {"text": "queued 1"}' in shown.stdout
+    assert 'output: {"text": "queued 1", "length": 8}' in shown.stdout
+    gone = klieg(platform, "request", "nope", key=tenant)
+    assert gone.returncode != 0 and gone.stderr.count("\n") == 1 and "not found" in gone.stderr
 
 
 def test_klieg_requests_prints_them(platform: Platform, tenant: str) -> None:

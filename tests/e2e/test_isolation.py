@@ -381,6 +381,20 @@ def _fleet(w: World, who: Identity, access: Access) -> None:
             assert "runners" not in r.text and "function" not in r.text
 
 
+@case("GET", "/runners", Access.MANAGE)
+def _runners(w: World, who: Identity, access: Access) -> None:
+    """A tenant sees the runners of its own apps; the platform admin sees all."""
+    r = w.send(who, "GET", "/runners")
+    body = expect(r, outcome(access, who, allowed=True, ok=200), "GET /runners")
+    if r.status_code != 200:
+        return
+    owners = {x["app"].partition("/")[0] for x in body["runners"]}
+    if who.tenant != ADMIN:
+        assert owners <= {who.tenant}, f"another tenant's runners shown to {who.tenant}"
+    if who.tenant in (OWNER, ADMIN):
+        assert OWNER in owners, "the owner's runners are missing"
+
+
 @case("GET", "/workflows", Access.MANAGE)
 def _list_workflows(w: World, who: Identity, access: Access) -> None:
     r = w.send(who, "GET", "/workflows")
@@ -669,6 +683,22 @@ def _wf_result(w: World, who: Identity, access: Access) -> None:
 @case("PUT", f"{_WF_REQ}/cancel", Access.CALLER)
 def _wf_cancel(w: World, who: Identity, access: Access) -> None:
     _read_requests(w, who, access, True, "/cancel", "PUT", 400, _cancel_done)
+
+
+@case("GET", "/requests/{request_id}", Access.CALLER)
+def _one_request(w: World, who: Identity, access: Access) -> None:
+    """One request with its input: its tenant's API keys only (a call token: 403)."""
+    for req in w.requests.values():
+        r = w.send(who, "GET", f"/requests/{req.id}")
+        if who.kind == "token" and who.live:
+            expect(r, 403, req.label)
+            continue
+        allowed = who.tenant == req.tenant
+        body = expect(r, outcome(access, who, allowed=allowed, ok=200), req.label)
+        if r.status_code == 200:
+            assert body["request_id"] == req.id and body["status"] == "COMPLETED"
+        else:
+            assert req.marker not in r.text
 
 
 @case("GET", "/requests/{request_id}/status", Access.CALLER)

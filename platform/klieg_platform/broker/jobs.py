@@ -62,10 +62,11 @@ the channel of the gateway waiting to answer the request (``keys.reply``), or em
 
 STATE = (
     "status", "score", "worker", "started_ms", "finished_ms", "attempts", "cancel_requested",
-    "cancelled",
+    "cancelled", "cold_ms",
 )  # fmt: skip
 """Written by the scripts as the request moves: ``score`` is its queue score (enqueue time,
-made unique), ``worker`` the lease holder."""
+made unique), ``worker`` the lease holder, ``cold_ms`` how long the request waited for a runner
+started for it (written with its outcome; 0: a warm runner served it)."""
 
 OUTCOME = ("outcome", "result", "result_ref", "error", "http_status")
 """Written once, when the request completes."""
@@ -89,7 +90,7 @@ JOB_ROW = len(JOB_HEAD) + len(JOB)
 STATE_VIEW = (
     "status", "owner", "tenant", "app", "pool", "outcome", "error", "http_status",
     "created_ms", "started_ms", "finished_ms", "attempts", "cancel_requested", "webhook",
-    "tier", *DELIVERY, "endpoint", "revision",
+    "tier", *DELIVERY, "endpoint", "revision", "cold_ms",
 )  # fmt: skip
 """What ``RequestState`` reads (no payload, no result)."""
 
@@ -293,6 +294,7 @@ class RequestState:
     webhook_last_error: str = ""
     endpoint: str = ""
     revision: str = ""
+    cold_ms: int = 0
 
     @classmethod
     def from_values(
@@ -332,6 +334,7 @@ class RequestState:
             webhook_last_error=_s(row["webhook_last_error"]),
             endpoint=_s(row["endpoint"]),
             revision=_s(row["revision"]),
+            cold_ms=_int(row["cold_ms"]),
         )
 
 

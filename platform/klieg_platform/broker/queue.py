@@ -262,14 +262,21 @@ class Queue:
         return int(await self._renew(args=[worker_id, deadline, *request_ids]))
 
     async def finish_job(
-        self, job: Job, worker_id: str, outcome: Outcome, *, service_s: float | None = None
+        self,
+        job: Job,
+        worker_id: str,
+        outcome: Outcome,
+        *,
+        service_s: float | None = None,
+        cold_s: float | None = None,
     ) -> bool:
         """Close a streamed job's chunk stream, then ``complete`` it (False: lease lost);
-        ``service_s``: how long its runner took, folded into its app's service time."""
+        ``service_s``: how long its runner took, folded into its app's service time; ``cold_s``:
+        how long it waited for a runner started for it."""
         if job.stream:
             await self.streams.end_chunks(job.id, None if outcome.ok else outcome.error)
         service = (job.app_key, service_s) if service_s is not None else None
-        return await self.complete(job.id, worker_id, outcome, service=service)
+        return await self.complete(job.id, worker_id, outcome, service=service, cold_s=cold_s)
 
     async def complete(
         self,
@@ -278,10 +285,11 @@ class Queue:
         outcome: Outcome,
         *,
         service: tuple[str, float] | None = None,
+        cold_s: float | None = None,
     ) -> bool:
-        """Record the outcome (and its log lines, and ``service``: an app key and a service time
-        to fold into its mean) and notify waiters, in one script. False when the lease was lost
-        meanwhile."""
+        """Record the outcome (and its log lines, ``service``: an app key and a service time
+        to fold into its mean, and ``cold_s``, the request's cold start) and notify waiters, in
+        one script. False when the lease was lost meanwhile."""
         logs = outcome.logs
         if len(logs) > MAX_LINES_INLINE:
             await self.streams.append_logs(request_id, logs)
@@ -289,7 +297,8 @@ class Queue:
         app, ms = (service[0], f"{service[1] * 1000:.1f}") if service else ("", "0")
         lines = [json.dumps(line) for line in logs]
         head: list[Any] = [request_id, worker_id, now_ms(), self.ttl_s, app, ms, len(lines)]
-        return bool(await self._complete(args=[*head, *lines, *outcome.fields()]))
+        cold = ["cold_ms", str(round(cold_s * 1000))] if cold_s else []
+        return bool(await self._complete(args=[*head, *lines, *outcome.fields(), *cold]))
 
     async def requeue(self, request_id: str, worker_id: str) -> bool:
         """Put a request this worker holds back in its queue, at its original position."""
@@ -358,6 +367,15 @@ class Queue:
             position = max(ahead, 0)
         logs = await self.streams.logs(request_id) if with_logs else None
         return RequestState.from_values(request_id, values, logs=logs, queue_position=position)
+
+    async def payload(self, request_id: str) -> tuple[bytes, str]:
+        """A request's input as it was accepted: its JSON bytes, or the blob key holding a
+        large one (``b""``, ``""`` once the record is gone)."""
+        values: list[Any] = await self.redis.hmget(
+            keys.request(request_id), ["payload", "payload_ref"]
+        )
+        body, ref = values
+        return body or b"", ref.decode() if ref else ""
 
     async def _read(self, key: str, fields: Sequence[str]) -> list[Any]:
         """HMGET of a record, over the wire where there is one."""

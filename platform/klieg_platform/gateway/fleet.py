@@ -4,10 +4,12 @@ GET /workers   every live worker: pools, slots, GPU ids, whether it drains, cold
                and each runner's "revision/function", state, idle time and the GPUs it holds
 GET /pools     per pool: live workers, slots (held by runners, busy, free), runners by state,
                and per tier the requests waiting and the oldest one's wait
+GET /runners   every runner, with its worker, app, revision and function, state and idle time;
+               ``?app=name`` (or ``owner/name``) only that app's
 
-Both come from Redis (heartbeats in ``keys.WORKERS``, the queues), so every gateway answers for
-the whole fleet. They show every tenant's runners, so only an admin tenant's ``admin`` key sees
-them.
+They come from Redis (heartbeats in ``keys.WORKERS``, the queues), so every gateway answers for
+the whole fleet. The first two show every tenant's runners, so only an admin tenant's ``admin``
+key sees them; ``/runners`` shows a tenant the runners of its own apps (an admin: all).
 """
 
 from __future__ import annotations
@@ -89,6 +91,31 @@ async def fleet_workers(request: Request) -> list[dict[str, Any]]:
 async def list_workers(request: Request) -> Response:
     _operator(request)
     return JSONResponse({"workers": await fleet_workers(request)})
+
+
+def runner_views(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every runner of ``workers``, flat, with its worker and its revision apart."""
+    out = []
+    for w in workers:
+        for r in w["runners"]:
+            revision, _, function = r["function"].partition("/")
+            out.append({
+                "worker": w["id"], "pools": w["pools"], "app": r.get("app", ""),
+                "revision": revision, "function": function, "state": r["state"],
+                "idle_s": r["idle_s"], "gpus": r["gpus"], "slots": r["slots"],
+            })  # fmt: skip
+    return out
+
+
+async def list_runners(request: Request) -> Response:
+    caller = auth.caller(request)
+    app = request.query_params.get("app")
+    found = runner_views(await fleet_workers(request))
+    if not caller.admin:
+        found = [r for r in found if r["app"].partition("/")[0] == caller.name]
+    if app is not None:
+        found = [r for r in found if app in (r["app"], r["app"].partition("/")[2])]
+    return JSONResponse({"runners": found})
 
 
 async def list_pools(request: Request) -> Response:

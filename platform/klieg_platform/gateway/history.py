@@ -1,24 +1,33 @@
-"""``GET /requests``: the caller's own requests, newest first, kept as long as their records.
+"""The caller's own requests, kept as long as their records.
 
-Query: ``app`` (``name`` or ``owner/name``), ``status`` (``IN_QUEUE``, ``IN_PROGRESS``,
-``COMPLETED``, or how a completed one ended: ``ok``, ``error``, ``cancelled``), ``since`` (unix
-seconds), ``limit`` (1-1000, default 50) and ``after`` (the ``next`` cursor of the previous
-page). Each request: id, app, endpoint, revision, tier, status, outcome, error type, attempts,
-when it was created, and its seconds queued and running. Its input, result and logs are at the
-queue routes (``/requests/{id}/status?logs=1``, the result URL). API keys only: a call token is
-for calling apps, not for reading a tenant's history.
+``GET /requests``: newest first. Query: ``app`` (``name`` or ``owner/name``), ``status``
+(``IN_QUEUE``, ``IN_PROGRESS``, ``COMPLETED``, or how a completed one ended: ``ok``, ``error``,
+``cancelled``), ``since`` (unix seconds), ``limit`` (1-1000, default 50) and ``after`` (the
+``next`` cursor of the previous page). Each request: id, app, endpoint, revision, tier, status,
+outcome, error type, attempts, when it was created, and its seconds queued, running, and of
+those running the wait for a runner started for it (``cold_start_s``, null when a warm runner
+served it).
+
+``GET /requests/{id}``: one of them, with its input (the JSON accepted; null with
+``input_stored`` when a large one went to the blob store), its logs and error as the caller may
+see them (``disclosure``), and its ``response_url`` (the result) and ``status_url``.
+
+API keys only: a call token is for calling apps, not for reading a tenant's history.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from klieg.exceptions import InvalidRequestError, PermissionDeniedError
+from klieg.exceptions import InvalidRequestError, NotFoundError, PermissionDeniedError
 from klieg_platform.broker import RequestState
+from klieg_platform.disclosure import error_view, logs_view
 from klieg_platform.gateway import auth
+from klieg_platform.gateway.queue import request_urls
 from klieg_platform.gateway.state import gateway
 
 STATUSES = ("IN_QUEUE", "IN_PROGRESS", "COMPLETED")
@@ -49,6 +58,7 @@ def row(state: RequestState) -> dict[str, Any]:
         "attempts": state.attempts,
         "created_at": state.created_ms / 1000,
         "queue_s": round((started - state.created_ms) / 1000, 3) if started else None,
+        "cold_start_s": round(state.cold_ms / 1000, 3) if state.cold_ms else None,
         "run_s": round((finished - started) / 1000, 3) if started and finished else None,
     }
 
@@ -73,10 +83,40 @@ def _since_ms(text: str | None) -> int:
     return int(value * 1000)
 
 
-async def list_requests(request: Request) -> Response:
-    """The caller's requests, newest first."""
+def _keyed(request: Request) -> None:
     if auth.caller_key(request) is None:
         raise PermissionDeniedError("a request history takes an API key, not a call token")
+
+
+async def one_request(request: Request) -> Response:
+    """One of the caller's requests, with its input and logs (404 for anyone else's)."""
+    _keyed(request)
+    gw, tenant = gateway(request), auth.caller(request)
+    rid = request.path_params["request_id"]
+    state = await gw.broker.queue.get(rid, with_logs=True)
+    if state is None or state.tenant != tenant.id:
+        raise NotFoundError(f"request {rid} not found")
+    body, ref = await gw.broker.queue.payload(rid)
+    try:
+        given = json.loads(body) if body else None
+    except ValueError:
+        given = None
+    full = await gw.full_view(tenant.id, state.owner, state.app)
+    error = state.error if full or not state.error else error_view(state.error)
+    return JSONResponse({
+        **row(state),
+        "input": given,
+        "input_stored": bool(ref),
+        "error": (error or {}).get("detail"),
+        "logs": (state.logs or []) if full else logs_view(state.logs or []),
+        "queue_position": state.queue_position,
+        **request_urls(request, state.owner, state.app, state.id),
+    })  # fmt: skip
+
+
+async def list_requests(request: Request) -> Response:
+    """The caller's requests, newest first."""
+    _keyed(request)
     tenant = auth.caller(request)
     q = request.query_params
     status, app = q.get("status"), q.get("app")

@@ -55,6 +55,7 @@ class Execution:
         self.started = time.monotonic()
         """When the runner got the request (service time is measured from here)."""
         self.service_s: float | None = None
+        self.cold_s: float | None = None  # waited for a runner started for this request
         """How long the runner took, once it answered."""
 
     async def run(self) -> None:
@@ -80,7 +81,9 @@ class Execution:
                 return
             service_s = self.service_s if outcome.ok else None
             done = await until_available(
-                lambda: w.broker.queue.finish_job(job, w.id, outcome, service_s=service_s),
+                lambda: w.broker.queue.finish_job(
+                    job, w.id, outcome, service_s=service_s, cold_s=self.cold_s
+                ),
                 w.outage,
             )
         finally:
@@ -140,7 +143,10 @@ class Execution:
         """Serve the request on a runner of its own; the runner is released as soon as it has
         answered (before the events are flushed)."""
         w, job = self.worker, self.job
+        asked = time.monotonic()
         runner = await w.runners.acquire((rev.id, fn.name), fn, w.warmth.starter(rev, fn))
+        if runner.calls == 0:
+            self.cold_s = time.monotonic() - asked
         try:
             if job.id in w.cancelled:
                 raise RequestCancelledError("request cancelled")

@@ -51,6 +51,10 @@ class RunnerProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.serving: tuple[str, ...] = ()
         self.gpu_ids: tuple[int, ...] = ()
+        self.calls = 0
+        self.app = ""
+        """The "owner/app" of its revision (set when it starts), for the fleet views."""
+        """Requests and batches sent to it so far (0: started for the one acquiring it now)."""
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
@@ -150,6 +154,7 @@ class RunnerProcess:
         assert self._reader is not None and self._writer is not None
         self.last_used = time.monotonic()
         self.serving = ids
+        self.calls += 1
         results: list[Reply] = []
         try:
             self._writer.write(frame)

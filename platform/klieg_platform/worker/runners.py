@@ -35,7 +35,7 @@ class RunnerSet:
         self.slots = len(self.gpu_ids) if self.gpu_ids else slots
         self.runners: list[RunnerProcess] = []
         self._cond = asyncio.Condition()
-        self._stopping: dict[asyncio.Task[None], str] = {}
+        self._stopping: dict[asyncio.Task[None], tuple[str, str]] = {}  # function, app
         """Runners being stopped to make room -> their "revision/function"."""
         self.cold_starts = 0
 
@@ -80,19 +80,20 @@ class RunnerSet:
         return out
 
     def describe(self) -> list[dict[str, Any]]:
-        """Each runner for the fleet views: its "revision/function", state (``starting``,
-        ``busy``, ``idle``, ``stopping``), seconds idle, GPU ids, slots and pid."""
+        """Each runner for the fleet views: its "revision/function", "owner/app", state
+        (``starting``, ``busy``, ``idle``, ``stopping``), seconds idle, GPU ids, slots and
+        pid."""
         now = time.monotonic()
         out = []
         for r in self.runners:
             state = "starting" if not r.ready else "busy" if r.busy else "idle"
             out.append({
-                "function": f"{r.key[0]}/{r.key[1]}", "state": state,
+                "function": f"{r.key[0]}/{r.key[1]}", "app": r.app, "state": state,
                 "idle_s": round(now - r.last_used, 1) if state == "idle" else 0.0,
                 "gpus": list(r.gpu_ids), "slots": units(r.spec), "pid": r.pid,
             })  # fmt: skip
-        out.extend({"function": name, "state": "stopping", "idle_s": 0.0, "gpus": [], "slots": 0,
-                    "pid": None} for name in self._stopping.values())  # fmt: skip
+        out.extend({"function": name, "app": app, "state": "stopping", "idle_s": 0.0, "gpus": [],
+                    "slots": 0, "pid": None} for name, app in self._stopping.values())  # fmt: skip
         return out
 
     def used(self) -> int:
@@ -120,7 +121,7 @@ class RunnerSet:
         for victim in chosen:
             self._remove(victim)
             task = asyncio.create_task(victim.stop())
-            self._stopping[task] = f"{victim.key[0]}/{victim.key[1]}"
+            self._stopping[task] = (f"{victim.key[0]}/{victim.key[1]}", victim.app)
             task.add_done_callback(lambda t: self._stopping.pop(t, None))
         return True
 

@@ -81,6 +81,7 @@ class Warmth:
 
     async def start(self, runner: RunnerProcess, rev: Revision, fn: FunctionSpec) -> None:
         started = time.monotonic()
+        runner.app = f"{rev.owner}/{rev.app}"
         locked = LockedEnv(python=rev.python, lock=rev.lock, key=rev.env_key)
         try:
             await asyncio.to_thread(self.packager.build, locked)

@@ -58,6 +58,7 @@ NOT_CALLER = {
     ("GET", "/metrics"): Access.MANAGE,
     ("GET", "/workers"): Access.ADMIN,
     ("GET", "/pools"): Access.ADMIN,
+    ("GET", "/runners"): Access.MANAGE,
     ("GET", "/workflows"): Access.MANAGE,
     ("GET", "/workflows/{name}"): Access.MANAGE,
     ("PUT", "/workflows/{name}"): Access.MANAGE,
