@@ -524,6 +524,19 @@ def _queued(root: str) -> Callable[[Target, str, httpx.Response], None]:
     return check
 
 
+@case("GET", "/{owner}/{app}/openapi.json", Access.CALLER)
+def _app_openapi(w: World, who: Identity, access: Access) -> None:
+    """An app's document: whoever may call it (an app it may not call is not found)."""
+    for t in w.app_targets:
+        r = w.send(who, "GET", f"/{OWNER}/{t.ref}/openapi.json")
+        body = expect(r, outcome(access, who, allowed=t.may(who.tenant), ok=200), t.label)
+        if r.status_code == 200:
+            assert body["info"]["title"] == f"{OWNER}/{t.name}"
+            assert f"/{OWNER}/{t.ref}" in body["paths"]
+        elif r.status_code == 404:
+            assert body["detail"] == t.denied_detail, body
+
+
 @case("POST", "/{owner}/{app}", Access.CALLER)
 def _run(w: World, who: Identity, access: Access) -> None:
     path = f"/{OWNER}/%s"

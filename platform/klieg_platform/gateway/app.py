@@ -19,6 +19,7 @@ from klieg_platform.broker import UNAVAILABLE
 from klieg_platform.config import Settings
 from klieg_platform.gateway import (
     admin,
+    auth,
     files,
     fleet,
     history,
@@ -51,6 +52,15 @@ async def health(request: Request) -> Response:
 async def openapi_doc(request: Request) -> Response:
     """This API, as OpenAPI 3.1."""
     return JSONResponse(_openapi())
+
+
+async def app_openapi_doc(request: Request) -> Response:
+    """One app's endpoints (the revision its alias, ``latest`` by default, names), as OpenAPI
+    3.1: 404 where the caller may not call it."""
+    owner, app_ref = request.path_params["owner"], request.path_params["app"]
+    resolved = await gateway(request).resolve(auth.caller(request), owner, app_ref)
+    doc = openapi.app_openapi(owner, app_ref, resolved.spec, resolved.revision.id)
+    return JSONResponse(doc)
 
 
 @functools.cache
@@ -106,6 +116,7 @@ ROUTES = [
     route("GET", _REQUEST, queue.result, CALLER),
     route("POST", "/queue/{owner}/{app}", queue.submit, CALLER),
     route("POST", "/queue/{owner}/{app}/{path:path}", queue.submit, CALLER),
+    route("GET", "/{owner}/{app}/openapi.json", app_openapi_doc, CALLER),  # after /files/...
     route("POST", "/{owner}/{app}", run.run_sync, CALLER),
     route("POST", "/{owner}/{app}/{path:path}", run.run_sync, CALLER),
 ]

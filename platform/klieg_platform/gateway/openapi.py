@@ -1,10 +1,11 @@
-"""``GET /openapi.json``: the platform API itself, described from ``ROUTES`` (OpenAPI 3.1).
+"""OpenAPI 3.1 documents: ``GET /openapi.json``, the platform API itself, described from
+``ROUTES``; and ``GET /{owner}/{app}[@ref]/openapi.json``, one app's endpoints (``app_openapi``).
 
 Every route is an operation: its path parameters, the access it needs (``x-klieg-access`` and the
 ``Key`` security scheme), a JSON object body where it takes one (bytes for uploads), its success
 answer, and every error as ``{"detail", "error_type"}`` (``gateway/errors.py``), so clients and
-fuzzers can check each answer against it. App endpoints are described per app elsewhere; here
-``/{owner}/{app}`` takes any JSON object.
+fuzzers can check each answer against it. In the platform document ``/{owner}/{app}`` takes any
+JSON object; an app's own document gives each endpoint's input and output schemas.
 """
 
 from __future__ import annotations
@@ -104,3 +105,130 @@ def platform_openapi(routes: list[Any], version: str) -> dict[str, Any]:
             }
         },
     }
+
+
+# ---- one app: GET /{owner}/{app}[@ref]/openapi.json -------------------------------------------
+
+SUBMITTED = {
+    "type": "object",
+    "required": ["request_id", "status", "response_url", "status_url", "cancel_url"],
+    "properties": {
+        "request_id": {"type": "string"},
+        "status": {"const": "IN_QUEUE"},
+        "queue_position": {"type": "integer"},
+        "response_url": {"type": "string"},
+        "status_url": {"type": "string"},
+        "cancel_url": {"type": "string"},
+    },
+}
+STATUS = {
+    "type": "object",
+    "required": ["request_id", "status"],
+    "properties": {
+        "request_id": {"type": "string"},
+        "status": {"enum": ["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]},
+        "queue_position": {"type": "integer"},
+        "queue_eta_s": {"type": ["number", "null"]},
+        "logs": {"type": ["array", "null"]},
+        "error": {},
+        "error_type": {"type": "string"},
+    },
+}
+
+
+def is_media(schema: dict[str, Any]) -> bool:
+    """fal's rule: an object with ``url`` and ``content_type`` is a media file."""
+    props = schema.get("properties") or {}
+    return schema.get("type", "object") == "object" and {"url", "content_type"} <= props.keys()
+
+
+def _lift(schema: dict[str, Any] | None, defs: dict[str, Any], rename: dict[str, str]) -> Any:
+    """``schema`` with its ``$defs`` moved into ``defs`` (components), refs pointed there and
+    media objects marked ``x-klieg-media``; names taken by a different schema get a suffix."""
+    if schema is None:
+        return {}
+    local = dict(schema.get("$defs") or {})
+    for name, sub in local.items():
+        target, n = name, 1
+        while target in defs and defs[target] != sub:
+            n += 1
+            target = f"{name}{n}"
+        rename[name] = target
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(x) for x in node]
+        if not isinstance(node, dict):
+            return node
+        out = {k: walk(v) for k, v in node.items() if k != "$defs"}
+        ref = out.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            out["$ref"] = "#/components/schemas/" + rename.get(ref[8:], ref[8:])
+        if is_media(out):
+            out["x-klieg-media"] = True
+        return out
+
+    for name, sub in local.items():
+        defs[rename[name]] = walk(sub)
+    return walk(schema)
+
+
+def app_openapi(owner: str, app_ref: str, spec: Any, revision: str) -> dict[str, Any]:
+    """The OpenAPI document of one app revision (``spec``: its ``AppSpec``): per endpoint the
+    sync call, its ``/stream`` form where it streams, and the queue's submit, status and result,
+    with the endpoint's input and output schemas; media objects carry ``x-klieg-media``."""
+    paths: dict[str, dict[str, Any]] = {}
+    defs: dict[str, Any] = {}
+    root = f"/{owner}/{app_ref}"
+    errors = {
+        "4XX": _json("a refused request (422: the input, naming the field)", ERROR),
+        "5XX": _json("the platform could not serve it (503: retry after Retry-After)", ERROR),
+    }
+    base = app_ref.partition("@")[0]
+    for fn in spec.functions:
+        for ep in fn.endpoints:
+            suffix = "" if ep.path in ("", "/") else "/" + ep.path.strip("/")
+            name = re.sub(r"\W+", "_", suffix).strip("_") or "root"
+            given = _lift(ep.input_schema, defs, {})
+            answer = _lift(ep.output_schema, defs, {})
+            body = {"required": True, "content": {"application/json": {"schema": given}}}
+            common = {"security": [{"key": []}], "x-klieg-function": fn.name}
+            paths[f"{root}{suffix}"] = {"post": {
+                **common, "operationId": f"run_{name}", "summary": f"call {suffix or '/'}",
+                "requestBody": body,
+                "responses": {"200": _json("the result", answer), **errors},
+                "x-klieg-batched": ep.batched, "x-klieg-streaming": ep.streaming,
+            }}  # fmt: skip
+            if ep.streaming:
+                paths[f"{root}{suffix}/stream"] = {"post": {
+                    **common, "operationId": f"stream_{name}", "requestBody": body,
+                    "summary": f"call {suffix or '/'}, its items as server-sent events",
+                    "responses": {"200": {"description": "text/event-stream"}, **errors},
+                }}  # fmt: skip
+            paths[f"/queue{root}{suffix}"] = {"post": {
+                **common, "operationId": f"submit_{name}", "summary": f"queue {suffix or '/'}",
+                "requestBody": body, "responses": {"200": _json("queued", SUBMITTED), **errors},
+            }}  # fmt: skip
+    rid = {"name": "request_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    requests = f"/queue/{owner}/{base}/requests/{{request_id}}"
+    paths[f"{requests}/status"] = {"get": {
+        "operationId": "status", "security": [{"key": []}], "parameters": [rid],
+        "responses": {"2XX": _json("the status", STATUS), **errors},
+    }}  # fmt: skip
+    paths[requests] = {"get": {
+        "operationId": "result", "security": [{"key": []}], "parameters": [rid],
+        "responses": {"200": _json("the result of its endpoint", {}), **errors},
+    }}  # fmt: skip
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": f"{owner}/{base}", "version": revision},
+        "x-klieg-revision": revision,
+        "paths": paths,
+        "components": {
+            "schemas": defs,
+            "securitySchemes": {
+                "key": {"type": "apiKey", "in": "header", "name": "Authorization",
+                        "description": "Key <key_id>:<secret>"},
+            },
+        },
+    }  # fmt: skip
