@@ -3,7 +3,11 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench
+.PHONY: setup browser demo test lint bench
+
+# The console's browser tests drive Debian's Chromium (Playwright's own download does not work
+# on these machines). Installed once, as root through apt-get; elsewhere those tests skip, saying why.
+CHROMIUM := /usr/bin/chromium
 
 $(BIN)/.installed: pyproject.toml sdk/pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -11,6 +15,16 @@ $(BIN)/.installed: pyproject.toml sdk/pyproject.toml
 	touch $@
 
 setup: $(BIN)/.installed
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; } || \
+	  echo "chromium: apt-get could not install it; the console's browser tests will skip"; \
+	else echo "chromium: not installed (needs root and apt-get); the console's browser tests will skip"; fi
+
+browser: $(CHROMIUM)
 
 demo: setup
 	$(BIN)/klieg demo
@@ -20,7 +34,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint browser
 	$(BIN)/pytest
 
 bench: setup

@@ -75,6 +75,7 @@ class Digits:
         for i, req in enumerate(reqs):
             by_steps.setdefault(req.steps, []).append(i)
         for steps, members in by_steps.items():
+            print(f"sampling {len(members)} request(s) with {steps} denoising steps")
             wanted = [[int(c) for c in reqs[i].digits] for i in members]
             pairs = list(zip(members, wanted, strict=True))
             noise = [self.model_lib.initial_noise(len(w), reqs[i].seed) for i, w in pairs]

@@ -367,6 +367,36 @@ def _metrics(w: World, who: Identity, access: Access) -> None:
     assert ("klieg_queue_depth" in r.text) == (who.tenant == ADMIN)
 
 
+@case("GET", "/console", Access.PUBLIC)
+@case("GET", "/console/assets/{name}", Access.PUBLIC)
+def _console(w: World, who: Identity, access: Access) -> None:
+    """The console's shell and assets are the same for everyone and name no tenant: what a
+    page shows comes from the API with the caller's key (so from the cases above)."""
+    for path in ("/console", "/console/assets/console.js", "/console/assets/console.css"):
+        r = w.send(who, "GET", path)
+        assert r.status_code == 200, (path, r.status_code)
+        assert OWNER not in r.text and PRIVATE not in r.text, f"{path} names a tenant or app"
+    expect(w.send(who, "GET", "/console/assets/x.js"), 404, "an unknown asset")
+
+
+@case("GET", "/fleet/stream", Access.MANAGE)
+def _fleet_stream(w: World, who: Identity, access: Access) -> None:
+    """The live fleet: a tenant's own runners; pools and queues for the platform admin only."""
+    r = w.send(who, "GET", "/fleet/stream", params={"for_s": "1"})
+    expect_status = outcome(access, who, allowed=True, ok=200)
+    assert r.status_code == expect_status, (r.status_code, r.text)
+    if r.status_code != 200:
+        return
+    docs = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    assert docs, "no fleet event"
+    for doc in docs:
+        owners = {x["app"].partition("/")[0] for x in doc["runners"]}
+        if who.tenant != ADMIN:
+            assert owners <= {who.tenant} and doc["pools"] is None, f"fleet shown to {who.tenant}"
+        else:
+            assert isinstance(doc["pools"], list)
+
+
 @case("GET", "/workers", Access.ADMIN)
 @case("GET", "/pools", Access.ADMIN)
 def _fleet(w: World, who: Identity, access: Access) -> None:

@@ -60,6 +60,7 @@ RESERVED = {
     "workers",
     "pools",
     "runners",
+    "fleet",
 }
 _ALIAS = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 MAX_DEPLOY_BYTES = 128 * 1024 * 1024
@@ -225,6 +226,10 @@ def _revision_json(rev: Revision, aliases: dict[str, str]) -> dict[str, Any]:
         "env_key": rev.env_key,
         "python": rev.python,
         "aliases": sorted(a for a, r in aliases.items() if r == rev.id),
+        "hardware": [
+            {"function": f.get("name"), "gpu": f.get("gpu"), "num_gpus": f.get("num_gpus", 0)}
+            for f in rev.spec.get("functions", [])
+        ],
     }
 
 

@@ -20,6 +20,7 @@ from klieg_platform.config import Settings
 from klieg_platform.gateway import (
     admin,
     auth,
+    console,
     files,
     fleet,
     history,
@@ -74,6 +75,9 @@ _WF_REQUEST = "/queue/workflows/{owner}/{name}/requests/{request_id}"
 ROUTES = [
     route("GET", "/health", health, PUBLIC),
     route("GET", "/openapi.json", openapi_doc, PUBLIC),
+    route("GET", "/console", console.page, PUBLIC),
+    route("GET", "/console/assets/{name}", console.asset, PUBLIC),
+    route("GET", "/fleet/stream", console.fleet_stream, MANAGE),
     route("POST", "/keys", admin.create_key, BOOTSTRAP),
     route("GET", "/keys", admin.list_keys, ADMIN),
     route("DELETE", "/keys/{key_id}", admin.revoke_key, ADMIN),

@@ -25,6 +25,7 @@ from klieg_platform import keys
 from klieg_platform.broker import Depth, now_ms
 from klieg_platform.gateway import auth
 from klieg_platform.gateway.state import gateway
+from klieg_platform.registry_tables import Tenant
 
 RUNNER_STATES = ("starting", "busy", "idle", "stopping")
 """A runner's states, in the order the views list them."""
@@ -107,12 +108,16 @@ def runner_views(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def visible_runners(caller: Tenant, found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runners ``caller`` may see: of its own apps (an admin tenant: all)."""
+    if caller.admin:
+        return found
+    return [r for r in found if r["app"].partition("/")[0] == caller.name]
+
+
 async def list_runners(request: Request) -> Response:
-    caller = auth.caller(request)
     app = request.query_params.get("app")
-    found = runner_views(await fleet_workers(request))
-    if not caller.admin:
-        found = [r for r in found if r["app"].partition("/")[0] == caller.name]
+    found = visible_runners(auth.caller(request), runner_views(await fleet_workers(request)))
     if app is not None:
         found = [r for r in found if app in (r["app"], r["app"].partition("/")[2])]
     return JSONResponse({"runners": found})

@@ -32,6 +32,8 @@ _QUERY: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]] = {
         ("limit", {"type": "string"}),
         ("after", {"type": "string"}),
     ],
+    ("GET", "/fleet/stream"): [("for_s", {"type": "number", "exclusiveMinimum": 0})],
+    ("GET", "/runners"): [("app", {"type": "string"})],
     ("GET", "/requests/{request_id}/status"): [
         ("logs", {"type": "string", "enum": ["0", "1"]}),
         ("wait_s", {"type": "number", "minimum": 0}),
@@ -69,8 +71,8 @@ def _operation(method: str, path: str, route: Route, access: Access) -> dict[str
             content = {"application/json": {"schema": {"type": "object"}}}
         op["requestBody"] = {"required": False, "content": content}
     ok = "201" if (method, path) in _CREATED else "2XX"
-    if path.endswith(_STREAMS) or path.startswith("/files/"):
-        op["responses"][ok] = {"description": "a stream or a file"}
+    if path.endswith(_STREAMS) or path.startswith(("/files/", "/console")):
+        op["responses"][ok] = {"description": "a stream, a file or a page"}
     else:
         op["responses"][ok] = _json("done", {})
     return op

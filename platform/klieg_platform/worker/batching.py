@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -47,6 +48,7 @@ class _Member:
     timeout_s: float
     events: EventForwarder
     token: str = ""
+    arrived: float = field(default_factory=time.monotonic)
     future: asyncio.Future[Reply] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -79,6 +81,7 @@ class Batcher:
         self._ahead: asyncio.Task[None] | None = None
         self.sizes: list[int] = []
         """Sizes of the batches run, newest last (at most 1000 kept)."""
+        self._cold: dict[str, float] = {}
 
     async def submit(
         self,
@@ -99,6 +102,11 @@ class Batcher:
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.create_task(self._loop())
         return await member.future
+
+    def cold_start_of(self, request_id: str) -> float | None:
+        """How long ``request_id`` (submitted here) waited for a runner started for its batch;
+        None when a warm runner took it. Asked once, after ``submit``."""
+        return self._cold.pop(request_id, None)
 
     def settled(self, request_id: str) -> None:
         """A request leased by ``fill`` will not be submitted (it failed before): stop waiting
@@ -127,6 +135,7 @@ class Batcher:
             if not self._pending:  # only requests leased by a prefill, still on their way
                 await self._await_expected()
                 continue
+            asked = time.monotonic()
             try:
                 runner = await self._acquire()
             except BaseException as exc:
@@ -136,6 +145,10 @@ class Batcher:
                 if not isinstance(exc, Exception):
                     raise
                 return
+            if runner.calls == 0:  # started for the requests waiting now
+                now = time.monotonic()
+                for member in self._pending:
+                    self._cold[member.request_id] = now - max(asked, member.arrived)
             try:
                 await self._gather()
             except BaseException:

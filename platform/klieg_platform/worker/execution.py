@@ -113,7 +113,12 @@ class Execution:
                     raise RequestCancelledError("request cancelled")
                 batcher = w.batcher(rev, fn, ep)
                 self.started = time.monotonic()
-                result, body = await batcher.submit(job.id, payload, timeout, events, token=token)
+                try:
+                    result, body = await batcher.submit(
+                        job.id, payload, timeout, events, token=token
+                    )
+                finally:
+                    self.cold_s = batcher.cold_start_of(job.id)
             else:
                 result, body = await self._direct(rev, fn, payload, timeout, events, token)
         except SetupFailed as failed:

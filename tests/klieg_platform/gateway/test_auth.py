@@ -40,6 +40,9 @@ NOT_FOR_TOKENS = {
 NOT_CALLER = {
     ("GET", "/health"): Access.PUBLIC,
     ("GET", "/openapi.json"): Access.PUBLIC,
+    ("GET", "/console"): Access.PUBLIC,
+    ("GET", "/console/assets/{name}"): Access.PUBLIC,
+    ("GET", "/fleet/stream"): Access.MANAGE,
     ("GET", "/files/{key:path}"): Access.PUBLIC,
     ("POST", "/keys"): Access.BOOTSTRAP,
     ("GET", "/apps"): Access.MANAGE,

@@ -1,0 +1,89 @@
+"""The web console, served by the gateway itself at ``/console``.
+
+The pages are one static shell (``console/index.html``) and its script and style, read from
+the package and sent as they are: no build step, nothing from a CDN. The shell holds no tenant
+data; the script asks for the caller's key and reads everything through the JSON API with it
+(``/apps``, ``/requests``, the per-app OpenAPI documents, the queue routes), so a page shows
+exactly what the API lets that key see. ``GET /fleet/stream`` is the one route made for it: the
+fleet views as server-sent events, once a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import time
+from collections.abc import AsyncIterator
+from importlib import resources
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from klieg.exceptions import NotFoundError
+from klieg_platform.gateway import auth, fleet, sse
+from klieg_platform.gateway.intake import seconds
+from klieg_platform.gateway.state import gateway
+
+ASSETS = {
+    "console.js": "text/javascript; charset=utf-8",
+    "console.css": "text/css; charset=utf-8",
+}
+HEADERS = {
+    "cache-control": "no-cache",
+    "x-content-type-options": "nosniff",
+    "content-security-policy": (
+        "default-src 'self'; img-src 'self' data: blob: http: https:; "
+        "media-src 'self' data: blob: http: https:; connect-src 'self' http: https:; "
+        "style-src 'self'; script-src 'self'; frame-ancestors 'none'"
+    ),
+}
+FLEET_EVERY_S = 1.0
+FLEET_FOR_S = 60.0
+"""How long one fleet stream lasts unless ``for_s`` says otherwise (at most ``FLEET_MOST_S``);
+the console opens the next one when it ends, as an EventSource would."""
+FLEET_MOST_S = 600.0
+
+
+@functools.cache
+def _read(name: str) -> bytes:
+    return resources.files("klieg_platform.gateway").joinpath("console", name).read_bytes()
+
+
+async def page(request: Request) -> Response:
+    """The console (every page: the script routes by the URL's fragment)."""
+    return Response(_read("index.html"), media_type="text/html; charset=utf-8", headers=HEADERS)
+
+
+async def asset(request: Request) -> Response:
+    """The console's script and style."""
+    name = request.path_params["name"]
+    if name not in ASSETS:
+        raise NotFoundError(f"no console asset {name!r}")
+    return Response(_read(name), media_type=ASSETS[name], headers=HEADERS)
+
+
+async def fleet_stream(request: Request) -> Response:
+    """SSE, once a second for ``for_s`` seconds (default 60): ``{"at", "runners", "pools"}``
+    (``pools`` for an admin tenant only, ``runners`` as ``GET /runners`` shows them)."""
+    caller = auth.caller(request)
+    gw = gateway(request)
+    raw = request.query_params.get("for_s")
+    lasts = FLEET_FOR_S if raw is None else seconds(raw, "for_s", most=FLEET_MOST_S)
+    loop = asyncio.get_running_loop()
+    until = loop.time() + lasts
+
+    async def events() -> AsyncIterator[bytes]:
+        while True:
+            workers = await fleet.fleet_workers(request)
+            runners = fleet.visible_runners(caller, fleet.runner_views(workers))
+            pools = None
+            if caller.admin:
+                pools = fleet.pool_views(workers, await gw.broker.queue.depths())
+            doc = {"at": time.time(), "runners": runners, "pools": pools}
+            yield sse.event(json.dumps(doc).encode())
+            if loop.time() + FLEET_EVERY_S > until:
+                return
+            await asyncio.sleep(FLEET_EVERY_S)
+
+    return sse.response(events())

@@ -1,0 +1,532 @@
+// The Klieg console: one page, routed by the URL's fragment, reading the gateway's JSON API
+// with the key the user signs in with (kept in this tab's sessionStorage only).
+
+const KEY = "klieg.console.key";
+const root = document.getElementById("root");
+let stopPage = () => {};
+
+// ---- DOM and API helpers -----------------------------------------------------------------
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super(body && body.detail ? String(body.detail) : `HTTP ${status}`);
+    this.status = status;
+    this.type = body && body.error_type;
+  }
+}
+
+function auth() {
+  return { Authorization: `Key ${sessionStorage.getItem(KEY) || ""}` };
+}
+
+async function api(path, opts = {}) {
+  const headers = { ...auth(), ...(opts.headers || {}) };
+  let body = opts.body;
+  if (opts.json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    body = JSON.stringify(opts.json);
+  }
+  const r = await fetch(path, { method: opts.method || "GET", headers, body, signal: opts.signal });
+  const text = await r.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = { detail: text }; }
+  if (!r.ok && r.status !== 202) {
+    if (r.status === 401 && !opts.quiet) signOut("Your key was refused: " + (data && data.detail));
+    throw new ApiError(r.status, data);
+  }
+  return data;
+}
+
+// Server-sent events over fetch (EventSource cannot send the Authorization header).
+async function sse(path, onEvent, signal) {
+  const r = await fetch(path, { headers: auth(), signal });
+  if (!r.ok) {
+    let data = null;
+    try { data = await r.json(); } catch { /* not JSON */ }
+    throw new ApiError(r.status, data);
+  }
+  const reader = r.body.getReader();
+  const decoder = new TextDecoder();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buf.indexOf("\n\n")) >= 0) {
+      const chunk = buf.slice(0, cut);
+      buf = buf.slice(cut + 2);
+      const data = chunk.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("");
+      if (data) onEvent(JSON.parse(data));
+    }
+  }
+}
+
+const when = (s) => (s ? new Date(s * 1000).toLocaleString() : "");
+const secs = (s) => (s === null || s === undefined ? "–" : s < 1 ? `${Math.round(s * 1000)} ms` : `${s.toFixed(2)} s`);
+const short = (id) => (id ? String(id).slice(0, 10) : "");
+const json = (v) => JSON.stringify(v, null, 2);
+
+function pill(text, kind) { return h("span", { class: `pill ${kind || ""}` }, text); }
+function statusPill(r) {
+  const s = r.outcome || r.status;
+  const kind = s === "ok" ? "ok" : s === "error" || s === "cancelled" ? "error" : "run";
+  return pill(s, kind);
+}
+function errorBox(err) {
+  return h("div", { class: "error-box", "data-error-type": err.type || "" },
+    err.type ? `${err.type}: ` : "", err.message);
+}
+function notFound(err) {
+  return h("div", {}, h("h1", {}, "Not found"), h("p", { class: "sub" }, err.message));
+}
+
+// ---- media (fal's rule: an object with url and content_type is a file) --------------------
+
+function isMedia(v) {
+  return v && typeof v === "object" && typeof v.url === "string" && "content_type" in v;
+}
+function collectMedia(v, path = "", out = []) {
+  if (isMedia(v)) out.push([path, v]);
+  else if (Array.isArray(v)) v.forEach((x, i) => collectMedia(x, `${path}[${i}]`, out));
+  else if (v && typeof v === "object") for (const [k, x] of Object.entries(v)) collectMedia(x, path ? `${path}.${k}` : k, out);
+  return out;
+}
+function mediaView(v) {
+  const found = collectMedia(v);
+  if (!found.length) return null;
+  return h("div", { class: "media" }, found.map(([path, m]) => {
+    const kind = (m.content_type || "").split("/")[0];
+    const el = kind === "image" ? h("img", { src: m.url, alt: path, "data-media": path })
+      : kind === "video" ? h("video", { src: m.url, controls: true, "data-media": path })
+      : kind === "audio" ? h("audio", { src: m.url, controls: true, "data-media": path })
+      : h("a", { href: m.url, target: "_blank", "data-media": path }, m.file_name || path);
+    return h("figure", {}, el, h("figcaption", {}, `${path} · ${m.content_type || "file"}`));
+  }));
+}
+function logView(lines) {
+  const box = h("div", { class: "logs", "data-logs": "" });
+  const add = (ls) => {
+    for (const l of ls || []) box.append(h("div", { class: "line" }, h("span", { class: "lvl" }, l.level || ""), l.message || ""));
+    box.scrollTop = box.scrollHeight;
+  };
+  add(lines);
+  return { box, add };
+}
+
+// ---- pages --------------------------------------------------------------------------------
+
+async function appsPage(main) {
+  const apps = await api("/apps");
+  main.append(h("h1", {}, "Apps"), h("p", { class: "sub" }, "Your deployed apps, their aliases and revisions."));
+  if (!apps.length) {
+    main.append(h("div", { class: "card empty" }, "No apps yet. Deploy one with ", h("code", {}, "klieg deploy apps/echo/app.py")));
+    return;
+  }
+  main.append(h("table", { "data-apps": "" },
+    h("tr", {}, h("th", {}, "App"), h("th", {}, "Aliases"), h("th", {}, "Created"), h("th", {}, "")),
+    apps.map((a) => h("tr", { class: "link", "data-app": a.name, onclick: () => go(`#/apps/${a.name}`) },
+      h("td", {}, h("b", {}, `${a.owner}/${a.name}`)),
+      h("td", {}, Object.entries(a.aliases || {}).map(([k, v]) => pill(`${k} → ${short(v)}`, "alias"))),
+      h("td", {}, when(a.created_at)),
+      h("td", {}, h("a", { href: `#/playground/${a.owner}/${a.name}`, onclick: (e) => e.stopPropagation() }, "Playground →"))))));
+}
+
+async function appPage(main, name) {
+  const revs = await api(`/apps/${encodeURIComponent(name)}/revisions`);
+  const owner = revs.length ? revs[0].owner : "";
+  main.append(
+    h("div", { class: "row" }, h("h1", {}, `${owner}/${name}`), h("span", { class: "spacer" }),
+      h("a", { class: "button", href: `#/playground/${owner}/${name}` }, "Open playground"),
+      h("button", { "data-rollback": "", onclick: async () => {
+        if (!confirm(`Roll the latest alias of ${name} back to its previous revision?`)) return;
+        try { await api(`/apps/${encodeURIComponent(name)}/rollback?alias=latest`, { method: "POST" }); route(); }
+        catch (e) { main.prepend(errorBox(e)); }
+      } }, "Roll back latest")),
+    h("p", { class: "sub" }, `${revs.length} revision(s), newest first.`),
+    h("table", { "data-revisions": "" },
+      h("tr", {}, h("th", {}, "Revision"), h("th", {}, "Created"), h("th", {}, "Environment"), h("th", {}, "Hardware"), h("th", {}, "Aliases"), h("th", {}, "")),
+      revs.map((r) => h("tr", { "data-revision": r.id },
+        h("td", { class: "mono" }, r.id),
+        h("td", {}, when(r.created_at)),
+        h("td", { class: "mono" }, `${short(r.env_key)} · py${r.python}`),
+        h("td", {}, (r.hardware || []).map((x) => pill(`${x.function}: ${x.gpu ? `${x.num_gpus || 1}× ${x.gpu}` : "CPU"}`))),
+        h("td", {}, r.aliases.map((a) => pill(a, "alias"))),
+        h("td", {}, h("button", { class: "small", onclick: async () => {
+          const alias = prompt(`Point which alias at revision ${short(r.id)}?`, "latest");
+          if (!alias || !confirm(`Point ${name}@${alias} at ${r.id}?`)) return;
+          try { await api(`/apps/${encodeURIComponent(name)}/aliases/${encodeURIComponent(alias)}`, { method: "PUT", json: { revision: r.id } }); route(); }
+          catch (e) { main.prepend(errorBox(e)); }
+        } }, "Point alias…"))))));
+}
+
+function requestRow(r) {
+  return h("tr", { class: "link", "data-request": r.request_id, onclick: () => go(`#/requests/${r.request_id}`) },
+    h("td", { class: "mono" }, short(r.request_id)),
+    h("td", {}, `${r.app}${r.endpoint && r.endpoint !== "/" ? r.endpoint : ""}`),
+    h("td", {}, statusPill(r), r.error_type ? h("span", { class: "hint" }, r.error_type) : null),
+    h("td", {}, when(r.created_at)),
+    h("td", {}, secs(r.queue_s)), h("td", {}, secs(r.run_s)), h("td", {}, secs(r.cold_start_s)));
+}
+
+async function requestsPage(main, params) {
+  const app = h("input", { placeholder: "app (name or owner/name)", value: params.get("app") || "", "data-filter-app": "" });
+  const status = h("select", { "data-filter-status": "" },
+    ["", "ok", "error", "cancelled", "IN_QUEUE", "IN_PROGRESS"].map((s) => h("option", { value: s, selected: s === (params.get("status") || "") }, s || "any status")));
+  const search = () => {
+    const q = new URLSearchParams();
+    if (app.value) q.set("app", app.value);
+    if (status.value) q.set("status", status.value);
+    go(`#/requests?${q}`);
+  };
+  app.addEventListener("keydown", (e) => e.key === "Enter" && search());
+  status.addEventListener("change", search);
+  const body = h("tbody", {});
+  const more = h("button", { class: "mt12" }, "Load older");
+  main.append(h("h1", {}, "Requests"), h("p", { class: "sub" }, "Your requests, newest first."),
+    h("div", { class: "row mb14" }, h("div", { class: "f2" }, app), h("div", { class: "f1" }, status), h("button", { onclick: search }, "Search")),
+    h("table", { "data-requests": "" }, h("thead", {}, h("tr", {}, ["Request", "App", "Status", "Created", "Queued", "Ran", "Cold start"].map((t) => h("th", {}, t)))), body),
+    more);
+  let cursor = null;
+  const load = async () => {
+    const q = new URLSearchParams({ limit: "50" });
+    for (const k of ["app", "status"]) if (params.get(k)) q.set(k, params.get(k));
+    if (cursor) q.set("after", cursor);
+    const page = await api(`/requests?${q}`);
+    page.requests.forEach((r) => body.append(requestRow(r)));
+    if (!body.children.length) body.append(h("tr", {}, h("td", { colspan: 7, class: "empty" }, "No requests match.")));
+    cursor = page.next;
+    more.style.display = cursor ? "" : "none";
+  };
+  more.addEventListener("click", load);
+  await load();
+}
+
+async function requestPage(main, id) {
+  const r = await api(`/requests/${encodeURIComponent(id)}`);
+  const logs = logView(r.logs);
+  const output = h("div", { "data-output": "" });
+  const state = h("span", {}, statusPill(r));
+  main.append(
+    h("h1", {}, "Request ", h("span", { class: "mono" }, r.request_id)),
+    h("p", { class: "sub" }, h("a", { href: `#/apps/${r.app.split("/")[1]}` }, r.app), r.endpoint && r.endpoint !== "/" ? r.endpoint : "", " · revision ", h("span", { class: "mono" }, short(r.revision))),
+    h("div", { class: "card kv mb18" },
+      h("div", { class: "k" }, "Status"), state,
+      h("div", { class: "k" }, "Created"), h("div", {}, when(r.created_at)),
+      h("div", { class: "k" }, "Queued / ran / cold start"), h("div", {}, `${secs(r.queue_s)} / ${secs(r.run_s)} / ${secs(r.cold_start_s)}`),
+      h("div", { class: "k" }, "Tier · attempts"), h("div", {}, `${r.tier} · ${r.attempts}`)),
+    h("div", { class: "grid2" },
+      h("div", {}, h("h2", {}, "Input"), r.input_stored ? h("div", { class: "notice" }, "A large input, kept in the blob store.") : h("pre", { class: "json", "data-input": "" }, json(r.input))),
+      h("div", {}, h("h2", {}, "Output"), output)),
+    h("h2", {}, "Logs"), logs.box);
+  const finish = async (doc) => {
+    state.replaceChildren(statusPill(doc));
+    if (doc.outcome === "ok") {
+      const result = await api(r.response_url.replace(/^https?:\/\/[^/]+/, ""));
+      output.replaceChildren(mediaView(result) || "", h("pre", { class: "json" }, json(result)));
+    } else if (doc.error) output.replaceChildren(errorBox({ type: doc.error_type, message: doc.error }));
+  };
+  if (r.status === "COMPLETED") return finish(r);
+  output.append(h("div", { class: "notice" }, "Waiting for the result…"));
+  const ctl = new AbortController();
+  stopPage = () => ctl.abort();
+  const statusPath = r.status_url.replace(/^https?:\/\/[^/]+/, "");
+  sse(`${statusPath}/stream?logs=1`, async (doc) => {
+    logs.add(doc.logs);
+    state.replaceChildren(statusPill(doc), doc.queue_position !== undefined ? ` position ${doc.queue_position}` : "");
+    if (doc.status === "COMPLETED") finish({ ...doc, outcome: doc.error_type ? "error" : "ok" });
+  }, ctl.signal).catch(() => {});
+}
+
+// ---- the fleet ------------------------------------------------------------------------------
+
+function sparkline(values) {
+  const w = 160, ht = 34, n = values.length;
+  const top = Math.max(1, ...values);
+  const pts = values.map((v, i) => `${n < 2 ? 0 : (i / (n - 1)) * w},${ht - 2 - (v / top) * (ht - 4)}`).join(" ");
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", `0 0 ${w} ${ht}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+  line.setAttribute("points", pts);
+  line.setAttribute("fill", "none");
+  line.setAttribute("stroke", "#7c9cff");
+  line.setAttribute("stroke-width", "2");
+  svg.append(line);
+  return svg;
+}
+
+async function fleetPage(main) {
+  const stats = h("div", { class: "stats" });
+  const pools = h("div", { "data-pools": "" });
+  const runners = h("div", { "data-runners": "" });
+  const live = h("span", { class: "pill" }, "connecting…");
+  main.append(h("div", { class: "row" }, h("h1", {}, "Fleet"), h("span", { class: "spacer" }), live),
+    h("p", { class: "sub" }, "Live pools, GPU slots, runners and queues; charts cover the last hour this page was open."),
+    stats, h("h2", {}, "Pools"), pools, h("h2", {}, "Runners"), runners);
+  const series = { queued: [], busy: [], idle: [], starting: [] };
+  const ctl = new AbortController();
+  stopPage = () => ctl.abort();
+  const show = (doc) => {
+    live.replaceChildren("● live");
+    live.className = "pill ok";
+    const count = (s) => doc.runners.filter((r) => r.state === s).length;
+    const queued = doc.pools ? doc.pools.reduce((a, p) => a + p.queued, 0) : null;
+    const now = { queued: queued || 0, busy: count("busy"), idle: count("idle"), starting: count("starting") };
+    for (const k of Object.keys(series)) { series[k].push(now[k]); if (series[k].length > 3600) series[k].shift(); }
+    const stat = (k, label, v) => h("div", { class: "stat", [`data-stat-${k}`]: "" }, h("div", { class: "k" }, label), h("div", { class: "v" }, v), sparkline(series[k]));
+    stats.replaceChildren(
+      ...(queued === null ? [] : [stat("queued", "Requests queued", queued)]),
+      stat("busy", "Runners busy", now.busy), stat("starting", "Cold starts now", now.starting), stat("idle", "Runners idle (warm)", now.idle));
+    if (doc.pools === null) pools.replaceChildren(h("div", { class: "notice" }, "Pools and queues are shown to an admin tenant's key."));
+    else if (!doc.pools.length) pools.replaceChildren(h("div", { class: "card empty" }, "No pools yet."));
+    else pools.replaceChildren(h("table", {},
+      h("tr", {}, ["Pool", "Workers", "GPU slots (busy / held / total)", "Runners", "Queue per tier (oldest wait)"].map((t) => h("th", {}, t))),
+      doc.pools.map((p) => h("tr", { "data-pool": p.pool },
+        h("td", {}, h("b", {}, p.pool)), h("td", {}, p.workers),
+        h("td", {}, `${p.slots.busy} / ${p.slots.held} / ${p.slots.total}`),
+        h("td", {}, Object.entries(p.runners).filter(([, n]) => n).map(([s, n]) => pill(`${s} ${n}`))),
+        h("td", {}, p.queue.filter((q) => q.queued).map((q) => pill(`${q.tier}: ${q.queued} (${q.oldest_wait_s.toFixed(1)} s)`, "run")), p.queued ? null : "empty")))));
+    if (!doc.runners.length) runners.replaceChildren(h("div", { class: "card empty" }, "No runners: every app is cold."));
+    else runners.replaceChildren(h("table", {},
+      h("tr", {}, ["App", "Revision", "Function", "State", "Worker", "GPUs"].map((t) => h("th", {}, t))),
+      doc.runners.map((r) => h("tr", { "data-runner": r.app },
+        h("td", {}, r.app), h("td", { class: "mono" }, short(r.revision)), h("td", {}, r.function),
+        h("td", {}, pill(r.state === "idle" ? `idle ${r.idle_s.toFixed(0)} s` : r.state, r.state === "busy" ? "run" : r.state === "idle" ? "ok" : "")),
+        h("td", { class: "mono" }, r.worker), h("td", {}, r.gpus.join(", ") || "–")))));
+  };
+  (async () => {  // each stream lasts a minute; the next one follows, as EventSource would
+    while (!ctl.signal.aborted) {
+      try { await sse("/fleet/stream", show, ctl.signal); }
+      catch (e) {
+        if (e.name === "AbortError") return;
+        live.replaceChildren("reconnecting…");
+        live.className = "pill error";
+        await new Promise((done) => setTimeout(done, 2000));
+      }
+    }
+  })();
+}
+
+// ---- the playground -------------------------------------------------------------------------
+
+function deref(doc, s) {
+  let out = s || {};
+  for (let i = 0; out.$ref && i < 10; i++) out = doc.components.schemas[out.$ref.split("/").pop()] || {};
+  if (out.anyOf) {
+    const real = out.anyOf.filter((x) => x.type !== "null");
+    if (real.length === 1) out = { ...deref(doc, real[0]), nullable: true, default: out.default, description: out.description, title: out.title };
+  }
+  return out;
+}
+
+function fieldInput(doc, name, schema, required) {
+  const s = deref(doc, schema);
+  const hint = [s.description, s.minimum !== undefined && s.maximum !== undefined ? `${s.minimum} – ${s.maximum}` : null].filter(Boolean).join(" · ");
+  let control, read;
+  const media = s["x-klieg-media"] || (s.type === "string" && /(_url|^url)$/.test(name));
+  if (media) {
+    const url = h("input", { placeholder: "https://… or upload a file", "data-field": name });
+    const file = h("input", { type: "file", "data-upload": name });
+    const note = h("span", { class: "hint" });
+    file.addEventListener("change", async () => {
+      const f = file.files[0];
+      if (!f) return;
+      note.textContent = "uploading…";
+      try {
+        const up = await api("/files/upload", { method: "POST", body: f, headers: { "Content-Type": f.type || "application/octet-stream", "X-Klieg-File-Name": f.name } });
+        url.value = up.url;
+        note.textContent = `uploaded ${f.name} (${up.file_size} bytes)`;
+      } catch (e) { note.textContent = e.message; }
+    });
+    control = h("div", {}, url, h("div", { class: "row mt6" }, file, note));
+    read = () => (url.value ? (s["x-klieg-media"] ? { url: url.value, content_type: null } : url.value) : undefined);
+  } else if (s.enum) {
+    const sel = h("select", { "data-field": name }, s.enum.map((v) => h("option", { value: JSON.stringify(v), selected: v === s.default }, String(v))));
+    control = sel;
+    read = () => JSON.parse(sel.value);
+  } else if (s.type === "boolean") {
+    const box = h("input", { type: "checkbox", "data-field": name, checked: s.default === true });
+    control = box;
+    read = () => box.checked;
+  } else if (s.type === "integer" || s.type === "number") {
+    const step = s.type === "integer" ? "1" : "any";
+    const num = h("input", { type: "number", step, min: s.minimum, max: s.maximum, value: s.default ?? "", "data-field": name });
+    if (s.minimum !== undefined && s.maximum !== undefined) {
+      const range = h("input", { type: "range", min: s.minimum, max: s.maximum, step: s.type === "integer" ? "1" : String((s.maximum - s.minimum) / 100), value: s.default ?? s.minimum });
+      range.addEventListener("input", () => { num.value = range.value; });
+      num.addEventListener("input", () => { range.value = num.value; });
+      control = h("div", { class: "numrow" }, range, num);
+    } else control = num;
+    read = () => (num.value === "" ? undefined : Number(num.value));
+  } else if (s.type === "string") {
+    const long = (s.maxLength || 0) > 200 || /prompt|text/.test(name);
+    const el = long ? h("textarea", { rows: 3, "data-field": name }, s.default ?? "") : h("input", { value: s.default ?? "", pattern: s.pattern, "data-field": name });
+    control = el;
+    read = () => (el.value === "" && !required ? undefined : el.value);
+  } else {
+    const el = h("textarea", { rows: 4, class: "mono", "data-field": name }, s.default !== undefined ? json(s.default) : "");
+    control = el;
+    read = () => (el.value.trim() ? JSON.parse(el.value) : undefined);
+  }
+  const label = h("label", { class: "field" },
+    h("div", { class: "name" }, s.title || name, required ? h("span", { class: "req" }, "*") : null, hint ? h("span", { class: "hint" }, hint) : null), control);
+  return { label, read };
+}
+
+function snippets(base, path, body) {
+  const b = JSON.stringify(body);
+  const id = path.replace(/^\//, "");
+  const py = JSON.stringify(body, null, 4).replace(/\btrue\b/g, "True").replace(/\bfalse\b/g, "False").replace(/\bnull\b/g, "None");
+  return {
+    curl: `curl -X POST ${base}/queue${path} \\\n  -H "Authorization: Key $KLIEG_KEY" \\\n  -H "Content-Type: application/json" \\\n  -d '${b.replace(/'/g, "'\\''")}'`,
+    Python: `import os\nfrom klieg import Client\n\nwith Client("${base}", os.environ["KLIEG_KEY"]) as client:\n    print(client.run("${id}", ${py}))`,
+    fal_client: `# FAL_KEY=$KLIEG_KEY FAL_RUN_HOST=${location.host}\nimport fal_client\n\nprint(fal_client.subscribe("${id}", arguments=${py}, with_logs=True))`,
+  };
+}
+
+async function playgroundPage(main, owner, app) {
+  const doc = await api(`/${owner}/${app}/openapi.json`);
+  const ops = Object.entries(doc.paths).filter(([p, m]) => m.post && m.post.operationId.startsWith("run_"))
+    .map(([path, m]) => ({ path, op: m.post }));
+  main.append(h("h1", {}, `${doc.info.title}`), h("p", { class: "sub" }, "Playground · revision ", h("span", { class: "mono" }, short(doc.info.version))));
+  const pick = h("select", { "data-endpoint": "" }, ops.map((o, i) => h("option", { value: i }, o.path.slice(`/${owner}/${app}`.length) || "/")));
+  const left = h("div", { class: "card" });
+  const right = h("div", {});
+  main.append(ops.length > 1 ? h("div", { class: "mb14 narrow" }, pick) : "", h("div", { class: "grid2" }, left, right));
+  const render = () => {
+    const { path, op } = ops[Number(pick.value || 0)];
+    const schema = deref(doc, op.requestBody.content["application/json"].schema);
+    const req = new Set(schema.required || []);
+    const fields = Object.entries(schema.properties || {}).map(([n, s]) => [n, fieldInput(doc, n, s, req.has(n))]);
+    const run = h("button", { class: "primary", "data-run": "" }, "Run");
+    const codeTabs = h("div", { class: "tabs" });
+    const code = h("pre", { class: "json", "data-snippet": "" });
+    const body = () => {
+      const out = {};
+      for (const [n, f] of fields) { const v = f.read(); if (v !== undefined) out[n] = v; }
+      return out;
+    };
+    let lang = "curl";
+    const showCode = () => {
+      let b = {};
+      try { b = body(); } catch { /* a JSON field being typed */ }
+      const all = snippets(location.origin, path, b);
+      codeTabs.replaceChildren(...Object.keys(all).map((k) => h("button", { class: k === lang ? "on" : "", onclick: () => { lang = k; showCode(); } }, k)),
+        h("span", { class: "spacer" }), h("button", { class: "small", onclick: () => navigator.clipboard && navigator.clipboard.writeText(code.textContent) }, "Copy"));
+      code.textContent = all[lang];
+    };
+    left.replaceChildren(...fields.map(([, f]) => f.label), h("div", { class: "row" }, run), h("h2", {}, "Call it from code"), codeTabs, code);
+    left.addEventListener("input", showCode);
+    showCode();
+    right.replaceChildren(h("div", { class: "card notice" }, "Fill in the form and press Run: the request goes through the queue and its result appears here."));
+    run.addEventListener("click", async () => {
+      let args;
+      try { args = body(); } catch (e) { right.replaceChildren(errorBox({ message: `invalid JSON: ${e.message}` })); return; }
+      run.disabled = true;
+      const state = h("div", { class: "row", "data-state": "" }, pill("submitting…", "run"));
+      const logs = logView([]);
+      const result = h("div", { "data-result": "" });
+      right.replaceChildren(h("div", { class: "card" }, state, h("h2", {}, "Logs"), logs.box, h("h2", {}, "Result"), result));
+      try {
+        const sub = await api(`/queue${path}`, { method: "POST", json: args });
+        const link = h("a", { href: `#/requests/${sub.request_id}`, "data-request-link": "" }, short(sub.request_id));
+        const ctl = new AbortController();
+        stopPage = () => ctl.abort();
+        let done = null;
+        await sse(`${sub.status_url.replace(/^https?:\/\/[^/]+/, "")}/stream?logs=1`, (st) => {
+          logs.add(st.logs);
+          const where = st.status === "IN_QUEUE" ? ` position ${st.queue_position ?? "?"}${st.queue_eta_s ? ` · ETA ${secs(st.queue_eta_s)}` : ""}` : "";
+          state.replaceChildren(link, pill(st.status, st.status === "COMPLETED" ? (st.error_type ? "error" : "ok") : "run"), where);
+          if (st.status === "COMPLETED") done = st;
+        }, ctl.signal);
+        if (done && done.error_type) result.replaceChildren(errorBox({ type: done.error_type, message: done.error }));
+        else {
+          const out = await api(sub.response_url.replace(/^https?:\/\/[^/]+/, ""));
+          result.replaceChildren(mediaView(out) || "", h("pre", { class: "json", "data-result-json": "" }, json(out)));
+        }
+      } catch (e) {
+        result.replaceChildren(errorBox(e));
+      } finally { run.disabled = false; }
+    });
+  };
+  pick.addEventListener("change", render);
+  render();
+}
+
+// ---- shell and routing ------------------------------------------------------------------------
+
+function go(hash) { if (location.hash === hash) route(); else location.hash = hash; }
+
+function signOut(message) {
+  sessionStorage.removeItem(KEY);
+  login(message);
+}
+
+function login(message) {
+  stopPage();
+  const key = h("input", { type: "password", placeholder: "key_id:secret", "data-key": "", autocomplete: "off" });
+  const err = h("div", {});
+  const submit = async (e) => {
+    e.preventDefault();
+    sessionStorage.setItem(KEY, key.value.trim());
+    try { await api("/apps", { quiet: true }); route(); }
+    catch (ex) { sessionStorage.removeItem(KEY); err.replaceChildren(errorBox(ex)); }
+  };
+  root.replaceChildren(h("div", { class: "login" }, h("form", { class: "card", onsubmit: submit },
+    h("div", { class: "brand" }, h("span", { class: "dot" }), "Klieg"),
+    h("p", {}, "Sign in with an API key (", h("code", {}, "klieg keys create"), "). It stays in this tab only."),
+    message ? errorBox({ message }) : null, err,
+    h("label", { class: "field" }, h("div", { class: "name" }, "API key"), key),
+    h("button", { class: "primary", type: "submit", "data-sign-in": "" }, "Sign in"))));
+  key.focus();
+}
+
+const PAGES = [
+  [/^#\/apps\/([^/?]+)$/, (m, p) => appPage(m, decodeURIComponent(p[1])), "apps"],
+  [/^#\/apps$/, (m) => appsPage(m), "apps"],
+  [/^#\/playground\/([^/]+)\/([^/?]+)$/, (m, p) => playgroundPage(m, p[1], p[2]), "apps"],
+  [/^#\/requests\/([^/?]+)$/, (m, p) => requestPage(m, decodeURIComponent(p[1])), "requests"],
+  [/^#\/requests(\?.*)?$/, (m, p) => requestsPage(m, new URLSearchParams((p[1] || "").slice(1))), "requests"],
+  [/^#\/fleet$/, (m) => fleetPage(m), "fleet"],
+];
+
+async function route() {
+  stopPage();
+  stopPage = () => {};
+  if (!sessionStorage.getItem(KEY)) return login();
+  const hash = location.hash || "#/apps";
+  const found = PAGES.find(([re]) => re.test(hash)) || PAGES[1];
+  const main = h("main", { "data-page": found[2] });
+  const nav = (href, label, name) => h("a", { class: `nav ${found[2] === name ? "active" : ""}`, href }, label);
+  root.replaceChildren(h("div", { class: "shell" },
+    h("nav", { class: "side" }, h("div", { class: "brand" }, h("span", { class: "dot" }), "Klieg"),
+      nav("#/apps", "Apps", "apps"), nav("#/requests", "Requests", "requests"), nav("#/fleet", "Fleet", "fleet"),
+      h("div", { class: "grow" }),
+      h("div", { class: "who" }, `key ${(sessionStorage.getItem(KEY) || "").split(":")[0]}`),
+      h("a", { class: "nav", href: "#", onclick: (e) => { e.preventDefault(); signOut(); } }, "Sign out")),
+    main));
+  try { await found[1](main, hash.match(found[0])); }
+  catch (e) {
+    if (e instanceof ApiError && e.status === 404) main.replaceChildren(notFound(e));
+    else if (!(e instanceof ApiError && e.status === 401)) main.replaceChildren(errorBox(e));
+  }
+}
+
+window.addEventListener("hashchange", route);
+route();
