@@ -146,3 +146,30 @@ def test_run_digits_from_the_playground_then_see_request_and_fleet(
     other.wait_for_selector("[data-runners] .empty")
     assert "local/digits" not in other.inner_text("main")
     other.close()
+
+
+def test_a_media_input_is_uploaded_from_the_playground(
+    browser: Any, platform: Platform, tmp_path: Path
+) -> None:
+    from PIL import Image as PILImage
+
+    platform.deploy(APPS / "imagetools" / "app.py")
+    picture = tmp_path / "square.png"
+    PILImage.new("RGB", (64, 48), (200, 40, 90)).save(picture)
+    page = signed_in(browser, platform, platform.key)
+    page.goto(f"{platform.url}/console#/playground/local/imagetools")
+    page.wait_for_selector("[data-endpoint]")
+    page.select_option("[data-endpoint]", label="/thumbnail")
+    page.wait_for_selector("[data-upload=image]")
+    page.set_input_files("[data-upload=image]", str(picture))
+    page.wait_for_function(
+        "() => document.querySelector('[data-field=image]').value.includes('/files/')"
+    )
+    page.fill("input[data-field=size]", "16")
+    page.click("[data-run]")
+    shown = page.wait_for_selector("[data-result] img", timeout=WAIT_MS)
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=shown)
+    assert shown.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [16, 12]
+    page.screenshot(path=str(SHOTS / "upload.png"), full_page=True)
+    assert page.errors == []
+    page.close()

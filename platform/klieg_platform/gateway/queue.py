@@ -192,6 +192,8 @@ async def status_stream(request: Request) -> Response:
             key = (state.status, state.queue_position)
             if key != last or new_lines:
                 body = status_body(request, state, logs=False, full=full)
+                if state.status == "IN_QUEUE" and key != last:
+                    body["queue_eta_s"] = await queue_eta_s(gw, state)
                 body["logs"] = (new_lines if full else logs_view(new_lines)) if logs else None
                 seen_logs += len(new_lines)
                 last = key

@@ -337,7 +337,8 @@ function deref(doc, s) {
 
 function fieldInput(doc, name, schema, required) {
   const s = deref(doc, schema);
-  const hint = [s.description, s.minimum !== undefined && s.maximum !== undefined ? `${s.minimum} – ${s.maximum}` : null].filter(Boolean).join(" · ");
+  const described = schema.description || (schema.$ref ? null : s.description);
+  const hint = [described, s.minimum !== undefined && s.maximum !== undefined ? `${s.minimum} – ${s.maximum}` : null].filter(Boolean).join(" · ");
   let control, read;
   const media = s["x-klieg-media"] || (s.type === "string" && /(_url|^url)$/.test(name));
   if (media) {
@@ -351,11 +352,13 @@ function fieldInput(doc, name, schema, required) {
       try {
         const up = await api("/files/upload", { method: "POST", body: f, headers: { "Content-Type": f.type || "application/octet-stream", "X-Klieg-File-Name": f.name } });
         url.value = up.url;
+        url.dataset.contentType = up.content_type || "";
         note.textContent = `uploaded ${f.name} (${up.file_size} bytes)`;
       } catch (e) { note.textContent = e.message; }
     });
     control = h("div", {}, url, h("div", { class: "row mt6" }, file, note));
-    read = () => (url.value ? (s["x-klieg-media"] ? { url: url.value, content_type: null } : url.value) : undefined);
+    url.addEventListener("input", () => { url.dataset.contentType = ""; });
+    read = () => (url.value ? (s["x-klieg-media"] ? { url: url.value, content_type: url.dataset.contentType || null } : url.value) : undefined);
   } else if (s.enum) {
     const sel = h("select", { "data-field": name }, s.enum.map((v) => h("option", { value: JSON.stringify(v), selected: v === s.default }, String(v))));
     control = sel;
