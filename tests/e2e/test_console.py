@@ -173,3 +173,50 @@ def test_a_media_input_is_uploaded_from_the_playground(
     page.screenshot(path=str(SHOTS / "upload.png"), full_page=True)
     assert page.errors == []
     page.close()
+
+
+FLOW = """
+name: console-shout
+input:
+  type: object
+  properties:
+    text: {type: string, description: what to shout}
+  required: [text]
+nodes:
+  first:
+    app: local/echo
+    input: {text: $input.text}
+  loud:
+    app: local/echo/upper
+    input: {text: $first.text}
+output:
+  text: $loud.text
+"""
+
+
+def test_a_workflow_is_drawn_and_its_nodes_light_up_as_they_run(
+    browser: Any, platform: Platform, tmp_path: Path
+) -> None:
+    from klieg.workflow import load_workflow
+
+    platform.deploy(APPS / "echo" / "app.py")
+    path = tmp_path / "console-shout.yaml"
+    path.write_text(FLOW)
+    with platform.admin() as admin:
+        admin.put_workflow("console-shout", load_workflow(path))
+    page = signed_in(browser, platform, platform.key)
+    page.click("a.nav[href='#/workflows']")
+    page.click("[data-workflow=console-shout]")
+    for node in ("input", "first", "loud", "output"):
+        page.wait_for_selector(f"svg.dag [data-node={node}]")
+    assert "local/echo/upper" in page.text_content("svg.dag [data-node=loud]")
+    page.fill("[data-field=text]", "quiet words")
+    page.click("[data-run]")
+    page.wait_for_selector("[data-result-json]", timeout=WAIT_MS)
+    assert '"text": "QUIET WORDS"' in page.inner_text("[data-result-json]")
+    for node in ("first", "loud", "output"):
+        assert page.get_attribute(f"svg.dag [data-node={node}]", "class") == "node ok", node
+    assert "node loud completed" in page.inner_text("[data-logs]")
+    page.screenshot(path=str(SHOTS / "workflow.png"), full_page=True)
+    assert page.errors == []
+    page.close()

@@ -472,6 +472,131 @@ async function playgroundPage(main, owner, app) {
   render();
 }
 
+// ---- workflows --------------------------------------------------------------------------------
+
+function refsOf(value, out = new Set()) {
+  if (typeof value === "string" && value.startsWith("$")) out.add(value.slice(1).split(/[.[]/)[0]);
+  else if (Array.isArray(value)) value.forEach((v) => refsOf(v, out));
+  else if (value && typeof value === "object") Object.values(value).forEach((v) => refsOf(v, out));
+  return out;
+}
+
+// The document's DAG as layers: "input", then each node after the nodes it refers to, "output".
+function layers(doc) {
+  const deps = {};
+  for (const [id, node] of Object.entries(doc.nodes || {})) deps[id] = [...refsOf(node.input)].filter((r) => r !== "input" && r in doc.nodes);
+  const depth = {};
+  const visit = (id) => (depth[id] ??= 1 + Math.max(0, ...deps[id].map(visit)));
+  Object.keys(deps).forEach(visit);
+  const out = [["input"]];
+  for (const [id, d] of Object.entries(depth)) (out[d] ??= []).push(id);
+  out.push(["output"]);
+  const edges = [];
+  for (const [id, node] of Object.entries(doc.nodes || {})) for (const r of refsOf(node.input)) edges.push([r in doc.nodes || r === "input" ? r : "input", id]);
+  for (const r of refsOf(doc.output)) edges.push([r, "output"]);
+  return { layers: out.filter(Boolean), edges };
+}
+
+function dagView(doc) {
+  const NS = "http://www.w3.org/2000/svg";
+  const { layers: cols, edges } = layers(doc);
+  const W = 170, H = 46, GX = 70, GY = 26;
+  const tall = Math.max(...cols.map((c) => c.length));
+  const width = cols.length * (W + GX) - GX + 20, height = tall * (H + GY) - GY + 20;
+  const pos = {};
+  cols.forEach((col, i) => col.forEach((id, j) => {
+    const off = ((tall - col.length) * (H + GY)) / 2;
+    pos[id] = [10 + i * (W + GX), 10 + off + j * (H + GY)];
+  }));
+  const svg = document.createElementNS(NS, "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("class", "dag");
+  svg.setAttribute("width", String(width));
+  const mk = (tag, attrs) => { const el = document.createElementNS(NS, tag); for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, String(v)); return el; };
+  for (const [a, b] of edges) {
+    if (!pos[a] || !pos[b]) continue;
+    const [x1, y1] = [pos[a][0] + W, pos[a][1] + H / 2], [x2, y2] = [pos[b][0], pos[b][1] + H / 2];
+    svg.append(mk("path", { d: `M${x1},${y1} C${x1 + GX / 2},${y1} ${x2 - GX / 2},${y2} ${x2},${y2}`, class: "edge" }));
+  }
+  const nodes = {};
+  for (const [id, [x, y]] of Object.entries(pos)) {
+    const g = mk("g", { "data-node": id, class: `node ${id === "input" || id === "output" ? "io" : ""}` });
+    g.append(mk("rect", { x, y, width: W, height: H, rx: 9 }));
+    const title = mk("text", { x: x + 12, y: y + 19, class: "title" });
+    title.textContent = id;
+    const sub = mk("text", { x: x + 12, y: y + 35, class: "app" });
+    sub.textContent = doc.nodes && doc.nodes[id] ? doc.nodes[id].app : id === "input" ? "the request" : "the result";
+    g.append(title, sub);
+    svg.append(g);
+    nodes[id] = g;
+  }
+  const set = (id, state) => { if (nodes[id]) nodes[id].setAttribute("class", `node ${state}`); };
+  return { svg, set };
+}
+
+async function workflowsPage(main) {
+  const { workflows } = await api("/workflows");
+  main.append(h("h1", {}, "Workflows"), h("p", { class: "sub" }, "Apps chained into graphs; each node runs through the queue like any request."));
+  if (!workflows.length) {
+    main.append(h("div", { class: "card empty" }, "No workflows yet. Store one with ", h("code", {}, "klieg workflow create apps/workflows/digits-movie.yaml")));
+    return;
+  }
+  main.append(h("table", { "data-workflows": "" },
+    h("tr", {}, ["Workflow", "Revisions", "Visibility", "Aliases"].map((t) => h("th", {}, t))),
+    workflows.map((w) => h("tr", { class: "link", "data-workflow": w.name, onclick: () => go(`#/workflows/${w.name}`) },
+      h("td", {}, h("b", {}, `${w.owner}/${w.name}`)), h("td", {}, w.revisions), h("td", {}, w.visibility),
+      h("td", {}, Object.entries(w.aliases || {}).map(([k, v]) => pill(`${k} → ${short(v)}`, "alias")))))));
+}
+
+async function workflowPage(main, name) {
+  const wf = await api(`/workflows/${encodeURIComponent(name)}`);
+  const latest = wf.revisions.find((r) => r.aliases.includes("latest")) || wf.revisions[0];
+  const doc = latest.document;
+  const dag = dagView(doc);
+  const empty = { components: { schemas: {} } };
+  const schema = doc.input || { properties: {} };
+  const req = new Set(schema.required || []);
+  const fields = Object.entries(schema.properties || {}).map(([n, s]) => [n, fieldInput(empty, n, s, req.has(n))]);
+  const run = h("button", { class: "primary", "data-run": "" }, "Run");
+  const state = h("div", { class: "row", "data-state": "" });
+  const logs = logView([]);
+  const result = h("div", { "data-result": "" });
+  main.append(h("h1", {}, `${wf.owner}/${wf.name}`), h("p", { class: "sub" }, `Workflow · revision `, h("span", { class: "mono" }, short(latest.id)), ` · ${wf.visibility}`),
+    h("div", { class: "card dagbox" }, dag.svg),
+    h("div", { class: "grid2 mt12" }, h("div", { class: "card" }, ...fields.map(([, f]) => f.label), run),
+      h("div", { class: "card" }, state, h("h2", {}, "Events"), logs.box, h("h2", {}, "Result"), result)));
+  run.addEventListener("click", async () => {
+    const args = {};
+    for (const [n, f] of fields) { const v = f.read(); if (v !== undefined) args[n] = v; }
+    run.disabled = true;
+    Object.keys(doc.nodes).forEach((id) => dag.set(id, "waiting"));
+    dag.set("input", "ok");
+    dag.set("output", "io");
+    result.replaceChildren();
+    try {
+      const sub = await api(`/queue/workflows/${wf.owner}/${wf.name}`, { method: "POST", json: args });
+      const link = h("a", { href: `#/requests/${sub.request_id}` }, short(sub.request_id));
+      const ctl = new AbortController();
+      stopPage = () => ctl.abort();
+      let done = null;
+      await sse(`${sub.status_url.replace(/^https?:\/\/[^/]+/, "")}/stream?logs=1`, (st) => {
+        logs.add(st.logs);
+        for (const l of st.logs || []) {
+          if (l.node) dag.set(l.node, l.event === "started" ? "running" : l.event === "completed" ? "ok" : l.event === "failed" ? "failed" : "waiting");
+        }
+        state.replaceChildren(link, pill(st.status, st.status === "COMPLETED" ? (st.error_type ? "error" : "ok") : "run"));
+        if (st.status === "COMPLETED") done = st;
+      }, ctl.signal);
+      if (done && done.error_type) result.replaceChildren(errorBox({ type: done.error_type, message: done.error }));
+      else {
+        dag.set("output", "ok");
+        const out = await api(sub.response_url.replace(/^https?:\/\/[^/]+/, ""));
+        result.replaceChildren(mediaView(out) || "", h("pre", { class: "json", "data-result-json": "" }, json(out)));
+      }
+    } catch (e) { result.replaceChildren(errorBox(e)); } finally { run.disabled = false; }
+  });
+}
+
 // ---- shell and routing ------------------------------------------------------------------------
 
 function go(hash) { if (location.hash === hash) route(); else location.hash = hash; }
@@ -507,6 +632,8 @@ const PAGES = [
   [/^#\/requests\/([^/?]+)$/, (m, p) => requestPage(m, decodeURIComponent(p[1])), "requests"],
   [/^#\/requests(\?.*)?$/, (m, p) => requestsPage(m, new URLSearchParams((p[1] || "").slice(1))), "requests"],
   [/^#\/fleet$/, (m) => fleetPage(m), "fleet"],
+  [/^#\/workflows$/, (m) => workflowsPage(m), "workflows"],
+  [/^#\/workflows\/([^/?]+)$/, (m, p) => workflowPage(m, decodeURIComponent(p[1])), "workflows"],
 ];
 
 async function route() {
@@ -519,7 +646,7 @@ async function route() {
   const nav = (href, label, name) => h("a", { class: `nav ${found[2] === name ? "active" : ""}`, href }, label);
   root.replaceChildren(h("div", { class: "shell" },
     h("nav", { class: "side" }, h("div", { class: "brand" }, h("span", { class: "dot" }), "Klieg"),
-      nav("#/apps", "Apps", "apps"), nav("#/requests", "Requests", "requests"), nav("#/fleet", "Fleet", "fleet"),
+      nav("#/apps", "Apps", "apps"), nav("#/requests", "Requests", "requests"), nav("#/workflows", "Workflows", "workflows"), nav("#/fleet", "Fleet", "fleet"),
       h("div", { class: "grow" }),
       h("div", { class: "who" }, `key ${(sessionStorage.getItem(KEY) || "").split(":")[0]}`),
       h("a", { class: "nav", href: "#", onclick: (e) => { e.preventDefault(); signOut(); } }, "Sign out")),
