@@ -124,3 +124,30 @@ def test_fleet_views_are_for_an_admin_tenant_only(platform: Platform) -> None:
     out = klieg(platform, "workers", key=str(other))
     assert out.returncode != 0
     assert out.stderr.count("\n") == 1 and "admin tenant" in out.stderr
+
+
+def _history(platform: Platform, key: str | None = None) -> list[dict[str, Any]]:
+    with platform.http(key) as http:
+        r = http.get("/fleet/stream", params={"for_s": "1"})
+    assert r.status_code == 200, r.text
+    first = next(line for line in r.text.splitlines() if line.startswith("data: "))
+    history: list[dict[str, Any]] = json.loads(first[6:])["history"]
+    return history
+
+
+def test_the_last_hour_is_sampled_for_the_charts(
+    platform: Platform, echo_deployed: dict[str, object]
+) -> None:
+    """One gateway samples the fleet every 10 s; the console's charts are the differences."""
+    with platform.http() as http:
+        http.post("/local/echo", json={"text": "sampled"}).raise_for_status()
+    started = time.time()
+    seen = _until(lambda: _history(platform), lambda h: h and h[-1]["at"] > started, 25)
+    assert seen and seen[-1]["at"] > started, seen[-3:]
+    last = seen[-1]
+    assert last["done"] >= 1 and last["run_s"] > 0 and "queued" in last and last["cold"] >= 1
+    assert [s["at"] for s in seen] == sorted(s["at"] for s in seen)
+    with platform.admin() as admin:
+        stranger = str(admin.create_key(tenant="fleet-sampled-stranger")["key"])
+    theirs = _history(platform, stranger)
+    assert theirs and all(set(s) == {"at"} for s in theirs), theirs[-3:]

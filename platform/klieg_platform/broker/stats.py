@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -99,6 +100,18 @@ class Stats:
             args += [t.name, int(t.slo_s * 1000)]
         if args:
             await self.redis.execute_command("HSET", keys.SLO, *args)
+
+    async def add_sample(self, sample: dict[str, Any], keep: int) -> None:
+        """Append a fleet sample (``FleetSampler``), keeping the newest ``keep``."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lpush(keys.FLEET_SAMPLES, json.dumps(sample, separators=(",", ":")))
+            pipe.ltrim(keys.FLEET_SAMPLES, 0, keep - 1)
+            await pipe.execute()
+
+    async def samples(self) -> list[dict[str, Any]]:
+        """The fleet samples kept, oldest first."""
+        raw: list[Any] = await self.redis.lrange(keys.FLEET_SAMPLES, 0, -1)
+        return [json.loads(s) for s in reversed(raw)]
 
     async def snapshot(self, now_s: float | None = None) -> Snapshot:
         minute = int((time.time() if now_s is None else now_s) // 60)

@@ -140,11 +140,14 @@ def create_app(settings: Settings) -> Starlette:
         await webhooks.start()
         sweeper = BlobSweeper(broker, gw.store, settings)
         await sweeper.start()
+        sampler = fleet.FleetSampler(broker)
+        await sampler.start()
         app.state.gateway = gw
         app.state.waiter = waiter
         try:
             yield
         finally:
+            await sampler.stop()
             await sweeper.stop()
             await webhooks.stop()
             await waiter.stop()

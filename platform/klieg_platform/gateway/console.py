@@ -16,6 +16,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from importlib import resources
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -65,7 +66,8 @@ async def asset(request: Request) -> Response:
 
 async def fleet_stream(request: Request) -> Response:
     """SSE, once a second for ``for_s`` seconds (default 60): ``{"at", "runners", "pools"}``
-    (``pools`` for an admin tenant only, ``runners`` as ``GET /runners`` shows them)."""
+    (``pools`` for an admin tenant only, ``runners`` as ``GET /runners`` shows them); the first
+    event also has ``history``, the last hour's samples (``fleet.samples_for``)."""
     caller = auth.caller(request)
     gw = gateway(request)
     raw = request.query_params.get("for_s")
@@ -74,13 +76,18 @@ async def fleet_stream(request: Request) -> Response:
     until = loop.time() + lasts
 
     async def events() -> AsyncIterator[bytes]:
+        history: list[dict[str, Any]] | None = fleet.samples_for(
+            caller, await gw.broker.stats.samples()
+        )
         while True:
             workers = await fleet.fleet_workers(request)
             runners = fleet.visible_runners(caller, fleet.runner_views(workers))
             pools = None
             if caller.admin:
                 pools = fleet.pool_views(workers, await gw.broker.queue.depths())
-            doc = {"at": time.time(), "runners": runners, "pools": pools}
+            doc: dict[str, Any] = {"at": time.time(), "runners": runners, "pools": pools}
+            if history is not None:  # the first event carries the last hour
+                doc["history"], history = history, None
             yield sse.event(json.dumps(doc).encode())
             if loop.time() + FLEET_EVERY_S > until:
                 return

@@ -14,6 +14,10 @@ key sees them; ``/runners`` shows a tenant the runners of its own apps (an admin
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import uuid
 from collections import Counter
 from typing import Any
 
@@ -22,10 +26,13 @@ from starlette.responses import JSONResponse, Response
 
 from klieg.exceptions import PermissionDeniedError
 from klieg_platform import keys
-from klieg_platform.broker import Depth, now_ms
+from klieg_platform.broker import UNAVAILABLE, Broker, Depth, now_ms
+from klieg_platform.broker.stats import Snapshot
 from klieg_platform.gateway import auth
 from klieg_platform.gateway.state import gateway
 from klieg_platform.registry_tables import Tenant
+
+log = logging.getLogger("klieg.gateway.fleet")
 
 RUNNER_STATES = ("starting", "busy", "idle", "stopping")
 """A runner's states, in the order the views list them."""
@@ -128,3 +135,94 @@ async def list_pools(request: Request) -> Response:
     workers = await fleet_workers(request)
     depths = await gateway(request).broker.queue.depths()
     return JSONResponse({"pools": pool_views(workers, depths)})
+
+
+# ---- the last hour: one sample per period, for the console's charts ---------------------------
+
+SAMPLE_EVERY_S = 10.0
+SAMPLES_KEPT = 360
+"""An hour of samples."""
+
+
+def _owner(app_key: str) -> str:
+    return app_key.partition("/")[0]
+
+
+def sample(
+    snap: Snapshot, workers: list[dict[str, Any]], depths: list[Depth], at: float
+) -> dict[str, Any]:
+    """The fleet now, as running totals the console turns into per-period figures: for the whole
+    fleet and per owner, requests done, their summed run seconds, cold starts, busy runners;
+    and the requests queued (fleet only: queues are not per owner)."""
+    owners: dict[str, dict[str, float]] = {}
+
+    def add(owner: str, what: str, value: float) -> None:
+        for cell in (owners.setdefault(owner, {}), owners.setdefault("", {})):
+            cell[what] = cell.get(what, 0) + value
+
+    for labels, counts in snap.run_s.buckets.items():
+        add(_owner(labels[-1]), "done", sum(counts))
+        add(_owner(labels[-1]), "run_s", snap.run_s.sums.get(labels, 0.0))
+    for labels, counts in snap.cold_s.buckets.items():
+        add(_owner(labels[-1]), "cold", sum(counts))
+    for w in workers:
+        for r in w["runners"]:
+            if r["state"] in ("busy", "starting"):
+                add(_owner(r.get("app", "")), "busy", 1)
+    fleet = owners.pop("", {})
+    return {"at": round(at, 1), "queued": sum(d.queued for d in depths), "fleet": fleet,
+            "owners": owners}  # fmt: skip
+
+
+def samples_for(caller: Tenant, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What ``caller`` may see of the samples: the fleet's for an admin tenant, else its own
+    apps' figures (and no queue depth)."""
+    out = []
+    for s in samples:
+        if caller.admin:
+            out.append({"at": s["at"], "queued": s["queued"], **s["fleet"]})
+        else:
+            out.append({"at": s["at"], **s["owners"].get(caller.name, {})})
+    return out
+
+
+class FleetSampler:
+    """Every ``SAMPLE_EVERY_S``, one gateway of the fleet (a claim) appends a ``sample``."""
+
+    def __init__(self, broker: Broker, every_s: float = SAMPLE_EVERY_S) -> None:
+        self.broker = broker
+        self.every_s = every_s
+        self._owner = uuid.uuid4().hex
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="klieg-fleet-sampler")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            _, running = await asyncio.wait({self._task}, timeout=5)
+            for task in running:
+                task.cancel()
+
+    async def take(self) -> dict[str, Any]:
+        b = self.broker
+        now = now_ms()
+        workers = [worker_view(wid, doc, now) for wid, doc in sorted(await b.workers.live())]
+        taken = sample(await b.stats.snapshot(), workers, await b.queue.depths(), now / 1000)
+        await b.stats.add_sample(taken, SAMPLES_KEPT)
+        return taken
+
+    async def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                claim = keys.FLEET_SAMPLE_CLAIM
+                if await self.broker.claims.claim(claim, self._owner, self.every_s * 0.9):
+                    await self.take()
+            except UNAVAILABLE as exc:  # a gap in the charts, no more
+                log.warning("fleet sample skipped: Redis is unavailable (%s)", exc)
+            except Exception:
+                log.exception("fleet sample failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.every_s)

@@ -277,22 +277,43 @@ async function fleetPage(main) {
   const runners = h("div", { "data-runners": "" });
   const live = h("span", { class: "pill" }, "connecting…");
   main.append(h("div", { class: "row" }, h("h1", {}, "Fleet"), h("span", { class: "spacer" }), live),
-    h("p", { class: "sub" }, "Live pools, GPU slots, runners and queues; charts cover the last hour this page was open."),
+    h("p", { class: "sub" }, "Live pools, GPU slots, runners and queues; the charts cover the last hour."),
     stats, h("h2", {}, "Pools"), pools, h("h2", {}, "Runners"), runners);
-  const series = { queued: [], busy: [], idle: [], starting: [] };
+  // the last hour: the gateway's samples (every 10 s, running totals) turned into per-period
+  // figures, then the live values appended to the gauges
+  let series = { queued: [], busy: [], latency: [], cold: [] };
+  const fromHistory = (hist) => {
+    const out = { queued: [], busy: [], latency: [], cold: [] };
+    hist.forEach((s, i) => {
+      out.queued.push(s.queued || 0);
+      out.busy.push(s.busy || 0);
+      if (i === 0) return;
+      const p = hist[i - 1];
+      const done = (s.done || 0) - (p.done || 0);
+      out.latency.push(done > 0 ? ((s.run_s || 0) - (p.run_s || 0)) / done : 0);
+      out.cold.push(Math.max(0, (s.cold || 0) - (p.cold || 0)));
+    });
+    return out;
+  };
   const ctl = new AbortController();
   stopPage = () => ctl.abort();
   const show = (doc) => {
     live.replaceChildren("● live");
     live.className = "pill ok";
+    if (doc.history) series = fromHistory(doc.history);
     const count = (s) => doc.runners.filter((r) => r.state === s).length;
     const queued = doc.pools ? doc.pools.reduce((a, p) => a + p.queued, 0) : null;
-    const now = { queued: queued || 0, busy: count("busy"), idle: count("idle"), starting: count("starting") };
-    for (const k of Object.keys(series)) { series[k].push(now[k]); if (series[k].length > 3600) series[k].shift(); }
+    series.queued.push(queued || 0);
+    series.busy.push(count("busy") + count("starting"));
+    for (const k of ["queued", "busy"]) if (series[k].length > 720) series[k].shift();
+    const recent = series.latency.filter((x) => x > 0);
     const stat = (k, label, v) => h("div", { class: "stat", [`data-stat-${k}`]: "" }, h("div", { class: "k" }, label), h("div", { class: "v" }, v), sparkline(series[k]));
     stats.replaceChildren(
       ...(queued === null ? [] : [stat("queued", "Requests queued", queued)]),
-      stat("busy", "Runners busy", now.busy), stat("starting", "Cold starts now", now.starting), stat("idle", "Runners idle (warm)", now.idle));
+      stat("busy", "Runners busy", count("busy") + count("starting")),
+      stat("latency", "Mean run time", recent.length ? secs(recent[recent.length - 1]) : "–"),
+      stat("cold", "Cold starts, last hour", series.cold.reduce((a, b) => a + b, 0)),
+      h("div", { class: "stat" }, h("div", { class: "k" }, "Runners idle (warm)"), h("div", { class: "v" }, count("idle"))));
     if (doc.pools === null) pools.replaceChildren(h("div", { class: "notice" }, "Pools and queues are shown to an admin tenant's key."));
     else if (!doc.pools.length) pools.replaceChildren(h("div", { class: "card empty" }, "No pools yet."));
     else pools.replaceChildren(h("table", {},
