@@ -187,7 +187,9 @@ def samples_for(caller: Tenant, samples: list[dict[str, Any]]) -> list[dict[str,
 
 
 class FleetSampler:
-    """Every ``SAMPLE_EVERY_S``, one gateway of the fleet (a claim) appends a ``sample``."""
+    """Every ``SAMPLE_EVERY_S``, one gateway of the fleet (a claim) appends a ``sample`` and
+    publishes the tiers' SLOs again (for ``klieg_slo_attainment_ratio``: a Redis that lost them,
+    flushed or restarted without its data, has them back within one period)."""
 
     def __init__(self, broker: Broker, every_s: float = SAMPLE_EVERY_S) -> None:
         self.broker = broker
@@ -212,6 +214,7 @@ class FleetSampler:
         workers = [worker_view(wid, doc, now) for wid, doc in sorted(await b.workers.live())]
         taken = sample(await b.stats.snapshot(), workers, await b.queue.depths(), now / 1000)
         await b.stats.add_sample(taken, SAMPLES_KEPT)
+        await b.stats.publish_slos(b.queue.tiers.values())
         return taken
 
     async def _loop(self) -> None:

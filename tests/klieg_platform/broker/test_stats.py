@@ -80,3 +80,24 @@ def test_webhook_tries_are_counted_by_result(redis_url: str) -> None:
         }  # fmt: skip
 
     run(redis_url, body)
+
+
+def test_the_fleet_sampler_keeps_an_hour_and_puts_lost_slos_back(redis_url: str) -> None:
+    from klieg_platform import keys
+    from klieg_platform.gateway.fleet import SAMPLES_KEPT, FleetSampler
+
+    async def body(b: Broker) -> None:
+        await b.redis.delete(keys.FLEET_SAMPLES, keys.SLO)  # as a flushed Redis would be
+        sampler = FleetSampler(b)
+        first = await sampler.take()
+        assert await b.stats.samples() == [first]
+        assert await b.redis.hlen(keys.SLO) == len(b.queue.tiers)
+        for _ in range(3):
+            await b.stats.add_sample({"at": 0}, SAMPLES_KEPT)
+        assert (await b.stats.samples())[0] == first  # oldest first
+        for i in range(SAMPLES_KEPT + 5):
+            await b.stats.add_sample({"at": i}, SAMPLES_KEPT)
+        kept = await b.stats.samples()
+        assert len(kept) == SAMPLES_KEPT and kept[-1] == {"at": SAMPLES_KEPT + 4}
+
+    run(redis_url, body)
