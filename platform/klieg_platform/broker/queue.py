@@ -97,6 +97,8 @@ class Depth:
     tier: str
     queued: int
     oldest_wait_s: float
+    overdue: int = 0
+    """Of those waiting, how many have waited longer than their tier's SLO."""
 
 
 class Queue:
@@ -437,17 +439,19 @@ class Queue:
         members: set[Any] = await self.redis.smembers(keys.POOLS)
         pools = sorted(p.decode() if isinstance(p, bytes) else str(p) for p in members)
         cells = [(pool, tier) for pool in pools for tier in self.tiers]
+        now = now_ms()
         async with self.redis.pipeline(transaction=False) as pipe:
             for pool, tier in cells:
                 pipe.zcard(keys.queue(pool, tier))
                 pipe.zrange(keys.queue(pool, tier), 0, 0, withscores=True)
+                late = (now - int(self.tiers[tier].slo_s * 1000)) * 1000  # scores: ms x 1000
+                pipe.zcount(keys.queue(pool, tier), "-inf", late)
             replies = await pipe.execute()
-        now = now_ms()
         out = []
         for i, (pool, tier) in enumerate(cells):
-            queued, head = int(replies[2 * i]), replies[2 * i + 1]
+            queued, head, overdue = replies[3 * i : 3 * i + 3]
             oldest = max(0.0, (now - head[0][1] / 1000) / 1000) if head else 0.0
-            out.append(Depth(pool, tier, queued, round(oldest, 3)))
+            out.append(Depth(pool, tier, int(queued), round(oldest, 3), int(overdue)))
         return out
 
     async def existing(self, request_ids: Sequence[str]) -> list[bool]:

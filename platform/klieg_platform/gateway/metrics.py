@@ -16,6 +16,7 @@ klieg_queue_depth{pool,tier}                       requests waiting now
 klieg_queue_oldest_wait_seconds{pool,tier}         how long the oldest of them has waited
 klieg_slo_attainment_ratio{tier}                   requests started within the tier's SLO,
                                                    of those started in the last 10 minutes
+                                                   and those waiting past it now
 klieg_workers{pool}                                live workers serving the pool
 klieg_runners{pool,state}                          starting, busy, idle, stopping
 klieg_gpu_slots{pool,state}                        busy, idle (held by an idle runner), free
@@ -151,12 +152,17 @@ async def _fleet(request: Request, slo: dict[str, tuple[int, int]]) -> list[Metr
         oldest.add_metric([d.pool, d.tier], d.oldest_wait_s)
     attainment = GaugeMetricFamily(
         "klieg_slo_attainment_ratio",
-        "Requests started within their tier's SLO, of those started in the last 10 minutes",
+        "Requests started within their tier's SLO, of those started in the last 10 minutes "
+        "and those still waiting past it",
         labels=["tier"],
     )
-    for tier, (met, total) in sorted(slo.items()):
-        if total:
-            attainment.add_metric([tier], met / total)
+    overdue: dict[str, int] = {}
+    for d in depths:
+        overdue[d.tier] = overdue.get(d.tier, 0) + d.overdue
+    for tier in sorted(slo.keys() | {t for t, n in overdue.items() if n}):
+        met, started = slo.get(tier, (0, 0))
+        if started + overdue.get(tier, 0):
+            attainment.add_metric([tier], met / (started + overdue.get(tier, 0)))
     workers = GaugeMetricFamily("klieg_workers", "Live workers serving a pool", labels=["pool"])
     runners = GaugeMetricFamily("klieg_runners", "Runners by state", labels=["pool", "state"])
     slots = GaugeMetricFamily("klieg_gpu_slots", "Slots by state", labels=["pool", "state"])

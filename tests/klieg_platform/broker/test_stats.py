@@ -101,3 +101,16 @@ def test_the_fleet_sampler_keeps_an_hour_and_puts_lost_slos_back(redis_url: str)
         assert len(kept) == SAMPLES_KEPT and kept[-1] == {"at": SAMPLES_KEPT + 4}
 
     run(redis_url, body)
+
+
+def test_depths_count_the_requests_waiting_past_their_slo(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        free_slo_ms = int(next(t for t in DEFAULT_TIERS if t.name == "free").slo_s * 1000)
+        at = int(time.time() * 1000)
+        for age in (free_slo_ms + 5000, free_slo_ms + 1000, 0):
+            await b.queue.enqueue(new(), at_ms=at - age)
+        cell = next(d for d in await b.queue.depths() if (d.pool, d.tier) == ("CPU", "free"))
+        assert (cell.queued, cell.overdue) == (3, 2)
+        assert cell.oldest_wait_s >= (free_slo_ms + 5000) / 1000
+
+    run(redis_url, body)
