@@ -220,3 +220,51 @@ def test_a_workflow_is_drawn_and_its_nodes_light_up_as_they_run(
     page.screenshot(path=str(SHOTS / "workflow.png"), full_page=True)
     assert page.errors == []
     page.close()
+
+
+SHOWS = "([sel, text]) => (document.querySelector(sel)?.innerText || '').includes(text)"
+
+
+def test_alias_moves_and_rollback_take_a_confirmation(
+    browser: Any, platform: Platform, tmp_path: Path
+) -> None:
+    from klieg.admin import AdminClient, load_app
+
+    with platform.admin() as admin:
+        key = str(admin.create_key(tenant="console-owner")["key"])
+    folder = tmp_path / "echo"
+    shutil.copytree(APPS / "echo", folder)
+    revisions = []
+    for version in ("one", "two"):
+        source = folder / "app.py"
+        source.write_text(source.read_text() + f"\n# version {version}\n")
+        app, root, entry = load_app(source)
+        with AdminClient(platform.url, key, timeout=120) as owner:
+            revisions.append(str(owner.deploy(app, root, entry)["revision"]))
+    first, second = revisions
+    page = signed_in(browser, platform, key)
+    answers: list[str] = []
+
+    def answer(dialog: Any) -> None:
+        answers.append(dialog.type)
+        if dialog.type == "prompt":
+            dialog.accept("canary")
+        else:
+            dialog.accept()
+
+    page.on("dialog", answer)
+    page.click("[data-app=echo]")
+    row = f"[data-revision='{first}']"
+    page.wait_for_selector(row)
+    assert "latest" in page.inner_text(f"[data-revision='{second}']")
+    page.click(f"{row} button")
+    page.wait_for_function(SHOWS, arg=[row, "canary"])
+    page.click("[data-rollback]")
+    page.wait_for_function(SHOWS, arg=[row, "latest"])
+    assert answers == ["prompt", "confirm", "confirm"]
+    with AdminClient(platform.url, key) as owner:
+        aliases = {r["id"]: r["aliases"] for r in owner.revisions("echo")}
+    assert aliases[first] == ["canary", "latest"] and aliases[second] == []
+    page.screenshot(path=str(SHOTS / "revisions.png"), full_page=True)
+    assert page.errors == []
+    page.close()

@@ -420,7 +420,7 @@ function snippets(base, path, body) {
   return {
     curl: `curl -X POST ${base}/queue${path} \\\n  -H "Authorization: Key $KLIEG_KEY" \\\n  -H "Content-Type: application/json" \\\n  -d '${b.replace(/'/g, "'\\''")}'`,
     Python: `import os\nfrom klieg import Client\n\nwith Client("${base}", os.environ["KLIEG_KEY"]) as client:\n    print(client.run("${id}", ${py}))`,
-    fal_client: `# FAL_KEY=$KLIEG_KEY FAL_RUN_HOST=${location.host}\nimport fal_client\n\nprint(fal_client.subscribe("${id}", arguments=${py}, with_logs=True))`,
+    fal_client: `# fal-client speaks HTTPS: run \`klieg up --tls\`, then\n# export FAL_KEY=$KLIEG_KEY FAL_RUN_HOST=${location.host} FAL_QUEUE_RUN_HOST=<its queue host:port>\nimport fal_client\n\nprint(fal_client.subscribe("${id}", arguments=${py}, with_logs=True))`,
   };
 }
 
