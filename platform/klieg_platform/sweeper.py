@@ -17,13 +17,12 @@ prefix; the rest goes in the next rounds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-import uuid
 
 from klieg_platform import keys
-from klieg_platform.broker import UNAVAILABLE, Broker
+from klieg_platform.broker import Broker
+from klieg_platform.broker.claims import EachPeriod
 from klieg_platform.config import Settings
 from klieg_platform.storage import MEDIA, PAYLOADS, RESULTS, UPLOADS, BlobStore, request_of
 
@@ -33,46 +32,23 @@ BY_AGE = (MEDIA, UPLOADS)
 BY_REQUEST = (PAYLOADS, RESULTS)
 
 
-class BlobSweeper:
+class BlobSweeper(EachPeriod):
+    name = "blob sweep"
+
     def __init__(
         self, broker: Broker, store: BlobStore, settings: Settings, *, batch: int = 1000
     ) -> None:
+        super().__init__(broker.claims, keys.SWEEP_CLAIM, settings.sweep_interval_s)
         self.broker = broker
         self.store = store
         self.retention_s = settings.effective_blob_retention_s
         self.interval_s = settings.sweep_interval_s
         self.batch = batch
-        self._owner = uuid.uuid4().hex
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
 
-    async def start(self) -> None:
-        if self.interval_s > 0:
-            self._task = asyncio.create_task(self._loop(), name="klieg-sweeper")
-
-    async def stop(self) -> None:
-        """Stop after the current step (a flag, not a cancel: see ``WebhookSender.stop``)."""
-        self._stopping.set()
-        if self._task is not None:
-            _, running = await asyncio.wait({self._task}, timeout=5)
-            for task in running:
-                task.cancel()
-
-    async def _loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                if await self.broker.claims.claim(
-                    keys.SWEEP_CLAIM, self._owner, self.interval_s * 0.9
-                ):
-                    swept = await self.sweep()
-                    if any(swept.values()):
-                        log.info("swept the blob store: %s", swept)
-            except UNAVAILABLE as exc:  # the next round sweeps
-                log.warning("blob sweep skipped: Redis is unavailable (%s)", exc)
-            except Exception:
-                log.exception("blob sweep failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.interval_s)
+    async def step(self) -> None:
+        swept = await self.sweep()
+        if any(swept.values()):
+            log.info("swept the blob store: %s", swept)
 
     async def sweep(self, now: float | None = None) -> dict[str, int]:
         """One round: the number of objects deleted per prefix."""

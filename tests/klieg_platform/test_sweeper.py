@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -80,7 +81,8 @@ def test_an_interval_of_zero_turns_sweeping_off(tmp_path: Path) -> None:
     assert told.effective_blob_retention_s == 90 and told.sweep_interval_s == 600
 
     async def body() -> bool:
-        sweeper = BlobSweeper(None, LocalBlobStore(tmp_path), settings)  # type: ignore[arg-type]
+        nobody = SimpleNamespace(claims=None)
+        sweeper = BlobSweeper(nobody, LocalBlobStore(tmp_path), settings)  # type: ignore[arg-type]
         await sweeper.start()
         started = sweeper._task is not None
         await sweeper.stop()

@@ -14,10 +14,6 @@ key sees them; ``/runners`` shows a tenant the runners of its own apps (an admin
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import uuid
 from collections import Counter
 from typing import Any
 
@@ -26,13 +22,12 @@ from starlette.responses import JSONResponse, Response
 
 from klieg.exceptions import PermissionDeniedError
 from klieg_platform import keys
-from klieg_platform.broker import UNAVAILABLE, Broker, Depth, now_ms
+from klieg_platform.broker import Broker, Depth, now_ms
+from klieg_platform.broker.claims import EachPeriod
 from klieg_platform.broker.stats import Snapshot
 from klieg_platform.gateway import auth
 from klieg_platform.gateway.state import gateway
 from klieg_platform.registry_tables import Tenant
-
-log = logging.getLogger("klieg.gateway.fleet")
 
 RUNNER_STATES = ("starting", "busy", "idle", "stopping")
 """A runner's states, in the order the views list them."""
@@ -186,27 +181,19 @@ def samples_for(caller: Tenant, samples: list[dict[str, Any]]) -> list[dict[str,
     return out
 
 
-class FleetSampler:
+class FleetSampler(EachPeriod):
     """Every ``SAMPLE_EVERY_S``, one gateway of the fleet (a claim) appends a ``sample`` and
     publishes the tiers' SLOs again (for ``klieg_slo_attainment_ratio``: a Redis that lost them,
     flushed or restarted without its data, has them back within one period)."""
 
+    name = "fleet sample"
+
     def __init__(self, broker: Broker, every_s: float = SAMPLE_EVERY_S) -> None:
+        super().__init__(broker.claims, keys.FLEET_SAMPLE_CLAIM, every_s)
         self.broker = broker
-        self.every_s = every_s
-        self._owner = uuid.uuid4().hex
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="klieg-fleet-sampler")
-
-    async def stop(self) -> None:
-        self._stopping.set()
-        if self._task is not None:
-            _, running = await asyncio.wait({self._task}, timeout=5)
-            for task in running:
-                task.cancel()
+    async def step(self) -> None:
+        await self.take()
 
     async def take(self) -> dict[str, Any]:
         b = self.broker
@@ -216,16 +203,3 @@ class FleetSampler:
         await b.stats.add_sample(taken, SAMPLES_KEPT)
         await b.stats.publish_slos(b.queue.tiers.values())
         return taken
-
-    async def _loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                claim = keys.FLEET_SAMPLE_CLAIM
-                if await self.broker.claims.claim(claim, self._owner, self.every_s * 0.9):
-                    await self.take()
-            except UNAVAILABLE as exc:  # a gap in the charts, no more
-                log.warning("fleet sample skipped: Redis is unavailable (%s)", exc)
-            except Exception:
-                log.exception("fleet sample failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.every_s)
