@@ -1,6 +1,7 @@
 """Platform subcommands of ``klieg``, registered through the ``klieg.cli`` entry point group:
-``klieg up``, ``klieg demo``, ``klieg worker``, ``klieg gateway``. Their failures are reported
-by ``klieg``'s ``main`` like every other command's: one ``error:`` line and a non-zero exit.
+``klieg up``, ``klieg demo``, ``klieg worker``, ``klieg gateway``, ``klieg autoscaler``. Their
+failures are reported by ``klieg``'s ``main`` like every other command's: one ``error:`` line and
+a non-zero exit.
 """
 
 from __future__ import annotations
@@ -79,6 +80,54 @@ def _gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+def _autoscaler(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+    import signal
+
+    from klieg_platform.autoscaler import Autoscaler, KubernetesAdapter, LocalAdapter, load_plans
+    from klieg_platform.local import settings_env
+    from klieg_platform.services import open_broker, open_registry
+
+    plans = load_plans(Path(args.config))
+    settings = _settings()
+    adapter: Any
+    if args.adapter == "kubernetes":
+        try:
+            adapter = KubernetesAdapter()
+        except Exception as exc:
+            raise KliegError(
+                f"no Kubernetes API to talk to: {exc}", error_type="ConfigError"
+            ) from None
+    else:
+        adapter = LocalAdapter(settings_env(settings))
+
+    async def run() -> int:
+        broker = open_broker(settings)
+        registry = open_registry(settings)
+        scaler = Autoscaler(
+            broker, registry, plans, adapter, interval_s=args.interval, dry_run=args.dry_run
+        )
+        try:
+            if args.once:
+                step = await scaler.step()
+                print(json.dumps({"decided": step.decided, "applied": step.applied,
+                                  "errors": step.errors}))  # fmt: skip
+                return 1 if step.errors else 0
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, scaler.stop)
+            await scaler.run()
+            return 0
+        finally:
+            await broker.close()
+            registry.close()
+            if isinstance(adapter, LocalAdapter) and not args.once:
+                await asyncio.to_thread(adapter.close)
+
+    return asyncio.run(run())
+
+
 def register(sub: Any) -> None:
     """Add the platform's subcommands to the ``klieg`` parser."""
     up = sub.add_parser("up", help="run the whole platform locally (embedded Redis, SQLite)")
@@ -110,3 +159,16 @@ def register(sub: Any) -> None:
 
     gateway = sub.add_parser("gateway", help="run the gateway")
     gateway.set_defaults(func=_gateway)
+
+    scale = sub.add_parser(
+        "autoscaler", help="size each pool's workers from its queue and the tiers' SLOs"
+    )
+    scale.add_argument("--config", required=True, help="pools.yaml: each pool's scaling settings")
+    scale.add_argument(
+        "--adapter", choices=("local", "kubernetes"), default="local",
+        help="start klieg worker processes here, or scale each pool's Deployment",
+    )  # fmt: skip
+    scale.add_argument("--interval", type=float, default=5.0, help="seconds between rounds")
+    scale.add_argument("--once", action="store_true", help="one round; print it as JSON")
+    scale.add_argument("--dry-run", action="store_true", help="decide, change nothing")
+    scale.set_defaults(func=_autoscaler)

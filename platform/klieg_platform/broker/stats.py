@@ -93,6 +93,11 @@ class Stats:
         value = await self.redis.hget(_key(kind), app_key)
         return float(value) / 1000 if value is not None else None
 
+    async def means(self, kind: Kind) -> dict[str, float]:
+        """Every app's running mean service or cold-start time, in seconds."""
+        raw: dict[Any, Any] = await self.redis.hgetall(_key(kind))
+        return {k.decode(): float(v) / 1000 for k, v in raw.items()}
+
     async def publish_slos(self, tiers: Iterable[Tier]) -> None:
         """Tell the scripts each tier's queue-wait SLO (for the SLO attainment counts)."""
         args: list[str | int] = []

@@ -20,6 +20,8 @@ klieg_slo_attainment_ratio{tier}                   requests started within the t
 klieg_workers{pool}                                live workers serving the pool
 klieg_runners{pool,state}                          starting, busy, idle, stopping
 klieg_gpu_slots{pool,state}                        busy, idle (held by an idle runner), free
+klieg_pool_slots_needed{pool}                      slots to serve what runs and start what waits
+                                                   within its SLO (``autoscaler.slots_needed``)
 
 The admin tenant sees every series. Any other tenant's key (scope ``deploy`` or more) sees only
 the series of its own apps, and no fleet-wide gauge: another tenant's app names never appear.
@@ -27,6 +29,7 @@ the series of its own apps, and no fleet-wide gauge: another tenant's app names 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,6 +44,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
+from klieg_platform import autoscaler, keys
 from klieg_platform.broker.stats import Histogram
 from klieg_platform.gateway import auth, fleet
 from klieg_platform.gateway.state import gateway
@@ -50,6 +54,7 @@ NAMES = (
     "klieg_cold_starts_total", "klieg_cold_start_seconds", "klieg_batch_size",
     "klieg_webhook_deliveries_total", "klieg_queue_depth", "klieg_queue_oldest_wait_seconds",
     "klieg_slo_attainment_ratio", "klieg_workers", "klieg_runners", "klieg_gpu_slots",
+    "klieg_pool_slots_needed",
 )  # fmt: skip
 """Every metric the admin's scrape has (histograms add ``_bucket``, ``_sum``, ``_count``);
 ``infra/grafana/klieg-fleet.json`` charts them."""
@@ -173,7 +178,18 @@ async def _fleet(request: Request, slo: dict[str, tuple[int, int]]) -> list[Metr
         s = p["slots"]
         for state, n in (("busy", s["busy"]), ("idle", s["held"] - s["busy"]), ("free", s["free"])):
             slots.add_metric([p["pool"], state], max(0, n))
-    return [depth, oldest, attainment, workers, runners, slots]
+    needed = GaugeMetricFamily(
+        "klieg_pool_slots_needed",
+        "Slots that serve the running requests and start every waiting one within its SLO "
+        "(the autoscaler's signal; a KEDA ScaledObject's, with one worker's slots as target)",
+        labels=["pool"],
+    )
+    revisions = await asyncio.to_thread(gw.registry.aliased_revisions)
+    names = sorted({p["pool"] for p in pools} - {keys.ALL_POOLS})
+    demands = await autoscaler.read_demands(gw.broker, autoscaler.warm_slots(revisions), names)
+    for pool, demand in demands.items():
+        needed.add_metric([pool], autoscaler.slots_needed(demand, gw.broker.queue.tiers))
+    return [depth, oldest, attainment, workers, runners, slots, needed]
 
 
 def render(found: list[Metric]) -> bytes:

@@ -1,0 +1,445 @@
+"""The autoscaler: how many workers each pool should have, from the queue itself.
+
+Every ``interval_s`` (``klieg autoscaler``) it reads each pool's demand from Redis (requests
+waiting per tier and the oldest one's wait, the slots busy now, the measured service and cold
+start times, what ``min_concurrency`` keeps warm), turns it into the slots the pool needs to
+start every waiting request within its tier's SLO (``slots_needed``), and into workers per pool
+(``Scaler.decide``):
+
+- up at once, before the SLOs break: a request that has waited ``w`` of its tier's ``slo_s``
+  must start within ``slo_s - w - cold_s`` (a new worker's runner cold-starts first), so its
+  share of the slots is ``service_s / that budget``;
+- down only once the pool has wanted fewer workers for ``cooldown_s`` without a break;
+- never below ``min_workers`` nor what ``min_concurrency`` needs, never above ``max_workers``;
+- a burst pool (``burst_for``: borrowed capacity, such as a training cluster, whose workers
+  serve the main pool's queue) gets only what the main pool cannot hold at its maximum, and is
+  handed back first: the main pool does not shrink while its burst pool has workers.
+
+An ``Adapter`` applies the sizes: ``LocalAdapter`` starts and stops real ``klieg worker``
+processes on this machine; ``KubernetesAdapter`` sets the replicas of each pool's Deployment
+through its scale subresource (the official client). A pool the adapter cannot reach keeps its
+last good size and the error is logged, once per change of error. The same need, in slots, is
+``klieg_pool_slots_needed{pool}`` in ``GET /metrics``: a KEDA ``ScaledObject`` can scale on it
+instead (``infra/k8s``), with the slots of one worker as its target value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from klieg.exceptions import InvalidRequestError
+from klieg.types import AppSpec
+from klieg_platform.broker import Broker, Depth
+from klieg_platform.scheduler import Tier
+
+log = logging.getLogger("klieg.autoscaler")
+
+DEFAULT_SERVICE_S = 10.0
+"""The service time assumed before any request has been measured."""
+MIN_BUDGET_S = 1.0
+
+
+# ---- configuration ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """One scaled group of workers. ``serves``: the pool whose queue its workers take (itself,
+    or for a burst pool the pool it lends to); ``slots``: slots (GPUs, or CPU slots) per worker.
+    ``deployment``/``namespace``: its Kubernetes Deployment."""
+
+    name: str
+    max_workers: int
+    slots: int = 1
+    min_workers: int = 0
+    cooldown_s: float = 300.0
+    burst_for: str | None = None
+    deployment: str = ""
+    namespace: str = "klieg"
+
+    @property
+    def serves(self) -> str:
+        return self.burst_for or self.name
+
+
+FIELDS = {"max_workers", "slots", "min_workers", "cooldown_s", "burst_for", "deployment",
+          "namespace"}  # fmt: skip
+
+
+def _whole(where: str, value: Any, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise InvalidRequestError(f"{where}: must be a whole number of at least {least}")
+    return value
+
+
+def parse_plans(doc: Any) -> dict[str, PoolPlan]:
+    """The ``pools:`` mapping of an autoscaler config (the ConfigMap's ``pools.yaml``), checked:
+    a bad value is an ``InvalidRequestError`` naming its field."""
+    pools = doc.get("pools") if isinstance(doc, dict) else None
+    if not isinstance(pools, dict) or not pools:
+        raise InvalidRequestError("pools: a mapping of pool name to its scaling settings")
+    out: dict[str, PoolPlan] = {}
+    for name, raw in pools.items():
+        where = f"pools.{name}"
+        if not isinstance(raw, dict):
+            raise InvalidRequestError(f"{where}: a mapping of settings")
+        unknown = set(raw) - FIELDS
+        if unknown:
+            raise InvalidRequestError(f"{where}.{sorted(unknown)[0]}: not a setting")
+        if "max_workers" not in raw:
+            raise InvalidRequestError(f"{where}.max_workers: required")
+        most = _whole(f"{where}.max_workers", raw["max_workers"], 1)
+        least = _whole(f"{where}.min_workers", raw.get("min_workers", 0), 0)
+        if least > most:
+            raise InvalidRequestError(f"{where}.min_workers: above max_workers ({most})")
+        cooldown = raw.get("cooldown_s", 300.0)
+        if isinstance(cooldown, bool) or not isinstance(cooldown, int | float) or cooldown < 0:
+            raise InvalidRequestError(f"{where}.cooldown_s: a number of seconds, 0 or more")
+        out[str(name)] = PoolPlan(
+            name=str(name),
+            max_workers=most,
+            slots=_whole(f"{where}.slots", raw.get("slots", 1), 1),
+            min_workers=least,
+            cooldown_s=float(cooldown),
+            burst_for=str(raw["burst_for"]) if raw.get("burst_for") else None,
+            deployment=str(raw.get("deployment") or f"klieg-worker-{str(name).lower()}"),
+            namespace=str(raw.get("namespace") or "klieg"),
+        )
+    for plan in out.values():
+        if plan.burst_for is None:
+            continue
+        main = out.get(plan.burst_for)
+        if main is None or main.burst_for is not None:
+            raise InvalidRequestError(
+                f"pools.{plan.name}.burst_for: {plan.burst_for!r} is not a main pool here"
+            )
+        if [p.name for p in out.values() if p.burst_for == plan.burst_for] != [plan.name]:
+            raise InvalidRequestError(f"pools.{plan.name}.burst_for: one burst pool per pool")
+    return out
+
+
+def load_plans(path: Path) -> dict[str, PoolPlan]:
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise InvalidRequestError(f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise InvalidRequestError(f"{path} is not YAML: {exc}") from None
+    return parse_plans(doc)
+
+
+# ---- demand and decisions -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What one pool is asked to do now."""
+
+    queued: Mapping[str, int] = field(default_factory=dict)
+    """tier -> requests waiting"""
+    oldest_wait_s: Mapping[str, float] = field(default_factory=dict)
+    busy_slots: int = 0
+    """Slots serving (or starting for) requests now."""
+    service_s: float = DEFAULT_SERVICE_S
+    cold_s: float = 0.0
+    warm_slots: int = 0
+    """Slots ``min_concurrency`` keeps warm whatever the load."""
+
+
+def slots_needed(demand: Demand, tiers: Mapping[str, Tier]) -> int:
+    """Slots that serve the requests running now and start every waiting one within its tier's
+    SLO: each waiting request needs ``service_s`` of a slot within the time its tier has left
+    (its SLO less the oldest wait and a cold start, at least ``MIN_BUDGET_S``)."""
+    need = float(demand.busy_slots)
+    for tier, queued in demand.queued.items():
+        if queued <= 0:
+            continue
+        slo = tiers[tier].slo_s if tier in tiers else DEFAULT_SERVICE_S
+        left = slo - demand.oldest_wait_s.get(tier, 0.0) - demand.cold_s
+        need += queued * demand.service_s / max(left, MIN_BUDGET_S, demand.service_s)
+    queued_any = any(q > 0 for q in demand.queued.values())
+    return max(math.ceil(need - 1e-9), demand.warm_slots, 1 if queued_any else 0)
+
+
+@dataclass
+class _Held:
+    target: int
+    since: float
+    """When the pool last wanted at least ``target`` workers."""
+
+
+class Scaler:
+    """Sizes per pool from demands, remembering each pool's target and cool-down."""
+
+    def __init__(self, plans: Mapping[str, PoolPlan], tiers: Mapping[str, Tier]) -> None:
+        self.plans = dict(plans)
+        self.tiers = dict(tiers)
+        self._held: dict[str, _Held] = {}
+
+    def wanted(self, demands: Mapping[str, Demand]) -> dict[str, int]:
+        """Workers per plan for these demands, before cool-downs: the main pool first, up to
+        its maximum; what is left over goes to its burst pool."""
+        out: dict[str, int] = {}
+        for plan in self.plans.values():
+            if plan.burst_for is not None:
+                continue
+            slots = slots_needed(demands.get(plan.name, Demand()), self.tiers)
+            main = max(plan.min_workers, min(plan.max_workers, math.ceil(slots / plan.slots)))
+            out[plan.name] = main
+            burst = next((b for b in self.plans.values() if b.burst_for == plan.name), None)
+            if burst is not None:
+                rest = max(0, slots - plan.max_workers * plan.slots)
+                out[burst.name] = max(
+                    burst.min_workers, min(burst.max_workers, math.ceil(rest / burst.slots))
+                )
+        return out
+
+    def decide(self, demands: Mapping[str, Demand], now: float) -> dict[str, int]:
+        """Workers per plan now: up at once, down after the cool-down; a main pool keeps its
+        size while its burst pool still has workers (the borrowed capacity goes back first)."""
+        wanted = self.wanted(demands)
+        out: dict[str, int] = {}
+        bursts = sorted(self.plans.values(), key=lambda p: p.burst_for is None)
+        for plan in bursts:  # burst pools first: their targets gate their main pool's
+            want = wanted[plan.name]
+            held = self._held.get(plan.name)
+            if held is None or want >= held.target:
+                self._held[plan.name] = held = _Held(want, now)
+            elif now - held.since >= plan.cooldown_s:
+                burst = next((b for b in self.plans.values() if b.burst_for == plan.name), None)
+                if burst is None or out.get(burst.name, 0) == 0:
+                    held.target, held.since = want, now
+            out[plan.name] = held.target
+        return out
+
+
+# ---- reading the demand -------------------------------------------------------------------------
+
+
+async def read_demands(
+    broker: Broker, warm_slots: Mapping[str, int], pools: Sequence[str]
+) -> dict[str, Demand]:
+    """Each pool's demand from Redis: queues per tier, busy slots from the workers' heartbeats,
+    the mean measured service and cold-start times (over every app: a pool with no requests yet
+    has nothing else to go on)."""
+    depths: list[Depth] = await broker.queue.depths()
+    live = await broker.workers.live()
+    service = await broker.stats.means("service")
+    cold = await broker.stats.means("cold")
+    service_s = sum(service.values()) / len(service) if service else DEFAULT_SERVICE_S
+    cold_s = sum(cold.values()) / len(cold) if cold else 0.0
+    busy: dict[str, int] = {}
+    for _, doc in live:
+        for runner in doc.get("detail", []):
+            if runner["state"] in ("busy", "starting"):
+                for pool in doc["pools"]:
+                    busy[pool] = busy.get(pool, 0) + int(runner["slots"])
+    out = {}
+    for pool in pools:
+        mine = [d for d in depths if d.pool == pool]
+        out[pool] = Demand(
+            queued={d.tier: d.queued for d in mine},
+            oldest_wait_s={d.tier: d.oldest_wait_s for d in mine},
+            busy_slots=busy.get(pool, 0),
+            service_s=service_s,
+            cold_s=cold_s,
+            warm_slots=warm_slots.get(pool, 0),
+        )
+    return out
+
+
+def warm_slots(revisions: Sequence[Any]) -> dict[str, int]:
+    """Slots per pool that aliased functions' ``min_concurrency`` keeps warm."""
+    out: dict[str, int] = {}
+    for rev in revisions:
+        for fn in AppSpec.model_validate(rev.spec).functions:
+            if fn.min_concurrency > 0:
+                out[fn.pool] = out.get(fn.pool, 0) + fn.min_concurrency * max(fn.num_gpus, 1)
+    return out
+
+
+# ---- adapters -----------------------------------------------------------------------------------
+
+
+class AdapterError(Exception):
+    """The adapter could not read or set a pool's size."""
+
+
+class Adapter(Protocol):
+    def current(self, plan: PoolPlan) -> int: ...
+
+    def scale(self, plan: PoolPlan, workers: int) -> None: ...
+
+
+class LocalAdapter:
+    """Real ``klieg worker`` processes on this machine, ``--pool <serves> --slots <slots>``,
+    with the environment given (``local.settings_env``). Scaling down sends SIGTERM to the
+    newest: a worker stops taking work, finishes or hands back its leases, then exits."""
+
+    def __init__(self, env: Mapping[str, str], *, python: str = sys.executable) -> None:
+        self.env = dict(env)
+        self.python = python
+        self.procs: dict[str, list[subprocess.Popen[bytes]]] = {}
+        self.stopping: list[subprocess.Popen[bytes]] = []
+        self.started: list[subprocess.Popen[bytes]] = []
+        """Every worker started here, in order."""
+
+    def _alive(self, plan: PoolPlan) -> list[subprocess.Popen[bytes]]:
+        procs = [p for p in self.procs.get(plan.name, []) if p.poll() is None]
+        self.procs[plan.name] = procs
+        self.stopping = [p for p in self.stopping if p.poll() is None]
+        return procs
+
+    def current(self, plan: PoolPlan) -> int:
+        return len(self._alive(plan))
+
+    def scale(self, plan: PoolPlan, workers: int) -> None:
+        procs = self._alive(plan)
+        while len(procs) < workers:
+            cmd = [self.python, "-m", "klieg_platform.worker", "--pool", plan.serves,
+                   "--slots", str(plan.slots), "--no-workflows"]  # fmt: skip
+            try:
+                procs.append(subprocess.Popen(cmd, env=self.env))
+                self.started.append(procs[-1])
+            except OSError as exc:
+                raise AdapterError(f"cannot start a worker for {plan.name}: {exc}") from exc
+        while len(procs) > workers:
+            proc = procs.pop()
+            proc.send_signal(signal.SIGTERM)
+            self.stopping.append(proc)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Stop every worker started here (each drains first)."""
+        every = [p for procs in self.procs.values() for p in procs] + self.stopping
+        for proc in every:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for proc in every:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+class KubernetesAdapter:
+    """Each plan's Deployment, through its scale subresource (``apps/v1``). ``api``: an
+    ``AppsV1Api``; by default from the in-cluster service account, else ``~/.kube/config``."""
+
+    def __init__(self, api: Any | None = None) -> None:
+        if api is None:
+            from kubernetes import client, config
+
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            api = client.AppsV1Api()
+        self.api = api
+
+    def current(self, plan: PoolPlan) -> int:
+        try:
+            scale = self.api.read_namespaced_deployment_scale(plan.deployment, plan.namespace)
+        except Exception as exc:
+            raise AdapterError(self._why("read", plan, exc)) from exc
+        spec = scale.spec
+        return int(spec.replicas or 0) if spec is not None else 0
+
+    def scale(self, plan: PoolPlan, workers: int) -> None:
+        body = {"spec": {"replicas": workers}}
+        try:
+            self.api.patch_namespaced_deployment_scale(plan.deployment, plan.namespace, body)
+        except Exception as exc:
+            raise AdapterError(self._why("scale", plan, exc)) from exc
+
+    @staticmethod
+    def _why(verb: str, plan: PoolPlan, exc: Exception) -> str:
+        status = getattr(exc, "status", None)
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        what = f"HTTP {status} {reason}" if status else f"{reason}: {exc}"
+        return f"cannot {verb} deployment {plan.namespace}/{plan.deployment}: {what}"
+
+
+# ---- the loop -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Step:
+    """One round: the sizes decided, applied, and the pools that could not be reached."""
+
+    decided: dict[str, int]
+    applied: dict[str, int]
+    errors: dict[str, str]
+
+
+class Autoscaler:
+    def __init__(
+        self,
+        broker: Broker,
+        registry: Any,
+        plans: Mapping[str, PoolPlan],
+        adapter: Adapter,
+        *,
+        interval_s: float = 5.0,
+        dry_run: bool = False,
+    ) -> None:
+        self.broker = broker
+        self.registry = registry
+        self.plans = dict(plans)
+        self.scaler = Scaler(plans, broker.queue.tiers)
+        self.adapter = adapter
+        self.interval_s = interval_s
+        self.dry_run = dry_run
+        self._said: dict[str, str] = {}
+        self._stopping = asyncio.Event()
+
+    async def step(self, now: float | None = None) -> Step:
+        revisions = await asyncio.to_thread(self.registry.aliased_revisions)
+        pools = sorted({p.serves for p in self.plans.values()})
+        demands = await read_demands(self.broker, warm_slots(revisions), pools)
+        decided = self.scaler.decide(demands, time.monotonic() if now is None else now)
+        applied: dict[str, int] = {}
+        errors: dict[str, str] = {}
+        for name, workers in decided.items():
+            plan = self.plans[name]
+            try:
+                have = await asyncio.to_thread(self.adapter.current, plan)
+                if have != workers and not self.dry_run:
+                    await asyncio.to_thread(self.adapter.scale, plan, workers)
+                    log.info("pool %s: %d -> %d workers", name, have, workers)
+                applied[name] = workers if not self.dry_run else have
+                self._said.pop(name, None)
+            except AdapterError as exc:
+                errors[name] = str(exc)
+                if self._said.get(name) != str(exc):
+                    log.error("pool %s keeps its size: %s", name, exc)
+                    self._said[name] = str(exc)
+        return Step(decided, applied, errors)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        from klieg_platform.broker import UNAVAILABLE
+
+        while not self._stopping.is_set():
+            try:
+                await self.step()
+            except UNAVAILABLE as exc:  # sizes stay as they are until Redis answers
+                log.warning("autoscaler round skipped: Redis is unavailable (%s)", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.interval_s)

@@ -1,0 +1,282 @@
+"""The autoscaler's decisions (slots from the queue and the SLOs, workers per pool, cool-downs,
+burst pools), its configuration's checks, and the Kubernetes adapter over real HTTP against
+recorded API-server answers for the Deployment scale subresource."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from klieg.exceptions import InvalidRequestError
+from klieg_platform.autoscaler import (
+    AdapterError,
+    Demand,
+    KubernetesAdapter,
+    PoolPlan,
+    Scaler,
+    parse_plans,
+    slots_needed,
+)
+from klieg_platform.scheduler import DEFAULT_TIERS
+
+TIERS = {t.name: t for t in DEFAULT_TIERS}  # enterprise: 60 s SLO ... free: 1800 s
+
+
+def plans(**pools: dict[str, Any]) -> dict[str, PoolPlan]:
+    return parse_plans({"pools": pools})
+
+
+# ---- configuration ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pools", "field"),
+    [
+        ({"GPU": {"max_workers": 0}}, "pools.GPU.max_workers"),
+        ({"GPU": {"slots": 8}}, "pools.GPU.max_workers"),
+        ({"GPU": {"max_workers": 2, "min_workers": 3}}, "pools.GPU.min_workers"),
+        ({"GPU": {"max_workers": 2, "slots": 0}}, "pools.GPU.slots"),
+        ({"GPU": {"max_workers": 2, "cooldown_s": -1}}, "pools.GPU.cooldown_s"),
+        ({"GPU": {"max_workers": 2, "gpus": 8}}, "pools.GPU.gpus"),
+        ({"B": {"max_workers": 2, "burst_for": "GPU"}}, "pools.B.burst_for"),
+        ({"GPU": {"max_workers": "many"}}, "pools.GPU.max_workers"),
+    ],
+)
+def test_a_setting_that_cannot_work_is_refused_naming_its_field(
+    pools: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(InvalidRequestError) as refused:
+        parse_plans({"pools": pools})
+    assert str(refused.value).startswith(f"{field}:")
+
+
+def test_no_pools_at_all_is_refused() -> None:
+    for doc in (None, {}, {"pools": {}}, {"pools": ["CPU"]}):
+        with pytest.raises(InvalidRequestError, match=r"^pools:"):
+            parse_plans(doc)
+
+
+def test_a_burst_pool_serves_its_main_pools_queue() -> None:
+    p = plans(GPU={"max_workers": 4, "slots": 8}, borrowed={"max_workers": 2, "burst_for": "GPU"})
+    assert p["borrowed"].serves == "GPU" and p["GPU"].serves == "GPU"
+    assert p["GPU"].deployment == "klieg-worker-gpu" and p["GPU"].namespace == "klieg"
+
+
+# ---- slots and workers ------------------------------------------------------------------------
+
+
+def test_slots_cover_running_work_and_start_waiting_work_within_the_slo() -> None:
+    assert slots_needed(Demand(), TIERS) == 0
+    assert slots_needed(Demand(busy_slots=3), TIERS) == 3
+    # 60 requests of 10 s with 60 s to start them all: 10 slots
+    assert slots_needed(Demand(queued={"enterprise": 60}, service_s=10.0), TIERS) == 10
+    # the oldest has waited 30 s and a cold start takes 10 s: 20 s left, so 30 slots
+    waited = Demand(queued={"enterprise": 60}, oldest_wait_s={"enterprise": 30.0},
+                    service_s=10.0, cold_s=10.0)  # fmt: skip
+    assert slots_needed(waited, TIERS) == 30
+    # the same queue in the free tier (1800 s) needs one slot
+    assert slots_needed(Demand(queued={"free": 60}, service_s=10.0), TIERS) == 1
+    # past the SLO already: at least one slot per request's worth of service
+    late = Demand(queued={"enterprise": 5}, oldest_wait_s={"enterprise": 500.0}, service_s=2.0)
+    assert slots_needed(late, TIERS) == 5
+    assert slots_needed(Demand(warm_slots=4, busy_slots=1), TIERS) == 4
+
+
+def test_up_at_once_down_only_after_the_cooldown() -> None:
+    s = Scaler(plans(CPU={"max_workers": 10, "slots": 2, "cooldown_s": 60}), TIERS)
+    busy = {"CPU": Demand(queued={"enterprise": 36}, service_s=10.0)}  # 6 slots: 3 workers
+    assert s.decide(busy, now=0) == {"CPU": 3}
+    quiet = {"CPU": Demand()}
+    assert s.decide(quiet, now=30) == {"CPU": 3}
+    assert s.decide(busy, now=50) == {"CPU": 3}  # wanted again: the cool-down starts over
+    assert s.decide(quiet, now=100) == {"CPU": 3}
+    assert s.decide(quiet, now=111) == {"CPU": 0}
+    huge = {"CPU": Demand(queued={"enterprise": 10_000}, service_s=10.0)}
+    assert s.decide(huge, now=112) == {"CPU": 10}
+
+
+def test_min_workers_and_min_concurrency_hold_a_floor() -> None:
+    s = Scaler(plans(GPU={"max_workers": 8, "slots": 4, "min_workers": 1, "cooldown_s": 0}), TIERS)
+    assert s.decide({}, now=0) == {"GPU": 1}
+    assert s.decide({"GPU": Demand(warm_slots=9)}, now=1) == {"GPU": 3}
+    assert s.decide({"GPU": Demand()}, now=2) == {"GPU": 1}
+
+
+def test_a_burst_pool_takes_only_the_overflow_and_goes_back_first() -> None:
+    p = plans(
+        GPU={"max_workers": 2, "slots": 8, "cooldown_s": 100},
+        borrowed={"max_workers": 3, "slots": 4, "burst_for": "GPU", "cooldown_s": 10},
+    )
+    s = Scaler(p, TIERS)
+    fits = {"GPU": Demand(queued={"enterprise": 60}, service_s=10.0)}  # 10 slots <= 16
+    assert s.decide(fits, now=0) == {"GPU": 2, "borrowed": 0}
+    over = {"GPU": Demand(queued={"enterprise": 150}, service_s=10.0)}  # 25: 9 over
+    assert s.decide(over, now=1) == {"GPU": 2, "borrowed": 3}
+    quiet = {"GPU": Demand()}
+    assert s.decide(quiet, now=5) == {"GPU": 2, "borrowed": 3}
+    assert s.decide(quiet, now=12) == {"GPU": 2, "borrowed": 0}  # borrowed capacity first
+    assert s.decide(quiet, now=100) == {"GPU": 2, "borrowed": 0}
+    assert s.decide(quiet, now=102) == {"GPU": 0, "borrowed": 0}
+
+
+def test_the_main_pool_waits_for_its_burst_pool_to_empty() -> None:
+    p = plans(
+        GPU={"max_workers": 1, "slots": 1, "cooldown_s": 0},
+        borrowed={"max_workers": 1, "slots": 1, "burst_for": "GPU", "cooldown_s": 50},
+    )
+    s = Scaler(p, TIERS)
+    assert s.decide({"GPU": Demand(busy_slots=2)}, now=0) == {"GPU": 1, "borrowed": 1}
+    assert s.decide({"GPU": Demand()}, now=10) == {"GPU": 1, "borrowed": 1}
+    assert s.decide({"GPU": Demand()}, now=60) == {"GPU": 0, "borrowed": 0}
+
+
+demands = st.builds(
+    Demand,
+    queued=st.dictionaries(st.sampled_from(sorted(TIERS)), st.integers(0, 5000), max_size=5),
+    oldest_wait_s=st.dictionaries(st.sampled_from(sorted(TIERS)), st.floats(0, 4000)),
+    busy_slots=st.integers(0, 500),
+    service_s=st.floats(0.01, 600),
+    cold_s=st.floats(0, 600),
+    warm_slots=st.integers(0, 100),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rounds=st.lists(st.tuples(demands, st.floats(0, 100)), min_size=1, max_size=20))
+def test_sizes_stay_within_each_pools_bounds(rounds: list[tuple[Demand, float]]) -> None:
+    p = plans(
+        GPU={"max_workers": 7, "slots": 8, "min_workers": 1, "cooldown_s": 30},
+        borrowed={"max_workers": 3, "slots": 8, "burst_for": "GPU", "cooldown_s": 5},
+    )
+    s = Scaler(p, TIERS)
+    now, before = 0.0, {"GPU": 0, "borrowed": 0}
+    for demand, dt in rounds:
+        now += dt
+        out = s.decide({"GPU": demand}, now)
+        assert 1 <= out["GPU"] <= 7 and 0 <= out["borrowed"] <= 3
+        wanted = s.wanted({"GPU": demand})
+        assert out["GPU"] >= wanted["GPU"] and out["borrowed"] >= wanted["borrowed"]
+        if out["borrowed"] > 0:  # borrowed capacity in use: the main pool does not shrink
+            assert out["GPU"] >= before["GPU"]
+        if out["borrowed"]:  # and it is used only with the main pool at its maximum
+            assert out["GPU"] == 7 or before["borrowed"] > 0
+        before = out
+
+
+# ---- the Kubernetes adapter, over HTTP ---------------------------------------------------------
+
+SCALE = {
+    "kind": "Scale",
+    "apiVersion": "autoscaling/v1",
+    "metadata": {"name": "klieg-worker-gpu", "namespace": "klieg", "resourceVersion": "4711"},
+    "spec": {"replicas": 3},
+    "status": {"replicas": 3, "selector": "app=klieg-worker,pool=gpu"},
+}
+NOT_FOUND = {
+    "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
+    "message": 'deployments.apps "klieg-worker-gone" not found',
+    "details": {"name": "klieg-worker-gone", "group": "apps", "kind": "deployments"},
+}  # fmt: skip
+
+
+@pytest.fixture
+def api_server() -> Iterator[tuple[str, list[tuple[str, str, Any]]]]:
+    """An HTTP server answering as the API server does for the scale subresource."""
+    seen: list[tuple[str, str, Any]] = []
+    replicas = {"klieg-worker-gpu": 3}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _answer(self, code: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _route(self, method: str) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            body = json.loads(self.rfile.read(length)) if length else None
+            seen.append((method, self.path, body))
+            parts = self.path.split("?")[0].split("/")
+            name = parts[-2] if parts[-1] == "scale" else ""
+            if self.path.startswith("/apis/apps/v1/namespaces/klieg/deployments/") and (
+                name in replicas
+            ):
+                if method == "PATCH":
+                    replicas[name] = body["spec"]["replicas"]
+                doc = json.loads(json.dumps(SCALE))
+                doc["spec"]["replicas"] = replicas[name]
+                self._answer(200, doc)
+            else:
+                self._answer(404, NOT_FOUND)
+
+        def do_GET(self) -> None:
+            self._route("GET")
+
+        def do_PATCH(self) -> None:
+            self._route("PATCH")
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+
+
+def _adapter(url: str) -> KubernetesAdapter:
+    from kubernetes import client
+
+    config = client.Configuration(host=url)
+    return KubernetesAdapter(client.AppsV1Api(client.ApiClient(config)))
+
+
+def test_the_kubernetes_adapter_reads_and_sets_the_scale_subresource(
+    api_server: tuple[str, list[tuple[str, str, Any]]],
+) -> None:
+    url, seen = api_server
+    k8s = _adapter(url)
+    gpu = plans(GPU={"max_workers": 9})["GPU"]
+    assert k8s.current(gpu) == 3
+    k8s.scale(gpu, 7)
+    assert k8s.current(gpu) == 7
+    patch = [s for s in seen if s[0] == "PATCH"]
+    assert patch == [
+        ("PATCH", "/apis/apps/v1/namespaces/klieg/deployments/klieg-worker-gpu/scale",
+         {"spec": {"replicas": 7}})
+    ]  # fmt: skip
+
+
+def test_a_deployment_it_cannot_reach_is_an_adapter_error_naming_it(
+    api_server: tuple[str, list[tuple[str, str, Any]]],
+) -> None:
+    url, _ = api_server
+    gone = plans(GPU={"max_workers": 9, "deployment": "klieg-worker-gone"})["GPU"]
+    with pytest.raises(AdapterError, match=r"deployment klieg/klieg-worker-gone: HTTP 404"):
+        _adapter(url).current(gone)
+    with pytest.raises(AdapterError, match=r"cannot scale deployment klieg/klieg-worker-gone"):
+        _adapter(url).scale(gone, 2)
+    nobody = plans(GPU={"max_workers": 9})["GPU"]
+    with pytest.raises(AdapterError, match="cannot read deployment klieg/klieg-worker-gpu"):
+        _adapter("http://127.0.0.1:9").current(nobody)
+
+
+def test_the_shipped_pools_file_is_valid() -> None:
+    from klieg_platform.autoscaler import load_plans
+    from tests.e2e.platform import REPO
+
+    shipped = load_plans(REPO / "infra" / "autoscaler" / "pools.yaml")
+    assert shipped["GPU-H100-burst"].serves == "GPU-H100"
+    assert all(p.max_workers >= 1 for p in shipped.values())
