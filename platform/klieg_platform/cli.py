@@ -128,6 +128,26 @@ def _autoscaler(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _images(args: argparse.Namespace) -> int:
+    from klieg_platform import images
+    from klieg_platform.services import open_registry
+
+    client = images.engine()
+    settings = _settings()
+    registry = open_registry(settings)
+    try:
+        revisions = registry.aliased_revisions() if args.envs else []
+    finally:
+        registry.close()
+    built = images.build_all(
+        client, args.tag, revisions, push=args.push,
+        gpu_base=args.gpu_base or images.GPU_BASE, envs=args.envs,
+    )  # fmt: skip
+    for b in built:
+        print(f"{b.name}{'  pushed' if b.pushed else ''}")
+    return 0
+
+
 def register(sub: Any) -> None:
     """Add the platform's subcommands to the ``klieg`` parser."""
     up = sub.add_parser("up", help="run the whole platform locally (embedded Redis, SQLite)")
@@ -172,3 +192,13 @@ def register(sub: Any) -> None:
     scale.add_argument("--once", action="store_true", help="one round; print it as JSON")
     scale.add_argument("--dry-run", action="store_true", help="decide, change nothing")
     scale.set_defaults(func=_autoscaler)
+
+    imgs = sub.add_parser("images", help="container images of the platform and of its envs")
+    verbs = imgs.add_subparsers(dest="images_cmd", required=True)
+    build = verbs.add_parser("build", help="build them with the Docker engine (Docker SDK)")
+    build.add_argument("--push", metavar="REGISTRY", help="tag under REGISTRY and push")
+    build.add_argument("--tag", default="dev", help="the platform images' tag (default dev)")
+    build.add_argument("--gpu-base", default=None, help="base image of GPU pools (CUDA runtime)")
+    build.add_argument("--no-envs", dest="envs", action="store_false",
+                       help="only the platform images")  # fmt: skip
+    build.set_defaults(func=_images)

@@ -124,3 +124,22 @@ def test_build_rejects_a_key_that_does_not_match_its_lock(
     assert not packager.path(forged.key).exists()
     with pytest.raises(ValueError):
         packager.path("../../etc")
+
+
+def test_the_env_images_build_step_publishes_the_env(six_env: LockedEnv, tmp_path: Path) -> None:
+    """``python -m klieg_platform.packager ENV.json``, as ``infra/images/env.Dockerfile`` runs
+    it: the env built and published (marker written) under ``$KLIEG_HOME/envs/<key>``."""
+    import os
+    import sys
+
+    doc = tmp_path / "env.json"
+    doc.write_text(json.dumps({"python": six_env.python, "lock": six_env.lock, "key": six_env.key}))
+    home = tmp_path / "home"
+    env = {**os.environ, "KLIEG_HOME": str(home)}
+    done = subprocess.run([sys.executable, "-m", "klieg_platform.packager", str(doc)], env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (home / "envs" / six_env.key / ".klieg-env.json").is_file()
+    bad = subprocess.run([sys.executable, "-m", "klieg_platform.packager"], env=env,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.startswith("usage:")
