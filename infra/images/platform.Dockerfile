@@ -6,6 +6,7 @@
 ARG BASE=python:3.11-slim
 FROM ${BASE}
 ENV KLIEG_HOME=/var/lib/klieg \
+    KLIEG_HOST=0.0.0.0 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     UV_PYTHON_INSTALL_DIR=/opt/python \

@@ -66,10 +66,23 @@ def _demo(args: argparse.Namespace) -> int:
     return main(port=args.port, apps_dir=apps)
 
 
-def _worker(args: argparse.Namespace) -> int:
-    from klieg_platform.worker.__main__ import main
+def worker_arguments(parser: argparse.ArgumentParser) -> None:
+    """The worker's options, for ``python -m klieg_platform.worker`` and ``klieg worker``."""
+    parser.add_argument("--pool", action="append", help="pool to serve (repeat); default: all")
+    parser.add_argument("--slots", type=int, default=None, help="concurrent work (no GPUs)")
+    parser.add_argument(
+        "--gpus", default=None,
+        help="GPU slots: a count (ids 0..N-1), ids 0,2,3 or all; runners get CUDA_VISIBLE_DEVICES",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-workflows", action="store_true", help="do not run a workflow executor here"
+    )
 
-    main(args.rest)
+
+def _worker(args: argparse.Namespace) -> int:
+    from klieg_platform.worker.__main__ import run
+
+    run(args)
     return 0
 
 
@@ -173,8 +186,8 @@ def register(sub: Any) -> None:
     demo.add_argument("--apps", default="apps")
     demo.set_defaults(func=_demo)
 
-    worker = sub.add_parser("worker", help="run a worker agent (see --help)")
-    worker.add_argument("rest", nargs=argparse.REMAINDER)
+    worker = sub.add_parser("worker", help="run a worker agent: its pools, slots, GPUs")
+    worker_arguments(worker)
     worker.set_defaults(func=_worker)
 
     gateway = sub.add_parser("gateway", help="run the gateway")

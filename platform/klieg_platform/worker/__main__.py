@@ -8,9 +8,11 @@ import argparse
 import asyncio
 import logging
 import signal
+import subprocess
 
 import uvloop
 
+from klieg_platform.cli import worker_arguments
 from klieg_platform.config import Settings
 from klieg_platform.packager import Packager
 from klieg_platform.services import open_broker, open_registry, open_store
@@ -19,9 +21,17 @@ from klieg_platform.workflows.executor import WorkflowExecutor
 
 
 def parse_gpus(value: str | None) -> tuple[int, ...]:
-    """``--gpus 4`` -> (0, 1, 2, 3); ``--gpus 2,3`` -> (2, 3); none -> ()."""
+    """``--gpus 4`` -> (0, 1, 2, 3); ``--gpus 2,3`` -> (2, 3); ``--gpus all``: every GPU
+    ``nvidia-smi -L`` lists (in a container: those it was given); none -> ()."""
     if not value:
         return ()
+    if value == "all":
+        try:
+            listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True,
+                                    timeout=30, check=True).stdout  # fmt: skip
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise SystemExit(f"--gpus all: cannot list the GPUs with nvidia-smi ({exc})") from None
+        return tuple(range(sum(1 for line in listed.splitlines() if line.startswith("GPU "))))
     if "," in value:
         return tuple(int(v) for v in value.split(",") if v)
     return tuple(range(int(value)))
@@ -66,16 +76,12 @@ async def serve(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="klieg worker")
-    parser.add_argument("--pool", action="append", help="pool to serve (repeat); default: all")
-    parser.add_argument("--slots", type=int, default=None, help="concurrent work (no GPUs)")
-    parser.add_argument(
-        "--gpus", default=None,
-        help="GPU slots: a count (ids 0..N-1) or ids 0,2,3; runners get CUDA_VISIBLE_DEVICES",
-    )  # fmt: skip
-    parser.add_argument(
-        "--no-workflows", action="store_true", help="do not run a workflow executor here"
-    )
-    args = parser.parse_args(argv)
+    worker_arguments(parser)
+    run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> None:
+    """Serve as a worker with the options ``cli.worker_arguments`` defines."""
     settings = Settings.from_env()
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
