@@ -56,6 +56,9 @@ class Settings:
     """How often one gateway of the cluster sweeps the blob store; 0 turns sweeping off."""
     worker_slots: int = 4
     worker_pools: tuple[str, ...] = ()
+    probe_dir: Path | None = None
+    """Where a worker touches ``alive`` every housekeeping round and ``ready`` after each
+    heartbeat Redis took (Kubernetes exec probes read their age); None: nowhere."""
     setup_backoff_s: float = 5.0
     inline_payload_bytes: int = 256 * 1024
     tls_cert: Path | None = None
@@ -154,6 +157,7 @@ class Settings:
             sweep_interval_s=float(env.get("KLIEG_SWEEP_INTERVAL_S", "600")),
             worker_slots=int(env.get("KLIEG_WORKER_SLOTS", "4")),
             worker_pools=pools,
+            probe_dir=Path(env["KLIEG_PROBE_DIR"]) if env.get("KLIEG_PROBE_DIR") else None,
             setup_backoff_s=float(env.get("KLIEG_SETUP_BACKOFF_S", "5")),
             inline_payload_bytes=int(env.get("KLIEG_INLINE_PAYLOAD_BYTES", str(256 * 1024))),
             tls_cert=Path(env["KLIEG_TLS_CERT"]) if env.get("KLIEG_TLS_CERT") else None,

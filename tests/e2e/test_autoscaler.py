@@ -58,7 +58,10 @@ def test_a_pool_with_no_workers_scales_up_drains_and_scales_back(tmp_path: Path)
         plans = parse_plans(
             {"pools": {"CPU": {"max_workers": 2, "slots": 2, "cooldown_s": COOLDOWN_S}}}
         )
-        adapter = LocalAdapter(settings_env(settings) | {"KLIEG_LEASE_S": "5"})
+        probes = tmp_path / "probes"  # both workers share it here; a pod has its own
+        adapter = LocalAdapter(
+            settings_env(settings) | {"KLIEG_LEASE_S": "5", "KLIEG_PROBE_DIR": str(probes)}
+        )
 
         async def scale() -> tuple[list[dict[str, int]], float, float]:
             broker = open_broker(settings)
@@ -75,6 +78,9 @@ def test_a_pool_with_no_workers_scales_up_drains_and_scales_back(tmp_path: Path)
                     states = [await broker.queue.get(rid) for rid in ids]
                     if drained is None and all(s and s.status == "COMPLETED" for s in states):
                         drained = time.monotonic() - started
+                        for name in ("alive", "ready"):  # what the k8s exec probes read
+                            age = time.time() - (probes / name).stat().st_mtime
+                            assert age < 5, (name, age)
                     if drained is not None and adapter.current(plans["CPU"]) == 0:
                         return sizes, drained, time.monotonic() - started
                     await asyncio.sleep(0.5)

@@ -190,6 +190,7 @@ class Worker:
         failed = False
         while True:
             await asyncio.sleep(period)
+            self._probe("alive")
             try:
                 if failed:  # Redis may have been out for longer than a lease: ours first
                     await self.leases.renew()
@@ -220,6 +221,15 @@ class Worker:
                 failed = True
             else:
                 failed = False
+                self._probe("ready")
+
+    def _probe(self, name: str) -> None:
+        """Touch ``probe_dir/name`` (``alive``: the loop runs; ``ready``: Redis took the
+        heartbeat), for the exec probes of ``infra/k8s``."""
+        if self.settings.probe_dir is not None:
+            with contextlib.suppress(OSError):
+                self.settings.probe_dir.mkdir(parents=True, exist_ok=True)
+                (self.settings.probe_dir / name).touch()
 
     # ---- what executions share ----------------------------------------------------------
     def settled(self, job: Job) -> None:
