@@ -161,6 +161,18 @@ def _images(args: argparse.Namespace) -> int:
     return 0
 
 
+def _manifests_check(args: argparse.Namespace) -> int:
+    import sys
+
+    from klieg_platform import manifests
+
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    docs = manifests.load(text)
+    manifests.check(docs)
+    print(f"{len(docs)} objects: every check passed")
+    return 0
+
+
 def register(sub: Any) -> None:
     """Add the platform's subcommands to the ``klieg`` parser."""
     up = sub.add_parser("up", help="run the whole platform locally (embedded Redis, SQLite)")
@@ -215,3 +227,11 @@ def register(sub: Any) -> None:
     build.add_argument("--no-envs", dest="envs", action="store_false",
                        help="only the platform images")  # fmt: skip
     build.set_defaults(func=_images)
+
+    mf = sub.add_parser("manifests", help="Kubernetes manifests of a Klieg deployment")
+    mverbs = mf.add_subparsers(dest="manifests_cmd", required=True)
+    chk = mverbs.add_parser(
+        "check", help="check rendered manifests: kubectl kustomize infra/k8s/overlays/X | ... -"
+    )
+    chk.add_argument("file", help="a multi-document YAML file, or - for stdin")
+    chk.set_defaults(func=_manifests_check)
