@@ -1,7 +1,9 @@
-"""A TCP proxy on loopback that can slow or drop what passes through it (in front of S3).
+"""A TCP proxy on loopback that can slow or drop what passes through it (in front of S3), or
+balance connections over several upstreams (in front of a fleet's gateways).
 
 ``delay_s``: each chunk a client sends waits that long before it is forwarded; ``dropping``:
-new connections are closed at once and open ones are cut.
+new connections are closed at once and open ones are cut. With several upstream ports each new
+connection goes to the next one that accepts it (round robin); ``connections`` counts them.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import time
 
 
 class FaultyProxy:
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
+    def __init__(self, upstream_port: int | list[int]) -> None:
+        self.upstream_ports = [upstream_port] if isinstance(upstream_port, int) else upstream_port
+        self.connections = dict.fromkeys(self.upstream_ports, 0)
+        self._next = 0
         self.delay_s = 0.0
         self.dropping = False
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -50,15 +54,29 @@ class FaultyProxy:
             if self.dropping:
                 client.close()
                 continue
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            except OSError:
+            upstream = self._connect()
+            if upstream is None:
                 client.close()
                 continue
             with self._lock:
                 self._open.update((client, upstream))
             threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _connect(self) -> socket.socket | None:
+        """A connection to the next upstream that takes one (None: none does)."""
+        ports = self.upstream_ports
+        for k in range(len(ports)):
+            port = ports[(self._next + k) % len(ports)]
+            try:
+                upstream = socket.create_connection(("127.0.0.1", port), timeout=5)
+            except OSError:
+                continue
+            upstream.settimeout(None)
+            self._next = (self._next + k + 1) % len(ports)
+            self.connections[port] += 1
+            return upstream
+        return None
 
     def _pump(self, src: socket.socket, dst: socket.socket, outbound: bool) -> None:
         try:
