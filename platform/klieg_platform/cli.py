@@ -99,6 +99,7 @@ def _autoscaler(args: argparse.Namespace) -> int:
     import signal
 
     from klieg_platform.autoscaler import Autoscaler, KubernetesAdapter, LocalAdapter, load_plans
+    from klieg_platform.broker import UNAVAILABLE
     from klieg_platform.local import settings_env
     from klieg_platform.services import open_broker, open_registry
 
@@ -123,7 +124,11 @@ def _autoscaler(args: argparse.Namespace) -> int:
         )
         try:
             if args.once:
-                step = await scaler.step()
+                try:
+                    step = await scaler.step()
+                except UNAVAILABLE as exc:
+                    detail = f"Redis at {settings.effective_redis_url} does not answer: {exc}"
+                    raise KliegError(detail, error_type="UnavailableError") from None
                 print(json.dumps({"decided": step.decided, "applied": step.applied,
                                   "errors": step.errors}))  # fmt: skip
                 return 1 if step.errors else 0

@@ -8,6 +8,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +28,7 @@ from klieg_platform.autoscaler import (
 from klieg_platform.scheduler import DEFAULT_TIERS
 
 TIERS = {t.name: t for t in DEFAULT_TIERS}  # enterprise: 60 s SLO ... free: 1800 s
+REPO_POOLS = Path(__file__).resolve().parents[2] / "infra" / "autoscaler" / "pools.yaml"
 
 
 def plans(**pools: dict[str, Any]) -> dict[str, PoolPlan]:
@@ -280,3 +282,21 @@ def test_the_shipped_pools_file_is_valid() -> None:
     shipped = load_plans(REPO / "infra" / "autoscaler" / "pools.yaml")
     assert shipped["GPU-H100-burst"].serves == "GPU-H100"
     assert all(p.max_workers >= 1 for p in shipped.values())
+
+
+def test_the_command_says_one_line_on_a_bad_config_or_no_redis(tmp_path: Any) -> None:
+    import os
+    import subprocess
+    import sys
+
+    bad = tmp_path / "pools.yaml"
+    bad.write_text("pools:\n  GPU: {max_workers: 0}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KLIEG_")}
+    env["KLIEG_HOME"] = str(tmp_path / "home")  # no Redis runs there
+    klieg = [sys.executable, "-m", "klieg.cli", "autoscaler", "--once", "--config"]
+    for config, said in ((bad, "pools.GPU.max_workers"), (tmp_path / "none.yaml", "cannot read"),
+                         (REPO_POOLS, "UnavailableError: Redis at unix://")):  # fmt: skip
+        out = subprocess.run([*klieg, str(config)], env=env, capture_output=True, text=True,
+                             timeout=60)  # fmt: skip
+        assert out.returncode != 0 and out.stderr.count("\n") == 1, out.stderr
+        assert said in out.stderr, out.stderr
