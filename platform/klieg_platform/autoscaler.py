@@ -230,13 +230,21 @@ class Scaler:
 
 
 async def read_demands(
-    broker: Broker, warm_slots: Mapping[str, int], pools: Sequence[str]
+    broker: Broker,
+    warm_slots: Mapping[str, int],
+    pools: Sequence[str],
+    *,
+    depths: list[Depth] | None = None,
+    live: list[tuple[str, dict[str, Any]]] | None = None,
 ) -> dict[str, Demand]:
     """Each pool's demand from Redis: queues per tier, busy slots from the workers' heartbeats,
     the mean measured service and cold-start times (over every app: a pool with no requests yet
-    has nothing else to go on)."""
-    depths: list[Depth] = await broker.queue.depths()
-    live = await broker.workers.live()
+    has nothing else to go on). ``depths`` and ``live``: the queues and heartbeats, where the
+    caller has just read them."""
+    if depths is None:
+        depths = await broker.queue.depths()
+    if live is None:
+        live = await broker.workers.live()
     service = await broker.stats.means("service")
     cold = await broker.stats.means("cold")
     service_s = sum(service.values()) / len(service) if service else DEFAULT_SERVICE_S

@@ -65,6 +65,8 @@ klieg:webhooks            zset     completed request ids with a webhook, scored 
                                    try is due (ms); a sender's claim pushes it to its deadline
 klieg:prewarm:{fn}        string   short claim: one worker starts a min_concurrency runner
 klieg:sweep               string   short claim: one gateway sweeps the blob store this period
+klieg:fleet:samples       list     JSON fleet samples, newest first (an hour kept)
+klieg:fleet:sampling      string   short claim: one gateway samples the fleet this period
 klieg:done                channel  ids of completed requests that name no reply channel
 klieg:reply:{gateway}     channel  one gateway's sync requests as they complete, each with its
                                    outcome (``broker/jobs.py``: ``Outcome.from_reply``)
@@ -120,10 +122,11 @@ METRICS_SLO_PREFIX = PREFIX + "metrics:slo:"
 SLO = PREFIX + "slo"
 WEBHOOKS = PREFIX + "webhooks"
 SWEEP_CLAIM = PREFIX + "sweep"
+"""Held by the gateway sweeping the blob store this period (one per cluster)."""
 FLEET_SAMPLES = PREFIX + "fleet:samples"
 """A list of JSON samples of the fleet, newest first, one per ``FleetSampler`` period."""
 FLEET_SAMPLE_CLAIM = PREFIX + "fleet:sampling"
-"""Held by the gateway sweeping the blob store this period (one per cluster)."""
+"""Held by the gateway sampling the fleet this period (one per cluster)."""
 DONE_CHANNEL = PREFIX + "done"
 CANCEL_CHANNEL = PREFIX + "cancel"
 ALIAS_CHANNEL = PREFIX + "aliases"

@@ -85,10 +85,14 @@ def pool_views(workers: list[dict[str, Any]], depths: list[Depth]) -> list[dict[
     return out
 
 
-async def fleet_workers(request: Request) -> list[dict[str, Any]]:
+def worker_views(live: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The live heartbeats (``Membership.live``) as the API shows them, by worker id."""
     now = now_ms()
-    live = await gateway(request).broker.workers.live()
     return [worker_view(wid, doc, now) for wid, doc in sorted(live)]
+
+
+async def fleet_workers(request: Request) -> list[dict[str, Any]]:
+    return worker_views(await gateway(request).broker.workers.live())
 
 
 async def list_workers(request: Request) -> Response:
@@ -197,9 +201,8 @@ class FleetSampler(EachPeriod):
 
     async def take(self) -> dict[str, Any]:
         b = self.broker
-        now = now_ms()
-        workers = [worker_view(wid, doc, now) for wid, doc in sorted(await b.workers.live())]
-        taken = sample(await b.stats.snapshot(), workers, await b.queue.depths(), now / 1000)
+        workers = worker_views(await b.workers.live())
+        taken = sample(await b.stats.snapshot(), workers, await b.queue.depths(), now_ms() / 1000)
         await b.stats.add_sample(taken, SAMPLES_KEPT)
         await b.stats.publish_slos(b.queue.tiers.values())
         return taken

@@ -146,7 +146,8 @@ async def families(request: Request) -> list[Metric]:
 async def _fleet(request: Request, slo: dict[str, tuple[int, int]]) -> list[Metric]:
     gw = gateway(request)
     depths = await gw.broker.queue.depths()
-    pools = fleet.pool_views(await fleet.fleet_workers(request), depths)
+    live = await gw.broker.workers.live()
+    pools = fleet.pool_views(fleet.worker_views(live), depths)
     depth = GaugeMetricFamily("klieg_queue_depth", "Requests waiting", labels=["pool", "tier"])
     oldest = GaugeMetricFamily(
         "klieg_queue_oldest_wait_seconds", "Wait of the oldest waiting request",
@@ -186,7 +187,8 @@ async def _fleet(request: Request, slo: dict[str, tuple[int, int]]) -> list[Metr
     )
     revisions = await asyncio.to_thread(gw.registry.aliased_revisions)
     names = sorted({p["pool"] for p in pools} - {keys.ALL_POOLS})
-    demands = await autoscaler.read_demands(gw.broker, autoscaler.warm_slots(revisions), names)
+    warm = autoscaler.warm_slots(revisions)
+    demands = await autoscaler.read_demands(gw.broker, warm, names, depths=depths, live=live)
     for pool, demand in demands.items():
         needed.add_metric([pool], autoscaler.slots_needed(demand, gw.broker.queue.tiers))
     return [depth, oldest, attainment, workers, runners, slots, needed]

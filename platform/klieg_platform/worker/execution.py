@@ -55,8 +55,9 @@ class Execution:
         self.started = time.monotonic()
         """When the runner got the request (service time is measured from here)."""
         self.service_s: float | None = None
-        self.cold_s: float | None = None  # waited for a runner started for this request
         """How long the runner took, once it answered."""
+        self.cold_s: float | None = None
+        """How long it waited for a runner started for it (None: a warm runner took it)."""
 
     async def run(self) -> None:
         w, job = self.worker, self.job
