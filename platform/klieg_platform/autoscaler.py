@@ -33,6 +33,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,20 +175,15 @@ def slots_needed(demand: Demand, tiers: Mapping[str, Tier]) -> int:
     return max(math.ceil(need - 1e-9), demand.warm_slots, 1 if queued_any else 0)
 
 
-@dataclass
-class _Held:
-    target: int
-    since: float
-    """When the pool last wanted at least ``target`` workers."""
-
-
 class Scaler:
-    """Sizes per pool from demands, remembering each pool's target and cool-down."""
+    """Sizes per pool from demands, remembering what each pool wanted over its cool-down."""
 
     def __init__(self, plans: Mapping[str, PoolPlan], tiers: Mapping[str, Tier]) -> None:
         self.plans = dict(plans)
         self.tiers = dict(tiers)
-        self._held: dict[str, _Held] = {}
+        self._wants: dict[str, deque[tuple[float, int]]] = {}
+        """Per plan, (when, workers wanted) over the last ``cooldown_s``."""
+        self._sizes: dict[str, int] = {}
 
     def wanted(self, demands: Mapping[str, Demand]) -> dict[str, int]:
         """Workers per plan for these demands, before cool-downs: the main pool first, up to
@@ -208,21 +204,23 @@ class Scaler:
         return out
 
     def decide(self, demands: Mapping[str, Demand], now: float) -> dict[str, int]:
-        """Workers per plan now: up at once, down after the cool-down; a main pool keeps its
-        size while its burst pool still has workers (the borrowed capacity goes back first)."""
+        """Workers per plan now: the most the pool has wanted over its last ``cooldown_s`` (so
+        up at once, and down only to what it has not exceeded for a whole cool-down); a main
+        pool keeps its size while its burst pool still has workers (the borrowed capacity goes
+        back first)."""
         wanted = self.wanted(demands)
         out: dict[str, int] = {}
         bursts = sorted(self.plans.values(), key=lambda p: p.burst_for is None)
-        for plan in bursts:  # burst pools first: their targets gate their main pool's
-            want = wanted[plan.name]
-            held = self._held.get(plan.name)
-            if held is None or want >= held.target:
-                self._held[plan.name] = held = _Held(want, now)
-            elif now - held.since >= plan.cooldown_s:
-                burst = next((b for b in self.plans.values() if b.burst_for == plan.name), None)
-                if burst is None or out.get(burst.name, 0) == 0:
-                    held.target, held.since = want, now
-            out[plan.name] = held.target
+        for plan in bursts:  # burst pools first: their sizes gate their main pool's
+            history = self._wants.setdefault(plan.name, deque())
+            history.append((now, wanted[plan.name]))
+            while now - history[0][0] > plan.cooldown_s:
+                history.popleft()
+            size = max(want for _, want in history)
+            burst = next((b for b in self.plans.values() if b.burst_for == plan.name), None)
+            if burst is not None and out.get(burst.name, 0) > 0:
+                size = max(size, self._sizes.get(plan.name, 0))
+            out[plan.name] = self._sizes[plan.name] = size
         return out
 
 

@@ -104,6 +104,17 @@ def test_up_at_once_down_only_after_the_cooldown() -> None:
     assert s.decide(huge, now=112) == {"CPU": 10}
 
 
+def test_down_only_to_the_most_wanted_over_the_cooldown() -> None:
+    s = Scaler(plans(CPU={"max_workers": 10, "slots": 1, "cooldown_s": 10}), TIERS)
+    assert s.decide({"CPU": Demand(busy_slots=3)}, now=0) == {"CPU": 3}
+    tail = {"CPU": Demand(busy_slots=1)}  # the last request still running
+    assert s.decide(tail, now=1) == {"CPU": 3}
+    assert s.decide(tail, now=8) == {"CPU": 3}
+    assert s.decide({"CPU": Demand()}, now=10.5) == {"CPU": 1}  # not 0: it wanted 1 at 8
+    assert s.decide({"CPU": Demand()}, now=17) == {"CPU": 1}
+    assert s.decide({"CPU": Demand()}, now=18.5) == {"CPU": 0}
+
+
 def test_min_workers_and_min_concurrency_hold_a_floor() -> None:
     s = Scaler(plans(GPU={"max_workers": 8, "slots": 4, "min_workers": 1, "cooldown_s": 0}), TIERS)
     assert s.decide({}, now=0) == {"GPU": 1}
