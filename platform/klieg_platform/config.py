@@ -60,6 +60,9 @@ class Settings:
     """Where a worker touches ``alive`` every housekeeping round and ``ready`` after each
     heartbeat Redis took (Kubernetes exec probes read their age); None: nowhere."""
     setup_backoff_s: float = 5.0
+    zygotes: int = 2
+    """Zygotes a worker keeps (``worker/zygotes.py``): preloaded processes its cold starts fork
+    runners from; 0: every runner starts its own interpreter."""
     inline_payload_bytes: int = 256 * 1024
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -159,6 +162,7 @@ class Settings:
             worker_pools=pools,
             probe_dir=Path(env["KLIEG_PROBE_DIR"]) if env.get("KLIEG_PROBE_DIR") else None,
             setup_backoff_s=float(env.get("KLIEG_SETUP_BACKOFF_S", "5")),
+            zygotes=int(env.get("KLIEG_ZYGOTES", "2")),
             inline_payload_bytes=int(env.get("KLIEG_INLINE_PAYLOAD_BYTES", str(256 * 1024))),
             tls_cert=Path(env["KLIEG_TLS_CERT"]) if env.get("KLIEG_TLS_CERT") else None,
             tls_key=Path(env["KLIEG_TLS_KEY"]) if env.get("KLIEG_TLS_KEY") else None,

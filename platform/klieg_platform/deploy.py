@@ -8,9 +8,11 @@ revision, and two tenants deploying the same app each get a revision of their ow
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import io
 import json
+import sys
 import tarfile
 from dataclasses import dataclass
 
@@ -45,16 +47,75 @@ def revision_id(owner: str, spec: AppSpec, code_hash: str, env_key: str) -> str:
     return "rev-" + digest[:20]
 
 
-def _check_archive(spec: AppSpec, data: bytes) -> None:
+def _sources(spec: AppSpec, data: bytes) -> dict[str, bytes]:
+    """The archive's Python files by path, once it is checked: a tar.gz holding the entrypoint,
+    for an app with functions."""
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
             names = set(tar.getnames())
+            sources = {}
+            for member in tar.getmembers():
+                if member.isfile() and member.name.endswith(".py"):
+                    read = tar.extractfile(member)
+                    sources[member.name] = read.read() if read else b""
     except (tarfile.TarError, OSError) as exc:
         raise DeployError(f"the code archive is not a valid tar.gz: {exc}") from exc
     if spec.entrypoint not in names:
         raise DeployError(f"the code archive has no {spec.entrypoint!r}")
     if not spec.functions:
         raise DeployError(f"app {spec.name!r} declares no functions")
+    return sources
+
+
+NOT_PRELOADED = frozenset({"klieg", "__future__", *sys.stdlib_module_names})
+"""Modules a default preload leaves out: the runtime (always loaded) and the standard library."""
+
+
+def default_preload(entrypoint: str, sources: dict[str, bytes]) -> tuple[str, ...]:
+    """The modules an app's zygote preloads unless it says (``App(preload=...)``): those its
+    entrypoint imports, at any depth (``setup()``'s too), and those the app's own modules it
+    imports import in turn, less the app's own, the runtime and the standard library. Imports
+    under ``if TYPE_CHECKING:`` never run and are left out; a file that does not parse adds
+    nothing."""
+    local = {path[: -len("/__init__.py")] if path.endswith("/__init__.py") else path[:-3]
+             for path in sources}  # fmt: skip
+    local = {path.replace("/", ".") for path in local}
+    found: set[str] = set()
+    seen: set[str] = set()
+    todo = [entrypoint]
+    while todo:
+        path = todo.pop()
+        if path in seen or path not in sources:
+            continue
+        seen.add(path)
+        try:
+            tree = ast.parse(sources[path])
+        except (SyntaxError, ValueError):
+            continue
+        for name in _imports(tree):
+            if name.split(".")[0] in local or name in local:
+                module = name.replace(".", "/")
+                todo.extend((f"{module}.py", f"{module}/__init__.py"))
+            elif name.split(".")[0] not in NOT_PRELOADED:
+                found.add(name)
+    return tuple(sorted(found))
+
+
+def _imports(tree: ast.AST) -> list[str]:
+    """The absolute module names ``tree`` imports, outside ``if TYPE_CHECKING:`` blocks."""
+    out: list[str] = []
+    todo: list[ast.AST] = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            todo.extend(node.orelse)
+            continue
+        if isinstance(node, ast.Import):
+            out.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.append(node.module)
+        todo.extend(ast.iter_child_nodes(node))
+    return out
 
 
 def deploy(
@@ -69,8 +130,12 @@ def deploy(
     progress: Progress,
 ) -> DeployResult:
     code_hash = archive.digest(code)
-    _check_archive(spec, code)
+    sources = _sources(spec, code)
+    if spec.preload is None:
+        spec = spec.model_copy(update={"preload": default_preload(spec.entrypoint, sources)})
     progress(f"code archive {code_hash[:12]} ({len(code)} bytes)")
+    if spec.preload:
+        progress(f"preloaded in its zygote: {', '.join(spec.preload)}")
     progress(
         f"resolving environment: python {spec.python}, {len(spec.requirements)} requirement(s)"
     )

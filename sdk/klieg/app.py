@@ -44,7 +44,14 @@ import cloudpickle
 from pydantic import BaseModel
 
 from klieg.exceptions import KliegError
-from klieg.types import AppSpec, EndpointSpec, FunctionSpec, normalize_path, secret_name_problem
+from klieg.types import (
+    AppSpec,
+    EndpointSpec,
+    FunctionSpec,
+    module_name_problem,
+    normalize_path,
+    secret_name_problem,
+)
 
 T = TypeVar("T")
 
@@ -122,6 +129,7 @@ class App:
         requirements: Sequence[str] = (),
         python: str = "3.11",
         secrets: Sequence[str] = (),
+        preload: Sequence[str] | None = None,
     ) -> None:
         if not _NAME.match(name):
             raise KliegError(f"invalid app name {name!r}: use lowercase letters, digits, - and _")
@@ -133,6 +141,12 @@ class App:
         self.python = python
         self.secrets = tuple(secrets)
         """Secrets (``klieg secrets set NAME``) its runners get as environment variables."""
+        self.preload = None if preload is None else tuple(preload)
+        """Modules its runners' zygote imports before forking them (None: what the code
+        imports, found at deploy; empty: none)."""
+        for module in self.preload or ():
+            if (problem := module_name_problem(module)) is not None:
+                raise KliegError(problem)
         self._entries: list[_Entry] = []
 
     def function(
@@ -247,6 +261,7 @@ class App:
             entrypoint=entrypoint,
             functions=functions,
             secrets=self.secrets,
+            preload=self.preload,
         )
 
 

@@ -353,11 +353,7 @@ def cmd_requests(args: argparse.Namespace) -> int:
     for r in page["requests"]:
         ended = r["outcome"] or r["status"]
         error = f"  {r['error_type']}" if r["error_type"] else ""
-        timing = "".join(
-            f"  {name} {r[key]:.3f}s"
-            for name, key in (("queued", "queue_s"), ("ran", "run_s"), ("cold", "cold_start_s"))
-            if r.get(key) is not None
-        )  # fmt: skip
+        timing = _timings(r)
         print(
             f"{r['request_id']}  {_when(r['created_at'])}  {r['app']}{r['endpoint'] or ''}"
             f"  {ended}{error}{timing}"
@@ -367,6 +363,15 @@ def cmd_requests(args: argparse.Namespace) -> int:
     return 0
 
 
+def _timings(request: dict[str, Any]) -> str:
+    """A request's timings, as ``klieg requests`` and ``klieg request`` print them."""
+    names = (("queued", "queue_s"), ("ran", "run_s"), ("cold", "cold_start_s"),
+             ("setup", "setup_s"))  # fmt: skip
+    return "".join(
+        f"  {name} {request[key]:.3f}s" for name, key in names if request.get(key) is not None
+    )
+
+
 def cmd_request(args: argparse.Namespace) -> int:
     with _admin(args) as client:
         found = client.request(args.request_id, with_output=True)
@@ -374,11 +379,7 @@ def cmd_request(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(found, indent=2))
         return 0
-    timing = "".join(
-        f"  {name} {found[key]:.3f}s"
-        for name, key in (("queued", "queue_s"), ("ran", "run_s"), ("cold", "cold_start_s"))
-        if found.get(key) is not None
-    )
+    timing = _timings(found)
     print(f"{found['request_id']}  {found['app']}{found['endpoint'] or ''}  revision "
           f"{found['revision']}  {outcome or found['status']}{timing}")  # fmt: skip
     stored = "(stored in the blob store)" if found["input_stored"] else json.dumps(found["input"])

@@ -18,7 +18,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 _SECRET_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,127}")
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _RESERVED_SECRET_PREFIXES = ("KLIEG_", "PYTHON", "CUDA_", "LD_")
+
+
+def module_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a module to preload (``App(preload=...)``), or None."""
+    if not isinstance(name, str) or not _MODULE_NAME.fullmatch(name):
+        return f"invalid module name {name!r} in preload: a dotted Python name, as in import"
+    return None
 
 
 def secret_name_problem(name: str) -> str | None:
@@ -89,6 +97,20 @@ class AppSpec(BaseModel):
     functions: tuple[FunctionSpec, ...] = Field(default_factory=tuple)
     secrets: tuple[str, ...] = ()
     """Names of the owner's secrets its runners get as environment variables (never values)."""
+    preload: tuple[str, ...] | None = None
+    """Modules the zygote its runners fork from imports ahead of any start (``torch``,
+    ``numpy``); None: the third-party modules its code imports, filled in at deploy; ``()``:
+    the runtime only."""
+
+    @field_validator("preload")
+    @classmethod
+    def _module_names(cls, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if names is None:
+            return None
+        for name in names:
+            if (problem := module_name_problem(name)) is not None:
+                raise ValueError(problem)
+        return tuple(sorted(set(names)))
 
     @field_validator("secrets")
     @classmethod

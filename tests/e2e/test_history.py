@@ -56,6 +56,7 @@ def test_the_history_lists_own_requests_newest_first(platform: Platform, tenant:
         assert abs(r["created_at"] - time.time()) < 300
     # the first request waited for the runner started for it; warm ones after it did not
     assert 0 < found[-1]["cold_start_s"] <= found[-1]["run_s"]
+    assert 0 <= found[-1]["setup_s"] <= found[-1]["cold_start_s"]  # echo has no setup()
     assert len([r for r in found if r["cold_start_s"] is None]) >= 3
     assert page(platform, tenant, app="echo")["requests"] == found
     assert page(platform, tenant, app="historian/echo", status="ok")["requests"] == found

@@ -33,6 +33,26 @@ def test_setup_runs_once_and_second_request_is_warm(platform: Platform) -> None:
         assert b["setup_calls"] == 1
 
 
+def _parent(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:"))
+
+
+def test_a_cold_start_forks_from_the_zygote_of_its_env(platform: Platform) -> None:
+    """markdown's code imports ``markdown`` (in setup()): deploy records it as the preload, and
+    its runner is a child of a zygote of its env that imported it, not of the worker."""
+    platform.deploy(APPS / "markdown" / "app.py")
+    with platform.http() as http:
+        newest = http.get("/apps/markdown/revisions").json()[0]
+        assert newest["preload"] == ["markdown", "pydantic"]
+        pid = http.post("/local/markdown", json={"text": "x"}).json()["runner_pid"]
+    zygote = _parent(pid)
+    cmdline = Path(f"/proc/{zygote}/cmdline").read_bytes().split(b"\0")
+    assert b"klieg._runtime.zygote" in cmdline, cmdline
+    assert cmdline[cmdline.index(b"--preload") + 1] == b"markdown,pydantic"
+    assert str(platform.home / "envs").encode() in cmdline[0]
+
+
 def test_idle_runner_stops_after_keep_alive(platform: Platform) -> None:
     platform.deploy(TEST_APPS / "shortlived" / "app.py")
     with platform.http() as http:

@@ -73,6 +73,23 @@ def process_pids(marker: str, home: Path) -> list[int]:
     return found
 
 
+def runner_pids(home: Path) -> list[int]:
+    """This platform's runners: those started on an env's interpreter, and those forked from a
+    zygote (they show its command line, and a zygote as their parent)."""
+    started = process_pids("klieg._runtime.runner", home)
+    zygotes = set(process_pids("klieg._runtime.zygote", home))
+    forked = []
+    for pid in zygotes:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        if any(line.split()[1:] and int(line.split()[1]) in zygotes
+               for line in status.splitlines() if line.startswith("PPid:")):  # fmt: skip
+            forked.append(pid)
+    return started + forked
+
+
 @pytest.fixture(scope="module")
 def steady(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     """``klieg up`` (embedded Redis) with the steady app deployed; 3 s leases."""

@@ -13,7 +13,7 @@ import signal
 import pytest
 
 from tests.e2e.platform import Platform, platform_pids, wait_healthy
-from tests.faults.conftest import kill_one, process_pids, record, stream
+from tests.faults.conftest import kill_one, process_pids, record, runner_pids, stream
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -40,7 +40,7 @@ def test_killed_worker(steady: Platform) -> None:
 
 def test_killed_runner_mid_request(steady: Platform) -> None:
     def kill_runner() -> None:
-        runners = process_pids("klieg._runtime.runner", steady.home)
+        runners = runner_pids(steady.home)
         assert runners, "no runner to kill"
         os.kill(runners[0], signal.SIGKILL)
 

@@ -62,11 +62,12 @@ the channel of the gateway waiting to answer the request (``keys.reply``), or em
 
 STATE = (
     "status", "score", "worker", "started_ms", "finished_ms", "attempts", "cancel_requested",
-    "cancelled", "cold_ms",
+    "cancelled", "cold_ms", "setup_ms",
 )  # fmt: skip
 """Written by the scripts as the request moves: ``score`` is its queue score (enqueue time,
 made unique), ``worker`` the lease holder, ``cold_ms`` how long the request waited for a runner
-started for it (written with its outcome; 0: a warm runner served it)."""
+started for it and ``setup_ms`` how much of that the app's setup() took (both written with its
+outcome; 0: a warm runner served it)."""
 
 OUTCOME = ("outcome", "result", "result_ref", "error", "http_status")
 """Written once, when the request completes."""
@@ -90,7 +91,7 @@ JOB_ROW = len(JOB_HEAD) + len(JOB)
 STATE_VIEW = (
     "status", "owner", "tenant", "app", "pool", "outcome", "error", "http_status",
     "created_ms", "started_ms", "finished_ms", "attempts", "cancel_requested", "webhook",
-    "tier", *DELIVERY, "endpoint", "revision", "cold_ms",
+    "tier", *DELIVERY, "endpoint", "revision", "cold_ms", "setup_ms",
 )  # fmt: skip
 """What ``RequestState`` reads (no payload, no result)."""
 
@@ -295,6 +296,7 @@ class RequestState:
     endpoint: str = ""
     revision: str = ""
     cold_ms: int = 0
+    setup_ms: int = 0
 
     @classmethod
     def from_values(
@@ -335,6 +337,7 @@ class RequestState:
             endpoint=_s(row["endpoint"]),
             revision=_s(row["revision"]),
             cold_ms=_int(row["cold_ms"]),
+            setup_ms=_int(row["setup_ms"]),
         )
 
 

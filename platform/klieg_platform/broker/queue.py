@@ -271,14 +271,18 @@ class Queue:
         *,
         service_s: float | None = None,
         cold_s: float | None = None,
+        setup_s: float | None = None,
     ) -> bool:
         """Close a streamed job's chunk stream, then ``complete`` it (False: lease lost);
         ``service_s``: how long its runner took, folded into its app's service time; ``cold_s``:
-        how long it waited for a runner started for it."""
+        how long it waited for a runner started for it, ``setup_s`` how much of that the app's
+        setup() took."""
         if job.stream:
             await self.streams.end_chunks(job.id, None if outcome.ok else outcome.error)
         service = (job.app_key, service_s) if service_s is not None else None
-        return await self.complete(job.id, worker_id, outcome, service=service, cold_s=cold_s)
+        return await self.complete(
+            job.id, worker_id, outcome, service=service, cold_s=cold_s, setup_s=setup_s
+        )
 
     async def complete(
         self,
@@ -288,10 +292,12 @@ class Queue:
         *,
         service: tuple[str, float] | None = None,
         cold_s: float | None = None,
+        setup_s: float | None = None,
     ) -> bool:
         """Record the outcome (and its log lines, ``service``: an app key and a service time
-        to fold into its mean, and ``cold_s``, the request's cold start) and notify waiters, in
-        one script. False when the lease was lost meanwhile."""
+        to fold into its mean, ``cold_s``, the request's cold start, and ``setup_s``, its
+        setup() part) and notify waiters, in one script. False when the lease was lost
+        meanwhile."""
         logs = outcome.logs
         if len(logs) > MAX_LINES_INLINE:
             await self.streams.append_logs(request_id, logs)
@@ -300,6 +306,8 @@ class Queue:
         lines = [json.dumps(line) for line in logs]
         head: list[Any] = [request_id, worker_id, now_ms(), self.ttl_s, app, ms, len(lines)]
         cold = ["cold_ms", str(round(cold_s * 1000))] if cold_s else []
+        if cold and setup_s is not None:
+            cold += ["setup_ms", str(round(setup_s * 1000))]
         return bool(await self._complete(args=[*head, *lines, *outcome.fields(), *cold]))
 
     async def requeue(self, request_id: str, worker_id: str) -> bool:

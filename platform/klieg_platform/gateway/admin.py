@@ -230,6 +230,7 @@ def _revision_json(rev: Revision, aliases: dict[str, str]) -> dict[str, Any]:
             {"function": f.get("name"), "gpu": f.get("gpu"), "num_gpus": f.get("num_gpus", 0)}
             for f in rev.spec.get("functions", [])
         ],
+        "preload": list(rev.spec.get("preload") or ()),
     }
 
 

@@ -59,6 +59,7 @@ def row(state: RequestState) -> dict[str, Any]:
         "created_at": state.created_ms / 1000,
         "queue_s": round((started - state.created_ms) / 1000, 3) if started else None,
         "cold_start_s": round(state.cold_ms / 1000, 3) if state.cold_ms else None,
+        "setup_s": round(state.setup_ms / 1000, 3) if state.cold_ms else None,
         "run_s": round((finished - started) / 1000, 3) if started and finished else None,
     }
 

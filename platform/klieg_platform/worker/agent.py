@@ -5,11 +5,12 @@ to an ``Execution`` (``execution.py``), which runs it on a warm runner of its re
 cold-started one and completes it. A ``Blocked`` dispatch reserves a request for this worker:
 it drains (takes nothing else) until that request fits, dispatching again as slots free and at
 least every third of a lease to keep the reservation, and advertises no idle runners to its
-peers meanwhile. Housekeeping, every third of a lease: requeue expired leases
-(any worker's), stop idle runners past keep_alive, heartbeat, and keep min_concurrency runners
-warm (``warmth.py``). The parts: ``RunnerSet`` (the runners and their slots), ``Warmth`` (cold
-starts, setup backoff, prewarming), ``Revisions`` (the revision cache), ``Leases`` (one renewal
-loop for every lease held here, ``broker/leases.py``), a ``Batcher`` per batched endpoint.
+peers meanwhile. Housekeeping, every third of a lease: requeue expired leases (any worker's),
+stop idle runners past keep_alive and idle zygotes, heartbeat, and keep min_concurrency runners
+warm and zygotes started (``warmth.py``). The parts: ``RunnerSet`` (the runners and their
+slots), ``Warmth`` (cold starts, zygotes, setup backoff, prewarming), ``Revisions`` (the
+revision cache), ``Leases`` (one renewal loop for every lease held here, ``broker/leases.py``),
+a ``Batcher`` per batched endpoint.
 """
 
 from __future__ import annotations
@@ -181,6 +182,7 @@ class Worker:
             cancels.cancel()
             wakes.close()
             await self.runners.stop_all()
+            await self.warmth.zygotes.stop_all()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -198,6 +200,7 @@ class Worker:
                 if requeued:
                     log.warning("requeued %d requests with expired leases", requeued)
                 await self.runners.reap_idle(self._peers.runners)
+                await self.warmth.zygotes.reap()
                 mine = self.runners.runners
                 warm = [self.revisions.app_key(r.key[0]) for r in mine]
                 self._peers = await self.broker.workers.heartbeat(

@@ -81,7 +81,7 @@ class Batcher:
         self._ahead: asyncio.Task[None] | None = None
         self.sizes: list[int] = []
         """Sizes of the batches run, newest last (at most 1000 kept)."""
-        self._cold: dict[str, float] = {}
+        self._cold: dict[str, tuple[float, float | None]] = {}
 
     async def submit(
         self,
@@ -103,9 +103,10 @@ class Batcher:
             self._loop_task = asyncio.create_task(self._loop())
         return await member.future
 
-    def cold_start_of(self, request_id: str) -> float | None:
-        """How long ``request_id`` (submitted here) waited for a runner started for its batch;
-        None when a warm runner took it. Asked once, after ``submit``."""
+    def cold_start_of(self, request_id: str) -> tuple[float, float | None] | None:
+        """How long ``request_id`` (submitted here) waited for a runner started for its batch,
+        and how long that runner's setup() took; None when a warm runner took it. Asked once,
+        after ``submit``."""
         return self._cold.pop(request_id, None)
 
     def settled(self, request_id: str) -> None:
@@ -148,7 +149,9 @@ class Batcher:
             if runner.calls == 0:  # started for the requests waiting now
                 now = time.monotonic()
                 for member in self._pending:
-                    self._cold[member.request_id] = now - max(asked, member.arrived)
+                    waited = now - max(asked, member.arrived)
+                    setup = None if runner.setup_s is None else min(runner.setup_s, waited)
+                    self._cold[member.request_id] = waited, setup
             try:
                 await self._gather()
             except BaseException:

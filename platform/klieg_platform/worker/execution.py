@@ -58,6 +58,8 @@ class Execution:
         """How long the runner took, once it answered."""
         self.cold_s: float | None = None
         """How long it waited for a runner started for it (None: a warm runner took it)."""
+        self.setup_s: float | None = None
+        """How much of ``cold_s`` the app's own setup() took."""
 
     async def run(self) -> None:
         w, job = self.worker, self.job
@@ -83,7 +85,12 @@ class Execution:
             service_s = self.service_s if outcome.ok else None
             done = await until_available(
                 lambda: w.broker.queue.finish_job(
-                    job, w.id, outcome, service_s=service_s, cold_s=self.cold_s
+                    job,
+                    w.id,
+                    outcome,
+                    service_s=service_s,
+                    cold_s=self.cold_s,
+                    setup_s=self.setup_s,
                 ),
                 w.outage,
             )
@@ -119,7 +126,8 @@ class Execution:
                         job.id, payload, timeout, events, token=token
                     )
                 finally:
-                    self.cold_s = batcher.cold_start_of(job.id)
+                    cold = batcher.cold_start_of(job.id)
+                    self.cold_s, self.setup_s = cold if cold else (None, None)
             else:
                 result, body = await self._direct(rev, fn, payload, timeout, events, token)
         except SetupFailed as failed:
@@ -153,6 +161,7 @@ class Execution:
         runner = await w.runners.acquire((rev.id, fn.name), fn, w.warmth.starter(rev, fn))
         if runner.calls == 0:
             self.cold_s = time.monotonic() - asked
+            self.setup_s = runner.setup_s
         try:
             if job.id in w.cancelled:
                 raise RequestCancelledError("request cancelled")

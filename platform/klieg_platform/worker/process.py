@@ -21,12 +21,22 @@ from klieg._runtime import protocol
 from klieg._runtime.runner import CANCEL_SIGNAL
 from klieg.exceptions import KliegError, RequestTimeoutError, RunnerCrashedError, SetupError
 from klieg.types import FunctionSpec
+from klieg_platform.worker.zygotes import UNKNOWN_EXIT, ForkedProcess, Zygote
 
 RunnerKey = tuple[str, str]  # (revision id, function name)
 OnEvent = Callable[[protocol.Event, bytes], None]
 """Receives the ``log``, ``chunk`` and ``media`` frames of the running call, as they arrive."""
 Reply = tuple[protocol.Result, bytes]
 """A request's ``result`` frame and its body."""
+
+
+def exit_text(code: int | None) -> str:
+    """How a runner ended, for error details: "exit code 3", "signal 9"."""
+    if code == UNKNOWN_EXIT:
+        return "exit status unknown: its zygote had stopped"
+    if code is not None and code < 0:
+        return f"signal {-code}"
+    return f"exit code {code}"
 
 
 class SetupFailed(Exception):
@@ -48,10 +58,14 @@ class RunnerProcess:
         self.ready = False
         """Whether the runner said ``ready`` (setup done); until then it is starting."""
         self.last_used = time.monotonic()
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: asyncio.subprocess.Process | ForkedProcess | None = None
+        self.forked = False
+        """Whether it was forked from a zygote (else started on the env's interpreter)."""
         self.serving: tuple[str, ...] = ()
         self.gpu_ids: tuple[int, ...] = ()
         self.calls = 0
+        self.setup_s: float | None = None
+        """How long its app's setup() took (once ready)."""
         self.app = ""
         """The "owner/app" of its revision (set when it starts), for the fleet views."""
         """Requests and batches sent to it so far (0: started for the one acquiring it now)."""
@@ -67,27 +81,31 @@ class RunnerProcess:
         return self.proc is not None and self.proc.returncode is None
 
     async def start(
-        self, python: Path, code_dir: Path, spec_file: Path, env: dict[str, str]
+        self,
+        python: Path,
+        code_dir: Path,
+        spec_file: Path,
+        env: dict[str, str],
+        zygote: Zygote | None = None,
     ) -> None:
+        """Start the runner on ``python`` (or fork it from ``zygote``: ``ZygoteFailed`` when the
+        zygote is gone, before anything else happened) and wait until it is ready."""
         parent, child = socket.socketpair()
         try:
-            self.proc = await asyncio.create_subprocess_exec(
-                str(python),
-                "-m",
-                "klieg._runtime.runner",
-                "--fd",
-                str(child.fileno()),
-                "--code",
-                str(code_dir),
-                "--spec",
-                str(spec_file),
-                pass_fds=[child.fileno()],
-                env=env,
-                cwd=str(code_dir),
-                start_new_session=True,
-            )
+            if zygote is not None:
+                self.proc = await zygote.fork(child.fileno(), code_dir, spec_file, env)
+            else:
+                self.proc = await asyncio.create_subprocess_exec(
+                    str(python), "-m", "klieg._runtime.runner", "--fd", str(child.fileno()),
+                    "--code", str(code_dir), "--spec", str(spec_file),
+                    pass_fds=[child.fileno()], env=env, cwd=str(code_dir), start_new_session=True,
+                )  # fmt: skip
+        except BaseException:
+            parent.close()
+            raise
         finally:
             child.close()
+        self.forked = zygote is not None
         self._reader, self._writer = await asyncio.open_unix_connection(sock=parent)
         try:
             msg, _ = await asyncio.wait_for(protocol.read(self._reader), self.spec.startup_timeout)
@@ -97,7 +115,7 @@ class RunnerProcess:
             raise SetupFailed(SetupError(detail)) from None
         except EOFError:
             code = await self.proc.wait()
-            detail = f"runner exited with code {code} before it was ready"
+            detail = f"runner exited ({exit_text(code)}) before it was ready"
             raise SetupFailed(SetupError(detail)) from None
         except protocol.ProtocolError as exc:
             await self.kill()
@@ -109,6 +127,7 @@ class RunnerProcess:
         if not isinstance(msg, protocol.Ready):
             await self.kill()
             raise SetupFailed(SetupError(f"runner sent {msg!r} before it was ready"))
+        self.setup_s = msg.setup_s
         self.ready = True
 
     async def call(
@@ -177,8 +196,7 @@ class RunnerProcess:
             ) from None
         except (EOFError, ConnectionError):
             code = await self.proc.wait() if self.proc else None
-            how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-            raise RunnerCrashedError(f"the runner process died ({how})") from None
+            raise RunnerCrashedError(f"the runner process died ({exit_text(code)})") from None
         finally:
             self.serving = ()
             self.last_used = time.monotonic()

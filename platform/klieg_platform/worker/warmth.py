@@ -5,6 +5,11 @@
 - Backoff: a function whose runner could not start is not restarted in a tight loop; for a
   doubling delay (per failed start, not per request: a batch fails together) its requests fail
   fast with the recorded ``SetupError``.
+- Zygotes: a start forks its runner from the zygote of the revision's env and preload
+  (``zygotes.py``) when there is one, else (zygotes off, or its zygote could not start or fork)
+  starts the env's interpreter; each round also starts, ahead of their first request, the
+  zygotes of aliased revisions of this worker's pools whose env is already here, while there is
+  room for them.
 - Keep warm: each housekeeping round, aliased functions below their ``min_concurrency`` across
   the fleet get one runner started here, when this worker has room (no busy work displaced),
   under a short claim so two workers do not both start one. Idle runners past ``keep_alive``
@@ -33,6 +38,7 @@ from klieg_platform.worker.code import CodeCache
 from klieg_platform.worker.process import RunnerKey, RunnerProcess, SetupFailed
 from klieg_platform.worker.revisions import Revisions
 from klieg_platform.worker.runners import RunnerSet, units
+from klieg_platform.worker.zygotes import ZygoteFailed, ZygoteKey, Zygotes, preload_key
 
 log = logging.getLogger("klieg.worker")
 
@@ -71,6 +77,8 @@ class Warmth:
         self._targets: list[tuple[Revision, FunctionSpec]] = []
         self._targets_at = -1e9
         self._warming: set[str] = set()
+        self.zygotes = Zygotes(settings.zygotes, settings.run_dir)
+        self._zygote_targets: list[tuple[ZygoteKey, Path]] = []
 
     # ---- cold starts ------------------------------------------------------------------
     def starter(
@@ -94,10 +102,49 @@ class Warmth:
         spec_file = self._spec_file(rev, fn)
         gpu_ids = runner.gpu_ids if self.runners.gpu_ids else None
         env = runner_env(gpu_ids, self.settings.base_url) | secrets
-        await runner.start(self.packager.python(rev.env_key), code_dir, spec_file, env)
-        log.info("started runner pid %s for %s/%s", runner.pid, rev.id, fn.name)
+        python = self.packager.python(rev.env_key)
+        key = preload_key(rev.env_key, rev.spec.get("preload"))
+        zygote = await self.zygotes.get(key, python, self._zygote_env())
+        if zygote is not None:
+            try:
+                await runner.start(python, code_dir, spec_file, env, zygote)
+            except ZygoteFailed as exc:
+                log.warning(
+                    "could not fork from zygote pid %s (%s): a plain start", zygote.pid, exc
+                )
+                self.zygotes.failed(key)
+                zygote = None
+        if zygote is None:
+            await runner.start(python, code_dir, spec_file, env)
+        how = f"forked from zygote pid {zygote.pid}" if zygote else "started"
+        log.info("%s: runner pid %s for %s/%s", how, runner.pid, rev.id, fn.name)
         cold_s = time.monotonic() - started
         await self.broker.stats.record_cold_start(fn.pool, f"{rev.owner}/{rev.app}", cold_s)
+
+    def _zygote_env(self) -> dict[str, str]:
+        """A zygote's environment: a runner's without GPU ids (each child sets its own before
+        first use) and without secrets (it runs no app code)."""
+        env = runner_env(None, self.settings.base_url)
+        env.pop("CUDA_VISIBLE_DEVICES", None)
+        return env
+
+    async def prestart_zygotes(self, background: Callable[[Awaitable[None]], None]) -> None:
+        """Start the zygotes of the keep-warm targets' envs present here, while there is room."""
+        for key, python in self._zygote_targets:
+            if self.zygotes.room() <= 0:
+                return
+            if not self.zygotes.wanted(key):
+                continue
+            exists = await asyncio.to_thread(self.packager.exists, key[0])
+            if exists:
+                self.zygotes.reserve(key)
+                background(self._prestart(key, python))
+
+    async def _prestart(self, key: ZygoteKey, python: Path) -> None:
+        try:
+            await self.zygotes.get(key, python, self._zygote_env())
+        finally:
+            self.zygotes.unreserve(key)
 
     def _secrets(self, rev: Revision) -> dict[str, str]:
         """The values of the secrets ``rev`` declares, from its owner's, opened; a missing one
@@ -165,12 +212,20 @@ class Warmth:
         if now - self._targets_at > TARGETS_TTL_S:
             self._targets_at = now
             revisions = await asyncio.to_thread(self.registry.aliased_revisions)
-            self._targets = [
+            mine = [
                 (rev, fn)
                 for rev in revisions
                 for fn in AppSpec.model_validate(rev.spec).functions
-                if fn.min_concurrency > 0 and ("*" in pools or fn.pool in pools)
+                if "*" in pools or fn.pool in pools
             ]
+            self._targets = [(rev, fn) for rev, fn in mine if fn.min_concurrency > 0]
+            zygotes: dict[ZygoteKey, Revision] = {}
+            for rev, _ in sorted(mine, key=lambda pair: -pair[0].created_at):  # newest first
+                zygotes.setdefault(preload_key(rev.env_key, rev.spec.get("preload")), rev)
+            self._zygote_targets = [
+                (key, self.packager.python(rev.env_key)) for key, rev in zygotes.items()
+            ]
+        await self.prestart_zygotes(background)
         for rev, fn in self._targets:
             key = f"{rev.id}/{fn.name}"
             here = sum(1 for r in self.runners.runners if r.key == (rev.id, fn.name))

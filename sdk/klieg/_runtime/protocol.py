@@ -74,6 +74,8 @@ class _Message(msgspec.Struct, omit_defaults=True, tag_field="type"):
 
 class Ready(_Message, tag="ready"):
     pid: int
+    setup_s: float = 0.0
+    """How long the app's own ``setup()`` took."""
 
 
 class SetupFailed(_Message, tag="setup_failed"):

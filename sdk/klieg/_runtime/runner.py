@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -159,7 +160,9 @@ def serve(sock: socket.socket, code_dir: Path, spec: FunctionSpec) -> int:
     signal.signal(CANCEL_SIGNAL, _on_cancel)
     try:
         target = Target(code_dir, spec)
+        began = time.perf_counter()
         target.setup()
+        setup_s = time.perf_counter() - began
     except BaseException as exc:  # setup may raise anything, including SystemExit
         traceback.print_exc()
         logs.flush_streams()
@@ -170,7 +173,7 @@ def serve(sock: socket.socket, code_dir: Path, spec: FunctionSpec) -> int:
         return 1
     logs.flush_streams()
     sink.drain()
-    channel.send(protocol.Ready(os.getpid()))
+    channel.send(protocol.Ready(os.getpid(), round(setup_s, 6)))
     while True:
         try:
             msg, body = protocol.recv(sock)

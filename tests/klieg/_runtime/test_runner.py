@@ -252,7 +252,8 @@ def echo(code_dir: Path, tmp_path: Path, runners: list[Runner]) -> Runner:
     runner = start_runner(code_dir, app, "Echo", tmp_path)
     runners.append(runner)
     msg, body = runner.recv()
-    assert msg == Ready(runner.proc.pid)
+    assert isinstance(msg, Ready) and msg.pid == runner.proc.pid
+    assert 0 <= msg.setup_s < 10  # how long Echo.setup() took
     assert body == b""
     return runner
 
