@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+from klieg import weights
 from klieg.app import App, endpoint
 from klieg.calls import call, call_async
 from klieg.client import AsyncClient, Client, RequestHandle
@@ -21,12 +22,20 @@ from klieg.exceptions import (
     AppError,
     AuthenticationError,
     DeployError,
+    InvalidRequestError,
     KliegError,
     NotFoundError,
     PayloadTooLargeError,
+    PermissionDeniedError,
+    QueueFullError,
+    RateLimitedError,
+    RequestCancelledError,
     RequestTimeoutError,
+    RunnerCrashedError,
     SetupError,
+    UnavailableError,
     ValidationError,
+    WorkerLostError,
 )
 from klieg.media import Audio, File, Image, Video
 from klieg.workflow import Workflow, load_workflow
@@ -41,17 +50,26 @@ __all__ = [
     "DeployError",
     "File",
     "Image",
+    "InvalidRequestError",
     "KliegError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "QueueFullError",
+    "RateLimitedError",
+    "RequestCancelledError",
     "RequestHandle",
     "RequestTimeoutError",
+    "RunnerCrashedError",
     "SetupError",
+    "UnavailableError",
     "ValidationError",
     "Video",
+    "WorkerLostError",
     "Workflow",
     "call",
     "call_async",
     "endpoint",
     "load_workflow",
+    "weights",
 ]

@@ -119,3 +119,35 @@ def test_image_inputs_by_data_uri_upload_and_url(platform: Platform, tmp_path: P
     with platform.http(key="") as anon:
         r = anon.post("/files/upload", content=png, headers={"content-type": "image/png"})
         assert r.status_code == 401
+
+
+WEIGHTS_CHECK = """
+import sys, torch
+from safetensors.torch import load_file
+from klieg import weights
+path = sys.argv[1]
+mapped, read = weights.load(path), load_file(path)
+assert mapped.keys() == read.keys(), (mapped.keys(), read.keys())
+for name, tensor in read.items():
+    assert mapped[name].dtype == tensor.dtype and torch.equal(mapped[name], tensor), name
+assert path in open("/proc/self/maps").read()
+net = torch.nn.Linear(2, 2)
+state = {"weight": torch.zeros(2, 2), "bias": torch.zeros(2)}
+net.load_state_dict(state, assign=True)
+assert net.weight.data_ptr() == state["weight"].data_ptr()
+print(len(mapped))
+"""
+
+
+def test_weights_mapped_in_the_digits_env_equal_what_safetensors_reads(digits: Platform) -> None:
+    """``klieg.weights.load`` with torch (in the env the digits deploy built): the same tensors
+    as ``safetensors.torch.load_file``, backed by a mapping of the file."""
+    import subprocess
+
+    pythons = [p / "bin" / "python" for p in (digits.home / "envs").iterdir()]
+    python = next(p for p in pythons if p.exists() and (p.parent / "torchrun").exists())
+    path = str(APPS / "digits" / "weights.safetensors")
+    done = subprocess.run([str(python), "-c", WEIGHTS_CHECK, path], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) > 10

@@ -99,3 +99,16 @@ def test_default_detail_is_the_docstring() -> None:
     err = exc.NotFoundError()
     assert err.detail == exc.NotFoundError.__doc__
     assert err.status_code == 404
+
+
+def test_every_public_exception_is_exported_from_klieg() -> None:
+    import inspect
+
+    import klieg
+    from klieg import exceptions
+
+    public = {name for name, obj in vars(exceptions).items()
+              if inspect.isclass(obj) and issubclass(obj, exceptions.KliegError)
+              and obj.__module__ == exceptions.__name__ and not name.startswith("_")}  # fmt: skip
+    assert public and public <= set(klieg.__all__)
+    assert all(getattr(klieg, name) is getattr(exceptions, name) for name in public)
