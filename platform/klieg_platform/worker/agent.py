@@ -190,8 +190,7 @@ class Worker:
     async def _housekeeping(self) -> None:
         period = max(0.2, min(1.0, self.settings.lease_s / 3))
         failed = False
-        while True:
-            await asyncio.sleep(period)
+        while True:  # the first round at once: peers and the probes learn of us from it
             self._probe("alive")
             try:
                 if failed:  # Redis may have been out for longer than a lease: ours first
@@ -225,6 +224,7 @@ class Worker:
             else:
                 failed = False
                 self._probe("ready")
+            await asyncio.sleep(period)
 
     def _probe(self, name: str) -> None:
         """Touch ``probe_dir/name`` (``alive``: the loop runs; ``ready``: Redis took the
