@@ -6,6 +6,7 @@ Every process (gateway, worker, ``klieg up``) builds one ``Settings`` at start a
 from __future__ import annotations
 
 import configparser
+import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -47,6 +48,11 @@ class Settings:
     public_url: str | None = None
     max_body_bytes: int = 10 * 1024 * 1024
     lease_s: float = 30.0
+    drain_s: float = 300.0
+    """How long a stopping worker keeps serving what it runs (renewing its leases) before it
+    hands the rest back to the queue (``KLIEG_DRAIN_S``); what stops a worker waits this long
+    and a little more (Kubernetes' ``terminationGracePeriodSeconds``, compose's
+    ``stop_grace_period``, ``klieg up``)."""
     max_attempts: int = 3
     result_ttl_s: int = 24 * 3600
     blob_retention_s: float | None = None
@@ -152,6 +158,7 @@ class Settings:
             public_url=env.get("KLIEG_PUBLIC_URL") or None,
             max_body_bytes=int(env.get("KLIEG_MAX_BODY_BYTES", str(10 * 1024 * 1024))),
             lease_s=float(env.get("KLIEG_LEASE_S", "30")),
+            drain_s=float(env.get("KLIEG_DRAIN_S", "300")),
             max_attempts=int(env.get("KLIEG_MAX_ATTEMPTS", "3")),
             result_ttl_s=int(env.get("KLIEG_RESULT_TTL_S", str(24 * 3600))),
             blob_retention_s=(
@@ -188,6 +195,16 @@ class Settings:
             instance=env.get("KLIEG_INSTANCE", ""),
             secrets_key=env.get("KLIEG_SECRETS_KEY") or _read_key(home / "secrets-key"),
         )
+
+
+def touch_probe(probe_dir: Path | None, name: str) -> None:
+    """Touch ``probe_dir/name`` (nothing without a ``probe_dir``): a loop tells the Kubernetes
+    exec probes of ``infra/k8s`` it ran (``alive``) or reached Redis (``ready``) by the file's
+    age. A file that cannot be written is left to the probe to notice."""
+    if probe_dir is not None:
+        with contextlib.suppress(OSError):
+            probe_dir.mkdir(parents=True, exist_ok=True)
+            (probe_dir / name).touch()
 
 
 def _flag(value: str | None, *, default: bool) -> bool:

@@ -11,7 +11,8 @@ lose the last second); restarted on the same socket, it replays the file and the
 where it was, while the gateway answers 503 and the worker keeps its running requests. A port
 already in use, or a gateway that is not the one started (``/health`` echoes a token of this
 start), stops ``klieg up`` with that reason before it claims to be up. SIGINT/SIGTERM stops
-them all, Redis last.
+them all, Redis last; the worker drains first (``stop_workers``: up to ``drain_s``, then it hands
+back what still runs).
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
 STABLE_S = 30.0
 """A child that ran this long before it died is restarted at once, its backoff reset."""
+STOP_MARGIN_S = 30.0
+"""How long a stopping worker may take past its drain: handing back what still runs, letting
+finished requests report, stopping its runners. Kubernetes' grace period and compose's
+``stop_grace_period`` leave at least this much too (``manifests.check``, ``tests/infra``)."""
 
 
 def exit_status(code: int) -> str:
@@ -110,6 +115,22 @@ class Child:
             self.proc.wait()
 
 
+def stop_workers(procs: Sequence[subprocess.Popen[bytes]], drain_s: float) -> None:
+    """Stop worker processes as Kubernetes does: SIGTERM, then wait for all of them up to
+    ``drain_s`` plus ``STOP_MARGIN_S`` (each drains: it finishes what runs and hands back the
+    rest), and kill what is left then."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + drain_s + STOP_MARGIN_S
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def say(line: str) -> None:
     """One line of ``klieg up``'s own on stderr."""
     print(f"klieg up: {line}", file=sys.stderr, flush=True)
@@ -125,6 +146,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         KLIEG_REDIS_URL=settings.effective_redis_url,
         KLIEG_DATABASE_URL=settings.effective_database_url,
         KLIEG_LEASE_S=str(settings.lease_s),
+        KLIEG_DRAIN_S=str(settings.drain_s),
         KLIEG_WORKER_SLOTS=str(settings.worker_slots),
         KLIEG_LOG_LEVEL=settings.log_level,
         KLIEG_SIGNING_KEY=settings.signing_key,
@@ -319,11 +341,8 @@ def up(settings: Settings, *, ready_file: Path | None = None) -> int:
                     child.check(now)
         return 0
     finally:
-        workers = [c for name, c in children.items() if name != "redis"]
-        for child in workers:
-            child.stop()
-        for child in workers:
-            child.wait(30)
+        running = [c.proc for name, c in children.items() if name != "redis" and c.proc]
+        stop_workers(running, settings.drain_s)  # the gateway is done well within the drain
         if "redis" in children:  # last: what the others wrote on their way out is kept
             children["redis"].stop()
             children["redis"].wait(10)

@@ -77,6 +77,7 @@ def running_platform(
     env = {k: v for k, v in os.environ.items() if not k.startswith("KLIEG_")}
     env.update(
         KLIEG_LEASE_S="5",
+        KLIEG_DRAIN_S="10",
         KLIEG_SETUP_BACKOFF_S="30",
         KLIEG_MAX_BODY_BYTES=str(1024 * 1024),
     )

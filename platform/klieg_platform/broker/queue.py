@@ -126,6 +126,7 @@ class Queue:
         self._complete = HotScript(redis, wire, lua.COMPLETE)
         self._requeue = HotScript(redis, wire, lua.REQUEUE)
         self._requeue_expired = HotScript(redis, wire, lua.REQUEUE_EXPIRED)
+        self._hand_back = HotScript(redis, wire, lua.HAND_BACK)
         self._cancel = HotScript(redis, wire, lua.CANCEL)
         self._position = HotScript(redis, wire, lua.POSITION)
         self._reindex = HotScript(redis, wire, lua.REINDEX)
@@ -313,6 +314,12 @@ class Queue:
     async def requeue(self, request_id: str, worker_id: str) -> bool:
         """Put a request this worker holds back in its queue, at its original position."""
         return bool(await self._requeue(args=[request_id, worker_id]))
+
+    async def hand_back(self, request_ids: Sequence[str], worker_id: str) -> int:
+        """A stopping worker gives back ``request_ids`` (those it still leases): each returns to
+        its queue at its original position at once, its attempt not counted, and the worker's
+        reservations end; one script. How many went back."""
+        return int(await self._hand_back(args=[worker_id, *request_ids]))
 
     async def requeue_expired(self) -> int:
         """Requeue (or fail, past max_attempts) every request whose lease has expired."""

@@ -764,6 +764,28 @@ return 1
 """
 )
 
+# ARGV: worker_id, id... A stopping worker hands back what it holds: each of those requests it
+# still leases goes back to its queue at its original position with its attempt not counted (the
+# worker left, it did not fail), and its reservations end (their requests rejoin the lane
+# index). Returns how many requests went back.
+HAND_BACK = (
+    PRELUDE
+    + """
+for _, pool in ipairs(redis.call('SMEMBERS', POOLS)) do release(pool, ARGV[1]) end
+local n = 0
+for i = 2, #ARGV do
+  local rk = REQ .. ARGV[i]
+  local st = redis.call('HMGET', rk, 'status', 'worker')
+  if st[1] == S_RUNNING and st[2] == ARGV[1] then
+    if redis.call('HINCRBY', rk, 'attempts', -1) < 0 then redis.call('HSET', rk, 'attempts', 0) end
+    requeue(ARGV[i])
+    n = n + 1
+  end
+end
+return n
+"""
+)
+
 # ARGV: now_ms, max_attempts, ttl_s, outcome field/value pairs (of a request lost too often)
 REQUEUE_EXPIRED = (
     PRELUDE

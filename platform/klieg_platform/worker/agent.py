@@ -11,6 +11,13 @@ warm and zygotes started (``warmth.py``). The parts: ``RunnerSet`` (the runners 
 slots), ``Warmth`` (cold starts, zygotes, setup backoff, prewarming), ``Revisions`` (the
 revision cache), ``Leases`` (one renewal loop for every lease held here, ``broker/leases.py``),
 a ``Batcher`` per batched endpoint.
+
+Stopping (``stop()``, SIGTERM) drains: the worker takes no more work (no dispatch, no batch
+leased ahead, no prewarming, no idle runner advertised), hands back at once what it leased but
+has not started on a runner (a batch leased ahead, a request waiting for a runner), keeps
+serving and renewing the leases of what runs for up to ``drain_s``, then hands back whatever is
+unfinished. Handing back (``HAND_BACK``) puts a request back in its queue at its original
+position without counting an attempt, so another worker takes it at once.
 """
 
 from __future__ import annotations
@@ -37,14 +44,14 @@ from klieg_platform.broker import (
     Peers,
     until_available,
 )
-from klieg_platform.config import Settings
+from klieg_platform.config import Settings, touch_probe
 from klieg_platform.packager import Packager
 from klieg_platform.registry import Registry, Revision
 from klieg_platform.scheduler import max_reserved
 from klieg_platform.storage import BlobStore
 from klieg_platform.worker.batching import Batcher
 from klieg_platform.worker.code import CodeCache
-from klieg_platform.worker.execution import Execution
+from klieg_platform.worker.execution import PREPARING, RUNNING, Execution
 from klieg_platform.worker.process import RunnerProcess
 from klieg_platform.worker.revisions import Revisions
 from klieg_platform.worker.runners import RunnerSet
@@ -52,6 +59,10 @@ from klieg_platform.worker.warmth import Warmth
 
 log = logging.getLogger("klieg.worker")
 
+FINISH_GRACE_S = 10.0
+"""After the drain, how long requests whose runner has answered get to report their outcome."""
+UNANSWERED: tuple[type[Exception], ...] = (TimeoutError, *UNAVAILABLE)
+"""A hand-back that Redis did not take (out of reach, or no answer within 10 s)."""
 CANCELS_KEPT_S = 300.0
 """How long a cancel for a request not running here is remembered (it may start soon)."""
 
@@ -93,6 +104,9 @@ class Worker:
         self._slot_free = asyncio.Event()
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._executions: dict[str, tuple[Execution, asyncio.Task[None]]] = {}
+        self.handed_back: set[str] = set()
+        """Requests this worker gave back to the queue as it stopped: none may start here."""
         self._warm_elsewhere: set[str] = set()
         self._peers = Peers()
         self._own_wake = f"@{self.id}"
@@ -138,6 +152,8 @@ class Worker:
                 try:
                     if drained:
                         await wakes.wait([*self.pools, self._own_wake], 1.0)
+                        if self._stopping.is_set():
+                            break
                     full = self.runners.full()
                     self._left_full = bool(full)
                     dispatched_at = loop.time()
@@ -173,8 +189,8 @@ class Worker:
                 self._busy += job.units
                 self._spawn(job)
         finally:
-            if self._tasks:
-                await asyncio.wait(self._tasks, timeout=self.settings.lease_s)
+            self._stopping.set()
+            await self._drain()
             housekeeping.cancel()
             leases.cancel()
             with contextlib.suppress(Exception):
@@ -185,7 +201,47 @@ class Worker:
             await self.warmth.zygotes.stop_all()
 
     def stop(self) -> None:
+        """Stop taking work and drain (``run`` returns once drained)."""
         self._stopping.set()
+
+    async def _drain(self) -> None:
+        """Hand back what has not started on a runner; let what runs finish, its leases renewed,
+        for up to ``drain_s``; hand back what is still running then; give the requests whose
+        runner has answered ``FINISH_GRACE_S`` to report."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.drain_s
+        await self.hand_back(self._in_phase(PREPARING), "leased here, not started")
+        running = {t for rid, (_, t) in self._executions.items() if rid not in self.handed_back}
+        if running:
+            log.info("draining: %d requests running, for up to %.0f s",
+                     len(running), self.settings.drain_s)  # fmt: skip
+            await asyncio.wait(running, timeout=max(0.0, deadline - loop.time()))
+        await self.hand_back(self._in_phase(PREPARING, RUNNING), "unfinished at the drain deadline")
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=FINISH_GRACE_S)
+
+    def _in_phase(self, *phases: str) -> list[str]:
+        return [rid for rid, (ex, _) in self._executions.items() if ex.phase in phases]
+
+    async def hand_back(self, request_ids: list[str], why: str) -> None:
+        """Give ``request_ids`` back to the queue (``Queue.hand_back``: at once, the attempt not
+        counted) and stop their executions here; a Redis out of reach leaves them to their
+        leases' expiry."""
+        if not request_ids:
+            return
+        self.handed_back.update(request_ids)
+        for rid in request_ids:
+            self.leases.drop(rid)
+            _, task = self._executions.get(rid, (None, None))
+            if task is not None:
+                task.cancel()
+        try:
+            n = await asyncio.wait_for(self.broker.queue.hand_back(request_ids, self.id), 10)
+        except UNANSWERED as exc:
+            log.warning("could not hand back %d requests (%s); they return to the queue when "
+                        "their leases expire", len(request_ids), exc)  # fmt: skip
+        else:
+            log.info("handed back %d requests (%s)", n, why)
 
     async def _housekeeping(self) -> None:
         period = max(0.2, min(1.0, self.settings.lease_s / 3))
@@ -207,14 +263,16 @@ class Worker:
                     [] if self._draining else self._idle_here(),
                     [f"{r.key[0]}/{r.key[1]}" for r in mine],
                     detail=self.runners.describe(), cold_starts=self.runners.cold_starts,
-                    gpu_ids=self.runners.gpu_ids, draining=self._draining,
+                    gpu_ids=self.runners.gpu_ids,
+                    draining=self._draining or self._stopping.is_set(),
                 )  # fmt: skip
                 idle = self._peers.idle
                 serving = idle if "*" in self.pools else {p: idle.get(p, set()) for p in self.pools}
                 self._warm_elsewhere = set().union(*serving.values()) if serving else set()
-                await self.warmth.keep_warm(
-                    self.id, self.pools, self._busy, self._peers.runners, self.background
-                )
+                if not self._stopping.is_set():
+                    await self.warmth.keep_warm(
+                        self.id, self.pools, self._busy, self._peers.runners, self.background
+                    )
             except UNAVAILABLE as exc:
                 self.outage.lost(exc)
                 failed = True
@@ -227,12 +285,8 @@ class Worker:
             await asyncio.sleep(period)
 
     def _probe(self, name: str) -> None:
-        """Touch ``probe_dir/name`` (``alive``: the loop runs; ``ready``: Redis took the
-        heartbeat), for the exec probes of ``infra/k8s``."""
-        if self.settings.probe_dir is not None:
-            with contextlib.suppress(OSError):
-                self.settings.probe_dir.mkdir(parents=True, exist_ok=True)
-                (self.settings.probe_dir / name).touch()
+        """``alive``: the loop runs; ``ready``: Redis took the heartbeat (``touch_probe``)."""
+        touch_probe(self.settings.probe_dir, name)
 
     # ---- what executions share ----------------------------------------------------------
     def settled(self, job: Job) -> None:
@@ -260,6 +314,8 @@ class Worker:
             self._freed()
 
         async def fill(n: int) -> list[str]:
+            if self._stopping.is_set():  # a stopping worker leases nothing more
+                return []
             jobs = await self.broker.queue.dispatch_for(
                 fn.pool, rev.id, fn.name, ep.path, n, self.id, self.settings.lease_s
             )
@@ -298,7 +354,11 @@ class Worker:
     def _spawn(self, job: Job) -> None:
         self.active[job.id] = None
         self.leases.hold(job.id)
-        self._track(asyncio.create_task(Execution(self, job).run()))
+        execution = Execution(self, job)
+        task = asyncio.create_task(execution.run())
+        self._executions[job.id] = (execution, task)
+        task.add_done_callback(lambda _: self._executions.pop(job.id, None))
+        self._track(task)
 
     def _track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
@@ -315,7 +375,9 @@ class Worker:
         return max_reserved(1 + min(serving, peers.live))
 
     def _idle_here(self) -> list[str]:
-        """ "revision/function" of this worker's idle, live runners."""
+        """ "revision/function" of this worker's idle, live runners (none once it stops)."""
+        if self._stopping.is_set():
+            return []
         return [f"{r.key[0]}/{r.key[1]}" for r in self.runners.runners if not r.busy and r.alive]
 
     def _cancel(self, request_id: str) -> None:

@@ -48,6 +48,7 @@ class _Member:
     timeout_s: float
     events: EventForwarder
     token: str = ""
+    begin: Callable[[], None] | None = None
     arrived: float = field(default_factory=time.monotonic)
     future: asyncio.Future[Reply] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -91,11 +92,14 @@ class Batcher:
         events: EventForwarder,
         *,
         token: str = "",
+        begin: Callable[[], None] | None = None,
     ) -> Reply:
         """Run one request as part of a batch; its ``result`` frame and body. ``token``: its call
-        token. Raises the runner's error (``RunnerCrashedError``, ``RequestTimeoutError``,
-        ``SetupFailed``) or ``RequestCancelledError``."""
-        member = _Member(request_id, payload, timeout_s, events, token)
+        token; ``begin``: called as its batch goes to the runner (what it raises fails the
+        request, which then stays out of the batch). Raises the runner's error
+        (``RunnerCrashedError``, ``RequestTimeoutError``, ``SetupFailed``) or
+        ``RequestCancelledError``."""
+        member = _Member(request_id, payload, timeout_s, events, token, begin)
         self._expected.pop(request_id, None)
         self._pending.append(member)
         self._arrived.set()
@@ -232,7 +236,7 @@ class Batcher:
                 await asyncio.wait_for(self._arrived.wait(), timeout)
 
     async def _run(self, runner: RunnerProcess, batch: list[_Member]) -> None:
-        live = [m for m in batch if not m.future.done()]
+        live = [m for m in batch if not m.future.done() and _begun(m)]
         for member in live:
             self._running[member.request_id] = (runner, len(live), member)
         self.sizes = [*self.sizes[-999:], len(live)]
@@ -268,6 +272,17 @@ class Batcher:
             for member in live:
                 self._running.pop(member.request_id, None)
             await self._release(runner)
+
+
+def _begun(member: _Member) -> bool:
+    """Whether ``member`` may go to the runner (its ``begin`` raised nothing; else it fails)."""
+    try:
+        if member.begin is not None:
+            member.begin()
+    except Exception as exc:
+        _fail(member, exc)
+        return False
+    return True
 
 
 def _fail(member: _Member, exc: BaseException) -> None:

@@ -13,6 +13,11 @@ forwarded; and turns what happened into one ``Outcome``, with one error mapping 
 Then it completes the job in one script (its last log lines and its service time with it; a
 lost lease drops the result) or requeues it, holding the lease and trying again while Redis is
 out of reach, and deletes a payload blob once the request is completed.
+
+An execution goes through three phases (``phase``): ``PREPARING`` until its request reaches a
+runner, ``RUNNING`` while the runner works on it, ``FINISHING`` once the runner is done with it.
+A stopping worker hands back (``Worker.hand_back``) what has not reached a runner at once and
+what still runs at its drain deadline; a request handed back never starts here (``_begin``).
 """
 
 from __future__ import annotations
@@ -43,6 +48,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("klieg.worker")
 
+PREPARING, RUNNING, FINISHING = "preparing", "running", "finishing"
+
+
+class HandedBack(Exception):
+    """The worker gave the request back to the queue as it stopped: nothing to report here."""
+
 
 def error_outcome(exc: KliegError, logs: list[dict[str, Any]] | None = None) -> Outcome:
     return Outcome(ok=False, error=exc.to_dict(), http_status=exc.status_code, logs=logs or [])
@@ -60,12 +71,15 @@ class Execution:
         """How long it waited for a runner started for it (None: a warm runner took it)."""
         self.setup_s: float | None = None
         """How much of ``cold_s`` the app's own setup() took."""
+        self.phase = PREPARING
 
     async def run(self) -> None:
         w, job = self.worker, self.job
         outcome: Outcome | None
         try:
             outcome = await self._execute()
+        except HandedBack:
+            return
         except KliegError as exc:
             outcome = error_outcome(exc)
         except UNAVAILABLE as exc:  # the worker's own bookkeeping failed: run it again later
@@ -77,6 +91,7 @@ class Execution:
             log.exception("request %s failed inside the worker", job.id)
             outcome = error_outcome(KliegError(f"worker error: {type(exc).__name__}: {exc}"))
         finally:
+            self.phase = FINISHING
             w.settled(job)
         try:
             if outcome is None:
@@ -123,7 +138,7 @@ class Execution:
                 self.started = time.monotonic()
                 try:
                     result, body = await batcher.submit(
-                        job.id, payload, timeout, events, token=token
+                        job.id, payload, timeout, events, token=token, begin=self._begin
                     )
                 finally:
                     cold = batcher.cold_start_of(job.id)
@@ -141,6 +156,7 @@ class Execution:
             log.warning("request %s: %s", job.id, exc)
             return error_outcome(exc)
         finally:
+            self.phase = FINISHING
             await events.close()
         w.warmth.started(key)
         return await self._result(result, events.rewrite(body))
@@ -165,12 +181,20 @@ class Execution:
         try:
             if job.id in w.cancelled:
                 raise RequestCancelledError("request cancelled")
+            self._begin()
             w.active[job.id] = runner
             self.started = time.monotonic()
             return await runner.call(job.id, job.endpoint, payload, timeout, events, token=token)
         finally:
             w.active[job.id] = None
             await w.runners.release(runner)
+
+    def _begin(self) -> None:
+        """The request goes onto its runner now (``RUNNING``); ``HandedBack`` when the worker
+        gave it back as it stops (it must not start here)."""
+        if self.job.id in self.worker.handed_back:
+            raise HandedBack(self.job.id)
+        self.phase = RUNNING
 
     def _timeout_s(self, fn: FunctionSpec) -> float:
         timeout = min(self.job.timeout_s, fn.request_timeout)
