@@ -1,14 +1,16 @@
 """The autoscaler: how many workers each pool should have, from the queue itself.
 
 Every ``interval_s`` (``klieg autoscaler``) it reads each pool's demand from Redis (requests
-waiting per tier and the oldest one's wait, the slots busy now, the measured service and cold
-start times, what ``min_concurrency`` keeps warm), turns it into the slots the pool needs to
-start every waiting request within its tier's SLO (``slots_needed``), and into workers per pool
-(``Scaler.decide``):
+waiting per tier and the oldest one's wait, per app and function from the lane index; the slots
+busy now and the idle warm runners from the workers' heartbeats; each app's measured service
+and cold-start times; what ``min_concurrency`` keeps warm), turns it into the slots the pool
+needs to start every waiting request within its tier's SLO (``slots_needed``), and into workers
+per pool (``Scaler.decide``):
 
 - up at once, before the SLOs break: a request that has waited ``w`` of its tier's ``slo_s``
-  must start within ``slo_s - w - cold_s`` (a new worker's runner cold-starts first), so its
-  share of the slots is ``service_s / that budget``;
+  must start within ``slo_s - w - cold_s`` (its app's cold start: a new worker's runner
+  cold-starts first; none for as many of a function's requests as it has idle warm runners),
+  so its share of the slots is its app's ``service_s / that budget``;
 - down only once the pool has wanted fewer workers for ``cooldown_s`` without a break;
 - never below ``min_workers`` nor what ``min_concurrency`` needs, never above ``max_workers``;
 - a burst pool (``burst_for``: borrowed capacity, such as a training cluster, whose workers
@@ -33,7 +35,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +45,10 @@ import yaml
 
 from klieg.exceptions import InvalidRequestError
 from klieg.types import AppSpec
-from klieg_platform.broker import Broker, Depth
+from klieg_platform import keys
+from klieg_platform.broker import Broker, Depth, LaneDepth
+from klieg_platform.config import Settings, touch_probe
+from klieg_platform.local import stop_workers
 from klieg_platform.scheduler import Tier
 
 log = logging.getLogger("klieg.autoscaler")
@@ -146,8 +151,23 @@ def load_plans(path: Path) -> dict[str, PoolPlan]:
 
 
 @dataclass(frozen=True)
+class Waiting:
+    """Requests of one function waiting in one tier of a pool, with its app's measured times."""
+
+    tier: str
+    queued: int
+    service_s: float = DEFAULT_SERVICE_S
+    cold_s: float = 0.0
+    warm: int = 0
+    """Idle warm runners of the function on the pool's workers: as many of these requests
+    start on one without a cold start."""
+
+
+@dataclass(frozen=True)
 class Demand:
-    """What one pool is asked to do now."""
+    """What one pool is asked to do now. ``waiting`` breaks the queues down by function; the
+    requests of ``queued`` it does not cover (reserved ones, or all of them when it is empty)
+    count with the pool's ``service_s`` and ``cold_s``."""
 
     queued: Mapping[str, int] = field(default_factory=dict)
     """tier -> requests waiting"""
@@ -158,19 +178,29 @@ class Demand:
     cold_s: float = 0.0
     warm_slots: int = 0
     """Slots ``min_concurrency`` keeps warm whatever the load."""
+    waiting: tuple[Waiting, ...] = ()
 
 
 def slots_needed(demand: Demand, tiers: Mapping[str, Tier]) -> int:
     """Slots that serve the requests running now and start every waiting one within its tier's
-    SLO: each waiting request needs ``service_s`` of a slot within the time its tier has left
-    (its SLO less the oldest wait and a cold start, at least ``MIN_BUDGET_S``)."""
+    SLO: each waiting request needs its app's ``service_s`` of a slot within the time its tier
+    has left (its SLO less the oldest wait and, unless an idle warm runner takes it, its app's
+    cold start; at least ``MIN_BUDGET_S``)."""
     need = float(demand.busy_slots)
     for tier, queued in demand.queued.items():
         if queued <= 0:
             continue
         slo = tiers[tier].slo_s if tier in tiers else DEFAULT_SERVICE_S
-        left = slo - demand.oldest_wait_s.get(tier, 0.0) - demand.cold_s
-        need += queued * demand.service_s / max(left, MIN_BUDGET_S, demand.service_s)
+        left = slo - demand.oldest_wait_s.get(tier, 0.0)
+        mine = [w for w in demand.waiting if w.tier == tier]
+        rest = queued - sum(w.queued for w in mine)
+        groups = [*mine, Waiting(tier, rest, demand.service_s, demand.cold_s)]
+        for group in groups:
+            warm = min(max(group.warm, 0), max(group.queued, 0))
+            for n, cold_s in ((warm, 0.0), (group.queued - warm, group.cold_s)):
+                if n > 0:
+                    budget = max(left - cold_s, MIN_BUDGET_S, group.service_s)
+                    need += n * group.service_s / budget
     queued_any = any(q > 0 for q in demand.queued.values())
     return max(math.ceil(need - 1e-9), demand.warm_slots, 1 if queued_any else 0)
 
@@ -235,36 +265,94 @@ async def read_demands(
     depths: list[Depth] | None = None,
     live: list[tuple[str, dict[str, Any]]] | None = None,
 ) -> dict[str, Demand]:
-    """Each pool's demand from Redis: queues per tier, busy slots from the workers' heartbeats,
-    the mean measured service and cold-start times (over every app: a pool with no requests yet
-    has nothing else to go on). ``depths`` and ``live``: the queues and heartbeats, where the
-    caller has just read them."""
+    """Each pool's demand from Redis: queues per tier, and per function from the lane index;
+    busy slots and idle warm runners from the workers' heartbeats; each app's measured service
+    and cold-start times (an app not measured yet: the mean over the apps that are). ``depths``
+    and ``live``: the queues and heartbeats, where the caller has just read them."""
     if depths is None:
         depths = await broker.queue.depths()
     if live is None:
         live = await broker.workers.live()
+    lanes = await broker.queue.lanes(pools)
     service = await broker.stats.means("service")
     cold = await broker.stats.means("cold")
-    service_s = sum(service.values()) / len(service) if service else DEFAULT_SERVICE_S
-    cold_s = sum(cold.values()) / len(cold) if cold else 0.0
+    busy, idle = fleet_capacity(live)
+    out = {}
+    for pool in pools:
+        mine = [d for d in depths if d.pool == pool]
+        warm = idle.get(pool, Counter()) + idle.get(keys.ALL_POOLS, Counter())
+        waiting = waiting_by_function([n for n in lanes if n.pool == pool], warm, service, cold)
+        out[pool] = Demand(
+            queued={d.tier: d.queued for d in mine},
+            oldest_wait_s={d.tier: d.oldest_wait_s for d in mine},
+            busy_slots=busy.get(pool, 0),
+            service_s=_weighted(
+                [(w.queued, w.service_s) for w in waiting], service, DEFAULT_SERVICE_S
+            ),
+            cold_s=_weighted([(w.queued, w.cold_s) for w in waiting], cold, 0.0),
+            warm_slots=warm_slots.get(pool, 0),
+            waiting=tuple(waiting),
+        )
+    return out
+
+
+def fleet_capacity(
+    live: Sequence[tuple[str, dict[str, Any]]],
+) -> tuple[dict[str, int], dict[str, Counter[str]]]:
+    """From the heartbeats: per pool the slots busy (serving or starting), and the idle warm
+    runners per "revision/function" (under ``*``: those of workers serving every pool)."""
     busy: dict[str, int] = {}
+    idle: dict[str, Counter[str]] = {}
     for _, doc in live:
         for runner in doc.get("detail", []):
             if runner["state"] in ("busy", "starting"):
                 for pool in doc["pools"]:
                     busy[pool] = busy.get(pool, 0) + int(runner["slots"])
-    out = {}
-    for pool in pools:
-        mine = [d for d in depths if d.pool == pool]
-        out[pool] = Demand(
-            queued={d.tier: d.queued for d in mine},
-            oldest_wait_s={d.tier: d.oldest_wait_s for d in mine},
-            busy_slots=busy.get(pool, 0),
-            service_s=service_s,
-            cold_s=cold_s,
-            warm_slots=warm_slots.get(pool, 0),
-        )
-    return out
+        for pool in doc["pools"]:
+            idle.setdefault(pool, Counter()).update(doc.get("idle", []))
+    return busy, idle
+
+
+def waiting_by_function(
+    lanes: Sequence[LaneDepth],
+    idle: Counter[str],
+    service: Mapping[str, float],
+    cold: Mapping[str, float],
+) -> list[Waiting]:
+    """A pool's waiting requests per tier and function, each with its app's service and cold
+    start times (unmeasured: the mean over measured apps, else the defaults) and the idle warm
+    runners of its function, given to the most important tier first (``lanes`` come in tier
+    order)."""
+    service_s = _plain_mean(service, DEFAULT_SERVICE_S)
+    cold_s = _plain_mean(cold, 0.0)
+    per: dict[tuple[str, str], Waiting] = {}
+    free = Counter(idle)
+    for lane in lanes:
+        prior = per.get((lane.tier, lane.function))
+        queued = lane.queued + (prior.queued if prior else 0)
+        warm = min(free[lane.function], lane.queued)
+        free[lane.function] -= warm
+        per[(lane.tier, lane.function)] = Waiting(
+            lane.tier, queued, service.get(lane.app, service_s), cold.get(lane.app, cold_s),
+            warm + (prior.warm if prior else 0),
+        )  # fmt: skip
+    return list(per.values())
+
+
+def _plain_mean(means: Mapping[str, float], default: float) -> float:
+    return sum(means.values()) / len(means) if means else default
+
+
+def _weighted(
+    counted: Sequence[tuple[int, float]], means: Mapping[str, float], default: float
+) -> float:
+    """A pool's time for the requests its breakdown does not cover: the mean of its waiting
+    functions' times weighted by how many wait; with none waiting, the mean over every
+    measured app (``means``), else ``default``."""
+    total = sum(n for n, _ in counted)
+    if total <= 0:
+        return _plain_mean(means, default)
+    return sum(n * t for n, t in counted) / total
 
 
 def warm_slots(revisions: Sequence[Any]) -> dict[str, int]:
@@ -281,7 +369,12 @@ def warm_slots(revisions: Sequence[Any]) -> dict[str, int]:
 
 
 class AdapterError(Exception):
-    """The adapter could not read or set a pool's size."""
+    """The adapter could not read or set a pool's size. ``cause``: the part of the message that
+    does not name the pool (the same for every pool when the API server does not answer)."""
+
+    def __init__(self, message: str, cause: str | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause or message
 
 
 class Adapter(Protocol):
@@ -293,11 +386,15 @@ class Adapter(Protocol):
 class LocalAdapter:
     """Real ``klieg worker`` processes on this machine, ``--pool <serves> --slots <slots>``,
     with the environment given (``local.settings_env``). Scaling down sends SIGTERM to the
-    newest: a worker stops taking work, finishes or hands back its leases, then exits."""
+    newest: a worker stops taking work, finishes what runs within its drain (``KLIEG_DRAIN_S``
+    of ``env``) and hands back the rest, then exits. The workers belong to the autoscaler that
+    started them: ``close`` stops them all the same way (``klieg autoscaler --once`` with this
+    adapter only decides: workers it started would outlive it)."""
 
     def __init__(self, env: Mapping[str, str], *, python: str = sys.executable) -> None:
         self.env = dict(env)
         self.python = python
+        self.drain_s = Settings.from_env(self.env).drain_s
         self.procs: dict[str, list[subprocess.Popen[bytes]]] = {}
         self.stopping: list[subprocess.Popen[bytes]] = []
         self.started: list[subprocess.Popen[bytes]] = []
@@ -327,19 +424,11 @@ class LocalAdapter:
             proc.send_signal(signal.SIGTERM)
             self.stopping.append(proc)
 
-    def close(self, timeout_s: float = 30.0) -> None:
-        """Stop every worker started here (each drains first)."""
+    def close(self) -> None:
+        """Stop every worker started here as ``klieg up`` does (``local.stop_workers``: each
+        drains first, and is killed past its drain and a margin)."""
         every = [p for procs in self.procs.values() for p in procs] + self.stopping
-        for proc in every:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        for proc in every:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_workers(every, self.drain_s)
 
 
 class KubernetesAdapter:
@@ -356,12 +445,15 @@ class KubernetesAdapter:
                 config.load_kube_config()
             api = client.AppsV1Api()
         self.api = api
+        # its retries of a connection are logged as warnings, per request: the adapter's error
+        # says what failed, once
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
     def current(self, plan: PoolPlan) -> int:
         try:
             scale = self.api.read_namespaced_deployment_scale(plan.deployment, plan.namespace)
         except Exception as exc:
-            raise AdapterError(self._why("read", plan, exc)) from exc
+            raise self._error("read", plan, exc) from exc
         spec = scale.spec
         return int(spec.replicas or 0) if spec is not None else 0
 
@@ -370,14 +462,36 @@ class KubernetesAdapter:
         try:
             self.api.patch_namespaced_deployment_scale(plan.deployment, plan.namespace, body)
         except Exception as exc:
-            raise AdapterError(self._why("scale", plan, exc)) from exc
+            raise self._error("scale", plan, exc) from exc
 
-    @staticmethod
-    def _why(verb: str, plan: PoolPlan, exc: Exception) -> str:
+    def _error(self, verb: str, plan: PoolPlan, exc: Exception) -> AdapterError:
+        """One line: the API server's answer (``HTTP 404 Not Found``), or that it did not answer
+        and why (``connection refused``), not the HTTP library's retry story."""
+        where = f"cannot {verb} deployment {plan.namespace}/{plan.deployment}"
         status = getattr(exc, "status", None)
-        reason = getattr(exc, "reason", None) or type(exc).__name__
-        what = f"HTTP {status} {reason}" if status else f"{reason}: {exc}"
-        return f"cannot {verb} deployment {plan.namespace}/{plan.deployment}: {what}"
+        if status:
+            return AdapterError(
+                f"{where}: HTTP {status} {getattr(exc, 'reason', '') or ''}".strip()
+            )
+        host = getattr(getattr(getattr(self.api, "api_client", None), "configuration", None),
+                       "host", None) or "?"  # fmt: skip
+        cause = f"no answer from the Kubernetes API server at {host} ({_root_cause(exc)})"
+        return AdapterError(f"{where}: {cause}", cause)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost reason ``exc`` carries (an ``OSError``'s words: "connection refused"),
+    following urllib3's ``reason`` and Python's exception chain."""
+    node: BaseException | None = exc
+    last, seen = exc, set()
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        if isinstance(node, OSError) and node.strerror:
+            return node.strerror[:1].lower() + node.strerror[1:]
+        last = node
+        reason = getattr(node, "reason", None)
+        node = reason if isinstance(reason, BaseException) else node.__cause__ or node.__context__
+    return type(last).__name__
 
 
 # ---- the loop -----------------------------------------------------------------------------------
@@ -402,8 +516,10 @@ class Autoscaler:
         *,
         interval_s: float = 5.0,
         dry_run: bool = False,
+        probe_dir: Path | None = None,
     ) -> None:
         self.broker = broker
+        self.probe_dir = probe_dir
         self.registry = registry
         self.plans = dict(plans)
         self.scaler = Scaler(plans, broker.queue.tiers)
@@ -420,6 +536,7 @@ class Autoscaler:
         decided = self.scaler.decide(demands, time.monotonic() if now is None else now)
         applied: dict[str, int] = {}
         errors: dict[str, str] = {}
+        news: dict[str, list[str]] = {}
         for name, workers in decided.items():
             plan = self.plans[name]
             try:
@@ -432,20 +549,30 @@ class Autoscaler:
             except AdapterError as exc:
                 errors[name] = str(exc)
                 if self._said.get(name) != str(exc):
-                    log.error("pool %s keeps its size: %s", name, exc)
+                    news.setdefault(exc.cause, []).append(name)
                     self._said[name] = str(exc)
+        for cause, names in news.items():  # one line per cause, however many pools it hits
+            if len(names) == 1:
+                log.error("pool %s keeps its size: %s", names[0], errors[names[0]])
+            else:
+                log.error("pools %s keep their sizes: %s", ", ".join(names), cause)
         return Step(decided, applied, errors)
 
     def stop(self) -> None:
         self._stopping.set()
 
     async def run(self) -> None:
+        """A round every ``interval_s`` until ``stop()``; each touches ``probe_dir/alive``, and
+        ``ready`` once it read Redis (the Kubernetes exec probes read their age)."""
         from klieg_platform.broker import UNAVAILABLE
 
         while not self._stopping.is_set():
+            touch_probe(self.probe_dir, "alive")
             try:
                 await self.step()
             except UNAVAILABLE as exc:  # sizes stay as they are until Redis answers
                 log.warning("autoscaler round skipped: Redis is unavailable (%s)", exc)
+            else:
+                touch_probe(self.probe_dir, "ready")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.interval_s)

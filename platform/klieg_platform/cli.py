@@ -116,12 +116,15 @@ def _autoscaler(args: argparse.Namespace) -> int:
     else:
         adapter = LocalAdapter(settings_env(settings))
 
+    # the local adapter's workers belong to the autoscaler that runs them: one round and out
+    # would leave them behind, so --once with it only decides
+    dry_run = args.dry_run or (args.once and isinstance(adapter, LocalAdapter))
+
     async def run() -> int:
         broker = open_broker(settings)
         registry = open_registry(settings)
-        scaler = Autoscaler(
-            broker, registry, plans, adapter, interval_s=args.interval, dry_run=args.dry_run
-        )
+        scaler = Autoscaler(broker, registry, plans, adapter, interval_s=args.interval,
+                            dry_run=dry_run, probe_dir=settings.probe_dir)  # fmt: skip
         try:
             if args.once:
                 try:
@@ -130,7 +133,7 @@ def _autoscaler(args: argparse.Namespace) -> int:
                     detail = f"Redis at {settings.effective_redis_url} does not answer: {exc}"
                     raise KliegError(detail, error_type="UnavailableError") from None
                 print(json.dumps({"decided": step.decided, "applied": step.applied,
-                                  "errors": step.errors}))  # fmt: skip
+                                  "errors": step.errors, "dry_run": dry_run}))  # fmt: skip
                 return 1 if step.errors else 0
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -140,7 +143,7 @@ def _autoscaler(args: argparse.Namespace) -> int:
         finally:
             await broker.close()
             registry.close()
-            if isinstance(adapter, LocalAdapter) and not args.once:
+            if isinstance(adapter, LocalAdapter):
                 await asyncio.to_thread(adapter.close)
 
     return asyncio.run(run())
@@ -219,7 +222,10 @@ def register(sub: Any) -> None:
         help="start klieg worker processes here, or scale each pool's Deployment",
     )  # fmt: skip
     scale.add_argument("--interval", type=float, default=5.0, help="seconds between rounds")
-    scale.add_argument("--once", action="store_true", help="one round; print it as JSON")
+    scale.add_argument(
+        "--once", action="store_true",
+        help="one round; print it as JSON (with the local adapter: decide only, start nothing)",
+    )  # fmt: skip
     scale.add_argument("--dry-run", action="store_true", help="decide, change nothing")
     scale.set_defaults(func=_autoscaler)
 

@@ -150,6 +150,16 @@ def lanes(pool: str, tier: str) -> str:
     return f"{LANES_PREFIX}{pool}:{tier}"
 
 
+def lane_jobs(pool: str, tier: str) -> str:
+    """Hash: lane name -> how many requests of the lane wait in the pool and tier's index."""
+    return f"{LANE_JOBS_PREFIX}{pool}:{tier}"
+
+
+def lane_apps(pool: str, tier: str) -> str:
+    """Hash: lane name -> the "owner/app" its requests belong to."""
+    return f"{LANE_APP_PREFIX}{pool}:{tier}"
+
+
 def lane_tenants(pool: str, tier: str, lane_name: str) -> str:
     return f"{LANE_PREFIX}{pool}:{tier}:{lane_name}"
 

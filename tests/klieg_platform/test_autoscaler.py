@@ -18,11 +18,14 @@ from hypothesis import strategies as st
 from klieg.exceptions import InvalidRequestError
 from klieg_platform.autoscaler import (
     AdapterError,
+    Autoscaler,
     Demand,
     KubernetesAdapter,
     PoolPlan,
     Scaler,
+    Waiting,
     parse_plans,
+    read_demands,
     slots_needed,
 )
 from klieg_platform.scheduler import DEFAULT_TIERS
@@ -89,6 +92,32 @@ def test_slots_cover_running_work_and_start_waiting_work_within_the_slo() -> Non
     late = Demand(queued={"enterprise": 5}, oldest_wait_s={"enterprise": 500.0}, service_s=2.0)
     assert slots_needed(late, TIERS) == 5
     assert slots_needed(Demand(warm_slots=4, busy_slots=1), TIERS) == 4
+
+
+def test_a_request_an_idle_warm_runner_takes_is_not_charged_a_cold_start() -> None:
+    # 6 requests of 10 s; the oldest has waited 30 s of 60; a cold start takes 20 s
+    def six(warm: int) -> Demand:
+        return Demand(queued={"enterprise": 6}, oldest_wait_s={"enterprise": 30.0},
+                      waiting=(Waiting("enterprise", 6, service_s=10.0, cold_s=20.0,
+                                       warm=warm),))  # fmt: skip
+
+    assert slots_needed(six(0), TIERS) == 6  # 10 s left after the cold start: a slot each
+    assert slots_needed(six(6), TIERS) == 2  # 30 s left: 60 s of work in 30 s
+    assert slots_needed(six(3), TIERS) == 4  # 3 warm (1 slot) and 3 cold (3 slots)
+    assert slots_needed(six(60), TIERS) == 2  # runners beyond the requests change nothing
+
+
+def test_each_apps_own_times_count_not_the_pools_average() -> None:
+    # 60 requests of a 1 s app and 2 of a 30 s app, 60 s to start them: 1 + 1 slots
+    mixed = Demand(queued={"enterprise": 62},
+                   waiting=(Waiting("enterprise", 60, service_s=1.0),
+                            Waiting("enterprise", 2, service_s=30.0)))  # fmt: skip
+    assert slots_needed(mixed, TIERS) == 2
+    averaged = Demand(queued={"enterprise": 62}, service_s=15.5)  # the mean of the two apps
+    assert slots_needed(averaged, TIERS) == 17
+    # requests the breakdown does not cover (reserved ones) count with the pool's times
+    reserved = Demand(queued={"enterprise": 64}, service_s=30.0, waiting=mixed.waiting)
+    assert slots_needed(reserved, TIERS) == 3
 
 
 def test_up_at_once_down_only_after_the_cooldown() -> None:
@@ -311,3 +340,194 @@ def test_the_command_says_one_line_on_a_bad_config_or_no_redis(tmp_path: Any) ->
                              timeout=60)  # fmt: skip
         assert out.returncode != 0 and out.stderr.count("\n") == 1, out.stderr
         assert said in out.stderr, out.stderr
+
+
+# ---- reading the demand and a round, against a real Redis --------------------------------------
+
+
+def _request(rid: str, app: str, tier: str = "enterprise", pool: str = "CPU") -> Any:
+    from klieg_platform.broker import NewRequest
+
+    return NewRequest(id=rid, owner="o", tenant="t", app=app, revision=f"rev-{app}",
+                      function="f", endpoint="/", pool=pool, payload=b"{}", timeout_s=30,
+                      tier=tier)  # fmt: skip
+
+
+def test_the_demand_is_read_per_app_with_the_warm_runners_of_the_heartbeats(
+    redis_url: str,
+) -> None:
+    from klieg_platform.broker import Broker
+
+    async def main() -> None:
+        broker = Broker.from_url(redis_url, result_ttl_s=60, max_attempts=3)
+        try:
+            for i in range(6):
+                await broker.queue.enqueue(_request(f"q{i}", "quick"))
+            await broker.queue.enqueue(_request("s0", "slow"))
+            await broker.queue.enqueue(_request("s1", "slow", tier="free"))
+            await broker.queue.enqueue(_request("g0", "quick", pool="GPU"))
+            await broker.stats.record_time("service", "o/quick", 2.0)
+            await broker.stats.record_time("service", "o/slow", 40.0)
+            await broker.stats.record_time("cold", "o/slow", 25.0)
+            # two idle runners of the quick app: one on a CPU worker, one on a worker of all
+            # pools; a busy runner of the slow app (2 slots)
+            await broker.workers.heartbeat("w1", ["CPU"], 4, ["o/quick"], ["rev-quick/f"],
+                                           detail=[{"state": "busy", "slots": 2}])  # fmt: skip
+            await broker.workers.heartbeat("w2", ["*"], 4, ["o/quick"], ["rev-quick/f"])
+            demands = await read_demands(broker, {"CPU": 1}, ["CPU", "GPU"])
+        finally:
+            await broker.close()
+        cpu = demands["CPU"]
+        assert cpu.queued == {"enterprise": 7, "api": 0, "plus": 0, "light": 0, "free": 1}
+        assert (cpu.busy_slots, cpu.warm_slots) == (2, 1)
+        assert sorted(cpu.waiting, key=lambda w: (w.tier, w.service_s)) == [
+            Waiting("enterprise", 6, service_s=2.0, cold_s=25.0, warm=2),
+            Waiting("enterprise", 1, service_s=40.0, cold_s=25.0, warm=0),
+            Waiting("free", 1, service_s=40.0, cold_s=25.0, warm=0),
+        ]  # unmeasured cold starts: the mean over the measured apps
+        assert cpu.service_s == pytest.approx((6 * 2.0 + 2 * 40.0) / 8)
+        # busy 2 + quick: 2 warm (2 s in 60 s) and 4 cold (2 s in 35 s) + slow: 40 s in 40 s
+        # + free: 40 s in 1775 s
+        assert slots_needed(cpu, TIERS) == 4
+        gpu = demands["GPU"]
+        assert gpu.waiting == (Waiting("enterprise", 1, service_s=2.0, cold_s=25.0, warm=1),)
+
+    import asyncio
+
+    asyncio.run(main())
+
+
+class ApiServer:
+    """An API server's scale subresource over HTTP that can be taken down and brought back on
+    the same port (its Deployments' replicas survive)."""
+
+    def __init__(self, replicas: dict[str, int]) -> None:
+        self.replicas = replicas
+        self.patches: list[tuple[str, int]] = []
+        self.port = 0
+        self.server: ThreadingHTTPServer | None = None
+
+    def up(self) -> str:
+        state = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _route(self, method: str) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                name = self.path.split("?")[0].split("/")[-2]
+                if name not in state.replicas:
+                    code, doc = 404, NOT_FOUND
+                else:
+                    if method == "PATCH":
+                        state.replicas[name] = body["spec"]["replicas"]
+                        state.patches.append((name, state.replicas[name]))
+                    code, doc = 200, json.loads(json.dumps(SCALE))
+                    doc["spec"]["replicas"] = state.replicas[name]
+                data = json.dumps(doc).encode()
+                self.send_response(code)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                self._route("GET")
+
+            def do_PATCH(self) -> None:
+                self._route("PATCH")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.port}"
+
+    def down(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+def test_a_round_leaves_a_pool_it_cannot_reach_at_its_last_good_size(
+    redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+    import logging
+
+    from klieg_platform.config import Settings
+    from klieg_platform.services import open_broker, open_registry
+
+    api = ApiServer({"klieg-worker-cpu": 0, "klieg-worker-gpu": 0})
+    url = api.up()
+    p = plans(CPU={"max_workers": 4, "min_workers": 1, "cooldown_s": 0},
+              GPU={"max_workers": 4, "min_workers": 2, "cooldown_s": 0})  # fmt: skip
+    settings = Settings(home=tmp_path, redis_url=redis_url)
+
+    async def main() -> None:
+        broker, registry = open_broker(settings), open_registry(settings)
+        scaler = Autoscaler(broker, registry, p, _adapter(url))
+        try:
+            first = await scaler.step()
+            assert (first.decided, first.applied, first.errors) == (
+                {"CPU": 1, "GPU": 2}, {"CPU": 1, "GPU": 2}, {})  # fmt: skip
+            api.down()
+            for i in range(11):  # the CPU pool now wants 2 workers (11 x 10 s in 60 s)
+                await broker.queue.enqueue(_request(f"r{i}", "a"))
+            caplog.clear()
+            with caplog.at_level(logging.WARNING):  # no HTTP library's retry story either
+                cut_off = await scaler.step()
+                again = await scaler.step()
+            assert cut_off.decided == {"CPU": 2, "GPU": 2} and cut_off.applied == {}
+            for pool, deployment in (("CPU", "klieg-worker-cpu"), ("GPU", "klieg-worker-gpu")):
+                assert cut_off.errors[pool] == (
+                    f"cannot read deployment klieg/{deployment}: no answer from the Kubernetes "
+                    f"API server at {url} (connection refused)"
+                )
+            assert again.errors == cut_off.errors
+            said = [r.getMessage() for r in caplog.records]
+            assert said == [f"pools CPU, GPU keep their sizes: no answer from the Kubernetes API "
+                            f"server at {url} (connection refused)"], said  # fmt: skip
+            assert api.replicas == {"klieg-worker-cpu": 1, "klieg-worker-gpu": 2}
+            api.up()  # back on the same port: the sizes it had, then the new decision
+            back = await scaler.step()
+            assert back.applied == {"CPU": 2, "GPU": 2} and not back.errors
+            assert api.patches == [("klieg-worker-cpu", 1), ("klieg-worker-gpu", 2),
+                                   ("klieg-worker-cpu", 2)]  # fmt: skip
+        finally:
+            api.down()
+            await broker.close()
+            registry.close()
+
+    asyncio.run(main())
+
+
+def test_once_with_the_local_adapter_decides_and_starts_no_worker(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Workers a single round started would outlive it (orphans): with the local adapter,
+    ``--once`` only decides."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.e2e.platform import platform_pids
+
+    config = tmp_path / "pools.yaml"
+    config.write_text("pools:\n  CPU: {max_workers: 2, min_workers: 1}\n")
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KLIEG_")}
+    env.update(KLIEG_HOME=str(home), KLIEG_REDIS_URL=redis_url)
+    klieg = [sys.executable, "-m", "klieg.cli", "autoscaler", "--once", "--config", str(config)]
+    try:
+        out = subprocess.run(klieg, env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout) == {"decided": {"CPU": 1}, "applied": {"CPU": 0},
+                                          "errors": {}, "dry_run": True}  # fmt: skip
+        assert platform_pids(home, "klieg_platform.worker") == []
+    finally:
+        for pid in platform_pids(home, "klieg_platform.worker"):
+            os.kill(pid, signal.SIGKILL)

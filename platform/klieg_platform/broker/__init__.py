@@ -27,7 +27,7 @@ from klieg_platform.broker.leases import Leases
 from klieg_platform.broker.limits import Limits
 from klieg_platform.broker.membership import WORKER_FRESH_S, Membership, Peers
 from klieg_platform.broker.outage import UNAVAILABLE, Outage, until_available
-from klieg_platform.broker.queue import Blocked, Depth, Elsewhere, Queue
+from klieg_platform.broker.queue import Blocked, Depth, Elsewhere, LaneDepth, Queue
 from klieg_platform.broker.stats import Stats
 from klieg_platform.broker.streams import CHUNK_END, Streams
 from klieg_platform.broker.wire import Wire
@@ -35,8 +35,8 @@ from klieg_platform.scheduler import DEFAULT_TIERS, Tier
 
 __all__ = [
     "CHUNK_END", "UNAVAILABLE", "WORKER_FRESH_S", "Blocked", "Broker", "Depth", "Elsewhere", "Job",
-    "Leases", "NewRequest", "Outage", "Outcome", "Peers", "RequestState", "Status", "now_ms",
-    "until_available",
+    "LaneDepth", "Leases", "NewRequest", "Outage", "Outcome", "Peers", "RequestState", "Status",
+    "now_ms", "until_available",
 ]  # fmt: skip
 
 

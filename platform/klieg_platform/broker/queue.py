@@ -90,6 +90,18 @@ class Wakes:
 
 
 @dataclass(frozen=True)
+class LaneDepth:
+    """Requests of one lane (a "revision/function" and its size) waiting in the lane index of
+    a pool and tier: ``function`` is "revision/function", ``app`` its "owner/app"."""
+
+    pool: str
+    tier: str
+    function: str
+    app: str
+    queued: int
+
+
+@dataclass(frozen=True)
 class Depth:
     """The queue of one pool and tier: requests waiting and the oldest one's wait (s)."""
 
@@ -467,6 +479,25 @@ class Queue:
             queued, head, overdue = replies[3 * i : 3 * i + 3]
             oldest = max(0.0, (now - head[0][1] / 1000) / 1000) if head else 0.0
             out.append(Depth(pool, tier, int(queued), round(oldest, 3), int(overdue)))
+        return out
+
+    async def lanes(self, pools: Sequence[str]) -> list[LaneDepth]:
+        """What waits in the lane index of each of ``pools``, per tier and lane (a reserved
+        request has left the index: ``depths`` counts it, this does not)."""
+        cells = [(pool, tier) for pool in pools for tier in self.tiers]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for pool, tier in cells:
+                pipe.hgetall(keys.lane_jobs(pool, tier))
+                pipe.hgetall(keys.lane_apps(pool, tier))
+            replies = await pipe.execute()
+        out = []
+        for i, (pool, tier) in enumerate(cells):
+            counts, apps = replies[2 * i], replies[2 * i + 1]
+            for lane, n in counts.items():
+                function = lane.decode().rpartition("#")[0]
+                app = apps.get(lane, b"").decode()
+                if int(n) > 0:
+                    out.append(LaneDepth(pool, tier, function, app, int(n)))
         return out
 
     async def existing(self, request_ids: Sequence[str]) -> list[bool]:
