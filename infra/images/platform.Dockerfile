@@ -23,7 +23,9 @@ WORKDIR /src
 COPY sdk/ sdk/
 COPY platform/ platform/
 COPY pyproject.toml README.md ./
-RUN pip --no-cache-dir install ./sdk . && mkdir -p /var/lib/klieg && useradd --system --uid 10001 --home-dir /var/lib/klieg klieg && chown klieg /var/lib/klieg
+# /var/lib/klieg/envs: the env store (a volume in a fleet); /var/lib/klieg/seed: where an env
+# image's seeding container mounts that volume (owned by klieg, so a new Docker volume is too)
+RUN pip --no-cache-dir install ./sdk . && mkdir -p /var/lib/klieg/envs /var/lib/klieg/seed && useradd --system --uid 10001 --home-dir /var/lib/klieg klieg && chown -R klieg /var/lib/klieg
 USER klieg
 WORKDIR /var/lib/klieg
 EXPOSE 8000

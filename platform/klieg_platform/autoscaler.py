@@ -50,6 +50,7 @@ from klieg_platform.broker import Broker, Depth, LaneDepth
 from klieg_platform.config import Settings, touch_probe
 from klieg_platform.local import stop_workers
 from klieg_platform.scheduler import Tier
+from klieg_platform.unreachable import root_cause
 
 log = logging.getLogger("klieg.autoscaler")
 
@@ -475,23 +476,8 @@ class KubernetesAdapter:
             )
         host = getattr(getattr(getattr(self.api, "api_client", None), "configuration", None),
                        "host", None) or "?"  # fmt: skip
-        cause = f"no answer from the Kubernetes API server at {host} ({_root_cause(exc)})"
+        cause = f"no answer from the Kubernetes API server at {host} ({root_cause(exc)})"
         return AdapterError(f"{where}: {cause}", cause)
-
-
-def _root_cause(exc: BaseException) -> str:
-    """The innermost reason ``exc`` carries (an ``OSError``'s words: "connection refused"),
-    following urllib3's ``reason`` and Python's exception chain."""
-    node: BaseException | None = exc
-    last, seen = exc, set()
-    while node is not None and id(node) not in seen:
-        seen.add(id(node))
-        if isinstance(node, OSError) and node.strerror:
-            return node.strerror[:1].lower() + node.strerror[1:]
-        last = node
-        reason = getattr(node, "reason", None)
-        node = reason if isinstance(reason, BaseException) else node.__cause__ or node.__context__
-    return type(last).__name__
 
 
 # ---- the loop -----------------------------------------------------------------------------------

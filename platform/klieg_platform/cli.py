@@ -153,8 +153,8 @@ def _images(args: argparse.Namespace) -> int:
     from klieg_platform import images
     from klieg_platform.services import open_registry
 
-    client = images.engine()
     settings = _settings()
+    client = images.engine(docker_host=settings.docker_host)
     registry = open_registry(settings)
     try:
         revisions = registry.aliased_revisions() if args.envs else []
@@ -166,6 +166,9 @@ def _images(args: argparse.Namespace) -> int:
     )  # fmt: skip
     for b in built:
         print(f"{b.name}{'  pushed' if b.pushed else ''}")
+    if args.manifests:
+        for path in images.write_manifests(Path(args.manifests), built):
+            print(f"wrote {path}")
     return 0
 
 
@@ -237,6 +240,11 @@ def register(sub: Any) -> None:
     build.add_argument("--gpu-base", default=None, help="base image of GPU pools (CUDA runtime)")
     build.add_argument("--no-envs", dest="envs", action="store_false",
                        help="only the platform images")  # fmt: skip
+    build.add_argument(
+        "--manifests", metavar="DIR",
+        help="write DIR/k8s (a kustomize Component) and DIR/compose.yaml: the workers' init "
+        "containers (one-shot services) that seed their env stores from the env images",
+    )  # fmt: skip
     build.set_defaults(func=_images)
 
     mf = sub.add_parser("manifests", help="Kubernetes manifests of a Klieg deployment")

@@ -91,6 +91,9 @@ class Settings:
     s3_secret_key: str | None = field(default=None, repr=False)
     s3_prefix: str = ""
     s3_presign: bool = False
+    docker_host: str | None = None
+    """``DOCKER_HOST``, which the Docker SDK reads too (``klieg images`` names it when no engine
+    answers); None: the engine's default socket."""
     instance: str = ""
     secrets_key: str = field(default="", repr=False)
     """The key app secrets are sealed with (``vault.py``): ``KLIEG_SECRETS_KEY``, else
@@ -192,6 +195,7 @@ class Settings:
             ),
             s3_prefix=env.get("KLIEG_S3_PREFIX", ""),
             s3_presign=_flag(env.get("KLIEG_S3_PRESIGN"), default=False),
+            docker_host=env.get("DOCKER_HOST") or None,
             instance=env.get("KLIEG_INSTANCE", ""),
             secrets_key=env.get("KLIEG_SECRETS_KEY") or _read_key(home / "secrets-key"),
         )

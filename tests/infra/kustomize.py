@@ -1,7 +1,8 @@
 """Rendering ``infra/k8s`` overlays where no ``kustomize``/``kubectl`` binary exists: the part
-of kustomize its files use (resources, components, namespace, images, inline strategic-merge
-patches with ``$patch: delete``, lists merged by ``name``). ``test_k8s`` also renders with
-``kubectl kustomize`` where one is installed and requires the same objects."""
+of kustomize its files use (resources, components, namespace, ``labels`` without selectors,
+images, inline strategic-merge patches with ``$patch: delete``, lists merged by ``name``).
+``test_k8s`` also renders with ``kubectl kustomize`` where one is installed and requires the
+same objects."""
 
 from __future__ import annotations
 
@@ -64,10 +65,13 @@ def render(folder: Path, docs: list[dict[str, Any]] | None = None) -> list[dict[
     for doc in docs:
         if "namespace" in k and doc["kind"] not in CLUSTER_SCOPED:
             doc.setdefault("metadata", {})["namespace"] = k["namespace"]
+        for rule in k.get("labels", []):
+            assert not rule.get("includeSelectors") and not rule.get("includeTemplates"), rule
+            doc.setdefault("metadata", {}).setdefault("labels", {}).update(rule["pairs"])
     images = {i["name"]: i for i in k.get("images", [])}
     for doc in docs:
         pod = doc.get("spec", {}).get("template", {}).get("spec", {})
-        for c in pod.get("containers", []):
+        for c in [*pod.get("initContainers", []), *pod.get("containers", [])]:
             name, _, tag = c["image"].partition(":")
             if name in images:
                 rule = images[name]

@@ -107,3 +107,31 @@ def test_the_gpu_flag_compose_uses_is_understood(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("PATH", str(tmp_path / "none"))
     with pytest.raises(SystemExit, match="--gpus all: cannot list the GPUs"):
         parse_gpus("all")
+
+
+def _seconds(duration: str) -> float:
+    """A compose duration ("5m", "1m30s", "90s") in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|m|s)", duration)
+    assert "".join(n + u for n, u in parts) == duration, duration
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_workers_drain_within_their_grace_and_keep_envs_on_a_volume(
+    services: dict[str, Any],
+) -> None:
+    from klieg_platform.config import Settings
+    from klieg_platform.images import ENV_STORE
+    from klieg_platform.local import STOP_MARGIN_S
+
+    doc = yaml.safe_load(COMPOSE.read_text())
+    volumes = {}
+    for name in ("worker-cpu", "worker-gpu"):
+        svc = services[name]
+        drain_s = Settings.from_env(svc["environment"]).drain_s
+        assert _seconds(svc["stop_grace_period"]) >= drain_s + STOP_MARGIN_S, name
+        store = [v.split(":")[0] for v in svc["volumes"] if v.split(":")[1] == ENV_STORE]
+        assert len(store) == 1 and store[0] in doc["volumes"], (name, svc["volumes"])
+        volumes[name] = store[0]
+    # envs built on the CPU and on the GPU image share keys, not interpreters: a volume each
+    assert volumes["worker-cpu"] != volumes["worker-gpu"]

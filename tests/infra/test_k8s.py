@@ -91,6 +91,32 @@ def _gpu_worker(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return worker
 
 
+def _autoscaler(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    pod = find(docs, "Deployment", "klieg-autoscaler")["spec"]["template"]["spec"]
+    container: dict[str, Any] = pod["containers"][0]
+    return container
+
+
+def _config(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    data: dict[str, Any] = find(docs, "ConfigMap", "klieg-config")["data"]
+    return data
+
+
+def test_placeholder_secrets_pass_only_where_labelled_development() -> None:
+    dev = rendered("dev")
+    secret = find(dev, "Secret", "klieg-keys")
+    assert "replace-me" in secret["stringData"]["KLIEG_SIGNING_KEY"]
+    manifests.check(dev)
+    assert not [d for d in rendered("production") if d["kind"] == "Secret"]
+    import base64
+
+    encoded = copy.deepcopy(secret)
+    del encoded["metadata"]["labels"], encoded["stringData"]
+    encoded["data"] = {"KLIEG_S3_SECRET_KEY": base64.b64encode(b"replace-me").decode()}
+    with pytest.raises(InvalidRequestError, match=r"^Secret/klieg-keys: data.KLIEG_S3_SECRET_KEY"):
+        manifests.check([encoded])
+
+
 def _pools(docs: list[dict[str, Any]], text: str) -> None:
     find(docs, "ConfigMap", "klieg-config")["data"]["pools.yaml"] = text
 
@@ -114,6 +140,18 @@ def _pools(docs: list[dict[str, Any]], text: str) -> None:
          "Deployment/klieg-worker-gpu-h100: spec.template.spec.containers[worker].resources"),
         (lambda d: d.remove(find(d, "PodDisruptionBudget", "klieg-gateway")),
          "Deployment/klieg-gateway: metadata.labels: no PodDisruptionBudget"),
+        (lambda d: _autoscaler(d)["livenessProbe"].update(
+            exec={"command": ["python", "-c", "import os; os.kill(1, 0)"]}),
+         "Deployment/klieg-autoscaler: spec.template.spec.containers[autoscaler].livenessProbe"),
+        (lambda d: _config(d).update(KLIEG_DRAIN_S="880"),
+         "Deployment/klieg-worker-cpu: spec.template.spec.terminationGracePeriodSeconds: at "
+         "least its drain (KLIEG_DRAIN_S=880) and 30 s"),
+        (lambda d: _gpu_worker(d).update(volumeMounts=[{"name": "probes",
+                                                        "mountPath": "/run/klieg"}]),
+         "Deployment/klieg-worker-gpu-h100: spec.template.spec.containers[worker].volumeMounts: "
+         "a volume at /var/lib/klieg/envs"),
+        (lambda d: d.append(yaml.safe_load((K8S / "base" / "secret.yaml").read_text())),
+         "Secret/klieg-keys: stringData.KLIEG_SIGNING_KEY: a placeholder (replace-me)"),
     ],
 )  # fmt: skip
 def test_a_value_that_cannot_work_is_refused_naming_its_field(change: Any, field: str) -> None:

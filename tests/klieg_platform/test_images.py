@@ -154,7 +154,7 @@ def test_platform_and_env_images_are_built_tagged_and_pushed(engine: Engine) -> 
         "registry.example.com/klieg/klieg-platform:v7",
         "registry.example.com/klieg/klieg-platform-gpu:v7",
         f"registry.example.com/klieg/klieg-env:{'a' * 32}",
-        f"registry.example.com/klieg/klieg-env:{'b' * 32}",
+        f"registry.example.com/klieg/klieg-env-gpu:{'b' * 32}",
     ]
     assert all(b.pushed for b in built) and engine.pushes == names
     (cpu_q, cpu_tar), (gpu_q, _), (env_a_q, env_a_tar), (env_b_q, _) = engine.builds
@@ -191,10 +191,42 @@ def test_no_engine_is_one_clear_error() -> None:
     import docker
 
     nowhere = docker.DockerClient(base_url="tcp://127.0.0.1:9", version=API, timeout=2)
-    with pytest.raises(
-        images.ImageError, match=r"no Docker engine answers at http://127\.0\.0\.1:9"
-    ):
+    with pytest.raises(images.ImageError) as refused:
         images.engine(nowhere)
+    assert str(refused.value) == (
+        "no Docker engine answers at http://127.0.0.1:9: connection refused; only `klieg "
+        "images` needs one"
+    )
+
+
+@pytest.mark.parametrize(
+    ("docker_host", "said"),
+    [
+        ("tcp://127.0.0.1:9", "at tcp://127.0.0.1:9 (DOCKER_HOST): connection refused"),
+        ("unix:///nonexistent/docker.sock",
+         "at unix:///nonexistent/docker.sock (DOCKER_HOST): no such file or directory"),
+    ],
+)  # fmt: skip
+def test_the_command_names_the_docker_host_in_one_line(
+    docker_host: str, said: str, tmp_path: Any
+) -> None:
+    """``klieg images build`` where no engine answers: one line on stderr naming DOCKER_HOST's
+    value and why, exit status 1, nothing built or written."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KLIEG_", "DOCKER_"))}
+    env.update(KLIEG_HOME=str(tmp_path / "home"), DOCKER_HOST=docker_host)
+    out = subprocess.run(
+        [sys.executable, "-m", "klieg.cli", "images", "build", "--manifests", str(tmp_path / "m")],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 1 and out.stdout == "", (out.stdout, out.stderr)
+    assert out.stderr == (
+        f"error: ImageError: no Docker engine answers {said}; only `klieg images` needs one\n"
+    )
+    assert not (tmp_path / "m").exists()
 
 
 def _real_engine() -> Any:
