@@ -231,51 +231,70 @@ NOT_FOUND = {
 @pytest.fixture
 def api_server() -> Iterator[tuple[str, list[tuple[str, str, Any]]]]:
     """An HTTP server answering as the API server does for the scale subresource."""
-    seen: list[tuple[str, str, Any]] = []
-    replicas = {"klieg-worker-gpu": 3}
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def _answer(self, code: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _route(self, method: str) -> None:
-            length = int(self.headers.get("content-length") or 0)
-            body = json.loads(self.rfile.read(length)) if length else None
-            seen.append((method, self.path, body))
-            parts = self.path.split("?")[0].split("/")
-            name = parts[-2] if parts[-1] == "scale" else ""
-            if self.path.startswith("/apis/apps/v1/namespaces/klieg/deployments/") and (
-                name in replicas
-            ):
-                if method == "PATCH":
-                    replicas[name] = body["spec"]["replicas"]
-                doc = json.loads(json.dumps(SCALE))
-                doc["spec"]["replicas"] = replicas[name]
-                self._answer(200, doc)
-            else:
-                self._answer(404, NOT_FOUND)
-
-        def do_GET(self) -> None:
-            self._route("GET")
-
-        def do_PATCH(self) -> None:
-            self._route("PATCH")
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    api = ApiServer({"klieg-worker-gpu": 3})
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+        yield api.up(), api.seen
     finally:
-        server.shutdown()
+        api.down()
+
+
+class ApiServer:
+    """An API server's scale subresource over HTTP that can be taken down and brought back on
+    the same port (its Deployments' replicas survive). ``seen``: (method, path, body) of every
+    request; ``patches``: (deployment, replicas) of every scale change."""
+
+    def __init__(self, replicas: dict[str, int]) -> None:
+        self.replicas = replicas
+        self.seen: list[tuple[str, str, Any]] = []
+        self.patches: list[tuple[str, int]] = []
+        self.port = 0
+        self.server: ThreadingHTTPServer | None = None
+
+    def up(self) -> str:
+        state = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _route(self, method: str) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                state.seen.append((method, self.path, body))
+                parts = self.path.split("?")[0].split("/")
+                name = parts[-2] if parts[-1] == "scale" else ""
+                ours = self.path.startswith("/apis/apps/v1/namespaces/klieg/deployments/")
+                if not ours or name not in state.replicas:
+                    code, doc = 404, NOT_FOUND
+                else:
+                    if method == "PATCH":
+                        state.replicas[name] = body["spec"]["replicas"]
+                        state.patches.append((name, state.replicas[name]))
+                    code, doc = 200, json.loads(json.dumps(SCALE))
+                    doc["spec"]["replicas"] = state.replicas[name]
+                data = json.dumps(doc).encode()
+                self.send_response(code)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                self._route("GET")
+
+            def do_PATCH(self) -> None:
+                self._route("PATCH")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.port}"
+
+    def down(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
 
 
 def _adapter(url: str) -> KubernetesAdapter:
@@ -395,60 +414,6 @@ def test_the_demand_is_read_per_app_with_the_warm_runners_of_the_heartbeats(
     import asyncio
 
     asyncio.run(main())
-
-
-class ApiServer:
-    """An API server's scale subresource over HTTP that can be taken down and brought back on
-    the same port (its Deployments' replicas survive)."""
-
-    def __init__(self, replicas: dict[str, int]) -> None:
-        self.replicas = replicas
-        self.patches: list[tuple[str, int]] = []
-        self.port = 0
-        self.server: ThreadingHTTPServer | None = None
-
-    def up(self) -> str:
-        state = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _route(self, method: str) -> None:
-                length = int(self.headers.get("content-length") or 0)
-                body = json.loads(self.rfile.read(length)) if length else None
-                name = self.path.split("?")[0].split("/")[-2]
-                if name not in state.replicas:
-                    code, doc = 404, NOT_FOUND
-                else:
-                    if method == "PATCH":
-                        state.replicas[name] = body["spec"]["replicas"]
-                        state.patches.append((name, state.replicas[name]))
-                    code, doc = 200, json.loads(json.dumps(SCALE))
-                    doc["spec"]["replicas"] = state.replicas[name]
-                data = json.dumps(doc).encode()
-                self.send_response(code)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                self._route("GET")
-
-            def do_PATCH(self) -> None:
-                self._route("PATCH")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{self.port}"
-
-    def down(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
 
 
 def test_a_round_leaves_a_pool_it_cannot_reach_at_its_last_good_size(
