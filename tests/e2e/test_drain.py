@@ -184,3 +184,22 @@ def test_a_batch_leased_ahead_goes_back_while_the_running_batch_finishes(
         for rid in ahead:
             rec = record(platform, rid)
             assert served_by(rec, b) and rec["attempts"] == "1", rec
+
+
+def test_klieg_ups_way_of_stopping_workers_waits_for_the_drain(
+    platform: Platform, workers: Workers
+) -> None:
+    """``local.stop_workers`` (``klieg up`` and the local autoscaler adapter): SIGTERM, then wait
+    while the worker finishes what runs, within its drain."""
+    from klieg_platform.local import stop_workers
+
+    a = workers.start(30)
+    with platform.http() as http:
+        sub = submit(http, "slow", {"seconds": 4})
+        until(lambda: running_on_a_runner(http, sub), 120, "the request on a runner")
+        started = time.monotonic()
+        stop_workers([a], drain_s=30)
+        took = time.monotonic() - started
+        assert a.returncode == 0 and took < 30, (a.returncode, took)
+        rec = record(platform, sub["request_id"])
+        assert rec["status"] == "COMPLETED" and served_by(rec, a), rec
