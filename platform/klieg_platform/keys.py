@@ -47,14 +47,16 @@ klieg:workers             hash     worker id -> heartbeat JSON (pools, slots, wa
                                    seen_ms); stale entries are ignored, removed at shutdown
 klieg:stats:service       hash     "owner/app" -> running mean service time (ms)
 klieg:stats:cold          hash     "owner/app" -> running mean cold-start time (ms)
-klieg:metrics:requests    hash     "{pool}|{tier}|{owner/app}|{status}" -> requests completed
-                                   (status ok, error or cancelled)
-klieg:metrics:queue_s     hash     histogram of seconds queued, "{pool}|{tier}|{owner/app}|{i}" ->
-                                   count in bucket i (1-based, of ``scripts.DURATIONS``; the last
-                                   is +Inf), and "...|sum"
+klieg:metrics:requests    hash     "{pool}|{tier}|{owner/app}|{endpoint}|{status}" -> requests
+                                   completed (status ok, error or cancelled)
+klieg:metrics:queue_s     hash     histogram of seconds queued,
+                                   "{pool}|{tier}|{owner/app}|{endpoint}|{i}" -> count in bucket i
+                                   (1-based, of ``scripts.DURATIONS``; the last is +Inf), and
+                                   "...|sum"
 klieg:metrics:run_s       hash     the same for seconds running
 klieg:metrics:cold_s      hash     the same for cold starts, "{pool}|{owner/app}|{i}"
-klieg:metrics:batch       hash     the same for batch sizes (``scripts.BATCH_SIZES``)
+klieg:metrics:batch       hash     the same for batch sizes (``scripts.BATCH_SIZES``),
+                                   "{pool}|{owner/app}|{endpoint}|{i}"
 klieg:metrics:webhooks    hash     "{owner/app}|{result}" -> webhook tries (delivered, retried,
                                    failed: the last try failed)
 klieg:metrics:slo:{minute}

@@ -1,17 +1,25 @@
 """``GET /metrics`` on a running platform, parsed with the Prometheus parser: counters move by
-exactly the traffic sent, the fleet gauges show the real worker, and a tenant other than the
+exactly the traffic sent, per endpoint, every series carries the labels its family declares,
+the fleet gauges show the real worker, a second gateway process of the same platform answers
+with the same fleet figures (traffic sent through it included), and a tenant other than the
 admin sees the series of its own apps only."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from klieg_platform.gateway.metrics import NAMES
-from tests.e2e.platform import Platform
+from klieg_platform import vault
+from klieg_platform.config import Settings
+from klieg_platform.gateway.metrics import LABELS, NAMES
+from klieg_platform.local import ensure_signing_key, settings_env
+from tests.e2e.platform import Platform, free_port, wait_healthy
 
 pytestmark = pytest.mark.timeout(180)
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -48,12 +56,19 @@ def names(samples: Samples) -> set[str]:
     return {n for n, _ in samples}
 
 
+def moved(after: Samples, before: Samples, name: str, **labels: str) -> float:
+    return total(after, name, **labels) - total(before, name, **labels)
+
+
 def test_counters_move_by_the_traffic_sent(platform: Platform, echo_deployed: Any) -> None:
     with platform.http() as http:
-        assert http.post("/local/echo", json={"text": "warm"}).status_code == 200
+        for path in ("/local/echo", "/local/echo/upper"):
+            assert http.post(path, json={"text": "warm"}).status_code == 200
         before = scrape(platform)
         for i in range(5):
             assert http.post("/local/echo", json={"text": f"s{i}"}).status_code == 200
+        for i in range(2):
+            assert http.post("/local/echo/upper", json={"text": f"u{i}"}).status_code == 200
         assert http.post("/local/echo", json={"nope": 1}).status_code == 422  # refused, not run
         ids = [
             http.post("/queue/local/echo", json={"text": f"q{i}"}).json()["request_id"]
@@ -68,16 +83,21 @@ def test_counters_move_by_the_traffic_sent(platform: Platform, echo_deployed: An
                 time.sleep(0.05)
     after = scrape(platform)
     echo = {"owner": "local", "app": "echo"}
-    moved = total(after, "klieg_requests_total", status="ok", **echo) - total(
-        before, "klieg_requests_total", status="ok", **echo
-    )
-    assert moved == 8
+    assert moved(after, before, "klieg_requests_total", status="ok", **echo) == 10
+    for endpoint, n in (("/", 8), ("/upper", 2)):
+        ok = moved(after, before, "klieg_requests_total", status="ok", endpoint=endpoint, **echo)
+        assert ok == n, endpoint
     for hist in ("klieg_request_queue_seconds", "klieg_request_run_seconds"):
-        assert total(after, f"{hist}_count", **echo) - total(before, f"{hist}_count", **echo) == 8
+        assert moved(after, before, f"{hist}_count", **echo) == 10
+        assert moved(after, before, f"{hist}_count", endpoint="/upper", **echo) == 2
         assert total(after, f"{hist}_bucket", le="+Inf", **echo) == total(
             after, f"{hist}_count", **echo
         )
         assert total(after, f"{hist}_sum", **echo) >= total(before, f"{hist}_sum", **echo)
+    for (name, labels), _ in after.items():  # each series has its family's labels, no others
+        family = next(f for f in NAMES if name in (f, f"{f}_bucket", f"{f}_sum", f"{f}_count"))
+        extra = {"le"} if name.endswith("_bucket") else set()
+        assert {k for k, _ in labels} == set(LABELS[family]) | extra, (name, labels)
     assert total(after, "klieg_cold_starts_total", **echo) >= 1
     assert total(after, "klieg_cold_start_seconds_count", **echo) == total(
         after, "klieg_cold_starts_total", **echo
@@ -113,3 +133,45 @@ def test_another_tenant_sees_only_its_own_series(platform: Platform, echo_deploy
     assert (refused.status_code, refused.json()["error_type"]) == (403, "PermissionDeniedError")
     with platform.http("") as anonymous:
         assert anonymous.get("/metrics").status_code == 401
+
+
+@pytest.fixture(scope="module")
+def second_gateway(platform: Platform) -> Iterator[Platform]:
+    """Another gateway process of the session's platform: same home, Redis and registry, its
+    own port."""
+    settings = ensure_signing_key(Settings.from_env({"KLIEG_HOME": str(platform.home)}))
+    settings = settings.with_(secrets_key=vault.ensure_key(platform.home), port=free_port())
+    with open(platform.home / "second-gateway.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "klieg_platform.gateway"],
+            env=settings_env(settings), stdout=log, stderr=log,
+        )  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{settings.port}"
+            wait_healthy(url, 90)
+            yield Platform(url=url, home=platform.home, key=platform.key)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def test_every_gateway_answers_for_the_whole_fleet(
+    platform: Platform, echo_deployed: Any, second_gateway: Platform
+) -> None:
+    upper = {"owner": "local", "app": "echo", "endpoint": "/upper", "status": "ok"}
+    before = scrape(platform)
+    with second_gateway.http() as http:
+        for i in range(4):
+            assert http.post("/local/echo/upper", json={"text": f"g{i}"}).status_code == 200
+    assert moved(scrape(platform), before, "klieg_requests_total", **upper) == 4
+    # the same figures from both; a heartbeat or a minute's turn between two scrapes can move a
+    # gauge, so scrape again until one pair agrees
+    deadline = time.monotonic() + 20
+    while True:
+        here, there = scrape(platform), scrape(second_gateway)
+        if here == there or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert here == there, {k: (here.get(k), there.get(k)) for k in here.keys() ^ there.keys()}
+    assert total(there, "klieg_workers") >= 1 and total(there, "klieg_requests_total") >= 4
+    assert {n for n, _ in there} >= {"klieg_queue_depth", "klieg_runners", "klieg_gpu_slots"}

@@ -65,15 +65,15 @@ local function observe(key, labels, v, bounds)
 end
 
 -- a completed request's metrics: its count by status, its queue and run times, and whether it
--- started within its tier's SLO (keys.py: klieg:metrics:*)
+-- started within its tier's SLO (keys.py: klieg:metrics:*; labels stats.REQUEST_LABELS)
 local function measure(rk, now)
-  local m = redis.call('HMGET', rk, 'pool', 'tier', 'app_key', 'created_ms', 'started_ms',
-                       'outcome', 'cancelled')
-  local labels = (m[1] or '') .. '|' .. (m[2] or '') .. '|' .. (m[3] or '')
+  local m = redis.call('HMGET', rk, 'pool', 'tier', 'app_key', 'endpoint', 'created_ms',
+                       'started_ms', 'outcome', 'cancelled')
+  local labels = (m[1] or '') .. '|' .. (m[2] or '') .. '|' .. (m[3] or '') .. '|' .. (m[4] or '')
   local status = 'error'
-  if m[7] == '1' then status = 'cancelled' elseif m[6] == 'ok' then status = 'ok' end
+  if m[8] == '1' then status = 'cancelled' elseif m[7] == 'ok' then status = 'ok' end
   redis.call('HINCRBY', M_REQUESTS, labels .. '|' .. status, 1)
-  local started, created = tonumber(m[5] or ''), tonumber(m[4] or '')
+  local started, created = tonumber(m[6] or ''), tonumber(m[5] or '')
   if not started or started <= 0 or not created then return end
   local wait_ms = math.max(0, started - created)
   observe(M_QUEUE, labels, wait_ms / 1000, DURATIONS)
@@ -846,11 +846,11 @@ return 1
 """
 )
 
-# ARGV: pool, app key, batch size. Counts it in the batch-size histogram.
+# ARGV: pool, app key, endpoint, batch size. Counts it in the batch-size histogram.
 RECORD_BATCH = (
     PRELUDE
     + f"""
-observe('{keys.METRICS_BATCH}', ARGV[1] .. '|' .. ARGV[2], tonumber(ARGV[3]),
+observe('{keys.METRICS_BATCH}', ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3], tonumber(ARGV[4]),
         {{{", ".join(repr(b) for b in BATCH_SIZES)}}})
 return 1
 """

@@ -5,6 +5,12 @@
 - The metrics' counts (``keys.METRICS_*``): requests by status and their queue and run times are
   counted by the scripts as each request completes (``scripts.measure``); cold starts and batch
   sizes by the worker, here. ``snapshot`` reads them all for ``GET /metrics``.
+
+A count's hash field is its label values joined by ``|``, then its status or bucket
+(``keys.py``), in the order of ``REQUEST_LABELS``, ``COLD_LABELS`` and ``BATCH_LABELS``. Only
+the endpoint may hold a ``|``: it is the last label, so a field splits unambiguously. A field
+with fewer labels than its hash has now (counted by a Klieg before the ``endpoint`` label) is
+ignored: its series ended when the labelled ones began.
 """
 
 from __future__ import annotations
@@ -24,6 +30,24 @@ from klieg_platform.scheduler import Tier
 Kind = Literal["service", "cold"]
 Labels = tuple[str, ...]
 
+REQUEST_LABELS = ("pool", "tier", "app", "endpoint")
+"""Labels of the request counts and of the queue and run histograms (``app``: "owner/app")."""
+COLD_LABELS = ("pool", "app")
+"""Labels of the cold-start histogram: a runner serves every endpoint of its function, and a
+runner started ahead of demand (``min_concurrency``) serves none yet, so no endpoint."""
+BATCH_LABELS = ("pool", "app", "endpoint")
+
+
+def split_labels(field: bytes | str, names: tuple[str, ...]) -> tuple[Labels, str] | None:
+    """A count's hash field as (label values in the order of ``names``, status or bucket);
+    None for a field of another shape (an older Klieg's)."""
+    text = field.decode() if isinstance(field, bytes) else field
+    head, sep, slot = text.rpartition("|")
+    values = tuple(head.split("|", len(names) - 1))
+    if not sep or len(values) != len(names):
+        return None
+    return values, slot
+
 
 def _key(kind: Kind) -> str:
     return keys.SERVICE_STATS if kind == "service" else keys.COLD_STATS
@@ -31,18 +55,22 @@ def _key(kind: Kind) -> str:
 
 @dataclass
 class Histogram:
-    """Per label set: count per bucket (``bounds``, then +Inf; not cumulative) and the sum."""
+    """Per label set (values in the order of ``names``): count per bucket (``bounds``, then
+    +Inf; not cumulative) and the sum."""
 
     bounds: tuple[float, ...]
+    names: tuple[str, ...]
     buckets: dict[Labels, list[int]] = field(default_factory=dict)
     sums: dict[Labels, float] = field(default_factory=dict)
 
     @classmethod
-    def read(cls, raw: dict[Any, Any], bounds: tuple[float, ...]) -> Histogram:
-        out = cls(bounds)
+    def read(cls, raw: dict[Any, Any], bounds: tuple[float, ...], names: Labels) -> Histogram:
+        out = cls(bounds, names)
         for name, value in raw.items():
-            *labels, slot = (name.decode() if isinstance(name, bytes) else name).split("|")
-            key = tuple(labels)
+            parsed = split_labels(name, names)
+            if parsed is None:
+                continue
+            key, slot = parsed
             if slot == "sum":
                 out.sums[key] = float(value)
             elif slot.isdigit() and 1 <= int(slot) <= len(bounds) + 1:
@@ -51,19 +79,21 @@ class Histogram:
             out.sums.setdefault(key, 0.0)
         return out
 
+    def app_key(self, labels: Labels) -> str:
+        """The "owner/app" of a label set."""
+        return labels[self.names.index("app")]
+
 
 @dataclass
 class Snapshot:
     """What ``GET /metrics`` reports from Redis: fleet-wide, whichever gateway reads it."""
 
     requests: dict[Labels, int]
-    """(pool, tier, owner/app, status) -> requests completed."""
+    """(pool, tier, owner/app, endpoint, status) -> requests completed."""
     queue_s: Histogram
     run_s: Histogram
     cold_s: Histogram
-    """Labels (pool, owner/app)."""
     batch: Histogram
-    """Labels (pool, owner/app)."""
     slo: dict[str, tuple[int, int]]
     """tier -> (started within the SLO, started) over the last 10 minutes."""
     webhooks: dict[Labels, int] = field(default_factory=dict)
@@ -86,8 +116,9 @@ class Stats:
         """A runner of ``app_key`` started in ``seconds``: its mean and its histogram."""
         await self._cold(args=[pool, app_key, f"{seconds:.6f}"])
 
-    async def record_batch(self, pool: str, app_key: str, size: int) -> None:
-        await self._batch(args=[pool, app_key, size])
+    async def record_batch(self, pool: str, app_key: str, endpoint: str, size: int) -> None:
+        """A batch of ``size`` requests of ``app_key``'s ``endpoint`` ran."""
+        await self._batch(args=[pool, app_key, endpoint, size])
 
     async def mean_time(self, kind: Kind, app_key: str) -> float | None:
         value = await self.redis.hget(_key(kind), app_key)
@@ -132,9 +163,9 @@ class Stats:
             replies = await pipe.execute()
         requests: dict[Labels, int] = {}
         for name, value in replies[0].items():
-            labels = tuple(name.decode().split("|"))
-            if len(labels) == 4:
-                requests[labels] = int(value)
+            parsed = split_labels(name, REQUEST_LABELS)
+            if parsed is not None:
+                requests[(*parsed[0], parsed[1])] = int(value)
         slo: dict[str, list[int]] = {}
         webhooks: dict[Labels, int] = {}
         for name, value in replies[5].items():
@@ -147,10 +178,10 @@ class Stats:
                 pair[0 if what == "met" else 1] += int(value)
         return Snapshot(
             requests=requests,
-            queue_s=Histogram.read(replies[1], lua.DURATIONS),
-            run_s=Histogram.read(replies[2], lua.DURATIONS),
-            cold_s=Histogram.read(replies[3], lua.DURATIONS),
-            batch=Histogram.read(replies[4], lua.BATCH_SIZES),
+            queue_s=Histogram.read(replies[1], lua.DURATIONS, REQUEST_LABELS),
+            run_s=Histogram.read(replies[2], lua.DURATIONS, REQUEST_LABELS),
+            cold_s=Histogram.read(replies[3], lua.DURATIONS, COLD_LABELS),
+            batch=Histogram.read(replies[4], lua.BATCH_SIZES, BATCH_LABELS),
             slo={tier: (met, total) for tier, (met, total) in slo.items()},
             webhooks=webhooks,
         )

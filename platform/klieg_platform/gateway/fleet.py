@@ -160,10 +160,10 @@ def sample(
             cell[what] = cell.get(what, 0) + value
 
     for labels, counts in snap.run_s.buckets.items():
-        add(_owner(labels[-1]), "done", sum(counts))
-        add(_owner(labels[-1]), "run_s", snap.run_s.sums.get(labels, 0.0))
+        add(_owner(snap.run_s.app_key(labels)), "done", sum(counts))
+        add(_owner(snap.run_s.app_key(labels)), "run_s", snap.run_s.sums.get(labels, 0.0))
     for labels, counts in snap.cold_s.buckets.items():
-        add(_owner(labels[-1]), "cold", sum(counts))
+        add(_owner(snap.cold_s.app_key(labels)), "cold", sum(counts))
     for w in workers:
         for r in w["runners"]:
             if r["state"] in ("busy", "starting"):

@@ -2,15 +2,19 @@
 
 Every figure is read from Redis at scrape time (the scripts' counts, the heartbeats, the
 queues), so any gateway answers for the whole fleet and a restarted gateway loses nothing.
-Base units, ``_total`` for counters; labels ``pool``, ``tier``, ``owner``, ``app``, ``status``,
-``state``, never a request id:
+Base units, ``_total`` for counters; labels ``pool``, ``tier``, ``owner``, ``app``,
+``endpoint`` (its path, ``/`` for the root), ``status``, ``state``, never a request id:
 
-klieg_requests_total{pool,tier,owner,app,status}   completed requests (ok, error, cancelled)
-klieg_request_queue_seconds{pool,tier,owner,app}   histogram: enqueue to start (last attempt)
-klieg_request_run_seconds{pool,tier,owner,app}     histogram: start to completion
-klieg_cold_starts_total{pool,owner,app}            runners started
+klieg_requests_total{pool,tier,owner,app,endpoint,status}
+                                                   completed requests (ok, error, cancelled)
+klieg_request_queue_seconds{pool,tier,owner,app,endpoint}
+                                                   histogram: enqueue to start (last attempt)
+klieg_request_run_seconds{pool,tier,owner,app,endpoint}
+                                                   histogram: start to completion
+klieg_cold_starts_total{pool,owner,app}            runners started (a runner serves every
+                                                   endpoint of its function: no endpoint)
 klieg_cold_start_seconds{pool,owner,app}           histogram: runner start to ready
-klieg_batch_size{pool,owner,app}                   histogram: requests per batch run
+klieg_batch_size{pool,owner,app,endpoint}          histogram: requests per batch run
 klieg_webhook_deliveries_total{owner,app,result}   webhook tries: delivered, retried, failed
 klieg_queue_depth{pool,tier}                       requests waiting now
 klieg_queue_oldest_wait_seconds{pool,tier}         how long the oldest of them has waited
@@ -45,19 +49,30 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from klieg_platform import autoscaler, keys
-from klieg_platform.broker.stats import Histogram
+from klieg_platform.broker.stats import REQUEST_LABELS, Histogram
 from klieg_platform.gateway import auth, fleet
 from klieg_platform.gateway.state import gateway
 
-NAMES = (
-    "klieg_requests_total", "klieg_request_queue_seconds", "klieg_request_run_seconds",
-    "klieg_cold_starts_total", "klieg_cold_start_seconds", "klieg_batch_size",
-    "klieg_webhook_deliveries_total", "klieg_queue_depth", "klieg_queue_oldest_wait_seconds",
-    "klieg_slo_attainment_ratio", "klieg_workers", "klieg_runners", "klieg_gpu_slots",
-    "klieg_pool_slots_needed",
-)  # fmt: skip
-"""Every metric the admin's scrape has (histograms add ``_bucket``, ``_sum``, ``_count``);
-``infra/grafana/klieg-fleet.json`` charts them."""
+_APP = ("owner", "app")
+LABELS: dict[str, tuple[str, ...]] = {
+    "klieg_requests_total": ("pool", "tier", *_APP, "endpoint", "status"),
+    "klieg_request_queue_seconds": ("pool", "tier", *_APP, "endpoint"),
+    "klieg_request_run_seconds": ("pool", "tier", *_APP, "endpoint"),
+    "klieg_cold_starts_total": ("pool", *_APP),
+    "klieg_cold_start_seconds": ("pool", *_APP),
+    "klieg_batch_size": ("pool", *_APP, "endpoint"),
+    "klieg_webhook_deliveries_total": (*_APP, "result"),
+    "klieg_queue_depth": ("pool", "tier"),
+    "klieg_queue_oldest_wait_seconds": ("pool", "tier"),
+    "klieg_slo_attainment_ratio": ("tier",),
+    "klieg_workers": ("pool",),
+    "klieg_runners": ("pool", "state"),
+    "klieg_gpu_slots": ("pool", "state"),
+    "klieg_pool_slots_needed": ("pool",),
+}
+"""Every metric the admin's scrape has, with its labels (histograms add ``_bucket`` with
+``le``, ``_sum`` and ``_count``); ``infra/grafana/klieg-fleet.json`` charts them."""
+NAMES = tuple(LABELS)
 
 
 class _Families(Collector):
@@ -75,31 +90,37 @@ def _split_app(app_key: str) -> tuple[str, str]:
     return owner, app
 
 
-def _histogram(
-    name: str, doc: str, hist: Histogram, names: list[str], keep: Any
-) -> HistogramMetricFamily:
-    """``hist`` (labels ending in an "owner/app") as a family; ``keep(owner)`` filters."""
-    family = HistogramMetricFamily(name, doc, labels=[*names, "owner", "app"])
+def _label_names(names: tuple[str, ...]) -> list[str]:
+    """A count's label names as series labels: its "owner/app" becomes ``owner`` and ``app``."""
+    return [n for name in names for n in (("owner", "app") if name == "app" else (name,))]
+
+
+def _label_values(names: tuple[str, ...], values: tuple[str, ...]) -> list[str]:
+    return [v for name, value in zip(names, values, strict=True)
+            for v in (_split_app(value) if name == "app" else (value,))]  # fmt: skip
+
+
+def _histogram(name: str, doc: str, hist: Histogram, keep: Any) -> HistogramMetricFamily:
+    """``hist`` as a family; ``keep(owner)`` filters."""
+    family = HistogramMetricFamily(name, doc, labels=_label_names(hist.names))
     for labels, counts in sorted(hist.buckets.items()):
-        owner, app = _split_app(labels[-1])
-        if not keep(owner):
+        if not keep(_split_app(hist.app_key(labels))[0]):
             continue
         running, buckets = 0, []
         for bound, n in zip((*hist.bounds, float("inf")), counts, strict=True):
             running += n
             buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
-        family.add_metric([*labels[:-1], owner, app], buckets, hist.sums.get(labels, 0.0))
+        family.add_metric(_label_values(hist.names, labels), buckets, hist.sums.get(labels, 0.0))
     return family
 
 
 def _cold_total(hist: Histogram, keep: Any) -> CounterMetricFamily:
     family = CounterMetricFamily(
-        "klieg_cold_starts", "Runners started (cold starts)", labels=["pool", "owner", "app"]
+        "klieg_cold_starts", "Runners started (cold starts)", labels=_label_names(hist.names)
     )
     for labels, counts in sorted(hist.buckets.items()):
-        owner, app = _split_app(labels[-1])
-        if keep(owner):
-            family.add_metric([labels[0], owner, app], sum(counts))
+        if keep(_split_app(hist.app_key(labels))[0]):
+            family.add_metric(_label_values(hist.names, labels), sum(counts))
     return family
 
 
@@ -113,22 +134,22 @@ async def families(request: Request) -> list[Metric]:
 
     requests = CounterMetricFamily(
         "klieg_requests", "Completed requests by status",
-        labels=["pool", "tier", "owner", "app", "status"],
+        labels=[*_label_names(REQUEST_LABELS), "status"],
     )  # fmt: skip
-    for (pool, tier, app_key, status), n in sorted(snap.requests.items()):
-        owner, app = _split_app(app_key)
-        if keep(owner):
-            requests.add_metric([pool, tier, owner, app, status], n)
+    app_at = REQUEST_LABELS.index("app")
+    for (*labels, status), n in sorted(snap.requests.items()):
+        if keep(_split_app(labels[app_at])[0]):
+            requests.add_metric([*_label_values(REQUEST_LABELS, tuple(labels)), status], n)
     out: list[Metric] = [
         requests,
         _histogram("klieg_request_queue_seconds", "Seconds from enqueue to start",
-                   snap.queue_s, ["pool", "tier"], keep),
+                   snap.queue_s, keep),
         _histogram("klieg_request_run_seconds", "Seconds from start to completion",
-                   snap.run_s, ["pool", "tier"], keep),
+                   snap.run_s, keep),
         _cold_total(snap.cold_s, keep),
         _histogram("klieg_cold_start_seconds", "Seconds from runner start to ready",
-                   snap.cold_s, ["pool"], keep),
-        _histogram("klieg_batch_size", "Requests per batch run", snap.batch, ["pool"], keep),
+                   snap.cold_s, keep),
+        _histogram("klieg_batch_size", "Requests per batch run", snap.batch, keep),
     ]  # fmt: skip
     hooks = CounterMetricFamily(
         "klieg_webhook_deliveries", "Webhook tries by result", labels=["owner", "app", "result"]

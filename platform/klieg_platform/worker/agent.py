@@ -325,7 +325,7 @@ class Worker:
 
         def on_batch(size: int) -> None:
             app_key = f"{rev.owner}/{rev.app}"
-            self.background(self.broker.stats.record_batch(fn.pool, app_key, size))
+            self.background(self.broker.stats.record_batch(fn.pool, app_key, ep.path, size))
 
         batcher = Batcher(ep, acquire=acquire, release=release, fill=fill, on_batch=on_batch)
         self._batchers[bkey] = batcher

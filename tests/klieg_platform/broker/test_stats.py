@@ -1,19 +1,22 @@
-"""The metrics' counts in Redis: what the scripts count as requests complete, what workers add
-(cold starts, batch sizes), and the snapshot ``GET /metrics`` renders."""
+"""The metrics' counts in Redis: what the scripts count as requests complete (per endpoint), what
+workers add (cold starts, batch sizes), and the snapshot ``GET /metrics`` renders; counts of an
+older Klieg, without the endpoint label, are left out of it."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
 
+from klieg_platform import keys
 from klieg_platform.broker import Broker, Outcome
 from klieg_platform.broker import scripts as lua
 from klieg_platform.scheduler import DEFAULT_TIERS
 from tests.klieg_platform.broker.test_queue import new, run
 
 pytestmark = pytest.mark.timeout(30)
-APP = ("CPU", "free", "alice/echo")
+APP = ("CPU", "free", "alice/echo", "/say")
 
 
 def test_completions_are_counted_by_status_with_queue_and_run_times(redis_url: str) -> None:
@@ -52,14 +55,50 @@ def test_cold_starts_and_batches_are_counted_in_their_histograms(redis_url: str)
         await b.stats.record_cold_start("GPU-H100", "alice/video", 0.3)
         await b.stats.record_cold_start("GPU-H100", "alice/video", 42.0)
         for size in (1, 8, 8, 500):
-            await b.stats.record_batch("CPU", "alice/digits", size)
+            await b.stats.record_batch("CPU", "alice/digits", "/embed", size)
+        await b.stats.record_batch("CPU", "alice/digits", "/", 3)
         snap = await b.stats.snapshot()
         cold = snap.cold_s.buckets[("GPU-H100", "alice/video")]
         assert cold[lua.DURATIONS.index(0.5)] == 1 and cold[lua.DURATIONS.index(60.0)] == 1
         assert snap.cold_s.sums[("GPU-H100", "alice/video")] == pytest.approx(42.3)
         assert await b.stats.mean_time("cold", "alice/video") == pytest.approx(8.64)
-        batch = snap.batch.buckets[("CPU", "alice/digits")]
+        batch = snap.batch.buckets[("CPU", "alice/digits", "/embed")]
         assert batch[0] == 1 and batch[lua.BATCH_SIZES.index(8.0)] == 2 and batch[-1] == 1
+        assert sum(snap.batch.buckets[("CPU", "alice/digits", "/")]) == 1
+        assert snap.batch.sums[("CPU", "alice/digits", "/")] == 3
+
+    run(redis_url, body)
+
+
+def test_each_endpoint_is_counted_apart_and_older_counts_are_left_out(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        # counted by a Klieg before the endpoint label: pool|tier|app|status, pool|tier|app|i
+        await b.redis.hset(keys.METRICS_REQUESTS, "CPU|free|alice/echo|ok", 7)
+        await b.redis.hset(
+            keys.METRICS_QUEUE_S,
+            mapping={"CPU|free|alice/echo|1": 7, "CPU|free|alice/echo|sum": 0.1},
+        )
+        await b.redis.hset(keys.METRICS_BATCH, "CPU|alice/echo|2", 1)
+        say, shout, odd = new(), dataclasses.replace(new(), endpoint="/shout"), new()
+        odd = dataclasses.replace(odd, endpoint="/a|b")  # a path may hold the separator
+        for req in (say, shout, odd):
+            await b.queue.enqueue(req)
+        for _ in range(3):
+            assert await b.queue.dispatch(["CPU"], "w1", 30) is not None
+        for req in (say, shout, odd):
+            assert await b.queue.complete(req.id, "w1", Outcome(ok=True, result=b"1"))
+        snap = await b.stats.snapshot()
+        app = APP[:3]
+        assert snap.requests == {(*app, "/say", "ok"): 1, (*app, "/shout", "ok"): 1,
+                                 (*app, "/a|b", "ok"): 1}  # fmt: skip
+        for hist in (snap.queue_s, snap.run_s):
+            assert {k: sum(v) for k, v in hist.buckets.items()} == {
+                (*app, "/say"): 1,
+                (*app, "/shout"): 1,
+                (*app, "/a|b"): 1,
+            }
+            assert hist.app_key((*app, "/a|b")) == "alice/echo"
+        assert snap.batch.buckets == {}
 
     run(redis_url, body)
 

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 from klieg_platform.broker import Depth
-from klieg_platform.broker.stats import Histogram, Snapshot
+from klieg_platform.broker.stats import (
+    BATCH_LABELS,
+    COLD_LABELS,
+    REQUEST_LABELS,
+    Histogram,
+    Snapshot,
+)
 from klieg_platform.gateway.fleet import sample, samples_for
 from klieg_platform.registry_tables import Tenant
 
 
 def _snapshot() -> Snapshot:
-    run = Histogram((1.0,), {("p", "t", "ann/a"): [2, 1], ("p", "t", "bob/b"): [1, 0]},
-                    {("p", "t", "ann/a"): 4.5, ("p", "t", "bob/b"): 0.5})  # fmt: skip
-    cold = Histogram((1.0,), {("p", "ann/a"): [0, 2]}, {("p", "ann/a"): 9.0})
-    empty = Histogram((1.0,))
+    run = Histogram((1.0,), REQUEST_LABELS,
+                    {("p", "t", "ann/a", "/"): [2, 0], ("p", "t", "ann/a", "/x"): [0, 1],
+                     ("p", "t", "bob/b", "/"): [1, 0]},
+                    {("p", "t", "ann/a", "/"): 1.5, ("p", "t", "ann/a", "/x"): 3.0,
+                     ("p", "t", "bob/b", "/"): 0.5})  # fmt: skip
+    cold = Histogram((1.0,), COLD_LABELS, {("p", "ann/a"): [0, 2]}, {("p", "ann/a"): 9.0})
+    empty = Histogram((1.0,), BATCH_LABELS)
     return Snapshot(requests={}, queue_s=empty, run_s=run, cold_s=cold, batch=empty, slo={})
 
 
