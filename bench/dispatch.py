@@ -68,6 +68,7 @@ import uvloop
 from klieg_platform import keys
 from klieg_platform.broker import Broker, Job, NewRequest
 from klieg_platform.broker import scripts as lua
+from klieg_platform.broker.queue import Queue
 from klieg_platform.broker.wire import Script
 from klieg_platform.scheduler import DEFAULT_TIERS, Tier
 
@@ -162,13 +163,7 @@ class Layout:
         return self.names[k], i // len(self.names) < self.capped[k]
 
 
-def enqueue_args(queue_tiers: dict[str, Tier], req: NewRequest, now: int) -> list[Any]:
-    """The ENQUEUE script's ARGV as ``Queue.enqueue`` builds it (no position wanted)."""
-    head = [req.id, req.pool, req.tier, now, queue_tiers[req.tier].max_queued]
-    return [*head, req.tenant, req.tenant_cap, req.app_key, req.app_cap, "", *req.fields(now)]
-
-
-def fill_raw(sock: Path, queue_tiers: dict[str, Tier], reqs: Iterator[NewRequest]) -> int:
+def fill_raw(sock: Path, queue: Queue, reqs: Iterator[NewRequest]) -> int:
     """Send every request of ``reqs`` as an EVALSHA ENQUEUE frame; how many were queued."""
     conn = socket.socket(socket.AF_UNIX)
     conn.connect(str(sock))
@@ -206,9 +201,7 @@ def fill_raw(sock: Path, queue_tiers: dict[str, Tier], reqs: Iterator[NewRequest
                 if req is None:
                     done = True
                     break
-                frames.append(
-                    resp(["EVALSHA", ENQUEUE.sha, 0, *enqueue_args(queue_tiers, req, now)])
-                )
+                frames.append(resp(["EVALSHA", ENQUEUE.sha, 0, *queue.enqueue_args(req, now)]))
             conn.sendall(b"".join(frames))
             sent += len(frames)
             read(block=False)
@@ -256,9 +249,8 @@ async def fill(
     await broker.queue.enqueue(make(0))
     queued = 1
     if size > 1:
-        queue_tiers = broker.queue.tiers
         queued += await asyncio.to_thread(
-            fill_raw, sock, queue_tiers, (make(i) for i in range(1, size))
+            fill_raw, sock, broker.queue, (make(i) for i in range(1, size))
         )
     seconds = time.perf_counter() - start
     stats = delta(await commandstats(broker), before)

@@ -15,6 +15,13 @@ from typing import Any
 
 from klieg_platform.scheduler import DEFAULT_TIERS, Tier, parse_tiers
 
+HISTORY_MAX = 1_000_000
+"""Default of ``Settings.history_max``: a tenant's history index costs about 130 bytes per id,
+a small part of the records it points to (which are kept as long anyway)."""
+HISTORY_GRACE_S = 3600
+"""How much longer than ``result_ttl_s`` after its enqueue a request stays in its tenant's
+history: time for it to wait and run before its record's TTL starts."""
+
 
 @dataclass(frozen=True)
 class PipSettings:
@@ -55,6 +62,11 @@ class Settings:
     ``stop_grace_period``, ``klieg up``)."""
     max_attempts: int = 3
     result_ttl_s: int = 24 * 3600
+    history_max: int = HISTORY_MAX
+    """Request ids kept in each tenant's history (``GET /requests``): at most this many, the
+    newest (0: no count limit); and none enqueued more than ``result_ttl_s`` plus
+    ``HISTORY_GRACE_S`` ago, when their records have expired (unless the request took longer
+    than that grace to complete). Both are trimmed as requests are enqueued."""
     blob_retention_s: float | None = None
     """Age after which media, uploads and orphaned payloads/results are swept from the blob
     store; None: ``result_ttl_s`` plus an hour (their URLs are signed for ``result_ttl_s``)."""
@@ -164,6 +176,7 @@ class Settings:
             drain_s=float(env.get("KLIEG_DRAIN_S", "300")),
             max_attempts=int(env.get("KLIEG_MAX_ATTEMPTS", "3")),
             result_ttl_s=int(env.get("KLIEG_RESULT_TTL_S", str(24 * 3600))),
+            history_max=_count(env.get("KLIEG_HISTORY_MAX"), "KLIEG_HISTORY_MAX", HISTORY_MAX),
             blob_retention_s=(
                 float(env["KLIEG_BLOB_RETENTION_S"]) if env.get("KLIEG_BLOB_RETENTION_S") else None
             ),
@@ -221,6 +234,15 @@ def _flag(value: str | None, *, default: bool) -> bool:
     if word in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"not a boolean setting: {value!r} (use 1/0, true/false, yes/no, on/off)")
+
+
+def _count(value: str | None, name: str, default: int) -> int:
+    """A whole number setting, 0 or more; ``default`` when unset."""
+    if value is None or not value.strip():
+        return default
+    if not value.strip().isdigit():
+        raise ValueError(f"{name} must be a whole number, 0 or more: {value!r}")
+    return int(value)
 
 
 def _read_key(path: Path) -> str:

@@ -39,9 +39,10 @@ klieg:inflight:tenant     hash     tenant id -> requests in flight
 klieg:inflight:app        hash     "owner/app" -> requests in flight
 klieg:caps:tenant         hash     tenant id -> in-flight cap (0: none), as of its last enqueue
 klieg:caps:app            hash     "owner/app" -> in-flight cap (0: none)
-klieg:history:{tenant}    zset     the tenant's request ids by enqueue time (ms), newest
-                                   ``HISTORY_MAX`` kept; ids whose record expired are dropped
-                                   as they are read
+klieg:history:{tenant}    zset     the tenant's request ids by enqueue time (ms); each enqueue
+                                   trims those older than the result TTL plus a grace and past
+                                   the newest ``Settings.history_max``; ids whose record expired
+                                   are dropped as they are read
 klieg:workers             hash     worker id -> heartbeat JSON (pools, slots, warm, idle, runners,
                                    detail, cold_starts, gpu_ids, draining,
                                    seen_ms); stale entries are ignored, removed at shutdown
@@ -106,8 +107,6 @@ TENANT_CAPS = PREFIX + "caps:tenant"
 APP_CAPS = PREFIX + "caps:app"
 WORKERS = PREFIX + "workers"
 HISTORY_PREFIX = PREFIX + "history:"
-HISTORY_MAX = 10000
-"""Request ids kept per tenant in its history (records expire with their results anyway)."""
 SERVICE_STATS = PREFIX + "stats:service"
 COLD_STATS = PREFIX + "stats:cold"
 ALL_POOLS = "*"

@@ -15,6 +15,7 @@ def open_broker(settings: Settings) -> Broker:
         result_ttl_s=settings.result_ttl_s,
         max_attempts=settings.max_attempts,
         tiers=settings.tiers,
+        history_max=settings.history_max,
     )
 
 

@@ -31,6 +31,7 @@ from klieg_platform.broker.queue import Blocked, Depth, Elsewhere, LaneDepth, Qu
 from klieg_platform.broker.stats import Stats
 from klieg_platform.broker.streams import CHUNK_END, Streams
 from klieg_platform.broker.wire import Wire
+from klieg_platform.config import HISTORY_MAX
 from klieg_platform.scheduler import DEFAULT_TIERS, Tier
 
 __all__ = [
@@ -50,6 +51,7 @@ class Broker:
         result_ttl_s: int,
         max_attempts: int,
         tiers: Sequence[Tier] = DEFAULT_TIERS,
+        history_max: int = HISTORY_MAX,
     ) -> None:
         self.redis = redis
         self.wire = Wire.of(redis)
@@ -61,6 +63,7 @@ class Broker:
             max_attempts=max_attempts,
             tiers=tiers,
             wire=self.wire,
+            history_max=history_max,
         )
         self.workers = Membership(redis)
         self.stats = Stats(redis)
@@ -75,12 +78,14 @@ class Broker:
         result_ttl_s: int,
         max_attempts: int,
         tiers: Sequence[Tier] = DEFAULT_TIERS,
+        history_max: int = HISTORY_MAX,
     ) -> Broker:
         return cls(
             aioredis.Redis.from_url(url, max_connections=256),
             result_ttl_s=result_ttl_s,
             max_attempts=max_attempts,
             tiers=tiers,
+            history_max=history_max,
         )
 
     async def ping(self) -> None:

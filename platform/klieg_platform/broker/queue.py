@@ -40,6 +40,7 @@ from klieg_platform.broker.jobs import (
 from klieg_platform.broker.outage import UNAVAILABLE
 from klieg_platform.broker.streams import Streams
 from klieg_platform.broker.wire import HotScript, Wire
+from klieg_platform.config import HISTORY_GRACE_S, HISTORY_MAX
 from klieg_platform.scheduler import Tier
 
 INDEX_VERSION = "1"
@@ -123,11 +124,14 @@ class Queue:
         max_attempts: int,
         tiers: Sequence[Tier],
         wire: Wire | None = None,
+        history_max: int = HISTORY_MAX,
     ) -> None:
         self.redis = redis
         self.wire = wire
         self.streams = streams
         self.ttl_s = ttl_s
+        self.history_max = history_max
+        self.history_keep_ms = (ttl_s + HISTORY_GRACE_S) * 1000
         self.max_attempts = max_attempts
         self.tiers = {t.name: t for t in tiers}
         self.tiers_spec = ",".join(f"{t.name}:{int(t.slo_s * 1000)}" for t in tiers)
@@ -151,20 +155,24 @@ class Queue:
         worker. Raises QueueFullError when the tier's queue is at its bound. ``at_ms``: the
         enqueue time (default now; a clock for replays and tests). With ``position``, returns
         its queue position as ``get`` would report it then (None otherwise)."""
-        tier = self.tiers.get(req.tier)
-        if tier is None:
-            raise InvalidRequestError(f"unknown tier {req.tier!r}")
-        at = at_ms or now_ms()
-        head: list[Any] = [req.id, req.pool, req.tier, at, tier.max_queued]
-        caps: list[Any] = [req.tenant, req.tenant_cap, req.app_key, req.app_cap]
-        spec = self.tiers_spec if position else ""
-        reply = await self._enqueue(args=[*head, *caps, spec, *req.fields(at)])
+        reply = await self._enqueue(args=self.enqueue_args(req, at_ms or now_ms(), position))
         if int(reply[0]) < 0:
             raise QueueFullError(
                 f"the {req.tier} queue of pool {req.pool} is full ({int(reply[1])} waiting)",
                 queued=int(reply[1]),
             )
         return max(int(reply[2]), 0) if position else None
+
+    def enqueue_args(self, req: NewRequest, at: int, position: bool = False) -> list[Any]:
+        """The ``ENQUEUE`` script's ARGV for ``req`` enqueued at ``at`` (ms)."""
+        tier = self.tiers.get(req.tier)
+        if tier is None:
+            raise InvalidRequestError(f"unknown tier {req.tier!r}")
+        head: list[Any] = [req.id, req.pool, req.tier, at, tier.max_queued]
+        caps: list[Any] = [req.tenant, req.tenant_cap, req.app_key, req.app_cap]
+        spec = self.tiers_spec if position else ""
+        history = [self.history_max, at - self.history_keep_ms]
+        return [*head, *caps, spec, *history, *req.fields(at)]
 
     async def reindex(self, chunk: int = 1000) -> int:
         """Build the lane index for requests queued before it existed (data from an older

@@ -50,7 +50,7 @@ local S_DONE = '{Status.COMPLETED}'
 local WARM_SHARE = {scheduler.WARM_SHARE!r}
 local M_REQUESTS = '{keys.METRICS_REQUESTS}'
 local M_QUEUE, M_RUN = '{keys.METRICS_QUEUE_S}', '{keys.METRICS_RUN_S}'
-local HISTORY, HISTORY_MAX = '{keys.HISTORY_PREFIX}', {keys.HISTORY_MAX}
+local HISTORY = '{keys.HISTORY_PREFIX}'
 local M_SLO, SLO = '{keys.METRICS_SLO_PREFIX}', '{keys.SLO}'
 local DURATIONS = {{{", ".join(repr(b) for b in DURATIONS)}}}
 
@@ -391,7 +391,8 @@ end
 """
 
 # ARGV: id, pool, tier, now_ms, max_queued, tenant, tenant cap, app key, app cap, tiers spec
-#       ('': no position wanted), fields...
+#       ('': no position wanted), history cap (0: none), history cutoff (ms: ids enqueued
+#       before it leave the tenant's history), fields...
 # returns {score, 0, position (-1 when not asked)} when queued; {-1, queued_in_tier} when the
 # tier's queue is full. The caps given become the tenant's and the app's (one crossing its
 # in-flight count parks or unparks it), then the request joins its queue and the lane index.
@@ -404,15 +405,18 @@ if queued >= tonumber(ARGV[5]) then return {-1, queued} end
 local score = tonumber(ARGV[4]) * 1000
 local last = redis.call('ZRANGE', q, -1, -1, 'WITHSCORES')
 if last[2] and tonumber(last[2]) >= score then score = tonumber(last[2]) + 1 end
-redis.call('HSET', REQ .. ARGV[1], 'score', string.format('%.0f', score), unpack(ARGV, 11))
+redis.call('HSET', REQ .. ARGV[1], 'score', string.format('%.0f', score), unpack(ARGV, 13))
 redis.call('ZADD', q, score, ARGV[1])
 recap(T_RUN, T_CAP, ARGV[6], ARGV[7], park_tenant, unpark_tenant)
 recap(A_RUN, A_CAP, ARGV[8], ARGV[9], park_app, unpark_app)
 index(load(ARGV[1]))
 redis.call('SADD', POOLS, ARGV[2])
-local hk = HISTORY .. ARGV[6]
+local hk, most = HISTORY .. ARGV[6], tonumber(ARGV[11])
 redis.call('ZADD', hk, ARGV[4], ARGV[1])
-if redis.call('ZCARD', hk) > HISTORY_MAX then redis.call('ZREMRANGEBYRANK', hk, 0, 0) end
+redis.call('ZREMRANGEBYSCORE', hk, '-inf', '(' .. ARGV[12])
+if most > 0 and redis.call('ZCARD', hk) > most then
+  redis.call('ZREMRANGEBYRANK', hk, 0, -most - 1)
+end
 wake(ARGV[2])
 local pos = -1
 if ARGV[10] ~= '' then pos = position(ARGV[1], tonumber(ARGV[4]), parse_tiers(ARGV[10])) end

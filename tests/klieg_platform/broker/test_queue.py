@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from klieg_platform import keys
 from klieg_platform.broker import Broker, Job, NewRequest, Outcome, now_ms
+from klieg_platform.config import HISTORY_GRACE_S, HISTORY_MAX
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -22,11 +23,13 @@ TTL_S = 120
 Body = Callable[[Broker], Awaitable[None]]
 
 
-def run(url: str, body: Body, *, max_attempts: int = 3) -> None:
+def run(url: str, body: Body, *, max_attempts: int = 3, history_max: int = HISTORY_MAX) -> None:
     """Run ``body`` with a fresh broker on ``url`` in a new event loop."""
 
     async def main() -> None:
-        broker = Broker.from_url(url, result_ttl_s=TTL_S, max_attempts=max_attempts)
+        broker = Broker.from_url(
+            url, result_ttl_s=TTL_S, max_attempts=max_attempts, history_max=history_max
+        )
         try:
             await body(broker)
         finally:
@@ -745,3 +748,22 @@ def test_history_pages_newest_first_through_equal_times_and_drops_expired(
         assert page[0].endpoint == "/say" and page[0].revision == "rev-1"
 
     run(redis_url, body)
+
+
+def test_the_history_keeps_ids_as_long_as_records_and_at_most_history_max(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        at = now_ms()
+        kept_ms = (TTL_S + HISTORY_GRACE_S) * 1000
+        await b.queue.enqueue(new(rid="stale"), at_ms=at - kept_ms - 1)  # past the result TTL
+        await b.queue.enqueue(new(rid="aging"), at_ms=at - kept_ms + 1000)
+        history = keys.history("t-alice")
+        assert await b.redis.zrange(history, 0, -1) == [b"stale", b"aging"]
+        for i in range(3):  # the first enqueue of now trims "stale", not yet "aging"
+            await b.queue.enqueue(new(rid=f"r{i}"), at_ms=at + i)
+        assert await b.redis.zrange(history, 0, -1) == [b"aging", b"r0", b"r1", b"r2"]
+        await b.queue.enqueue(new(rid="r3"), at_ms=at + 3)  # a fifth: the oldest leaves
+        assert await b.redis.zrange(history, 0, -1) == [b"r0", b"r1", b"r2", b"r3"]
+        page, _ = await b.queue.history("t-alice")
+        assert [s.id for s in page] == ["r3", "r2", "r1", "r0"]
+
+    run(redis_url, body, history_max=4)
