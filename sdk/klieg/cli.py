@@ -354,13 +354,16 @@ def cmd_requests(args: argparse.Namespace) -> int:
         ended = r["outcome"] or r["status"]
         error = f"  {r['error_type']}" if r["error_type"] else ""
         timing = _timings(r)
-        print(
-            f"{r['request_id']}  {_when(r['created_at'])}  {r['app']}{r['endpoint'] or ''}"
-            f"  {ended}{error}{timing}"
-        )
+        print(f"{r['request_id']}  {_when(r['created_at'])}  {_target(r)}  {ended}{error}{timing}")
     if page["next"]:
         print(f"older ones: --after {page['next']}", file=sys.stderr)
     return 0
+
+
+def _target(request: dict[str, Any]) -> str:
+    """``owner/app`` and the endpoint's path, the root endpoint as the app alone."""
+    endpoint = (request["endpoint"] or "/").rstrip("/")
+    return f"{request['app']}{endpoint}"
 
 
 def _timings(request: dict[str, Any]) -> str:
@@ -380,7 +383,7 @@ def cmd_request(args: argparse.Namespace) -> int:
         print(json.dumps(found, indent=2))
         return 0
     timing = _timings(found)
-    print(f"{found['request_id']}  {found['app']}{found['endpoint'] or ''}  revision "
+    print(f"{found['request_id']}  {_target(found)}  revision "
           f"{found['revision']}  {outcome or found['status']}{timing}")  # fmt: skip
     stored = "(stored in the blob store)" if found["input_stored"] else json.dumps(found["input"])
     print(f"input: {stored}")

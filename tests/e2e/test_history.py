@@ -126,6 +126,7 @@ def test_one_request_shows_its_input_output_and_logs(platform: Platform, tenant:
     assert (hidden.status_code, hidden.json()["error_type"]) == (404, "NotFoundError")
     shown = klieg(platform, "request", found["request_id"], key=tenant)
     assert shown.returncode == 0, shown.stderr
+    assert f"{found['request_id']}  historian/echo  revision " in shown.stdout
     assert 'input: {"text": "queued 1"}' in shown.stdout
     assert 'output: {"text": "queued 1", "length": 8}' in shown.stdout
     gone = klieg(platform, "request", "nope", key=tenant)
@@ -136,7 +137,7 @@ def test_klieg_requests_prints_them(platform: Platform, tenant: str) -> None:
     shown = klieg(platform, "requests", "echo", "--limit", "2", key=tenant)
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
-    assert len(lines) == 2 and all("historian/echo" in line and " ok" in line for line in lines)
+    assert len(lines) == 2 and all("  historian/echo  ok" in line for line in lines)  # root: "/"
     assert "--after " in shown.stderr
     cursor = shown.stderr.split("--after ")[1].split()[0]
     rest = klieg(platform, "requests", "--after", cursor, "--since", "1h", key=tenant)
