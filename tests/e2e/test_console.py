@@ -1,13 +1,20 @@
 """The console in a real browser (Debian's Chromium, headless, driven by Playwright): sign in with
 a key, see the deployed apps, run the digits app from its playground and see the image appear,
 open the request and find its input, output and logs, see the runner in the live fleet view;
-another tenant's app and request pages are not found, as in the API. Screenshots go to
-``test-output/console/`` (``KLIEG_TEST_OUTPUT`` moves it)."""
+another tenant's app and request pages are not found, as in the API. The playground renders an
+enum as a select and sends the choice, shows a waiting request's queue position and ETA; a
+running request's page streams its log lines before the result; an audio output plays on the
+request's page; the fleet view lists each worker with its GPUs and what holds them, and its
+charts take each new sample while the page is open. Screenshots go to ``test-output/console/``
+(``KLIEG_TEST_OUTPUT`` moves it)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.platform import APPS, REPO, Platform
+from klieg.admin import AdminClient, load_app
+from tests.e2e.platform import APPS, REPO, TEST_APPS, Platform, running_platform, wait_for_status
 
 pytestmark = pytest.mark.timeout(300)
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -228,8 +236,6 @@ SHOWS = "([sel, text]) => (document.querySelector(sel)?.innerText || '').include
 def test_alias_moves_and_rollback_take_a_confirmation(
     browser: Any, platform: Platform, tmp_path: Path
 ) -> None:
-    from klieg.admin import AdminClient, load_app
-
     with platform.admin() as admin:
         key = str(admin.create_key(tenant="console-owner")["key"])
     folder = tmp_path / "echo"
@@ -268,3 +274,215 @@ def test_alias_moves_and_rollback_take_a_confirmation(
     page.screenshot(path=str(SHOTS / "revisions.png"), full_page=True)
     assert page.errors == []
     page.close()
+
+
+def test_an_enum_is_a_select_and_the_choice_is_sent(
+    browser: Any, platform: Platform, tmp_path: Path
+) -> None:
+    from PIL import Image as PILImage
+
+    platform.deploy(APPS / "imagetools" / "app.py")
+    picture = tmp_path / "wide.png"
+    PILImage.new("RGB", (64, 48), (30, 120, 200)).save(picture)
+    page = signed_in(browser, platform, platform.key)
+    page.goto(f"{platform.url}/console#/playground/local/imagetools")
+    page.wait_for_selector("[data-endpoint]")
+    page.select_option("[data-endpoint]", label="/resize")
+    mode = page.wait_for_selector("select[data-field=mode]")
+    options = mode.eval_on_selector_all("option", "os => os.map(o => o.textContent)")
+    assert (
+        options == ["fit", "fill", "stretch"]
+        and mode.evaluate("s => s.selectedOptions[0].text") == "fit"
+    )
+    page.set_input_files("[data-upload=image]", str(picture))
+    page.wait_for_function(
+        "() => document.querySelector('[data-field=image]').value.includes('/files/')"
+    )
+    page.fill("input[data-field=width]", "20")
+    page.fill("input[data-field=height]", "10")
+    page.select_option("select[data-field=mode]", label="stretch")
+    assert '"mode":"stretch"' in page.inner_text("[data-snippet]")  # the curl call's body
+    page.click("[data-run]")
+    shown = page.wait_for_selector("[data-result] img", timeout=WAIT_MS)
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=shown)
+    # "fit" would keep 64x48's aspect (13x10); "stretch" fills the box
+    assert shown.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [20, 10]
+    page.screenshot(path=str(SHOTS / "enum.png"), full_page=True)
+    assert page.errors == []
+    page.close()
+
+
+def short_id(page: Any) -> str:
+    """The request id the playground links to, as it shows it."""
+    return str(page.inner_text("[data-request-link]"))
+
+
+@pytest.fixture(scope="module")
+def waiting_room(platform: Platform) -> str:
+    """A tenant of its own with the slow test app, at most one of its requests running."""
+    with platform.admin() as admin:
+        key = str(admin.create_key(tenant="console-queue")["key"])
+    app, folder, entry = load_app(TEST_APPS / "slow" / "app.py")
+    with AdminClient(platform.url, key, timeout=120) as owner:
+        owner.deploy(app, folder, entry)
+        owner.limit_app("slow", 1)
+    return key
+
+
+def _submit(platform: Platform, key: str, seconds: float) -> dict[str, Any]:
+    with platform.http(key) as http:
+        answer = http.post("/queue/console-queue/slow", json={"seconds": seconds})
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
+def test_a_waiting_request_shows_its_queue_position_and_eta(
+    browser: Any, platform: Platform, waiting_room: str
+) -> None:
+    blocker = _submit(platform, waiting_room, 6)
+    with platform.http(waiting_room) as http:
+        wait_for_status(http, blocker["status_url"], "IN_PROGRESS", timeout=60)
+    page = signed_in(browser, platform, waiting_room)
+    page.goto(f"{platform.url}/console#/playground/console-queue/slow")
+    page.wait_for_selector("[data-endpoint]")
+    page.select_option("[data-endpoint]", label="/")
+    page.fill("input[data-field=seconds]", "0.1")
+    page.click("[data-run]")
+    note = page.wait_for_selector("[data-state] [data-queue]", timeout=30_000)
+    assert note.inner_text().startswith("next in line")  # the only one waiting
+    eta = float(page.get_attribute("[data-state] [data-queue-eta]", "data-queue-eta") or "-1")
+    assert eta >= 0 and "starts in" in note.inner_text()
+    with platform.http(waiting_room) as http:
+        assert http.get(blocker["status_url"]).json()["status"] == "IN_PROGRESS"
+    page.screenshot(path=str(SHOTS / "queued.png"), full_page=True)
+    page.wait_for_selector("[data-result-json]", timeout=WAIT_MS)
+    assert '"slept": 0.1' in page.inner_text("[data-result-json]")
+    assert page.query_selector("[data-state] [data-queue]") is None  # gone once it ran
+    assert page.inner_text("[data-state]").split() == [short_id(page), "COMPLETED"]
+    assert page.errors == []
+    page.close()
+
+
+def test_a_running_request_streams_its_logs_on_its_page(
+    browser: Any, platform: Platform, waiting_room: str
+) -> None:
+    sub = _submit(platform, waiting_room, 6)
+    page = signed_in(browser, platform, waiting_room)
+    page.goto(f"{platform.url}/console#/requests/{sub['request_id']}")
+    page.wait_for_selector("[data-output] .notice")  # waiting for the result
+    page.wait_for_function(SHOWS, arg=["[data-logs]", "sleeping 6"], timeout=60_000)
+    with platform.http(waiting_room) as http:  # the line came while it ran
+        assert http.get(sub["status_url"]).json()["status"] == "IN_PROGRESS"
+    assert page.query_selector("[data-output] .notice") is not None
+    assert page.inner_text("[data-state]").split() == ["IN_PROGRESS"]
+    page.screenshot(path=str(SHOTS / "request-running.png"), full_page=True)
+    page.wait_for_selector("[data-output] pre.json", timeout=WAIT_MS)
+    assert '"slept": 6' in page.inner_text("[data-output]")
+    assert page.inner_text("[data-logs]").count("sleeping 6") == 1  # each line once
+    assert page.errors == []
+    page.close()
+
+
+def test_an_audio_output_plays_on_the_request_page(browser: Any, platform: Platform) -> None:
+    platform.deploy(APPS / "echo" / "app.py")
+    page = signed_in(browser, platform, platform.key)
+    page.goto(f"{platform.url}/console#/playground/local/echo")
+    page.wait_for_selector("[data-endpoint]")
+    page.select_option("[data-endpoint]", label="/morse")
+    page.fill("[data-field=text]", "sos")
+    page.click("[data-run]")
+    page.wait_for_selector("[data-result] audio[data-media=audio]", timeout=WAIT_MS)
+    out = json.loads(page.inner_text("[data-result-json]"))
+    assert out["code"] == "... --- ..." and out["audio"]["content_type"] == "audio/wav"
+    page.click("[data-request-link]")
+    audio = page.wait_for_selector("main[data-page=requests] [data-output] audio[data-media=audio]")
+    page.wait_for_function("a => a.readyState >= 1 && a.duration > 0", arg=audio)
+    assert audio.evaluate("a => a.duration") == pytest.approx(out["seconds"], abs=0.01)
+    assert audio.evaluate("a => a.error") is None
+    page.screenshot(path=str(SHOTS / "audio.png"), full_page=True)
+    assert page.errors == []
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def gpu_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    """A platform of its own: its worker serves the CPU pool, a second one ``GPU-H100`` with two
+    logical GPUs; the gpus test app deployed."""
+    home = tmp_path_factory.mktemp("console-gpus")
+    with running_platform(home, extra_env={"KLIEG_WORKER_POOLS": "CPU"}) as p:
+        p.bootstrap()
+        p.deploy(TEST_APPS / "gpus" / "app.py")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KLIEG_")}
+        env.update(KLIEG_HOME=str(home), KLIEG_REDIS_URL=f"unix://{home / 'run' / 'redis.sock'}")
+        with open(home / "gpu-worker.log", "ab") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "klieg_platform.worker", "--pool", "GPU-H100",
+                 "--gpus", "2", "--no-workflows"],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            yield p
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+
+
+def test_the_fleet_lists_workers_with_their_gpus_and_its_charts_move(
+    browser: Any, gpu_fleet: Platform
+) -> None:
+    page = signed_in(browser, gpu_fleet, gpu_fleet.key)
+    page.goto(f"{gpu_fleet.url}/console#/fleet")
+    gpu_row = "[data-workers] tr[data-worker]:has([data-gpu])"
+    page.wait_for_selector(gpu_row, timeout=60_000)
+    first_points = int(page.get_attribute("[data-chart=latency]", "data-points") or "0")
+    with gpu_fleet.http() as http:
+        sub = http.post("/queue/local/gpus/one", json={"seconds": 6, "tag": "held"}).json()
+    held = f"{gpu_row} [data-gpu].busy"
+    page.wait_for_selector(held, timeout=60_000)
+    chip = page.inner_text(held)
+    assert "local/gpus · one" in chip and chip.startswith("GPU ")
+    assert page.query_selector_all(f"{gpu_row} [data-gpu].free"), "the other GPU is free"
+    assert page.get_attribute(f"{gpu_row} [data-slots]", "data-slots") in ("1/0/1",)
+    cpu_row = page.inner_text("[data-workers] tr[data-worker]:not(:has([data-gpu]))")
+    assert "CPU only" in cpu_row and "serving" in cpu_row
+    seen = [
+        float(x)
+        for x in page.eval_on_selector_all("[data-seen]", "es => es.map(e => e.dataset.seen)")
+    ]
+    assert len(seen) == 2 and all(0 <= s < 15 for s in seen)
+    page.screenshot(path=str(SHOTS / "fleet-workers.png"), full_page=True)
+    with gpu_fleet.http() as http:
+        wait_for_status(http, sub["status_url"], "COMPLETED", timeout=60)
+    # the sample after the completion (one every 10 s) reaches the open page: a new chart point
+    # and the run's time as the mean run time
+    page.wait_for_function(
+        "([n]) => Number(document.querySelector('[data-chart=latency]').dataset.points) > n"
+        " && /^[0-9.]+ s$/.test(document.querySelector('[data-stat-latency] .v').textContent)",
+        arg=[first_points],
+        timeout=40_000,
+    )
+    mean = page.inner_text("[data-stat-latency] .v")
+    assert 5.9 <= float(mean.split()[0]) < 8, mean
+    page.wait_for_selector(f"{gpu_row} [data-gpu].idle")  # the runner stays warm, holding it
+    page.screenshot(path=str(SHOTS / "fleet-live.png"), full_page=True)
+    assert page.errors == []
+    page.close()
+
+
+def test_the_fleet_stream_sends_each_new_sample(gpu_fleet: Platform) -> None:
+    events: list[dict[str, Any]] = []
+    with gpu_fleet.http() as http, http.stream("GET", "/fleet/stream?for_s=25") as answer:
+        assert answer.status_code == 200
+        for line in answer.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+            if sum("sample" in e for e in events) >= 2:
+                break
+    assert "history" in events[0] and "sample" not in events[0]
+    samples = [e["sample"] for e in events if "sample" in e]
+    assert len(samples) == 2 and 8 <= samples[1]["at"] - samples[0]["at"] <= 12
+    if events[0]["history"]:
+        assert samples[0]["at"] > events[0]["history"][-1]["at"]
+    assert all(e["workers"] and e["pools"] is not None for e in events)
+    gpu = next(w for w in events[-1]["workers"] if w["gpu_ids"])
+    assert [g["id"] for g in gpu["gpus"]] == gpu["gpu_ids"] == [0, 1]

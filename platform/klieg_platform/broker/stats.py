@@ -149,6 +149,11 @@ class Stats:
         raw: list[Any] = await self.redis.lrange(keys.FLEET_SAMPLES, 0, -1)
         return [json.loads(s) for s in reversed(raw)]
 
+    async def latest_sample(self) -> dict[str, Any] | None:
+        """The newest fleet sample (None before the first)."""
+        raw: Any = await self.redis.lindex(keys.FLEET_SAMPLES, 0)
+        return json.loads(raw) if raw is not None else None
+
     async def snapshot(self, now_s: float | None = None) -> Snapshot:
         minute = int((time.time() if now_s is None else now_s) // 60)
         windows = [keys.metrics_slo(m) for m in range(minute - 9, minute + 1)]

@@ -5,7 +5,10 @@ the package and sent as they are: no build step, nothing from a CDN. The shell h
 data; the script asks for the caller's key and reads everything through the JSON API with it
 (``/apps``, ``/requests``, the per-app OpenAPI documents, the queue routes), so a page shows
 exactly what the API lets that key see. ``GET /fleet/stream`` is the one route made for it: the
-fleet views as server-sent events, once a second.
+fleet views as server-sent events, once a second, with each new fleet sample as it is taken.
+
+The script is three modules: ``dom.js`` (elements, the API and SSE over fetch, shared views),
+``fleet.js`` (the fleet page) and ``console.js`` (the other pages and the routing).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from klieg_platform.gateway.state import gateway
 
 ASSETS = {
     "console.js": "text/javascript; charset=utf-8",
+    "dom.js": "text/javascript; charset=utf-8",
+    "fleet.js": "text/javascript; charset=utf-8",
     "console.css": "text/css; charset=utf-8",
 }
 HEADERS = {
@@ -65,9 +70,12 @@ async def asset(request: Request) -> Response:
 
 
 async def fleet_stream(request: Request) -> Response:
-    """SSE, once a second for ``for_s`` seconds (default 60): ``{"at", "runners", "pools"}``
-    (``pools`` for an admin tenant only, ``runners`` as ``GET /runners`` shows them); the first
-    event also has ``history``, the last hour's samples (``fleet.samples_for``)."""
+    """SSE, once a second for ``for_s`` seconds (default 60): ``{"at", "runners", "pools",
+    "workers"}`` (``runners`` as ``GET /runners`` shows them; ``pools`` and ``workers``, as
+    ``GET /pools`` and ``GET /workers`` show them, for an admin tenant only, else null). The first
+    event also has ``history``, the last hour's samples (``fleet.samples_for``), and a later
+    event ``sample``, each sample taken since (every ``fleet.SAMPLE_EVERY_S``), so the charts
+    move while the page is open."""
     caller = auth.caller(request)
     gw = gateway(request)
     raw = request.query_params.get("for_s")
@@ -79,15 +87,24 @@ async def fleet_stream(request: Request) -> Response:
         history: list[dict[str, Any]] | None = fleet.samples_for(
             caller, await gw.broker.stats.samples()
         )
+        last_at = history[-1]["at"] if history else None
         while True:
             workers = await fleet.fleet_workers(request)
             runners = fleet.visible_runners(caller, fleet.runner_views(workers))
             pools = None
             if caller.admin:
                 pools = fleet.pool_views(workers, await gw.broker.queue.depths())
-            doc: dict[str, Any] = {"at": time.time(), "runners": runners, "pools": pools}
+            doc: dict[str, Any] = {
+                "at": time.time(), "runners": runners, "pools": pools,
+                "workers": workers if caller.admin else None,
+            }  # fmt: skip
             if history is not None:  # the first event carries the last hour
                 doc["history"], history = history, None
+            else:
+                newest = await gw.broker.stats.latest_sample()
+                if newest is not None and newest["at"] != last_at:
+                    doc["sample"] = fleet.samples_for(caller, [newest])[0]
+                    last_at = newest["at"]
             yield sse.event(json.dumps(doc).encode())
             if loop.time() + FLEET_EVERY_S > until:
                 return

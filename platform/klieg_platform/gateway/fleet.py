@@ -1,6 +1,7 @@
 """The fleet views: workers, pools and their queues, as JSON, for the CLI and the console.
 
-GET /workers   every live worker: pools, slots, GPU ids, whether it drains, cold starts so far,
+GET /workers   every live worker: pools, slots (total, held by runners, busy), GPU ids and what
+               holds each, whether it drains, cold starts so far, when it was last heard from,
                and each runner's "revision/function", state, idle time and the GPUs it holds
 GET /pools     per pool: live workers, slots (held by runners, busy, free), runners by state,
                and per tier the requests waiting and the oldest one's wait
@@ -38,16 +39,34 @@ def _operator(request: Request) -> None:
         raise PermissionDeniedError("the fleet views are for an admin tenant")
 
 
+BUSY_STATES = ("busy", "starting")
+"""A runner in these states holds its slots for a request (or for the one it starts for)."""
+
+
+def gpu_holders(gpu_ids: list[int], runners: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each GPU id of a worker with the runner holding it: its "owner/app", function
+    ("revision/function") and state; None for a free GPU."""
+    held = {g: r for r in runners if r["state"] != "stopping" for g in r["gpus"]}
+    return [{
+        "id": g, "app": held[g].get("app", "") if g in held else None,
+        "function": held[g]["function"] if g in held else None,
+        "state": held[g]["state"] if g in held else None,
+    } for g in gpu_ids]  # fmt: skip
+
+
 def worker_view(worker_id: str, doc: dict[str, Any], now: int) -> dict[str, Any]:
     """One heartbeat document as the API shows it."""
     runners = list(doc.get("detail", []))
     held = sum(r["slots"] for r in runners if r["state"] != "stopping")
+    gpu_ids = list(doc.get("gpu_ids", []))
     return {
         "id": worker_id,
         "pools": doc["pools"],
         "slots": int(doc["slots"]),
         "slots_held": held,
-        "gpu_ids": doc.get("gpu_ids", []),
+        "slots_busy": sum(r["slots"] for r in runners if r["state"] in BUSY_STATES),
+        "gpu_ids": gpu_ids,
+        "gpus": gpu_holders(gpu_ids, runners),
         "draining": bool(doc.get("draining", False)),
         "cold_starts": int(doc.get("cold_starts", 0)),
         "seen_s_ago": round(max(0, now - int(doc["seen_ms"])) / 1000, 1),
@@ -64,12 +83,8 @@ def pool_views(workers: list[dict[str, Any]], depths: list[Depth]) -> list[dict[
     out = []
     for name in names:
         serving = [w for w in workers if name in w["pools"] or keys.ALL_POOLS in w["pools"]]
-        states: Counter[str] = Counter()
-        busy = 0
-        for w in serving:
-            for r in w["runners"]:
-                states[r["state"]] += 1
-                busy += r["slots"] if r["state"] in ("busy", "starting") else 0
+        states = Counter(r["state"] for w in serving for r in w["runners"])
+        busy = sum(w["slots_busy"] for w in serving)
         slots = sum(w["slots"] for w in serving)
         held = sum(w["slots_held"] for w in serving)
         mine = [d for d in depths if d.pool == name]
@@ -166,7 +181,7 @@ def sample(
         add(_owner(snap.cold_s.app_key(labels)), "cold", sum(counts))
     for w in workers:
         for r in w["runners"]:
-            if r["state"] in ("busy", "starting"):
+            if r["state"] in BUSY_STATES:
                 add(_owner(r.get("app", "")), "busy", 1)
     fleet = owners.pop("", {})
     return {"at": round(at, 1), "queued": sum(d.queued for d in depths), "fleet": fleet,

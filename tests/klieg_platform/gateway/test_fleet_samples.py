@@ -1,4 +1,5 @@
-"""Fleet samples: running totals per owner and for the fleet, and what each caller sees."""
+"""The fleet views' pieces: samples (running totals per owner and for the fleet, and what each
+caller sees), and a worker's view (each GPU with what holds it, slots busy)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from klieg_platform.broker.stats import (
     Histogram,
     Snapshot,
 )
-from klieg_platform.gateway.fleet import sample, samples_for
+from klieg_platform.gateway.fleet import pool_views, sample, samples_for, worker_view
 from klieg_platform.registry_tables import Tenant
 
 
@@ -44,3 +45,25 @@ def test_each_caller_sees_its_own_figures_and_the_admin_the_fleet() -> None:
     assert samples_for(ann, [s]) == [{"at": 100.0, "done": 3, "run_s": 4.5, "cold": 2}]
     assert samples_for(carl, [s]) == [{"at": 100.0}]
     assert samples_for(root, [s]) == [{"at": 100.0, "queued": 3, **s["fleet"]}]
+
+
+def test_a_worker_view_shows_each_gpu_with_what_holds_it_and_busy_slots() -> None:
+    doc = {"pools": ["GPU-H100"], "slots": 4, "gpu_ids": [0, 1, 2, 3], "seen_ms": 1000,
+           "detail": [
+               {"function": "r1/big", "app": "ann/a", "state": "busy", "gpus": [0, 1], "slots": 2},
+               {"function": "r2/one", "app": "bob/b", "state": "idle", "gpus": [3], "slots": 1},
+               {"function": "r3/old", "app": "bob/b", "state": "stopping", "gpus": [], "slots": 0},
+           ]}  # fmt: skip
+    view = worker_view("w1", doc, 3500)
+    assert (view["slots"], view["slots_held"], view["slots_busy"]) == (4, 3, 2)
+    assert view["seen_s_ago"] == 2.5 and view["gpu_ids"] == [0, 1, 2, 3]
+    assert view["gpus"] == [
+        {"id": 0, "app": "ann/a", "function": "r1/big", "state": "busy"},
+        {"id": 1, "app": "ann/a", "function": "r1/big", "state": "busy"},
+        {"id": 2, "app": None, "function": None, "state": None},
+        {"id": 3, "app": "bob/b", "function": "r2/one", "state": "idle"},
+    ]
+    cpu = worker_view("w2", {"pools": ["CPU"], "slots": 4, "seen_ms": 1000, "detail": []}, 1000)
+    assert cpu["gpus"] == [] and cpu["slots_busy"] == 0
+    pool = pool_views([view], [])[0]
+    assert pool["slots"] == {"total": 4, "held": 3, "busy": 2, "free": 1}

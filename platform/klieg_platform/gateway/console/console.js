@@ -1,133 +1,15 @@
 // The Klieg console: one page, routed by the URL's fragment, reading the gateway's JSON API
-// with the key the user signs in with (kept in this tab's sessionStorage only).
+// with the key the user signs in with (kept in this tab's sessionStorage only). Each page gets
+// an AbortSignal that fires when the user leaves it, which ends its streams.
 
-const KEY = "klieg.console.key";
+import {
+  ApiError, KEY, SIGNED_OUT, api, errorBox, h, json, local, logView, mediaView, notFound, pill,
+  queueNote, secs, short, sse, statusPill, target, when,
+} from "./dom.js";
+import { fleetPage } from "./fleet.js";
+
 const root = document.getElementById("root");
-let stopPage = () => {};
-
-// ---- DOM and API helpers -----------------------------------------------------------------
-
-function h(tag, attrs, ...children) {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
-    else if (k === "class") el.className = v;
-    else el.setAttribute(k, v === true ? "" : v);
-  }
-  for (const c of children.flat()) {
-    if (c === null || c === undefined || c === false) continue;
-    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  }
-  return el;
-}
-
-class ApiError extends Error {
-  constructor(status, body) {
-    super(body && body.detail ? String(body.detail) : `HTTP ${status}`);
-    this.status = status;
-    this.type = body && body.error_type;
-  }
-}
-
-function auth() {
-  return { Authorization: `Key ${sessionStorage.getItem(KEY) || ""}` };
-}
-
-async function api(path, opts = {}) {
-  const headers = { ...auth(), ...(opts.headers || {}) };
-  let body = opts.body;
-  if (opts.json !== undefined) {
-    headers["Content-Type"] = "application/json";
-    body = JSON.stringify(opts.json);
-  }
-  const r = await fetch(path, { method: opts.method || "GET", headers, body, signal: opts.signal });
-  const text = await r.text();
-  let data = null;
-  try { data = text ? JSON.parse(text) : null; } catch { data = { detail: text }; }
-  if (!r.ok && r.status !== 202) {
-    if (r.status === 401 && !opts.quiet) signOut("Your key was refused: " + (data && data.detail));
-    throw new ApiError(r.status, data);
-  }
-  return data;
-}
-
-// Server-sent events over fetch (EventSource cannot send the Authorization header).
-async function sse(path, onEvent, signal) {
-  const r = await fetch(path, { headers: auth(), signal });
-  if (!r.ok) {
-    let data = null;
-    try { data = await r.json(); } catch { /* not JSON */ }
-    throw new ApiError(r.status, data);
-  }
-  const reader = r.body.getReader();
-  const decoder = new TextDecoder();
-  let buf = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) return;
-    buf += decoder.decode(value, { stream: true });
-    let cut;
-    while ((cut = buf.indexOf("\n\n")) >= 0) {
-      const chunk = buf.slice(0, cut);
-      buf = buf.slice(cut + 2);
-      const data = chunk.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("");
-      if (data) onEvent(JSON.parse(data));
-    }
-  }
-}
-
-const when = (s) => (s ? new Date(s * 1000).toLocaleString() : "");
-const secs = (s) => (s === null || s === undefined ? "–" : s < 1 ? `${Math.round(s * 1000)} ms` : `${s.toFixed(2)} s`);
-const short = (id) => (id ? String(id).slice(0, 10) : "");
-const json = (v) => JSON.stringify(v, null, 2);
-
-function pill(text, kind) { return h("span", { class: `pill ${kind || ""}` }, text); }
-function statusPill(r) {
-  const s = r.outcome || r.status;
-  const kind = s === "ok" ? "ok" : s === "error" || s === "cancelled" ? "error" : "run";
-  return pill(s, kind);
-}
-function errorBox(err) {
-  return h("div", { class: "error-box", "data-error-type": err.type || "" },
-    err.type ? `${err.type}: ` : "", err.message);
-}
-function notFound(err) {
-  return h("div", {}, h("h1", {}, "Not found"), h("p", { class: "sub" }, err.message));
-}
-
-// ---- media (fal's rule: an object with url and content_type is a file) --------------------
-
-function isMedia(v) {
-  return v && typeof v === "object" && typeof v.url === "string" && "content_type" in v;
-}
-function collectMedia(v, path = "", out = []) {
-  if (isMedia(v)) out.push([path, v]);
-  else if (Array.isArray(v)) v.forEach((x, i) => collectMedia(x, `${path}[${i}]`, out));
-  else if (v && typeof v === "object") for (const [k, x] of Object.entries(v)) collectMedia(x, path ? `${path}.${k}` : k, out);
-  return out;
-}
-function mediaView(v) {
-  const found = collectMedia(v);
-  if (!found.length) return null;
-  return h("div", { class: "media" }, found.map(([path, m]) => {
-    const kind = (m.content_type || "").split("/")[0];
-    const el = kind === "image" ? h("img", { src: m.url, alt: path, "data-media": path })
-      : kind === "video" ? h("video", { src: m.url, controls: true, "data-media": path })
-      : kind === "audio" ? h("audio", { src: m.url, controls: true, "data-media": path })
-      : h("a", { href: m.url, target: "_blank", "data-media": path }, m.file_name || path);
-    return h("figure", {}, el, h("figcaption", {}, `${path} · ${m.content_type || "file"}`));
-  }));
-}
-function logView(lines) {
-  const box = h("div", { class: "logs", "data-logs": "" });
-  const add = (ls) => {
-    for (const l of ls || []) box.append(h("div", { class: "line" }, h("span", { class: "lvl" }, l.level || ""), l.message || ""));
-    box.scrollTop = box.scrollHeight;
-  };
-  add(lines);
-  return { box, add };
-}
+let leave = new AbortController();
 
 // ---- pages --------------------------------------------------------------------------------
 
@@ -178,7 +60,7 @@ async function appPage(main, name) {
 function requestRow(r) {
   return h("tr", { class: "link", "data-request": r.request_id, onclick: () => go(`#/requests/${r.request_id}`) },
     h("td", { class: "mono" }, short(r.request_id)),
-    h("td", {}, `${r.app}${r.endpoint && r.endpoint !== "/" ? r.endpoint : ""}`),
+    h("td", {}, target(r)),
     h("td", {}, statusPill(r), r.error_type ? h("span", { class: "hint" }, r.error_type) : null),
     h("td", {}, when(r.created_at)),
     h("td", {}, secs(r.queue_s)), h("td", {}, secs(r.run_s)), h("td", {}, secs(r.cold_start_s)));
@@ -217,14 +99,15 @@ async function requestsPage(main, params) {
   await load();
 }
 
-async function requestPage(main, id) {
+async function requestPage(main, id, signal) {
   const r = await api(`/requests/${encodeURIComponent(id)}`);
-  const logs = logView(r.logs);
+  const running = r.status !== "COMPLETED";
+  const logs = logView(running ? [] : r.logs);  // a running request's stream sends every line
   const output = h("div", { "data-output": "" });
-  const state = h("span", {}, statusPill(r));
+  const state = h("span", { class: "row", "data-state": "" }, statusPill(r), queueNote(r));
   main.append(
     h("h1", {}, "Request ", h("span", { class: "mono" }, r.request_id)),
-    h("p", { class: "sub" }, h("a", { href: `#/apps/${r.app.split("/")[1]}` }, r.app), r.endpoint && r.endpoint !== "/" ? r.endpoint : "", " · revision ", h("span", { class: "mono" }, short(r.revision))),
+    h("p", { class: "sub" }, h("a", { href: `#/apps/${r.app.split("/")[1]}` }, target(r)), " · revision ", h("span", { class: "mono" }, short(r.revision))),
     h("div", { class: "card kv mb18" },
       h("div", { class: "k" }, "Status"), state,
       h("div", { class: "k" }, "Created"), h("div", {}, when(r.created_at)),
@@ -237,111 +120,17 @@ async function requestPage(main, id) {
   const finish = async (doc) => {
     state.replaceChildren(statusPill(doc));
     if (doc.outcome === "ok") {
-      const result = await api(r.response_url.replace(/^https?:\/\/[^/]+/, ""));
+      const result = await api(local(r.response_url));
       output.replaceChildren(mediaView(result) || "", h("pre", { class: "json" }, json(result)));
     } else if (doc.error) output.replaceChildren(errorBox({ type: doc.error_type, message: doc.error }));
   };
-  if (r.status === "COMPLETED") return finish(r);
+  if (!running) return finish(r);
   output.append(h("div", { class: "notice" }, "Waiting for the result…"));
-  const ctl = new AbortController();
-  stopPage = () => ctl.abort();
-  const statusPath = r.status_url.replace(/^https?:\/\/[^/]+/, "");
-  sse(`${statusPath}/stream?logs=1`, async (doc) => {
+  sse(`${local(r.status_url)}/stream?logs=1`, async (doc) => {
     logs.add(doc.logs);
-    state.replaceChildren(statusPill(doc), doc.queue_position !== undefined ? ` position ${doc.queue_position}` : "");
+    state.replaceChildren(statusPill(doc), queueNote(doc));
     if (doc.status === "COMPLETED") finish({ ...doc, outcome: doc.error_type ? "error" : "ok" });
-  }, ctl.signal).catch(() => {});
-}
-
-// ---- the fleet ------------------------------------------------------------------------------
-
-function sparkline(values) {
-  const w = 160, ht = 34, n = values.length;
-  const top = Math.max(1, ...values);
-  const pts = values.map((v, i) => `${n < 2 ? 0 : (i / (n - 1)) * w},${ht - 2 - (v / top) * (ht - 4)}`).join(" ");
-  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-  svg.setAttribute("viewBox", `0 0 ${w} ${ht}`);
-  svg.setAttribute("preserveAspectRatio", "none");
-  const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
-  line.setAttribute("points", pts);
-  line.setAttribute("fill", "none");
-  line.setAttribute("stroke", "#7c9cff");
-  line.setAttribute("stroke-width", "2");
-  svg.append(line);
-  return svg;
-}
-
-async function fleetPage(main) {
-  const stats = h("div", { class: "stats" });
-  const pools = h("div", { "data-pools": "" });
-  const runners = h("div", { "data-runners": "" });
-  const live = h("span", { class: "pill" }, "connecting…");
-  main.append(h("div", { class: "row" }, h("h1", {}, "Fleet"), h("span", { class: "spacer" }), live),
-    h("p", { class: "sub" }, "Live pools, GPU slots, runners and queues; the charts cover the last hour."),
-    stats, h("h2", {}, "Pools"), pools, h("h2", {}, "Runners"), runners);
-  // the last hour: the gateway's samples (every 10 s, running totals) turned into per-period
-  // figures, then the live values appended to the gauges
-  let series = { queued: [], busy: [], latency: [], cold: [] };
-  const fromHistory = (hist) => {
-    const out = { queued: [], busy: [], latency: [], cold: [] };
-    hist.forEach((s, i) => {
-      out.queued.push(s.queued || 0);
-      out.busy.push(s.busy || 0);
-      if (i === 0) return;
-      const p = hist[i - 1];
-      const done = (s.done || 0) - (p.done || 0);
-      out.latency.push(done > 0 ? ((s.run_s || 0) - (p.run_s || 0)) / done : 0);
-      out.cold.push(Math.max(0, (s.cold || 0) - (p.cold || 0)));
-    });
-    return out;
-  };
-  const ctl = new AbortController();
-  stopPage = () => ctl.abort();
-  const show = (doc) => {
-    live.replaceChildren("● live");
-    live.className = "pill ok";
-    if (doc.history) series = fromHistory(doc.history);
-    const count = (s) => doc.runners.filter((r) => r.state === s).length;
-    const queued = doc.pools ? doc.pools.reduce((a, p) => a + p.queued, 0) : null;
-    series.queued.push(queued || 0);
-    series.busy.push(count("busy") + count("starting"));
-    for (const k of ["queued", "busy"]) if (series[k].length > 720) series[k].shift();
-    const recent = series.latency.filter((x) => x > 0);
-    const stat = (k, label, v) => h("div", { class: "stat", [`data-stat-${k}`]: "" }, h("div", { class: "k" }, label), h("div", { class: "v" }, v), sparkline(series[k]));
-    stats.replaceChildren(
-      ...(queued === null ? [] : [stat("queued", "Requests queued", queued)]),
-      stat("busy", "Runners busy", count("busy") + count("starting")),
-      stat("latency", "Mean run time", recent.length ? secs(recent[recent.length - 1]) : "–"),
-      stat("cold", "Cold starts, last hour", series.cold.reduce((a, b) => a + b, 0)),
-      h("div", { class: "stat" }, h("div", { class: "k" }, "Runners idle (warm)"), h("div", { class: "v" }, count("idle"))));
-    if (doc.pools === null) pools.replaceChildren(h("div", { class: "notice" }, "Pools and queues are shown to an admin tenant's key."));
-    else if (!doc.pools.length) pools.replaceChildren(h("div", { class: "card empty" }, "No pools yet."));
-    else pools.replaceChildren(h("table", {},
-      h("tr", {}, ["Pool", "Workers", "GPU slots (busy / held / total)", "Runners", "Queue per tier (oldest wait)"].map((t) => h("th", {}, t))),
-      doc.pools.map((p) => h("tr", { "data-pool": p.pool },
-        h("td", {}, h("b", {}, p.pool)), h("td", {}, p.workers),
-        h("td", {}, `${p.slots.busy} / ${p.slots.held} / ${p.slots.total}`),
-        h("td", {}, Object.entries(p.runners).filter(([, n]) => n).map(([s, n]) => pill(`${s} ${n}`))),
-        h("td", {}, p.queue.filter((q) => q.queued).map((q) => pill(`${q.tier}: ${q.queued} (${q.oldest_wait_s.toFixed(1)} s)`, "run")), p.queued ? null : "empty")))));
-    if (!doc.runners.length) runners.replaceChildren(h("div", { class: "card empty" }, "No runners: every app is cold."));
-    else runners.replaceChildren(h("table", {},
-      h("tr", {}, ["App", "Revision", "Function", "State", "Worker", "GPUs"].map((t) => h("th", {}, t))),
-      doc.runners.map((r) => h("tr", { "data-runner": r.app },
-        h("td", {}, r.app), h("td", { class: "mono" }, short(r.revision)), h("td", {}, r.function),
-        h("td", {}, pill(r.state === "idle" ? `idle ${r.idle_s.toFixed(0)} s` : r.state, r.state === "busy" ? "run" : r.state === "idle" ? "ok" : "")),
-        h("td", { class: "mono" }, r.worker), h("td", {}, r.gpus.join(", ") || "–")))));
-  };
-  (async () => {  // each stream lasts a minute; the next one follows, as EventSource would
-    while (!ctl.signal.aborted) {
-      try { await sse("/fleet/stream", show, ctl.signal); }
-      catch (e) {
-        if (e.name === "AbortError") return;
-        live.replaceChildren("reconnecting…");
-        live.className = "pill error";
-        await new Promise((done) => setTimeout(done, 2000));
-      }
-    }
-  })();
+  }, signal).catch(() => {});
 }
 
 // ---- the playground -------------------------------------------------------------------------
@@ -424,7 +213,7 @@ function snippets(base, path, body) {
   };
 }
 
-async function playgroundPage(main, owner, app) {
+async function playgroundPage(main, owner, app, signal) {
   const doc = await api(`/${owner}/${app}/openapi.json`);
   const ops = Object.entries(doc.paths).filter(([p, m]) => m.post && m.post.operationId.startsWith("run_"))
     .map(([path, m]) => ({ path, op: m.post }));
@@ -470,18 +259,15 @@ async function playgroundPage(main, owner, app) {
       try {
         const sub = await api(`/queue${path}`, { method: "POST", json: args });
         const link = h("a", { href: `#/requests/${sub.request_id}`, "data-request-link": "" }, short(sub.request_id));
-        const ctl = new AbortController();
-        stopPage = () => ctl.abort();
         let done = null;
-        await sse(`${sub.status_url.replace(/^https?:\/\/[^/]+/, "")}/stream?logs=1`, (st) => {
+        await sse(`${local(sub.status_url)}/stream?logs=1`, (st) => {
           logs.add(st.logs);
-          const where = st.status === "IN_QUEUE" ? ` position ${st.queue_position ?? "?"}${st.queue_eta_s ? ` · ETA ${secs(st.queue_eta_s)}` : ""}` : "";
-          state.replaceChildren(link, pill(st.status, st.status === "COMPLETED" ? (st.error_type ? "error" : "ok") : "run"), where);
+          state.replaceChildren(link, pill(st.status, st.status === "COMPLETED" ? (st.error_type ? "error" : "ok") : "run"), queueNote(st));
           if (st.status === "COMPLETED") done = st;
-        }, ctl.signal);
+        }, signal);
         if (done && done.error_type) result.replaceChildren(errorBox({ type: done.error_type, message: done.error }));
         else {
-          const out = await api(sub.response_url.replace(/^https?:\/\/[^/]+/, ""));
+          const out = await api(local(sub.response_url));
           result.replaceChildren(mediaView(out) || "", h("pre", { class: "json", "data-result-json": "" }, json(out)));
         }
       } catch (e) {
@@ -569,7 +355,7 @@ async function workflowsPage(main) {
       h("td", {}, Object.entries(w.aliases || {}).map(([k, v]) => pill(`${k} → ${short(v)}`, "alias")))))));
 }
 
-async function workflowPage(main, name) {
+async function workflowPage(main, name, signal) {
   const wf = await api(`/workflows/${encodeURIComponent(name)}`);
   const latest = wf.revisions.find((r) => r.aliases.includes("latest")) || wf.revisions[0];
   const doc = latest.document;
@@ -597,21 +383,19 @@ async function workflowPage(main, name) {
     try {
       const sub = await api(`/queue/workflows/${wf.owner}/${wf.name}`, { method: "POST", json: args });
       const link = h("a", { href: `#/requests/${sub.request_id}` }, short(sub.request_id));
-      const ctl = new AbortController();
-      stopPage = () => ctl.abort();
       let done = null;
-      await sse(`${sub.status_url.replace(/^https?:\/\/[^/]+/, "")}/stream?logs=1`, (st) => {
+      await sse(`${local(sub.status_url)}/stream?logs=1`, (st) => {
         logs.add(st.logs);
         for (const l of st.logs || []) {
           if (l.node) dag.set(l.node, l.event === "started" ? "running" : l.event === "completed" ? "ok" : l.event === "failed" ? "failed" : "waiting");
         }
         state.replaceChildren(link, pill(st.status, st.status === "COMPLETED" ? (st.error_type ? "error" : "ok") : "run"));
         if (st.status === "COMPLETED") done = st;
-      }, ctl.signal);
+      }, signal);
       if (done && done.error_type) result.replaceChildren(errorBox({ type: done.error_type, message: done.error }));
       else {
         dag.set("output", "ok");
-        const out = await api(sub.response_url.replace(/^https?:\/\/[^/]+/, ""));
+        const out = await api(local(sub.response_url));
         result.replaceChildren(mediaView(out) || "", h("pre", { class: "json", "data-result-json": "" }, json(out)));
       }
     } catch (e) { result.replaceChildren(errorBox(e)); } finally { run.disabled = false; }
@@ -622,13 +406,20 @@ async function workflowPage(main, name) {
 
 function go(hash) { if (location.hash === hash) route(); else location.hash = hash; }
 
+// End the page shown (its streams stop) and give the next one a fresh signal.
+function leavePage() {
+  leave.abort();
+  leave = new AbortController();
+  return leave.signal;
+}
+
 function signOut(message) {
   sessionStorage.removeItem(KEY);
   login(message);
 }
 
 function login(message) {
-  stopPage();
+  leavePage();
   const key = h("input", { type: "password", placeholder: "key_id:secret", "data-key": "", autocomplete: "off" });
   const err = h("div", {});
   const submit = async (e) => {
@@ -646,20 +437,20 @@ function login(message) {
   key.focus();
 }
 
+// [fragment, page(main, match, signal), nav section]
 const PAGES = [
   [/^#\/apps\/([^/?]+)$/, (m, p) => appPage(m, decodeURIComponent(p[1])), "apps"],
   [/^#\/apps$/, (m) => appsPage(m), "apps"],
-  [/^#\/playground\/([^/]+)\/([^/?]+)$/, (m, p) => playgroundPage(m, p[1], p[2]), "apps"],
-  [/^#\/requests\/([^/?]+)$/, (m, p) => requestPage(m, decodeURIComponent(p[1])), "requests"],
+  [/^#\/playground\/([^/]+)\/([^/?]+)$/, (m, p, s) => playgroundPage(m, p[1], p[2], s), "apps"],
+  [/^#\/requests\/([^/?]+)$/, (m, p, s) => requestPage(m, decodeURIComponent(p[1]), s), "requests"],
   [/^#\/requests(\?.*)?$/, (m, p) => requestsPage(m, new URLSearchParams((p[1] || "").slice(1))), "requests"],
-  [/^#\/fleet$/, (m) => fleetPage(m), "fleet"],
+  [/^#\/fleet$/, (m, p, s) => fleetPage(m, s), "fleet"],
   [/^#\/workflows$/, (m) => workflowsPage(m), "workflows"],
-  [/^#\/workflows\/([^/?]+)$/, (m, p) => workflowPage(m, decodeURIComponent(p[1])), "workflows"],
+  [/^#\/workflows\/([^/?]+)$/, (m, p, s) => workflowPage(m, decodeURIComponent(p[1]), s), "workflows"],
 ];
 
 async function route() {
-  stopPage();
-  stopPage = () => {};
+  const signal = leavePage();
   if (!sessionStorage.getItem(KEY)) return login();
   const hash = location.hash || "#/apps";
   const found = PAGES.find(([re]) => re.test(hash)) || PAGES[1];
@@ -672,12 +463,13 @@ async function route() {
       h("div", { class: "who" }, `key ${(sessionStorage.getItem(KEY) || "").split(":")[0]}`),
       h("a", { class: "nav", href: "#", onclick: (e) => { e.preventDefault(); signOut(); } }, "Sign out")),
     main));
-  try { await found[1](main, hash.match(found[0])); }
+  try { await found[1](main, hash.match(found[0]), signal); }
   catch (e) {
     if (e instanceof ApiError && e.status === 404) main.replaceChildren(notFound(e));
     else if (!(e instanceof ApiError && e.status === 401)) main.replaceChildren(errorBox(e));
   }
 }
 
+window.addEventListener(SIGNED_OUT, (e) => signOut(e.detail));
 window.addEventListener("hashchange", route);
 route();
