@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,11 +56,14 @@ class Platform:
             self.key = anonymous.create_key()["key"]
         return self
 
-    def deploy(self, path: Path, alias: str = "latest") -> dict[str, object]:
+    def deploy(
+        self, path: Path, alias: str = "latest", key: str | None = None
+    ) -> dict[str, object]:
+        """Deploy the app file ``path`` with ``key`` (default the platform's key)."""
         from klieg.admin import load_app
 
         app, folder, entry = load_app(path)
-        with self.admin() as admin:
+        with self.admin(key) as admin:
             return admin.deploy(app, folder, entry, alias=alias)
 
 
@@ -100,6 +105,35 @@ def running_platform(
             bundle=made.bundle if made else None,
             queue_url=f"https://127.0.0.1:{queue_port}" if made else None,
         )
+
+
+@contextmanager
+def platform_process(home: Path, args: list[str], log_name: str, **env: str) -> Iterator[None]:
+    """Another process of the platform in ``home``, ``python -m <args>`` (a gateway, a worker),
+    over its Redis, registry and keys (``env`` adds settings); its output goes to
+    ``home/log_name``; stopped (SIGTERM) afterwards."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("KLIEG_")}
+    environ.update(KLIEG_HOME=str(home), **env)
+    with open(home / log_name, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", *args], env=environ, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@contextmanager
+def another_gateway(platform: Platform) -> Iterator[Platform]:
+    """A second gateway process of ``platform`` on a port of its own, once it is healthy."""
+    port = free_port()
+    with platform_process(platform.home, ["klieg_platform.gateway"], f"gateway-{port}.log",
+                          KLIEG_PORT=str(port)):  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, 90)
+        yield Platform(url=url, home=platform.home, key=platform.key)
 
 
 def platform_pids(home: Path, module: str) -> list[int]:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +20,15 @@ from typing import Any
 import httpx
 import pytest
 
-from klieg.admin import AdminClient, load_app
-from tests.e2e.platform import APPS, REPO, TEST_APPS, Platform, running_platform, wait_for_status
+from tests.e2e.platform import (
+    APPS,
+    REPO,
+    TEST_APPS,
+    Platform,
+    platform_process,
+    running_platform,
+    wait_for_status,
+)
 
 pytestmark = pytest.mark.timeout(300)
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -156,28 +161,41 @@ def test_run_digits_from_the_playground_then_see_request_and_fleet(
     other.close()
 
 
-def test_a_media_input_is_uploaded_from_the_playground(
-    browser: Any, platform: Platform, tmp_path: Path
-) -> None:
+def imagetools_with_a_picture(
+    browser: Any, platform: Platform, tmp_path: Path, endpoint: str
+) -> Any:
+    """The imagetools playground on ``endpoint`` with a 64x48 PNG uploaded as its image."""
     from PIL import Image as PILImage
 
     platform.deploy(APPS / "imagetools" / "app.py")
-    picture = tmp_path / "square.png"
+    picture = tmp_path / "picture.png"
     PILImage.new("RGB", (64, 48), (200, 40, 90)).save(picture)
     page = signed_in(browser, platform, platform.key)
     page.goto(f"{platform.url}/console#/playground/local/imagetools")
     page.wait_for_selector("[data-endpoint]")
-    page.select_option("[data-endpoint]", label="/thumbnail")
+    page.select_option("[data-endpoint]", label=endpoint)
     page.wait_for_selector("[data-upload=image]")
     page.set_input_files("[data-upload=image]", str(picture))
     page.wait_for_function(
         "() => document.querySelector('[data-field=image]').value.includes('/files/')"
     )
-    page.fill("input[data-field=size]", "16")
+    return page
+
+
+def run_for_image_size(page: Any) -> list[int]:
+    """Press Run; the size of the image the result shows, once it has loaded."""
     page.click("[data-run]")
     shown = page.wait_for_selector("[data-result] img", timeout=WAIT_MS)
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=shown)
-    assert shown.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [16, 12]
+    return list(shown.evaluate("img => [img.naturalWidth, img.naturalHeight]"))
+
+
+def test_a_media_input_is_uploaded_from_the_playground(
+    browser: Any, platform: Platform, tmp_path: Path
+) -> None:
+    page = imagetools_with_a_picture(browser, platform, tmp_path, "/thumbnail")
+    page.fill("input[data-field=size]", "16")
+    assert run_for_image_size(page) == [16, 12]
     page.screenshot(path=str(SHOTS / "upload.png"), full_page=True)
     assert page.errors == []
     page.close()
@@ -244,9 +262,7 @@ def test_alias_moves_and_rollback_take_a_confirmation(
     for version in ("one", "two"):
         source = folder / "app.py"
         source.write_text(source.read_text() + f"\n# version {version}\n")
-        app, root, entry = load_app(source)
-        with AdminClient(platform.url, key, timeout=120) as owner:
-            revisions.append(str(owner.deploy(app, root, entry)["revision"]))
+        revisions.append(str(platform.deploy(source, key=key)["revision"]))
     first, second = revisions
     page = signed_in(browser, platform, key)
     answers: list[str] = []
@@ -268,7 +284,7 @@ def test_alias_moves_and_rollback_take_a_confirmation(
     page.click("[data-rollback]")
     page.wait_for_function(SHOWS, arg=[row, "latest"])
     assert answers == ["prompt", "confirm", "confirm"]
-    with AdminClient(platform.url, key) as owner:
+    with platform.admin(key) as owner:
         aliases = {r["id"]: r["aliases"] for r in owner.revisions("echo")}
     assert aliases[first] == ["canary", "latest"] and aliases[second] == []
     page.screenshot(path=str(SHOTS / "revisions.png"), full_page=True)
@@ -279,34 +295,17 @@ def test_alias_moves_and_rollback_take_a_confirmation(
 def test_an_enum_is_a_select_and_the_choice_is_sent(
     browser: Any, platform: Platform, tmp_path: Path
 ) -> None:
-    from PIL import Image as PILImage
-
-    platform.deploy(APPS / "imagetools" / "app.py")
-    picture = tmp_path / "wide.png"
-    PILImage.new("RGB", (64, 48), (30, 120, 200)).save(picture)
-    page = signed_in(browser, platform, platform.key)
-    page.goto(f"{platform.url}/console#/playground/local/imagetools")
-    page.wait_for_selector("[data-endpoint]")
-    page.select_option("[data-endpoint]", label="/resize")
+    page = imagetools_with_a_picture(browser, platform, tmp_path, "/resize")
     mode = page.wait_for_selector("select[data-field=mode]")
     options = mode.eval_on_selector_all("option", "os => os.map(o => o.textContent)")
-    assert (
-        options == ["fit", "fill", "stretch"]
-        and mode.evaluate("s => s.selectedOptions[0].text") == "fit"
-    )
-    page.set_input_files("[data-upload=image]", str(picture))
-    page.wait_for_function(
-        "() => document.querySelector('[data-field=image]').value.includes('/files/')"
-    )
+    assert options == ["fit", "fill", "stretch"]
+    assert mode.evaluate("s => s.selectedOptions[0].text") == "fit"  # the default
     page.fill("input[data-field=width]", "20")
     page.fill("input[data-field=height]", "10")
     page.select_option("select[data-field=mode]", label="stretch")
     assert '"mode":"stretch"' in page.inner_text("[data-snippet]")  # the curl call's body
-    page.click("[data-run]")
-    shown = page.wait_for_selector("[data-result] img", timeout=WAIT_MS)
-    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=shown)
     # "fit" would keep 64x48's aspect (13x10); "stretch" fills the box
-    assert shown.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [20, 10]
+    assert run_for_image_size(page) == [20, 10]
     page.screenshot(path=str(SHOTS / "enum.png"), full_page=True)
     assert page.errors == []
     page.close()
@@ -322,9 +321,8 @@ def waiting_room(platform: Platform) -> str:
     """A tenant of its own with the slow test app, at most one of its requests running."""
     with platform.admin() as admin:
         key = str(admin.create_key(tenant="console-queue")["key"])
-    app, folder, entry = load_app(TEST_APPS / "slow" / "app.py")
-    with AdminClient(platform.url, key, timeout=120) as owner:
-        owner.deploy(app, folder, entry)
+    platform.deploy(TEST_APPS / "slow" / "app.py", key=key)
+    with platform.admin(key) as owner:
         owner.limit_app("slow", 1)
     return key
 
@@ -412,19 +410,9 @@ def gpu_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     with running_platform(home, extra_env={"KLIEG_WORKER_POOLS": "CPU"}) as p:
         p.bootstrap()
         p.deploy(TEST_APPS / "gpus" / "app.py")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KLIEG_")}
-        env.update(KLIEG_HOME=str(home), KLIEG_REDIS_URL=f"unix://{home / 'run' / 'redis.sock'}")
-        with open(home / "gpu-worker.log", "ab") as log:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "klieg_platform.worker", "--pool", "GPU-H100",
-                 "--gpus", "2", "--no-workflows"],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        try:
+        args = ["klieg_platform.worker", "--pool", "GPU-H100", "--gpus", "2", "--no-workflows"]
+        with platform_process(home, args, "gpu-worker.log"):
             yield p
-        finally:
-            worker.terminate()
-            worker.wait(timeout=30)
 
 
 def test_the_fleet_lists_workers_with_their_gpus_and_its_charts_move(

@@ -5,15 +5,18 @@ CPU work stays on the CPU worker."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.e2e.platform import TEST_APPS, Platform, running_platform, wait_for_status
+from tests.e2e.platform import (
+    TEST_APPS,
+    Platform,
+    platform_process,
+    running_platform,
+    wait_for_status,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -24,19 +27,9 @@ def gpu_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]
     with running_platform(home, extra_env={"KLIEG_WORKER_POOLS": "CPU"}) as p:
         p.bootstrap()
         p.deploy(TEST_APPS / "gpus" / "app.py")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KLIEG_")}
-        env.update(KLIEG_HOME=str(home), KLIEG_REDIS_URL=f"unix://{home / 'run' / 'redis.sock'}")
-        with open(home / "gpu-worker.log", "ab") as log:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "klieg_platform.worker", "--pool", "GPU-H100",
-                 "--gpus", "4"],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        try:
+        args = ["klieg_platform.worker", "--pool", "GPU-H100", "--gpus", "4"]
+        with platform_process(home, args, "gpu-worker.log"):
             yield p
-        finally:
-            worker.terminate()
-            worker.wait(timeout=30)
 
 
 def _submit(p: Platform, path: str, seconds: float, tag: str) -> dict[str, Any]:

@@ -23,11 +23,7 @@ def tenant(platform: Platform) -> str:
     """A tenant of its own with echo deployed and 5 requests: 3 sync, 2 through the queue."""
     with platform.admin() as admin:
         key = str(admin.create_key(tenant="historian")["key"])
-    from klieg.admin import AdminClient, load_app
-
-    app, folder, entry = load_app(APPS / "echo" / "app.py")
-    with AdminClient(platform.url, key, timeout=120) as admin:
-        admin.deploy(app, folder, entry, alias="latest")
+    platform.deploy(APPS / "echo" / "app.py", key=key)
     with Client(platform.url, key) as c:
         for i in range(3):
             c.run("historian/echo", {"text": f"sync {i}"})

@@ -3,16 +3,13 @@ honours within a second (a second gateway process on the same Redis and registry
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.e2e.platform import Platform, free_port, wait_healthy
+from tests.e2e.platform import Platform, another_gateway
 from tests.e2e.test_cli import klieg
 
 pytestmark = pytest.mark.timeout(180)
@@ -69,17 +66,8 @@ def test_an_expired_key_is_refused(platform: Platform, echo_deployed: object) ->
 @pytest.fixture()
 def second_gateway(platform: Platform) -> Iterator[str]:
     """Another gateway process over the platform's Redis and registry."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KLIEG_")}
-    env.update(KLIEG_HOME=str(platform.home), KLIEG_PORT=str(port), KLIEG_LOG_LEVEL="warning")
-    proc = subprocess.Popen([sys.executable, "-m", "klieg_platform.gateway"], env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with another_gateway(platform) as other:
+        yield other.url
 
 
 def test_a_revoked_key_fails_within_a_second_on_every_gateway(

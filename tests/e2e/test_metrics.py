@@ -6,8 +6,6 @@ admin sees the series of its own apps only."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,11 +13,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from klieg_platform import vault
-from klieg_platform.config import Settings
 from klieg_platform.gateway.metrics import LABELS, NAMES
-from klieg_platform.local import ensure_signing_key, settings_env
-from tests.e2e.platform import Platform, free_port, wait_healthy
+from tests.e2e.platform import Platform, another_gateway
 
 pytestmark = pytest.mark.timeout(180)
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -139,20 +134,8 @@ def test_another_tenant_sees_only_its_own_series(platform: Platform, echo_deploy
 def second_gateway(platform: Platform) -> Iterator[Platform]:
     """Another gateway process of the session's platform: same home, Redis and registry, its
     own port."""
-    settings = ensure_signing_key(Settings.from_env({"KLIEG_HOME": str(platform.home)}))
-    settings = settings.with_(secrets_key=vault.ensure_key(platform.home), port=free_port())
-    with open(platform.home / "second-gateway.log", "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "klieg_platform.gateway"],
-            env=settings_env(settings), stdout=log, stderr=log,
-        )  # fmt: skip
-        try:
-            url = f"http://127.0.0.1:{settings.port}"
-            wait_healthy(url, 90)
-            yield Platform(url=url, home=platform.home, key=platform.key)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    with another_gateway(platform) as other:
+        yield other
 
 
 def test_every_gateway_answers_for_the_whole_fleet(
