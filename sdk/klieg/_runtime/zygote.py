@@ -1,12 +1,14 @@
 """Zygote main: ``python -m klieg._runtime.zygote --fd N [--preload torch,numpy]``.
 
 A zygote is a process of an env's interpreter that has imported the runtime and the modules its
-apps declare as preloadable, frozen what it allocated (``gc.freeze()``), and then only forks:
-each runner it forks skips the interpreter start and those imports, and shares their pages
-with its siblings until it writes to them. It never runs app code, never sees a secret and never
-initialises an accelerator (a forked child cannot re-initialise CUDA): should a preloaded module
-do so at import, or start a thread (a fork copies only the forking thread, with whatever locks
-the others held), the zygote refuses to serve and exits.
+apps declare as preloadable (with the collector off), frozen what it allocated
+(``gc.freeze()``), and then only forks: each runner it forks skips the interpreter start and
+those imports, and shares their pages with its siblings until it writes to them (the child
+turns the collector on and never unfreezes: its collections do not scan the frozen objects).
+It never runs app code, never sees a secret and never initialises an accelerator (a forked
+child cannot re-initialise CUDA): should a preloaded module do so at import, or start a thread
+(a fork copies only the forking thread, with whatever locks the others held), the zygote
+refuses to serve and exits.
 
 Its control socket (fd N) carries JSON lines; a ``fork`` line comes with one file descriptor
 (SCM_RIGHTS), the runner's end of its own socketpair to the worker:
@@ -102,7 +104,7 @@ def _child(order: dict[str, Any], fd: int, inherited: list[Any]) -> int:
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.setsid()
-    gc.unfreeze()
+    gc.enable()  # what the zygote froze stays frozen: a full collection never scans it
     os.environ.clear()
     os.environ.update(order["env"])
     here = os.getcwd()  # ``-m`` put it first on sys.path; a started runner has its cwd there
@@ -146,13 +148,17 @@ def _reap(control: socket.socket) -> None:
 
 
 def serve(control: socket.socket, modules: list[str]) -> int:
+    """Preload, then fork on order until the control socket closes. The collector is off
+    from the preload on (no collection leaves freed holes among the imports' objects for a
+    child to fill) and everything is frozen before the first fork: a child's collections,
+    full ones included, never touch the preloaded objects, so their pages stay shared."""
+    gc.disable()
     done, failed = preload(modules)
     problem = accelerator_problem()
     if problem is not None:
         _send(control, {"type": "refused", "reason": problem})
         return 1
-    gc.collect()
-    gc.freeze()  # what the imports made is never scanned again, so its pages stay shared
+    gc.freeze()
     wakeup, wakeup_w = socket.socketpair()
     wakeup.setblocking(False)
     wakeup_w.setblocking(False)

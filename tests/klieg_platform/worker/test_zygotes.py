@@ -24,7 +24,7 @@ pytestmark = pytest.mark.timeout(60)
 
 APP = textwrap.dedent(
     """
-    import os, random, sys
+    import gc, os, random, sys
 
     from pydantic import BaseModel
 
@@ -40,7 +40,9 @@ APP = textwrap.dedent(
     @app.function()
     @klieg.endpoint("/")
     def where(req: In) -> dict:
+        gc.collect()  # a full collection: it must leave the zygote's frozen objects alone
         return {
+            "frozen": gc.get_freeze_count(), "gc": gc.isenabled(),
             "pid": os.getpid(), "ppid": os.getppid(), "cwd": os.getcwd(), "path0": sys.path[0],
             "secret": os.environ.get("APP_SECRET"), "random": random.random(),
             "preloaded": "json" in sys.modules, "sid": os.getsid(0),
@@ -105,6 +107,10 @@ def test_a_forked_runner_serves_in_its_own_env_cwd_and_session(
         assert one["cwd"] == one["path0"] == str(code[0])
         assert one["secret"] == "s3cret" and two["secret"] is None
         assert one["preloaded"] and one["random"] != two["random"]
+        # the preloaded objects stay frozen in the child (its collections never scan them,
+        # so their pages stay shared with the zygote) and the child collects its own garbage
+        assert one["frozen"] > 1000 and two["frozen"] > 1000
+        assert one["gc"] and two["gc"]
         await first.stop()
         assert first.proc is not None and first.proc.returncode == 0
         await second.kill()
