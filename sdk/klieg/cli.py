@@ -8,7 +8,7 @@ Example::
     klieg keys list && klieg keys revoke k_...
     export KLIEG_KEY=...
     klieg deploy apps/echo/app.py --alias prod
-    klieg call local/echo --json '{"text": "hi"}'
+    klieg call local/echo --json '{"text": "hi"}' --logs
     klieg workflow create movie.yaml --name digits-movie
 
 Every failure (a refused key, an unreachable gateway, an error reply, bad input) is one line on
@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import sys
+import threading
 import time
 import traceback
 from importlib.metadata import entry_points
@@ -33,7 +34,8 @@ import httpx
 import yaml
 
 from klieg.admin import AdminClient, load_app
-from klieg.exceptions import InvalidRequestError, KliegError
+from klieg.client import RequestHandle, split_app_id
+from klieg.exceptions import InvalidRequestError, KliegError, NotFoundError
 from klieg.workflow import load_workflow
 
 EXIT_ERROR = 1
@@ -214,6 +216,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         f"deployed {done['owner']}/{done['app']} revision {done['revision']} "
         f"(env {done['env_key'][:12]} {env}); alias {done['alias']} -> {done['revision']}"
     )
+    for warning in done.get("warnings") or ():
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -299,19 +303,77 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_log(line: dict[str, Any]) -> None:
+    """One log line of a request on stderr, as ``klieg logs`` prints it."""
+    level, message = line.get("level", ""), line.get("message", "")
+    print(f"{line.get('timestamp', '')} {level:7} {message}", file=sys.stderr, flush=True)
+
+
+def _print_item(value: Any) -> None:
+    """One output (or one item of a generator endpoint) on stdout, at once."""
+    _print_json(value)
+    sys.stdout.flush()
+
+
 def cmd_call(args: argparse.Namespace) -> int:
+    """Sync by default: each item of a generator endpoint is printed as it arrives (the output
+    of any other endpoint once). ``--logs``: the request's log lines go to stderr while it
+    runs. ``--queue``: submit, print the request id and return; with ``--wait``, follow it and
+    print its result (as ``--queue`` alone did before ``--wait`` existed)."""
     try:
         payload = json.loads(args.json) if args.json else {}
     except ValueError as exc:
         raise InvalidRequestError(f"--json is not valid JSON: {exc}") from None
-    client = _admin(args)
-    if args.queue:
-        handle = client.submit(args.app_id, payload)
-        print(f"request {handle.request_id} queued", file=sys.stderr)
-        _print_json(client.wait(handle))
-    else:
-        _print_json(client.run(args.app_id, payload))
+    if args.wait and not args.queue:
+        raise InvalidRequestError("--wait goes with --queue (a call without it always waits)")
+    with _admin(args) as client:
+        if args.queue:
+            handle = client.submit(args.app_id, payload)
+            if not args.wait:
+                print(
+                    f"request {handle.request_id} queued; follow it with: klieg request "
+                    f"{handle.request_id}",
+                    file=sys.stderr,
+                )
+                print(handle.request_id)
+                return 0
+            print(f"request {handle.request_id} queued", file=sys.stderr)
+            if args.logs:
+                client.follow(handle, _print_log)
+            _print_item(client.wait(handle))
+        elif args.logs:
+            _call_with_logs(client, args.app_id, payload)
+        else:
+            for item in client.call(args.app_id, payload):
+                _print_item(item)
     return 0
+
+
+def _call_with_logs(client: AdminClient, app_id: str, payload: dict[str, Any]) -> None:
+    """A call whose log lines go to stderr as they are logged: a generator endpoint through
+    its stream (its logs followed beside it), any other through the queue."""
+    owner, app, _ = split_app_id(app_id)
+    followers: list[threading.Thread] = []
+
+    def follow(request_id: str) -> None:
+        handle = RequestHandle(f"{owner}/{app}", request_id, "", "", "")
+        thread = threading.Thread(
+            target=lambda: client.follow(handle, _print_log), name="klieg-logs", daemon=True
+        )
+        thread.start()
+        followers.append(thread)
+
+    try:
+        for item in client.stream(app_id, payload, on_request=follow):
+            _print_item(item)
+    except NotFoundError:
+        if followers:
+            raise
+        handle = client.submit(app_id, payload)  # not a generator endpoint
+        client.follow(handle, _print_log)
+        _print_item(client.result(handle.app_id, handle.request_id))
+    for thread in followers:
+        thread.join(timeout=10)
 
 
 def cmd_apps_share(args: argparse.Namespace) -> int:
@@ -617,10 +679,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("file")
     ap.set_defaults(func=cmd_apply)
 
-    call = sub.add_parser("call", help="call owner/app[/path] and print the result")
+    call = sub.add_parser(
+        "call", help="call owner/app[@ref][/path] and print its output (each item of a generator)"
+    )
     call.add_argument("app_id")
     call.add_argument("--json", help="request body (JSON)")
-    call.add_argument("--queue", action="store_true", help="go through the queue API")
+    call.add_argument("--logs", action="store_true", help="stream its log lines to stderr")
+    call.add_argument(
+        "--queue", action="store_true", help="submit through the queue and print the request id"
+    )
+    call.add_argument("--wait", action="store_true", help="with --queue: wait and print the result")
     call.set_defaults(func=cmd_call)
 
     lg = sub.add_parser("logs", help="print a request's log lines")

@@ -371,14 +371,67 @@ class Client:
                     on_update(update)
         return self.result(handle.app_id, handle.request_id)
 
-    def stream(self, app_id: str, arguments: dict[str, Any] | None = None) -> Iterator[Any]:
-        """The items of a generator endpoint as they are produced."""
+    def stream(
+        self,
+        app_id: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        on_request: Callable[[str], None] | None = None,
+    ) -> Iterator[Any]:
+        """The items of a generator endpoint as they are produced; ``on_request`` gets the
+        request's id as soon as the gateway has queued it (before the first item)."""
         path = self.api.run_path(app_id, "stream")
         with self.http.stream("POST", path, json=arguments or {}, timeout=None) as r:
             if not r.is_success:
                 r.read()
                 raise_for_error(r)
+            if on_request is not None and (rid := r.headers.get("x-fal-request-id")):
+                on_request(rid)
             yield from _events(r.iter_lines())
+
+    def call(
+        self,
+        app_id: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        request_timeout: float | None = None,
+    ) -> Iterator[Any]:
+        """Call any endpoint and yield what it produces: each item of a generator endpoint as
+        it is produced, or the one output of any other endpoint (``run``'s).
+
+        Example::
+
+            for item in client.call("local/counter", {"n": 3}):   # 0, 1, 2 as they come
+                print(item)
+        """
+        headers = {
+            "Accept": "text/event-stream, application/json",
+            **self.api.timeout_headers(request_timeout),
+        }
+        path = self.api.run_path(app_id)
+        with self.http.stream("POST", path, json=arguments or {}, headers=headers) as r:
+            if r.headers.get("content-type", "").startswith("text/event-stream"):
+                yield from _events(r.iter_lines())
+                return
+            r.read()
+            yield _response_json(r)
+
+    def follow(
+        self, handle: RequestHandle, on_log: Callable[[dict[str, Any]], None]
+    ) -> dict[str, Any]:
+        """Follow a request until it completes, giving each of its log lines to ``on_log`` as
+        it is logged; its last status document."""
+        path = self.api.request_path(handle.app_id, handle.request_id, "/status/stream")
+        last: dict[str, Any] = {}
+        with self.http.stream("GET", path, params={"logs": "1"}, timeout=None) as r:
+            if not r.is_success:
+                r.read()
+                raise_for_error(r)
+            for update in _events(r.iter_lines()):
+                for line in update.get("logs") or ():
+                    on_log(line)
+                last = update
+        return last
 
 
 class AsyncClient:

@@ -51,7 +51,9 @@ def test_deploy_call_list_alias_rollback_apply(platform: Platform, tmp_path: Pat
     call = klieg(platform, "call", "local/echo2@cli", "--json", '{"text": "abc"}')
     assert call.returncode == 0, call.stderr
     assert json.loads(call.stdout) == {"text": "cba"}
-    queued = klieg(platform, "call", "local/echo2@cli", "--json", '{"text": "xy"}', "--queue")
+    queued = klieg(
+        platform, "call", "local/echo2@cli", "--json", '{"text": "xy"}', "--queue", "--wait"
+    )
     assert json.loads(queued.stdout) == {"text": "yx"}
 
     listed = json.loads(klieg(platform, "apps", "list", "--json").stdout)
