@@ -97,3 +97,21 @@ def test_queue_prints_the_request_id_and_wait_prints_the_result(
     assert documents(waited.stdout) == [{"steps": 1}] and "step 0" in waited.stderr
     alone = klieg(platform, "call", "local/ticker/once", "--wait")
     assert alone.returncode == 1 and "--wait goes with --queue" in alone.stderr
+
+
+def test_a_gpu_function_without_its_pool_is_warned_at_deploy_and_logged_per_request(
+    platform: Platform, ticker: subprocess.CompletedProcess[str]
+) -> None:
+    warnings = [line for line in ticker.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, ticker.stderr
+    assert "'gpu'" in warnings[0] and "GPU-H100" in warnings[0] and "'*'" in warnings[0]
+    out = klieg(platform, "call", "local/ticker/gpu", "--logs")
+    assert out.returncode == 0, out.stderr
+    assert documents(out.stdout) == [{"ran": "yes"}]
+    notice = [line for line in out.stderr.splitlines() if "has no GPU" in line]
+    assert len(notice) == 1 and "WARNING" in notice[0] and "GPU-H100" in notice[0]
+    with platform.admin() as admin:
+        handle = admin.submit("local/ticker/gpu", {})
+        admin.wait(handle)
+        logs = admin.logs(handle.request_id)
+    assert [line["source"] for line in logs if "has no GPU" in line["message"]] == ["klieg"]

@@ -357,6 +357,7 @@ async def deploy_app(request: Request) -> Response:
         try:
             res = await asyncio.to_thread(work)
             await alias_moved(gw, tenant.name, spec.name)
+            warnings = await hardware_warnings(gw, spec)
             done = {
                 "event": "done",
                 "revision": res.revision.id,
@@ -367,6 +368,7 @@ async def deploy_app(request: Request) -> Response:
                 "previous": res.previous,
                 "app": spec.name,
                 "owner": tenant.name,
+                "warnings": warnings,
             }
             events.put_nowait(done)
         except KliegError as exc:
@@ -390,6 +392,29 @@ async def deploy_app(request: Request) -> Response:
         await task
 
     return StreamingResponse(stream(), media_type="application/x-ndjson")
+
+
+async def hardware_warnings(gw: GatewayState, spec: AppSpec) -> list[str]:
+    """One line per GPU function of ``spec`` whose pool no live worker names (from the
+    heartbeats): its requests wait for such a worker, or run on a ``*`` worker without that
+    GPU (each then logs so)."""
+    live = await gw.broker.workers.live()
+    named = {pool for _, doc in live for pool in doc["pools"]}
+    anywhere = [wid for wid, doc in live if keys.ALL_POOLS in doc["pools"]]
+    out = []
+    for fn in spec.functions:
+        if not fn.gpu or fn.pool in named:
+            continue
+        then = (
+            f"'*' worker(s) {', '.join(sorted(anywhere))} take its requests without that GPU"
+            if anywhere
+            else "its requests wait in the queue until one joins"
+        )
+        out.append(
+            f"function {fn.name!r} asks for gpu={fn.gpu!r}, but no live worker serves pool "
+            f"{fn.pool}: {then}"
+        )
+    return out
 
 
 def _caller_logs(data: dict[str, Any]) -> bool | None:

@@ -129,6 +129,8 @@ class Execution:
         if job.payload_ref:
             payload = await asyncio.to_thread(w.store.get, job.payload_ref)
         events = EventForwarder(w.broker, job.id, stream=job.stream, store_media=self._store_media)
+        if (notice := w.warmth.hardware_notice(fn, w.id, w.pools)) is not None:
+            events(protocol.Log(job.id, notice), b"")
         try:
             token = self._call_token(timeout)
             if ep is not None and ep.batched:

@@ -24,9 +24,11 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from klieg._runtime.protocol import LogLine
 from klieg.exceptions import KliegError, SetupError
 from klieg.types import AppSpec, FunctionSpec
 from klieg_platform import keys, vault
@@ -171,6 +173,30 @@ class Warmth:
             tmp.write_text(fn.model_dump_json())
             os.replace(tmp, spec_file)
         return spec_file
+
+    # ---- hardware ---------------------------------------------------------------------
+    def hardware_notice(
+        self, fn: FunctionSpec, worker_id: str, pools: tuple[str, ...]
+    ) -> LogLine | None:
+        """The log line (WARNING, source ``klieg``) each request of ``fn`` gets when it runs
+        here without the GPU it asks for, or None: a GPU function on a worker with no GPU ids
+        (its runner sees no GPU), or on one that takes it only through ``*`` (its GPUs are of
+        no declared type)."""
+        if not fn.gpu:
+            return None
+        wanted = f"function {fn.name!r} asks for gpu={fn.gpu!r} (pool {fn.pool})"
+        if not self.runners.gpu_ids:
+            message = f"{wanted}, but worker {worker_id} has no GPU: it runs on the CPU"
+        elif fn.pool not in pools:
+            ids = ",".join(map(str, self.runners.gpu_ids))
+            message = (
+                f"{wanted}, but worker {worker_id} takes it only through '*', with GPUs "
+                f"{ids} of no declared type"
+            )
+        else:
+            return None
+        ts = datetime.now(UTC).isoformat()
+        return {"message": message, "level": "WARNING", "source": "klieg", "timestamp": ts}
 
     # ---- setup backoff ----------------------------------------------------------------
     def backing_off(self, key: RunnerKey) -> tuple[SetupError, list[dict[str, Any]]] | None:
