@@ -3,9 +3,9 @@
 Every ``interval_s`` (``klieg autoscaler``) it reads each pool's demand from Redis (requests
 waiting per tier and the oldest one's wait, per app and function from the lane index; the slots
 busy now and the idle warm runners from the workers' heartbeats; each app's measured service
-and cold-start times; what ``min_concurrency`` keeps warm), turns it into the slots the pool
-needs to start every waiting request within its tier's SLO (``slots_needed``), and into workers
-per pool (``Scaler.decide``):
+and cold-start times; what ``min_concurrency`` and ``concurrency_buffer`` keep warm, scale
+overrides applied), turns it into the slots the pool needs to start every waiting request
+within its tier's SLO (``slots_needed``), and into workers per pool (``Scaler.decide``):
 
 - up at once, before the SLOs break: a request that has waited ``w`` of its tier's ``slo_s``
   must start within ``slo_s - w - cold_s`` (its app's cold start: a new worker's runner
@@ -179,6 +179,8 @@ class Demand:
     cold_s: float = 0.0
     warm_slots: int = 0
     """Slots ``min_concurrency`` keeps warm whatever the load."""
+    buffer_slots: int = 0
+    """Slots ``concurrency_buffer`` keeps warm beyond the busy ones."""
     waiting: tuple[Waiting, ...] = ()
 
 
@@ -187,7 +189,7 @@ def slots_needed(demand: Demand, tiers: Mapping[str, Tier]) -> int:
     SLO: each waiting request needs its app's ``service_s`` of a slot within the time its tier
     has left (its SLO less the oldest wait and, unless an idle warm runner takes it, its app's
     cold start; at least ``MIN_BUDGET_S``)."""
-    need = float(demand.busy_slots)
+    need = float(demand.busy_slots + demand.buffer_slots)
     for tier, queued in demand.queued.items():
         if queued <= 0:
             continue
@@ -265,6 +267,7 @@ async def read_demands(
     *,
     depths: list[Depth] | None = None,
     live: list[tuple[str, dict[str, Any]]] | None = None,
+    buffer_slots: Mapping[str, int] | None = None,
 ) -> dict[str, Demand]:
     """Each pool's demand from Redis: queues per tier, and per function from the lane index;
     busy slots and idle warm runners from the workers' heartbeats; each app's measured service
@@ -292,6 +295,7 @@ async def read_demands(
             ),
             cold_s=_weighted([(w.queued, w.cold_s) for w in waiting], cold, 0.0),
             warm_slots=warm_slots.get(pool, 0),
+            buffer_slots=(buffer_slots or {}).get(pool, 0),
             waiting=tuple(waiting),
         )
     return out
@@ -358,11 +362,22 @@ def _weighted(
 
 def warm_slots(revisions: Sequence[Any]) -> dict[str, int]:
     """Slots per pool that aliased functions' ``min_concurrency`` keeps warm."""
+    return _slots_for(revisions, "min_concurrency")
+
+
+def buffer_slots(revisions: Sequence[Any]) -> dict[str, int]:
+    """Slots per pool that aliased functions' ``concurrency_buffer`` keeps warm beyond their
+    busy runners."""
+    return _slots_for(revisions, "concurrency_buffer")
+
+
+def _slots_for(revisions: Sequence[Any], runners: str) -> dict[str, int]:
+    """Per pool, the slots of the runners each function's ``runners`` setting asks for."""
     out: dict[str, int] = {}
     for rev in revisions:
         for fn in AppSpec.model_validate(rev.spec).functions:
-            if fn.min_concurrency > 0:
-                out[fn.pool] = out.get(fn.pool, 0) + fn.min_concurrency * max(fn.num_gpus, 1)
+            if (count := int(getattr(fn, runners))) > 0:
+                out[fn.pool] = out.get(fn.pool, 0) + count * max(fn.num_gpus, 1)
     return out
 
 
@@ -518,7 +533,9 @@ class Autoscaler:
     async def step(self, now: float | None = None) -> Step:
         revisions = await asyncio.to_thread(self.registry.aliased_revisions)
         pools = sorted({p.serves for p in self.plans.values()})
-        demands = await read_demands(self.broker, warm_slots(revisions), pools)
+        demands = await read_demands(
+            self.broker, warm_slots(revisions), pools, buffer_slots=buffer_slots(revisions)
+        )
         decided = self.scaler.decide(demands, time.monotonic() if now is None else now)
         applied: dict[str, int] = {}
         errors: dict[str, str] = {}

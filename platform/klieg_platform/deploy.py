@@ -128,7 +128,10 @@ def deploy(
     code: bytes,
     alias: str,
     progress: Progress,
+    reset_scale: bool = False,
 ) -> DeployResult:
+    """Store ``code`` and a revision of ``spec`` and point ``alias`` at it. The app's scale
+    overrides (``klieg apps scale``) outlive the deploy unless ``reset_scale``."""
     code_hash = archive.digest(code)
     sources = _sources(spec, code)
     if spec.preload is None:
@@ -153,4 +156,6 @@ def deploy(
     progress(f"revision {rid} {'created' if created else 'already existed (same content)'}")
     previous = registry.set_alias(app, alias, rid)
     progress(f"alias {alias} -> {rid}")
+    if reset_scale and registry.reset_scaling(app):
+        progress("scale overrides reset: the revision's own scaling applies")
     return DeployResult(revision, created, env_built, alias, previous)

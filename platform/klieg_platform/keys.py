@@ -66,7 +66,7 @@ klieg:metrics:slo:{minute}
 klieg:slo                 hash     tier -> SLO (ms) of the queue wait, written by each gateway
 klieg:webhooks            zset     completed request ids with a webhook, scored by when the next
                                    try is due (ms); a sender's claim pushes it to its deadline
-klieg:prewarm:{fn}        string   short claim: one worker starts a min_concurrency runner
+klieg:prewarm:{fn}#{n}    string   short claim: one worker starts the function's runner n+1
 klieg:sweep               string   short claim: one gateway sweeps the blob store this period
 klieg:fleet:samples       list     JSON fleet samples, newest first (an hour kept)
 klieg:fleet:sampling      string   short claim: one gateway samples the fleet this period

@@ -63,9 +63,11 @@ from klieg_platform.registry_tables import (
     metadata,
     revision_row,
     revisions,
+    scale_overrides,
     tenant_row,
     tenants,
 )
+from klieg_platform.scaling import SETTINGS, ScaleOverride, effective_doc
 
 __all__ = [
     "SCOPES",
@@ -529,8 +531,9 @@ class Registry:
         return revision_row(row._mapping) if row else None
 
     def aliased_revisions(self) -> list[Revision]:
-        """Every app revision some alias points to (the ones that can receive traffic);
-        workflow revisions are left out."""
+        """Every app revision some alias points to (the ones that can receive traffic), with
+        its app's scale overrides applied to its functions (``scaling.py``: what the keep-warm
+        rounds and the autoscaler act on); workflow revisions are left out."""
         query = (
             sa.select(*REVISION_COLUMNS)
             .select_from(REVISION_FROM)
@@ -538,7 +541,71 @@ class Registry:
             .where(~apps.c.name.startswith(WORKFLOW_PREFIX, autoescape=True))
         )
         with self._read() as conn:
-            return [revision_row(row._mapping) for row in conn.execute(query)]
+            found = [revision_row(row._mapping) for row in conn.execute(query)]
+            overrides = self._overrides(conn, {rev.app_id for rev in found})
+        return [
+            replace(rev, spec=effective_doc(rev.spec, overrides[rev.app_id]))
+            if rev.app_id in overrides
+            else rev
+            for rev in found
+        ]
+
+    # scale overrides: an app's mutable scaling beside its immutable revisions
+
+    def scale_overrides(self, app: AppRecord | None = None) -> dict[str, list[ScaleOverride]]:
+        """App id -> its overrides (the app's first, then by function); of ``app`` only, or of
+        every app."""
+        with self._read() as conn:
+            return self._overrides(conn, None if app is None else {app.id})
+
+    def set_scaling(
+        self, app: AppRecord, function: str, values: dict[str, float | int | None]
+    ) -> list[ScaleOverride]:
+        """Override (a value) or stop overriding (None) settings of ``scaling.SETTINGS`` for
+        the app (``function`` ``""``) or one of its functions; the others stay as they are.
+        The app's overrides as they are now."""
+        unknown = set(values) - set(SETTINGS)
+        if unknown:
+            raise InvalidRequestError(f"unknown scaling settings {sorted(unknown)}")
+        o = scale_overrides.c
+        where = (o.app_id == app.id) & (o.function == function)
+        with self._write() as conn:
+            self._lock_app(conn, app)
+            row = conn.execute(sa.select(scale_overrides).where(where)).first()
+            merged = {name: row._mapping[name] for name in SETTINGS} if row else {}
+            merged.update(values)
+            conn.execute(sa.delete(scale_overrides).where(where))
+            if any(value is not None for value in merged.values()):
+                conn.execute(
+                    sa.insert(scale_overrides).values(
+                        app_id=app.id, function=function, updated_at=time.time(), **merged
+                    )
+                )
+            return self._overrides(conn, {app.id}).get(app.id, [])
+
+    def reset_scaling(self, app: AppRecord, function: str | None = None) -> int:
+        """Drop the app's overrides (``function``: that function's only); how many went."""
+        o = scale_overrides.c
+        query = sa.delete(scale_overrides).where(o.app_id == app.id)
+        if function is not None:
+            query = query.where(o.function == function)
+        with self._write() as conn:
+            return int(conn.execute(query).rowcount)
+
+    def _overrides(
+        self, conn: Connection, app_ids: set[str] | None
+    ) -> dict[str, list[ScaleOverride]]:
+        o = scale_overrides.c
+        query = sa.select(scale_overrides).order_by(o.app_id, o.function)
+        if app_ids is not None:
+            if not app_ids:
+                return {}
+            query = query.where(o.app_id.in_(sorted(app_ids)))
+        out: dict[str, list[ScaleOverride]] = {}
+        for row in conn.execute(query):
+            values = {name: row._mapping[name] for name in (*SETTINGS, "function", "updated_at")}
+            out.setdefault(row.app_id, []).append(ScaleOverride(**values))
+        return out
 
     def list_revisions(self, app: AppRecord) -> list[Revision]:
         """The app's revisions, newest first (insertion order, not clock order)."""

@@ -88,6 +88,21 @@ revisions = sa.Table(
     sa.Column("created_at", sa.Double, nullable=False),
 )
 
+scale_overrides = sa.Table(
+    "scale_overrides",
+    metadata,
+    sa.Column("app_id", sa.String(32), sa.ForeignKey("apps.id"), primary_key=True),
+    # "": every function of the app; else one function's, over the app's
+    sa.Column("function", sa.String(128), primary_key=True),
+    sa.Column("keep_alive", sa.Double),
+    sa.Column("min_concurrency", sa.Integer),
+    sa.Column("max_concurrency", sa.Integer),
+    sa.Column("concurrency_buffer", sa.Integer),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)
+"""An app's mutable scaling beside its immutable revisions (``scaling.py``); a null column is
+not overridden."""
+
 aliases = sa.Table(
     "aliases",
     metadata,

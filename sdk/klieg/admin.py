@@ -127,13 +127,17 @@ class AdminClient(Client):
         *,
         alias: str = "latest",
         progress: Callable[[str], None] | None = None,
+        reset_scale: bool = False,
     ) -> dict[str, Any]:
-        """Upload the app's folder and spec; stream build progress; return the ``done`` event."""
+        """Upload the app's folder and spec; stream build progress; return the ``done`` event
+        (its ``warnings``: GPU functions whose pool no live worker serves). The app's scale
+        overrides (``scale``) stay unless ``reset_scale``."""
         spec = app.spec(entrypoint)
         code = archive.pack(folder)
         body = {"spec": spec.model_dump(mode="json"), "archive": base64.b64encode(code).decode()}
+        params = {"alias": alias, **({"reset_scale": "1"} if reset_scale else {})}
         with self.http.stream(
-            "POST", f"/apps/{app.name}/deploy", params={"alias": alias}, json=body, timeout=None
+            "POST", f"/apps/{app.name}/deploy", params=params, json=body, timeout=None
         ) as r:
             if not r.is_success:
                 r.read()
@@ -194,6 +198,33 @@ class AdminClient(Client):
         out: dict[str, Any] = self._json(
             self.http.put(f"/apps/{app}/limits", json={"max_inflight": max_inflight})
         )
+        return out
+
+    def scale(
+        self,
+        app: str,
+        *,
+        function: str | None = None,
+        reset: bool = False,
+        **settings: float | int | None,
+    ) -> dict[str, Any]:
+        """Change a live app's scaling without a redeploy: ``keep_alive``,
+        ``min_concurrency``, ``max_concurrency``, ``concurrency_buffer`` for the whole app or
+        one ``function`` (None stops overriding a setting); ``reset`` drops the overrides.
+        With neither, the scaling as it is. The answer: the overrides and each function's
+        effective scaling.
+
+        Example::
+
+            AdminClient().scale("echo", min_concurrency=1, concurrency_buffer=2)
+        """
+        if not reset and not settings:
+            out: dict[str, Any] = self._json(self.http.get(f"/apps/{app}/scale"))
+            return out
+        body: dict[str, Any] = {**settings, **({"reset": True} if reset else {})}
+        if function is not None:
+            body["function"] = function
+        out = self._json(self.http.put(f"/apps/{app}/scale", json=body))
         return out
 
     def set_tenant(

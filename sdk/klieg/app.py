@@ -99,6 +99,7 @@ class _Options:
     keep_alive: float
     min_concurrency: int
     max_concurrency: int
+    concurrency_buffer: int
     request_timeout: float
     startup_timeout: float
     retries: int
@@ -157,6 +158,7 @@ class App:
         keep_alive: float = 60.0,
         min_concurrency: int = 0,
         max_concurrency: int = 1,
+        concurrency_buffer: int = 0,
         request_timeout: float = 600.0,
         startup_timeout: float = 300.0,
         retries: int = 0,
@@ -177,6 +179,7 @@ class App:
             keep_alive,
             min_concurrency,
             max_concurrency,
+            concurrency_buffer,
             request_timeout,
             startup_timeout,
             retries,
@@ -200,6 +203,7 @@ class App:
         keep_alive: float = 60.0,
         min_concurrency: int = 0,
         max_concurrency: int = 1,
+        concurrency_buffer: int = 0,
         request_timeout: float = 600.0,
         startup_timeout: float = 300.0,
         retries: int = 0,
@@ -223,6 +227,7 @@ class App:
             keep_alive,
             min_concurrency,
             max_concurrency,
+            concurrency_buffer,
             request_timeout,
             startup_timeout,
             retries,
@@ -271,6 +276,7 @@ def _options(
     keep_alive: float,
     min_concurrency: int,
     max_concurrency: int,
+    concurrency_buffer: int,
     request_timeout: float,
     startup_timeout: float,
     retries: int,
@@ -282,6 +288,8 @@ def _options(
         raise KliegError("num_gpus needs a gpu type and must be >= 0")
     if min_concurrency < 0 or max_concurrency < 1 or min_concurrency > max_concurrency:
         raise KliegError("need 0 <= min_concurrency <= max_concurrency and max_concurrency >= 1")
+    if concurrency_buffer < 0:
+        raise KliegError("concurrency_buffer must be >= 0")
     if keep_alive < 0 or request_timeout <= 0 or startup_timeout <= 0 or retries < 0:
         raise KliegError("keep_alive and retries must be >= 0 and timeouts > 0")
     if (max_batch_size is not None and max_batch_size < 1) or batch_wait_ms < 0:
@@ -292,6 +300,7 @@ def _options(
         keep_alive,
         min_concurrency,
         max_concurrency,
+        concurrency_buffer,
         request_timeout,
         startup_timeout,
         retries,
@@ -333,6 +342,7 @@ def _function_spec(entry: _Entry) -> FunctionSpec:
         keep_alive=o.keep_alive,
         min_concurrency=o.min_concurrency,
         max_concurrency=o.max_concurrency,
+        concurrency_buffer=o.concurrency_buffer,
         request_timeout=o.request_timeout,
         startup_timeout=o.startup_timeout,
         retries=o.retries,

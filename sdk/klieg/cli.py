@@ -210,6 +210,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             entry,
             alias=args.alias,
             progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True),
+            reset_scale=args.reset_scale,
         )
     env = "built" if done["env_built"] else "reused"
     print(
@@ -392,6 +393,33 @@ def cmd_apps_caller_logs(args: argparse.Namespace) -> int:
 def cmd_apps_limit(args: argparse.Namespace) -> int:
     out = _admin(args).limit_app(args.app, args.max_inflight)
     print(f"{out['app']}: at most {out['max_inflight'] or 'unlimited'} running requests")
+    return 0
+
+
+SCALE_SETTINGS = ("keep_alive", "min_concurrency", "max_concurrency", "concurrency_buffer")
+
+
+def cmd_apps_scale(args: argparse.Namespace) -> int:
+    """Without settings, the app's scaling as it is; with some, change them live."""
+    settings = {n: getattr(args, n) for n in SCALE_SETTINGS if getattr(args, n) is not None}
+    if args.reset and settings:
+        raise InvalidRequestError("--reset drops the overrides: give no settings with it")
+    with _admin(args) as admin:
+        out = admin.scale(args.app, function=args.function, reset=args.reset, **settings)
+    if args.json:
+        _print_json(out)
+        return 0
+    print(f"{out['app']} (revision {out['revision']}):")
+    for fn in out["functions"]:
+        print(
+            f"  {fn['function']}  keep_alive {fn['keep_alive']:g}s  min {fn['min_concurrency']}"
+            f"  max {fn['max_concurrency']}  buffer {fn['concurrency_buffer']}"
+        )
+    for o in out["overrides"]:
+        set_here = ", ".join(f"{n}={o[n]:g}" for n in SCALE_SETTINGS if o[n] is not None)
+        print(f"  overridden for {o['function'] or 'the whole app'}: {set_here}")
+    if not out["overrides"]:
+        print("  no overrides: each function's decorator settings apply")
     return 0
 
 
@@ -627,6 +655,11 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("path")
     dp.add_argument("--alias", default="latest")
     dp.add_argument("--app", help="app name, when the file defines several")
+    dp.add_argument(
+        "--reset-scale",
+        action="store_true",
+        help="drop the app's scale overrides (klieg apps scale); they are kept by default",
+    )
     dp.set_defaults(func=cmd_deploy)
 
     apps = sub.add_parser("apps", help="apps").add_subparsers(dest="apps_cmd", required=True)
@@ -648,6 +681,19 @@ def build_parser() -> argparse.ArgumentParser:
     lim.add_argument("app")
     lim.add_argument("--max-inflight", type=int, required=True)
     lim.set_defaults(func=cmd_apps_limit)
+
+    sc = apps.add_parser(
+        "scale", help="change a live app's scaling without a redeploy (none: show it)"
+    )
+    sc.add_argument("app")
+    sc.add_argument("--function", help="only this function (default: every function)")
+    sc.add_argument("--keep-alive", type=float, help="seconds an idle runner is kept")
+    sc.add_argument("--min-concurrency", type=int, help="runners kept warm across the platform")
+    sc.add_argument("--max-concurrency", type=int, help="runners per worker at most")
+    sc.add_argument("--concurrency-buffer", type=int, help="warm runners kept beyond the busy ones")
+    sc.add_argument("--reset", action="store_true", help="drop the overrides")
+    sc.add_argument("--json", action="store_true", help="print the JSON the gateway answered")
+    sc.set_defaults(func=cmd_apps_scale)
 
     tenants = sub.add_parser("tenants", help="tenants (admin)").add_subparsers(
         dest="tenants_cmd", required=True

@@ -71,6 +71,9 @@ class FunctionSpec(BaseModel):
     keep_alive: float = 60.0
     min_concurrency: int = 0
     max_concurrency: int = 1
+    concurrency_buffer: int = 0
+    """Runners kept warm beyond current demand across the platform: the function keeps
+    ``max(min_concurrency, busy runners + concurrency_buffer)`` runners."""
     request_timeout: float = 600.0
     startup_timeout: float = 300.0
     retries: int = 0

@@ -24,6 +24,7 @@ from klieg_platform.autoscaler import (
     PoolPlan,
     Scaler,
     Waiting,
+    buffer_slots,
     parse_plans,
     read_demands,
     slots_needed,
@@ -92,6 +93,17 @@ def test_slots_cover_running_work_and_start_waiting_work_within_the_slo() -> Non
     late = Demand(queued={"enterprise": 5}, oldest_wait_s={"enterprise": 500.0}, service_s=2.0)
     assert slots_needed(late, TIERS) == 5
     assert slots_needed(Demand(warm_slots=4, busy_slots=1), TIERS) == 4
+    # concurrency_buffer: spare slots beyond the busy ones, whatever min_concurrency keeps
+    assert slots_needed(Demand(warm_slots=4, busy_slots=3, buffer_slots=2), TIERS) == 5
+
+
+def test_buffer_slots_count_each_pools_concurrency_buffer_in_gpus() -> None:
+    gpu = {"name": "g", "kind": "function", "module": "a", "qualname": "g", "gpu": "H100",
+           "num_gpus": 2, "concurrency_buffer": 1}  # fmt: skip
+    cpu = {"name": "c", "kind": "function", "module": "a", "qualname": "c",
+           "concurrency_buffer": 3}  # fmt: skip
+    rev = type("Rev", (), {"spec": {"name": "a", "functions": [gpu, cpu]}})
+    assert buffer_slots([rev, rev]) == {"GPU-H100": 4, "CPU": 6}
 
 
 def test_a_request_an_idle_warm_runner_takes_is_not_charged_a_cold_start() -> None:

@@ -573,3 +573,35 @@ def test_old_keys_table_gains_scope_admin(tmp_path: Path) -> None:
     old = registry.get_key("k_old")
     assert old is not None and old.scope == "admin" and old.expires_at is None
     registry.close()
+
+
+def test_scale_overrides_merge_clear_and_apply_to_aliased_revisions(
+    registry: Registry, app: AppRecord, tenant: Tenant
+) -> None:
+    functions = [{"name": "gen", "kind": "function", "module": "app", "qualname": "gen",
+                  "min_concurrency": 0, "keep_alive": 60.0}]  # fmt: skip
+    rev = put(registry, app, "r1", name="echo", functions=functions)
+    other = registry.ensure_app(tenant.id, "other")
+    put(registry, other, "o1", name="other", functions=functions)
+    registry.set_alias(app, "latest", rev.id)
+    registry.set_alias(other, "latest", "o1")
+    assert registry.scale_overrides() == {}
+    registry.set_scaling(app, "", {"keep_alive": 5.0, "min_concurrency": 1})
+    after = registry.set_scaling(app, "gen", {"min_concurrency": 2, "concurrency_buffer": 3})
+    assert [(o.function, o.values()) for o in after] == [
+        ("", {"keep_alive": 5.0, "min_concurrency": 1}),
+        ("gen", {"min_concurrency": 2, "concurrency_buffer": 3}),
+    ]
+    after = registry.set_scaling(app, "gen", {"min_concurrency": None})  # stop overriding it
+    assert after[1].values() == {"concurrency_buffer": 3}
+    by_id = {r.id: r for r in registry.aliased_revisions()}
+    gen = by_id["r1"].spec["functions"][0]
+    assert (gen["keep_alive"], gen["min_concurrency"], gen["concurrency_buffer"]) == (5.0, 1, 3)
+    assert by_id["o1"].spec["functions"][0]["keep_alive"] == 60.0  # another app's: untouched
+    assert registry.get_revision("r1") == rev  # the revision itself never changes
+    assert registry.set_scaling(app, "gen", {"concurrency_buffer": None})[0].function == ""
+    assert len(registry.scale_overrides(app)[app.id]) == 1  # the emptied row is gone
+    with pytest.raises(InvalidRequestError, match="replicas"):
+        registry.set_scaling(app, "", {"replicas": 2})
+    assert registry.reset_scaling(app) == 1
+    assert registry.scale_overrides(app) == {}

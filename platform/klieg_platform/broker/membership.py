@@ -25,11 +25,14 @@ WORKER_FRESH_S = 15.0
 
 @dataclass
 class Peers:
-    """What the other live workers hold: idle runners by the pools they serve, and how many
-    runners of each "revision/function" they have, and how many serve each pool."""
+    """What the other live workers hold: idle runners by the pools they serve, how many
+    runners of each "revision/function" they have (and how many of those are busy), and how
+    many serve each pool."""
 
     idle: dict[str, set[str]] = field(default_factory=dict)
     runners: Counter[str] = field(default_factory=Counter)
+    busy: Counter[str] = field(default_factory=Counter)
+    """"revision/function" -> how many of those runners serve (or start for) a request."""
     workers: Counter[str] = field(default_factory=Counter)
     """Pool (``keys.ALL_POOLS`` for those serving every pool) -> how many other live workers
     name it."""
@@ -75,6 +78,11 @@ class Membership:
                 peers.idle.setdefault(pool, set()).update(other.get("idle", []))
                 peers.workers[pool] += 1
             peers.runners.update(other.get("runners", []))
+            peers.busy.update(
+                str(runner.get("function"))
+                for runner in other.get("detail", [])
+                if runner.get("state") in ("busy", "starting") and runner.get("function")
+            )
         return peers
 
     async def forget(self, worker_id: str) -> None:

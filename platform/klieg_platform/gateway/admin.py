@@ -4,10 +4,13 @@ POST /keys                          new key (first call on an empty platform boo
 GET  /apps                          the caller's apps with their aliases
 GET  /apps/{name}/revisions         revisions, newest first
 POST /apps/{name}/deploy?alias=A    JSON {spec, archive(base64)} -> NDJSON progress stream
+                                    (&reset_scale=1: drop the app's scale overrides)
 PUT  /apps/{name}/aliases/{alias}   JSON {revision: id or alias}
 POST /apps/{name}/rollback?alias=A  move an alias back one step
 PUT  /apps/{name}/visibility        JSON {visibility, tenants} and/or {caller_logs: bool}
 PUT  /apps/{name}/limits            JSON {max_inflight}
+GET  /apps/{name}/scale             its scale overrides and each function's effective scaling
+PUT  /apps/{name}/scale             JSON {function?, keep_alive?, min_concurrency?, ...; reset?}
 """
 
 from __future__ import annotations
@@ -191,7 +194,8 @@ def _check_tenant_name(name: str) -> None:
         raise InvalidRequestError(f"{name!r} is reserved and cannot name a tenant")
 
 
-async def _app(gw: GatewayState, tenant: Tenant, name: str) -> AppRecord:
+async def owned_app(gw: GatewayState, tenant: Tenant, name: str) -> AppRecord:
+    """The tenant's app ``name``; ``NotFoundError`` when it has none."""
     app = await asyncio.to_thread(gw.registry.get_app, tenant.name, name)
     if app is None:
         raise NotFoundError(f"app {tenant.name}/{name} not found")
@@ -236,7 +240,7 @@ def _revision_json(rev: Revision, aliases: dict[str, str]) -> dict[str, Any]:
 
 async def list_revisions(request: Request) -> Response:
     gw = gateway(request)
-    app = await _app(gw, auth.caller(request), request.path_params["name"])
+    app = await owned_app(gw, auth.caller(request), request.path_params["name"])
 
     def load() -> list[dict[str, Any]]:
         aliases = gw.registry.list_aliases(app)
@@ -300,7 +304,7 @@ async def share(
 async def set_alias(request: Request) -> Response:
     gw = gateway(request)
     tenant = auth.caller(request)
-    app = await _app(gw, tenant, request.path_params["name"])
+    app = await owned_app(gw, tenant, request.path_params["name"])
     alias = alias_name(request.path_params["alias"])
     ref = str((await read_json_object(request, 64 * 1024)).get("revision") or "")
     label = f"{tenant.name}/{app.name}"
@@ -313,7 +317,7 @@ async def set_alias(request: Request) -> Response:
 async def rollback(request: Request) -> Response:
     gw = gateway(request)
     tenant = auth.caller(request)
-    app = await _app(gw, tenant, request.path_params["name"])
+    app = await owned_app(gw, tenant, request.path_params["name"])
     alias = alias_name(request.query_params.get("alias", "latest"))
     revision, previous = await roll_back(gw, tenant, app, alias)
     return JSONResponse(
@@ -325,6 +329,7 @@ async def deploy_app(request: Request) -> Response:
     gw = gateway(request)
     tenant = auth.caller(request)
     alias = alias_name(request.query_params.get("alias", "latest"))
+    reset_scale = request.query_params.get("reset_scale", "0") not in ("", "0", "false")
     data = await read_json_object(request, MAX_DEPLOY_BYTES)
     try:
         spec = AppSpec.model_validate(data.get("spec"))
@@ -351,6 +356,7 @@ async def deploy_app(request: Request) -> Response:
             code=code,
             alias=alias,
             progress=progress,
+            reset_scale=reset_scale,
         )
 
     async def run() -> None:
@@ -433,7 +439,7 @@ async def set_visibility(request: Request) -> Response:
     visibility as it is."""
     gw = gateway(request)
     tenant = auth.caller(request)
-    app = await _app(gw, tenant, request.path_params["name"])
+    app = await owned_app(gw, tenant, request.path_params["name"])
     data = await read_json_object(request, 64 * 1024)
     caller_logs = _caller_logs(data)
     if "visibility" in data or caller_logs is None:
@@ -465,7 +471,7 @@ def _limit(data: dict[str, Any]) -> int:
 async def set_app_limits(request: Request) -> Response:
     gw = gateway(request)
     tenant = auth.caller(request)
-    app = await _app(gw, tenant, request.path_params["name"])
+    app = await owned_app(gw, tenant, request.path_params["name"])
     limit = _limit(await read_json_object(request, 64 * 1024))
     app = await asyncio.to_thread(gw.registry.set_app_limit, app, limit)
     await alias_moved(gw, tenant.name, app.name)

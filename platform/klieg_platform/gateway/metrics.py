@@ -209,7 +209,10 @@ async def _fleet(request: Request, slo: dict[str, tuple[int, int]]) -> list[Metr
     revisions = await asyncio.to_thread(gw.registry.aliased_revisions)
     names = sorted({p["pool"] for p in pools} - {keys.ALL_POOLS})
     warm = autoscaler.warm_slots(revisions)
-    demands = await autoscaler.read_demands(gw.broker, warm, names, depths=depths, live=live)
+    buffer = autoscaler.buffer_slots(revisions)
+    demands = await autoscaler.read_demands(
+        gw.broker, warm, names, depths=depths, live=live, buffer_slots=buffer
+    )
     for pool, demand in demands.items():
         needed.add_metric([pool], autoscaler.slots_needed(demand, gw.broker.queue.tiers))
     return [depth, oldest, attainment, workers, runners, slots, needed]

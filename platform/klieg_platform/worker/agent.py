@@ -125,9 +125,7 @@ class Worker:
         housekeeping = asyncio.create_task(self._housekeeping())
         leases = asyncio.create_task(self.leases.keep(self.outage))
         cancels = asyncio.create_task(
-            self.broker.streams.listen(
-                [keys.CANCEL_CHANNEL], lambda _, rid: self._cancel(rid.decode())
-            )
+            self.broker.streams.listen([keys.CANCEL_CHANNEL, keys.ALIAS_CHANNEL], self._message)
         )
         log.info(
             "worker %s serving pools %s with %d slots", self.id, self.pools, self.runners.slots
@@ -254,7 +252,7 @@ class Worker:
                 requeued = await self.broker.queue.requeue_expired()
                 if requeued:
                     log.warning("requeued %d requests with expired leases", requeued)
-                await self.runners.reap_idle(self._peers.runners)
+                await self.runners.reap_idle(self._peers.runners, self._peers.busy)
                 await self.warmth.zygotes.reap()
                 mine = self.runners.runners
                 warm = [self.revisions.app_key(r.key[0]) for r in mine]
@@ -271,8 +269,9 @@ class Worker:
                 self._warm_elsewhere = set().union(*serving.values()) if serving else set()
                 if not self._stopping.is_set():
                     await self.warmth.keep_warm(
-                        self.id, self.pools, self._busy, self._peers.runners, self.background
-                    )
+                        self.id, self.pools, self._busy, self._peers.runners, self.background,
+                        self._peers.busy,
+                    )  # fmt: skip
             except UNAVAILABLE as exc:
                 self.outage.lost(exc)
                 failed = True
@@ -307,7 +306,8 @@ class Worker:
         start = self.warmth.starter(rev, fn)
 
         async def acquire() -> RunnerProcess:
-            return await self.runners.acquire((rev.id, fn.name), fn, start)
+            now = self.revisions.effective((rev.id, fn.name)) or fn  # scaling as overridden now
+            return await self.runners.acquire((rev.id, fn.name), now, start)
 
         async def release(runner: RunnerProcess) -> None:
             await self.runners.release(runner)
@@ -379,6 +379,14 @@ class Worker:
         if self._stopping.is_set():
             return []
         return [f"{r.key[0]}/{r.key[1]}" for r in self.runners.runners if not r.busy and r.alive]
+
+    def _message(self, channel: str, data: bytes) -> None:
+        """A cancel (interrupt the request if it runs here) or an app's aliases or scaling
+        changed (read the keep-warm targets and scale overrides again)."""
+        if channel == keys.ALIAS_CHANNEL:
+            self.warmth.forget_targets()
+        else:
+            self._cancel(data.decode())
 
     def _cancel(self, request_id: str) -> None:
         """Interrupt ``request_id`` if it runs here; remember it in case it starts soon."""

@@ -7,7 +7,9 @@ hold more than ``slots`` units, and no two hold the same GPU id; a function neve
 its ``max_concurrency`` runners here; a warm idle runner of the same function is always
 preferred to a cold start; when the slots are full, the least recently used idle runners of
 other functions are stopped to make room (only if that makes enough room); idle runners past
-``keep_alive`` are stopped, but ``min_concurrency`` of each function are kept.
+``keep_alive`` are stopped, but each function keeps ``wanted`` runners across the platform:
+``max(min_concurrency, busy runners + concurrency_buffer)``. A runner's spec carries its
+function's scaling as overridden now (``respec``), so a change applies to running runners.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ def units(spec: FunctionSpec) -> int:
     return max(spec.num_gpus, 1)
 
 
+def wanted(spec: FunctionSpec, busy: int) -> int:
+    """Runners a function keeps across the platform while ``busy`` of them serve requests."""
+    return max(spec.min_concurrency, busy + spec.concurrency_buffer)
+
+
 class RunnerSet:
     def __init__(self, slots: int, gpu_ids: Sequence[int] = ()) -> None:
         self.gpu_ids = tuple(gpu_ids)
@@ -38,14 +45,17 @@ class RunnerSet:
         self._stopping: dict[asyncio.Task[None], tuple[str, str]] = {}  # function, app
         """Runners being stopped to make room -> their "revision/function"."""
         self.cold_starts = 0
+        self._effective: Callable[[RunnerKey], FunctionSpec | None] = lambda _: None
+        """A function's spec with its scaling as overridden now (``respec``)."""
 
     async def acquire(
         self, key: RunnerKey, spec: FunctionSpec, start: Starter, *, fresh: bool = False
     ) -> RunnerProcess:
         """A busy runner for ``key``: warm if one is idle (unless ``fresh``), else a new one
-        started by ``start``."""
+        started by ``start``. ``spec``'s scaling gives way to the one ``respec`` learnt."""
         async with self._cond:
             while True:
+                spec = self._effective(key) or spec
                 for dead in [r for r in self.runners if not r.busy and not r.alive]:
                     self._remove(dead)
                 idle = [r for r in self.runners if r.key == key and not r.busy]
@@ -149,19 +159,36 @@ class RunnerSet:
             self._remove(runner)
             self._cond.notify_all()
 
-    async def reap_idle(self, elsewhere: Mapping[str, int] | None = None) -> int:
-        """Stop idle runners past their keep_alive, keeping min_concurrency per function
-        (counting the ``elsewhere`` runners other workers have, by "revision/function")."""
+    async def respec(self, effective: Callable[[RunnerKey], FunctionSpec | None]) -> None:
+        """Give each runner its function's spec as ``effective`` has it now (scale overrides
+        changed), and to the runners started from now on; a raised ``max_concurrency`` lets
+        waiting acquires start runners at once."""
+        async with self._cond:
+            self._effective = effective
+            for runner in self.runners:
+                runner.spec = effective(runner.key) or runner.spec
+            self._cond.notify_all()
+
+    async def reap_idle(
+        self,
+        elsewhere: Mapping[str, int] | None = None,
+        busy_elsewhere: Mapping[str, int] | None = None,
+    ) -> int:
+        """Stop idle runners past their keep_alive, keeping ``wanted`` runners per function
+        (counting the ``elsewhere`` runners other workers have, by "revision/function", and
+        the ``busy_elsewhere`` ones of those)."""
         now = time.monotonic()
         stopping: list[RunnerProcess] = []
-        others = elsewhere or {}
+        others, others_busy = elsewhere or {}, busy_elsewhere or {}
         async with self._cond:
             for runner in sorted(self.runners, key=lambda r: r.last_used):
                 if runner.busy or now - runner.last_used < runner.spec.keep_alive:
                     continue
+                name = f"{runner.key[0]}/{runner.key[1]}"
                 peers = [r for r in self.runners if r.key == runner.key]
-                total = len(peers) + others.get(f"{runner.key[0]}/{runner.key[1]}", 0)
-                if total > runner.spec.min_concurrency or not runner.alive:
+                total = len(peers) + others.get(name, 0)
+                busy = sum(1 for r in peers if r.busy) + others_busy.get(name, 0)
+                if total > wanted(runner.spec, busy) or not runner.alive:
                     self._remove(runner)
                     stopping.append(runner)
             if stopping:

@@ -1,4 +1,4 @@
-"""Warmth: starting runners (cold starts), the setup backoff, and min_concurrency prewarming.
+"""Warmth: starting runners (cold starts), the setup backoff, and keeping runners warm.
 
 - ``start`` prepares a revision's env and code and starts a runner on it, recording the app's
   cold-start time; a failure to prepare is a ``SetupFailed`` like a failed ``setup()``.
@@ -10,10 +10,12 @@
   starts the env's interpreter; each round also starts, ahead of their first request, the
   zygotes of aliased revisions of this worker's pools whose env is already here, while there is
   room for them.
-- Keep warm: each housekeeping round, aliased functions below their ``min_concurrency`` across
-  the fleet get one runner started here, when this worker has room (no busy work displaced),
+- Keep warm: each housekeeping round, aliased functions below what they keep warm across the
+  fleet (``max(min_concurrency, busy runners + concurrency_buffer)``, their scale overrides
+  applied) get one runner started here, when this worker has room (no busy work displaced),
   under a short claim so two workers do not both start one. Idle runners past ``keep_alive``
-  are stopped by ``RunnerSet.reap_idle``.
+  are stopped by ``RunnerSet.reap_idle``. The targets and the overrides are read every
+  ``TARGETS_TTL_S``, and at once after an alias or scaling change (``forget_targets``).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from klieg_platform.registry import Registry, Revision
 from klieg_platform.worker.code import CodeCache
 from klieg_platform.worker.process import RunnerKey, RunnerProcess, SetupFailed
 from klieg_platform.worker.revisions import Revisions
-from klieg_platform.worker.runners import RunnerSet, units
+from klieg_platform.worker.runners import RunnerSet, units, wanted
 from klieg_platform.worker.zygotes import ZygoteFailed, ZygoteKey, Zygotes, preload_key
 
 log = logging.getLogger("klieg.worker")
@@ -223,6 +225,11 @@ class Warmth:
         self._backoff.pop(key, None)
 
     # ---- keep warm --------------------------------------------------------------------
+    def forget_targets(self) -> None:
+        """An app's aliases or scaling changed: read the targets (and the scale overrides)
+        again at the next round, not a ``TARGETS_TTL_S`` later."""
+        self._targets_at = -1e9
+
     async def keep_warm(
         self,
         worker_id: str,
@@ -230,39 +237,56 @@ class Warmth:
         busy: int,
         elsewhere: Mapping[str, int],
         background: Callable[[Awaitable[None]], None],
+        busy_elsewhere: Mapping[str, int] | None = None,
     ) -> None:
-        """Start runners for aliased functions below their min_concurrency across the fleet
-        (``elsewhere``: runners other workers have, by "revision/function"), one per function
-        per round, when this worker (``busy`` slots in use) has the room."""
+        """Start runners for aliased functions below what they keep warm across the fleet,
+        ``max(min_concurrency, busy runners + concurrency_buffer)`` with their scale overrides
+        (``elsewhere``: runners other workers have, by "revision/function"; ``busy_elsewhere``:
+        those of them serving), one per function per round, when this worker (``busy`` slots
+        in use) has the room."""
         now = time.monotonic()
         if now - self._targets_at > TARGETS_TTL_S:
             self._targets_at = now
-            revisions = await asyncio.to_thread(self.registry.aliased_revisions)
-            mine = [
-                (rev, fn)
-                for rev in revisions
-                for fn in AppSpec.model_validate(rev.spec).functions
-                if "*" in pools or fn.pool in pools
-            ]
-            self._targets = [(rev, fn) for rev, fn in mine if fn.min_concurrency > 0]
-            zygotes: dict[ZygoteKey, Revision] = {}
-            for rev, _ in sorted(mine, key=lambda pair: -pair[0].created_at):  # newest first
-                zygotes.setdefault(preload_key(rev.env_key, rev.spec.get("preload")), rev)
-            self._zygote_targets = [
-                (key, self.packager.python(rev.env_key)) for key, rev in zygotes.items()
-            ]
+            await self._read_targets(pools)
         await self.prestart_zygotes(background)
         for rev, fn in self._targets:
             key = f"{rev.id}/{fn.name}"
-            here = sum(1 for r in self.runners.runners if r.key == (rev.id, fn.name))
-            if here + elsewhere.get(key, 0) >= fn.min_concurrency:
+            mine = [r for r in self.runners.runners if r.key == (rev.id, fn.name)]
+            total = len(mine) + elsewhere.get(key, 0)
+            serving = sum(1 for r in mine if r.busy) + (busy_elsewhere or {}).get(key, 0)
+            if total >= wanted(fn, serving) or len(mine) >= fn.max_concurrency:
                 continue
             free = self.runners.slots - self.runners.used()
             if key in self._warming or free < units(fn) or busy + units(fn) > self.runners.slots:
                 continue
-            if await self.broker.claims.claim(keys.prewarm(key), worker_id, 10):
+            # one claim per (function, runner count): two workers seeing the same count start
+            # one runner between them, and the next runner is claimed as soon as it is seen
+            if await self.broker.claims.claim(keys.prewarm(f"{key}#{total}"), worker_id, 10):
                 self._warming.add(key)
                 background(self._prewarm(rev, fn))
+
+    async def _read_targets(self, pools: tuple[str, ...]) -> None:
+        """Read the aliased revisions of ``pools`` (scale overrides applied) and the apps'
+        overrides; give the running runners their functions' scaling as it is now."""
+        revisions = await asyncio.to_thread(self.registry.aliased_revisions)
+        overrides = await asyncio.to_thread(self.registry.scale_overrides)
+        self.revisions.set_scaling(overrides)
+        await self.runners.respec(self.revisions.effective)
+        mine = [
+            (rev, fn)
+            for rev in revisions
+            for fn in AppSpec.model_validate(rev.spec).functions
+            if "*" in pools or fn.pool in pools
+        ]
+        self._targets = [
+            (rev, fn) for rev, fn in mine if fn.min_concurrency > 0 or fn.concurrency_buffer > 0
+        ]
+        zygotes: dict[ZygoteKey, Revision] = {}
+        for rev, _ in sorted(mine, key=lambda pair: -pair[0].created_at):  # newest first
+            zygotes.setdefault(preload_key(rev.env_key, rev.spec.get("preload")), rev)
+        self._zygote_targets = [
+            (key, self.packager.python(rev.env_key)) for key, rev in zygotes.items()
+        ]
 
     async def _prewarm(self, rev: Revision, fn: FunctionSpec) -> None:
         key = f"{rev.id}/{fn.name}"
@@ -272,7 +296,7 @@ class Warmth:
                 (rev.id, fn.name), fn, self.starter(rev, fn), fresh=True
             )
             await self.runners.release(runner)
-            log.info("kept warm: runner pid %s for %s (min_concurrency)", runner.pid, key)
+            log.info("kept warm: runner pid %s for %s", runner.pid, key)
         except SetupFailed as failed:
             log.warning("could not keep %s warm: %s", key, failed.error.detail)
         finally:

@@ -62,6 +62,8 @@ NOT_CALLER = {
     ("GET", "/workers"): Access.ADMIN,
     ("GET", "/pools"): Access.ADMIN,
     ("GET", "/runners"): Access.MANAGE,
+    ("GET", "/apps/{name}/scale"): Access.MANAGE,
+    ("PUT", "/apps/{name}/scale"): Access.MANAGE,
     ("GET", "/workflows"): Access.MANAGE,
     ("GET", "/workflows/{name}"): Access.MANAGE,
     ("PUT", "/workflows/{name}"): Access.MANAGE,

@@ -248,6 +248,47 @@ def test_reap_idle_with_zero_min_concurrency_stops_everything_idle() -> None:
     run(4, body)
 
 
+def test_reap_idle_keeps_the_concurrency_buffer_beyond_the_busy_runners() -> None:
+    async def body(rs: RunnerSet, start: FakeStarter) -> None:
+        buffered = spec("a", max_concurrency=4, keep_alive=0.05).model_copy(
+            update={"concurrency_buffer": 1}
+        )
+        runners = [await rs.acquire(key("a"), buffered, start) for _ in range(4)]
+        for runner in runners[1:]:
+            await rs.release(runner)
+        await asyncio.sleep(0.15)
+        # one busy here and one elsewhere, one spare: three of the five kept, two here
+        assert await rs.reap_idle({"rev-1/a": 1}, {"rev-1/a": 1}) == 2
+        assert len(rs.runners) == 2 and runners[0] in rs.runners
+        assert await rs.reap_idle() == 0  # one busy (here) and one spare
+        await rs.release(runners[0])
+        await asyncio.sleep(0.15)
+        assert await rs.reap_idle() == 1  # nothing busy: the buffer alone, one runner
+        assert len(rs.runners) == 1
+
+    run(8, body)
+
+
+def test_respec_gives_running_runners_the_overridden_scaling() -> None:
+    async def body(rs: RunnerSet, start: FakeStarter) -> None:
+        one = spec("a", max_concurrency=1, keep_alive=60)
+        first = await rs.acquire(key("a"), one, start)
+        waiting = asyncio.create_task(rs.acquire(key("a"), one, start))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()  # at its max_concurrency of one
+        two = one.model_copy(update={"max_concurrency": 2, "keep_alive": 0.05})
+        await rs.respec(lambda k: two if k == key("a") else None)
+        assert first.spec.keep_alive == 0.05
+        await asyncio.wait_for(waiting, 5)  # the acquire waiting on the cap went on
+        assert len(rs.runners) == 2
+        for runner in rs.runners:
+            await rs.release(runner)
+        await asyncio.sleep(0.15)
+        assert await rs.reap_idle() == 2  # the new keep_alive applied to both
+
+    run(4, body)
+
+
 def test_a_starter_that_raises_frees_the_slot() -> None:
     async def body(rs: RunnerSet, start: FakeStarter) -> None:
         start.fail_next = True
