@@ -154,6 +154,11 @@ def deploy(
         app, rid, spec.model_dump(mode="json"), code_hash, locked.key, locked.python, locked.lock
     )
     progress(f"revision {rid} {'created' if created else 'already existed (same content)'}")
+    # the code or env may have been collected with a retired revision that used them between
+    # the steps above and the revision's write: from the write on, nothing collects them
+    if not store.exists(key):
+        store.put(key, code)
+    packager.build(locked)
     previous = registry.set_alias(app, alias, rid)
     progress(f"alias {alias} -> {rid}")
     if reset_scale and registry.reset_scaling(app):

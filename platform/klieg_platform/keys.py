@@ -68,6 +68,7 @@ klieg:webhooks            zset     completed request ids with a webhook, scored 
                                    try is due (ms); a sender's claim pushes it to its deadline
 klieg:prewarm:{fn}#{n}    string   short claim: one worker starts the function's runner n+1
 klieg:sweep               string   short claim: one gateway sweeps the blob store this period
+klieg:collect             string   short claim: one gateway collects retired revisions this period
 klieg:fleet:samples       list     JSON fleet samples, newest first (an hour kept)
 klieg:fleet:sampling      string   short claim: one gateway samples the fleet this period
 klieg:done                channel  ids of completed requests that name no reply channel
@@ -123,6 +124,7 @@ METRICS_SLO_PREFIX = PREFIX + "metrics:slo:"
 SLO = PREFIX + "slo"
 WEBHOOKS = PREFIX + "webhooks"
 SWEEP_CLAIM = PREFIX + "sweep"
+COLLECT_CLAIM = PREFIX + "collect"
 """Held by the gateway sweeping the blob store this period (one per cluster)."""
 FLEET_SAMPLES = PREFIX + "fleet:samples"
 """A list of JSON samples of the fleet, newest first, one per ``FleetSampler`` period."""
@@ -159,6 +161,11 @@ def lane_jobs(pool: str, tier: str) -> str:
 def lane_apps(pool: str, tier: str) -> str:
     """Hash: lane name -> the "owner/app" its requests belong to."""
     return f"{LANE_APP_PREFIX}{pool}:{tier}"
+
+
+def app_lanes(app_key: str) -> str:
+    """The lanes an "owner/app" has requests in, as "{pool}:{tier}:{lane}"."""
+    return APP_LANES_PREFIX + app_key
 
 
 def lane_tenants(pool: str, tier: str, lane_name: str) -> str:

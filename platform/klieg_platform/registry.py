@@ -40,6 +40,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from klieg.exceptions import InvalidRequestError, NotFoundError
+from klieg_platform.registry_lifecycle import Lifecycle
 from klieg_platform.registry_tables import (
     APP_COLUMNS,
     APP_FROM,
@@ -63,11 +64,10 @@ from klieg_platform.registry_tables import (
     metadata,
     revision_row,
     revisions,
-    scale_overrides,
     tenant_row,
     tenants,
 )
-from klieg_platform.scaling import SETTINGS, ScaleOverride, effective_doc
+from klieg_platform.scaling import effective_doc
 
 __all__ = [
     "SCOPES",
@@ -157,7 +157,7 @@ def _sqlite_engine(url: sa.URL) -> Engine:
     return engine
 
 
-class Registry:
+class Registry(Lifecycle):
     """The platform's SQL store. Thread-safe; one instance per process is enough."""
 
     def __init__(self, url: str) -> None:
@@ -384,7 +384,7 @@ class Registry:
 
     def get_app(self, owner: str, name: str) -> AppRecord | None:
         """The app ``owner/name``, ``owner`` being the tenant name."""
-        query = sa.select(*APP_COLUMNS).select_from(APP_FROM)
+        query = sa.select(*APP_COLUMNS).select_from(APP_FROM).where(apps.c.deleted_at.is_(None))
         with self._read() as conn:
             row = conn.execute(query.where(tenants.c.name == owner, apps.c.name == name)).first()
         return AppRecord(**row._mapping) if row else None
@@ -393,7 +393,7 @@ class Registry:
         """The owner's apps by name; with ``workflows``, the app rows of its workflows instead."""
         is_workflow = apps.c.name.startswith(WORKFLOW_PREFIX, autoescape=True)
         query = sa.select(*APP_COLUMNS).select_from(APP_FROM)
-        query = query.where(apps.c.owner_id == owner_id)
+        query = query.where(apps.c.owner_id == owner_id, apps.c.deleted_at.is_(None))
         query = query.where(is_workflow if workflows else ~is_workflow).order_by(apps.c.name)
         with self._read() as conn:
             return [AppRecord(**row._mapping) for row in conn.execute(query)]
@@ -483,11 +483,16 @@ class Registry:
         env_key: str,
         python: str,
         lock: str,
+        *,
+        expires_at: float | None = None,
     ) -> tuple[Revision, bool]:
         """Insert a revision: ``(new, True)``, or ``(stored, False)`` if the id exists.
 
-        The stored row is never changed. ``InvalidRequestError`` if the id belongs to
-        another app.
+        The stored row's content is never changed. A retired one (its app deleted, or pruned)
+        is brought back, and moves to ``app`` when its own app was deleted (same owner and
+        content: the id says so), instead of being dropped. ``InvalidRequestError`` if the id
+        belongs to another live app. ``expires_at``: a dev revision (``klieg run``), retired
+        when that passes unless renewed.
         """
         _check(_REVISION_ID, revision_id, "revision id")
         try:
@@ -503,6 +508,7 @@ class Registry:
             "python": python,
             "lock": lock,
             "created_at": time.time(),
+            "expires_at": expires_at,
         }
         revision = Revision(**{**values, "spec": json.loads(text)}, owner=app.owner, app=app.name)
         try:
@@ -511,6 +517,8 @@ class Registry:
                 exists = conn.execute(query).first() is not None
                 if not exists:
                     conn.execute(sa.insert(revisions).values(**values))
+                else:
+                    self._revive(conn, app, revision_id)
         except sa.exc.IntegrityError:
             exists = True  # a concurrent writer inserted the same id first
         if not exists:
@@ -523,6 +531,23 @@ class Registry:
                 f"revision id {revision_id!r} belongs to {stored.owner}/{stored.app}"
             )
         return stored, False
+
+    def _revive(self, conn: Connection, app: AppRecord, revision_id: str) -> None:
+        """Bring a retired revision back for ``app`` (see ``put_revision``)."""
+        r = revisions.c
+        owner = sa.select(apps.c.id).where(
+            apps.c.id == r.app_id, apps.c.owner_id == app.owner_id, apps.c.deleted_at.isnot(None)
+        )
+        conn.execute(
+            sa.update(revisions)
+            .where(r.id == revision_id, r.retired_at.isnot(None), sa.exists(owner))
+            .values(app_id=app.id)
+        )
+        conn.execute(
+            sa.update(revisions)
+            .where(r.id == revision_id, r.app_id == app.id, r.retired_at.isnot(None))
+            .values(retired_at=None, expires_at=None)
+        )
 
     def get_revision(self, revision_id: str) -> Revision | None:
         query = sa.select(*REVISION_COLUMNS).select_from(REVISION_FROM)
@@ -550,67 +575,12 @@ class Registry:
             for rev in found
         ]
 
-    # scale overrides: an app's mutable scaling beside its immutable revisions
-
-    def scale_overrides(self, app: AppRecord | None = None) -> dict[str, list[ScaleOverride]]:
-        """App id -> its overrides (the app's first, then by function); of ``app`` only, or of
-        every app."""
-        with self._read() as conn:
-            return self._overrides(conn, None if app is None else {app.id})
-
-    def set_scaling(
-        self, app: AppRecord, function: str, values: dict[str, float | int | None]
-    ) -> list[ScaleOverride]:
-        """Override (a value) or stop overriding (None) settings of ``scaling.SETTINGS`` for
-        the app (``function`` ``""``) or one of its functions; the others stay as they are.
-        The app's overrides as they are now."""
-        unknown = set(values) - set(SETTINGS)
-        if unknown:
-            raise InvalidRequestError(f"unknown scaling settings {sorted(unknown)}")
-        o = scale_overrides.c
-        where = (o.app_id == app.id) & (o.function == function)
-        with self._write() as conn:
-            self._lock_app(conn, app)
-            row = conn.execute(sa.select(scale_overrides).where(where)).first()
-            merged = {name: row._mapping[name] for name in SETTINGS} if row else {}
-            merged.update(values)
-            conn.execute(sa.delete(scale_overrides).where(where))
-            if any(value is not None for value in merged.values()):
-                conn.execute(
-                    sa.insert(scale_overrides).values(
-                        app_id=app.id, function=function, updated_at=time.time(), **merged
-                    )
-                )
-            return self._overrides(conn, {app.id}).get(app.id, [])
-
-    def reset_scaling(self, app: AppRecord, function: str | None = None) -> int:
-        """Drop the app's overrides (``function``: that function's only); how many went."""
-        o = scale_overrides.c
-        query = sa.delete(scale_overrides).where(o.app_id == app.id)
-        if function is not None:
-            query = query.where(o.function == function)
-        with self._write() as conn:
-            return int(conn.execute(query).rowcount)
-
-    def _overrides(
-        self, conn: Connection, app_ids: set[str] | None
-    ) -> dict[str, list[ScaleOverride]]:
-        o = scale_overrides.c
-        query = sa.select(scale_overrides).order_by(o.app_id, o.function)
-        if app_ids is not None:
-            if not app_ids:
-                return {}
-            query = query.where(o.app_id.in_(sorted(app_ids)))
-        out: dict[str, list[ScaleOverride]] = {}
-        for row in conn.execute(query):
-            values = {name: row._mapping[name] for name in (*SETTINGS, "function", "updated_at")}
-            out.setdefault(row.app_id, []).append(ScaleOverride(**values))
-        return out
-
     def list_revisions(self, app: AppRecord) -> list[Revision]:
-        """The app's revisions, newest first (insertion order, not clock order)."""
+        """The app's revisions that are not retired, newest first (insertion order, not clock
+        order)."""
         query = sa.select(*REVISION_COLUMNS).select_from(REVISION_FROM)
-        query = query.where(revisions.c.app_id == app.id).order_by(revisions.c.seq.desc())
+        query = query.where(revisions.c.app_id == app.id, revisions.c.retired_at.is_(None))
+        query = query.order_by(revisions.c.seq.desc())
         with self._read() as conn:
             return [revision_row(row._mapping) for row in conn.execute(query)]
 
@@ -626,7 +596,9 @@ class Registry:
         with self._write() as conn:
             self._lock_app(conn, app)
             owner = conn.execute(
-                sa.select(revisions.c.app_id).where(revisions.c.id == revision_id)
+                sa.select(revisions.c.app_id).where(
+                    revisions.c.id == revision_id, revisions.c.retired_at.is_(None)
+                )
             ).scalar_one_or_none()
             if owner != app.id:
                 raise NotFoundError(f"revision {revision_id!r} not found in {app.owner}/{app.name}")
@@ -657,7 +629,8 @@ class Registry:
     def rollback(self, app: AppRecord, alias: str = "latest") -> str:
         """Pop the alias's stack: move it to the entry below the current one; returns that id.
 
-        ``NotFoundError`` if the alias is unset or has no earlier entry.
+        ``NotFoundError`` if the alias is unset, has no earlier entry, or that entry's
+        revision was pruned (retired or dropped).
         """
         h = alias_history.c
         with self._write() as conn:
@@ -676,6 +649,14 @@ class Registry:
                 .order_by(h.seq.desc())
                 .limit(1)
             ).scalar_one()
+            live = sa.select(revisions.c.id).where(
+                revisions.c.id == target, revisions.c.retired_at.is_(None)
+            )
+            if conn.execute(live).first() is None:
+                raise NotFoundError(
+                    f"alias {alias!r} of {app.owner}/{app.name} would go back to revision "
+                    f"{target}, which was pruned"
+                )
             self._move(conn, app, alias, "rollback", target, current, depth - 1)
             return str(target)
 
@@ -685,9 +666,12 @@ class Registry:
         return self.revision_of(record, ref) if record is not None else None
 
     def revision_of(self, app: AppRecord, ref: str) -> Revision | None:
-        """The revision ``ref`` (an alias first, else a revision id) names in ``app``."""
+        """The revision ``ref`` (an alias first, else a revision id) names in ``app``; a
+        retired one names none."""
         revision = self.get_revision(self.get_alias(app, ref) or ref)
-        return revision if revision is not None and revision.app_id == app.id else None
+        if revision is None or revision.app_id != app.id or revision.retired_at is not None:
+            return None
+        return revision
 
     def _lock_app(self, conn: Connection, app: AppRecord) -> None:
         """Serialise alias moves of one app (row lock on PostgreSQL; SQLite is already locked)."""

@@ -54,6 +54,8 @@ apps = sa.Table(
     sa.Column("max_inflight", sa.Integer, nullable=False, server_default="0"),
     # whether callers other than the owner see its requests' logs and full errors
     sa.Column("caller_logs", sa.Boolean, nullable=False, server_default=sa.false()),
+    # set by a delete (the name then carries "~<id>", freeing it): its revisions are retired
+    sa.Column("deleted_at", sa.Double),
     sa.UniqueConstraint("owner_id", "name"),
 )
 
@@ -86,6 +88,11 @@ revisions = sa.Table(
     sa.Column("python", sa.String(32), nullable=False),
     sa.Column("lock", sa.Text, nullable=False),
     sa.Column("created_at", sa.Double, nullable=False),
+    # retired (pruned, its app deleted, or a dev revision expired): no new request resolves to
+    # it; it is dropped, with its code and env unless others use them, once nothing needs it
+    sa.Column("retired_at", sa.Double),
+    # a dev revision (``klieg run``): retired when this passes unless renewed
+    sa.Column("expires_at", sa.Double),
 )
 
 scale_overrides = sa.Table(
@@ -206,6 +213,9 @@ class Revision:
     python: str
     lock: str
     created_at: float
+    retired_at: float | None = None
+    expires_at: float | None = None
+    """Set on a dev revision (``klieg run``): it is retired when this passes unless renewed."""
 
 
 @dataclass(frozen=True)
@@ -241,6 +251,8 @@ REVISION_COLUMNS = (
     revisions.c.python,
     revisions.c.lock,
     revisions.c.created_at,
+    revisions.c.retired_at,
+    revisions.c.expires_at,
 )
 REVISION_FROM = revisions.join(apps, revisions.c.app_id == apps.c.id).join(
     tenants, apps.c.owner_id == tenants.c.id

@@ -10,7 +10,8 @@ for the period) deletes from the blob store:
   that whose request record is gone: a request still queued keeps its payload however long it
   waits, and a result stays while its record does.
 
-``code/`` (revision archives) is never swept. A round deletes at most ``batch`` objects per
+``code/`` (revision archives) is never swept here: ``collector.py`` deletes the archives of
+revisions it drops. A round deletes at most ``batch`` objects per
 prefix; the rest goes in the next rounds.
 """
 

@@ -163,6 +163,21 @@ class AdminClient(Client):
         out: list[dict[str, Any]] = self._json(self.http.get(f"/apps/{app}/revisions"))
         return out
 
+    def delete_app(self, app: str) -> dict[str, Any]:
+        """Delete an app: its aliases go and new requests get 404 at once; requests already
+        queued or running finish; then its revisions, and their code and envs where no other
+        revision uses them, are collected."""
+        out: dict[str, Any] = self._json(self.http.delete(f"/apps/{app}"))
+        return out
+
+    def prune_revisions(self, app: str, keep: int | None = None) -> dict[str, Any]:
+        """Retire the app's revisions that no alias points to and that are not among its
+        ``keep`` newest (the gateway's default when None); they, their code and unused envs
+        are collected once no request needs them. ``{"retired": [...], "kept": [...]}``."""
+        params = {} if keep is None else {"keep": str(keep)}
+        out: dict[str, Any] = self._json(self.http.post(f"/apps/{app}/prune", params=params))
+        return out
+
     def set_alias(self, app: str, alias: str, revision: str) -> dict[str, Any]:
         out: dict[str, Any] = self._json(
             self.http.put(f"/apps/{app}/aliases/{alias}", json={"revision": revision})

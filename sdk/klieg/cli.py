@@ -233,7 +233,15 @@ def cmd_apps_list(args: argparse.Namespace) -> int:
 
 
 def cmd_revisions(args: argparse.Namespace) -> int:
-    revs = _admin(args).revisions(args.app)
+    """``klieg revisions APP`` lists; ``klieg revisions prune APP [--keep N]`` prunes."""
+    words = args.words
+    if words[0] == "prune" and len(words) == 2:
+        return _prune(args, words[1])
+    if len(words) != 1:
+        raise InvalidRequestError("usage: klieg revisions APP, or klieg revisions prune APP")
+    if args.keep is not None:
+        raise InvalidRequestError("--keep goes with klieg revisions prune APP")
+    revs = _admin(args).revisions(words[0])
     if args.json:
         _print_json(revs)
     for r in [] if args.json else revs:
@@ -241,6 +249,39 @@ def cmd_revisions(args: argparse.Namespace) -> int:
             f"{r['id']}  env {r['env_key'][:12]}  code {r['code_hash'][:12]}  "
             f"{','.join(r['aliases'])}"
         )
+    return 0
+
+
+def _prune(args: argparse.Namespace, app: str) -> int:
+    with _admin(args) as admin:
+        out = admin.prune_revisions(app, args.keep)
+    if args.json:
+        _print_json(out)
+        return 0
+    for rid in out["retired"]:
+        print(f"pruned {rid}")
+    print(
+        f"{out['app']}: {len(out['retired'])} revision(s) pruned, {len(out['kept'])} kept; "
+        "their code and unused envs go once no request needs them",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_apps_delete(args: argparse.Namespace) -> int:
+    """Asks first on a terminal; elsewhere (a script) only ``--yes`` deletes."""
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise InvalidRequestError(f"deleting {args.app} needs --yes")
+        answer = input(f"delete app {args.app}, its aliases and revisions? type its name: ")
+        if answer.strip() != args.app:
+            raise InvalidRequestError("not deleted: the name typed did not match")
+    with _admin(args) as admin:
+        out = admin.delete_app(args.app)
+    print(
+        f"deleted {out['app']}: new requests get 404; {len(out['retired'])} revision(s) are "
+        "collected once their queued and running requests finish"
+    )
     return 0
 
 
@@ -682,6 +723,10 @@ def build_parser() -> argparse.ArgumentParser:
     lim.add_argument("--max-inflight", type=int, required=True)
     lim.set_defaults(func=cmd_apps_limit)
 
+    de = apps.add_parser("delete", help="delete an app (running and queued requests finish)")
+    de.add_argument("app")
+    de.add_argument("--yes", action="store_true", help="do not ask (needed off a terminal)")
+    de.set_defaults(func=cmd_apps_delete)
     sc = apps.add_parser(
         "scale", help="change a live app's scaling without a redeploy (none: show it)"
     )
@@ -704,8 +749,15 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--max-inflight", type=int)
     ts.set_defaults(func=cmd_tenants_set)
 
-    rv = sub.add_parser("revisions", help="revisions of an app, newest first")
-    rv.add_argument("app")
+    rv = sub.add_parser(
+        "revisions",
+        help="revisions of an app, newest first; 'prune APP' retires the old unaliased ones",
+        usage="klieg revisions [--json] APP | klieg revisions prune APP [--keep N] [--json]",
+    )
+    rv.add_argument("words", nargs="+", metavar="APP")
+    rv.add_argument(
+        "--keep", type=int, help="with prune: newest revisions kept besides aliased (default 5)"
+    )
     rv.add_argument("--json", action="store_true")
     rv.set_defaults(func=cmd_revisions)
 

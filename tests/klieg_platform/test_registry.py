@@ -605,3 +605,68 @@ def test_scale_overrides_merge_clear_and_apply_to_aliased_revisions(
         registry.set_scaling(app, "", {"replicas": 2})
     assert registry.reset_scaling(app) == 1
     assert registry.scale_overrides(app) == {}
+
+
+def test_a_deleted_app_frees_its_name_and_its_revisions_serve_only_what_was_queued(
+    registry: Registry, app: AppRecord, tenant: Tenant
+) -> None:
+    r1, r2 = put(registry, app, "r1"), put(registry, app, "r2")
+    registry.set_alias(app, "latest", "r2")
+    registry.set_scaling(app, "", {"keep_alive": 5.0})
+    assert sorted(registry.delete_app(app)) == ["r1", "r2"]
+    assert registry.get_app("acme", "echo") is None
+    assert [a.name for a in registry.list_apps(tenant.id)] == []
+    assert registry.resolve("acme", "echo", "latest") is None
+    assert registry.aliased_revisions() == []
+    stored = registry.get_revision("r2")  # a worker still reads it for queued requests
+    assert stored is not None and stored.retired_at is not None
+    assert sorted(r.id for r in registry.retired_revisions()) == ["r1", "r2"]
+    assert {r.app for r in registry.retired_revisions()} == {"echo"}  # its name when live
+
+    again = registry.ensure_app(tenant.id, "echo")  # the name is free at once
+    assert again.id != app.id
+    revived, created = registry.put_revision(
+        again, "r2", SPEC, r2.code_hash, "env-1", "3.11", "numpy==2.0\n"
+    )  # the same content deployed again: the retired revision comes back for the new app
+    assert not created and revived.app_id == again.id and revived.retired_at is None
+    dropped = registry.drop_revisions(["r1", "r2"])
+    assert dropped.revisions == ["r1"] and dropped.apps == 1  # r2 lives on; the old app goes
+    assert dropped.code_hashes == {r1.code_hash} and dropped.env_keys == set()
+    assert registry.get_revision("r1") is None and registry.get_revision("r2") is not None
+    assert registry.scale_overrides() == {}
+
+
+def test_prune_retires_unaliased_revisions_past_the_newest_and_drop_frees_their_code(
+    registry: Registry, app: AppRecord
+) -> None:
+    for n in range(1, 6):
+        put(registry, app, f"r{n}")
+        registry.set_alias(app, "latest", f"r{n}")
+    registry.set_alias(app, "pinned", "r1")
+    assert registry.prune_revisions(app, keep=2) == ["r3", "r2"]
+    assert [r.id for r in registry.list_revisions(app)] == ["r5", "r4", "r1"]
+    assert registry.resolve("acme", "echo", "r3") is None
+    with pytest.raises(NotFoundError, match="not found"):
+        registry.set_alias(app, "other", "r3")
+    registry.rollback(app)  # latest r5 -> r4
+    with pytest.raises(NotFoundError, match="pruned"):
+        registry.rollback(app)  # r4 -> r3, which was pruned
+    assert registry.prune_revisions(app, keep=0) == ["r5"]  # r4 is latest, r1 pinned
+    dropped = registry.drop_revisions(["r2", "r3", "r5"])
+    assert sorted(dropped.revisions) == ["r2", "r3", "r5"]
+    assert dropped.code_hashes == {"code-r2", "code-r3", "code-r5"}
+    assert dropped.env_keys == set()  # r1 and r4 still use env-1
+    assert registry.prune_revisions(app, keep=0) == []
+
+
+def test_a_dev_revision_expires_unless_renewed(registry: Registry, app: AppRecord) -> None:
+    dev, _ = registry.put_revision(
+        app, "dev1", SPEC, "c", "env-dev", "3.11", "", expires_at=time.time() + 60
+    )
+    assert dev.expires_at is not None and registry.prune_revisions(app, keep=0) == []
+    assert registry.retire_expired(now=time.time() + 30) == 0
+    assert registry.renew_revision("dev1", time.time() + 120)
+    assert registry.retire_expired(now=time.time() + 90) == 0
+    assert registry.retire_expired(now=time.time() + 150) == 1
+    assert not registry.renew_revision("dev1", time.time() + 300)  # retired: too late
+    assert registry.drop_revisions(["dev1"]).env_keys == {"env-dev"}

@@ -508,9 +508,40 @@ class Queue:
                     out.append(LaneDepth(pool, tier, function, app, int(n)))
         return out
 
+    async def revisions_busy(self, app_key: str) -> set[str]:
+        """The revisions of ``app_key`` ("owner/app") that requests still need: queued (in
+        its lanes, or reserved by a draining worker) or running. A revision outside this set
+        has nothing left in flight: its code and env may go."""
+        busy: set[str] = set()
+        refs: set[Any] = await self.redis.smembers(keys.app_lanes(app_key))
+        for ref in refs:
+            lane = ref.decode().split(":", 2)[-1]  # "{pool}:{tier}:{revision}/{function}#{n}"
+            busy.add(lane.split("/", 1)[0])
+        ids: list[Any] = []
+        if int(await self.redis.hget(keys.APP_INFLIGHT, app_key) or 0) > 0:
+            ids += await self.redis.zrange(keys.INFLIGHT, 0, -1)
+        pools: set[Any] = await self.redis.smembers(keys.POOLS)
+        for pool in pools:
+            ids += await self.redis.hvals(keys.reserved(pool.decode()))
+        if ids:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for rid in ids:
+                    pipe.hmget(keys.request(rid.decode()), ["owner", "app", "revision"])
+                rows = await pipe.execute()
+            busy.update(
+                rev.decode()
+                for owner, app, rev in rows
+                if rev is not None and f"{_text(owner)}/{_text(app)}" == app_key
+            )
+        return busy
+
     async def existing(self, request_ids: Sequence[str]) -> list[bool]:
         """Whether each request still has a record."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for rid in request_ids:
                 pipe.exists(keys.request(rid))
             return [bool(n) for n in await pipe.execute()]
+
+
+def _text(value: bytes | None) -> str:
+    return value.decode() if value is not None else ""

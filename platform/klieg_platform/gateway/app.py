@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from klieg_platform.broker import UNAVAILABLE
+from klieg_platform.collector import Collector
 from klieg_platform.config import Settings
 from klieg_platform.gateway import (
     admin,
@@ -91,6 +92,8 @@ ROUTES = [
     route("POST", "/apps/{name}/rollback", admin.rollback, MANAGE),
     route("PUT", "/apps/{name}/visibility", admin.set_visibility, MANAGE),
     route("PUT", "/apps/{name}/limits", admin.set_app_limits, MANAGE),
+    route("DELETE", "/apps/{name}", lifecycle.delete_app, MANAGE),
+    route("POST", "/apps/{name}/prune", lifecycle.prune_revisions, MANAGE),
     route("GET", "/apps/{name}/scale", lifecycle.get_scale, MANAGE),
     route("PUT", "/apps/{name}/scale", lifecycle.set_scale, MANAGE),
     route("PUT", "/tenants/{name}", admin.set_tenant, ADMIN),
@@ -143,6 +146,8 @@ def create_app(settings: Settings) -> Starlette:
         await webhooks.start()
         sweeper = BlobSweeper(broker, gw.store, settings)
         await sweeper.start()
+        collector = Collector(broker, registry, gw.store, gw.packager)
+        await collector.start()
         sampler = fleet.FleetSampler(broker)
         await sampler.start()
         app.state.gateway = gw
@@ -151,6 +156,7 @@ def create_app(settings: Settings) -> Starlette:
             yield
         finally:
             await sampler.stop()
+            await collector.stop()
             await sweeper.stop()
             await webhooks.stop()
             await waiter.stop()

@@ -1,13 +1,17 @@
-"""App lifecycle routes: scaling a live app without a redeploy. All scoped to the caller's
-tenant (``MANAGE``).
+"""App lifecycle routes: scaling a live app without a redeploy, deleting an app, pruning its
+revisions. All scoped to the caller's tenant (``MANAGE``).
 
-GET  /apps/{name}/scale     its scale overrides and each function's effective scaling
-PUT  /apps/{name}/scale     JSON {function?, keep_alive?, min_concurrency?, max_concurrency?,
-                            concurrency_buffer?} (null: stop overriding it), or {function?,
-                            reset: true} (drop the overrides)
+GET    /apps/{name}/scale        its scale overrides and each function's effective scaling
+PUT    /apps/{name}/scale        JSON {function?, keep_alive?, min_concurrency?,
+                                 max_concurrency?, concurrency_buffer?} (null: stop overriding
+                                 it), or {function?, reset: true} (drop the overrides)
+DELETE /apps/{name}              aliases gone, new requests 404, every revision retired
+POST   /apps/{name}/prune?keep=N retire the revisions no alias points to, past the newest N
 
 A change is published on the alias channel, so every gateway and worker re-reads the app at
-once (workers start or stop runners within a housekeeping round).
+once (workers start or stop runners within a housekeeping round, gateways drop their routes).
+Retired revisions serve the requests already queued or running; ``collector.py`` drops them,
+with their code and envs when nothing else uses them, once nothing needs them.
 """
 
 from __future__ import annotations
@@ -116,3 +120,32 @@ async def set_scale(request: Request) -> Response:
     out = await asyncio.to_thread(change)
     await alias_moved(gw, tenant.name, app.name)
     return JSONResponse(out)
+
+
+DEFAULT_KEEP = 5
+"""Revisions a prune keeps besides the aliased ones, newest first, unless told."""
+
+
+async def delete_app(request: Request) -> Response:
+    """Delete the app: see the module's contract. Requests already queued or running finish."""
+    gw = gateway(request)
+    tenant = auth.caller(request)
+    app = await owned_app(gw, tenant, request.path_params["name"])
+    retired = await asyncio.to_thread(gw.registry.delete_app, app)
+    await alias_moved(gw, tenant.name, app.name)
+    return JSONResponse({"app": app.name, "deleted": True, "retired": retired})
+
+
+async def prune_revisions(request: Request) -> Response:
+    """Retire the app's revisions that no alias points to and are not among the newest
+    ``keep`` (default ``DEFAULT_KEEP``); the ids retired, and those left."""
+    gw = gateway(request)
+    tenant = auth.caller(request)
+    app = await owned_app(gw, tenant, request.path_params["name"])
+    raw = request.query_params.get("keep", str(DEFAULT_KEEP))
+    if not raw.isdigit():
+        raise InvalidRequestError(f"keep must be a whole number >= 0, got {raw!r}")
+    retired = await asyncio.to_thread(gw.registry.prune_revisions, app, int(raw))
+    await alias_moved(gw, tenant.name, app.name)
+    left = await asyncio.to_thread(gw.registry.list_revisions, app)
+    return JSONResponse({"app": app.name, "retired": retired, "kept": [rev.id for rev in left]})

@@ -79,6 +79,11 @@ class Packager:
         """True only when the env's completion marker is present."""
         return self.store.exists(key)
 
+    def remove(self, key: str) -> bool:
+        """Delete the env of ``key`` (no revision uses it any more): under its build lock,
+        marker first (``EnvStore.remove``); False when a build holds it or it is not here."""
+        return self.store.remove(key)
+
     def path(self, key: str) -> Path:
         """The env directory of ``key`` (which may not exist yet)."""
         return self.store.path(key)

@@ -98,6 +98,30 @@ class EnvStore:
         data = json.dumps(record, indent=2, sort_keys=True).encode()
         write_atomic(self.marker(key), data)
 
+    def remove(self, key: str) -> bool:
+        """Delete a complete env no revision uses any more, safe against a build or a start of
+        the same key: under its build lock (taken without waiting: a build in progress keeps
+        it, False), the marker goes first, so from then on nothing takes the env as built (a
+        start builds it again under the lock), then the directory. False when it was not
+        there."""
+        check_key(key)
+        path = self.root / ".locks" / f"{key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            if not self.path(key).exists():
+                return False
+            with contextlib.suppress(FileNotFoundError):
+                self.marker(key).unlink()
+            self.discard(key)
+            return True
+        finally:
+            os.close(fd)
+
     def discard(self, key: str) -> None:
         """Remove whatever is at the env directory (a half-built or failed env)."""
         path = self.path(key)

@@ -62,6 +62,8 @@ NOT_CALLER = {
     ("GET", "/workers"): Access.ADMIN,
     ("GET", "/pools"): Access.ADMIN,
     ("GET", "/runners"): Access.MANAGE,
+    ("DELETE", "/apps/{name}"): Access.MANAGE,
+    ("POST", "/apps/{name}/prune"): Access.MANAGE,
     ("GET", "/apps/{name}/scale"): Access.MANAGE,
     ("PUT", "/apps/{name}/scale"): Access.MANAGE,
     ("GET", "/workflows"): Access.MANAGE,

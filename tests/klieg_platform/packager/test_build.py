@@ -143,3 +143,20 @@ def test_the_env_images_build_step_publishes_the_env(six_env: LockedEnv, tmp_pat
     bad = subprocess.run([sys.executable, "-m", "klieg_platform.packager"], env=env,
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert bad.returncode == 2 and bad.stderr.startswith("usage:")
+
+
+def test_remove_waits_for_no_build_and_a_later_start_builds_the_env_again(
+    tmp_path: Path, six_env: LockedEnv
+) -> None:
+    packager = Packager(make_settings(tmp_path / "home"))
+    assert not packager.remove(six_env.key)  # nothing there
+    packager.build(six_env)
+    with packager.store.lock(six_env.key):  # a build of the same key holds the lock
+        assert not packager.remove(six_env.key)
+        assert packager.exists(six_env.key)
+    assert packager.remove(six_env.key)
+    assert not packager.exists(six_env.key) and not packager.path(six_env.key).exists()
+    progress: list[str] = []
+    packager.build(six_env, progress.append)  # what a runner start does: built again
+    assert any("creating venv" in line for line in progress)
+    assert probe(packager, six_env.key)[0] == "1.16.0"
