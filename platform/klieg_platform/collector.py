@@ -6,7 +6,8 @@ ends. Retired, no new request resolves to it, but the requests already queued or
 still run on it. Every ``COLLECT_EVERY_S`` one gateway of the cluster (the one that takes
 ``keys.COLLECT_CLAIM`` for the period):
 
-1. retires the dev revisions whose expiry passed (their session died without removing them);
+1. retires the dev revisions whose expiry passed (their session died without removing them)
+   and tells every gateway and worker that their apps' routes changed;
 2. for each retired revision that no request needs any more (``Queue.revisions_busy``: none
    queued, reserved or running), deletes its row, then its code archive and its env when no
    remaining revision uses them (the env under the packager's lock, marker first:
@@ -65,9 +66,9 @@ class Collector(EachPeriod):
 
     async def collect(self) -> Dropped:
         """One round (see the module's contract): what was dropped."""
-        expired = await asyncio.to_thread(self.registry.retire_expired)
-        if expired:
-            log.info("retired %d dev revision(s) whose session stopped renewing them", expired)
+        for app_key in await asyncio.to_thread(self.registry.retire_expired):
+            log.info("%s: ended a dev session that stopped renewing its revision", app_key)
+            await self.broker.streams.publish(keys.ALIAS_CHANNEL, app_key)  # routes changed
         retired = await asyncio.to_thread(self.registry.retired_revisions)
         by_app: dict[str, list[str]] = {}
         for rev in retired:

@@ -14,6 +14,7 @@ import io
 import json
 import sys
 import tarfile
+import time
 from dataclasses import dataclass
 
 from klieg import archive
@@ -129,9 +130,17 @@ def deploy(
     alias: str,
     progress: Progress,
     reset_scale: bool = False,
+    dev_ttl_s: float | None = None,
 ) -> DeployResult:
     """Store ``code`` and a revision of ``spec`` and point ``alias`` at it. The app's scale
-    overrides (``klieg apps scale``) outlive the deploy unless ``reset_scale``."""
+    overrides (``klieg apps scale``) outlive the deploy unless ``reset_scale``.
+
+    ``dev_ttl_s``: a dev revision of a ``klieg run`` session, ``alias`` being the session's:
+    its id is the session's own (the same content deployed for real is another revision), it
+    expires that long from now unless renewed, the lock of an unchanged spec is reused without
+    resolving again, and the session's previous revision is retired (its requests already
+    queued or running finish)."""
+    dev = dev_ttl_s is not None
     code_hash = archive.digest(code)
     sources = _sources(spec, code)
     if spec.preload is None:
@@ -142,7 +151,8 @@ def deploy(
     progress(
         f"resolving environment: python {spec.python}, {len(spec.requirements)} requirement(s)"
     )
-    locked = packager.lock(EnvSpec(python=spec.python, requirements=spec.requirements), progress)
+    wanted = EnvSpec(python=spec.python, requirements=spec.requirements)
+    locked = packager.lock(wanted, progress, cached=dev)
     env_built = not packager.exists(locked.key)
     packager.build(locked, progress)
     key = code_key(code_hash)
@@ -150,9 +160,13 @@ def deploy(
         store.put(key, code)
     app = registry.ensure_app(tenant.id, spec.name)
     rid = revision_id(tenant.name, spec, code_hash, locked.key)
+    if dev:
+        rid = dev_revision_id(rid, alias)
+    expires_at = time.time() + dev_ttl_s if dev_ttl_s is not None else None
     revision, created = registry.put_revision(
-        app, rid, spec.model_dump(mode="json"), code_hash, locked.key, locked.python, locked.lock
-    )
+        app, rid, spec.model_dump(mode="json"), code_hash, locked.key, locked.python,
+        locked.lock, expires_at=expires_at,
+    )  # fmt: skip
     progress(f"revision {rid} {'created' if created else 'already existed (same content)'}")
     # the code or env may have been collected with a retired revision that used them between
     # the steps above and the revision's write: from the write on, nothing collects them
@@ -161,6 +175,14 @@ def deploy(
     packager.build(locked)
     previous = registry.set_alias(app, alias, rid)
     progress(f"alias {alias} -> {rid}")
+    if dev and previous not in (None, rid):
+        registry.retire([str(previous)])
     if reset_scale and registry.reset_scaling(app):
         progress("scale overrides reset: the revision's own scaling applies")
     return DeployResult(revision, created, env_built, alias, previous)
+
+
+def dev_revision_id(revision: str, session: str) -> str:
+    """``dev-`` + 20 hex digits: a dev session's revision of the content ``revision`` names."""
+    digest = hashlib.sha256(f"{revision}/{session}".encode()).hexdigest()
+    return "dev-" + digest[:20]

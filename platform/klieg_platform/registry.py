@@ -518,7 +518,7 @@ class Registry(Lifecycle):
                 if not exists:
                     conn.execute(sa.insert(revisions).values(**values))
                 else:
-                    self._revive(conn, app, revision_id)
+                    self._revive(conn, app, revision_id, expires_at)
         except sa.exc.IntegrityError:
             exists = True  # a concurrent writer inserted the same id first
         if not exists:
@@ -532,7 +532,9 @@ class Registry(Lifecycle):
             )
         return stored, False
 
-    def _revive(self, conn: Connection, app: AppRecord, revision_id: str) -> None:
+    def _revive(
+        self, conn: Connection, app: AppRecord, revision_id: str, expires_at: float | None
+    ) -> None:
         """Bring a retired revision back for ``app`` (see ``put_revision``)."""
         r = revisions.c
         owner = sa.select(apps.c.id).where(
@@ -546,7 +548,7 @@ class Registry(Lifecycle):
         conn.execute(
             sa.update(revisions)
             .where(r.id == revision_id, r.app_id == app.id, r.retired_at.isnot(None))
-            .values(retired_at=None, expires_at=None)
+            .values(retired_at=None, expires_at=expires_at)
         )
 
     def get_revision(self, revision_id: str) -> Revision | None:

@@ -31,6 +31,7 @@ from klieg_platform.registry_tables import (
     revision_row,
     revisions,
     scale_overrides,
+    tenants,
 )
 from klieg_platform.scaling import SETTINGS, ScaleOverride
 
@@ -201,18 +202,65 @@ class Lifecycle:
             )
             return int(done.rowcount)
 
-    def retire_expired(self, now: float | None = None) -> int:
+    def retire_expired(self, now: float | None = None) -> list[str]:
         """Retire the dev revisions whose expiry passed (their session ended without saying
-        so); how many."""
+        so), as ``end_session`` would have: their session aliases go, and an app left with no
+        live revision is deleted; the "owner/app" of each app touched (its routes changed)."""
         r = revisions.c
         at = time.time() if now is None else now
+        query = (
+            sa.select(r.id, r.app_id, tenants.c.name.label("owner"), apps.c.name)
+            .select_from(REVISION_FROM)
+            .where(r.expires_at < at, r.retired_at.is_(None))
+        )
         with self._write() as conn:
-            done = conn.execute(
-                sa.update(revisions)
-                .where(r.expires_at < at, r.retired_at.is_(None))
-                .values(retired_at=at)
-            )
-            return int(done.rowcount)
+            expired = conn.execute(query).all()
+            if not expired:
+                return []
+            ids = [str(row.id) for row in expired]
+            conn.execute(sa.delete(aliases).where(aliases.c.revision_id.in_(ids)))
+            conn.execute(sa.update(revisions).where(r.id.in_(ids)).values(retired_at=at))
+            for app_id in {str(row.app_id) for row in expired}:
+                self._delete_if_empty(conn, app_id, at)
+        return sorted({f"{row.owner}/{live_name(row.name)}" for row in expired})
+
+    def end_session(self, app: AppRecord, alias: str) -> list[str]:
+        """End a dev session (``klieg run``): its alias goes, its dev revisions are retired,
+        and the app too when it has no live revision left (the session made it); the
+        revisions retired."""
+        r = revisions.c
+        now = time.time()
+        with self._write() as conn:
+            self._lock_app(conn, app)
+            where = (aliases.c.app_id == app.id) & (aliases.c.name == alias)
+            current = conn.execute(sa.select(aliases.c.revision_id).where(where)).scalar()
+            conn.execute(sa.delete(aliases).where(where))
+            retired = []
+            if current is not None:
+                live_dev = (r.id == current) & r.expires_at.isnot(None) & r.retired_at.is_(None)
+                if conn.execute(
+                    sa.update(revisions).where(live_dev).values(retired_at=now)
+                ).rowcount:
+                    retired.append(str(current))
+            self._delete_if_empty(conn, app.id, now)
+        return retired
+
+    def _delete_if_empty(self, conn: Connection, app_id: str, now: float) -> None:
+        """Delete the app (as ``delete_app``) when it has neither a live revision nor an
+        alias."""
+        r = revisions.c
+        live = sa.select(r.id).where(r.app_id == app_id, r.retired_at.is_(None))
+        aliased = sa.select(aliases.c.name).where(aliases.c.app_id == app_id)
+        if conn.execute(live.limit(1)).first() or conn.execute(aliased.limit(1)).first():
+            return
+        name = conn.execute(sa.select(apps.c.name).where(apps.c.id == app_id)).scalar()
+        if name is None or DELETED_MARK in name:
+            return
+        conn.execute(
+            sa.update(apps)
+            .where(apps.c.id == app_id)
+            .values(deleted_at=now, name=f"{name}{DELETED_MARK}{app_id}"[:63])
+        )
 
     def retired_revisions(self) -> list[Revision]:
         """Every retired revision still stored (``app``: the name its app had when live)."""
@@ -228,9 +276,10 @@ class Lifecycle:
         env keys that no remaining revision uses."""
         r = revisions.c
         with self._write() as conn:
+            aliased = sa.select(aliases.c.revision_id).where(aliases.c.revision_id == r.id)
             rows = conn.execute(
                 sa.select(r.id, r.code_hash, r.env_key).where(
-                    r.id.in_(revision_ids), r.retired_at.isnot(None)
+                    r.id.in_(revision_ids), r.retired_at.isnot(None), ~sa.exists(aliased)
                 )
             ).all()
             ids = [str(row.id) for row in rows]

@@ -132,13 +132,48 @@ class AdminClient(Client):
         """Upload the app's folder and spec; stream build progress; return the ``done`` event
         (its ``warnings``: GPU functions whose pool no live worker serves). The app's scale
         overrides (``scale``) stay unless ``reset_scale``."""
+        params = {"alias": alias, **({"reset_scale": "1"} if reset_scale else {})}
+        return self._deploy(f"/apps/{app.name}/deploy", params, app, folder, entrypoint, progress)
+
+    def dev_deploy(
+        self,
+        app: App,
+        folder: Path,
+        entrypoint: str,
+        *,
+        session: str | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
+        """Deploy the app's folder as the dev revision of a ``klieg run`` session (a new
+        session when ``session`` is None): no alias of the app moves; it is served at
+        ``{owner}/{app}@{session}`` and expires unless ``dev_renew`` keeps it. The ``done``
+        event; its ``alias`` is the session."""
+        params = {"session": session} if session else {}
+        return self._deploy(f"/apps/{app.name}/dev", params, app, folder, entrypoint, progress)
+
+    def dev_renew(self, app: str, session: str) -> dict[str, Any]:
+        """Keep a dev session's revision alive (``NotFoundError`` once it has ended)."""
+        out: dict[str, Any] = self._json(self.http.put(f"/apps/{app}/dev/{session}"))
+        return out
+
+    def dev_end(self, app: str, session: str) -> dict[str, Any]:
+        """End a dev session: its alias and revision go (and the app, if the session made it)."""
+        out: dict[str, Any] = self._json(self.http.delete(f"/apps/{app}/dev/{session}"))
+        return out
+
+    def _deploy(
+        self,
+        path: str,
+        params: dict[str, str],
+        app: App,
+        folder: Path,
+        entrypoint: str,
+        progress: Callable[[str], None] | None,
+    ) -> dict[str, Any]:
         spec = app.spec(entrypoint)
         code = archive.pack(folder)
         body = {"spec": spec.model_dump(mode="json"), "archive": base64.b64encode(code).decode()}
-        params = {"alias": alias, **({"reset_scale": "1"} if reset_scale else {})}
-        with self.http.stream(
-            "POST", f"/apps/{app.name}/deploy", params=params, json=body, timeout=None
-        ) as r:
+        with self.http.stream("POST", path, params=params, json=body, timeout=None) as r:
             if not r.is_success:
                 r.read()
                 raise_for_error(r)

@@ -19,7 +19,8 @@ _SKIP_DIRS = {"__pycache__", ".git", ".venv", "venv", "node_modules", ".mypy_cac
 _SKIP_SUFFIXES = (".pyc", ".pyo")
 
 
-def _files(folder: Path) -> list[Path]:
+def files(folder: Path) -> list[Path]:
+    """The files ``pack`` puts in the archive of ``folder``, sorted."""
     out: list[Path] = []
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
@@ -34,7 +35,7 @@ def pack(folder: Path) -> bytes:
     """A gzip'd tar of ``folder`` with fixed metadata, so equal content gives equal bytes."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in _files(folder):
+        for path in files(folder):
             data = path.read_bytes()
             info = tarfile.TarInfo(path.relative_to(folder).as_posix())
             info.size = len(data)

@@ -222,6 +222,16 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """The dev loop (``klieg.dev``): serve the app file's folder, reload on save, Ctrl-C to
+    stop and remove the session."""
+    from klieg.dev import DevSession
+
+    with _admin(args) as admin:
+        DevSession(admin, Path(args.path), args.app).run()
+    return 0
+
+
 def cmd_apps_list(args: argparse.Namespace) -> int:
     apps = _admin(args).apps()
     if args.json:
@@ -702,6 +712,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="drop the app's scale overrides (klieg apps scale); they are kept by default",
     )
     dp.set_defaults(func=cmd_deploy)
+
+    run = sub.add_parser(
+        "run", help="serve an app file as a dev session: reload on save, logs here, Ctrl-C ends"
+    )
+    run.add_argument("path")
+    run.add_argument("--app", help="app name, when the file defines several")
+    run.set_defaults(func=cmd_run)
 
     apps = sub.add_parser("apps", help="apps").add_subparsers(dest="apps_cmd", required=True)
     al = apps.add_parser("list")

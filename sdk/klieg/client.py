@@ -304,8 +304,15 @@ class Client:
 
     def logs(self, request_id: str) -> list[dict[str, Any]]:
         """A request's log lines so far, by id alone."""
-        body = self._json(self.http.get(f"/requests/{request_id}/status", params={"logs": "1"}))
-        return list(body.get("logs") or [])
+        return list(self.request_status(request_id, with_logs=True).get("logs") or [])
+
+    def request_status(self, request_id: str, *, with_logs: bool = False) -> dict[str, Any]:
+        """A request's status document by id alone (its logs so far with ``with_logs``)."""
+        params = {"logs": "1" if with_logs else "0"}
+        out: dict[str, Any] = self._json(
+            self.http.get(f"/requests/{request_id}/status", params=params)
+        )
+        return out
 
     def requests(
         self,

@@ -664,9 +664,10 @@ def test_a_dev_revision_expires_unless_renewed(registry: Registry, app: AppRecor
         app, "dev1", SPEC, "c", "env-dev", "3.11", "", expires_at=time.time() + 60
     )
     assert dev.expires_at is not None and registry.prune_revisions(app, keep=0) == []
-    assert registry.retire_expired(now=time.time() + 30) == 0
+    assert registry.retire_expired(now=time.time() + 30) == []
     assert registry.renew_revision("dev1", time.time() + 120)
-    assert registry.retire_expired(now=time.time() + 90) == 0
-    assert registry.retire_expired(now=time.time() + 150) == 1
+    assert registry.retire_expired(now=time.time() + 90) == []
+    assert registry.retire_expired(now=time.time() + 150) == ["acme/echo"]
+    assert registry.get_app("acme", "echo") is None  # it had nothing else: deleted
     assert not registry.renew_revision("dev1", time.time() + 300)  # retired: too late
     assert registry.drop_revisions(["dev1"]).env_keys == {"env-dev"}

@@ -330,6 +330,13 @@ async def deploy_app(request: Request) -> Response:
     tenant = auth.caller(request)
     alias = alias_name(request.query_params.get("alias", "latest"))
     reset_scale = request.query_params.get("reset_scale", "0") not in ("", "0", "false")
+    spec, code = await read_deploy(request)
+    return deploy_response(gw, tenant, spec, code, alias=alias, reset_scale=reset_scale)
+
+
+async def read_deploy(request: Request) -> tuple[AppSpec, bytes]:
+    """The ``{spec, archive}`` body of a deploy: the spec (naming the app of the URL) and the
+    code archive's bytes."""
     data = await read_json_object(request, MAX_DEPLOY_BYTES)
     try:
         spec = AppSpec.model_validate(data.get("spec"))
@@ -340,6 +347,22 @@ async def deploy_app(request: Request) -> Response:
         raise InvalidRequestError(
             f"spec names app {spec.name!r}, the URL {request.path_params['name']!r}"
         )
+    return spec, code
+
+
+def deploy_response(
+    gw: GatewayState,
+    tenant: Tenant,
+    spec: AppSpec,
+    code: bytes,
+    *,
+    alias: str,
+    reset_scale: bool = False,
+    dev_ttl_s: float | None = None,
+) -> StreamingResponse:
+    """Deploy (``deploy.deploy``) in a thread and answer with its NDJSON events as they come:
+    ``progress`` lines, then ``done`` (the revision, the alias moved, ``warnings``) or
+    ``error``."""
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
@@ -357,6 +380,7 @@ async def deploy_app(request: Request) -> Response:
             alias=alias,
             progress=progress,
             reset_scale=reset_scale,
+            dev_ttl_s=dev_ttl_s,
         )
 
     async def run() -> None:

@@ -8,6 +8,7 @@ leaves no marker (and no directory) behind.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -36,6 +37,8 @@ from klieg_platform.packager.store import EnvStore
 from klieg_platform.packager.uvtool import Uv, UvFailed
 
 LOCKFILE = "klieg.lock.txt"
+LOCKS_KEPT = 256
+"""Locks a packager remembers for ``lock(cached=True)``, the oldest forgotten first."""
 
 
 def _quiet(line: str) -> None:
@@ -54,15 +57,27 @@ class Packager:
         self.uv = Uv(settings.pip)
         self.sdk_source = sdk_source or sdk_source_dir()
         self.wheels = SdkWheels(settings.env_dir / "_sdk", self.uv)
+        self._locks: dict[tuple[str, tuple[str, ...], str], LockedEnv] = {}
+        """(python, requirements, SDK fingerprint) -> the lock last resolved for it."""
+        self._locks_guard = threading.Lock()
 
-    def lock(self, spec: EnvSpec, progress: Progress | None = None) -> LockedEnv:
-        """Resolve the user's requirements together with the SDK's; raise EnvResolutionError."""
+    def lock(
+        self, spec: EnvSpec, progress: Progress | None = None, *, cached: bool = False
+    ) -> LockedEnv:
+        """Resolve the user's requirements together with the SDK's; raise EnvResolutionError.
+        ``cached``: the lock this packager last resolved for the same spec (Python,
+        requirements, SDK) when it has one, without running ``uv pip compile`` again (the
+        dev loop's reloads: unpinned requirements then keep the versions first resolved)."""
         say = progress or _quiet
         check_python(spec.python)
         check_requirements(spec.requirements)
         user = [req for req in spec.requirements if requirement_name(req) != "klieg"]
-        say(f"resolving {len(user)} requirement(s) for python {spec.python}")
         fingerprint = sdk_fingerprint(read_sdk(self.sdk_source))
+        remembered = (spec.python, tuple(spec.requirements), fingerprint)
+        if cached and (found := self._locks.get(remembered)) is not None:
+            say(f"requirements unchanged: env {found.key[:12]} (lock reused)")
+            return found
+        say(f"resolving {len(user)} requirement(s) for python {spec.python}")
         try:
             raw = self.uv.compile([*user, *sdk_requirements()], spec.python)
         except UvFailed as exc:
@@ -73,7 +88,12 @@ class Packager:
         lock = normalise_lock(raw)
         key = env_key(spec.python, lock, fingerprint)
         say(f"resolved {len(lock_packages(lock))} packages: env {key[:12]}")
-        return LockedEnv(python=spec.python, lock=lock, key=key)
+        locked = LockedEnv(python=spec.python, lock=lock, key=key)
+        with self._locks_guard:
+            self._locks[remembered] = locked
+            while len(self._locks) > LOCKS_KEPT:
+                self._locks.pop(next(iter(self._locks)))
+        return locked
 
     def exists(self, key: str) -> bool:
         """True only when the env's completion marker is present."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,24 @@ def test_a_changed_sdk_source_changes_the_key(tmp_path: Path, six_env: LockedEnv
     env = packager.lock(SIX_SPEC)
     assert env.lock == six_env.lock
     assert env.key != six_env.key
+
+
+def test_a_cached_lock_of_an_unchanged_spec_is_not_resolved_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    packager = Packager(make_settings(tmp_path / "home"))
+    compiled: list[tuple[str, ...]] = []
+    compile_ = packager.uv.compile
+
+    def counting(requirements: Sequence[str], python: str) -> str:
+        compiled.append(tuple(requirements))
+        return compile_(requirements, python)
+
+    monkeypatch.setattr(packager.uv, "compile", counting)
+    first = packager.lock(SIX_SPEC, cached=True)
+    said: list[str] = []
+    assert packager.lock(SIX_SPEC, said.append, cached=True) == first
+    assert len(compiled) == 1 and "lock reused" in said[0]
+    assert packager.lock(SIX_SPEC) == first and len(compiled) == 2  # a deploy resolves again
+    other = EnvSpec(SIX_SPEC.python, (*SIX_SPEC.requirements, "packaging"))
+    assert packager.lock(other, cached=True).key != first.key and len(compiled) == 3

@@ -1,0 +1,84 @@
+"""Dev sessions (``klieg run``): an app served from the author's folder, reloaded on each save.
+
+POST   /apps/{name}/dev[?session=S]   JSON {spec, archive} -> NDJSON progress, as a deploy:
+                                      a dev revision behind the session's alias ``S`` (a new
+                                      ``dev-<8 hex>`` when none is given)
+PUT    /apps/{name}/dev/{session}     renew: the session's revision lives ``DEV_TTL_S`` more
+DELETE /apps/{name}/dev/{session}     end: its alias goes, its revision is retired, and the
+                                      app too when the session made it
+
+A session moves no alias of the app's own: it is served at ``POST /{owner}/{app}@{session}``.
+Each save deploys the code again (the env is reused while the requirements are unchanged: the
+lock is not resolved again) and retires the previous dev revision. A session whose CLI stops
+renewing it is ended by the collector once its revision expires (``collector.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from klieg.exceptions import InvalidRequestError, NotFoundError
+from klieg_platform.gateway import auth
+from klieg_platform.gateway.admin import (
+    alias_moved,
+    deploy_response,
+    owned_app,
+    read_deploy,
+)
+from klieg_platform.gateway.state import gateway
+
+DEV_TTL_S = 30.0
+"""How long a dev revision lives without a renewal (the CLI renews a third of it)."""
+_SESSION = re.compile(r"dev-[0-9a-f]{8}")
+
+
+def _session(value: str) -> str:
+    if not _SESSION.fullmatch(value):
+        raise InvalidRequestError(f"not a dev session: {value!r} (dev- and 8 hex digits)")
+    return value
+
+
+async def start(request: Request) -> Response:
+    """Deploy the body as the session's dev revision (a new session without ``session``)."""
+    gw = gateway(request)
+    tenant = auth.caller(request)
+    given = request.query_params.get("session")
+    session = _session(given) if given else f"dev-{secrets.token_hex(4)}"
+    spec, code = await read_deploy(request)
+    return deploy_response(gw, tenant, spec, code, alias=session, dev_ttl_s=DEV_TTL_S)
+
+
+async def renew(request: Request) -> Response:
+    """Push the session's expiry ``DEV_TTL_S`` on; 404 when it has ended (or expired)."""
+    gw = gateway(request)
+    app = await owned_app(gw, auth.caller(request), request.path_params["name"])
+    session = _session(request.path_params["session"])
+    expires_at = time.time() + DEV_TTL_S
+
+    def renewed() -> str | None:
+        current = gw.registry.get_alias(app, session)
+        if current is None or not gw.registry.renew_revision(current, expires_at):
+            return None
+        return current
+
+    revision = await asyncio.to_thread(renewed)
+    if revision is None:
+        raise NotFoundError(f"dev session {session} of {app.name} has ended")
+    return JSONResponse({"session": session, "revision": revision, "expires_at": expires_at})
+
+
+async def end(request: Request) -> Response:
+    """End the session: what it made goes (see the module's contract)."""
+    gw = gateway(request)
+    tenant = auth.caller(request)
+    app = await owned_app(gw, tenant, request.path_params["name"])
+    session = _session(request.path_params["session"])
+    retired = await asyncio.to_thread(gw.registry.end_session, app, session)
+    await alias_moved(gw, tenant.name, app.name)
+    return JSONResponse({"session": session, "retired": retired})
