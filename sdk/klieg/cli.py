@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import sys
-import threading
 import time
 import traceback
 from importlib.metadata import entry_points
@@ -33,24 +32,15 @@ from typing import Any
 import httpx
 import yaml
 
-from klieg.admin import AdminClient, load_app
-from klieg.client import RequestHandle, split_app_id
-from klieg.exceptions import InvalidRequestError, KliegError, NotFoundError
+from klieg.admin import load_app
+from klieg.cli_lifecycle import admin_for, lifecycle_parsers, print_json, prune
+from klieg.exceptions import InvalidRequestError, KliegError
 from klieg.workflow import load_workflow
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 """128 + SIGPIPE: what a shell reports for a writer whose reader left (``klieg ... | head``)."""
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2))
-
-
-def _admin(args: argparse.Namespace) -> AdminClient:
-    """The management client, with ``--timeout`` when one was given."""
-    return AdminClient() if args.timeout is None else AdminClient(timeout=args.timeout)
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -71,7 +61,7 @@ def duration(text: str) -> float:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    out = _admin(args).create_key(
+    out = admin_for(args).create_key(
         args.tenant,
         label=args.label,
         tier=args.tier,
@@ -89,7 +79,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    with _admin(args) as admin:
+    with admin_for(args) as admin:
         found = admin.list_keys()
     for key in found:
         state = "active" if key["active"] else ("revoked" if key["revoked_at"] else "expired")
@@ -104,7 +94,7 @@ def _when(epoch_s: float) -> str:
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
-    with _admin(args) as admin:
+    with admin_for(args) as admin:
         found = admin.workers()
     if args.json:
         print(json.dumps(found, indent=2))
@@ -126,7 +116,7 @@ def cmd_workers(args: argparse.Namespace) -> int:
 
 
 def cmd_runners(args: argparse.Namespace) -> int:
-    with _admin(args) as admin:
+    with admin_for(args) as admin:
         found = admin.runners(args.app)
     if args.json:
         print(json.dumps(found, indent=2))
@@ -146,7 +136,7 @@ def cmd_runners(args: argparse.Namespace) -> int:
 
 
 def cmd_pools(args: argparse.Namespace) -> int:
-    with _admin(args) as admin:
+    with admin_for(args) as admin:
         found = admin.pools()
     if args.json:
         print(json.dumps(found, indent=2))
@@ -168,7 +158,7 @@ def cmd_pools(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    with _admin(args) as admin:
+    with admin_for(args) as admin:
         out = admin.revoke_key(args.key_id)
     print(f"{out['key_id']} {'revoked' if out['revoked'] else 'was already revoked'}")
     return 0
@@ -181,21 +171,21 @@ def cmd_secrets_set(args: argparse.Namespace) -> int:
     value = value[:-1] if value.endswith("\n") else value
     if not value:
         raise InvalidRequestError("no value on stdin: echo -n VALUE | klieg secrets set NAME")
-    with _admin(args) as admin:
+    with admin_for(args) as admin:
         out = admin.set_secret(args.name, value)
     print(f"secret {out['name']} set")
     return 0
 
 
 def cmd_secrets_list(args: argparse.Namespace) -> int:
-    with _admin(args) as admin:
+    with admin_for(args) as admin:
         for secret in admin.list_secrets():
             print(f"{secret['name']}  set {_when(secret['updated_at'])}")
     return 0
 
 
 def cmd_secrets_delete(args: argparse.Namespace) -> int:
-    with _admin(args) as admin:
+    with admin_for(args) as admin:
         admin.delete_secret(args.name)
     print(f"secret {args.name} deleted")
     return 0
@@ -203,7 +193,7 @@ def cmd_secrets_delete(args: argparse.Namespace) -> int:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     app, folder, entry = load_app(args.path, args.app)
-    with _admin(args) as admin:
+    with admin_for(args) as admin:
         done = admin.deploy(
             app,
             folder,
@@ -222,20 +212,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """The dev loop (``klieg.dev``): serve the app file's folder, reload on save, Ctrl-C to
-    stop and remove the session."""
-    from klieg.dev import DevSession
-
-    with _admin(args) as admin:
-        DevSession(admin, Path(args.path), args.app).run()
-    return 0
-
-
 def cmd_apps_list(args: argparse.Namespace) -> int:
-    apps = _admin(args).apps()
+    apps = admin_for(args).apps()
     if args.json:
-        _print_json(apps)
+        print_json(apps)
     for a in [] if args.json else apps:
         aliases = ", ".join(f"{k}={v}" for k, v in sorted(a["aliases"].items()))
         print(f"{a['owner']}/{a['name']}  {aliases}")
@@ -246,52 +226,19 @@ def cmd_revisions(args: argparse.Namespace) -> int:
     """``klieg revisions APP`` lists; ``klieg revisions prune APP [--keep N]`` prunes."""
     words = args.words
     if words[0] == "prune" and len(words) == 2:
-        return _prune(args, words[1])
+        return prune(args, words[1])
     if len(words) != 1:
         raise InvalidRequestError("usage: klieg revisions APP, or klieg revisions prune APP")
     if args.keep is not None:
         raise InvalidRequestError("--keep goes with klieg revisions prune APP")
-    revs = _admin(args).revisions(words[0])
+    revs = admin_for(args).revisions(words[0])
     if args.json:
-        _print_json(revs)
+        print_json(revs)
     for r in [] if args.json else revs:
         print(
             f"{r['id']}  env {r['env_key'][:12]}  code {r['code_hash'][:12]}  "
             f"{','.join(r['aliases'])}"
         )
-    return 0
-
-
-def _prune(args: argparse.Namespace, app: str) -> int:
-    with _admin(args) as admin:
-        out = admin.prune_revisions(app, args.keep)
-    if args.json:
-        _print_json(out)
-        return 0
-    for rid in out["retired"]:
-        print(f"pruned {rid}")
-    print(
-        f"{out['app']}: {len(out['retired'])} revision(s) pruned, {len(out['kept'])} kept; "
-        "their code and unused envs go once no request needs them",
-        file=sys.stderr,
-    )
-    return 0
-
-
-def cmd_apps_delete(args: argparse.Namespace) -> int:
-    """Asks first on a terminal; elsewhere (a script) only ``--yes`` deletes."""
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise InvalidRequestError(f"deleting {args.app} needs --yes")
-        answer = input(f"delete app {args.app}, its aliases and revisions? type its name: ")
-        if answer.strip() != args.app:
-            raise InvalidRequestError("not deleted: the name typed did not match")
-    with _admin(args) as admin:
-        out = admin.delete_app(args.app)
-    print(
-        f"deleted {out['app']}: new requests get 404; {len(out['retired'])} revision(s) are "
-        "collected once their queued and running requests finish"
-    )
     return 0
 
 
@@ -321,13 +268,13 @@ def _share_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_alias_set(args: argparse.Namespace) -> int:
-    out = _admin(args).set_alias(args.app, args.alias, args.revision)
+    out = admin_for(args).set_alias(args.app, args.alias, args.revision)
     _print_moved(out["app"], out)
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    out = _admin(args).rollback(args.app, args.alias)
+    out = admin_for(args).rollback(args.app, args.alias)
     _print_moved(out["app"], out)
     return 0
 
@@ -349,140 +296,40 @@ def cmd_apply(args: argparse.Namespace) -> int:
         if not isinstance(aliases or {}, dict):
             raise InvalidRequestError(f"{shape}; got {entry!r} for {name}")
         plan += [(str(name), str(alias), str(ref)) for alias, ref in (aliases or {}).items()]
-    admin = _admin(args)
+    admin = admin_for(args)
     for name, alias, ref in plan:
         _print_moved(name, admin.set_alias(name, alias, ref))
     return 0
 
 
-def _print_log(line: dict[str, Any]) -> None:
-    """One log line of a request on stderr, as ``klieg logs`` prints it."""
-    level, message = line.get("level", ""), line.get("message", "")
-    print(f"{line.get('timestamp', '')} {level:7} {message}", file=sys.stderr, flush=True)
-
-
-def _print_item(value: Any) -> None:
-    """One output (or one item of a generator endpoint) on stdout, at once."""
-    _print_json(value)
-    sys.stdout.flush()
-
-
-def cmd_call(args: argparse.Namespace) -> int:
-    """Sync by default: each item of a generator endpoint is printed as it arrives (the output
-    of any other endpoint once). ``--logs``: the request's log lines go to stderr while it
-    runs. ``--queue``: submit, print the request id and return; with ``--wait``, follow it and
-    print its result (as ``--queue`` alone did before ``--wait`` existed)."""
-    try:
-        payload = json.loads(args.json) if args.json else {}
-    except ValueError as exc:
-        raise InvalidRequestError(f"--json is not valid JSON: {exc}") from None
-    if args.wait and not args.queue:
-        raise InvalidRequestError("--wait goes with --queue (a call without it always waits)")
-    with _admin(args) as client:
-        if args.queue:
-            handle = client.submit(args.app_id, payload)
-            if not args.wait:
-                print(
-                    f"request {handle.request_id} queued; follow it with: klieg request "
-                    f"{handle.request_id}",
-                    file=sys.stderr,
-                )
-                print(handle.request_id)
-                return 0
-            print(f"request {handle.request_id} queued", file=sys.stderr)
-            if args.logs:
-                client.follow(handle, _print_log)
-            _print_item(client.wait(handle))
-        elif args.logs:
-            _call_with_logs(client, args.app_id, payload)
-        else:
-            for item in client.call(args.app_id, payload):
-                _print_item(item)
-    return 0
-
-
-def _call_with_logs(client: AdminClient, app_id: str, payload: dict[str, Any]) -> None:
-    """A call whose log lines go to stderr as they are logged: a generator endpoint through
-    its stream (its logs followed beside it), any other through the queue."""
-    owner, app, _ = split_app_id(app_id)
-    followers: list[threading.Thread] = []
-
-    def follow(request_id: str) -> None:
-        handle = RequestHandle(f"{owner}/{app}", request_id, "", "", "")
-        thread = threading.Thread(
-            target=lambda: client.follow(handle, _print_log), name="klieg-logs", daemon=True
-        )
-        thread.start()
-        followers.append(thread)
-
-    try:
-        for item in client.stream(app_id, payload, on_request=follow):
-            _print_item(item)
-    except NotFoundError:
-        if followers:
-            raise
-        handle = client.submit(app_id, payload)  # not a generator endpoint
-        client.follow(handle, _print_log)
-        _print_item(client.result(handle.app_id, handle.request_id))
-    for thread in followers:
-        thread.join(timeout=10)
-
-
 def cmd_apps_share(args: argparse.Namespace) -> int:
-    out = _admin(args).share(args.app, *_visibility(args))
+    out = admin_for(args).share(args.app, *_visibility(args))
     _print_shared(out["app"], out)
     return 0
 
 
 def cmd_apps_caller_logs(args: argparse.Namespace) -> int:
-    out = AdminClient().set_caller_logs(args.app, args.state == "on")
+    out = admin_for(args).set_caller_logs(args.app, args.state == "on")
     shown = "logs and full errors" if out["caller_logs"] else "error types and messages only"
     print(f"{out['app']}: callers see {shown}")
     return 0
 
 
 def cmd_apps_limit(args: argparse.Namespace) -> int:
-    out = _admin(args).limit_app(args.app, args.max_inflight)
+    out = admin_for(args).limit_app(args.app, args.max_inflight)
     print(f"{out['app']}: at most {out['max_inflight'] or 'unlimited'} running requests")
     return 0
 
 
-SCALE_SETTINGS = ("keep_alive", "min_concurrency", "max_concurrency", "concurrency_buffer")
-
-
-def cmd_apps_scale(args: argparse.Namespace) -> int:
-    """Without settings, the app's scaling as it is; with some, change them live."""
-    settings = {n: getattr(args, n) for n in SCALE_SETTINGS if getattr(args, n) is not None}
-    if args.reset and settings:
-        raise InvalidRequestError("--reset drops the overrides: give no settings with it")
-    with _admin(args) as admin:
-        out = admin.scale(args.app, function=args.function, reset=args.reset, **settings)
-    if args.json:
-        _print_json(out)
-        return 0
-    print(f"{out['app']} (revision {out['revision']}):")
-    for fn in out["functions"]:
-        print(
-            f"  {fn['function']}  keep_alive {fn['keep_alive']:g}s  min {fn['min_concurrency']}"
-            f"  max {fn['max_concurrency']}  buffer {fn['concurrency_buffer']}"
-        )
-    for o in out["overrides"]:
-        set_here = ", ".join(f"{n}={o[n]:g}" for n in SCALE_SETTINGS if o[n] is not None)
-        print(f"  overridden for {o['function'] or 'the whole app'}: {set_here}")
-    if not out["overrides"]:
-        print("  no overrides: each function's decorator settings apply")
-    return 0
-
-
 def cmd_tenants_set(args: argparse.Namespace) -> int:
-    out = _admin(args).set_tenant(args.name, tier=args.tier, max_inflight=args.max_inflight)
+    out = admin_for(args).set_tenant(args.name, tier=args.tier, max_inflight=args.max_inflight)
     print(f"tenant {out['tenant']}: tier {out['tier']}, max_inflight {out['max_inflight']}")
     return 0
 
 
 def cmd_requests(args: argparse.Namespace) -> int:
     since = time.time() - args.since if args.since is not None else None
-    with _admin(args) as client:
+    with admin_for(args) as client:
         page = client.requests(
             args.app, status=args.status, since=since, limit=args.limit, after=args.after
         )
@@ -517,7 +364,7 @@ def _timings(request: dict[str, Any]) -> str:
 
 
 def cmd_request(args: argparse.Namespace) -> int:
-    with _admin(args) as client:
+    with admin_for(args) as client:
         found = client.request(args.request_id, with_output=True)
     outcome, output = found["outcome"], found["output"]
     if args.json:
@@ -538,7 +385,7 @@ def cmd_request(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    for line in _admin(args).logs(args.request_id):
+    for line in admin_for(args).logs(args.request_id):
         print(f"{line.get('timestamp', '')} {line.get('level', ''):7} {line.get('message', '')}")
     return 0
 
@@ -547,7 +394,7 @@ def cmd_workflow_create(args: argparse.Namespace) -> int:
     path = Path(args.file)
     doc = load_workflow(path)
     name = args.name or doc.name or path.stem
-    out = _admin(args).put_workflow(name, doc, alias=args.alias)
+    out = admin_for(args).put_workflow(name, doc, alias=args.alias)
     state = "created" if out["created"] else "unchanged (same document)"
     print(
         f"workflow {out['name']} revision {out['revision']} {state}; {out['alias']} -> "
@@ -557,9 +404,9 @@ def cmd_workflow_create(args: argparse.Namespace) -> int:
 
 
 def cmd_workflow_list(args: argparse.Namespace) -> int:
-    flows = _admin(args).list_workflows()
+    flows = admin_for(args).list_workflows()
     if args.json:
-        _print_json(flows)
+        print_json(flows)
     for w in [] if args.json else flows:
         aliases = ", ".join(f"{k}={v}" for k, v in sorted(w["aliases"].items()))
         print(f"{w['name']}  {w['revisions']} revision(s)  {w['visibility']}  {aliases}")
@@ -567,9 +414,9 @@ def cmd_workflow_list(args: argparse.Namespace) -> int:
 
 
 def cmd_workflow_show(args: argparse.Namespace) -> int:
-    flow = _admin(args).get_workflow(args.name)
+    flow = admin_for(args).get_workflow(args.name)
     if args.json:
-        _print_json(flow)
+        print_json(flow)
         return 0
     print(f"workflow {flow['owner']}/{flow['name']} ({flow['visibility']})")
     for r in flow["revisions"]:
@@ -583,19 +430,19 @@ def cmd_workflow_show(args: argparse.Namespace) -> int:
 
 
 def cmd_workflow_alias(args: argparse.Namespace) -> int:
-    out = _admin(args).set_workflow_alias(args.name, args.alias, args.revision)
+    out = admin_for(args).set_workflow_alias(args.name, args.alias, args.revision)
     _print_moved(out["name"], out)
     return 0
 
 
 def cmd_workflow_rollback(args: argparse.Namespace) -> int:
-    out = _admin(args).rollback_workflow(args.name, args.alias)
+    out = admin_for(args).rollback_workflow(args.name, args.alias)
     _print_moved(out["name"], out)
     return 0
 
 
 def cmd_workflow_share(args: argparse.Namespace) -> int:
-    out = _admin(args).share_workflow(args.name, *_visibility(args))
+    out = admin_for(args).share_workflow(args.name, *_visibility(args))
     _print_shared(out["name"], out)
     return 0
 
@@ -713,13 +560,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dp.set_defaults(func=cmd_deploy)
 
-    run = sub.add_parser(
-        "run", help="serve an app file as a dev session: reload on save, logs here, Ctrl-C ends"
-    )
-    run.add_argument("path")
-    run.add_argument("--app", help="app name, when the file defines several")
-    run.set_defaults(func=cmd_run)
-
     apps = sub.add_parser("apps", help="apps").add_subparsers(dest="apps_cmd", required=True)
     al = apps.add_parser("list")
     al.add_argument("--json", action="store_true")
@@ -740,22 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     lim.add_argument("--max-inflight", type=int, required=True)
     lim.set_defaults(func=cmd_apps_limit)
 
-    de = apps.add_parser("delete", help="delete an app (running and queued requests finish)")
-    de.add_argument("app")
-    de.add_argument("--yes", action="store_true", help="do not ask (needed off a terminal)")
-    de.set_defaults(func=cmd_apps_delete)
-    sc = apps.add_parser(
-        "scale", help="change a live app's scaling without a redeploy (none: show it)"
-    )
-    sc.add_argument("app")
-    sc.add_argument("--function", help="only this function (default: every function)")
-    sc.add_argument("--keep-alive", type=float, help="seconds an idle runner is kept")
-    sc.add_argument("--min-concurrency", type=int, help="runners kept warm across the platform")
-    sc.add_argument("--max-concurrency", type=int, help="runners per worker at most")
-    sc.add_argument("--concurrency-buffer", type=int, help="warm runners kept beyond the busy ones")
-    sc.add_argument("--reset", action="store_true", help="drop the overrides")
-    sc.add_argument("--json", action="store_true", help="print the JSON the gateway answered")
-    sc.set_defaults(func=cmd_apps_scale)
+    lifecycle_parsers(sub, apps)
 
     tenants = sub.add_parser("tenants", help="tenants (admin)").add_subparsers(
         dest="tenants_cmd", required=True
@@ -793,18 +618,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap = sub.add_parser("apply", help="set the aliases of many apps from a YAML file")
     ap.add_argument("file")
     ap.set_defaults(func=cmd_apply)
-
-    call = sub.add_parser(
-        "call", help="call owner/app[@ref][/path] and print its output (each item of a generator)"
-    )
-    call.add_argument("app_id")
-    call.add_argument("--json", help="request body (JSON)")
-    call.add_argument("--logs", action="store_true", help="stream its log lines to stderr")
-    call.add_argument(
-        "--queue", action="store_true", help="submit through the queue and print the request id"
-    )
-    call.add_argument("--wait", action="store_true", help="with --queue: wait and print the result")
-    call.set_defaults(func=cmd_call)
 
     lg = sub.add_parser("logs", help="print a request's log lines")
     lg.add_argument("request_id")
