@@ -15,13 +15,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import ssl
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import fal_client
+import fal_client.client
+import httpx
 
 ECHO = "local/echo"
 APP = "local/falcompat"
@@ -157,10 +161,39 @@ def workflow(out: Out) -> None:
     out["bad_input"] = outcome(lambda: fal_client.run(flow, arguments={"text": 1}))
 
 
+def upload(out: Out) -> None:
+    """fal_client's own upload into Klieg's blob store. fal_client (1.0.3, the newest) has no
+    variable for its storage hosts: ``REST_URL`` (the token) and ``CDN_URL`` (the upload) are
+    module constants, so they are pointed at the gateway here, before the first upload."""
+    gateway = f"https://{os.environ['FAL_RUN_HOST']}"
+    fal_client.client.REST_URL = gateway
+    fal_client.client.CDN_URL = gateway
+    folder = tempfile.mkdtemp()
+    picture = os.path.join(folder, "dot.png")
+    with open(picture, "wb") as f:
+        f.write(PNG)
+    out["file_url"] = fal_client.upload_file(picture)
+    out["bytes_url"] = fal_client.upload(b"plain words", "text/plain", file_name="words.txt")
+    with httpx.Client(verify=ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])) as c:
+        got = c.get(out["file_url"])
+        out["file_back"] = [got.status_code, got.content == PNG, got.headers["content-type"]]
+        got = c.get(out["bytes_url"])
+        out["bytes_back"] = [got.status_code, got.text]
+
+
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
+)
+"""A 1x1 PNG."""
+
+
 SCENARIOS: dict[str, Callable[[Out], None]] = {
     f.__name__: f
-    for f in (run, submit, subscribe, cancel_running, cancel_queued, stream, errors, workflow)
-}
+    for f in (
+        run, submit, subscribe, cancel_running, cancel_queued, stream, errors, workflow, upload,
+    )
+}  # fmt: skip
 
 
 def main(name: str) -> None:

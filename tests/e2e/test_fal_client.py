@@ -201,3 +201,13 @@ def test_workflows_through_fal_client(scenario: Scenario, fal_env: dict[str, str
     assert [line.get("event") for line in final["logs"] or []][-1] == "output"
     assert out["result"] == {"once": "deueuq", "twice": "queued"}
     assert out["bad_input"]["error"]["error_type"] == "ValidationError"
+
+
+def test_upload_file_stores_into_klieg(scenario: Scenario, fal_env: dict[str, str]) -> None:
+    out = scenario("upload")
+    gateway = f"https://{fal_env['FAL_RUN_HOST']}/files/uploads/"
+    assert out["file_url"].startswith(gateway) and out["file_url"].split("?")[0].endswith(
+        "/dot.png"
+    )
+    assert out["file_back"] == [200, True, "image/png"]
+    assert out["bytes_url"].startswith(gateway) and out["bytes_back"] == [200, "plain words"]

@@ -64,6 +64,7 @@ RESERVED = {
     "pools",
     "runners",
     "fleet",
+    "storage",
 }
 _ALIAS = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 MAX_DEPLOY_BYTES = 128 * 1024 * 1024

@@ -85,6 +85,7 @@ ROUTES = [
     route("GET", "/keys", admin.list_keys, ADMIN),
     route("DELETE", "/keys/{key_id}", admin.revoke_key, ADMIN),
     route("POST", "/files/upload", files.upload, CALLER),
+    route("POST", "/storage/auth/token", files.upload_token, CALLER),
     route("GET", "/files/{key:path}", files.download, PUBLIC),
     route("GET", "/apps", admin.list_apps, MANAGE),
     route("GET", "/apps/{name}/revisions", admin.list_revisions, MANAGE),
