@@ -8,7 +8,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,6 +169,15 @@ def wait_healthy(url: str, timeout_s: float = 60) -> None:
             pass
         time.sleep(0.1)
     raise AssertionError(f"{url} not healthy within {timeout_s:g} s")
+
+
+def until(what: str, check: Callable[[], bool], timeout_s: float = 45) -> None:
+    """Return once ``check()`` is true; ``AssertionError`` naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s:g}s: {what}")
+        time.sleep(0.1)
 
 
 def wait_for_status(http: httpx.Client, status_url: str, want: str, timeout: float = 60) -> dict:

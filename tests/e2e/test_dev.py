@@ -13,13 +13,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.platform import Platform
+from tests.e2e.platform import Platform, until
 from tests.e2e.test_cli import klieg
 
 pytestmark = pytest.mark.timeout(400)
@@ -82,14 +82,6 @@ class Session:
             if exited or time.monotonic() > deadline:
                 raise AssertionError(f"no line matching {pattern!r}:\n" + "\n".join(self.lines))
             time.sleep(0.05)
-
-
-def until(what: str, check: Callable[[], bool], timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s:g}s: {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture()

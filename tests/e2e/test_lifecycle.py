@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from klieg.admin import load_app
-from tests.e2e.platform import TEST_APPS, Platform, running_platform, wait_for_status
+from tests.e2e.platform import TEST_APPS, Platform, running_platform, until, wait_for_status
 from tests.e2e.test_cli import klieg
 
 pytestmark = pytest.mark.timeout(400)
@@ -25,14 +24,6 @@ def life(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     with running_platform(tmp_path_factory.mktemp("life")) as p:
         p.bootstrap()
         yield p
-
-
-def until(what: str, check: Callable[[], bool], timeout_s: float = 45) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s:g}s: {what}")
-        time.sleep(0.25)
 
 
 def code_file(p: Platform, code_hash: str) -> Path:

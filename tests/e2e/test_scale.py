@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.platform import TEST_APPS, Platform, running_platform
+from tests.e2e.platform import TEST_APPS, Platform, running_platform, until
 from tests.e2e.test_cli import klieg
 
 pytestmark = pytest.mark.timeout(300)
@@ -31,14 +30,6 @@ def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
 def runners(p: Platform) -> list[dict[str, object]]:
     with p.admin() as admin:
         return [r for r in admin.runners("scaled") if r["state"] != "stopping"]
-
-
-def until(what: str, check: Callable[[], bool], timeout_s: float = 45) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s:g}s: {what}")
-        time.sleep(0.25)
 
 
 def scale(p: Platform, *args: str) -> subprocess.CompletedProcess[str]:

@@ -30,18 +30,24 @@ MARKER = ".klieg-env.json"
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if missing); ``on_wait`` runs if blocked."""
+def exclusive_lock(
+    path: Path, on_wait: Callable[[], None] | None = None, *, wait: bool = True
+) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing); ``on_wait`` runs if blocked.
+    Yields True once held; with ``wait=False`` a lock held elsewhere yields False at once."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if not wait:
+                yield False
+                return
             if on_wait is not None:
                 on_wait()
             fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        yield True
     finally:
         os.close(fd)
 
@@ -88,7 +94,7 @@ class EnvStore:
 
     def lock(
         self, key: str, on_wait: Callable[[], None] | None = None
-    ) -> contextlib.AbstractContextManager[None]:
+    ) -> contextlib.AbstractContextManager[bool]:
         """Context manager holding the build lock of ``key``."""
         check_key(key)
         return exclusive_lock(self.root / ".locks" / f"{key}.lock", on_wait)
@@ -105,22 +111,13 @@ class EnvStore:
         start builds it again under the lock), then the directory. False when it was not
         there."""
         check_key(key)
-        path = self.root / ".locks" / f"{key}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
-            if not self.path(key).exists():
+        with exclusive_lock(self.root / ".locks" / f"{key}.lock", wait=False) as held:
+            if not held or not self.path(key).exists():
                 return False
             with contextlib.suppress(FileNotFoundError):
                 self.marker(key).unlink()
             self.discard(key)
             return True
-        finally:
-            os.close(fd)
 
     def discard(self, key: str) -> None:
         """Remove whatever is at the env directory (a half-built or failed env)."""
