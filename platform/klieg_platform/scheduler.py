@@ -493,12 +493,17 @@ class Backlog:
         self._lanes: dict[tuple[str, Lane], _LaneIndex] = {}
         self._heads: dict[str, dict[int, list[tuple[_Key, Lane]]]] = {n: {} for n in self._tier}
         """Tier -> units -> its lanes of that many units, by their oldest eligible job."""
-        self._version = dict.fromkeys(self._tier, 0)
-        """Tier -> bumped whenever a job enters or leaves its index."""
-        self._caps_version = 0
-        """Bumped whenever a tenant or app reaches its cap or falls under it."""
-        self._tops: dict[tuple[str, int], tuple[int, int, Job | None]] = {}
-        """(tier, units) -> (tier version, caps version, ``_top`` with nothing full) cached."""
+        self._heads_of: dict[tuple[str, Lane], Job | None] = {}
+        """(tier, lane) -> ``_lane_head``, while it holds (dropped by ``_stale``)."""
+        self._tops: dict[tuple[str, int], Job | None] = {}
+        """(tier, units) -> ``_top`` of that order with nothing full, while it holds: dropped
+        (``_stale``) when a job of that tier and size enters or leaves the index, or a tenant or
+        app with jobs there reaches its cap or falls under it."""
+        self._firsts: dict[str, dict[float, Job | None]] = {n: {} for n in self._tier}
+        """Tier -> max units -> ``_first`` with nothing full, while every ``_tops`` entry of
+        the tier holds."""
+        self._smallest: int | None = None
+        """``smallest_candidate``; None when a ``_tops`` entry was dropped since."""
         self._fn_lanes: dict[tuple[str, str], set[Lane]] = {}
         self._tenant_lanes: dict[str, set[tuple[str, Lane]]] = {}
         self._app_lanes: dict[str, set[tuple[str, Lane]]] = {}
@@ -540,9 +545,22 @@ class Backlog:
         self._total += 1
         self._index(job, key)
 
+    def _stale(self, tier: str, lane: Lane) -> None:
+        """The head of ``lane`` in ``tier`` may have changed, and so the tier's candidate among
+        jobs of that size."""
+        self._heads_of.pop((tier, lane), None)
+        self._tops.pop((tier, lane[1]), None)
+        self._firsts[tier].clear()
+        self._smallest = None
+
+    def _stale_lanes(self, lanes: Iterable[tuple[str, Lane]]) -> None:
+        """A tenant or app with jobs in ``lanes`` reached its cap or fell under it."""
+        for tier, lane in lanes:
+            self._stale(tier, lane)
+
     def _index(self, job: Job, key: _Key) -> None:
-        self._version[job.tier] += 1
         lane: Lane = (job.function_key, job.units)
+        self._stale(job.tier, lane)
         flow_key = (job.tier, lane, job.tenant)
         flow = self._flows.get(flow_key)
         if flow is None:
@@ -582,8 +600,8 @@ class Backlog:
     def _unindex(self, job: Job) -> None:
         """Take ``job``, the head of its flow, out of the index (the heap entries it leaves
         behind are dropped or refreshed when next looked at)."""
-        self._version[job.tier] += 1
         lane: Lane = (job.function_key, job.units)
+        self._stale(job.tier, lane)
         flow_key = (job.tier, lane, job.tenant)
         jobs = self._flows[flow_key].jobs
         if jobs[0] is job:
@@ -628,8 +646,10 @@ class Backlog:
         self._total -= 1
         self.inflight_by_tenant[job.tenant] = self.inflight_by_tenant.get(job.tenant, 0) + 1
         self.inflight_by_app[job.app] = self.inflight_by_app.get(job.app, 0) + 1
-        if not self.under_cap(job):
-            self._caps_version += 1
+        if not self._tenant_open(job.tenant):
+            self._stale_lanes(self._tenant_lanes.get(job.tenant, ()))
+        if not self._app_open(job.app):
+            self._stale_lanes(self._app_lanes.get(job.app, ()))
         return holder
 
     def finish(self, job: Job) -> None:
@@ -638,9 +658,8 @@ class Backlog:
         app_was = self._app_open(job.app)
         self.inflight_by_tenant[job.tenant] -= 1
         self.inflight_by_app[job.app] -= 1
-        if not (tenant_was and app_was):
-            self._caps_version += 1
         if not tenant_was and self._tenant_open(job.tenant):
+            self._stale_lanes(self._tenant_lanes.get(job.tenant, ()))
             for tier, lane in self._tenant_lanes.get(job.tenant, ()):
                 flow = self._flows[(tier, lane, job.tenant)]
                 key = self._key[flow.jobs[0].id]
@@ -648,6 +667,7 @@ class Backlog:
                 self._push_flow(index, flow, job.tenant, key)
                 self._push_lane(tier, lane, index, key)
         if not app_was and self._app_open(job.app):
+            self._stale_lanes(self._app_lanes.get(job.app, ()))
             for tier, lane in self._app_lanes.get(job.app, ()):
                 head = self._lane_head(tier, lane)
                 if head is not None:
@@ -685,8 +705,16 @@ class Backlog:
     # -- lookups ---------------------------------------------------------------------------------
 
     def _lane_head(self, tier: str, lane: Lane) -> Job | None:
-        """The oldest job of the lane whose tenant is under cap. A capped tenant's entry is
-        dropped (``finish`` pushes it back), a stale one refreshed, a dead duplicate dropped."""
+        """The oldest job of the lane whose tenant is under cap (cached until ``_stale``)."""
+        cached = self._heads_of
+        if (tier, lane) in cached:
+            return cached[(tier, lane)]
+        head = cached[(tier, lane)] = self._find_lane_head(tier, lane)
+        return head
+
+    def _find_lane_head(self, tier: str, lane: Lane) -> Job | None:
+        """``_lane_head``, worked out: a capped tenant's entry is dropped (``finish`` pushes it
+        back), a stale one refreshed, a dead duplicate dropped."""
         index = self._lanes.get((tier, lane))
         if index is None:
             return None
@@ -712,24 +740,30 @@ class Backlog:
     def _first(self, tier: str, max_units: float, full: Collection[str]) -> Job | None:
         """The oldest lane head of ``tier`` under cap that fits ``max_units`` and whose function
         is not in ``full``: the oldest of the heads of each lane size that fits."""
+        if not full:
+            firsts = self._firsts[tier]
+            if max_units in firsts:
+                return firsts[max_units]
         found: Job | None = None
         found_key = 0
-        version, caps, tops = self._version[tier], self._caps_version, self._tops
         for units, heap in self._heads[tier].items():
             if units > max_units or not heap:
                 continue
-            if full:
-                head = self._top(tier, heap, full)
-            else:
-                cached = tops.get((tier, units))
-                if cached is not None and cached[0] == version and cached[1] == caps:
-                    head = cached[2]
-                else:
-                    head = self._top(tier, heap, full)
-                    tops[(tier, units)] = (version, caps, head)
+            head = self._top(tier, heap, full) if full else self._top_of(tier, units, heap)
             if head is not None and (found is None or self._key[head.id] < found_key):
                 found, found_key = head, self._key[head.id]
+        if not full:
+            firsts[max_units] = found
         return found
+
+    def _top_of(self, tier: str, units: int, heap: list[tuple[_Key, Lane]]) -> Job | None:
+        """``_top`` of ``tier``'s order of ``units``-unit lanes (``heap``), with nothing full;
+        cached in ``_tops``."""
+        tops = self._tops
+        if (tier, units) in tops:
+            return tops[(tier, units)]
+        head = tops[(tier, units)] = self._top(tier, heap, ())
+        return head
 
     def _top(self, tier: str, heap: list[tuple[_Key, Lane]], full: Collection[str]) -> Job | None:
         """The oldest lane head under cap in ``heap`` whose function is not in ``full``. Lanes
@@ -765,6 +799,23 @@ class Backlog:
         for entry in skipped:
             heapq.heappush(heap, entry)
         return found
+
+    def smallest_candidate(self) -> int:
+        """The fewest units a candidate (rule 2: queued, not reserved, under caps) takes; 0:
+        there is none. Cached until the index or the caps change."""
+        if self._smallest is not None:
+            return self._smallest
+        smallest = 0
+        for tier in self.tiers:
+            for units, heap in self._heads[tier.name].items():
+                if (
+                    (not smallest or units < smallest)
+                    and heap
+                    and self._top_of(tier.name, units, heap) is not None
+                ):
+                    smallest = units
+        self._smallest = smallest
+        return smallest
 
     def candidates(
         self, max_units: float = math.inf, full: Collection[str] = ()
@@ -830,7 +881,8 @@ class Backlog:
         """``pick_for_worker`` over this backlog, keeping the reservations: a ``Blocked`` answer
         reserves its job for ``worker``, any other answer ends ``worker``'s reservation."""
         held = None
-        if self.reserved:
+        mine = self.reserved.get(worker)
+        if mine is not None or (self.reserved and self.smallest_reserved() <= free_units):
             room = min(free_units, total_units)
             others = (
                 j
@@ -839,7 +891,6 @@ class Backlog:
                 for w, j in holders.items()
                 if w != worker
             )
-            mine = self.reserved.get(worker)
             held = _held(mine, others, self._tier, now, free_units, total_units, self.under_cap)
         if isinstance(held, Blocked):
             return held

@@ -55,7 +55,7 @@ import heapq
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from itertools import islice
 from typing import Any, TextIO
 
@@ -193,6 +193,10 @@ def write_trace(trace: Trace, out: TextIO) -> None:
 class _Worker:
     id: int
     free: int
+    name: str = ""
+    """``id`` as the backlog names the worker (its reservations)."""
+    draining: bool = False
+    """It holds a reservation it cannot start yet: it asks only when its own GPUs free up."""
     idle: dict[int, _Runner] = field(default_factory=dict)
     """Idle runners, least recently used first."""
     idle_gpus: int = 0
@@ -214,9 +218,10 @@ class _Nodes:
 
     def __init__(self, workers: int, gpus_per_worker: int) -> None:
         self.size = gpus_per_worker
-        self.workers = [_Worker(i, gpus_per_worker) for i in range(workers)]
+        self.workers = [_Worker(i, gpus_per_worker, str(i)) for i in range(workers)]
         self.by_free: list[set[int]] = [set() for _ in range(gpus_per_worker + 1)]
         self.by_avail: list[set[int]] = [set() for _ in range(gpus_per_worker + 1)]
+        """Workers that do not drain, by free plus idle GPUs."""
         self.by_free[gpus_per_worker].update(range(workers))
         self.by_avail[gpus_per_worker].update(range(workers))
         self.idle: dict[int, _Runner] = {}
@@ -230,9 +235,19 @@ class _Nodes:
             self.by_free[old_free].discard(w.id)
             self.by_free[w.free].add(w.id)
         avail = w.free + w.idle_gpus
-        if avail != old_avail:
+        if avail != old_avail and not w.draining:
             self.by_avail[old_avail].discard(w.id)
             self.by_avail[avail].add(w.id)
+
+    def drain(self, w: _Worker, draining: bool) -> None:
+        """``w`` starts or stops draining for a reservation: it leaves or rejoins ``by_avail``."""
+        if w.draining != draining:
+            w.draining = draining
+            avail = w.free + w.idle_gpus
+            if draining:
+                self.by_avail[avail].discard(w.id)
+            else:
+                self.by_avail[avail].add(w.id)
 
     def _fit(self, buckets: list[set[int]], gpus: int) -> _Worker | None:
         for k in range(gpus, self.size + 1):
@@ -341,8 +356,7 @@ class RunStats:
 
     def as_dict(self) -> dict[str, Any]:
         tiers = {
-            name: {k: round(getattr(s, k), 4) for k in TierStats.__slots__}
-            for name, s in self.tiers.items()
+            name: {k: round(v, 4) for k, v in asdict(s).items()} for name, s in self.tiers.items()
         }
         return {
             "tiers": tiers,
@@ -483,8 +497,10 @@ class _Replay:
         """``job`` leaves the backlog and runs on ``runner`` (after a cold start if ``cold``).
         A worker that held it reserved and no longer drains is due to ask again."""
         holder = self.backlog.start(job)
-        if holder is not None and holder != str(runner.worker.id):
-            self.due.append(self.nodes.workers[int(holder)])
+        if holder is not None and holder != runner.worker.name:
+            w = self.nodes.workers[int(holder)]
+            self.nodes.drain(w, False)
+            self.due.append(w)
         self.waits[job.tier].append(now - job.enqueued_at)
         app = self.apps[job.app]
         run_s = self.service[int(job.id)]
@@ -520,10 +536,9 @@ class _Replay:
         nodes = self.nodes
         if nodes.idle_count.get(fn, 0) <= asker.idle_apps.get(fn, 0):
             return None
-        draining = self.backlog.reserved
         for runner in reversed(nodes.idle_by_app[fn].values()):
             w = runner.worker
-            if w is not asker and str(w.id) not in draining:
+            if w is not asker and not w.draining:
                 return w
         return None
 
@@ -531,7 +546,7 @@ class _Replay:
         """``w`` asks ``Backlog.pick_for_worker`` once and runs what it gets."""
         got = self.backlog.pick_for_worker(
             now,
-            worker=str(w.id),
+            worker=w.name,
             free_units=w.free + w.idle_gpus,
             total_units=self.nodes.size,
             here=w.idle_apps,
@@ -541,6 +556,7 @@ class _Replay:
         )
         if isinstance(got, Job):
             self.start(got, *self.nodes.place_on(w, self.apps[got.app]), now)
+        self.nodes.drain(w, w.name in self.backlog.reserved)
         return got
 
     def dispatch_workers(self, now: float) -> None:
@@ -552,10 +568,10 @@ class _Replay:
         nodes = self.nodes
         self.floor = 1
         touched, self.touched = self.touched, set()
-        draining = [wid for wid in touched if str(wid) in self.backlog.reserved]
-        for wid in draining:  # a slot freed: the reservation may fit now
-            if self._raise_floor():
-                self.serve(nodes.workers[wid], now)
+        for wid in touched:  # a slot freed: the reservation may fit now
+            w = nodes.workers[wid]
+            if w.draining and self._raise_floor():
+                self.serve(w, now)
         for k in range(1, nodes.size + 1):
             if not nodes.by_avail[k] or not self._raise_floor() or k < self.floor:
                 continue
@@ -570,18 +586,14 @@ class _Replay:
         """The workers with ``k`` available GPUs that do not drain ask in turn (a few first: a
         dispatch seldom goes further; the rest only if it does); False when no worker could take
         anything now."""
-        bucket, reserved, workers = (
-            self.nodes.by_avail[k],
-            self.backlog.reserved,
-            self.nodes.workers,
-        )
-        first = list(islice((wid for wid in bucket if str(wid) not in reserved), 8))
+        bucket, workers = self.nodes.by_avail[k], self.nodes.workers
+        first = list(islice(bucket, 8))
         for batch in (first, None):
             if batch is None:
                 seen = set(first)
-                batch = [wid for wid in bucket if wid not in seen and str(wid) not in reserved]
+                batch = [wid for wid in bucket if wid not in seen]
             for wid in batch:
-                if str(wid) in reserved:
+                if workers[wid].draining:
                     continue
                 if not self.serve(workers[wid], now):
                     return False
@@ -590,18 +602,27 @@ class _Replay:
         return True
 
     def _raise_floor(self) -> bool:
-        """Whether anything waits; once only reservations do, ``floor`` rises to the smallest."""
+        """Whether any worker could take anything now; ``floor`` rises to the fewest available
+        GPUs with which one can: the smallest reservation when no candidate waits (only capped
+        or reserved jobs do), the smallest candidate or reservation when no more workers may
+        drain (a worker then only backfills), else 1 (any worker may reserve)."""
         backlog = self.backlog
         if not len(backlog):
             return False
-        if not backlog.unreserved():
-            self.floor = max(self.floor, backlog.smallest_reserved())
+        smallest = backlog.smallest_candidate()
+        reserved = backlog.smallest_reserved()
+        if not smallest:
+            if not reserved:
+                return False
+            self.floor = max(self.floor, reserved)
+        elif len(backlog.reserved) >= self.max_reserved:
+            self.floor = max(self.floor, min(smallest, reserved or smallest))
         return True
 
     def serve(self, w: _Worker, now: float) -> bool:
         """``w`` asks until it takes nothing; False when no worker could take anything now."""
         backlog = self.backlog
-        held = backlog.reserved.get(str(w.id))
+        held = backlog.reserved.get(w.name)
         if held is not None and held.units > w.free + w.idle_gpus and backlog.under_cap(held):
             return True  # it drains: it would be told Blocked again
         while len(backlog) and w.free + w.idle_gpus >= self.floor and self._raise_floor():
