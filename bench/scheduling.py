@@ -61,8 +61,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from klieg_platform.scheduler import DEFAULT_TIERS, Tier
-from klieg_platform.simulator import (
+import native
+
+COMPILED = native.use_from_env()
+"""Whether the policy and the simulator run compiled by mypyc (``native``; default) or, with
+``--interpreted``, as plain Python."""
+
+from klieg_platform.scheduler import DEFAULT_TIERS, Tier  # noqa: E402
+from klieg_platform.simulator import (  # noqa: E402
     UNBOUNDED,
     AppSpec,
     Cluster,
@@ -340,8 +346,12 @@ def measure(trace: Trace, scenario: str, seed: int | None) -> dict[str, Any]:
         },
         "targets": targets,
         "wall_s": round(time.perf_counter() - started, 2),
+        "compiled": COMPILED,
     }
 
+
+NATIVE_MODULES = ("klieg_platform.scheduler", "klieg_platform.simulator")
+"""What ``native`` compiles: the policy and the replay, the same source the broker mirrors."""
 
 SWEEP_GPUS = (256, 1024, 2560, 10_000)
 SWEEP_LOADS: tuple[float | None, ...] = (None, 0.7)
@@ -394,6 +404,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sweep", action="store_true", help="every size of SWEEP_GPUS, launch day and load 0.7"
     )
+    parser.add_argument(
+        native.INTERPRETED,
+        action="store_true",
+        help="run the policy and the simulator as plain Python, not compiled by mypyc",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     if args.sweep:
@@ -408,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"sweep row: {json.dumps(rows[-1])}")
         met = all(row["met"] for row in rows)
         out = {"sweep": rows, "hours": args.hours, "seed": args.seed, "met": met,
-               "wall_s": round(time.perf_counter() - started, 2)}  # fmt: skip
+               "wall_s": round(time.perf_counter() - started, 2), "compiled": COMPILED}  # fmt: skip
         print(json.dumps(out), flush=True)
         return 0
     if args.trace is not None:
@@ -433,4 +448,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(native.run_compiled(main, NATIVE_MODULES))

@@ -6,6 +6,7 @@ import importlib.util
 import io
 import json
 import random
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -596,6 +597,8 @@ def test_trace_round_trip_and_validation() -> None:
 
 
 def bench() -> ModuleType:
+    if str(BENCH.parent) not in sys.path:  # as when it runs as a script: its helpers beside it
+        sys.path.append(str(BENCH.parent))
     spec = importlib.util.spec_from_file_location("bench_scheduling", BENCH)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
