@@ -162,6 +162,8 @@ class Waiting:
     warm: int = 0
     """Idle warm runners of the function on the pool's workers: as many of these requests
     start on one without a cold start."""
+    units: int = 1
+    """Slots each of these requests takes (a function's GPUs)."""
 
 
 @dataclass(frozen=True)
@@ -186,9 +188,9 @@ class Demand:
 
 def slots_needed(demand: Demand, tiers: Mapping[str, Tier]) -> int:
     """Slots that serve the requests running now and start every waiting one within its tier's
-    SLO: each waiting request needs its app's ``service_s`` of a slot within the time its tier
-    has left (its SLO less the oldest wait and, unless an idle warm runner takes it, its app's
-    cold start; at least ``MIN_BUDGET_S``)."""
+    SLO: each waiting request needs its app's ``service_s`` of its ``units`` slots within the
+    time its tier has left (its SLO less the oldest wait and, unless an idle warm runner takes
+    it, its app's cold start; at least ``MIN_BUDGET_S``)."""
     need = float(demand.busy_slots + demand.buffer_slots)
     for tier, queued in demand.queued.items():
         if queued <= 0:
@@ -203,7 +205,7 @@ def slots_needed(demand: Demand, tiers: Mapping[str, Tier]) -> int:
             for n, cold_s in ((warm, 0.0), (group.queued - warm, group.cold_s)):
                 if n > 0:
                     budget = max(left - cold_s, MIN_BUDGET_S, group.service_s)
-                    need += n * group.service_s / budget
+                    need += n * group.units * group.service_s / budget
     queued_any = any(q > 0 for q in demand.queued.values())
     return max(math.ceil(need - 1e-9), demand.warm_slots, 1 if queued_any else 0)
 
@@ -284,21 +286,47 @@ async def read_demands(
     out = {}
     for pool in pools:
         mine = [d for d in depths if d.pool == pool]
-        warm = idle.get(pool, Counter()) + idle.get(keys.ALL_POOLS, Counter())
-        waiting = waiting_by_function([n for n in lanes if n.pool == pool], warm, service, cold)
-        out[pool] = Demand(
+        out[pool] = pool_demand(
             queued={d.tier: d.queued for d in mine},
             oldest_wait_s={d.tier: d.oldest_wait_s for d in mine},
             busy_slots=busy.get(pool, 0),
-            service_s=_weighted(
-                [(w.queued, w.service_s) for w in waiting], service, DEFAULT_SERVICE_S
-            ),
-            cold_s=_weighted([(w.queued, w.cold_s) for w in waiting], cold, 0.0),
+            lanes=[n for n in lanes if n.pool == pool],
+            idle=idle.get(pool, Counter()) + idle.get(keys.ALL_POOLS, Counter()),
+            service=service,
+            cold=cold,
             warm_slots=warm_slots.get(pool, 0),
             buffer_slots=(buffer_slots or {}).get(pool, 0),
-            waiting=tuple(waiting),
         )
     return out
+
+
+def pool_demand(
+    *,
+    queued: Mapping[str, int],
+    oldest_wait_s: Mapping[str, float],
+    busy_slots: int,
+    lanes: Sequence[LaneDepth],
+    idle: Counter[str],
+    service: Mapping[str, float],
+    cold: Mapping[str, float],
+    warm_slots: int = 0,
+    buffer_slots: int = 0,
+) -> Demand:
+    """One pool's ``Demand`` from its signals: queues per tier, its lanes, busy slots, idle warm
+    runners per function, the apps' measured times and what ``min_concurrency`` and
+    ``concurrency_buffer`` keep (``read_demands`` reads them from Redis and the registry; the
+    simulator has them from its replay)."""
+    waiting = waiting_by_function(lanes, idle, service, cold)
+    return Demand(
+        queued=queued,
+        oldest_wait_s=oldest_wait_s,
+        busy_slots=busy_slots,
+        service_s=_weighted([(w.queued, w.service_s) for w in waiting], service, DEFAULT_SERVICE_S),
+        cold_s=_weighted([(w.queued, w.cold_s) for w in waiting], cold, 0.0),
+        warm_slots=warm_slots,
+        buffer_slots=buffer_slots,
+        waiting=tuple(waiting),
+    )
 
 
 def fleet_capacity(
@@ -339,7 +367,7 @@ def waiting_by_function(
         free[lane.function] -= warm
         per[(lane.tier, lane.function)] = Waiting(
             lane.tier, queued, service.get(lane.app, service_s), cold.get(lane.app, cold_s),
-            warm + (prior.warm if prior else 0),
+            warm + (prior.warm if prior else 0), lane.units,
         )  # fmt: skip
     return list(per.values())
 

@@ -132,6 +132,16 @@ def test_each_apps_own_times_count_not_the_pools_average() -> None:
     assert slots_needed(reserved, TIERS) == 3
 
 
+def test_a_request_takes_as_many_slots_as_its_function_has_gpus() -> None:
+    # 2 requests of an 8-GPU function, past their SLO: 16 slots, as 16 one-GPU requests would
+    big = Demand(queued={"enterprise": 2}, oldest_wait_s={"enterprise": 500.0},
+                 waiting=(Waiting("enterprise", 2, service_s=100.0, units=8),))  # fmt: skip
+    assert slots_needed(big, TIERS) == 16
+    small = Demand(queued={"enterprise": 16}, oldest_wait_s={"enterprise": 500.0},
+                   waiting=(Waiting("enterprise", 16, service_s=100.0),))  # fmt: skip
+    assert slots_needed(small, TIERS) == 16
+
+
 def test_up_at_once_down_only_after_the_cooldown() -> None:
     s = Scaler(plans(CPU={"max_workers": 10, "slots": 2, "cooldown_s": 60}), TIERS)
     busy = {"CPU": Demand(queued={"enterprise": 36}, service_s=10.0)}  # 6 slots: 3 workers
@@ -376,12 +386,12 @@ def test_the_command_says_one_line_on_a_bad_config_or_no_redis(tmp_path: Any) ->
 # ---- reading the demand and a round, against a real Redis --------------------------------------
 
 
-def _request(rid: str, app: str, tier: str = "enterprise", pool: str = "CPU") -> Any:
+def _request(rid: str, app: str, tier: str = "enterprise", pool: str = "CPU", gpus: int = 0) -> Any:
     from klieg_platform.broker import NewRequest
 
     return NewRequest(id=rid, owner="o", tenant="t", app=app, revision=f"rev-{app}",
                       function="f", endpoint="/", pool=pool, payload=b"{}", timeout_s=30,
-                      tier=tier)  # fmt: skip
+                      tier=tier, gpus=gpus)  # fmt: skip
 
 
 def test_the_demand_is_read_per_app_with_the_warm_runners_of_the_heartbeats(
@@ -397,6 +407,7 @@ def test_the_demand_is_read_per_app_with_the_warm_runners_of_the_heartbeats(
             await broker.queue.enqueue(_request("s0", "slow"))
             await broker.queue.enqueue(_request("s1", "slow", tier="free"))
             await broker.queue.enqueue(_request("g0", "quick", pool="GPU"))
+            await broker.queue.enqueue(_request("g1", "big", pool="GPU", gpus=4))
             await broker.stats.record_time("service", "o/quick", 2.0)
             await broker.stats.record_time("service", "o/slow", 40.0)
             await broker.stats.record_time("cold", "o/slow", 25.0)
@@ -421,7 +432,10 @@ def test_the_demand_is_read_per_app_with_the_warm_runners_of_the_heartbeats(
         # + free: 40 s in 1775 s
         assert slots_needed(cpu, TIERS) == 4
         gpu = demands["GPU"]
-        assert gpu.waiting == (Waiting("enterprise", 1, service_s=2.0, cold_s=25.0, warm=1),)
+        assert sorted(gpu.waiting, key=lambda w: w.units) == [
+            Waiting("enterprise", 1, service_s=2.0, cold_s=25.0, warm=1),
+            Waiting("enterprise", 1, service_s=21.0, cold_s=25.0, units=4),
+        ]  # the big app unmeasured: the means over the measured apps; 4 GPUs, 4 slots
 
     import asyncio
 

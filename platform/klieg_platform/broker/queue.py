@@ -100,6 +100,8 @@ class LaneDepth:
     function: str
     app: str
     queued: int
+    units: int = 1
+    """Slots (GPUs) each of its requests takes."""
 
 
 @dataclass(frozen=True)
@@ -502,10 +504,10 @@ class Queue:
         for i, (pool, tier) in enumerate(cells):
             counts, apps = replies[2 * i], replies[2 * i + 1]
             for lane, n in counts.items():
-                function = lane.decode().rpartition("#")[0]
+                function, _, units = lane.decode().rpartition("#")
                 app = apps.get(lane, b"").decode()
                 if int(n) > 0:
-                    out.append(LaneDepth(pool, tier, function, app, int(n)))
+                    out.append(LaneDepth(pool, tier, function, app, int(n), int(units or 1)))
         return out
 
     async def revisions_busy(self, app_key: str) -> set[str]:
