@@ -502,8 +502,11 @@ class Backlog:
         self._firsts: dict[str, dict[float, Job | None]] = {n: {} for n in self._tier}
         """Tier -> max units -> ``_first`` with nothing full, while every ``_tops`` entry of
         the tier holds."""
-        self._smallest: int | None = None
-        """``smallest_candidate``; None when a ``_tops`` entry was dropped since."""
+        self._smallest: dict[str, int] = {}
+        """Tier -> the fewest units of its candidates (0: none), while its ``_tops`` hold."""
+        self._fn_heads: dict[tuple[str, str], list[tuple[int, Job]]] = {}
+        """(tier, function key) -> (units, head) of its lanes whose app is under cap and that
+        have a head, while they hold (dropped by ``_stale``)."""
         self._fn_lanes: dict[tuple[str, str], set[Lane]] = {}
         self._tenant_lanes: dict[str, set[tuple[str, Lane]]] = {}
         self._app_lanes: dict[str, set[tuple[str, Lane]]] = {}
@@ -549,9 +552,10 @@ class Backlog:
         """The head of ``lane`` in ``tier`` may have changed, and so the tier's candidate among
         jobs of that size."""
         self._heads_of.pop((tier, lane), None)
+        self._fn_heads.pop((tier, lane[0]), None)
         self._tops.pop((tier, lane[1]), None)
         self._firsts[tier].clear()
-        self._smallest = None
+        self._smallest.pop(tier, None)
 
     def _stale_lanes(self, lanes: Iterable[tuple[str, Lane]]) -> None:
         """A tenant or app with jobs in ``lanes`` reached its cap or fell under it."""
@@ -672,6 +676,20 @@ class Backlog:
                 head = self._lane_head(tier, lane)
                 if head is not None:
                     self._push_lane(tier, lane, self._lanes[(tier, lane)], self._key[head.id])
+
+    def holds(self, job_id: str) -> bool:
+        """Whether the job of ``job_id`` is queued here (reserved or not)."""
+        return job_id in self._key
+
+    def lane_depths(self) -> list[tuple[str, str, int, int]]:
+        """(tier, function key, units, jobs) of every lane of the index (reserved jobs have
+        left it), as the live lane index counts them."""
+        return [(tier, fn, units, index.jobs) for (tier, (fn, units)), index in self._lanes.items()]
+
+    def release(self, worker: str) -> None:
+        """``worker`` no longer drains (it stops, say): the job it held reserved, if any, goes
+        back to its queue at its place."""
+        self._release(worker)
 
     def smallest_reserved(self) -> int:
         """The fewest units a reserved job takes (0: nothing is reserved)."""
@@ -803,18 +821,23 @@ class Backlog:
     def smallest_candidate(self) -> int:
         """The fewest units a candidate (rule 2: queued, not reserved, under caps) takes; 0:
         there is none. Cached until the index or the caps change."""
-        if self._smallest is not None:
-            return self._smallest
         smallest = 0
-        for tier in self.tiers:
-            for units, heap in self._heads[tier.name].items():
-                if (
-                    (not smallest or units < smallest)
-                    and heap
-                    and self._top_of(tier.name, units, heap) is not None
-                ):
-                    smallest = units
-        self._smallest = smallest
+        cached = self._smallest
+        for tier in self._tier:
+            if tier in cached:
+                least = cached[tier]
+            else:
+                least = 0
+                for units, heap in self._heads[tier].items():
+                    if (
+                        (not least or units < least)
+                        and heap
+                        and self._top_of(tier, units, heap) is not None
+                    ):
+                        least = units
+                cached[tier] = least
+            if least and (not smallest or least < smallest):
+                smallest = least
         return smallest
 
     def candidates(
@@ -834,23 +857,35 @@ class Backlog:
     ) -> list[tuple[Tier, Job]]:
         """W4's candidates: per tier the oldest job under cap whose function is in ``here``."""
         found = []
+        keys, cached = self._key, self._fn_heads
         for tier in self.tiers:
+            if not self._queued[tier.name]:
+                continue
             best: Job | None = None
+            best_key = 0
             for fn in here:
-                if fn in full:
+                heads = cached.get((tier.name, fn))
+                if heads is None:
+                    heads = cached[(tier.name, fn)] = self._heads_of_fn(tier.name, fn)
+                if not heads or fn in full:
                     continue
-                for lane in self._fn_lanes.get((tier.name, fn), ()):
-                    if lane[1] > max_units or not self._app_open(self._lane_app[lane]):
-                        continue
-                    head = self._lane_head(tier.name, lane)
-                    if head is not None and (
-                        best is None or self._key[head.id] < self._key[best.id]
-                    ):
-                        best = head
+                for units, head in heads:
+                    if units <= max_units and (best is None or keys[head.id] < best_key):
+                        best, best_key = head, keys[head.id]
             if best is not None:
                 found.append((tier, best))
         found.sort(key=lambda c: (c[0].rank, c[1].enqueued_at))
         return found
+
+    def _heads_of_fn(self, tier: str, fn: str) -> list[tuple[int, Job]]:
+        """(units, head) of the lanes of ``fn`` in ``tier`` that have a head under cap."""
+        heads = []
+        for lane in self._fn_lanes.get((tier, fn), ()):
+            if self._app_open(self._lane_app[lane]):
+                head = self._lane_head(tier, lane)
+                if head is not None:
+                    heads.append((lane[1], head))
+        return heads
 
     def pick(self, now: float) -> Job | None:
         """``pick`` over this backlog."""
