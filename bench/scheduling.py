@@ -57,6 +57,7 @@ import math
 import random
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -67,13 +68,17 @@ COMPILED = native.use_from_env()
 """Whether the policy and the simulator run compiled by mypyc (``native``; default) or, with
 ``--interpreted``, as plain Python."""
 
+from klieg_platform.autoscaler import PoolPlan, Scaler, pool_demand  # noqa: E402
+from klieg_platform.broker import LaneDepth  # noqa: E402
 from klieg_platform.scheduler import DEFAULT_TIERS, Tier  # noqa: E402
 from klieg_platform.simulator import (  # noqa: E402
     UNBOUNDED,
     AppSpec,
     Cluster,
+    FleetView,
     Request,
     RunStats,
+    Scaling,
     Trace,
     read_trace,
     simulate,
@@ -239,14 +244,52 @@ RUNS: dict[str, Callable[[Trace, Callable[[float], None]], RunStats]] = {
 """The runs, by their key in the output (module docstring)."""
 
 
-def run(trace: Trace, name: str) -> tuple[RunStats, float]:
-    """Replay ``trace`` as run ``name`` of RUNS; the stats and the wall seconds it took."""
+class Autoscaling(NamedTuple):
+    """``--autoscale``: the autoscaler's settings in the ``policy_autoscaled`` run."""
+
+    boot_s: float = 90.0
+    interval_s: float = 15.0
+    cooldown_s: float = 300.0
+
+
+def autoscaled(trace: Trace, settings: Autoscaling) -> Scaling:
+    """``klieg autoscaler``'s decision (``Scaler`` over ``pool_demand``: the same code) in the
+    replay's loop, one pool of up to the trace's workers. The fleet starts sized for the first
+    window's demand, as a fleet already serving would be."""
+    cluster = trace.cluster
+    plan = PoolPlan("GPU", max_workers=cluster.workers, slots=cluster.gpus_per_worker,
+                    cooldown_s=settings.cooldown_s)  # fmt: skip
+    scaler = Scaler({plan.name: plan}, {t.name: t for t in cluster.tiers})
+
+    def size(view: FleetView) -> int:
+        lanes = [LaneDepth(plan.name, tier, app, app, n, units) for tier, app, units, n in
+                 view.lanes]  # fmt: skip
+        demand = pool_demand(
+            queued=view.queued,
+            oldest_wait_s=view.oldest_wait_s,
+            busy_slots=view.busy_gpus,
+            lanes=lanes,
+            idle=Counter(view.idle),
+            service=view.service_s,
+            cold=view.cold_start_s,
+        )
+        return scaler.decide({plan.name: demand}, view.now)[plan.name]
+
+    first = demand_windows(trace)[:1]
+    initial = min(cluster.workers, math.ceil((first[0] if first else 0.0) * cluster.workers))
+    return Scaling(size, settings.interval_s, settings.boot_s, initial)
+
+
+def run(
+    trace: Trace, name: str, replay: Callable[[Trace, Callable[[float], None]], RunStats]
+) -> tuple[RunStats, float]:
+    """Replay ``trace`` as run ``name``; the stats and the wall seconds it took."""
     started = time.perf_counter()
 
     def progress(now: float) -> None:
         log(f"{name}: virtual {now / 3600:.2f} h")
 
-    stats = RUNS[name](trace, progress)
+    stats = replay(trace, progress)
     wall = time.perf_counter() - started
     log(f"{name}: done in {wall:.1f} s wall, makespan {stats.makespan_s / 3600:.2f} h")
     return stats, wall
@@ -284,11 +327,21 @@ def dispatchable_share(trace: Trace) -> float:
     return served_total / (gpus * span)
 
 
-def measure(trace: Trace, scenario: str, seed: int | None) -> dict[str, Any]:
-    """Replay ``trace`` through every run of RUNS; the figures and targets (module docstring)."""
+def measure(
+    trace: Trace, scenario: str, seed: int | None, autoscaling: Autoscaling | None = None
+) -> dict[str, Any]:
+    """Replay ``trace`` through every run of RUNS (and ``policy_autoscaled`` with
+    ``autoscaling``); the figures and targets (module docstring)."""
     started = time.perf_counter()
     log(f"{len(trace.requests)} requests, {len(trace.cluster.apps)} apps")
-    runs = {name: run(trace, name) for name in RUNS}
+    runs = {name: run(trace, name, replay) for name, replay in RUNS.items()}
+    if autoscaling is not None:
+        scaling = autoscaled(trace, autoscaling)
+        runs["policy_autoscaled"] = run(
+            trace,
+            "policy_autoscaled",
+            lambda trace, progress: simulate_per_worker(trace, progress, scaling=scaling),
+        )
     policy, no_affinity, baseline = (
         runs[name][0] for name in ("policy", "policy_no_affinity", "baseline")
     )
@@ -326,6 +379,20 @@ def measure(trace: Trace, scenario: str, seed: int | None) -> dict[str, Any]:
         and targets["utilisation_of_dispatchable"] >= 0.9
         and targets["cold_starts_over_baseline"] <= COLD_START_FACTOR
     )
+    if autoscaling is not None:
+        scaled = runs["policy_autoscaled"][0]
+        targets["autoscaled"] = {
+            **autoscaling._asdict(),
+            "slo_attainment": {n: round(s.slo_attainment, 4) for n, s in scaled.tiers.items()},
+            "fixed_slo_attainment": {
+                n: round(s.slo_attainment, 4) for n, s in policy.tiers.items()
+            },
+            "gpu_hours": round(scaled.gpu_hours, 1),
+            "fixed_gpu_hours": round(policy.gpu_hours, 1),
+            "gpu_hours_share": round(scaled.gpu_hours / max(policy.gpu_hours, 1e-9), 4),
+            "workers_mean": round(scaled.workers_mean, 1),
+            "workers_peak": scaled.workers_peak,
+        }
     return {
         **{
             name: {**stats.as_dict(), "wall_s": round(wall, 2)}
@@ -405,11 +472,37 @@ def main(argv: list[str] | None = None) -> int:
         "--sweep", action="store_true", help="every size of SWEEP_GPUS, launch day and load 0.7"
     )
     parser.add_argument(
+        "--autoscale",
+        action="store_true",
+        help="also replay the policy with the autoscaler sizing the fleet (policy_autoscaled)",
+    )
+    parser.add_argument(
+        "--boot-s",
+        type=float,
+        default=Autoscaling().boot_s,
+        help="--autoscale: seconds from asking for a worker to its serving",
+    )
+    parser.add_argument(
+        "--interval-s",
+        type=float,
+        default=Autoscaling().interval_s,
+        help="--autoscale: seconds between the autoscaler's decisions",
+    )
+    parser.add_argument(
+        "--cooldown-s",
+        type=float,
+        default=Autoscaling().cooldown_s,
+        help="--autoscale: the pool's cool-down before it shrinks",
+    )
+    parser.add_argument(
         native.INTERPRETED,
         action="store_true",
         help="run the policy and the simulator as plain Python, not compiled by mypyc",
     )
     args = parser.parse_args(argv)
+    autoscaling = (
+        Autoscaling(args.boot_s, args.interval_s, args.cooldown_s) if args.autoscale else None
+    )
     started = time.perf_counter()
     if args.sweep:
         rows = []
@@ -419,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
                 apps = sweep_apps(gpus)
                 log(f"sweep: {scenario}, {gpus} GPUs, {apps} apps, {args.hours} h")
                 trace = generate(args.hours, gpus, args.seed, load, args.cold_start_scale, apps)
-                rows.append(summary(measure(trace, scenario, args.seed)))
+                rows.append(summary(measure(trace, scenario, args.seed, autoscaling)))
                 log(f"sweep row: {json.dumps(rows[-1])}")
         met = all(row["met"] for row in rows)
         out = {"sweep": rows, "hours": args.hours, "seed": args.seed, "met": met,
@@ -443,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         with args.write_trace.open("w") as f:
             write_trace(trace, f)
         log(f"wrote {args.write_trace}")
-    print(json.dumps(measure(trace, scenario, seed)), flush=True)
+    print(json.dumps(measure(trace, scenario, seed, autoscaling)), flush=True)
     return 0
 
 

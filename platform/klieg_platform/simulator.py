@@ -54,6 +54,7 @@ from __future__ import annotations
 import heapq
 import json
 import math
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from itertools import islice
@@ -121,6 +122,42 @@ class Request:
 class Trace:
     cluster: Cluster
     requests: tuple[Request, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FleetView:
+    """What an autoscaler reads of a replay at one of its ticks: the signals ``klieg
+    autoscaler`` reads from Redis, and the workers there are now."""
+
+    now: float
+    workers: int
+    """Workers up or booting (not those retiring)."""
+    queued: Mapping[str, int]
+    """Tier -> requests waiting (reserved ones included)."""
+    oldest_wait_s: Mapping[str, float]
+    lanes: tuple[tuple[str, str, int, int], ...]
+    """(tier, app, GPUs per request, requests waiting) per lane of the index."""
+    busy_gpus: int
+    """GPUs running (or cold-starting for) requests."""
+    idle: Mapping[str, int]
+    """App -> its idle warm runners."""
+    service_s: Mapping[str, float]
+    """App -> the mean service time of its requests started so far."""
+    cold_start_s: Mapping[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Scaling:
+    """An autoscaler in the loop of ``simulate_per_worker``: every ``interval_s`` (from the
+    first arrival) ``size`` reads the ``FleetView`` and answers how many workers there should be
+    (at most the cluster's ``workers``, at least one while anything waits). A worker asked for
+    serves ``boot_s`` later; one let go (a booting one first, then the newest up) stops taking
+    work and leaves once its running requests end. ``initial``: workers up at the start."""
+
+    size: Callable[[FleetView], int]
+    interval_s: float = 15.0
+    boot_s: float = 90.0
+    initial: int = 0
 
 
 def _cluster_from_json(doc: Mapping[str, Any]) -> Cluster:
@@ -197,6 +234,9 @@ class _Worker:
     """``id`` as the backlog names the worker (its reservations)."""
     draining: bool = False
     """It holds a reservation it cannot start yet: it asks only when its own GPUs free up."""
+    up: bool = True
+    """It serves: booted and not retiring (``Scaling``); a worker that is not up takes nothing
+    and keeps no idle runners."""
     idle: dict[int, _Runner] = field(default_factory=dict)
     """Idle runners, least recently used first."""
     idle_gpus: int = 0
@@ -216,14 +256,16 @@ class _Nodes:
     """Workers, their runners and the placement rules. Buckets index workers by free GPUs and by
     free-plus-idle GPUs, so a placement costs O(gpus_per_worker), not O(workers)."""
 
-    def __init__(self, workers: int, gpus_per_worker: int) -> None:
+    def __init__(self, workers: int, gpus_per_worker: int, up: int | None = None) -> None:
+        """``workers`` in all, the first ``up`` of them (default: all) serving."""
         self.size = gpus_per_worker
-        self.workers = [_Worker(i, gpus_per_worker, str(i)) for i in range(workers)]
+        up = workers if up is None else up
+        self.workers = [_Worker(i, gpus_per_worker, str(i), up=i < up) for i in range(workers)]
         self.by_free: list[set[int]] = [set() for _ in range(gpus_per_worker + 1)]
         self.by_avail: list[set[int]] = [set() for _ in range(gpus_per_worker + 1)]
-        """Workers that do not drain, by free plus idle GPUs."""
-        self.by_free[gpus_per_worker].update(range(workers))
-        self.by_avail[gpus_per_worker].update(range(workers))
+        """Workers that are up and do not drain, by free plus idle GPUs."""
+        self.by_free[gpus_per_worker].update(range(up))
+        self.by_avail[gpus_per_worker].update(range(up))
         self.idle: dict[int, _Runner] = {}
         self.idle_by_app: dict[str, dict[int, _Runner]] = {}
         self.idle_count: dict[str, int] = {}
@@ -231,6 +273,8 @@ class _Nodes:
         self.runners = 0
 
     def _rebucket(self, w: _Worker, old_free: int, old_avail: int) -> None:
+        if not w.up:
+            return
         if w.free != old_free:
             self.by_free[old_free].discard(w.id)
             self.by_free[w.free].add(w.id)
@@ -244,10 +288,30 @@ class _Nodes:
         if w.draining != draining:
             w.draining = draining
             avail = w.free + w.idle_gpus
+            if not w.up:
+                return
             if draining:
                 self.by_avail[avail].discard(w.id)
             else:
                 self.by_avail[avail].add(w.id)
+
+    def bring_up(self, w: _Worker) -> None:
+        """``w`` (booted, or retiring and kept after all) serves."""
+        w.up = True
+        self.by_free[w.free].add(w.id)
+        if not w.draining:
+            self.by_avail[w.free + w.idle_gpus].add(w.id)
+
+    def retire(self, w: _Worker) -> bool:
+        """``w`` stops serving: it leaves the buckets, its idle runners stop, its busy ones
+        finish their requests (``release`` stops them then). Whether it is empty already."""
+        self.by_free[w.free].discard(w.id)
+        self.by_avail[w.free + w.idle_gpus].discard(w.id)
+        w.up = False
+        for runner in list(w.idle.values()):
+            self._unidle(runner)
+            w.free += runner.gpus
+        return w.free == self.size
 
     def _fit(self, buckets: list[set[int]], gpus: int) -> _Worker | None:
         for k in range(gpus, self.size + 1):
@@ -321,8 +385,12 @@ class _Nodes:
         return runner, cold
 
     def release(self, runner: _Runner) -> None:
-        """The runner finished its job: it stays on its worker, idle and warm."""
+        """The runner finished its job: it stays on its worker, idle and warm (it stops if the
+        worker retires)."""
         w = runner.worker
+        if not w.up:
+            w.free += runner.gpus
+            return
         old_free, old_avail = w.free, w.free + w.idle_gpus
         w.idle[runner.id] = runner
         self.idle[runner.id] = runner
@@ -353,6 +421,10 @@ class RunStats:
     makespan_s: float
     window_utilisation: float = 0.0
     """Service GPU-seconds between the first and the last arrival over GPUs x that span."""
+    gpu_hours: float = 0.0
+    """GPU-hours of the workers there were (up, booting or retiring) over the makespan."""
+    workers_mean: float = 0.0
+    workers_peak: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         tiers = {
@@ -365,6 +437,9 @@ class RunStats:
             "cold_start_gpu_share": round(self.cold_start_gpu_share, 4),
             "makespan_s": round(self.makespan_s, 1),
             "window_utilisation": round(self.window_utilisation, 4),
+            "gpu_hours": round(self.gpu_hours, 1),
+            "workers_mean": round(self.workers_mean, 1),
+            "workers_peak": self.workers_peak,
         }
 
 
@@ -408,17 +483,103 @@ class _IdleElsewhere:
         return sum(1 for _ in self)
 
 
+class _Fleet:
+    """The workers a ``Scaling`` replay has: up (``_Nodes``), booting, retiring, spare; and the
+    worker-seconds they add up to."""
+
+    def __init__(self, nodes: _Nodes, scaling: Scaling | None, start: float) -> None:
+        self.nodes, self.scaling = nodes, scaling
+        total = len(nodes.workers)
+        up = total if scaling is None else min(scaling.initial, total)
+        self.up: list[int] = list(range(up))
+        """Ids of the workers up, in the order they came up (the newest goes first)."""
+        self.spare: list[int] = list(range(total - 1, up - 1, -1))
+        self.booting: list[tuple[float, int]] = []
+        self.cancelled: set[int] = set()
+        self.retiring: set[int] = set()
+        self.count = self.peak = up
+        """Workers there are: up, booting (not cancelled) or retiring."""
+        self.worker_s = 0.0
+        self.at = start
+
+    def account(self, now: float) -> None:
+        self.worker_s += self.count * (now - self.at)
+        self.at = now
+
+    def _counted(self, change: int, now: float) -> None:
+        self.account(now)
+        self.count += change
+        self.peak = max(self.peak, self.count)
+
+    def next_boot(self) -> float:
+        return self.booting[0][0] if self.booting else math.inf
+
+    def boot(self, now: float) -> None:
+        """The workers whose boot ends by ``now`` come up."""
+        while self.booting and self.booting[0][0] <= now:
+            _, wid = heapq.heappop(self.booting)
+            if wid in self.cancelled:
+                self.cancelled.discard(wid)
+                continue
+            self.nodes.bring_up(self.nodes.workers[wid])
+            self.up.append(wid)
+
+    def released(self, w: _Worker, now: float) -> None:
+        """A runner of ``w`` ended its request: a retiring worker left empty is gone."""
+        if not w.up and w.id in self.retiring and w.free == self.nodes.size:
+            self.retiring.discard(w.id)
+            self.spare.append(w.id)
+            self._counted(-1, now)
+
+    def resize(self, want: int, now: float, backlog: Backlog) -> None:
+        """Up or down to ``want`` workers (up or booting): a retiring worker is kept first, then
+        a spare one boots; going down, a booting one is cancelled first, then the newest up
+        retires (its reservation ends)."""
+        assert self.scaling is not None
+        have = len(self.up) + len(self.booting) - len(self.cancelled)
+        nodes = self.nodes
+        while have < want and (self.retiring or self.spare):
+            if self.retiring:
+                wid = max(self.retiring)
+                self.retiring.discard(wid)
+                nodes.bring_up(nodes.workers[wid])
+                self.up.append(wid)
+            else:
+                wid = self.spare.pop()
+                heapq.heappush(self.booting, (now + self.scaling.boot_s, wid))
+                self._counted(1, now)
+            have += 1
+        while have > want:
+            live = [b for b in self.booting if b[1] not in self.cancelled]
+            if live:
+                wid = max(live)[1]
+                self.cancelled.add(wid)
+                self.spare.append(wid)
+                self._counted(-1, now)
+            else:
+                w = nodes.workers[self.up.pop()]
+                backlog.release(w.name)
+                nodes.drain(w, False)
+                if nodes.retire(w):
+                    self.spare.append(w.id)
+                    self._counted(-1, now)
+                else:
+                    self.retiring.add(w.id)
+            have -= 1
+
+
 class _Replay:
     """The state of one replay: the backlog, runners, waits. ``run`` drives the events; the
     dispatch step is ``dispatch_global`` (``simulate``) or ``dispatch_workers``
     (``simulate_per_worker``)."""
 
-    def __init__(self, trace: Trace) -> None:
+    def __init__(self, trace: Trace, scaling: Scaling | None = None) -> None:
         cluster = trace.cluster
         self.trace = trace
         self.tiers = cluster.tiers
         self.apps = cluster.apps
-        self.nodes = _Nodes(cluster.workers, cluster.gpus_per_worker)
+        up = None if scaling is None else min(scaling.initial, cluster.workers)
+        self.nodes = _Nodes(cluster.workers, cluster.gpus_per_worker, up)
         caps = cluster.tenant_caps
         self.backlog = Backlog(
             self.tiers,
@@ -436,7 +597,13 @@ class _Replay:
         self.busy_gpu_s = self.cold_gpu_s = self.window_busy_gpu_s = 0.0
         reqs = trace.requests
         self.window = (reqs[0].t, reqs[-1].t) if reqs else (0.0, 0.0)
-        self.max_reserved = max_reserved(cluster.workers)
+        self.fleet = _Fleet(self.nodes, scaling, self.window[0])
+        self.max_reserved = max_reserved(len(self.fleet.up) or 1)
+        self.busy_gpus = 0
+        self.service_sum: dict[str, list[float]] = {}
+        """App -> [requests started, their service seconds] (the autoscaler's measured means)."""
+        self.arrived: dict[str, deque[Job]] = {t.name: deque() for t in self.tiers}
+        """Tier -> its jobs in arrival order, the started ones dropped lazily from the front."""
         self.touched: set[int] = set()
         """The ids of the workers whose runners finished since the last dispatch."""
         self.floor = 1
@@ -454,25 +621,40 @@ class _Replay:
         (and ``check(self, now)`` after it, when given)."""
         reqs = self.trace.requests
         apps, backlog, running, tiers = self.apps, self.backlog, self.running, self.tiers
+        fleet, scaling, arrived = self.fleet, self.fleet.scaling, self.arrived
         i = 0
         start = reqs[0].t if reqs else 0.0
         now = report_at = start
-        while i < len(reqs) or running:
+        tick = start if scaling is not None else math.inf
+        while i < len(reqs) or running or (scaling is not None and len(backlog)):
             now = min(
-                reqs[i].t if i < len(reqs) else math.inf, running[0][0] if running else math.inf
+                reqs[i].t if i < len(reqs) else math.inf,
+                running[0][0] if running else math.inf,
+                tick,
+                fleet.next_boot(),
             )
             while running and running[0][0] <= now:
                 _, _, runner, done = heapq.heappop(running)
                 self.nodes.release(runner)
                 self.touched.add(runner.worker.id)
+                self.busy_gpus -= runner.gpus
                 backlog.finish(done)
+                fleet.released(runner.worker, now)
+            fleet.boot(now)
             while i < len(reqs) and reqs[i].t <= now:
                 r = reqs[i]
                 if admit(r.tier, backlog.queued_in(r.tier), tiers):
-                    backlog.add(Job(str(i), r.tier, r.tenant, r.app, r.t, apps[r.app].num_gpus))
+                    job = Job(str(i), r.tier, r.tenant, r.app, r.t, apps[r.app].num_gpus)
+                    backlog.add(job)
+                    arrived[r.tier].append(job)
                 else:
                     self.shed[r.tier] += 1
                 i += 1
+            if scaling is not None and now >= tick:
+                want = min(scaling.size(self.view(now)), len(self.nodes.workers))
+                fleet.resize(max(want, 1 if len(backlog) else 0), now, backlog)
+                self.max_reserved = max_reserved(len(fleet.up) or 1)
+                tick += scaling.interval_s
             dispatch(now)
             if check is not None:
                 check(self, now)
@@ -482,15 +664,42 @@ class _Replay:
         cluster = self.trace.cluster
         makespan = max(now - start, 1e-9)
         gpus = cluster.workers * cluster.gpus_per_worker
+        fleet.account(now)
+        gpu_s = max(fleet.worker_s * cluster.gpus_per_worker, 1e-9)
         waits, shed = self.waits, self.shed
         span = self.window[1] - self.window[0]
         return RunStats(
             tiers={t.name: _tier_stats(t, waits[t.name], shed[t.name]) for t in self.tiers},
             cold_starts=self.cold_starts,
-            gpu_utilisation=self.busy_gpu_s / (gpus * makespan),
-            cold_start_gpu_share=self.cold_gpu_s / (gpus * makespan),
+            gpu_utilisation=self.busy_gpu_s / gpu_s,
+            cold_start_gpu_share=self.cold_gpu_s / gpu_s,
             makespan_s=makespan,
             window_utilisation=self.window_busy_gpu_s / (gpus * span) if span > 0 else 0.0,
+            gpu_hours=gpu_s / 3600.0,
+            workers_mean=fleet.worker_s / makespan,
+            workers_peak=fleet.peak,
+        )
+
+    def view(self, now: float) -> FleetView:
+        """The ``FleetView`` of this replay at ``now``."""
+        backlog = self.backlog
+        oldest = {}
+        for tier, order in self.arrived.items():
+            while order and not backlog.holds(order[0].id):
+                order.popleft()
+            if order:
+                oldest[tier] = now - order[0].enqueued_at
+        fleet = self.fleet
+        return FleetView(
+            now=now,
+            workers=len(fleet.up) + len(fleet.booting) - len(fleet.cancelled),
+            queued={t.name: backlog.queued_in(t.name) for t in self.tiers},
+            oldest_wait_s=oldest,
+            lanes=tuple(backlog.lane_depths()),
+            busy_gpus=self.busy_gpus,
+            idle=dict(self.nodes.idle_count),
+            service_s={app: total / n for app, (n, total) in self.service_sum.items()},
+            cold_start_s=self.cold_start_s,
         )
 
     def start(self, job: Job, runner: _Runner, cold: bool, now: float) -> None:
@@ -505,6 +714,10 @@ class _Replay:
         app = self.apps[job.app]
         run_s = self.service[int(job.id)]
         self.busy_gpu_s += run_s * app.num_gpus
+        self.busy_gpus += runner.gpus
+        measured = self.service_sum.setdefault(job.app, [0.0, 0.0])
+        measured[0] += 1
+        measured[1] += run_s
         cold_s = app.cold_start_s if cold else 0.0
         self.cold_starts += cold
         self.cold_gpu_s += cold_s * app.num_gpus
@@ -663,10 +876,13 @@ def simulate_per_worker(
     trace: Trace,
     progress: Callable[[float], None] | None = None,
     check: Callable[[_Replay, float], None] | None = None,
+    scaling: Scaling | None = None,
 ) -> RunStats:
     """Replay ``trace`` the way the live workers dispatch: each worker asks
     ``Backlog.pick_for_worker`` (warm affinity, reservations and draining) and runs what it gets
     itself. Every request runs to the end; ``progress`` and ``check`` as for ``simulate``.
+    With ``scaling``, an autoscaler sizes the fleet as the replay goes (``Scaling``), up to the
+    cluster's ``workers``; without, all of them serve throughout.
     """
-    replay = _Replay(trace)
+    replay = _Replay(trace, scaling)
     return replay.run(lambda now: replay.dispatch_workers(now), progress, check)

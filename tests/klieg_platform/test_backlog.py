@@ -22,7 +22,9 @@ from klieg_platform.scheduler import (
 from klieg_platform.simulator import (
     AppSpec,
     Cluster,
+    FleetView,
     Request,
+    Scaling,
     Trace,
     _Replay,
     simulate,
@@ -148,7 +150,7 @@ def _work_conserving(replay: _Replay, now: float) -> None:
     backlog = replay.backlog
     for w in replay.nodes.workers:
         avail = w.free + w.idle_gpus
-        if avail == 0 or str(w.id) in backlog.reserved:
+        if avail == 0 or not w.up or str(w.id) in backlog.reserved:
             continue
         fits = backlog.candidates(max_units=avail)
         assert not fits, f"t={now}: worker {w.id} has {avail} GPUs free, {fits[0][1]} waits"
@@ -162,6 +164,44 @@ def test_the_per_worker_replay_is_work_conserving_at_every_step(seed: int) -> No
     trace = _random_trace(random.Random(seed))
     stats = simulate_per_worker(trace, check=_work_conserving)
     assert sum(s.requests for s in stats.tiers.values()) == len(trace.requests)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_fleet_that_grows_and_shrinks_stays_work_conserving_and_loses_nothing(
+    seed: int,
+) -> None:
+    # an autoscaler that asks for a random size at every tick: workers boot, are cancelled
+    # while booting, retire with runners busy (and reservations held) and come back
+    rng = random.Random(seed)
+    trace = _random_trace(rng)
+    trace = Trace(Cluster(4, 4, *_rest(trace.cluster)), trace.requests)
+    asked: list[FleetView] = []
+
+    def size(view: FleetView) -> int:
+        asked.append(view)
+        return rng.randint(0, 4)
+
+    scaling = Scaling(size, interval_s=rng.choice([2.0, 7.0]), boot_s=rng.choice([0.0, 5.0]),
+                      initial=rng.randint(0, 4))  # fmt: skip
+
+    def check(replay: _Replay, now: float) -> None:
+        _work_conserving(replay, now)
+        fleet = replay.fleet
+        up = [w for w in replay.nodes.workers if w.up]
+        assert len(up) == len(fleet.up) and len(up) + len(fleet.retiring) <= 4
+        for w in replay.nodes.workers:
+            if not w.up:  # a worker that does not serve keeps no idle runner, no reservation
+                assert not w.idle and w.name not in replay.backlog.reserved
+
+    stats = simulate_per_worker(trace, check=check, scaling=scaling)
+    assert sum(s.requests for s in stats.tiers.values()) == len(trace.requests)
+    assert asked and all(v.queued.keys() == {"api", "free"} for v in asked)
+    assert 0 < stats.gpu_hours * 3600 <= 4 * 4 * stats.makespan_s + 1e-6
+    assert stats.workers_peak <= 4
+
+
+def _rest(cluster: Cluster) -> tuple[object, ...]:
+    return (cluster.tiers, cluster.apps, cluster.tenant_caps)
 
 
 def test_a_capped_apps_backlog_never_delays_another_apps_request() -> None:

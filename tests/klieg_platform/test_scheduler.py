@@ -631,6 +631,21 @@ def test_bench_prints_one_json_line(capsys: pytest.CaptureFixture[str], tmp_path
     assert replayed["policy"] == {**result["policy"], "wall_s": replayed["policy"]["wall_s"]}
 
 
+def test_the_autoscaler_in_the_loop_holds_the_slos_with_fewer_gpu_hours() -> None:
+    module = bench()
+    trace = module.generate(1.0, 256, 2, 0.4)
+    result = module.measure(trace, "load 0.4", 2, module.Autoscaling())
+    scaled = result["policy_autoscaled"]
+    assert sum(t["requests"] for t in scaled["tiers"].values()) == len(trace.requests)
+    figures = result["targets"]["autoscaled"]
+    assert set(figures["slo_attainment"]) == {t.name for t in DEFAULT_TIERS}
+    # 0.4 of the fleet's work: the fixed fleet of 32 workers idles much of the time; the
+    # autoscaled one meets the SLOs as well with far fewer GPU-hours
+    assert min(figures["slo_attainment"].values()) >= 0.95
+    assert figures["gpu_hours"] < 0.85 * figures["fixed_gpu_hours"]
+    assert figures["workers_mean"] < 28 and figures["workers_peak"] <= 32
+
+
 def test_jobs_of_a_function_at_max_concurrency_here_are_left_for_others() -> None:
     queues = {
         "free": [job("a1", "free", 0, app="a"), job("b1", "free", 1, app="b")],
