@@ -118,9 +118,17 @@ class _Entry:
 class App:
     """A named app: its environment (Python + requirements) and its functions and classes.
 
+    ``preload`` names the modules the zygote its runners fork from imports ahead of any cold
+    start (None: the third-party modules its code imports, found at deploy; ``[]``: none).
+    ``preload_code=True`` gives each revision a zygote of its own that also imports the
+    revision's code (the module-level code runs there, without the app's secrets; ``setup()``
+    still runs in each runner), so a cold start skips loading the code as well; a revision
+    whose zygote cannot start falls back to the env's zygote, then to a plain start.
+
     Example::
 
         app = klieg.App("digits", requirements=["torch==2.13.0"], python="3.11")
+        app = klieg.App("sdxl", requirements=["diffusers"], preload=["torch"], preload_code=True)
     """
 
     def __init__(
@@ -131,6 +139,7 @@ class App:
         python: str = "3.11",
         secrets: Sequence[str] = (),
         preload: Sequence[str] | None = None,
+        preload_code: bool = False,
     ) -> None:
         if not _NAME.match(name):
             raise KliegError(f"invalid app name {name!r}: use lowercase letters, digits, - and _")
@@ -148,6 +157,10 @@ class App:
         for module in self.preload or ():
             if (problem := module_name_problem(module)) is not None:
                 raise KliegError(problem)
+        if not isinstance(preload_code, bool):
+            raise KliegError(f"preload_code must be True or False, not {preload_code!r}")
+        self.preload_code = preload_code
+        """Whether each revision's zygote also imports the revision's code."""
         self._entries: list[_Entry] = []
 
     def function(
@@ -267,6 +280,7 @@ class App:
             functions=functions,
             secrets=self.secrets,
             preload=self.preload,
+            preload_code=self.preload_code,
         )
 
 

@@ -104,6 +104,10 @@ class AppSpec(BaseModel):
     """Modules the zygote its runners fork from imports ahead of any start (``torch``,
     ``numpy``); None: the third-party modules its code imports, filled in at deploy; ``()``:
     the runtime only."""
+    preload_code: bool = False
+    """Each revision gets a zygote of its own that also imports the revision's code (its
+    functions' modules, without running ``setup()``), so a runner forked from it skips loading
+    the code too; False: one zygote per env and ``preload``, shared by every revision on it."""
 
     @field_validator("preload")
     @classmethod

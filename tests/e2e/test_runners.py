@@ -53,6 +53,21 @@ def test_a_cold_start_forks_from_the_zygote_of_its_env(platform: Platform) -> No
     assert str(platform.home / "envs").encode() in cmdline[0]
 
 
+def test_a_revision_whose_own_zygote_refuses_forks_from_its_envs(platform: Platform) -> None:
+    """``preload_code=True`` with a module that starts a thread at import: the revision's zygote
+    refuses (logged), and the runner forks from the env's zygote, which ran none of its code."""
+    platform.deploy(TEST_APPS / "threadedcode" / "app.py")
+    with platform.http() as http:
+        served = http.post("/local/threadedcode", json={})
+        assert served.status_code == 200, served.text
+    where = served.json()
+    assert where["loaded_by"] == where["pid"]  # its runner imported the code itself
+    cmdline = Path(f"/proc/{where['ppid']}/cmdline").read_bytes().split(b"\0")
+    assert b"klieg._runtime.zygote" in cmdline and b"--code" not in cmdline, cmdline
+    log = (platform.home / "platform.log").read_text()
+    assert "a thread was started at import (poller)" in log
+
+
 def test_idle_runner_stops_after_keep_alive(platform: Platform) -> None:
     platform.deploy(TEST_APPS / "shortlived" / "app.py")
     with platform.http() as http:

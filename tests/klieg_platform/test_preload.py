@@ -83,3 +83,18 @@ def test_a_declared_preload_is_recorded_sorted_and_checked() -> None:
         klieg.App("s", preload=["torch nn"])
     with pytest.raises(ValueError, match="invalid module name"):
         AppSpec(name="t", preload=("1torch",))
+
+
+def test_preload_code_is_recorded_and_checked() -> None:
+    app = klieg.App("p", preload=["json"], preload_code=True)
+
+    @app.function()
+    def f(x: int) -> int:
+        return x
+
+    spec = app.spec()
+    assert spec.preload_code is True and spec.preload == ("json",)
+    assert klieg.App("q").spec().preload_code is False
+    assert AppSpec.model_validate({"name": "old"}).preload_code is False  # stored before it
+    with pytest.raises(KliegError, match="preload_code must be True or False, not 'yes'"):
+        klieg.App("s", preload_code="yes")  # type: ignore[arg-type]

@@ -5,11 +5,11 @@
 - Backoff: a function whose runner could not start is not restarted in a tight loop; for a
   doubling delay (per failed start, not per request: a batch fails together) its requests fail
   fast with the recorded ``SetupError``.
-- Zygotes: a start forks its runner from the zygote of the revision's env and preload
-  (``zygotes.py``) when there is one, else (zygotes off, or its zygote could not start or fork)
-  starts the env's interpreter; each round also starts, ahead of their first request, the
-  zygotes of aliased revisions of this worker's pools whose env is already here, while there is
-  room for them.
+- Zygotes: a start forks its runner from the revision's own zygote when it asked for one
+  (``preload_code``), else (or when that one could not start or fork) from the zygote of its
+  env and preload (``zygotes.py``), else (zygotes off, or none could) starts the env's
+  interpreter; each round also starts, ahead of their first request, the zygotes of aliased
+  revisions of this worker's pools whose env is already here, while there is room for them.
 - Keep warm: each housekeeping round, aliased functions below what they keep warm across the
   fleet (``max(min_concurrency, busy runners + concurrency_buffer)``, their scale overrides
   applied) get one runner started here, when this worker has room (no busy work displaced),
@@ -42,7 +42,7 @@ from klieg_platform.worker.code import CodeCache
 from klieg_platform.worker.process import RunnerKey, RunnerProcess, SetupFailed
 from klieg_platform.worker.revisions import Revisions
 from klieg_platform.worker.runners import RunnerSet, units, wanted
-from klieg_platform.worker.zygotes import ZygoteFailed, ZygoteKey, Zygotes, preload_key
+from klieg_platform.worker.zygotes import Zygote, ZygoteFailed, ZygoteKey, Zygotes, zygote_keys
 
 log = logging.getLogger("klieg.worker")
 
@@ -82,7 +82,7 @@ class Warmth:
         self._targets_at = -1e9
         self._warming: set[str] = set()
         self.zygotes = Zygotes(settings.zygotes, settings.run_dir)
-        self._zygote_targets: list[tuple[ZygoteKey, Path]] = []
+        self._zygote_targets: list[tuple[ZygoteKey, Revision]] = []
 
     # ---- cold starts ------------------------------------------------------------------
     def starter(
@@ -107,17 +107,8 @@ class Warmth:
         gpu_ids = runner.gpu_ids if self.runners.gpu_ids else None
         env = runner_env(gpu_ids, self.settings.base_url) | secrets
         python = self.packager.python(rev.env_key)
-        key = preload_key(rev.env_key, rev.spec.get("preload"))
-        zygote = await self.zygotes.get(key, python, self._zygote_env())
-        if zygote is not None:
-            try:
-                await runner.start(python, code_dir, spec_file, env, zygote)
-            except ZygoteFailed as exc:
-                log.warning(
-                    "could not fork from zygote pid %s (%s): a plain start", zygote.pid, exc
-                )
-                self.zygotes.failed(key)
-                zygote = None
+        keys = zygote_keys(rev.id, rev.env_key, rev.spec)
+        zygote = await self._fork(runner, keys, python, code_dir, spec_file, env)
         if zygote is None:
             await runner.start(python, code_dir, spec_file, env)
         how = f"forked from zygote pid {zygote.pid}" if zygote else "started"
@@ -125,28 +116,63 @@ class Warmth:
         cold_s = time.monotonic() - started
         await self.broker.stats.record_cold_start(fn.pool, f"{rev.owner}/{rev.app}", cold_s)
 
+    async def _fork(
+        self,
+        runner: RunnerProcess,
+        keys: list[ZygoteKey],
+        python: Path,
+        code_dir: Path,
+        spec_file: Path,
+        env: dict[str, str],
+    ) -> Zygote | None:
+        """Start ``runner`` forked from the first of ``keys``' zygotes that can fork it; None
+        when none could (zygotes off, paused, failed to start or to fork): a plain start."""
+        for key in keys:
+            own_code = code_dir if key.revision else None
+            zygote = await self.zygotes.get(key, python, self._zygote_env(), own_code)
+            if zygote is None:
+                continue
+            try:
+                await runner.start(python, code_dir, spec_file, env, zygote)
+            except ZygoteFailed as exc:
+                if self.zygotes.fork_failed(zygote):
+                    log.warning("could not fork from zygote pid %s of %s (%s)", zygote.pid,
+                                key.name(), exc)  # fmt: skip
+                else:
+                    log.info("zygote pid %s of %s was stopped with a fork in flight",
+                             zygote.pid, key.name())  # fmt: skip
+                continue
+            return zygote
+        return None
+
     def _zygote_env(self) -> dict[str, str]:
         """A zygote's environment: a runner's without GPU ids (each child sets its own before
-        first use) and without secrets (it runs no app code)."""
+        first use) and without secrets (it runs no app code but, where the app asks, its
+        revision's module-level code)."""
         env = runner_env(None, self.settings.base_url)
         env.pop("CUDA_VISIBLE_DEVICES", None)
         return env
 
     async def prestart_zygotes(self, background: Callable[[Awaitable[None]], None]) -> None:
-        """Start the zygotes of the keep-warm targets' envs present here, while there is room."""
-        for key, python in self._zygote_targets:
+        """Start the zygotes of the aliased revisions whose env is present here, while there is
+        room for them."""
+        for key, rev in self._zygote_targets:
             if self.zygotes.room() <= 0:
                 return
             if not self.zygotes.wanted(key):
                 continue
-            exists = await asyncio.to_thread(self.packager.exists, key[0])
+            exists = await asyncio.to_thread(self.packager.exists, key.env)
             if exists:
                 self.zygotes.reserve(key)
-                background(self._prestart(key, python))
+                background(self._prestart(key, rev))
 
-    async def _prestart(self, key: ZygoteKey, python: Path) -> None:
+    async def _prestart(self, key: ZygoteKey, rev: Revision) -> None:
         try:
-            await self.zygotes.get(key, python, self._zygote_env())
+            code_dir = None
+            if key.revision:
+                code_dir = await asyncio.to_thread(self.code.ensure, rev.code_hash)
+            python = self.packager.python(rev.env_key)
+            await self.zygotes.get(key, python, self._zygote_env(), code_dir)
         finally:
             self.zygotes.unreserve(key)
 
@@ -283,10 +309,8 @@ class Warmth:
         ]
         zygotes: dict[ZygoteKey, Revision] = {}
         for rev, _ in sorted(mine, key=lambda pair: -pair[0].created_at):  # newest first
-            zygotes.setdefault(preload_key(rev.env_key, rev.spec.get("preload")), rev)
-        self._zygote_targets = [
-            (key, self.packager.python(rev.env_key)) for key, rev in zygotes.items()
-        ]
+            zygotes.setdefault(zygote_keys(rev.id, rev.env_key, rev.spec)[0], rev)
+        self._zygote_targets = list(zygotes.items())
 
     async def _prewarm(self, rev: Revision, fn: FunctionSpec) -> None:
         key = f"{rev.id}/{fn.name}"

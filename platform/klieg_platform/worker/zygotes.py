@@ -2,12 +2,20 @@
 
 A cold start forked from a zygote skips the interpreter's start and the imports the app declared
 preloadable (``App(preload=[...])``, by default what its code imports), and its pages stay
-shared with its siblings until written. One zygote per (env key, preload) on this worker, started
-on first use (or ahead of it, for the aliased revisions whose env is here), at most
-``Settings.zygotes`` of them, the least recently used stopped past that or after
-``ZYGOTE_IDLE_S`` without a fork. A zygote that died is started again on the next cold start; one
-that could not start or refused (an accelerator initialised or a thread started at import) is
-not tried again for ``RETRY_S``, and its revisions start runners the plain way, logged once.
+shared with its siblings until written. One zygote per (env key, preload) on this worker, and
+one per revision for a revision that asks (``App(preload_code=True)``: it also imports the
+revision's own modules), started on first use (or ahead of it, for the aliased revisions whose
+env is here), at most ``Settings.zygotes`` of them, the least recently used stopped past that
+(one with a fork in flight last) or after ``ZYGOTE_IDLE_S`` without a fork. A stopped
+zygote's runners go on serving.
+
+Failures: one that could not start or refused (an accelerator initialised or a thread started
+at import) is not tried again for ``RETRY_S``; one that died after it said ready is started
+again on the next cold start, at once the first time, then, while each dies within
+``STABLE_S`` of its start, after a doubling pause (``DEATH_BACKOFF_S`` up to ``RETRY_S``). In
+the meantime its revisions start runners without it (a revision's own zygote falls back to its
+env's, an env's to a plain start), logged. A zygote this worker stopped itself (evicted) never
+counts as failed, even with a fork in flight.
 
 ``Zygote.fork`` hands the zygote the runner's end of its socketpair (SCM_RIGHTS) and returns a
 :class:`ForkedProcess`, the ``pid``/``returncode``/``wait()`` face ``RunnerProcess`` needs of a
@@ -26,9 +34,9 @@ import signal
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 log = logging.getLogger("klieg.worker")
 
@@ -37,11 +45,28 @@ UNKNOWN_EXIT = -256
 ZYGOTE_IDLE_S = 600.0
 """A zygote that forked nothing for this long is stopped."""
 RETRY_S = 300.0
-"""How long a zygote that could not start, or refused, is not tried again."""
+"""How long a zygote that could not start, or refused, is not tried again; the longest pause
+before a zygote that keeps dying is started again."""
 START_TIMEOUT_S = 120.0
 """How long a zygote may take to preload before it counts as failed."""
+STABLE_S = 60.0
+"""A zygote that dies within this long of its start died young: the next one waits longer."""
+DEATH_BACKOFF_S = 5.0
+"""The pause after the second young death in a row; it doubles with each further one."""
 
-ZygoteKey = tuple[str, tuple[str, ...]]  # (env key, modules to preload)
+
+class ZygoteKey(NamedTuple):
+    """What a zygote holds: an env's interpreter with ``preload`` imported and, for a revision
+    that asked (``revision`` set), that revision's own ``code`` modules too."""
+
+    env: str
+    preload: tuple[str, ...]
+    revision: str = ""
+    code: tuple[str, ...] = ()
+
+    def name(self) -> str:
+        """For logs and views: "env 0123456789ab", "revision rev-...", as it is."""
+        return f"revision {self.revision}" if self.revision else f"env {self.env[:12]}"
 
 
 class ZygoteFailed(Exception):
@@ -99,8 +124,13 @@ class Zygote:
         self.pid: int | None = None
         self.preloaded: list[str] = []
         self.failed: dict[str, str] = {}
-        self.last_used = time.monotonic()
+        self.started_at = self.last_used = time.monotonic()
         self.forks = 0
+        self.forking = 0
+        """Fork orders sent and not answered yet."""
+        self.retired = False
+        """Stopped by this worker (evicted, idle, the worker stopping): a fork that fails
+        because of it is no failure of the zygote's."""
         self._sock: socket.socket | None = None
         self._buffer = b""
         self._ready: asyncio.Future[dict[str, Any]] | None = None
@@ -111,17 +141,29 @@ class Zygote:
     def alive(self) -> bool:
         return self._sock is not None and self.proc is not None and self.proc.returncode is None
 
+    @property
+    def children(self) -> int:
+        """Runners forked from it that have not ended (as far as it has told)."""
+        return len(self._children)
+
+    def forked(self, child: object) -> bool:
+        """Whether ``child`` (a runner's process) is a live child of this zygote."""
+        return any(c is child for c in self._children.values())
+
     async def start(
         self, env: dict[str, str], cwd: Path, timeout_s: float = START_TIMEOUT_S
     ) -> None:
-        """Start the zygote and wait until it preloaded; ``ZygoteFailed`` says why not."""
+        """Start the zygote in ``cwd`` (a revision's code folder for a revision's zygote: its
+        modules import from there, as a runner's do) and wait until it preloaded;
+        ``ZygoteFailed`` says why not."""
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
         cwd.mkdir(parents=True, exist_ok=True)
+        code = ["--code", ",".join(self.key.code)] if self.key.code else []
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 str(self.python), "-m", "klieg._runtime.zygote", "--fd", str(theirs.fileno()),
-                "--preload", ",".join(self.key[1]),
+                "--preload", ",".join(self.key.preload), *code,
                 pass_fds=[theirs.fileno()], env=env, cwd=str(cwd), start_new_session=True,
             )  # fmt: skip
         except OSError as exc:
@@ -147,6 +189,7 @@ class Zygote:
         self.pid = int(hello["pid"])
         self.preloaded = list(hello.get("preloaded") or ())
         self.failed = dict(hello.get("failed") or {})
+        self.started_at = self.last_used = time.monotonic()
 
     async def fork(
         self, fd: int, code_dir: Path, spec_file: Path, env: dict[str, str]
@@ -159,12 +202,16 @@ class Zygote:
                  "cwd": str(code_dir), "env": env}  # fmt: skip
         waiter: asyncio.Future[ForkedProcess] = asyncio.get_running_loop().create_future()
         self._forks.append(waiter)
+        self.forking += 1
         try:
-            socket.send_fds(self._sock, [json.dumps(order).encode() + b"\n"], [fd])
-        except OSError as exc:  # a full buffer is as good as a dead zygote: fall back
-            self._forks.remove(waiter)
-            raise ZygoteFailed(f"could not reach the zygote: {exc}") from exc
-        child = await waiter
+            try:
+                socket.send_fds(self._sock, [json.dumps(order).encode() + b"\n"], [fd])
+            except OSError as exc:  # a full buffer is as good as a dead zygote: fall back
+                self._forks.remove(waiter)
+                raise ZygoteFailed(f"could not reach the zygote: {exc}") from exc
+            child = await waiter
+        finally:
+            self.forking -= 1
         self.last_used = time.monotonic()
         self.forks += 1
         return child
@@ -223,6 +270,7 @@ class Zygote:
 
     async def stop(self) -> None:
         """Stop the zygote (its runners go on: each ends with its own socket)."""
+        self.retired = True
         if self._sock is not None:
             self._gone()
         if self.proc is not None and self.proc.returncode is None:
@@ -240,15 +288,23 @@ class Zygotes:
     def __init__(self, limit: int, run_dir: Path) -> None:
         self.limit = limit
         self.cwd = run_dir / "zygote"
-        """Their working directory: empty, so ``-m`` puts nothing of an app's on sys.path."""
+        """The working directory of an env's zygote: empty, so ``-m`` puts nothing of an app's
+        on sys.path (a revision's zygote works in the revision's code folder)."""
         self._zygotes: OrderedDict[ZygoteKey, Zygote] = OrderedDict()
         self._locks: dict[ZygoteKey, asyncio.Lock] = {}
         self._failed: dict[ZygoteKey, float] = {}
+        """Keys not to start until then (monotonic): failed, refused or dying young."""
+        self._deaths: dict[ZygoteKey, int] = {}
+        """Deaths in a row, each within ``STABLE_S`` of its zygote's start (the first counts)."""
         self._reserved: set[ZygoteKey] = set()
         """Keys whose zygote is being started ahead of use (``reserve``)."""
 
     def __len__(self) -> int:
         return len(self._zygotes)
+
+    def running(self) -> list[Zygote]:
+        """The zygotes kept now, least recently used first."""
+        return list(self._zygotes.values())
 
     def usable(self, key: ZygoteKey) -> bool:
         """Whether a start of ``key`` may go through a zygote now."""
@@ -269,9 +325,12 @@ class Zygotes:
     def unreserve(self, key: ZygoteKey) -> None:
         self._reserved.discard(key)
 
-    async def get(self, key: ZygoteKey, python: Path, env: dict[str, str]) -> Zygote | None:
-        """The running zygote of ``key``, started (``env``: its environment) if need be; None
-        when zygotes are off or ``key``'s could not start (logged, not retried for RETRY_S)."""
+    async def get(
+        self, key: ZygoteKey, python: Path, env: dict[str, str], code_dir: Path | None = None
+    ) -> Zygote | None:
+        """The running zygote of ``key``, started (``env``: its environment; ``code_dir``: a
+        revision zygote's code folder) if need be; None when zygotes are off or ``key``'s is
+        paused or could not start (logged)."""
         if not self.usable(key):
             return None
         async with self._locks.setdefault(key, asyncio.Lock()):
@@ -280,47 +339,105 @@ class Zygotes:
                 self._zygotes.move_to_end(key)
                 return zygote
             if zygote is not None:
-                log.warning("zygote of env %s had died; starting it again", key[0][:12])
-                self._zygotes.pop(key, None)
+                await self._died(zygote)
             if not self.usable(key):
                 return None
             zygote = Zygote(key, python)
             started = time.monotonic()
             try:
-                await zygote.start(env, self.cwd)
+                await zygote.start(env, code_dir or self.cwd)
             except ZygoteFailed as exc:
                 self._failed[key] = time.monotonic() + RETRY_S
-                log.warning("zygote of env %s: %s; its runners start the plain way for %.0fs",
-                            key[0][:12], exc, RETRY_S)  # fmt: skip
+                log.warning("zygote of %s: %s; its runners start without it for %.0fs",
+                            key.name(), exc, RETRY_S)  # fmt: skip
                 return None
             for name, why in zygote.failed.items():
-                log.warning("zygote of env %s could not preload %s: %s", key[0][:12], name, why)
+                log.warning("zygote of %s could not preload %s: %s", key.name(), name, why)
             what = ", ".join(zygote.preloaded) or "the runtime only"
             took = time.monotonic() - started
-            log.info("zygote pid %s for env %s: preloaded %s in %.2fs", zygote.pid, key[0][:12],
+            log.info("zygote pid %s for %s: preloaded %s in %.2fs", zygote.pid, key.name(),
                      what, took)  # fmt: skip
             self._zygotes[key] = zygote
             while len(self._zygotes) > self.limit:
-                _, oldest = self._zygotes.popitem(last=False)
+                # the least recently used, one with a fork in flight only if all have one (its
+                # fork then falls back to a plain start, and the key is not marked failed)
+                idle = [z for z in self._zygotes.values() if not z.forking and z is not zygote]
+                oldest = idle[0] if idle else next(iter(self._zygotes.values()))
+                del self._zygotes[oldest.key]
                 await oldest.stop()
             return zygote
 
-    def failed(self, key: ZygoteKey) -> None:
-        """A fork through ``key``'s zygote failed: do not use it for RETRY_S."""
-        self._failed[key] = time.monotonic() + RETRY_S
+    def fork_failed(self, zygote: Zygote) -> bool:
+        """A fork through ``zygote`` failed. Whether that was the zygote's failure: not when this
+        worker stopped it (evicted with the fork in flight); a zygote that died counts as a
+        death (``STABLE_S``), one that is still up is not used for ``RETRY_S``."""
+        if zygote.retired:
+            return False
+        if not zygote.alive:
+            self._count_death(zygote)
+            return True
+        self._failed[zygote.key] = time.monotonic() + RETRY_S
+        return True
+
+    async def evict(self, zygote: Zygote) -> bool:
+        """Stop ``zygote``, unless a fork through it is in flight or it is no longer kept; its
+        runners go on serving."""
+        if zygote.forking or self._zygotes.get(zygote.key) is not zygote:
+            return False
+        del self._zygotes[zygote.key]
+        await zygote.stop()
+        return True
 
     async def reap(self, idle_s: float = ZYGOTE_IDLE_S) -> int:
-        """Stop zygotes that forked nothing for ``idle_s`` and those that died."""
+        """Stop zygotes that forked nothing for ``idle_s``; drop (and count) those that died."""
         now = time.monotonic()
-        gone = [k for k, z in self._zygotes.items() if not z.alive or now - z.last_used > idle_s]
-        for key in gone:
-            await self._zygotes.pop(key).stop()
-        return len(gone)
+        gone = 0
+        for zygote in list(self._zygotes.values()):
+            if not zygote.alive:
+                await self._died(zygote)
+            elif now - zygote.last_used > idle_s and not zygote.forking:
+                await self.evict(zygote)
+            else:
+                continue
+            gone += 1
+        return gone
+
+    async def _died(self, zygote: Zygote) -> None:
+        self._count_death(zygote)
+        await zygote.stop()
+
+    def _count_death(self, zygote: Zygote) -> None:
+        """``zygote`` died on its own: drop it; restart its key at once after a first death,
+        after a doubling pause after young deaths in a row (logged)."""
+        key = zygote.key
+        if self._zygotes.get(key) is not zygote:
+            return  # counted already
+        del self._zygotes[key]
+        code = zygote.proc.returncode if zygote.proc else None
+        how = f"died (exit {code})" if code is not None else "died"
+        young = time.monotonic() - zygote.started_at < STABLE_S
+        deaths = self._deaths[key] = self._deaths.get(key, 0) + 1 if young else 1
+        if deaths == 1:
+            log.warning("zygote pid %s of %s %s; it starts again with the next cold start",
+                        zygote.pid, key.name(), how)  # fmt: skip
+            return
+        pause = min(RETRY_S, DEATH_BACKOFF_S * 2 ** (deaths - 2))
+        self._failed[key] = time.monotonic() + pause
+        log.warning("zygote pid %s of %s %s, %d times in a row within %.0fs of its start; its "
+                    "runners start without it for %.0fs", zygote.pid, key.name(), how, deaths,
+                    STABLE_S, pause)  # fmt: skip
 
     def describe(self) -> list[dict[str, Any]]:
-        """Each zygote for the fleet views: env key, pid, what it preloaded, forks so far."""
-        return [{"env_key": z.key[0], "pid": z.pid, "preloaded": z.preloaded, "forks": z.forks,
-                 "alive": z.alive} for z in self._zygotes.values()]  # fmt: skip
+        """Each zygote for the fleet views: its env key (short), revision (None: the env's),
+        what it preloads and which of its revision's modules, pid, seconds since its last
+        fork, forks so far, live children."""
+        now = time.monotonic()
+        return [{
+            "env": z.key.env[:12], "revision": z.key.revision or None,
+            "preload": list(z.key.preload), "code": list(z.key.code), "pid": z.pid,
+            "idle_s": round(now - z.last_used, 1),
+            "forks": z.forks, "children": z.children,
+        } for z in self._zygotes.values()]  # fmt: skip
 
     async def stop_all(self) -> None:
         zygotes, self._zygotes = list(self._zygotes.values()), OrderedDict()
@@ -328,4 +445,18 @@ class Zygotes:
 
 
 def preload_key(env_key: str, preload: Sequence[str] | None) -> ZygoteKey:
-    return env_key, tuple(sorted(set(preload or ())))
+    """The key of the zygote an env shares across revisions with the same ``preload``."""
+    return ZygoteKey(env_key, tuple(sorted(set(preload or ()))))
+
+
+def zygote_keys(revision: str, env_key: str, spec: Mapping[str, Any]) -> list[ZygoteKey]:
+    """The zygotes a cold start of ``revision`` (its app ``spec`` as stored) may fork from, in
+    order: its own when it asked (``preload_code``: it also imports the modules its functions
+    live in), then its env's."""
+    shared = preload_key(env_key, spec.get("preload"))
+    functions = spec.get("functions") or ()
+    modules = sorted({str(f.get("module")) for f in functions
+                      if f.get("module") and f.get("module") != "__main__"})  # fmt: skip
+    if not spec.get("preload_code") or not modules:
+        return [shared]
+    return [shared._replace(revision=revision, code=tuple(modules)), shared]

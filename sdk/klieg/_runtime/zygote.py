@@ -1,20 +1,25 @@
-"""Zygote main: ``python -m klieg._runtime.zygote --fd N [--preload torch,numpy]``.
+"""Zygote main: ``python -m klieg._runtime.zygote --fd N [--preload torch,numpy] [--code app]``.
 
 A zygote is a process of an env's interpreter that has imported the runtime and the modules its
 apps declare as preloadable (with the collector off), frozen what it allocated
 (``gc.freeze()``), and then only forks: each runner it forks skips the interpreter start and
 those imports, and shares their pages with its siblings until it writes to them (the child
 turns the collector on and never unfreezes: its collections do not scan the frozen objects).
-It never runs app code, never sees a secret and never initialises an accelerator (a forked
-child cannot re-initialise CUDA): should a preloaded module do so at import, or start a thread
-(a fork copies only the forking thread, with whatever locks the others held), the zygote
-refuses to serve and exits.
+A revision's own zygote (``App(preload_code=True)``) also imports the revision's modules
+(``--code``, after the preloads, from its working directory, the revision's code folder, as a
+runner does), so its children find the app's code loaded; an env's zygote runs no app code.
+Neither sees a secret, and neither initialises an accelerator (a forked child cannot
+re-initialise CUDA): should an imported module do so at import, or start a thread (a fork
+copies only the forking thread, with whatever locks the others held), the zygote refuses to
+serve and exits. A module that fails to import is reported (``failed``) and left to the child,
+which imports it again and fails its setup with the error.
 
 Its control socket (fd N) carries JSON lines; a ``fork`` line comes with one file descriptor
 (SCM_RIGHTS), the runner's end of its own socketpair to the worker:
 
 - zygote -> worker, once: ``{"type": "ready", "pid", "preloaded": [...], "failed": {module:
-  error}}`` or ``{"type": "refused", "reason"}`` (then it exits);
+  error}}`` (``preloaded``: the ``--preload`` and ``--code`` modules that imported) or
+  ``{"type": "refused", "reason"}`` (then it exits);
 - worker -> zygote: ``{"type": "fork", "code", "spec", "cwd", "env": {...}}`` + the fd;
 - zygote -> worker: ``{"type": "forked", "pid"}`` per fork, in order, and ``{"type": "exited",
   "pid", "code"}`` when a child ends (``code`` as ``Popen.returncode``: -N for signal N).
@@ -39,6 +44,7 @@ import socket
 import sys
 import threading
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +76,7 @@ def accelerator_problem() -> str | None:
     return None
 
 
-def preload(modules: list[str]) -> tuple[list[str], dict[str, str]]:
+def preload(modules: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     """Import each of ``modules``; those that imported, and why the others did not."""
     done: list[str] = []
     failed: dict[str, str] = {}
@@ -147,13 +153,14 @@ def _reap(control: socket.socket) -> None:
         _send(control, {"type": "exited", "pid": pid, "code": code})
 
 
-def serve(control: socket.socket, modules: list[str]) -> int:
-    """Preload, then fork on order until the control socket closes. The collector is off
-    from the preload on (no collection leaves freed holes among the imports' objects for a
-    child to fill) and everything is frozen before the first fork: a child's collections,
-    full ones included, never touch the preloaded objects, so their pages stay shared."""
+def serve(control: socket.socket, modules: Sequence[str], code: Sequence[str] = ()) -> int:
+    """Preload ``modules``, then the revision's ``code`` modules, then fork on order until the
+    control socket closes. The collector is off from the preload on (no collection leaves
+    freed holes among the imports' objects for a child to fill) and everything is frozen before
+    the first fork: a child's collections, full ones included, never touch the preloaded
+    objects, so their pages stay shared."""
     gc.disable()
-    done, failed = preload(modules)
+    done, failed = preload([*modules, *code])
     problem = accelerator_problem()
     if problem is not None:
         _send(control, {"type": "refused", "reason": problem})
@@ -200,11 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="klieg-zygote")
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--preload", default="", help="modules to import, comma-separated")
+    parser.add_argument("--code", default="", help="the revision's modules, imported last")
     args = parser.parse_args(argv)
     control = socket.socket(fileno=args.fd)
     modules = [m for m in args.preload.split(",") if m]
     try:
-        return serve(control, modules)
+        return serve(control, modules, [m for m in args.code.split(",") if m])
     except (BrokenPipeError, ConnectionResetError):
         return 0
 

@@ -17,8 +17,17 @@ from typing import Any
 import pytest
 
 from klieg.types import FunctionSpec
+from klieg_platform.worker import zygotes as zygotes_module
 from klieg_platform.worker.process import RunnerProcess, exit_text
-from klieg_platform.worker.zygotes import UNKNOWN_EXIT, Zygote, ZygoteFailed, Zygotes
+from klieg_platform.worker.zygotes import (
+    UNKNOWN_EXIT,
+    Zygote,
+    ZygoteFailed,
+    ZygoteKey,
+    Zygotes,
+    preload_key,
+    zygote_keys,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,6 +46,9 @@ APP = textwrap.dedent(
         n: int = 0
 
 
+    LOADED_BY = os.getpid()  # the process that imported this module
+
+
     @app.function()
     @klieg.endpoint("/")
     def where(req: In) -> dict:
@@ -45,7 +57,7 @@ APP = textwrap.dedent(
             "frozen": gc.get_freeze_count(), "gc": gc.isenabled(),
             "pid": os.getpid(), "ppid": os.getppid(), "cwd": os.getcwd(), "path0": sys.path[0],
             "secret": os.environ.get("APP_SECRET"), "random": random.random(),
-            "preloaded": "json" in sys.modules, "sid": os.getsid(0),
+            "preloaded": "json" in sys.modules, "sid": os.getsid(0), "loaded_by": LOADED_BY,
         }
     """
 )
@@ -94,7 +106,7 @@ def test_a_forked_runner_serves_in_its_own_env_cwd_and_session(
     tmp_path: Path, code: tuple[Path, Path]
 ) -> None:
     async def scenario() -> None:
-        zygote = Zygote(("env", ("json", "no_such_module")), Path(sys.executable))
+        zygote = Zygote(ZygoteKey("env", ("json", "no_such_module")), Path(sys.executable))
         await zygote.start(zygote_env(), tmp_path / "zcwd")
         assert zygote.preloaded == ["json"]
         assert "ModuleNotFoundError" in zygote.failed["no_such_module"]
@@ -125,7 +137,7 @@ def test_runners_outlive_their_zygote_and_a_dead_zygote_is_started_again(
 ) -> None:
     async def scenario() -> None:
         zygotes = Zygotes(2, tmp_path / "run")
-        key = ("env", ())
+        key = ZygoteKey("env", ())
         zygote = await zygotes.get(key, Path(sys.executable), zygote_env())
         assert zygote is not None and zygote.pid is not None
         runner = await fork(zygote, code)
@@ -151,13 +163,13 @@ def test_runners_outlive_their_zygote_and_a_dead_zygote_is_started_again(
 def test_the_least_recently_used_zygote_is_stopped_past_the_limit(tmp_path: Path) -> None:
     async def scenario() -> None:
         zygotes = Zygotes(1, tmp_path / "run")
-        first = await zygotes.get(("a", ()), Path(sys.executable), zygote_env())
-        second = await zygotes.get(("b", ()), Path(sys.executable), zygote_env())
+        first = await zygotes.get(ZygoteKey("a", ()), Path(sys.executable), zygote_env())
+        second = await zygotes.get(ZygoteKey("b", ()), Path(sys.executable), zygote_env())
         assert first is not None and second is not None
         assert not first.alive and second.alive and len(zygotes) == 1
         assert zygotes.room() == 0
         await zygotes.stop_all()
-        assert await Zygotes(0, tmp_path).get(("a", ()), Path(sys.executable), {}) is None
+        assert await Zygotes(0, tmp_path).get(ZygoteKey("a", ()), Path(sys.executable), {}) is None
 
     asyncio.run(scenario())
 
@@ -180,7 +192,7 @@ def test_a_zygote_that_started_a_thread_or_cuda_refuses_and_is_not_retried(
 
     async def scenario() -> None:
         zygotes = Zygotes(2, tmp_path / "run")
-        key = ("env", ("torch",))
+        key = ZygoteKey("env", ("torch",))
         env = zygote_env(PYTHONPATH=str(tmp_path / "lib"))
         zygote = Zygote(key, Path(sys.executable))
         with pytest.raises(ZygoteFailed, match=re.escape(reason)):
@@ -196,7 +208,7 @@ def test_a_fork_order_without_its_descriptor_is_ignored(tmp_path: Path) -> None:
     """The zygote reads orders as JSON lines; one that came without an fd forks nothing."""
 
     async def scenario() -> None:
-        zygote = Zygote(("env", ()), Path(sys.executable))
+        zygote = Zygote(ZygoteKey("env", ()), Path(sys.executable))
         await zygote.start(zygote_env(), tmp_path / "zcwd")
         assert zygote._sock is not None
         zygote._sock.send(json.dumps({"type": "fork"}).encode() + b"\n")
@@ -213,7 +225,7 @@ def test_a_forked_runner_that_fails_setup_reports_it(
     (code[0] / "app.py").write_text("raise RuntimeError('no weights')\n")
 
     async def scenario() -> None:
-        zygote = Zygote(("env", ()), Path(sys.executable))
+        zygote = Zygote(ZygoteKey("env", ()), Path(sys.executable))
         await zygote.start(zygote_env(), tmp_path / "zcwd")
         runner = RunnerProcess(("rev", "where"), SPEC)
         with pytest.raises(Exception, match="no weights"):
@@ -221,5 +233,123 @@ def test_a_forked_runner_that_fails_setup_reports_it(
         assert runner.proc is not None and await runner.proc.wait() in (1, -signal.SIGKILL)
         assert zygote.alive
         await zygote.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_revision_zygote_imports_the_revisions_code_and_its_runners_skip_loading_it(
+    tmp_path: Path, code: tuple[Path, Path]
+) -> None:
+    """``App(preload_code=True)``: the zygote imports the revision's modules from its code
+    folder, so the module a runner forked from it serves was loaded by the zygote (once for
+    all its runners); an env's zygote imports nothing of the app."""
+    functions = [{"module": "app"}, {"module": "__main__"}, {"module": "app"}]
+    spec = {"preload": ["json"], "preload_code": True, "functions": functions}
+    own, shared = zygote_keys("rev-1", "env", spec)
+    assert own == ZygoteKey("env", ("json",), "rev-1", ("app",))
+    assert shared == ZygoteKey("env", ("json",)) == preload_key("env", ["json", "json"])
+    assert zygote_keys("rev-1", "env", {**spec, "preload_code": False}) == [shared]
+
+    async def scenario() -> None:
+        zygotes = Zygotes(2, tmp_path / "run")
+        revision = await zygotes.get(own, Path(sys.executable), zygote_env(), code[0])
+        env = await zygotes.get(shared, Path(sys.executable), zygote_env())
+        assert revision is not None and env is not None
+        assert revision.preloaded == ["json", "app"] and env.preloaded == ["json"]
+        forked, plain = await fork(revision, code), await fork(env, code)
+        one, two = await call(forked), await call(plain)
+        assert one["loaded_by"] == revision.pid and one["ppid"] == revision.pid
+        assert two["loaded_by"] == plain.pid and two["ppid"] == env.pid
+        assert one["cwd"] == one["path0"] == str(code[0])
+        assert [(z["revision"], z["code"]) for z in zygotes.describe()] == [
+            ("rev-1", ["app"]), (None, []),
+        ]  # fmt: skip
+        for runner in (forked, plain):
+            await runner.stop()
+        await zygotes.stop_all()
+
+    asyncio.run(scenario())
+
+
+async def _killed(zygote: Zygote) -> None:
+    assert zygote.pid is not None
+    os.kill(zygote.pid, signal.SIGKILL)
+    for _ in range(200):
+        if not zygote.alive:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the zygote did not die")
+
+
+def test_a_zygote_that_keeps_dying_young_is_restarted_after_a_doubling_pause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first death restarts at once; each further death within STABLE_S of its start
+    pauses the key (plain starts meanwhile) for DEATH_BACKOFF_S, then twice that, capped at
+    RETRY_S; a zygote that lived past STABLE_S before it died starts the count again."""
+    monkeypatch.setattr(zygotes_module, "DEATH_BACKOFF_S", 0.4)
+    monkeypatch.setattr(zygotes_module, "RETRY_S", 0.6)
+    caplog.set_level("WARNING", logger="klieg.worker")
+    key, python = ZygoteKey("env", ()), Path(sys.executable)
+
+    async def scenario() -> None:
+        zygotes = Zygotes(2, tmp_path / "run")
+        first = await zygotes.get(key, python, zygote_env())
+        assert first is not None
+        await _killed(first)
+        second = await zygotes.get(key, python, zygote_env())  # a first death: at once
+        assert second is not None and second is not first
+        await _killed(second)
+        assert await zygotes.get(key, python, zygote_env()) is None  # young twice: paused
+        assert not zygotes.usable(key) and len(zygotes) == 0
+        assert "2 times in a row" in caplog.text and "without it for 0s" in caplog.text
+        await asyncio.sleep(0.45)
+        third = await zygotes.get(key, python, zygote_env())
+        assert third is not None
+        await _killed(third)
+        assert await zygotes.reap() == 1  # housekeeping finds it dead: counted once
+        assert not zygotes.usable(key)
+        await asyncio.sleep(0.45)
+        assert not zygotes.usable(key)  # 0.8 s, capped at RETRY_S = 0.6
+        await asyncio.sleep(0.2)
+        assert zygotes.usable(key)
+        monkeypatch.setattr(zygotes_module, "STABLE_S", 0.0)  # the next one lived long enough
+        fourth = await zygotes.get(key, python, zygote_env())
+        assert fourth is not None
+        await _killed(fourth)
+        fifth = await zygotes.get(key, python, zygote_env())
+        assert fifth is not None and fifth.alive
+        await zygotes.stop_all()
+
+    asyncio.run(scenario())
+
+
+def test_a_zygote_stopped_with_a_fork_in_flight_is_not_marked_failed(
+    tmp_path: Path, code: tuple[Path, Path]
+) -> None:
+    """A zygote that cannot answer (stopped with SIGSTOP) holds a fork in flight: the memory
+    budget does not evict it; past the count limit it goes last, and the fork it fails falls
+    back without pausing its key."""
+    python = Path(sys.executable)
+
+    async def scenario() -> None:
+        zygotes = Zygotes(1, tmp_path / "run")
+        key = ZygoteKey("a", ())
+        zygote = await zygotes.get(key, python, zygote_env())
+        assert zygote is not None and zygote.pid is not None
+        os.kill(zygote.pid, signal.SIGSTOP)
+        forking = asyncio.create_task(fork(zygote, code))
+        while not zygote.forking:
+            await asyncio.sleep(0.01)
+        assert not await zygotes.evict(zygote) and zygote.alive
+        other = await zygotes.get(ZygoteKey("b", ()), python, zygote_env())  # over the limit
+        assert other is not None and not zygote.alive and zygote.retired
+        with pytest.raises(ZygoteFailed):
+            await forking
+        assert not zygotes.fork_failed(zygote)
+        assert zygotes.usable(key) and zygotes.wanted(key)
+        assert zygotes.fork_failed(other) is True  # a live zygote whose fork failed: paused
+        assert not zygotes.usable(other.key)
+        await zygotes.stop_all()
 
     asyncio.run(scenario())
