@@ -21,6 +21,32 @@ a small part of the records it points to (which are kept as long anyway)."""
 HISTORY_GRACE_S = 3600
 """How much longer than ``result_ttl_s`` after its enqueue a request stays in its tenant's
 history: time for it to wait and run before its record's TTL starts."""
+MEMORY_SHARE = 0.75
+"""Default of ``Settings.worker_memory_mb``: this share of the machine's memory (the worker, its
+uploads and the page cache keep the rest)."""
+
+
+def machine_memory_bytes(
+    meminfo: Path = Path("/proc/meminfo"), cgroup: Path = Path("/sys/fs/cgroup")
+) -> int:
+    """The memory this machine (or container) has: ``MemTotal``, or the cgroup's limit where
+    that is lower (v2 ``memory.max``, v1 ``memory.limit_in_bytes``); 0 when none is readable."""
+    total = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                total = int(line.split()[1]) * 1024
+    for limit in (cgroup / "memory.max", cgroup / "memory" / "memory.limit_in_bytes"):
+        with contextlib.suppress(OSError):
+            text = limit.read_text().strip()
+            if text.isdigit() and (not total or int(text) < total):
+                total = int(text)
+    return total
+
+
+def default_worker_memory_mb() -> int:
+    """``MEMORY_SHARE`` of the machine's memory, in MiB (0, no budget, when it is unknown)."""
+    return int(machine_memory_bytes() * MEMORY_SHARE) >> 20
 
 
 @dataclass(frozen=True)
@@ -79,8 +105,13 @@ class Settings:
     heartbeat Redis took (Kubernetes exec probes read their age); None: nowhere."""
     setup_backoff_s: float = 5.0
     zygotes: int = 2
-    """Zygotes a worker keeps (``worker/zygotes.py``): preloaded processes its cold starts fork
-    runners from; 0: every runner starts its own interpreter."""
+    """Zygotes a worker keeps at most (``worker/zygotes.py``): preloaded processes its cold
+    starts fork runners from; 0: every runner starts its own interpreter. A bound on processes
+    beside the memory budget's bound on bytes."""
+    worker_memory_mb: int = field(default_factory=default_worker_memory_mb)
+    """The memory a worker's runners and zygotes may keep, in MiB (``worker/memory.py``): idle
+    ones are stopped, least recently used first, to stay under it; 0: no budget. Default:
+    ``MEMORY_SHARE`` of the machine's (or its cgroup's) memory (``KLIEG_WORKER_MEMORY_MB``)."""
     inline_payload_bytes: int = 256 * 1024
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -186,6 +217,11 @@ class Settings:
             probe_dir=Path(env["KLIEG_PROBE_DIR"]) if env.get("KLIEG_PROBE_DIR") else None,
             setup_backoff_s=float(env.get("KLIEG_SETUP_BACKOFF_S", "5")),
             zygotes=int(env.get("KLIEG_ZYGOTES", "2")),
+            worker_memory_mb=_count(
+                env.get("KLIEG_WORKER_MEMORY_MB"),
+                "KLIEG_WORKER_MEMORY_MB",
+                default_worker_memory_mb(),
+            ),
             inline_payload_bytes=int(env.get("KLIEG_INLINE_PAYLOAD_BYTES", str(256 * 1024))),
             tls_cert=Path(env["KLIEG_TLS_CERT"]) if env.get("KLIEG_TLS_CERT") else None,
             tls_key=Path(env["KLIEG_TLS_KEY"]) if env.get("KLIEG_TLS_KEY") else None,

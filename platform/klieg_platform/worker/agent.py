@@ -253,7 +253,7 @@ class Worker:
                 if requeued:
                     log.warning("requeued %d requests with expired leases", requeued)
                 await self.runners.reap_idle(self._peers.runners, self._peers.busy)
-                await self.warmth.zygotes.reap()
+                await self.warmth.tidy()
                 mine = self.runners.runners
                 warm = [self.revisions.app_key(r.key[0]) for r in mine]
                 self._peers = await self.broker.workers.heartbeat(

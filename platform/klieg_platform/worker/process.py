@@ -64,11 +64,13 @@ class RunnerProcess:
         self.serving: tuple[str, ...] = ()
         self.gpu_ids: tuple[int, ...] = ()
         self.calls = 0
+        """Requests and batches sent to it so far (0: started for the one acquiring it now)."""
         self.setup_s: float | None = None
         """How long its app's setup() took (once ready)."""
         self.app = ""
         """The "owner/app" of its revision (set when it starts), for the fleet views."""
-        """Requests and batches sent to it so far (0: started for the one acquiring it now)."""
+        self.memory_bytes: int | None = None
+        """Its proportional set size when last measured (``memory.py``)."""
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 

@@ -129,10 +129,24 @@ class RunnerSet:
         if free < need:
             return False
         for victim in chosen:
-            self._remove(victim)
-            task = asyncio.create_task(victim.stop())
-            self._stopping[task] = (f"{victim.key[0]}/{victim.key[1]}", victim.app)
-            task.add_done_callback(lambda t: self._stopping.pop(t, None))
+            self._stop_in_background(victim)
+        return True
+
+    def _stop_in_background(self, runner: RunnerProcess) -> None:
+        """Take ``runner`` out of the set and stop it; it shows as ``stopping`` until it did."""
+        self._remove(runner)
+        task = asyncio.create_task(runner.stop())
+        self._stopping[task] = (f"{runner.key[0]}/{runner.key[1]}", runner.app)
+        task.add_done_callback(lambda t: self._stopping.pop(t, None))
+
+    async def evict(self, runner: RunnerProcess) -> bool:
+        """Stop ``runner`` if it is still here and idle (the memory budget's pick); False when
+        it went busy or away meanwhile."""
+        async with self._cond:
+            if runner.busy or all(r is not runner for r in self.runners):
+                return False
+            self._stop_in_background(runner)
+            self._cond.notify_all()
         return True
 
     def _free_gpus(self, spec: FunctionSpec) -> tuple[int, ...]:

@@ -10,6 +10,10 @@
   env and preload (``zygotes.py``), else (zygotes off, or none could) starts the env's
   interpreter; each round also starts, ahead of their first request, the zygotes of aliased
   revisions of this worker's pools whose env is already here, while there is room for them.
+- Memory (``memory.py``): a cold start first makes room under the worker's memory budget for
+  what its runner (and zygote) took last time, stopping idle runners and zygotes least recently
+  used first; each round (``tidy``) measures and trims the same way; prewarming starts only
+  what fits.
 - Keep warm: each housekeeping round, aliased functions below what they keep warm across the
   fleet (``max(min_concurrency, busy runners + concurrency_buffer)``, their scale overrides
   applied) get one runner started here, when this worker has room (no busy work displaced),
@@ -39,6 +43,7 @@ from klieg_platform.config import Settings
 from klieg_platform.packager import LockedEnv, Packager
 from klieg_platform.registry import Registry, Revision
 from klieg_platform.worker.code import CodeCache
+from klieg_platform.worker.memory import MEASURE_EVERY_S, Memory
 from klieg_platform.worker.process import RunnerKey, RunnerProcess, SetupFailed
 from klieg_platform.worker.revisions import Revisions
 from klieg_platform.worker.runners import RunnerSet, units, wanted
@@ -82,6 +87,7 @@ class Warmth:
         self._targets_at = -1e9
         self._warming: set[str] = set()
         self.zygotes = Zygotes(settings.zygotes, settings.run_dir)
+        self.memory = Memory(settings.worker_memory_mb * 2**20, runners, self.zygotes)
         self._zygote_targets: list[tuple[ZygoteKey, Revision]] = []
 
     # ---- cold starts ------------------------------------------------------------------
@@ -108,6 +114,8 @@ class Warmth:
         env = runner_env(gpu_ids, self.settings.base_url) | secrets
         python = self.packager.python(rev.env_key)
         keys = zygote_keys(rev.id, rev.env_key, rev.spec)
+        need = self._memory_needed(runner.key, keys)
+        await self.memory.make_room(need, f"a cold start of {rev.id}/{fn.name}", keys)
         zygote = await self._fork(runner, keys, python, code_dir, spec_file, env)
         if zygote is None:
             await runner.start(python, code_dir, spec_file, env)
@@ -115,6 +123,12 @@ class Warmth:
         log.info("%s: runner pid %s for %s/%s", how, runner.pid, rev.id, fn.name)
         cold_s = time.monotonic() - started
         await self.broker.stats.record_cold_start(fn.pool, f"{rev.owner}/{rev.app}", cold_s)
+
+    def _memory_needed(self, key: RunnerKey, zygotes: list[ZygoteKey]) -> int:
+        """What a new runner of ``key`` is likely to take, with the first of ``zygotes`` that
+        may be used when it has to start."""
+        first = next((k for k in zygotes if self.zygotes.usable(k)), None)
+        return self.memory.expected(key) + self.memory.expected_zygote(first)
 
     async def _fork(
         self,
@@ -145,6 +159,13 @@ class Warmth:
             return zygote
         return None
 
+    async def tidy(self) -> None:
+        """Housekeeping: stop idle and dead zygotes, measure what runners and zygotes take,
+        and bring it back under the memory budget."""
+        await self.zygotes.reap()
+        await self.memory.measure(MEASURE_EVERY_S)
+        await self.memory.make_room(0, "housekeeping", fresh_s=MEASURE_EVERY_S)
+
     def _zygote_env(self) -> dict[str, str]:
         """A zygote's environment: a runner's without GPU ids (each child sets its own before
         first use) and without secrets (it runs no app code but, where the app asks, its
@@ -155,11 +176,13 @@ class Warmth:
 
     async def prestart_zygotes(self, background: Callable[[Awaitable[None]], None]) -> None:
         """Start the zygotes of the aliased revisions whose env is present here, while there is
-        room for them."""
+        room for them (in count, and in memory without stopping anything)."""
         for key, rev in self._zygote_targets:
             if self.zygotes.room() <= 0:
                 return
-            if not self.zygotes.wanted(key):
+            if not self.zygotes.wanted(key) or not self.memory.fits(
+                self.memory.expected_zygote(key)
+            ):
                 continue
             exists = await asyncio.to_thread(self.packager.exists, key.env)
             if exists:
@@ -285,6 +308,11 @@ class Warmth:
             free = self.runners.slots - self.runners.used()
             if key in self._warming or free < units(fn) or busy + units(fn) > self.runners.slots:
                 continue
+            needed = self._memory_needed(
+                (rev.id, fn.name), zygote_keys(rev.id, rev.env_key, rev.spec)
+            )
+            if not self.memory.fits(needed):
+                continue  # stopping idle runners to keep this one warm could evict in turn
             # one claim per (function, runner count): two workers seeing the same count start
             # one runner between them, and the next runner is claimed as soon as it is seen
             if await self.broker.claims.claim(keys.prewarm(f"{key}#{total}"), worker_id, 10):

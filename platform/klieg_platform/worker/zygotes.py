@@ -6,8 +6,8 @@ shared with its siblings until written. One zygote per (env key, preload) on thi
 one per revision for a revision that asks (``App(preload_code=True)``: it also imports the
 revision's own modules), started on first use (or ahead of it, for the aliased revisions whose
 env is here), at most ``Settings.zygotes`` of them, the least recently used stopped past that
-(one with a fork in flight last) or after ``ZYGOTE_IDLE_S`` without a fork. A stopped
-zygote's runners go on serving.
+(one with a fork in flight last), after ``ZYGOTE_IDLE_S`` without a fork, or by the worker's
+memory budget (``memory.py``). A stopped zygote's runners go on serving.
 
 Failures: one that could not start or refused (an accelerator initialised or a thread started
 at import) is not tried again for ``RETRY_S``; one that died after it said ready is started
@@ -131,6 +131,8 @@ class Zygote:
         self.retired = False
         """Stopped by this worker (evicted, idle, the worker stopping): a fork that fails
         because of it is no failure of the zygote's."""
+        self.memory_bytes: int | None = None
+        """Its proportional set size when last measured (``memory.py``)."""
         self._sock: socket.socket | None = None
         self._buffer = b""
         self._ready: asyncio.Future[dict[str, Any]] | None = None
@@ -380,8 +382,8 @@ class Zygotes:
         return True
 
     async def evict(self, zygote: Zygote) -> bool:
-        """Stop ``zygote``, unless a fork through it is in flight or it is no longer kept; its
-        runners go on serving."""
+        """Stop ``zygote`` to free its memory, unless a fork through it is in flight or it is
+        no longer kept; its runners go on serving."""
         if zygote.forking or self._zygotes.get(zygote.key) is not zygote:
             return False
         del self._zygotes[zygote.key]
