@@ -104,15 +104,31 @@ def cmd_workers(args: argparse.Namespace) -> int:
     for w in found:
         flags = "  draining" if w["draining"] else ""
         gpus = f"  gpus {','.join(map(str, w['gpu_ids']))}" if w["gpu_ids"] else ""
+        memory = w.get("memory") or {}
+        budget = memory.get("budget_bytes") or 0
+        used = f"  memory {_mib(memory.get('used_bytes'))}" + (f"/{_mib(budget)}" if budget else "")
         print(
             f"{w['id']}  pools {','.join(w['pools'])}  slots {w['slots_held']}/{w['slots']}"
-            f"{gpus}  cold starts {w['cold_starts']}  seen {w['seen_s_ago']}s ago{flags}"
+            f"{gpus}{used}  cold starts {w['cold_starts']}  seen {w['seen_s_ago']}s ago{flags}"
         )
         for r in w["runners"]:
             idle = f" {r['idle_s']}s" if r["state"] == "idle" else ""
             held = f"  gpus {','.join(map(str, r['gpus']))}" if r["gpus"] else ""
-            print(f"    {r['function']}  {r['state']}{idle}{held}")
+            size = f"  {_mib(r['memory_bytes'])}" if r.get("memory_bytes") else ""
+            print(f"    {r['function']}  {r['state']}{idle}{held}{size}")
+        for z in w.get("zygotes", []):
+            what = f"revision {z['revision']}" if z.get("revision") else f"env {z['env']}"
+            size = f"  {_mib(z['memory_bytes'])}" if z.get("memory_bytes") else ""
+            code = f"  code {','.join(z['code'])}" if z.get("code") else ""
+            print(
+                f"    zygote of {what}  pid {z['pid']}{size}  preload "
+                f"{','.join(z['preload']) or '-'}{code}  idle {z['idle_s']}s  forks {z['forks']}"
+            )
     return 0
+
+
+def _mib(n: int | None) -> str:
+    return f"{(n or 0) / 2**20:.0f} MiB"
 
 
 def cmd_runners(args: argparse.Namespace) -> int:

@@ -2,8 +2,9 @@
 
 Each worker writes its heartbeat document (pools, slots, the apps it holds warm, the
 "revision/function" of its idle runners and of all its runners, ``seen_ms``, and for the fleet
-views each runner's state, its cold starts, GPU ids and whether it drains) every housekeeping
-round; a worker not heard from in ``WORKER_FRESH_S`` is taken for gone.
+views each runner's state, its zygotes, its memory budget and use, its cold starts, GPU ids and
+whether it drains) every housekeeping round; a worker not heard from in ``WORKER_FRESH_S`` is
+taken for gone.
 """
 
 from __future__ import annotations
@@ -57,16 +58,20 @@ class Membership:
         cold_starts: int = 0,
         gpu_ids: Sequence[int] = (),
         draining: bool = False,
+        zygotes: Sequence[Mapping[str, Any]] = (),
+        memory: Mapping[str, Any] | None = None,
     ) -> Peers:
         """A worker says it is alive: its pools, its slots, the apps it holds warm, and the
         "revision/function" of its idle runners and of all its runners; for the fleet views
-        also each runner's ``detail`` (``RunnerSet.describe``), its cold starts so far, its GPU
-        ids and whether it drains. Returns what the other live workers hold."""
+        also each runner's ``detail`` (``RunnerSet.describe``), its ``zygotes``
+        (``Zygotes.describe``), its ``memory`` budget and use (``Memory.describe``), its cold
+        starts so far, its GPU ids and whether it drains. Returns what the other live workers
+        hold."""
         doc = {
             "pools": list(pools), "slots": slots, "warm": sorted(set(warm)),
             "idle": sorted(set(idle)), "runners": list(runners), "seen_ms": now_ms(),
             "detail": list(detail), "cold_starts": cold_starts, "gpu_ids": list(gpu_ids),
-            "draining": draining,
+            "draining": draining, "zygotes": list(zygotes), "memory": dict(memory or {}),
         }  # fmt: skip
         await self.redis.hset(keys.WORKERS, worker_id, json.dumps(doc))
         peers = Peers()

@@ -2,9 +2,12 @@
 
 GET /workers   every live worker: pools, slots (total, held by runners, busy), GPU ids and what
                holds each, whether it drains, cold starts so far, when it was last heard from,
-               and each runner's "revision/function", state, idle time and the GPUs it holds
+               its memory budget and use, each runner's "revision/function", state, idle time,
+               memory and the GPUs it holds, and each zygote's env (short key) or revision,
+               preload, pid, memory, idle time, forks and live children
 GET /pools     per pool: live workers, slots (held by runners, busy, free), runners by state,
-               and per tier the requests waiting and the oldest one's wait
+               zygotes (how many, their memory), and per tier the requests waiting and the
+               oldest one's wait
 GET /runners   every runner, with its worker, app, revision and function, state and idle time;
                ``?app=name`` (or ``owner/name``) only that app's
 
@@ -39,6 +42,9 @@ def _operator(request: Request) -> None:
         raise PermissionDeniedError("the fleet views are for an admin tenant")
 
 
+MEMORY_FIGURES = ("budget_bytes", "used_bytes", "evicted_runners", "evicted_zygotes")
+"""A worker's memory figures (``worker/memory.py``): its budget (0: none), what its runners and
+zygotes take, and how many of each it stopped for the budget so far."""
 BUSY_STATES = ("busy", "starting")
 """A runner in these states holds its slots for a request (or for the one it starts for)."""
 
@@ -59,6 +65,7 @@ def worker_view(worker_id: str, doc: dict[str, Any], now: int) -> dict[str, Any]
     runners = list(doc.get("detail", []))
     held = sum(r["slots"] for r in runners if r["state"] != "stopping")
     gpu_ids = list(doc.get("gpu_ids", []))
+    memory = doc.get("memory") or {}
     return {
         "id": worker_id,
         "pools": doc["pools"],
@@ -70,7 +77,9 @@ def worker_view(worker_id: str, doc: dict[str, Any], now: int) -> dict[str, Any]
         "draining": bool(doc.get("draining", False)),
         "cold_starts": int(doc.get("cold_starts", 0)),
         "seen_s_ago": round(max(0, now - int(doc["seen_ms"])) / 1000, 1),
+        "memory": {k: int(memory.get(k, 0)) for k in MEMORY_FIGURES},
         "runners": runners,
+        "zygotes": list(doc.get("zygotes", [])),
     }
 
 
@@ -91,10 +100,13 @@ def pool_views(workers: list[dict[str, Any]], depths: list[Depth]) -> list[dict[
         queue = [
             {"tier": d.tier, "queued": d.queued, "oldest_wait_s": d.oldest_wait_s} for d in mine
         ]
+        zygotes = [z for w in serving for z in w["zygotes"]]
         out.append({
             "pool": name, "workers": len(serving),
             "slots": {"total": slots, "held": held, "busy": busy, "free": max(0, slots - held)},
             "runners": {s: states[s] for s in RUNNER_STATES},
+            "zygotes": {"count": len(zygotes),
+                        "memory_bytes": sum(z.get("memory_bytes") or 0 for z in zygotes)},
             "queued": sum(d.queued for d in mine), "queue": queue,
         })  # fmt: skip
     return out

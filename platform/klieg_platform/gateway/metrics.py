@@ -24,6 +24,9 @@ klieg_slo_attainment_ratio{tier}                   requests started within the t
 klieg_workers{pool}                                live workers serving the pool
 klieg_runners{pool,state}                          starting, busy, idle, stopping
 klieg_gpu_slots{pool,state}                        busy, idle (held by an idle runner), free
+klieg_zygotes{pool}                                zygotes kept by the workers serving the pool
+klieg_zygote_memory_bytes{pool}                    their memory (PSS: pages shared with the
+                                                   runners forked from them count in part)
 klieg_pool_slots_needed{pool}                      slots to serve what runs and start what waits
                                                    within its SLO (``autoscaler.slots_needed``)
 
@@ -68,6 +71,8 @@ LABELS: dict[str, tuple[str, ...]] = {
     "klieg_workers": ("pool",),
     "klieg_runners": ("pool", "state"),
     "klieg_gpu_slots": ("pool", "state"),
+    "klieg_zygotes": ("pool",),
+    "klieg_zygote_memory_bytes": ("pool",),
     "klieg_pool_slots_needed": ("pool",),
 }
 """Every metric the admin's scrape has, with its labels (histograms add ``_bucket`` with
@@ -193,8 +198,14 @@ async def _fleet(request: Request, slo: dict[str, tuple[int, int]]) -> list[Metr
     workers = GaugeMetricFamily("klieg_workers", "Live workers serving a pool", labels=["pool"])
     runners = GaugeMetricFamily("klieg_runners", "Runners by state", labels=["pool", "state"])
     slots = GaugeMetricFamily("klieg_gpu_slots", "Slots by state", labels=["pool", "state"])
+    zygotes = GaugeMetricFamily("klieg_zygotes", "Zygotes kept", labels=["pool"])
+    zygote_bytes = GaugeMetricFamily(
+        "klieg_zygote_memory_bytes", "Memory of the zygotes kept (PSS)", labels=["pool"]
+    )
     for p in pools:
         workers.add_metric([p["pool"]], p["workers"])
+        zygotes.add_metric([p["pool"]], p["zygotes"]["count"])
+        zygote_bytes.add_metric([p["pool"]], p["zygotes"]["memory_bytes"])
         for state in fleet.RUNNER_STATES:
             runners.add_metric([p["pool"], state], p["runners"][state])
         s = p["slots"]
@@ -215,7 +226,7 @@ async def _fleet(request: Request, slo: dict[str, tuple[int, int]]) -> list[Metr
     )
     for pool, demand in demands.items():
         needed.add_metric([pool], autoscaler.slots_needed(demand, gw.broker.queue.tiers))
-    return [depth, oldest, attainment, workers, runners, slots, needed]
+    return [depth, oldest, attainment, workers, runners, slots, zygotes, zygote_bytes, needed]
 
 
 def render(found: list[Metric]) -> bytes:

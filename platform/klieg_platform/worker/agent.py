@@ -261,7 +261,8 @@ class Worker:
                     [] if self._draining else self._idle_here(),
                     [f"{r.key[0]}/{r.key[1]}" for r in mine],
                     detail=self.runners.describe(), cold_starts=self.runners.cold_starts,
-                    gpu_ids=self.runners.gpu_ids,
+                    gpu_ids=self.runners.gpu_ids, zygotes=self.warmth.zygotes.describe(),
+                    memory=self.warmth.memory.describe(),
                     draining=self._draining or self._stopping.is_set(),
                 )  # fmt: skip
                 idle = self._peers.idle

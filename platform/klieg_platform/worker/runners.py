@@ -91,8 +91,9 @@ class RunnerSet:
 
     def describe(self) -> list[dict[str, Any]]:
         """Each runner for the fleet views: its "revision/function", "owner/app", state
-        (``starting``, ``busy``, ``idle``, ``stopping``), seconds idle, GPU ids, slots and
-        pid."""
+        (``starting``, ``busy``, ``idle``, ``stopping``), seconds idle, GPU ids, slots, pid,
+        whether it was forked from a zygote, and its memory (PSS bytes when last measured,
+        ``memory.py``; None before)."""
         now = time.monotonic()
         out = []
         for r in self.runners:
@@ -101,9 +102,11 @@ class RunnerSet:
                 "function": f"{r.key[0]}/{r.key[1]}", "app": r.app, "state": state,
                 "idle_s": round(now - r.last_used, 1) if state == "idle" else 0.0,
                 "gpus": list(r.gpu_ids), "slots": units(r.spec), "pid": r.pid,
+                "forked": r.forked, "memory_bytes": r.memory_bytes,
             })  # fmt: skip
         out.extend({"function": name, "app": app, "state": "stopping", "idle_s": 0.0, "gpus": [],
-                    "slots": 0, "pid": None} for name, app in self._stopping.values())  # fmt: skip
+                    "slots": 0, "pid": None, "forked": False, "memory_bytes": None}
+                   for name, app in self._stopping.values())  # fmt: skip
         return out
 
     def used(self) -> int:

@@ -431,13 +431,13 @@ class Zygotes:
 
     def describe(self) -> list[dict[str, Any]]:
         """Each zygote for the fleet views: its env key (short), revision (None: the env's),
-        what it preloads and which of its revision's modules, pid, seconds since its last
-        fork, forks so far, live children."""
+        what it preloads and which of its revision's modules, pid, memory (PSS bytes, None
+        before it is measured), seconds since its last fork, forks so far, live children."""
         now = time.monotonic()
         return [{
             "env": z.key.env[:12], "revision": z.key.revision or None,
             "preload": list(z.key.preload), "code": list(z.key.code), "pid": z.pid,
-            "idle_s": round(now - z.last_used, 1),
+            "memory_bytes": z.memory_bytes, "idle_s": round(now - z.last_used, 1),
             "forks": z.forks, "children": z.children,
         } for z in self._zygotes.values()]  # fmt: skip
 

@@ -67,3 +67,26 @@ def test_a_worker_view_shows_each_gpu_with_what_holds_it_and_busy_slots() -> Non
     assert cpu["gpus"] == [] and cpu["slots_busy"] == 0
     pool = pool_views([view], [])[0]
     assert pool["slots"] == {"total": 4, "held": 3, "busy": 2, "free": 1}
+
+
+def test_zygotes_and_memory_show_per_worker_and_add_up_per_pool() -> None:
+    zygote = {"env": "0123456789ab", "revision": None, "preload": ["torch"], "code": [],
+              "pid": 7, "memory_bytes": 300 << 20, "idle_s": 4.0, "forks": 2,
+              "children": 1}  # fmt: skip
+    memory = {"budget_bytes": 8 << 30, "used_bytes": 1 << 30, "evicted_runners": 3,
+              "evicted_zygotes": 1}  # fmt: skip
+    gpu = worker_view("w1", {"pools": ["GPU-H100"], "slots": 4, "seen_ms": 0, "detail": [],
+                             "zygotes": [zygote, {**zygote, "pid": 8, "memory_bytes": None,
+                                                  "revision": "rev-1", "code": ["app"]}],
+                             "memory": memory}, 0)  # fmt: skip
+    assert gpu["memory"] == memory and [z["pid"] for z in gpu["zygotes"]] == [7, 8]
+    both = worker_view("w2", {"pools": ["*"], "slots": 1, "seen_ms": 0, "detail": [],
+                              "zygotes": [zygote]}, 0)  # fmt: skip
+    assert both["memory"] == dict.fromkeys(memory, 0)  # a heartbeat from before the budget
+    old = worker_view("w3", {"pools": ["CPU"], "slots": 1, "seen_ms": 0, "detail": []}, 0)
+    assert old["zygotes"] == []
+    pools = {p["pool"]: p["zygotes"] for p in pool_views([gpu, both, old], [])}
+    assert pools == {
+        "GPU-H100": {"count": 3, "memory_bytes": 600 << 20},
+        "CPU": {"count": 1, "memory_bytes": 300 << 20},
+    }
