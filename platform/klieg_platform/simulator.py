@@ -55,9 +55,8 @@ import heapq
 import json
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from itertools import islice
 from typing import Any, TextIO
 
 from klieg_platform.scheduler import (
@@ -226,30 +225,70 @@ def write_trace(trace: Trace, out: TextIO) -> None:
         out.write(json.dumps(line) + "\n")
 
 
-@dataclass(slots=True)
 class _Worker:
-    id: int
-    free: int
-    name: str = ""
-    """``id`` as the backlog names the worker (its reservations)."""
-    draining: bool = False
-    """It holds a reservation it cannot start yet: it asks only when its own GPUs free up."""
-    up: bool = True
-    """It serves: booted and not retiring (``Scaling``); a worker that is not up takes nothing
-    and keeps no idle runners."""
-    idle: dict[int, _Runner] = field(default_factory=dict)
-    """Idle runners, least recently used first."""
-    idle_gpus: int = 0
-    idle_apps: dict[str, int] = field(default_factory=dict)
-    """App -> idle runners of it here (no zero counts), the ``here`` of ``pick_for_worker``."""
+    """One worker of the replay and what it holds."""
+
+    __slots__ = ("draining", "free", "id", "idle", "idle_apps", "idle_gpus", "name", "up")
+
+    def __init__(self, id: int, free: int, name: str, up: bool = True) -> None:
+        self.id = id
+        self.free = free
+        """GPUs that no runner holds."""
+        self.name = name
+        """``id`` as the backlog names the worker (its reservations)."""
+        self.draining = False
+        """It holds a reservation it cannot start yet: it asks only when its own GPUs free
+        up."""
+        self.up = up
+        """It serves: booted and not retiring (``Scaling``); a worker that is not up takes
+        nothing and keeps no idle runners."""
+        self.idle: dict[int, _Runner] = {}
+        """Idle runners, least recently used first."""
+        self.idle_gpus = 0
+        self.idle_apps: dict[str, int] = {}
+        """App -> idle runners of it here (no zero counts), the ``here`` of
+        ``pick_for_worker``."""
 
 
-@dataclass(slots=True)
 class _Runner:
-    id: int
-    app: str
-    gpus: int
-    worker: _Worker
+    __slots__ = ("app", "gpus", "id", "worker")
+
+    def __init__(self, id: int, app: str, gpus: int, worker: _Worker) -> None:
+        self.id, self.app, self.gpus, self.worker = id, app, gpus, worker
+
+
+class _Bucket:
+    """A set of worker ids that keeps them in a list, so the first few are a slice away (a
+    set that changes all the time grows sparse, and walking it to its first members is not
+    cheap). Adding and removing are O(1): a removed id's place takes the last one."""
+
+    __slots__ = ("at", "ids")
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.at: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.ids)
+
+    def __contains__(self, wid: object) -> bool:
+        return wid in self.at
+
+    def add(self, wid: int) -> None:
+        if wid not in self.at:
+            self.at[wid] = len(self.ids)
+            self.ids.append(wid)
+
+    def discard(self, wid: int) -> None:
+        i = self.at.pop(wid, -1)
+        if i >= 0:
+            last = self.ids.pop()
+            if last != wid:
+                self.ids[i] = last
+                self.at[last] = i
 
 
 class _Nodes:
@@ -262,10 +301,11 @@ class _Nodes:
         up = workers if up is None else up
         self.workers = [_Worker(i, gpus_per_worker, str(i), up=i < up) for i in range(workers)]
         self.by_free: list[set[int]] = [set() for _ in range(gpus_per_worker + 1)]
-        self.by_avail: list[set[int]] = [set() for _ in range(gpus_per_worker + 1)]
+        self.by_avail = [_Bucket() for _ in range(gpus_per_worker + 1)]
         """Workers that are up and do not drain, by free plus idle GPUs."""
         self.by_free[gpus_per_worker].update(range(up))
-        self.by_avail[gpus_per_worker].update(range(up))
+        for wid in range(up):
+            self.by_avail[gpus_per_worker].add(wid)
         self.idle: dict[int, _Runner] = {}
         self.idle_by_app: dict[str, dict[int, _Runner]] = {}
         self.idle_count: dict[str, int] = {}
@@ -313,7 +353,7 @@ class _Nodes:
             w.free += runner.gpus
         return w.free == self.size
 
-    def _fit(self, buckets: list[set[int]], gpus: int) -> _Worker | None:
+    def _fit(self, buckets: Sequence[Collection[int]], gpus: int) -> _Worker | None:
         for k in range(gpus, self.size + 1):
             if buckets[k]:
                 return self.workers[min(buckets[k])]
@@ -778,29 +818,32 @@ class _Replay:
         whose reservation another took asks again. Stops when nothing is a candidate for anyone
         (workers without room for a reservation are not asked once only reservations wait), or
         when all have asked."""
-        nodes = self.nodes
-        self.floor = 1
+        nodes, backlog = self.nodes, self.backlog
         touched, self.touched = self.touched, set()
+        if not self._start_floor():
+            return
         for wid in touched:  # a slot freed: the reservation may fit now
             w = nodes.workers[wid]
-            if w.draining and self._raise_floor():
+            if w.draining and len(backlog):
                 self.serve(w, now)
         for k in range(1, nodes.size + 1):
-            if not nodes.by_avail[k] or not self._raise_floor() or k < self.floor:
+            if not len(backlog):
+                break
+            if k < self.floor or not nodes.by_avail[k]:
                 continue
             if not self._serve_bucket(k, now):
                 break
         while self.due:
             w = self.due.pop()
-            if self._raise_floor():
+            if len(backlog):
                 self.serve(w, now)
 
     def _serve_bucket(self, k: int, now: float) -> bool:
         """The workers with ``k`` available GPUs that do not drain ask in turn (a few first: a
         dispatch seldom goes further; the rest only if it does); False when no worker could take
         anything now."""
-        bucket, workers = self.nodes.by_avail[k], self.nodes.workers
-        first = list(islice(bucket, 8))
+        bucket, workers = self.nodes.by_avail[k].ids, self.nodes.workers
+        first = bucket[:8]
         for batch in (first, None):
             if batch is None:
                 seen = set(first)
@@ -814,23 +857,20 @@ class _Replay:
                     return True
         return True
 
-    def _raise_floor(self) -> bool:
-        """Whether any worker could take anything now; ``floor`` rises to the fewest available
-        GPUs with which one can: the smallest reservation when no candidate waits (only capped
-        or reserved jobs do), the smallest candidate or reservation when no more workers may
-        drain (a worker then only backfills), else 1 (any worker may reserve)."""
+    def _start_floor(self) -> bool:
+        """At the start of a dispatch: whether any worker could take anything, and ``floor``,
+        the fewest available GPUs with which one can. While workers may still reserve, 1 (an
+        ask finds out what there is); once no more may drain, the smallest candidate or
+        reservation (a worker then only backfills or takes a reservation that fits)."""
         backlog = self.backlog
+        self.floor = 1
         if not len(backlog):
             return False
-        smallest = backlog.smallest_candidate()
-        reserved = backlog.smallest_reserved()
-        if not smallest:
-            if not reserved:
-                return False
-            self.floor = max(self.floor, reserved)
-        elif len(backlog.reserved) >= self.max_reserved:
-            self.floor = max(self.floor, min(smallest, reserved or smallest))
-        return True
+        if len(backlog.reserved) < self.max_reserved:
+            return True
+        smallest, reserved = backlog.smallest_candidate(), backlog.smallest_reserved()
+        self.floor = min(smallest or reserved, reserved or smallest)
+        return self.floor > 0
 
     def serve(self, w: _Worker, now: float) -> bool:
         """``w`` asks until it takes nothing; False when no worker could take anything now."""
@@ -838,14 +878,17 @@ class _Replay:
         held = backlog.reserved.get(w.name)
         if held is not None and held.units > w.free + w.idle_gpus and backlog.under_cap(held):
             return True  # it drains: it would be told Blocked again
-        while len(backlog) and w.free + w.idle_gpus >= self.floor and self._raise_floor():
+        while len(backlog) and w.free + w.idle_gpus >= self.floor:
             got = self.ask(w, now)
             if got is None:
                 if not backlog.reserved:
                     return False  # nothing is a candidate, for any worker
                 # Nothing fits this worker: only one with more room can take anything now
-                # (a reservation, or a backfill among bigger candidates).
+                # (a reservation, or a backfill among bigger candidates); while workers may
+                # still reserve, nothing is a candidate at all: only a reservation is left.
                 self.floor = max(self.floor, w.free + w.idle_gpus + 1)
+                if len(backlog.reserved) < self.max_reserved:
+                    self.floor = max(self.floor, backlog.smallest_reserved())
                 return True
             if isinstance(got, Blocked):
                 return True
