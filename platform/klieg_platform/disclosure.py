@@ -8,7 +8,8 @@ sees, unless the owner lets callers see the app's logs (the app's ``caller_logs`
 - logs: only the lines the platform wrote itself (a workflow's node events), never a line the
   app printed or logged;
 - errors: the error type and its message. A traceback inside a message is cut down to its last
-  line (the exception), and absolute file paths become ``.../<file name>``.
+  line (the exception), and file paths (absolute, or under a home directory: ``~/x``; their
+  directories may hold spaces) become ``.../<file name>``.
 
 The record is never changed: this is a view, taken where a record leaves the platform for its
 caller (the gateway's status, result, stream and sync replies).
@@ -31,7 +32,12 @@ PLATFORM_SOURCES = frozenset({WORKFLOW_SOURCE})
 
 _TRACEBACK = "Traceback (most recent call last):"
 _FRAME = re.compile(r'^\s*File "[^"]*", line \d+.*$', re.MULTILINE)
-_PATH = re.compile(r"(?<![\w:/.~@+-])(?:/[\w.@+~-]+){2,}/?")
+_SEG = r"[\w.@+~-]+"
+_DIR = rf"/{_SEG}(?: +{_SEG})*(?=/)"
+"""A directory of a path: words with spaces between them (``My Models``), a ``/`` after."""
+_PATH = re.compile(rf"(?<![\w/.~@+-])(?:~(?:[^\W\d][\w.-]*)?(?:{_DIR})*|(?:{_DIR})+)/{_SEG}/?")
+"""An absolute path of two parts or more (after ``:`` too, as in ``ENOENT:/srv/a``, but not a
+URL's ``//host/...``), or a home-relative one (``~/x``, ``~user/x/y``)."""
 
 
 def text_view(text: str) -> str:

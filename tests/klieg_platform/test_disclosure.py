@@ -45,6 +45,18 @@ def test_text_without_paths_is_kept() -> None:
     )
 
 
+def test_paths_after_a_colon_under_a_home_or_with_spaces_are_cut() -> None:
+    assert text_view("ENOENT:/srv/a/b") == "ENOENT:.../b"
+    assert text_view("open ~/x/y failed") == "open .../y failed"
+    assert text_view("~/w.bin is missing") == ".../w.bin is missing"
+    assert text_view("read ~bob/models/w.bin") == "read .../w.bin"
+    assert text_view("no such file: '/srv/My Models/w.bin'") == "no such file: '.../w.bin'"
+    assert text_view("no /home/a b/My  Models/x/w.bin") == "no .../w.bin"
+    assert text_view("/srv/code/app.py and /tmp/x/y") == ".../app.py and .../y"
+    for kept in ("cost ~5/10", "a~/x/y", "~", "see http://h/a b/c", "a/b/c and d/e"):
+        assert text_view(kept) == kept
+
+
 def test_error_view_keeps_the_type_and_walks_structured_details() -> None:
     error = {
         "detail": [{"loc": ["body", "image"], "msg": f"cannot read {CODE}", "type": "x"}],
