@@ -70,7 +70,16 @@ from klieg_platform.registry_tables import (
 from klieg_platform.scaling import effective_doc
 
 __all__ = [
+    "ALIAS",
+    "APP_NAME",
+    "CONTROL",
+    "MAX_INFLIGHT",
+    "MAX_LABEL",
+    "REVISION_ID",
     "SCOPES",
+    "TENANT_NAME",
+    "TIER",
+    "WORKFLOW_NAME",
     "WORKFLOW_PREFIX",
     "AliasMove",
     "ApiKey",
@@ -83,16 +92,22 @@ __all__ = [
     "workflow_app_name",
 ]
 
-_TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
-_APP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-_ALIAS = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
-_TIER = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
-_REVISION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+APP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+ALIAS = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+TIER = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+REVISION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+"""What each name must match in full (the gateway's request bodies take these patterns)."""
+MAX_INFLIGHT = 1_000_000
+"""The largest in-flight cap of a tenant or an app (0 is no cap)."""
+MAX_LABEL = 200
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+"""Control characters: none is part of a name or a label (PostgreSQL's text holds no NUL)."""
 _WRITE = "klieg_write"
 VISIBILITIES = frozenset({"private", "shared", "public"})
 WORKFLOW_PREFIX = "workflows/"
 """Workflow ``w`` of a tenant is stored as its app ``workflows/w`` (app names have no ``/``)."""
-_WORKFLOW_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,52}")  # the prefix + name fit apps.name
+WORKFLOW_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,52}")  # the prefix + name fit apps.name
 _PG_CREATE_LOCK = 0x6B6C696567  # advisory lock key serialising create_all on PostgreSQL
 _SQLITE_BUSY_S = 30.0
 
@@ -114,9 +129,22 @@ def _check(pattern: re.Pattern[str], value: str, what: str) -> None:
         raise InvalidRequestError(f"invalid {what} {value!r}: must match {pattern.pattern}")
 
 
+def _storable(*values: object) -> bool:
+    """Whether each value is text a row could hold: a lookup of anything else finds nothing
+    (and never reaches the database, where a NUL is an error on PostgreSQL)."""
+    return all(isinstance(v, str) and "\x00" not in v for v in values)
+
+
+def _check_limit(max_inflight: int) -> None:
+    if isinstance(max_inflight, bool) or not isinstance(max_inflight, int):
+        raise InvalidRequestError("max_inflight must be a whole number")
+    if not 0 <= max_inflight <= MAX_INFLIGHT:
+        raise InvalidRequestError(f"max_inflight must be from 0 to {MAX_INFLIGHT}")
+
+
 def workflow_app_name(name: str) -> str:
     """The app name that stores workflow ``name``; ``InvalidRequestError`` for a bad name."""
-    _check(_WORKFLOW_NAME, name, "workflow name")
+    _check(WORKFLOW_NAME, name, "workflow name")
     if name == "rollback":  # POST /workflows/{x}/rollback is a rollback, not a run
         raise InvalidRequestError("'rollback' is reserved and cannot name a workflow")
     return WORKFLOW_PREFIX + name
@@ -202,8 +230,8 @@ class Registry(Lifecycle):
 
     def create_tenant(self, name: str, tier: str = "free", admin: bool = False) -> Tenant:
         """A new tenant; ``InvalidRequestError`` if the name is invalid or taken."""
-        _check(_TENANT_NAME, name, "tenant name")
-        _check(_TIER, tier, "tier")
+        _check(TENANT_NAME, name, "tenant name")
+        _check(TIER, tier, "tier")
         tenant = Tenant(_new_id(), name, tier, time.time(), admin=bool(admin))
         try:
             with self._write() as conn:
@@ -213,11 +241,15 @@ class Registry(Lifecycle):
         return tenant
 
     def get_tenant(self, name: str) -> Tenant | None:
+        if not _storable(name):
+            return None
         with self._read() as conn:
             row = conn.execute(sa.select(tenants).where(tenants.c.name == name)).first()
         return tenant_row(row._mapping) if row else None
 
     def get_tenant_by_id(self, tenant_id: str) -> Tenant | None:
+        if not _storable(tenant_id):
+            return None
         with self._read() as conn:
             row = conn.execute(sa.select(tenants).where(tenants.c.id == tenant_id)).first()
         return tenant_row(row._mapping) if row else None
@@ -239,8 +271,10 @@ class Registry(Lifecycle):
         burst: int = 0,
     ) -> tuple[ApiKey, str]:
         """A new key and its secret. The secret is returned here once and never stored."""
-        if label is not None and len(label) > 200:
-            raise InvalidRequestError("key label is longer than 200 characters")
+        if label is not None and (not isinstance(label, str) or len(label) > MAX_LABEL):
+            raise InvalidRequestError(f"a key label is text of at most {MAX_LABEL} characters")
+        if label is not None and CONTROL.search(label):
+            raise InvalidRequestError("a key label may not hold control characters")
         if scope not in SCOPES:
             raise InvalidRequestError(f"unknown key scope {scope!r}; scopes: {', '.join(SCOPES)}")
         secret = secrets.token_urlsafe(32)
@@ -264,6 +298,8 @@ class Registry(Lifecycle):
     def authenticate(self, key_id: str, secret: str) -> Grant | None:
         """The key and its tenant if the key exists, is neither revoked nor expired, and the
         secret matches."""
+        if not _storable(key_id, secret):
+            return None
         query = (
             sa.select(api_keys, tenants)
             .join(tenants, api_keys.c.tenant_id == tenants.c.id)
@@ -290,6 +326,8 @@ class Registry(Lifecycle):
             return [_key_row(row._mapping) for row in conn.execute(query)]
 
     def get_key(self, key_id: str) -> ApiKey | None:
+        if not _storable(key_id):
+            return None
         with self._read() as conn:
             row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).first()
         return _key_row(row._mapping) if row else None
@@ -352,7 +390,7 @@ class Registry(Lifecycle):
 
     def ensure_app(self, owner_id: str, name: str) -> AppRecord:
         """The owner's app of that name, created if absent (race-safe)."""
-        _check(_APP_NAME, name, "app name")
+        _check(APP_NAME, name, "app name")
         return self._ensure_app(owner_id, name)
 
     def ensure_workflow_app(self, owner_id: str, name: str) -> AppRecord:
@@ -384,6 +422,8 @@ class Registry(Lifecycle):
 
     def get_app(self, owner: str, name: str) -> AppRecord | None:
         """The app ``owner/name``, ``owner`` being the tenant name."""
+        if not _storable(owner, name):
+            return None
         query = sa.select(*APP_COLUMNS).select_from(APP_FROM).where(apps.c.deleted_at.is_(None))
         with self._read() as conn:
             row = conn.execute(query.where(tenants.c.name == owner, apps.c.name == name)).first()
@@ -411,6 +451,8 @@ class Registry(Lifecycle):
         with self._write() as conn:
             ids = []
             for name in shared_with:
+                if not _storable(name):
+                    raise NotFoundError(f"tenant {name!r} not found")
                 found = conn.execute(sa.select(tenants.c.id).where(tenants.c.name == name))
                 tenant_id = found.scalar()
                 if tenant_id is None:
@@ -444,12 +486,13 @@ class Registry(Lifecycle):
         """Change a tenant's tier and/or in-flight cap (0: no cap)."""
         values: dict[str, Any] = {}
         if tier is not None:
-            _check(_TIER, tier, "tier")
+            _check(TIER, tier, "tier")
             values["tier"] = tier
         if max_inflight is not None:
-            if max_inflight < 0:
-                raise InvalidRequestError("max_inflight must be >= 0")
+            _check_limit(max_inflight)
             values["max_inflight"] = max_inflight
+        if not _storable(name):
+            raise NotFoundError(f"tenant {name!r} not found")
         with self._write() as conn:
             if values:
                 conn.execute(tenants.update().where(tenants.c.name == name).values(**values))
@@ -460,8 +503,7 @@ class Registry(Lifecycle):
 
     def set_app_limit(self, app: AppRecord, max_inflight: int) -> AppRecord:
         """Cap an app's running requests across the platform (0: no cap)."""
-        if max_inflight < 0:
-            raise InvalidRequestError("max_inflight must be >= 0")
+        _check_limit(max_inflight)
         with self._write() as conn:
             conn.execute(apps.update().where(apps.c.id == app.id).values(max_inflight=max_inflight))
         return replace(app, max_inflight=max_inflight)
@@ -494,7 +536,9 @@ class Registry(Lifecycle):
         belongs to another live app. ``expires_at``: a dev revision (``klieg run``), retired
         when that passes unless renewed.
         """
-        _check(_REVISION_ID, revision_id, "revision id")
+        _check(REVISION_ID, revision_id, "revision id")
+        if not _storable(code_hash, env_key, python, lock):
+            raise InvalidRequestError("a revision's hashes, Python version and lock are text")
         try:
             text = json.dumps(spec, sort_keys=True, separators=(",", ":"))
         except (TypeError, ValueError) as exc:
@@ -552,6 +596,8 @@ class Registry(Lifecycle):
         )
 
     def get_revision(self, revision_id: str) -> Revision | None:
+        if not _storable(revision_id):
+            return None
         query = sa.select(*REVISION_COLUMNS).select_from(REVISION_FROM)
         with self._read() as conn:
             row = conn.execute(query.where(revisions.c.id == revision_id)).first()
@@ -594,7 +640,7 @@ class Registry(Lifecycle):
         Setting the current target again changes nothing and records nothing.
         ``NotFoundError`` if the revision is not this app's.
         """
-        _check(_ALIAS, alias, "alias")
+        _check(ALIAS, alias, "alias")
         with self._write() as conn:
             self._lock_app(conn, app)
             owner = conn.execute(
@@ -612,6 +658,8 @@ class Registry(Lifecycle):
             return current
 
     def get_alias(self, app: AppRecord, alias: str) -> str | None:
+        if not _storable(alias):
+            return None
         with self._read() as conn:
             return self._current(conn, app, alias)
 

@@ -16,7 +16,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -28,6 +28,9 @@ SETTINGS = ("keep_alive", "min_concurrency", "max_concurrency", "concurrency_buf
 
 MAX_KEEP_ALIVE_S = 30 * 24 * 3600.0
 MAX_RUNNERS = 10_000
+"""An override's bounds (``gateway/bodies.ScaleChange`` refuses others): keep_alive in
+[0, MAX_KEEP_ALIVE_S] seconds; min_concurrency and concurrency_buffer in [0, MAX_RUNNERS],
+max_concurrency in [1, MAX_RUNNERS]."""
 
 
 @dataclass(frozen=True)
@@ -45,30 +48,6 @@ class ScaleOverride:
     def values(self) -> dict[str, Any]:
         """The settings this override sets."""
         return {name: getattr(self, name) for name in SETTINGS if getattr(self, name) is not None}
-
-
-def check_values(values: Mapping[str, Any]) -> dict[str, float | int]:
-    """``values`` (settings to override) checked: ``InvalidRequestError`` naming the first
-    that is unknown or out of range."""
-    out: dict[str, float | int] = {}
-    for name, value in values.items():
-        if name not in SETTINGS:
-            raise InvalidRequestError(f"unknown scaling setting {name!r}; settings: {SETTINGS}")
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if name == "keep_alive":
-            if not number or not 0 <= value <= MAX_KEEP_ALIVE_S:
-                raise InvalidRequestError(
-                    f"keep_alive must be a number of seconds in [0, {MAX_KEEP_ALIVE_S:g}]"
-                )
-            out[name] = float(value)
-            continue
-        least = 1 if name == "max_concurrency" else 0
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise InvalidRequestError(f"{name} must be a whole number, got {value!r}")
-        if not least <= value <= MAX_RUNNERS:
-            raise InvalidRequestError(f"{name} must be in [{least}, {MAX_RUNNERS}]")
-        out[name] = value
-    return out
 
 
 def _update(function: str, overrides: Sequence[ScaleOverride]) -> dict[str, Any]:

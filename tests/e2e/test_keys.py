@@ -44,7 +44,8 @@ def test_scopes_bound_what_a_key_may_do(platform: Platform, echo_deployed: objec
     assert _status(platform, deploy, "PUT", "/tenants/local", {}) == 403
     with platform.http() as http:
         bad = http.post("/keys", json={"scope": "root"})
-        assert (bad.status_code, bad.json()["error_type"]) == (400, "InvalidRequestError")
+        assert (bad.status_code, bad.json()["error_type"]) == (422, "ValidationError")
+        assert bad.json()["detail"][0]["loc"] == ["body", "scope"]
         listed = http.get("/keys").json()["keys"]
     scopes = {k["key_id"]: k["scope"] for k in listed}
     assert scopes[call.split(":")[0]] == "call" and scopes[deploy.split(":")[0]] == "deploy"
@@ -116,4 +117,5 @@ def test_a_rate_limited_key_gets_429_with_retry_after_across_gateways(
     with platform.http() as http:  # an unlimited key is never limited
         assert all(http.post("/local/echo", json=body).status_code == 200 for _ in range(8))
         bad = http.post("/keys", json={"rate_per_s": -1})
-    assert (bad.status_code, bad.json()["error_type"]) == (400, "InvalidRequestError")
+    assert (bad.status_code, bad.json()["error_type"]) == (422, "ValidationError")
+    assert bad.json()["detail"][0]["loc"] == ["body", "rate_per_s"]

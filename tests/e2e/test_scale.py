@@ -87,6 +87,7 @@ def test_bad_scaling_is_refused_and_changes_nothing(scaled: Platform) -> None:
     assert json.loads(scale(scaled, "--json").stdout)["overrides"] == []
     with scaled.http() as http:
         r = http.put("/apps/scaled/scale", json={"min_concurrency": "2"})
-        assert r.status_code == 400 and r.json()["error_type"] == "InvalidRequestError"
+        assert r.status_code == 422 and r.json()["error_type"] == "ValidationError"
+        assert r.json()["detail"][0]["loc"] == ["body", "min_concurrency"]
         r = http.put("/apps/scaled/scale", json={})
         assert r.status_code == 400 and "nothing to change" in r.json()["detail"]

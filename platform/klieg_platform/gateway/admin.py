@@ -17,16 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import functools
 import json
-import math
-import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import pydantic
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -41,10 +37,10 @@ from klieg.exceptions import (
 from klieg.types import AppSpec
 from klieg_platform import keys, vault
 from klieg_platform.deploy import DeployResult, deploy
-from klieg_platform.gateway import auth
-from klieg_platform.gateway.intake import read_json_object
+from klieg_platform.gateway import auth, bodies
+from klieg_platform.gateway.contract import accepts, answers, query
 from klieg_platform.gateway.state import GatewayState, gateway
-from klieg_platform.registry import SCOPES, ApiKey, AppRecord, Revision, Tenant
+from klieg_platform.registry import ALIAS, ApiKey, AppRecord, Revision, Tenant
 
 RESERVED = {
     "queue",
@@ -66,45 +62,51 @@ RESERVED = {
     "fleet",
     "storage",
 }
-_ALIAS = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+ALIAS_QUERY = {"type": "string", "pattern": f"^(?:{ALIAS.pattern})$", "default": "latest"}
+RESET_SCALE_QUERY = {
+    "type": "string",
+    "description": "anything but '', 0 or false: drop the app's scale overrides",
+}
 MAX_DEPLOY_BYTES = 128 * 1024 * 1024
 
 
-async def create_key(request: Request) -> Response:
+@answers(bodies.KeyCreated, 201)
+@accepts(bodies.NewKey)
+async def create_key(request: Request, body: bodies.NewKey) -> Response:
+    """A new API key, shown once."""
     gw = gateway(request)
-    data = await read_json_object(request, 64 * 1024)
     caller = auth.optional_caller(request)
     used = auth.caller_key(request)
     if caller is not None and (used is None or used.scope != "admin"):
         raise PermissionDeniedError("creating keys needs an 'admin' key")
-    wanted = data.get("tenant")
-    tier = str(data.get("tier") or gw.settings.default_tier)
+    tier = body.tier or gw.settings.default_tier
     if tier not in gw.tiers:
         raise InvalidRequestError(f"unknown tier {tier!r}; tiers: {', '.join(gw.tiers)}")
     if caller is None:
         if await asyncio.to_thread(gw.registry.count_tenants) > 0:
             raise AuthenticationError("creating a key needs an existing key (KLIEG_KEY)")
-        name = str(wanted or "local")
+        name = body.tenant or "local"
         _check_tenant_name(name)
         tenant = await asyncio.to_thread(gw.registry.create_tenant, name, "enterprise", True)
-    elif wanted in (None, caller.name):
+    elif body.tenant in (None, caller.name):
         tenant = caller
     else:
         if not caller.admin:
             raise PermissionDeniedError("only an admin tenant may create other tenants")
-        _check_tenant_name(str(wanted))
-        found = await asyncio.to_thread(gw.registry.get_tenant, str(wanted))
+        wanted = str(body.tenant)
+        _check_tenant_name(wanted)
+        found = await asyncio.to_thread(gw.registry.get_tenant, wanted)
         if found is None:
-            found = await asyncio.to_thread(gw.registry.create_tenant, str(wanted), tier)
+            found = await asyncio.to_thread(gw.registry.create_tenant, wanted, tier)
         tenant = found
-    scope, expires_at = _key_terms(data)
-    rate, burst = _rate_terms(data)
+    expires_at = None if body.expires_in_s is None else time.time() + body.expires_in_s
+    rate, burst = body.rate_terms()
     key, secret = await asyncio.to_thread(
         functools.partial(
             gw.registry.create_key,
             tenant.id,
-            data.get("label"),
-            scope=scope,
+            body.label,
+            scope=body.scope,
             expires_at=expires_at,
             rate_per_s=rate,
             burst=burst,
@@ -114,43 +116,6 @@ async def create_key(request: Request) -> Response:
         {**_key_view(key), "secret": secret, "key": f"{key.id}:{secret}", "tenant": tenant.name},
         201,
     )
-
-
-MAX_KEY_LIFETIME_S = 10 * 365 * 24 * 3600
-
-
-def _key_terms(data: dict[str, Any]) -> tuple[str, float | None]:
-    """The new key's scope (default ``admin``) and expiry (``expires_in_s`` from now)."""
-    scope = data.get("scope", "admin")
-    if scope not in SCOPES:
-        raise InvalidRequestError(f"unknown key scope {scope!r}; scopes: {', '.join(SCOPES)}")
-    ttl = data.get("expires_in_s")
-    if ttl is None:
-        return scope, None
-    if not _number(ttl) or not 0 < ttl <= MAX_KEY_LIFETIME_S:
-        raise InvalidRequestError(
-            f"expires_in_s must be a number of seconds in (0, {MAX_KEY_LIFETIME_S}]"
-        )
-    return scope, time.time() + float(ttl)
-
-
-MAX_RATE_PER_S = 100_000
-
-
-def _rate_terms(data: dict[str, Any]) -> tuple[float, int]:
-    """``rate_per_s`` (0: none) and ``burst`` (default: one second's worth, at least 1)."""
-    rate, burst = data.get("rate_per_s", 0), data.get("burst")
-    if not _number(rate) or not 0 <= rate <= MAX_RATE_PER_S:
-        raise InvalidRequestError(f"rate_per_s must be a number in [0, {MAX_RATE_PER_S}]")
-    if burst is None:
-        return float(rate), max(1, math.ceil(rate)) if rate else 0
-    if isinstance(burst, bool) or not isinstance(burst, int) or not 1 <= burst <= MAX_RATE_PER_S:
-        raise InvalidRequestError(f"burst must be an integer in [1, {MAX_RATE_PER_S}]")
-    return float(rate), burst
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _key_view(key: ApiKey) -> dict[str, Any]:
@@ -168,6 +133,7 @@ def _key_view(key: ApiKey) -> dict[str, Any]:
     }
 
 
+@answers(bodies.Keys)
 async def list_keys(request: Request) -> Response:
     """The caller's tenant's keys (``GET /keys``), revoked and expired ones marked."""
     gw = gateway(request)
@@ -175,6 +141,7 @@ async def list_keys(request: Request) -> Response:
     return JSONResponse({"keys": [_key_view(key) for key in found]})
 
 
+@answers(bodies.KeyRevoked)
 async def revoke_key(request: Request) -> Response:
     """``DELETE /keys/{key_id}``: revoke one of the tenant's keys (an admin tenant: any key);
     every gateway drops it from its cache at once."""
@@ -203,7 +170,9 @@ async def owned_app(gw: GatewayState, tenant: Tenant, name: str) -> AppRecord:
     return app
 
 
+@answers(bodies.Apps)
 async def list_apps(request: Request) -> Response:
+    """The caller's apps with their aliases."""
     gw = gateway(request)
     tenant = auth.caller(request)
 
@@ -239,7 +208,9 @@ def _revision_json(rev: Revision, aliases: dict[str, str]) -> dict[str, Any]:
     }
 
 
+@answers(bodies.Revisions)
 async def list_revisions(request: Request) -> Response:
+    """An app's revisions, newest first."""
     gw = gateway(request)
     app = await owned_app(gw, auth.caller(request), request.path_params["name"])
 
@@ -258,7 +229,7 @@ async def alias_moved(gw: GatewayState, owner: str, app: str) -> None:
 
 def alias_name(value: str) -> str:
     """``value`` if it is a valid alias name, else ``InvalidRequestError``."""
-    if not _ALIAS.match(value) or "@" in value:
+    if not ALIAS.fullmatch(value):
         raise InvalidRequestError(f"invalid alias {value!r}")
     return value
 
@@ -287,27 +258,25 @@ async def roll_back(
 
 
 async def share(
-    gw: GatewayState, tenant: Tenant, app: AppRecord, data: dict[str, Any]
+    gw: GatewayState, tenant: Tenant, app: AppRecord, visibility: str, tenants: list[str] | None
 ) -> tuple[AppRecord, list[str]]:
-    """Set who may call ``app`` from a ``{"visibility", "tenants"}`` body; (the app as it is
-    now, the tenant names it is shared with)."""
-    names = data.get("tenants") or []
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ValidationError(
-            [{"loc": ["body", "tenants"], "msg": "a list of tenant names", "type": "list_type"}]
-        )
-    visibility = str(data.get("visibility") or "")
+    """Make ``app`` ``visibility`` (shared with ``tenants``); (the app as it is now, the tenant
+    names it is shared with)."""
+    names = tenants or []
     app = await asyncio.to_thread(gw.registry.set_visibility, app, visibility, names)
     await alias_moved(gw, tenant.name, app.name)
     return app, names
 
 
-async def set_alias(request: Request) -> Response:
+@answers(bodies.AliasMoved)
+@accepts(bodies.AliasTarget)
+async def set_alias(request: Request, body: bodies.AliasTarget) -> Response:
+    """Point an alias at a revision (by id, or the one another alias names)."""
     gw = gateway(request)
     tenant = auth.caller(request)
     app = await owned_app(gw, tenant, request.path_params["name"])
     alias = alias_name(request.path_params["alias"])
-    ref = str((await read_json_object(request, 64 * 1024)).get("revision") or "")
+    ref = body.revision
     label = f"{tenant.name}/{app.name}"
     revision, previous = await point_alias(gw, tenant, app, alias, ref, label)
     return JSONResponse(
@@ -315,7 +284,10 @@ async def set_alias(request: Request) -> Response:
     )
 
 
+@answers(bodies.AliasMoved)
+@query(alias=ALIAS_QUERY)
 async def rollback(request: Request) -> Response:
+    """Move an alias (``?alias=``, default ``latest``) back one deploy."""
     gw = gateway(request)
     tenant = auth.caller(request)
     app = await owned_app(gw, tenant, request.path_params["name"])
@@ -326,24 +298,29 @@ async def rollback(request: Request) -> Response:
     )
 
 
-async def deploy_app(request: Request) -> Response:
+@answers("application/x-ndjson")
+@query(alias=ALIAS_QUERY, reset_scale=RESET_SCALE_QUERY)
+@accepts(bodies.Deploy, limit=MAX_DEPLOY_BYTES)
+async def deploy_app(request: Request, body: bodies.Deploy) -> Response:
+    """Deploy a revision (its spec and code archive); its progress as JSON lines."""
     gw = gateway(request)
     tenant = auth.caller(request)
     alias = alias_name(request.query_params.get("alias", "latest"))
     reset_scale = request.query_params.get("reset_scale", "0") not in ("", "0", "false")
-    spec, code = await read_deploy(request)
+    spec, code = deploy_body(request, body)
     return deploy_response(gw, tenant, spec, code, alias=alias, reset_scale=reset_scale)
 
 
-async def read_deploy(request: Request) -> tuple[AppSpec, bytes]:
-    """The ``{spec, archive}`` body of a deploy: the spec (naming the app of the URL) and the
-    code archive's bytes."""
-    data = await read_json_object(request, MAX_DEPLOY_BYTES)
+def deploy_body(request: Request, body: bodies.Deploy) -> tuple[AppSpec, bytes]:
+    """A deploy's ``{spec, archive}`` body (validated by ``accepts``): the spec, which must name
+    the app of the URL, and the code archive's bytes (422 where it is not base64)."""
+    spec = body.spec
     try:
-        spec = AppSpec.model_validate(data.get("spec"))
-        code = base64.b64decode(str(data.get("archive") or ""), validate=True)
-    except (pydantic.ValidationError, binascii.Error) as exc:
-        raise ValidationError(f"invalid deploy body: {exc}") from exc
+        code = base64.b64decode(body.archive, validate=True)
+    except ValueError as exc:  # binascii.Error, or text that is not ASCII
+        raise ValidationError(
+            [{"loc": ["body", "archive"], "msg": f"not base64: {exc}", "type": "base64_decode"}]
+        ) from exc
     if spec.name != request.path_params["name"]:
         raise InvalidRequestError(
             f"spec names app {spec.name!r}, the URL {request.path_params['name']!r}"
@@ -448,27 +425,20 @@ async def hardware_warnings(gw: GatewayState, spec: AppSpec) -> list[str]:
     return out
 
 
-def _caller_logs(data: dict[str, Any]) -> bool | None:
-    """The body's ``caller_logs`` (a boolean), None when it has none."""
-    value = data.get("caller_logs")
-    if value is not None and not isinstance(value, bool):
-        raise ValidationError(
-            [{"loc": ["body", "caller_logs"], "msg": "true or false", "type": "bool_type"}]
-        )
-    return value
-
-
-async def set_visibility(request: Request) -> Response:
+@answers(bodies.VisibilitySet)
+@accepts(bodies.AppVisibility)
+async def set_visibility(request: Request, body: bodies.AppVisibility) -> Response:
     """Who may call the app (``visibility``, ``tenants``) and whether those callers see its
     logs and full errors (``caller_logs``); a body with only ``caller_logs`` leaves the
     visibility as it is."""
     gw = gateway(request)
     tenant = auth.caller(request)
     app = await owned_app(gw, tenant, request.path_params["name"])
-    data = await read_json_object(request, 64 * 1024)
-    caller_logs = _caller_logs(data)
-    if "visibility" in data or caller_logs is None:
-        app, names = await share(gw, tenant, app, data)
+    caller_logs = body.caller_logs
+    if body.visibility is not None:
+        app, names = await share(gw, tenant, app, body.visibility, body.tenants)
+    elif caller_logs is None:
+        raise InvalidRequestError("send visibility (and tenants) and/or caller_logs")
     else:
         names = await asyncio.to_thread(gw.registry.shared_with, app)
     if caller_logs is not None:
@@ -484,40 +454,34 @@ async def set_visibility(request: Request) -> Response:
     )
 
 
-def _limit(data: dict[str, Any]) -> int:
-    value = data.get("max_inflight")
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValidationError(
-            [{"loc": ["body", "max_inflight"], "msg": "a whole number >= 0", "type": "int_type"}]
-        )
-    return value
-
-
-async def set_app_limits(request: Request) -> Response:
+@answers(bodies.LimitSet)
+@accepts(bodies.AppLimit)
+async def set_app_limits(request: Request, body: bodies.AppLimit) -> Response:
+    """Cap the app's running requests across the platform (0: no cap)."""
     gw = gateway(request)
     tenant = auth.caller(request)
     app = await owned_app(gw, tenant, request.path_params["name"])
-    limit = _limit(await read_json_object(request, 64 * 1024))
-    app = await asyncio.to_thread(gw.registry.set_app_limit, app, limit)
+    app = await asyncio.to_thread(gw.registry.set_app_limit, app, body.max_inflight)
     await alias_moved(gw, tenant.name, app.name)
     return JSONResponse({"app": app.name, "max_inflight": app.max_inflight})
 
 
-async def set_tenant(request: Request) -> Response:
+@answers(bodies.TenantSet)
+@accepts(bodies.TenantChange)
+async def set_tenant(request: Request, body: bodies.TenantChange) -> Response:
+    """Change a tenant's tier and/or in-flight cap (an admin tenant only)."""
     gw = gateway(request)
     caller = auth.caller(request)
     if not caller.admin:
         raise PermissionDeniedError("only an admin tenant may change tenants")
-    data = await read_json_object(request, 64 * 1024)
-    tier = data.get("tier")
-    if tier is not None and str(tier) not in gw.tiers:
+    tier = body.tier
+    if tier is not None and tier not in gw.tiers:
         raise InvalidRequestError(f"unknown tier {tier!r}; tiers: {', '.join(gw.tiers)}")
-    limit = _limit(data) if "max_inflight" in data else None
     changed = await asyncio.to_thread(
         gw.registry.set_tenant_limits,
         request.path_params["name"],
-        tier=None if tier is None else str(tier),
-        max_inflight=limit,
+        tier=tier,
+        max_inflight=body.max_inflight,
     )
     gw.forget_tenant(changed.id)
     return JSONResponse(
@@ -528,26 +492,28 @@ async def set_tenant(request: Request) -> Response:
 # ---- secrets: the API shows names and when they were set, never a value ----
 
 
+@answers(bodies.Secrets)
 async def list_secrets(request: Request) -> Response:
+    """The tenant's secrets: names and when each was set, never a value."""
     gw = gateway(request)
     names = await asyncio.to_thread(gw.registry.secret_names, auth.caller(request).id)
     return JSONResponse({"secrets": [{"name": n, "updated_at": at} for n, at in names]})
 
 
-async def set_secret(request: Request) -> Response:
+@answers(bodies.SecretView)
+@accepts(bodies.SecretValue, limit=vault.MAX_VALUE_BYTES * 2)
+async def set_secret(request: Request, body: bodies.SecretValue) -> Response:
     """``PUT /secrets/{name}`` ``{"value": "..."}``: sealed before it is stored."""
     gw = gateway(request)
     name = vault.check_name(request.path_params["name"])
-    data = await read_json_object(request, vault.MAX_VALUE_BYTES * 2)
-    value = data.get("value")
-    if not isinstance(value, str) or not value:
-        raise InvalidRequestError('send the secret as {"value": "..."} (a non-empty string)')
-    sealed = vault.Vault(gw.settings.secrets_key).seal(value)
+    sealed = vault.Vault(gw.settings.secrets_key).seal(body.value)
     at = await asyncio.to_thread(gw.registry.set_secret, auth.caller(request).id, name, sealed)
     return JSONResponse({"name": name, "updated_at": at})
 
 
+@answers(bodies.SecretDeleted)
 async def delete_secret(request: Request) -> Response:
+    """Delete one of the tenant's secrets."""
     gw = gateway(request)
     name = vault.check_name(request.path_params["name"])
     if not await asyncio.to_thread(gw.registry.delete_secret, auth.caller(request).id, name):

@@ -21,6 +21,7 @@ from klieg_platform.config import Settings
 from klieg_platform.gateway import (
     admin,
     auth,
+    bodies,
     console,
     dev,
     files,
@@ -35,6 +36,7 @@ from klieg_platform.gateway import (
     workflow_run,
 )
 from klieg_platform.gateway.auth import ADMIN, BOOTSTRAP, CALLER, MANAGE, PUBLIC, route
+from klieg_platform.gateway.contract import answers
 from klieg_platform.gateway.errors import HANDLERS
 from klieg_platform.gateway.listeners import ListenerSplit
 from klieg_platform.gateway.state import GatewayState, gateway
@@ -45,6 +47,7 @@ from klieg_platform.sweeper import BlobSweeper
 from klieg_platform.webhooks import WebhookSender
 
 
+@answers(bodies.Health)
 async def health(request: Request) -> Response:
     """200 while Redis answers (else 503, as every route); ``instance`` tells the process that
     started this gateway (``klieg up``) that the answer is its own gateway's."""
@@ -53,11 +56,13 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok", "instance": gw.settings.instance})
 
 
+@answers(bodies.Document)
 async def openapi_doc(request: Request) -> Response:
     """This API, as OpenAPI 3.1."""
     return JSONResponse(_openapi())
 
 
+@answers(bodies.Document)
 async def app_openapi_doc(request: Request) -> Response:
     """One app's endpoints (the revision its alias, ``latest`` by default, names), as OpenAPI
     3.1: 404 where the caller may not call it."""

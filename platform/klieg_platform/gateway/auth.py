@@ -3,7 +3,8 @@
 Every route of ``app.ROUTES`` is made by ``route()`` with an ``Access``; ``Authenticate``, a pure
 ASGI middleware on that route, runs after routing and before the handler (so a path no route
 matches is 404 and a wrong method 405, as without auth, and its errors leave through
-``errors.py`` like a handler's):
+``errors.py`` like a handler's). First, on every route, a path parameter holding a control
+character (a NUL above all: PostgreSQL's text holds none) is a 400 ``InvalidRequestError``.
 
 - ``PUBLIC``: credentials are not read (``/health``, file downloads by signed URL).
 - ``BOOTSTRAP``: an API key when one is sent; without one the handler decides (``POST /keys``
@@ -34,10 +35,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from klieg.exceptions import AuthenticationError, PermissionDeniedError, RateLimitedError
+from klieg.exceptions import (
+    AuthenticationError,
+    InvalidRequestError,
+    PermissionDeniedError,
+    RateLimitedError,
+)
 from klieg_platform import calltokens
 from klieg_platform.gateway.state import GatewayState
-from klieg_platform.registry import ApiKey, Tenant
+from klieg_platform.registry import CONTROL, ApiKey, Tenant
 from klieg_platform.registry_tables import scope_allows
 
 MISSING = "missing credentials: send 'Authorization: Key <key_id>:<secret>'"
@@ -75,6 +81,9 @@ class Authenticate:
         self.access = access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        for name, value in scope.get("path_params", {}).items():
+            if isinstance(value, str) and CONTROL.search(value):
+                raise InvalidRequestError(f"the path's {name} may not hold control characters")
         if self.access is not Access.PUBLIC:
             state = scope.setdefault("state", {})
             state[_CALLER] = await self._tenant(scope)

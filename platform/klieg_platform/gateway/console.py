@@ -26,6 +26,7 @@ from starlette.responses import Response
 
 from klieg.exceptions import NotFoundError
 from klieg_platform.gateway import auth, fleet, sse
+from klieg_platform.gateway.contract import answers, query
 from klieg_platform.gateway.intake import seconds
 from klieg_platform.gateway.state import gateway
 
@@ -56,11 +57,13 @@ def _read(name: str) -> bytes:
     return resources.files("klieg_platform.gateway").joinpath("console", name).read_bytes()
 
 
+@answers("text/html")
 async def page(request: Request) -> Response:
     """The console (every page: the script routes by the URL's fragment)."""
     return Response(_read("index.html"), media_type="text/html; charset=utf-8", headers=HEADERS)
 
 
+@answers(", ".join(dict.fromkeys(m.partition(";")[0] for m in ASSETS.values())))
 async def asset(request: Request) -> Response:
     """The console's script and style."""
     name = request.path_params["name"]
@@ -69,6 +72,8 @@ async def asset(request: Request) -> Response:
     return Response(_read(name), media_type=ASSETS[name], headers=HEADERS)
 
 
+@answers("text/event-stream")
+@query(for_s={"type": "number", "exclusiveMinimum": 0, "maximum": FLEET_MOST_S})
 async def fleet_stream(request: Request) -> Response:
     """SSE, once a second for ``for_s`` seconds (default 60): ``{"at", "runners", "pools",
     "workers"}`` (``runners`` as ``GET /runners`` shows them; ``pools`` and ``workers``, as

@@ -24,13 +24,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from klieg.exceptions import InvalidRequestError, NotFoundError
-from klieg_platform.gateway import auth
+from klieg_platform.gateway import auth, bodies
 from klieg_platform.gateway.admin import (
+    MAX_DEPLOY_BYTES,
     alias_moved,
+    deploy_body,
     deploy_response,
     owned_app,
-    read_deploy,
 )
+from klieg_platform.gateway.contract import accepts, answers, query
 from klieg_platform.gateway.state import gateway
 
 DEV_TTL_S = 30.0
@@ -44,16 +46,20 @@ def _session(value: str) -> str:
     return value
 
 
-async def start(request: Request) -> Response:
+@answers("application/x-ndjson")
+@query(session={"type": "string", "pattern": f"^(?:{_SESSION.pattern})?$"})
+@accepts(bodies.Deploy, limit=MAX_DEPLOY_BYTES)
+async def start(request: Request, body: bodies.Deploy) -> Response:
     """Deploy the body as the session's dev revision (a new session without ``session``)."""
     gw = gateway(request)
     tenant = auth.caller(request)
     given = request.query_params.get("session")
     session = _session(given) if given else f"dev-{secrets.token_hex(4)}"
-    spec, code = await read_deploy(request)
+    spec, code = deploy_body(request, body)
     return deploy_response(gw, tenant, spec, code, alias=session, dev_ttl_s=DEV_TTL_S)
 
 
+@answers(bodies.DevRenewed)
 async def renew(request: Request) -> Response:
     """Push the session's expiry ``DEV_TTL_S`` on; 404 when it has ended (or expired)."""
     gw = gateway(request)
@@ -73,6 +79,7 @@ async def renew(request: Request) -> Response:
     return JSONResponse({"session": session, "revision": revision, "expires_at": expires_at})
 
 
+@answers(bodies.DevEnded)
 async def end(request: Request) -> Response:
     """End the session: what it made goes (see the module's contract)."""
     gw = gateway(request)

@@ -32,7 +32,8 @@ from starlette.responses import JSONResponse, Response
 
 from klieg.exceptions import InvalidRequestError, NotFoundError, UnavailableError
 from klieg_platform import calltokens
-from klieg_platform.gateway import auth
+from klieg_platform.gateway import auth, bodies
+from klieg_platform.gateway.contract import answers, query, takes
 from klieg_platform.gateway.intake import read_limited
 from klieg_platform.gateway.state import gateway
 from klieg_platform.storage import MEDIA, UPLOADS, direct_url, put_async, upload_key
@@ -41,7 +42,10 @@ from klieg_platform.storage.signing import signed_url, verify
 _SERVED_PREFIXES = (MEDIA, UPLOADS)
 
 
+@answers("application/octet-stream")
+@query(expires={"type": "string"}, sig={"type": "string"})
 async def download(request: Request) -> Response:
+    """A stored file, by its signed URL."""
     gw = gateway(request)
     key = request.path_params["key"]
     query = request.query_params
@@ -53,7 +57,10 @@ async def download(request: Request) -> Response:
     return Response(data, 200, media_type=kind, headers={"Cache-Control": "private, max-age=3600"})
 
 
+@answers(bodies.Uploaded, 201)
+@takes(bodies.FILE, "the file's bytes", media="application/octet-stream")
 async def upload(request: Request) -> Response:
+    """Store the body as a file; its signed URL."""
     gw = gateway(request)
     tenant = auth.caller(request)
     data = await read_limited(request, gw.settings.max_upload_bytes)
@@ -77,6 +84,8 @@ UPLOAD_TOKEN_TTL_S = 3600.0
 UPLOAD_STORAGE = "fal-cdn-v3"
 
 
+@answers(bodies.UploadToken)
+@query(storage_type={"enum": [UPLOAD_STORAGE], "default": UPLOAD_STORAGE})
 async def upload_token(request: Request) -> Response:
     """fal_client's upload token (see the module's contract)."""
     gw = gateway(request)

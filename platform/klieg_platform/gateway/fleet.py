@@ -29,7 +29,8 @@ from klieg_platform import keys
 from klieg_platform.broker import Broker, Depth, now_ms
 from klieg_platform.broker.claims import EachPeriod
 from klieg_platform.broker.stats import Snapshot
-from klieg_platform.gateway import auth
+from klieg_platform.gateway import auth, bodies
+from klieg_platform.gateway.contract import answers, query
 from klieg_platform.gateway.state import gateway
 from klieg_platform.registry_tables import Tenant
 
@@ -122,7 +123,9 @@ async def fleet_workers(request: Request) -> list[dict[str, Any]]:
     return worker_views(await gateway(request).broker.workers.live())
 
 
+@answers(bodies.Workers)
 async def list_workers(request: Request) -> Response:
+    """Every live worker with its runners (an admin tenant only)."""
     _operator(request)
     return JSONResponse({"workers": await fleet_workers(request)})
 
@@ -148,7 +151,10 @@ def visible_runners(caller: Tenant, found: list[dict[str, Any]]) -> list[dict[st
     return [r for r in found if r["app"].partition("/")[0] == caller.name]
 
 
+@answers(bodies.Runners)
+@query(app={"type": "string", "description": "name or owner/name"})
 async def list_runners(request: Request) -> Response:
+    """The runners of the caller's apps (an admin tenant: every runner)."""
     app = request.query_params.get("app")
     found = visible_runners(auth.caller(request), runner_views(await fleet_workers(request)))
     if app is not None:
@@ -156,7 +162,9 @@ async def list_runners(request: Request) -> Response:
     return JSONResponse({"runners": found})
 
 
+@answers(bodies.Pools)
 async def list_pools(request: Request) -> Response:
+    """Per pool: workers, slots, runners and the queue per tier (an admin tenant only)."""
     _operator(request)
     workers = await fleet_workers(request)
     depths = await gateway(request).broker.queue.depths()

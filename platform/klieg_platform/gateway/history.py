@@ -26,7 +26,8 @@ from starlette.responses import JSONResponse, Response
 from klieg.exceptions import InvalidRequestError, NotFoundError, PermissionDeniedError
 from klieg_platform.broker import RequestState
 from klieg_platform.disclosure import error_view, logs_view
-from klieg_platform.gateway import auth
+from klieg_platform.gateway import auth, bodies
+from klieg_platform.gateway.contract import answers, query
 from klieg_platform.gateway.queue import request_urls
 from klieg_platform.gateway.state import gateway
 
@@ -89,6 +90,7 @@ def _keyed(request: Request) -> None:
         raise PermissionDeniedError("a request history takes an API key, not a call token")
 
 
+@answers(bodies.RequestDetail)
 async def one_request(request: Request) -> Response:
     """One of the caller's requests, with its input and logs (404 for anyone else's)."""
     _keyed(request)
@@ -115,6 +117,14 @@ async def one_request(request: Request) -> Response:
     })  # fmt: skip
 
 
+@answers(bodies.RequestPage)
+@query(
+    app={"type": "string", "description": "name or owner/name"},
+    status={"enum": [*STATUSES, *ENDINGS]},
+    since={"type": "number", "minimum": 0, "exclusiveMaximum": 1e11, "description": "unix s"},
+    limit={"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50},
+    after={"type": "string", "description": "the next cursor of the previous page"},
+)
 async def list_requests(request: Request) -> Response:
     """The caller's requests, newest first."""
     _keyed(request)

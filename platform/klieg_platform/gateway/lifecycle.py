@@ -25,9 +25,9 @@ from starlette.responses import JSONResponse, Response
 from klieg.exceptions import InvalidRequestError, NotFoundError
 from klieg.types import AppSpec
 from klieg_platform import scaling
-from klieg_platform.gateway import auth
+from klieg_platform.gateway import auth, bodies
 from klieg_platform.gateway.admin import alias_moved, owned_app
-from klieg_platform.gateway.intake import read_json_object
+from klieg_platform.gateway.contract import accepts, answers, query
 from klieg_platform.gateway.state import GatewayState, gateway
 from klieg_platform.registry import AppRecord, Revision
 
@@ -56,7 +56,9 @@ def _scale_view(
     }
 
 
+@answers(bodies.ScaleView)
 async def get_scale(request: Request) -> Response:
+    """The app's scale overrides and each function's effective scaling."""
     gw = gateway(request)
     app = await owned_app(gw, auth.caller(request), request.path_params["name"])
 
@@ -67,14 +69,9 @@ async def get_scale(request: Request) -> Response:
     return JSONResponse(await asyncio.to_thread(load))
 
 
-def _function(data: dict[str, Any]) -> str:
-    name = data.get("function")
-    if name is not None and (not isinstance(name, str) or not name):
-        raise InvalidRequestError("function must be a function name, or left out for the app")
-    return name or ""
-
-
-async def set_scale(request: Request) -> Response:
+@answers(bodies.ScaleView)
+@accepts(bodies.ScaleChange)
+async def set_scale(request: Request, body: bodies.ScaleChange) -> Response:
     """Override settings (a null value stops overriding it) or, with ``reset``, drop the
     overrides of the app or of one function. The result is checked against every aliased
     revision first: a function left with ``min_concurrency`` above ``max_concurrency`` is a
@@ -82,18 +79,11 @@ async def set_scale(request: Request) -> Response:
     gw = gateway(request)
     tenant = auth.caller(request)
     app = await owned_app(gw, tenant, request.path_params["name"])
-    data = await read_json_object(request, 64 * 1024)
-    function = _function(data)
-    reset = data.get("reset", False)
-    if not isinstance(reset, bool):
-        raise InvalidRequestError("reset must be true or false")
-    values = {k: v for k, v in data.items() if k not in ("function", "reset")}
-    if reset and values:
+    function = body.function or ""
+    reset = body.reset
+    checked = body.settings()
+    if reset and checked:
         raise InvalidRequestError("reset drops overrides; send settings in another request")
-    checked: dict[str, float | int | None] = {
-        **scaling.check_values({k: v for k, v in values.items() if v is not None}),
-        **{k: None for k, v in values.items() if v is None and k in scaling.SETTINGS},
-    }
     if not reset and not checked:
         raise InvalidRequestError(f"nothing to change: send one of {', '.join(scaling.SETTINGS)}")
 
@@ -126,6 +116,7 @@ DEFAULT_KEEP = 5
 """Revisions a prune keeps besides the aliased ones, newest first, unless told."""
 
 
+@answers(bodies.AppDeleted)
 async def delete_app(request: Request) -> Response:
     """Delete the app: see the module's contract. Requests already queued or running finish."""
     gw = gateway(request)
@@ -136,6 +127,8 @@ async def delete_app(request: Request) -> Response:
     return JSONResponse({"app": app.name, "deleted": True, "retired": retired})
 
 
+@answers(bodies.Pruned)
+@query(keep={"type": "integer", "minimum": 0, "default": DEFAULT_KEEP})
 async def prune_revisions(request: Request) -> Response:
     """Retire the app's revisions that no alias points to and are not among the newest
     ``keep`` (default ``DEFAULT_KEEP``); the ids retired, and those left."""
@@ -143,7 +136,7 @@ async def prune_revisions(request: Request) -> Response:
     tenant = auth.caller(request)
     app = await owned_app(gw, tenant, request.path_params["name"])
     raw = request.query_params.get("keep", str(DEFAULT_KEEP))
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise InvalidRequestError(f"keep must be a whole number >= 0, got {raw!r}")
     retired = await asyncio.to_thread(gw.registry.prune_revisions, app, int(raw))
     await alias_moved(gw, tenant.name, app.name)

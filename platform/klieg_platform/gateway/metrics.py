@@ -54,6 +54,7 @@ from starlette.responses import Response
 from klieg_platform import autoscaler, keys
 from klieg_platform.broker.stats import REQUEST_LABELS, Histogram
 from klieg_platform.gateway import auth, fleet
+from klieg_platform.gateway.contract import answers
 from klieg_platform.gateway.state import gateway
 
 _APP = ("owner", "app")
@@ -235,6 +236,7 @@ def render(found: list[Metric]) -> bytes:
     return generate_latest(registry)
 
 
+@answers("text/plain")
 async def scrape(request: Request) -> Response:
     """The fleet's metrics, Prometheus text format."""
     return Response(render(await families(request)), media_type=CONTENT_TYPE_LATEST)

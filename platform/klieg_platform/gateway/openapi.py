@@ -1,11 +1,13 @@
 """OpenAPI 3.1 documents: ``GET /openapi.json``, the platform API itself, described from
 ``ROUTES``; and ``GET /{owner}/{app}[@ref]/openapi.json``, one app's endpoints (``app_openapi``).
 
-Every route is an operation: its path parameters, the access it needs (``x-klieg-access`` and the
-``Key`` security scheme), a JSON object body where it takes one (bytes for uploads), its success
-answer, and every error as ``{"detail", "error_type"}`` (``gateway/errors.py``), so clients and
-fuzzers can check each answer against it. In the platform document ``/{owner}/{app}`` takes any
-JSON object; an app's own document gives each endpoint's input and output schemas.
+Every route is an operation: its path parameters (no control characters: ``auth.Authenticate``
+refuses them), its query parameters, the access it needs (``x-klieg-access`` and the ``Key``
+security scheme), and what its handler declared (``contract.py``): the body it takes, from the
+model that validates it (``bodies.py``), and each success answer's document; every error is
+``{"detail", "error_type"}`` (``gateway/errors.py``), so clients and fuzzers can check each
+answer against it. In the platform document ``/{owner}/{app}`` takes any JSON value; an app's own
+document gives each endpoint's input and output schemas.
 """
 
 from __future__ import annotations
@@ -13,9 +15,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 from starlette.routing import Route
 
+from klieg_platform.gateway import bodies
 from klieg_platform.gateway.auth import Access, Authenticate
+from klieg_platform.gateway.contract import Contract, contract_of
 
 ERROR = {
     "type": "object",
@@ -23,27 +29,15 @@ ERROR = {
     "properties": {"detail": {}, "error_type": {"type": "string"}},
 }
 _PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")
-_QUERY: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]] = {
-    ("POST", "/apps/{name}/deploy"): [("alias", {"type": "string"})],
-    ("GET", "/requests"): [
-        ("app", {"type": "string"}),
-        ("status", {"type": "string"}),
-        ("since", {"type": "string"}),
-        ("limit", {"type": "string"}),
-        ("after", {"type": "string"}),
-    ],
-    ("GET", "/fleet/stream"): [("for_s", {"type": "number", "exclusiveMinimum": 0})],
-    ("GET", "/runners"): [("app", {"type": "string"})],
-    ("GET", "/requests/{request_id}/status"): [
-        ("logs", {"type": "string", "enum": ["0", "1"]}),
-        ("wait_s", {"type": "number", "minimum": 0}),
-    ],
-}
-_CREATED = {("POST", "/keys")}
-_STREAMS = ("/stream",)
+SEGMENT = {"type": "string", "minLength": 1, "pattern": r"^[^\x00-\x1f\x7f-\x9f]*$"}
+"""A path parameter: any text without control characters (``Authenticate`` refuses those)."""
+_REFS = "#/components/schemas/{model}"
+_ERROR_REF = {"$ref": "#/components/schemas/Error"}
 
 
-def _operation(method: str, path: str, route: Route, access: Access) -> dict[str, Any]:
+def _operation(
+    method: str, path: str, route: Route, access: Access, found: Contract, refs: dict[Any, Any]
+) -> dict[str, Any]:
     doc = (getattr(route.endpoint, "__doc__", None) or "").strip().splitlines()
     name = re.sub(r"\W+", "_", path).strip("_") or "root"
     op: dict[str, Any] = {
@@ -51,31 +45,41 @@ def _operation(method: str, path: str, route: Route, access: Access) -> dict[str
         "summary": doc[0] if doc else f"{method} {path}",
         "x-klieg-access": access.value,
         "parameters": [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            {"name": name, "in": "path", "required": True, "schema": SEGMENT}
             for name in _PARAM.findall(route.path)
         ],
         "responses": {
-            "4XX": _json("a refused request", ERROR),
-            "5XX": _json("the platform could not serve it (503: retry after Retry-After)", ERROR),
+            "4XX": _json("a refused request (422: the body, naming the field)", _ERROR_REF),
+            "5XX": _json(
+                "the platform could not serve it (503: retry after Retry-After)", _ERROR_REF
+            ),
         },
     }
     if access is not Access.PUBLIC:
         op["security"] = [{"key": []}] if access is not Access.BOOTSTRAP else [{"key": []}, {}]
-    query = _QUERY.get((method, path.replace("/queue/{owner}/{app}/requests", "/requests")), [])
-    op["parameters"] += [{"name": n, "in": "query", "schema": s} for n, s in query]
-    if method in ("POST", "PUT"):
-        content: dict[str, Any]
-        if path == "/files/upload":
-            content = {"application/octet-stream": {"schema": {}}}
+    op["parameters"] += [
+        {"name": n, "in": "query", "schema": dict(s)} for n, s in found.queries.items()
+    ]
+    if found.body is not None:
+        schema = refs[(found.body, "validation")]
+        op["requestBody"] = {"required": False, "content": {found.media: {"schema": schema}}}
+    elif found.schema is not None:
+        body = {
+            "description": found.about,
+            "content": {found.media: {"schema": dict(found.schema)}},
+        }
+        op["requestBody"] = {"required": False, **body}
+    for status, reply in sorted(found.replies.items()):
+        if isinstance(reply, str):
+            media: dict[str, Any] = {m: {} for m in reply.split(", ")}  # one or several
+            op["responses"][str(status)] = {"description": reply, "content": media}
         else:
-            content = {"application/json": {"schema": {"type": "object"}}}
-        op["requestBody"] = {"required": False, "content": content}
-    ok = "201" if (method, path) in _CREATED else "2XX"
-    if path.endswith(_STREAMS) or path.startswith(("/files/", "/console")):
-        op["responses"][ok] = {"description": "a stream, a file or a page"}
-    else:
-        op["responses"][ok] = _json("done", {})
+            op["responses"][str(status)] = _json(_first_line(reply), refs[(reply, "validation")])
     return op
+
+
+def _first_line(model: type[BaseModel]) -> str:
+    return (model.__doc__ or "done").strip().splitlines()[0]
 
 
 def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -83,20 +87,35 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def platform_openapi(routes: list[Any], version: str) -> dict[str, Any]:
-    """The OpenAPI document of ``routes`` (``app.ROUTES``)."""
-    paths: dict[str, dict[str, Any]] = {}
+    """The OpenAPI document of ``routes`` (``app.ROUTES``); every route's handler must declare
+    its contract (``contract.py``)."""
+    found: list[tuple[Route, str, Access, Contract]] = []
+    models: set[type[BaseModel]] = set()
     for route in routes:
         assert isinstance(route, Route) and isinstance(route.app, Authenticate), route
+        declared = contract_of(route.endpoint)
+        assert declared is not None and declared.replies, f"{route.path}: no contract"
         for method in sorted((route.methods or set()) - {"HEAD"}):
-            path = _PARAM.sub(r"{\1}", route.path)
-            paths.setdefault(path, {})[method.lower()] = _operation(
-                method, path, route, route.app.access
-            )
+            found.append((route, method, route.app.access, declared))
+        for model in (declared.body, *declared.replies.values()):
+            if isinstance(model, type) and issubclass(model, BaseModel):
+                models.add(model)
+    refs, defs = models_json_schema(
+        [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)],
+        ref_template=_REFS,
+    )
+    paths: dict[str, dict[str, Any]] = {}
+    for route, method, access, declared in found:
+        path = _PARAM.sub(r"{\1}", route.path)
+        paths.setdefault(path, {})[method.lower()] = _operation(
+            method, path, route, access, declared, refs
+        )
     return {
         "openapi": "3.1.0",
         "info": {"title": "Klieg platform API", "version": version},
         "paths": paths,
         "components": {
+            "schemas": {**defs.get("$defs", {}), "Error": ERROR},
             "securitySchemes": {
                 "key": {
                     "type": "apiKey",
@@ -104,38 +123,17 @@ def platform_openapi(routes: list[Any], version: str) -> dict[str, Any]:
                     "name": "Authorization",
                     "description": "Key <key_id>:<secret>",
                 }
-            }
+            },
         },
     }
 
 
 # ---- one app: GET /{owner}/{app}[@ref]/openapi.json -------------------------------------------
 
-SUBMITTED = {
-    "type": "object",
-    "required": ["request_id", "status", "response_url", "status_url", "cancel_url"],
-    "properties": {
-        "request_id": {"type": "string"},
-        "status": {"const": "IN_QUEUE"},
-        "queue_position": {"type": "integer"},
-        "response_url": {"type": "string"},
-        "status_url": {"type": "string"},
-        "cancel_url": {"type": "string"},
-    },
-}
-STATUS = {
-    "type": "object",
-    "required": ["request_id", "status"],
-    "properties": {
-        "request_id": {"type": "string"},
-        "status": {"enum": ["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]},
-        "queue_position": {"type": "integer"},
-        "queue_eta_s": {"type": ["number", "null"]},
-        "logs": {"type": ["array", "null"]},
-        "error": {},
-        "error_type": {"type": "string"},
-    },
-}
+SUBMITTED = bodies.Submitted.model_json_schema()
+STATUS = bodies.RequestStatus.model_json_schema()
+"""The queue's submit and status answers (the models of ``bodies.py``), for each app's
+document."""
 
 
 def is_media(schema: dict[str, Any]) -> bool:
@@ -209,13 +207,14 @@ def app_openapi(owner: str, app_ref: str, spec: Any, revision: str) -> dict[str,
                 }}  # fmt: skip
             paths[f"/queue{root}{suffix}"] = {"post": {
                 **common, "operationId": f"submit_{name}", "summary": f"queue {suffix or '/'}",
-                "requestBody": body, "responses": {"200": _json("queued", SUBMITTED), **errors},
+                "requestBody": body,
+                "responses": {"200": _json("queued", _lift(SUBMITTED, defs, {})), **errors},
             }}  # fmt: skip
     rid = {"name": "request_id", "in": "path", "required": True, "schema": {"type": "string"}}
     requests = f"/queue/{owner}/{base}/requests/{{request_id}}"
     paths[f"{requests}/status"] = {"get": {
         "operationId": "status", "security": [{"key": []}], "parameters": [rid],
-        "responses": {"2XX": _json("the status", STATUS), **errors},
+        "responses": {"2XX": _json("the status", _lift(STATUS, defs, {})), **errors},
     }}  # fmt: skip
     paths[requests] = {"get": {
         "operationId": "result", "security": [{"key": []}], "parameters": [rid],

@@ -29,7 +29,8 @@ from starlette.responses import JSONResponse, Response
 from klieg.exceptions import InvalidRequestError, NotFoundError
 from klieg_platform.broker import NewRequest, RequestState
 from klieg_platform.disclosure import error_view, logs_view
-from klieg_platform.gateway import auth, sse
+from klieg_platform.gateway import auth, bodies, sse
+from klieg_platform.gateway.contract import answers, query, takes
 from klieg_platform.gateway.intake import (
     DEFAULT_SERVICE_S,
     enqueue,
@@ -55,7 +56,10 @@ def request_urls(request: Request, owner: str, app: str, request_id: str) -> dic
     return {"response_url": root, "status_url": f"{root}/status", "cancel_url": f"{root}/cancel"}
 
 
+@answers(bodies.Submitted)
+@takes(bodies.INPUT, "the endpoint's input")
 async def submit(request: Request) -> Response:
+    """Queue a call of the app's endpoint; its request id and URLs."""
     job = await intake(request, allow_stream=False)
     return await enqueue_and_accept(request, job.gw, job.new)
 
@@ -150,7 +154,13 @@ def _wait_s(request: Request) -> float:
     return 0.0 if raw is None else seconds(raw, "wait_s", most=MAX_WAIT_S, zero=True)
 
 
+@answers(bodies.RequestStatus, 200, 202)
+@query(
+    logs={"type": "string", "description": "1, true or yes: with the logs"},
+    wait_s={"type": "number", "minimum": 0, "maximum": MAX_WAIT_S},
+)
 async def status(request: Request) -> Response:
+    """The request's status: 200 once COMPLETED, 202 before."""
     logs = _flag(request, "logs")
     wait_s = _wait_s(request)
     if wait_s > 0:
@@ -174,6 +184,8 @@ async def _until_completed(request: Request, wait_s: float) -> None:
             )
 
 
+@answers("text/event-stream")
+@query(logs={"type": "string", "description": "1, true or yes: with the logs"})
 async def status_stream(request: Request) -> Response:
     """SSE: a status document whenever the status changes or log lines arrive (each event
     carries only the lines that are new since the previous one), ending with COMPLETED."""
@@ -205,7 +217,9 @@ async def status_stream(request: Request) -> Response:
     return sse.response(events())
 
 
+@answers(bodies.Output)
 async def result(request: Request) -> Response:
+    """The request's result, or its error."""
     gw, state = await _owned(request)
     outcome = await gw.broker.queue.outcome(state.id) if state.status == "COMPLETED" else None
     if outcome is None:
@@ -214,7 +228,9 @@ async def result(request: Request) -> Response:
     return await result_response(gw, state.id, outcome, full=full)
 
 
+@answers(bodies.CancelRequested, 202)
 async def cancel(request: Request) -> Response:
+    """Cancel a queued or running request (400 once it completed)."""
     gw, state = await _owned(request)
     outcome = await gw.broker.queue.cancel(state.id)
     if outcome in (1, 2):

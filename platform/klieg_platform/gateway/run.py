@@ -14,13 +14,16 @@ from starlette.responses import Response
 from klieg.exceptions import NotFoundError
 from klieg_platform.broker import CHUNK_END, NewRequest
 from klieg_platform.disclosure import error_view, event_view
-from klieg_platform.gateway import auth, sse
+from klieg_platform.gateway import auth, bodies, sse
+from klieg_platform.gateway.contract import answers, takes
 from klieg_platform.gateway.intake import enqueue, intake, result_response
 from klieg_platform.gateway.state import GatewayState
 from klieg_platform.gateway.waiter import Waiter
 from klieg_platform.registry import WORKFLOW_PREFIX
 
 
+@answers(bodies.Output)
+@takes(bodies.INPUT, "the endpoint's input")
 async def run_sync(request: Request) -> Response:
     job = await intake(request, allow_stream=True)
     return await enqueue_and_answer(request, job.gw, job.new)

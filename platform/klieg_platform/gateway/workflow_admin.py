@@ -24,9 +24,16 @@ from starlette.responses import JSONResponse, Response
 
 from klieg.exceptions import NotFoundError, ValidationError
 from klieg.workflow import WorkflowDoc, load_workflow
-from klieg_platform.gateway import auth
-from klieg_platform.gateway.admin import alias_moved, alias_name, point_alias, roll_back, share
-from klieg_platform.gateway.intake import read_json_object
+from klieg_platform.gateway import auth, bodies
+from klieg_platform.gateway.admin import (
+    ALIAS_QUERY,
+    alias_moved,
+    alias_name,
+    point_alias,
+    roll_back,
+    share,
+)
+from klieg_platform.gateway.contract import accepts, answers, query
 from klieg_platform.gateway.state import GatewayState, gateway
 from klieg_platform.registry import (
     WORKFLOW_PREFIX,
@@ -39,7 +46,6 @@ from klieg_platform.registry import (
 from klieg_platform.workflows.store import WORKFLOW_KIND, revision_id
 
 MAX_WORKFLOW_BYTES = 1024 * 1024
-_SMALL = 64 * 1024
 
 
 async def _workflow(gw: GatewayState, tenant: Tenant, name: str) -> AppRecord:
@@ -58,7 +64,9 @@ def _check_apps(registry: Registry, doc: WorkflowDoc, caller: Tenant) -> None:
             raise ValidationError(f"node {node_id!r}: app {owner}/{app_name} not found")
 
 
+@answers(bodies.Workflows)
 async def list_workflows(request: Request) -> Response:
+    """The caller's workflows."""
     gw = gateway(request)
     tenant = auth.caller(request)
 
@@ -78,25 +86,16 @@ async def list_workflows(request: Request) -> Response:
     return JSONResponse({"workflows": await asyncio.to_thread(load)})
 
 
-async def put_workflow(request: Request) -> Response:
+@answers(bodies.WorkflowStored)
+@accepts(bodies.WorkflowPut, limit=MAX_WORKFLOW_BYTES)
+async def put_workflow(request: Request, body: bodies.WorkflowPut) -> Response:
+    """Store a workflow document as a new revision and point an alias (``latest``) at it."""
     gw = gateway(request)
     tenant = auth.caller(request)
     name = request.path_params["name"]
     stored_name = workflow_app_name(name)
-    data = await read_json_object(request, MAX_WORKFLOW_BYTES)
-    alias = alias_name(str(data.get("alias") or "latest"))
-    source = data.get("document")
-    if not isinstance(source, dict | str):
-        raise ValidationError(
-            [
-                {
-                    "loc": ["body", "document"],
-                    "msg": "a workflow document: an object, or YAML/JSON text",
-                    "type": "missing" if source is None else "dict_type",
-                }
-            ]
-        )
-    doc = load_workflow(source)
+    alias = alias_name(body.alias or "latest")
+    doc = load_workflow(body.document)
     doc = doc.model_copy(update={"name": name})
     rid = revision_id(tenant.name, name, doc)
 
@@ -122,7 +121,9 @@ async def put_workflow(request: Request) -> Response:
     )
 
 
+@answers(bodies.WorkflowView)
 async def get_workflow(request: Request) -> Response:
+    """A workflow's aliases and revisions (newest first) with their documents."""
     gw = gateway(request)
     tenant = auth.caller(request)
     name = request.path_params["name"]
@@ -152,33 +153,42 @@ async def get_workflow(request: Request) -> Response:
     return JSONResponse(await asyncio.to_thread(load))
 
 
-async def set_workflow_alias(request: Request) -> Response:
+@answers(bodies.WorkflowAliasMoved)
+@accepts(bodies.AliasTarget)
+async def set_workflow_alias(request: Request, body: bodies.AliasTarget) -> Response:
+    """Point a workflow's alias at one of its revisions."""
     gw = gateway(request)
     tenant = auth.caller(request)
     name = request.path_params["name"]
     app = await _workflow(gw, tenant, name)
     alias = alias_name(request.path_params["alias"])
-    ref = str((await read_json_object(request, _SMALL)).get("revision") or "")
+    ref = body.revision
     label = f"workflow {tenant.name}/{name}"
     revision, previous = await point_alias(gw, tenant, app, alias, ref, label)
     return JSONResponse({"name": name, "alias": alias, "revision": revision, "previous": previous})
 
 
-async def rollback_workflow(request: Request) -> Response:
+@answers(bodies.WorkflowAliasMoved)
+@query(alias=ALIAS_QUERY)
+@accepts(bodies.WorkflowAlias)
+async def rollback_workflow(request: Request, body: bodies.WorkflowAlias) -> Response:
+    """Move a workflow's alias (the body's or ``?alias=``, default ``latest``) back one step."""
     gw = gateway(request)
     tenant = auth.caller(request)
     name = request.path_params["name"]
     app = await _workflow(gw, tenant, name)
-    data = await read_json_object(request, _SMALL)
-    alias = alias_name(str(data.get("alias") or request.query_params.get("alias", "latest")))
+    alias = alias_name(body.alias or request.query_params.get("alias", "latest"))
     revision, previous = await roll_back(gw, tenant, app, alias)
     return JSONResponse({"name": name, "alias": alias, "revision": revision, "previous": previous})
 
 
-async def set_workflow_visibility(request: Request) -> Response:
+@answers(bodies.WorkflowShared)
+@accepts(bodies.Sharing)
+async def set_workflow_visibility(request: Request, body: bodies.Sharing) -> Response:
+    """Who may call the workflow."""
     gw = gateway(request)
     tenant = auth.caller(request)
     name = request.path_params["name"]
     app = await _workflow(gw, tenant, name)
-    app, names = await share(gw, tenant, app, await read_json_object(request, _SMALL))
+    app, names = await share(gw, tenant, app, body.visibility, body.tenants)
     return JSONResponse({"name": name, "visibility": app.visibility, "shared_with": names})

@@ -15,6 +15,7 @@ webhook (``?fal_webhook=``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -25,7 +26,8 @@ from klieg.exceptions import NotFoundError
 from klieg.workflow import WorkflowDoc, validate_input
 from klieg_platform import keys
 from klieg_platform.broker import NewRequest
-from klieg_platform.gateway import auth, queue
+from klieg_platform.gateway import auth, bodies, queue
+from klieg_platform.gateway.contract import answers, takes
 from klieg_platform.gateway.intake import deadline_ms, read_input, webhook_url
 from klieg_platform.gateway.run import enqueue_and_answer
 from klieg_platform.gateway.state import gateway
@@ -78,12 +80,18 @@ async def _intake(request: Request, *, stream: bool) -> NewRequest:
     )
 
 
+@answers(bodies.Output)
+@takes(bodies.INPUT, "the workflow's input")
 async def run_workflow(request: Request) -> Response:
+    """Run the workflow; its output (``/stream``: its node events as server-sent events)."""
     new = await _intake(request, stream=request.url.path.endswith("/stream"))
     return await enqueue_and_answer(request, gateway(request), new)
 
 
+@answers(bodies.Submitted)
+@takes(bodies.INPUT, "the workflow's input")
 async def submit_workflow(request: Request) -> Response:
+    """Queue a run of the workflow; its request id and URLs."""
     new = await _intake(request, stream=False)
     return await queue.enqueue_and_accept(request, gateway(request), new)
 
@@ -92,6 +100,7 @@ def _as_app(handler: Handler) -> Handler:
     """A queue route of apps, serving ``/queue/workflows/{owner}/{name}/...``: the workflow is
     the app ``workflows/{name}`` of its owner."""
 
+    @functools.wraps(handler)
     async def wrapped(request: Request) -> Response:
         params = dict(request.scope["path_params"])
         params["app"] = WORKFLOW_PREFIX + params.pop("name")

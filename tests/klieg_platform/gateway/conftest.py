@@ -1,8 +1,10 @@
 """A real gateway (uvicorn in a thread, SQLite registry, the machine's Redis) over HTTP, with an
-admin tenant ``local``, a second tenant ``other`` and a signing key (for call tokens)."""
+admin tenant ``local``, a second tenant ``other`` and a signing key (for call tokens).
+``serve_gateway`` starts one on another registry (PostgreSQL)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,10 +32,17 @@ class Gateway:
 
 @pytest.fixture()
 def gateway(tmp_path: Path) -> Iterator[Gateway]:
+    with serve_gateway(tmp_path, f"sqlite:///{tmp_path / 'registry.db'}") as served:
+        yield served
+
+
+@contextlib.contextmanager
+def serve_gateway(tmp_path: Path, database_url: str) -> Iterator[Gateway]:
+    """A gateway whose registry is ``database_url`` (an empty database), as ``gateway``."""
     settings = Settings(
         home=tmp_path,
         redis_url=MACHINE_REDIS_URL,
-        database_url=f"sqlite:///{tmp_path / 'registry.db'}",
+        database_url=database_url,
         port=free_port(),
         signing_key="gateway-test-signing-key",
     )

@@ -150,7 +150,7 @@ def test_bad_bodies_and_names(gateway: Gateway) -> None:
     for name in ("Bad", "rollback", "x" * 60):
         with pytest.raises(InvalidRequestError):
             admin.put_workflow(name, MOVIE)
-    with pytest.raises(InvalidRequestError):
+    with pytest.raises(ValidationError, match="alias"):  # the body's field: 422
         admin.put_workflow("w", MOVIE, alias="Bad Alias")
     with pytest.raises(NotFoundError):
         admin.get_workflow("ghost")
