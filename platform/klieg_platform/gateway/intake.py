@@ -35,6 +35,7 @@ from klieg_platform.disclosure import error_view
 from klieg_platform.gateway import auth
 from klieg_platform.gateway.errors import error_response
 from klieg_platform.gateway.state import GatewayState, gateway
+from klieg_platform.registry import CONTROL
 from klieg_platform.scheduler import retry_after_s
 from klieg_platform.storage import offload_payload
 from klieg_platform.webhooks import refused_target
@@ -110,6 +111,16 @@ def deadline_ms(request: Request) -> int:
     return int((time.time() + seconds(raw, TIMEOUT_HEADER)) * 1000)
 
 
+def _is_http_url(url: str) -> bool:
+    """An http(s) URL with a host, a port in range if it names one, no control character."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises for a port out of range or no number
+    except ValueError:  # and for an unclosed [IPv6] host
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not CONTROL.search(url)
+
+
 async def webhook_url(request: Request, gw: GatewayState) -> str:
     """The ``?fal_webhook=`` URL, checked to be http(s) and, where the gateway delivers to
     public receivers only (``webhook_allow_private`` off), to have only public addresses; ""
@@ -117,8 +128,7 @@ async def webhook_url(request: Request, gw: GatewayState) -> str:
     url = request.query_params.get("fal_webhook", "")
     if not url:
         return ""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    if not _is_http_url(url):
         raise InvalidRequestError(f"fal_webhook must be an http(s) URL, got {url!r}")
     if not gw.settings.webhook_allow_private:
         refused = await refused_target(url)

@@ -113,6 +113,19 @@ def test_a_media_url_of_another_scheme_is_422_and_queues_nothing(
     assert _request_records() == before
 
 
+@pytest.mark.parametrize(
+    "hook", ["http://[::1/x", "http://h:99999/x", "http://h:port/x", "http://a\x00b/x", "ftp://h/x"]
+)
+def test_a_webhook_that_is_no_http_url_is_400_and_queues_nothing(
+    checked: httpx.Client, hook: str
+) -> None:
+    before = _request_records()
+    r = checked.post("/queue/local/checked", params={"fal_webhook": hook}, json={"text": "x"})
+    assert r.status_code == 400 and r.json()["error_type"] == "InvalidRequestError", r.text
+    assert "fal_webhook must be an http(s) URL" in r.json()["detail"]
+    assert _request_records() == before
+
+
 def test_a_valid_body_is_queued(checked: httpx.Client) -> None:
     before = _request_records()
     body = {"text": "x", "count": "2", "image": {"url": "https://example.com/a.png"}}
