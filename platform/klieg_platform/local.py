@@ -356,17 +356,21 @@ def launched(
     env: Mapping[str, str] | None = None,
     log: IO[bytes] | None = None,
     timeout_s: float = 120.0,
+    prefix: Sequence[str] = (),
 ) -> Iterator[str]:
     """Run ``klieg up`` as a child process until the block ends; yields its base URL.
 
     The child reads its settings from ``env`` (default: this process's environment) with
     ``KLIEG_HOME`` set to ``home``; it is stopped with SIGINT (then killed after 60 s).
+    ``prefix``: a command that execs the rest of its argv (``klieg up``) in the same process,
+    e.g. ``unshare`` to run the platform in namespaces of its own.
     """
     home.mkdir(parents=True, exist_ok=True)
     ready = home / "run" / f"ready-{port}"
     ready.unlink(missing_ok=True)
     child_env = dict(os.environ if env is None else env, KLIEG_HOME=str(home))
-    cmd = [sys.executable, "-m", "klieg.cli", "up", "--port", str(port), "--ready-file", str(ready)]
+    cmd = [*prefix, sys.executable, "-m", "klieg.cli", "up", "--port", str(port)]
+    cmd += ["--ready-file", str(ready)]
     proc = subprocess.Popen(
         cmd, env=child_env, stdout=log, stderr=subprocess.STDOUT if log else None
     )

@@ -8,7 +8,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,10 +74,12 @@ def running_platform(
     extra_env: dict[str, str] | None = None,
     log_name: str = "platform.log",
     with_tls: bool = False,
+    prefix: Sequence[str] = (),
 ) -> Iterator[Platform]:
     """Start ``klieg up`` in ``home`` on a free port; stop it (SIGINT) afterwards.
 
     ``with_tls``: HTTPS with the home's local CA, plus a queue listener on another free port.
+    ``prefix``: a command ``klieg up`` runs under (``local.launched``).
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("KLIEG_")}
     env.update(
@@ -98,7 +100,10 @@ def running_platform(
             KLIEG_TLS_KEY=str(made.key),
             KLIEG_QUEUE_PORT=str(queue_port),
         )
-    with open(home / log_name, "ab") as log, launched(home, port, env=env, log=log) as url:
+    with (
+        open(home / log_name, "ab") as log,
+        launched(home, port, env=env, log=log, prefix=prefix) as url,
+    ):
         yield Platform(
             url=url,
             home=home,

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,11 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 def stream(platform: Platform, **kwargs: Any) -> Stream:
-    return Stream(platform.url, platform.key, **kwargs)
+    """A stream to ``platform``'s steady app, each run written down under its home (so
+    ``settle`` checks that no request ran more often than it was dispatched)."""
+    runs = platform.home / "runs" / uuid.uuid4().hex[:12]
+    runs.mkdir(parents=True)
+    return Stream(platform.url, platform.key, runs=runs, **kwargs)
 
 
 def deploy_steady(platform: Platform) -> None:

@@ -14,6 +14,13 @@ bucket of ``Tally``:
 - ``lost``: accepted, yet its record is gone or it never finished.
 
 ``wrong`` and ``lost`` must be 0.
+
+With ``runs`` (a directory), each run of a request that got to its answer is written down by the
+app (``apps/steady``), and ``settle`` checks what at-least-once allows and no more: a request ran
+at most as many times as it was dispatched (its ``attempts``: a crash or a lost lease shows as a
+second attempt, a double dispatch would not), and every right result came from a run of its own
+request. A breach counts as ``wrong``. ``runs``, ``retried`` (requests dispatched more than
+once) and ``ran_twice`` (requests that ran more than once) are in the figures.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,6 +48,9 @@ class Tally:
     interrupted: int = 0
     wrong: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
+    runs: int = 0
+    retried: int = 0
+    ran_twice: int = 0
     samples: list[str] = field(default_factory=list)
     """The first few failures, as the caller saw them."""
 
@@ -53,6 +64,9 @@ class Tally:
             "interrupted": self.interrupted,
             "wrong": len(self.wrong),
             "lost": len(self.lost),
+            "runs": self.runs,
+            "retried": self.retried,
+            "ran_twice": self.ran_twice,
             "failure_samples": self.samples,
         }
 
@@ -76,7 +90,7 @@ def _error_type(response: httpx.Response) -> str | None:
 
 class Stream:
     """Requests to ``{owner}/steady`` at about ``rate`` per second, ``ms`` of work each, from
-    ``threads`` threads (a third of them sync)."""
+    ``threads`` threads (a third of them sync); with ``runs``, each run written down there."""
 
     def __init__(
         self,
@@ -87,12 +101,18 @@ class Stream:
         rate: float = 50.0,
         ms: int = 20,
         threads: int = 6,
+        runs: Path | None = None,
     ) -> None:
         self.url, self.owner, self.rate, self.ms, self.threads = url, owner, rate, ms, threads
+        self.runs = runs
         self.headers = {"Authorization": f"Key {key}"}
         self.tally = Tally()
         self.queued: dict[str, int] = {}
         """Accepted queue requests: request id -> its i."""
+        self.answered: dict[str, int] = {}
+        """Sync requests that were answered with their request id: id -> its i."""
+        self.right: set[int] = set()
+        """The i of every request answered with its right result."""
         self._next = itertools.count()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -138,6 +158,12 @@ class Stream:
                     self._submit(http, i)
                 self._stop.wait(max(0.0, gap - (time.monotonic() - started)))
 
+    def _body(self, i: int) -> dict[str, Any]:
+        body: dict[str, Any] = {"i": i, "ms": self.ms}
+        if self.runs is not None:
+            body["runs"] = str(self.runs)
+        return body
+
     def _count(self, bucket: str, reason: str = "") -> None:
         with self._lock:
             tally = self.tally
@@ -150,7 +176,7 @@ class Stream:
 
     def _submit(self, http: httpx.Client, i: int) -> None:
         try:
-            response = http.post(f"/queue/{self.owner}/steady", json={"i": i, "ms": self.ms})
+            response = http.post(f"/queue/{self.owner}/steady", json=self._body(i))
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             self._count("refused", f"unreachable: {type(exc).__name__}")
             return
@@ -174,7 +200,7 @@ class Stream:
 
     def _sync(self, http: httpx.Client, i: int) -> None:
         try:
-            response = http.post(f"/{self.owner}/steady", json={"i": i, "ms": self.ms})
+            response = http.post(f"/{self.owner}/steady", json=self._body(i))
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             self._count("refused", f"unreachable: {type(exc).__name__}")
             return
@@ -188,12 +214,16 @@ class Stream:
             return
         with self._lock:
             self.tally.accepted += 1
+            if rid := response.headers.get("x-klieg-request-id"):
+                self.answered[rid] = i
         self._ended(response, i, f"sync {i}")
 
     def _ended(self, response: httpx.Response, i: int, what: str) -> None:
         if response.status_code == 200:
             if response.json() == {"i": i, "square": i * i}:
                 self._count("completed")
+                with self._lock:
+                    self.right.add(i)
             else:
                 with self._lock:
                     self.tally.wrong.append(f"{what}: {response.text[:200]}")
@@ -228,9 +258,47 @@ class Stream:
                         self._read_result(http, rid, pending.pop(rid))
                 if pending:
                     time.sleep(0.5)
+            if self.runs is not None:
+                self._check_runs(http, pool)
         for rid in pending:
             self.tally.lost.append(f"{rid}: not finished within {timeout_s:g} s")
         return self.tally
+
+    def _check_runs(self, http: httpx.Client, pool: ThreadPoolExecutor) -> None:
+        """Each request with a known id ran at most as often as it was dispatched; each right
+        result came from a run (see the module)."""
+        assert self.runs is not None
+        log = self.runs / "runs.log"
+        ran = collections.Counter(int(n) for n in log.read_text().split()) if log.exists() else {}
+        ids = {**self.queued, **self.answered}
+        attempts = dict(zip(ids, pool.map(lambda r: self._attempts(http, r), ids), strict=True))
+        tally = self.tally
+        tally.runs = sum(ran.values())
+        tally.retried = sum(1 for n in attempts.values() if n is not None and n > 1)
+        tally.ran_twice = sum(1 for i in ids.values() if ran.get(i, 0) > 1)
+        for rid, i in ids.items():
+            n = attempts[rid]
+            if n is not None and ran.get(i, 0) > n:
+                tally.wrong.append(f"{rid} (i={i}): ran {ran[i]} times in {n} attempts")
+        for i in sorted(self.right):
+            if not ran.get(i):
+                tally.wrong.append(f"i={i}: answered right without a run")
+
+    def _attempts(self, http: httpx.Client, rid: str) -> int | None:
+        """How often request ``rid`` was dispatched (``GET /requests/{id}``); None when its
+        record cannot be read."""
+        for _ in range(20):
+            try:
+                response = http.get(f"/requests/{rid}")
+            except httpx.TransportError:
+                time.sleep(0.5)
+                continue
+            if response.status_code == 200:
+                return int(response.json()["attempts"])
+            if response.status_code == 404:
+                return None
+            time.sleep(0.5)  # 503 while Redis restarts: ask again
+        return None
 
     def _status(self, http: httpx.Client, rid: str) -> str:
         try:

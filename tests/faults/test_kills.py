@@ -2,7 +2,8 @@
 
 One platform for the module (embedded Redis); each test streams for a few seconds, kills one
 process a third of the way in, settles, and checks the tally: every accepted request completed
-with its own result or failed with a typed reason.
+with its own result or failed with a typed reason, and none ran more often than it was
+dispatched (``stream.py``).
 """
 
 from __future__ import annotations
@@ -38,17 +39,27 @@ def test_killed_worker(steady: Platform) -> None:
     _after(steady, "worker")
 
 
-def test_killed_runner_mid_request(steady: Platform) -> None:
-    def kill_runner() -> None:
+def test_killed_runners_mid_request(steady: Platform) -> None:
+    """Every runner killed at once while the stream keeps them busy (60 ms a request, about
+    three at a time): the requests they held go back to the queue (``retries``), so some
+    request shows a second attempt, which proves a runner was killed mid-request."""
+    killed: list[int] = []
+
+    def kill_runners() -> None:
         runners = runner_pids(steady.home)
         assert runners, "no runner to kill"
-        os.kill(runners[0], signal.SIGKILL)
+        for pid in runners:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
 
     s = stream(steady, ms=60)
-    s.run_for(SECONDS, kill_runner)
+    s.run_for(SECONDS, kill_runners)
     tally = s.settle()
-    record("runner killed mid-request", tally)
+    record(f"{len(killed)} runners killed mid-request", tally)
+    assert tally.retried > 0, f"no request was running on the killed runners: {tally.figures()}"
     assert tally.completed >= tally.submitted // 2
+    log = (steady.home / "platform.log").read_text()
+    assert "; retrying (attempt 1)" in log, "the worker logged no request retried after a crash"
     _after(steady, "runner")
 
 
