@@ -97,6 +97,17 @@ def test_a_caller_sees_the_error_type_and_message_only(platform: Platform, leaky
         assert "reading weights" not in text
 
 
+def test_paths_after_a_colon_under_a_home_or_with_spaces_are_cut(
+    platform: Platform, leaky: str
+) -> None:
+    with platform.http(key=leaky) as http:
+        sync = http.post("/local/leaky/paths", json={})
+    assert sync.status_code == 500, sync.text
+    assert sync.json()["detail"] == "FileNotFoundError: ENOENT:.../a.bin, .../b.bin, .../c.bin"
+    _assert_redacted(platform, sync.text)
+    assert "Models" not in sync.text and "~" not in sync.text
+
+
 def test_a_workflow_caller_sees_node_errors_without_paths(platform: Platform, leaky: str) -> None:
     with platform.http(key=leaky) as http:
         sync = http.post("/workflows/local/leakyflow", json={})
