@@ -287,18 +287,10 @@ class Stream:
     def _attempts(self, http: httpx.Client, rid: str) -> int | None:
         """How often request ``rid`` was dispatched (``GET /requests/{id}``); None when its
         record cannot be read."""
-        for _ in range(20):
-            try:
-                response = http.get(f"/requests/{rid}")
-            except httpx.TransportError:
-                time.sleep(0.5)
-                continue
-            if response.status_code == 200:
-                return int(response.json()["attempts"])
-            if response.status_code == 404:
-                return None
-            time.sleep(0.5)  # 503 while Redis restarts: ask again
-        return None
+        response = _get(http, f"/requests/{rid}")
+        if response is None or response.status_code != 200:
+            return None
+        return int(response.json()["attempts"])
 
     def _status(self, http: httpx.Client, rid: str) -> str:
         try:
@@ -312,15 +304,24 @@ class Stream:
         return str(response.json().get("status"))
 
     def _read_result(self, http: httpx.Client, rid: str, i: int) -> None:
-        for _ in range(20):
-            try:
-                response = http.get(f"/queue/{self.owner}/steady/requests/{rid}")
-            except httpx.TransportError:
-                time.sleep(0.5)
-                continue
-            if _error_type(response) == "UnavailableError":  # Redis restarting: ask again
-                time.sleep(0.5)
-                continue
+        response = _get(http, f"/queue/{self.owner}/steady/requests/{rid}")
+        if response is None:
+            self.tally.lost.append(f"{rid}: result unreadable")
+        else:
             self._ended(response, i, f"queue {i} ({rid})")
-            return
-        self.tally.lost.append(f"{rid}: result unreadable")
+
+
+def _get(http: httpx.Client, path: str) -> httpx.Response | None:
+    """``GET path``, asked again (20 times, 0.5 s apart) while the gateway cannot be reached or
+    Redis restarts (503 ``UnavailableError``); None when it never answered otherwise."""
+    for _ in range(20):
+        try:
+            response = http.get(path)
+        except httpx.TransportError:
+            time.sleep(0.5)
+            continue
+        if _error_type(response) == "UnavailableError":
+            time.sleep(0.5)
+            continue
+        return response
+    return None
