@@ -25,11 +25,13 @@ changed to reach another file; they expire.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -206,6 +208,21 @@ def _upload(w: World, who: Identity, access: Access) -> None:
         assert httpx.get(body["url"]).content == data
 
 
+@case("POST", "/storage/auth/token", Access.CALLER)
+def _upload_token(w: World, who: Identity, access: Access) -> None:
+    """fal's upload token is a call token of the caller's own tenant: an upload with it lands
+    under that tenant's uploads."""
+    r = w.send(who, "POST", "/storage/auth/token", params={"storage_type": "fal-cdn-v3"})
+    body = expect(r, outcome(access, who, allowed=True, ok=200), "upload token")
+    if r.status_code != 200:
+        return
+    assert who.tenant is not None and body["token_type"] == "Bearer"
+    headers = {"Authorization": f"Bearer {body['token']}", "content-type": "text/plain"}
+    up = httpx.post(f"{body['base_url']}/files/upload", content=b"x", headers=headers)
+    assert up.status_code == 201, up.text
+    assert f"/files/uploads/{w.tenant_ids[who.tenant]}/" in up.json()["url"]
+
+
 @case("GET", "/files/{key:path}", Access.PUBLIC)
 def _download(w: World, who: Identity, access: Access) -> None:
     """A signed URL serves its file whoever sends it; a key does not replace the signature."""
@@ -317,6 +334,138 @@ def _set_limits(w: World, who: Identity, access: Access) -> None:
         assert body["max_inflight"] == 7
         w.owner.limit_app(PRIVATE, 0)
     assert w.owner_app(PRIVATE).max_inflight == 0
+
+
+def _owned_only(
+    w: World, who: Identity, access: Access, method: str, name: str, path: str = "", **kw: Any
+) -> tuple[httpx.Response, Any]:
+    """Send ``method`` to ``/apps/{name}{path}``, a route that acts on the caller's own app
+    ``name``: 200 where the caller has one, else 404 naming the caller's tenant (never the
+    owner's). The answer and its body."""
+    allowed = w.has_app(who.tenant, name)
+    r = w.send(who, method, f"/apps/{name}{path}", **kw)
+    body = expect(r, outcome(access, who, allowed=allowed, ok=200), f"{method} {name}{path}")
+    if r.status_code == 404:
+        assert body["detail"] == f"app {who.tenant}/{name} not found", body
+    return r, body
+
+
+@case("GET", "/apps/{name}/scale", Access.MANAGE)
+def _get_scale(w: World, who: Identity, access: Access) -> None:
+    """An app's scaling: the caller's own app of that name only (the stranger has an
+    ``iso-private`` of its own)."""
+    r, body = _owned_only(w, who, access, "GET", PRIVATE, "/scale")
+    if r.status_code == 200:
+        owner_revisions = {w.revisions[PRIVATE], w.revisions["second"]}
+        assert (body["revision"] in owner_revisions) == (who.tenant == OWNER), body
+
+
+@case("PUT", "/apps/{name}/scale", Access.MANAGE)
+def _set_scale(w: World, who: Identity, access: Access) -> None:
+    """Scaling ``iso-private``: only the owner changes the owner's app."""
+    r, body = _owned_only(w, who, access, "PUT", PRIVATE, "/scale", json={"keep_alive": 600})
+    if r.status_code == 200:
+        assert [(o["function"], o["keep_alive"]) for o in body["overrides"]] == [(None, 600)]
+        reset = w.send(who, "PUT", f"/apps/{PRIVATE}/scale", json={"reset": True})
+        assert reset.status_code == 200 and reset.json()["overrides"] == [], reset.text
+    assert w.registry.scale_overrides(w.owner_app(PRIVATE)) == {}, f"{who.name} scaled it"
+
+
+@case("POST", "/apps/{name}/prune", Access.MANAGE)
+def _prune(w: World, who: Identity, access: Access) -> None:
+    """Pruning ``iso-private`` acts on the caller's own app: the owner's revisions (each
+    behind an alias) stay, and another tenant's answer names none of them."""
+    owner_revisions = {w.revisions[PRIVATE], w.revisions["second"]}
+    r, body = _owned_only(w, who, access, "POST", PRIVATE, "/prune", params={"keep": "0"})
+    if r.status_code == 200:
+        assert body["retired"] == [], body
+        assert (owner_revisions <= set(body["kept"])) == (who.tenant == OWNER), body
+        assert who.tenant == OWNER or not owner_revisions & set(body["kept"]), body
+    live = {rev.id for rev in w.registry.list_revisions(w.owner_app(PRIVATE))}
+    assert owner_revisions <= live, f"{who.name} pruned the owner's revisions"
+
+
+DOOMED = "iso-doomed"
+
+
+@case("DELETE", "/apps/{name}", Access.MANAGE)
+def _delete_app(w: World, who: Identity, access: Access) -> None:
+    """Deleting the owner's ``iso-doomed``: the owner only; for anyone else it is not found
+    and stays."""
+    w.registry.ensure_app(w.tenant_ids[OWNER], DOOMED)
+    r, body = _owned_only(w, who, access, "DELETE", DOOMED)
+    if r.status_code == 200:
+        assert (body["app"], body["deleted"]) == (DOOMED, True)
+    assert w.has_app(OWNER, DOOMED) == (r.status_code != 200), who.name
+
+
+DEV = "iso-dev"
+
+
+def _dev_start(w: World, header: str | None, session: str) -> httpx.Response:
+    """Start (or redeploy) dev session ``session`` of ``iso-dev`` (the isolation app's code)."""
+    body = {**w.deploy_body, "spec": {**w.deploy_body["spec"], "name": DEV}}
+    headers = {"Authorization": header} if header else {}
+    return w.http.post(f"/apps/{DEV}/dev", json=body, params={"session": session}, headers=headers)
+
+
+def _done(r: httpx.Response) -> dict[str, Any]:
+    done: dict[str, Any] = json.loads(r.text.splitlines()[-1])
+    assert done["event"] == "done", r.text[-300:]
+    return done
+
+
+@contextlib.contextmanager
+def _owner_session(w: World) -> Iterator[tuple[str, str]]:
+    """A dev session of the owner's ``iso-dev``: (session, its revision); ended afterwards
+    (which deletes ``iso-dev``, the session having made it)."""
+    session, owner = f"dev-{uuid.uuid4().hex[:8]}", f"Key {w.keys[OWNER]}"
+    r = _dev_start(w, owner, session)
+    assert r.status_code == 200, r.text
+    try:
+        yield session, str(_done(r)["revision"])
+    finally:  # a 404 once the case ended it (iso-dev went with it)
+        end = w.http.delete(f"/apps/{DEV}/dev/{session}", headers={"Authorization": owner})
+        assert end.status_code in (200, 404), end.text
+
+
+@case("POST", "/apps/{name}/dev", Access.MANAGE)
+def _dev_start_route(w: World, who: Identity, access: Access) -> None:
+    """A dev session lands in the caller's own namespace: naming the owner's session makes
+    the caller's own session of that name, and the owner's stays on its revision."""
+    with _owner_session(w) as (session, revision):
+        r = _dev_start(w, who.header, session)
+        expect(r, outcome(access, who, allowed=True, ok=200), "dev start")
+        if r.status_code == 200:
+            done = _done(r)
+            assert (done["owner"], done["app"], done["alias"]) == (who.tenant, DEV, session)
+            assert (done["revision"] == revision) == (who.tenant == OWNER), done
+            if who.tenant != OWNER:
+                end = w.send(who, "DELETE", f"/apps/{DEV}/dev/{session}")
+                assert end.json()["retired"] == [done["revision"]], end.text
+        assert w.registry.get_alias(w.owner_app(DEV), session) == revision
+        assert not w.has_app(who.tenant, DEV) or who.tenant == OWNER, "a session left an app"
+
+
+@case("PUT", "/apps/{name}/dev/{session}", Access.MANAGE)
+def _dev_renew(w: World, who: Identity, access: Access) -> None:
+    """Renewing the owner's dev session: the owner only."""
+    with _owner_session(w) as (session, revision):
+        r, body = _owned_only(w, who, access, "PUT", DEV, f"/dev/{session}")
+        if r.status_code == 200:
+            assert (body["session"], body["revision"]) == (session, revision)
+
+
+@case("DELETE", "/apps/{name}/dev/{session}", Access.MANAGE)
+def _dev_end(w: World, who: Identity, access: Access) -> None:
+    """Ending the owner's dev session: the owner only; for anyone else it goes on."""
+    with _owner_session(w) as (session, revision):
+        r, body = _owned_only(w, who, access, "DELETE", DEV, f"/dev/{session}")
+        if r.status_code == 200:
+            assert (body["session"], body["retired"]) == (session, [revision])
+            assert not w.has_app(OWNER, DEV), "the session made iso-dev; it goes with it"
+        else:
+            assert w.registry.get_alias(w.owner_app(DEV), session) == revision
 
 
 @case("PUT", "/tenants/{name}", Access.ADMIN)
