@@ -153,7 +153,7 @@ def test_blob_store_disk_full(small_disk: tuple[Platform, Path]) -> None:
     filler = blobs / "filler"
 
     def fill() -> None:
-        with open(filler, "wb") as out, contextlib.suppress(OSError):
+        with contextlib.suppress(OSError), open(filler, "wb") as out:  # its close flushes
             while True:
                 out.write(b"\0" * 65536)
         time.sleep(2.0)
