@@ -91,6 +91,9 @@ WARM_SHARE = 0.5
 DRAIN_SHARE = 1 / 16
 """W3: at most this share of a pool's workers drain for a reservation at once."""
 
+ANY_UNITS = 1 << 30
+"""``max_units`` that every job fits (kept an int: the indexed picks compare and key by it)."""
+
 RETRY_AFTER_MIN_S = 1
 RETRY_AFTER_MAX_S = 600
 
@@ -542,7 +545,7 @@ class Backlog:
         """(tier, units) -> ``_top`` of that order with nothing full, while it holds: dropped
         (``_stale``) when a job of that tier and size enters or leaves the index, or a tenant or
         app with jobs there reaches its cap or falls under it."""
-        self._firsts: dict[str, dict[float, Job | None]] = {n: {} for n in self._tier}
+        self._firsts: dict[str, dict[int, Job | None]] = {n: {} for n in self._tier}
         """Tier -> max units -> ``_first`` with nothing full, while every ``_tops`` entry of
         the tier holds."""
         self._smallest: dict[str, int] = {}
@@ -796,7 +799,7 @@ class Backlog:
                 return head
         return None
 
-    def _first(self, tier: str, max_units: float, full: Collection[str]) -> Job | None:
+    def _first(self, tier: str, max_units: int, full: Collection[str]) -> Job | None:
         """The oldest lane head of ``tier`` under cap that fits ``max_units`` and whose function
         is not in ``full``: the oldest of the heads of each lane size that fits."""
         if not full:
@@ -882,7 +885,7 @@ class Backlog:
         return smallest
 
     def candidates(
-        self, max_units: float = math.inf, full: Collection[str] = ()
+        self, max_units: int = ANY_UNITS, full: Collection[str] = ()
     ) -> list[tuple[Tier, Job]]:
         """Rule 2: per tier its candidate, sorted by (rank, enqueued_at)."""
         found = []
@@ -895,7 +898,7 @@ class Backlog:
         return found
 
     def warm_candidates(
-        self, here: Collection[str], max_units: float = math.inf, full: Collection[str] = ()
+        self, here: Collection[str], max_units: int = ANY_UNITS, full: Collection[str] = ()
     ) -> list[tuple[Tier, Job]]:
         """W4's candidates: per tier the oldest job under cap whose function is in ``here``."""
         found = []
@@ -938,7 +941,7 @@ class Backlog:
     def pick_strict(self, now: float) -> Job | None:
         """``pick_strict`` over this backlog."""
         for tier in self.tiers:
-            job = self._first(tier.name, math.inf, ())
+            job = self._first(tier.name, ANY_UNITS, ())
             if job is not None:
                 return job
         return None
