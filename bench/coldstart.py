@@ -11,7 +11,9 @@ revision per repetition (same env, new code: a new runner) and times its first r
 from the POST to the answer; ``GET /requests/{id}`` gives the request's cold start and the part
 of it the app's own ``setup()`` took; a second request right after is the warm time. The first
 repetition of each cell warms the page cache (and, with zygotes, may wait for the zygote's own
-start) and is not counted; figures are medians.
+start) and is not in the medians: it is reported on its own as ``first_run`` (the cell's figures
+with the page cache as the previous cell left it); the other figures are medians of the
+repetitions after it, with the page cache warm.
 
 Both apps import torch inside setup(), as media apps do: without a zygote that import is part of
 ``setup_s``; with one it was done before the fork, and ``setup_s`` is the app's own work (building
@@ -19,7 +21,8 @@ the module). The floor is ``<env python> -c "import torch"`` (and ``-c pass``) i
 timed as often. Printed: one JSON line, with per app and mode ``first_result_s``, ``setup_s``,
 ``warm_result_s``, ``cold_start_s`` and ``overhead_s`` (first result less setup() less the warm
 run), the ratios zygote/plain of the first result and of the cold start, and whether the goal
-holds: with zygotes, ``overhead_s <= 0.3`` and the first result below the floor.
+holds: with zygotes, the first result within 0.3 s of the app's own ``setup()``
+(``first_result_s <= 0.3 + setup_s``) and below the floor.
 """
 
 from __future__ import annotations
@@ -139,6 +142,7 @@ def main() -> int:
     work.mkdir()
     out: dict[str, Any] = {"repeats": args.repeats, "cpus": os.cpu_count()}
     cells: dict[str, dict[str, list[dict[str, float]]]] = {n: {} for n in APPS}
+    firsts: dict[str, dict[str, dict[str, float]]] = {}
     key = ""
     nonce = 0
     try:
@@ -162,6 +166,8 @@ def main() -> int:
                             {k: round(v, 3) for k, v in row.items()}))  # fmt: skip
                         if rep:
                             rows.append(row)
+                        else:
+                            firsts.setdefault(name, {})[mode] = row
         envs = [p for p in (home / "envs").iterdir() if (p / "bin" / "python").exists()]
         python = str(envs[0] / "bin" / "python")
         out["floor_import_torch_s"] = timed([python, "-c", "import torch"], args.repeats)
@@ -171,13 +177,15 @@ def main() -> int:
             plain, forked = median(modes["plain"]), median(modes["zygote"])
             out[name] = {
                 "plain": plain, "zygote": forked,
+                "first_run": {m: {k: round(v, 4) for k, v in r.items()}
+                              for m, r in firsts.get(name, {}).items()},
                 "first_result_ratio": round(forked["first_result_s"] / plain["first_result_s"], 3),
                 "cold_start_ratio": round(forked["cold_start_s"] / plain["cold_start_s"], 3),
             }  # fmt: skip
-            met = met and forked["overhead_s"] <= GOAL_OVERHEAD_S
+            met = met and forked["first_result_s"] <= GOAL_OVERHEAD_S + forked["setup_s"]
             met = met and forked["first_result_s"] < out["floor_import_torch_s"]
         out["goal"] = (
-            f"with zygotes: first result - setup() - warm run <= {GOAL_OVERHEAD_S}s, "
+            f"with zygotes: first result <= {GOAL_OVERHEAD_S}s + setup(), "
             "and first result < import torch"
         )
         out["goal_met"] = met
