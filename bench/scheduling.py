@@ -451,9 +451,13 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         "baseline_cold_starts": baseline["cold_starts"],
         "cold_start_gpu_share": policy["cold_start_gpu_share"],
         "p50_wait_free_s": policy["tiers"]["free"]["p50_wait_s"],
-        "wall_s": {name: result[name]["wall_s"] for name in RUNS},
+        "wall_s": {
+            name: result[name]["wall_s"]
+            for name in result
+            if name in RUNS or name == "policy_autoscaled"
+        },
         "met": targets["met"],
-    }
+    } | ({"autoscaled": targets["autoscaled"]} if "autoscaled" in targets else {})
 
 
 def main(argv: list[str] | None = None) -> int:
