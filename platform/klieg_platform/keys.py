@@ -12,8 +12,12 @@ klieg:lanes:{pool}:{tier} zset     the tier's eligible lanes ("revision/function
 klieg:lane:{pool}:{tier}:{lane}
                           zset     the lane's tenants under cap, scored by their oldest request
 klieg:flow:{pool}:{tier}:{lane}:{tenant}
-                          zset     that tenant's queued request ids in the lane (FIFO by score),
-                                   reserved ones excluded
+                          zset     that tenant's queued normal-priority request ids in the lane
+                                   (FIFO by score), reserved ones excluded
+klieg:lowflow:{pool}:{tier}:{lane}:{tenant}
+                          zset     the same for its low-priority ones (``X-Fal-Queue-Priority:
+                                   low``): the flow's head is its first normal request, else its
+                                   first low one; the lane orders its tenants by that head's score
 klieg:lanejobs:{pool}:{tier}
                           hash     lane -> how many requests its flows hold
 klieg:laneapp:{pool}:{tier}
@@ -89,6 +93,7 @@ QUEUE_PREFIX = PREFIX + "q:"
 LANES_PREFIX = PREFIX + "lanes:"
 LANE_PREFIX = PREFIX + "lane:"
 FLOW_PREFIX = PREFIX + "flow:"
+LOW_FLOW_PREFIX = PREFIX + "lowflow:"
 LANE_JOBS_PREFIX = PREFIX + "lanejobs:"
 LANE_APP_PREFIX = PREFIX + "laneapp:"
 FN_LANES_PREFIX = PREFIX + "fnlanes:"
@@ -172,8 +177,9 @@ def lane_tenants(pool: str, tier: str, lane_name: str) -> str:
     return f"{LANE_PREFIX}{pool}:{tier}:{lane_name}"
 
 
-def flow(pool: str, tier: str, lane_name: str, tenant: str) -> str:
-    return f"{FLOW_PREFIX}{pool}:{tier}:{lane_name}:{tenant}"
+def flow(pool: str, tier: str, lane_name: str, tenant: str, *, low: bool = False) -> str:
+    """A tenant's queued requests in a lane: its normal ones, or (``low``) its low ones."""
+    return f"{LOW_FLOW_PREFIX if low else FLOW_PREFIX}{pool}:{tier}:{lane_name}:{tenant}"
 
 
 def reserved(pool: str) -> str:

@@ -13,6 +13,13 @@ rule is written here once, literally:
    mapping has 0 in flight. However many jobs of capped tenants or apps wait ahead of it, the
    candidate is found in bounded time: ``Backlog`` (below) indexes the queue so that capped
    tenants and apps are parked, not scanned.
+   Priority: a job is queued at normal or low priority (``Job.low``: fal's
+   ``X-Fal-Queue-Priority: low``). A low job is not a candidate while a normal job of its *flow*
+   waits that is not reserved (W3): its flow is its tier, tenant and lane (its function and the
+   units it takes; a function belongs to one app, so "low waits behind normal of the same
+   tenant and app" holds per function of the app). Within a flow the order is thus (priority,
+   enqueue time); nothing else changes: a low job's score (rule 3) counts from its own enqueue
+   time, and it never waits behind another tenant's or another function's normal jobs.
 3. Score. A candidate's score is ``(now - enqueued_at) / slo_s`` of its tier: the share of its
    SLO that its wait has used ("1 minute of an api job's wait weighs as much as 10 minutes of a
    light job's").
@@ -70,9 +77,11 @@ functions over plain queues, scanning them whole. ``Backlog`` holds the queues i
 live broker holds them in Redis, and answers the same picks (``Backlog.pick`` and friends) in
 time bounded by the number of tiers and of the functions a worker skips, not by the queue: per
 tier, the *lanes* (jobs of one function and size) ordered by their oldest eligible job; per
-lane, the tenants ordered by their oldest job; per tenant and lane, a FIFO. A tenant at its cap
-leaves its lanes' tenant orders, an app at its cap leaves the tier orders, and both come back
-when they fall under cap. A property test holds the two forms equal on random queues.
+lane, the tenants ordered by the enqueue time of their flow's head; per tenant and lane, a
+*flow*: its normal jobs FIFO, then its low ones FIFO (rule 2), whose head is the first normal
+job, else the first low one. A tenant at its cap leaves its lanes' tenant orders, an app at its
+cap leaves the tier orders, and both come back when they fall under cap. A property test holds
+the two forms equal on random queues.
 """
 
 from __future__ import annotations
@@ -165,6 +174,7 @@ class Job:
         "function_key",
         "gpus",
         "id",
+        "low",
         "tenant",
         "tier",
         "units",
@@ -179,6 +189,7 @@ class Job:
         enqueued_at: float,
         gpus: int = 1,
         fn: str = "",
+        low: bool = False,
     ) -> None:
         self.id = id
         self.tier = tier
@@ -192,9 +203,12 @@ class Job:
         """What ``here``/``elsewhere`` of ``pick_for_worker`` name: ``fn``, else ``app``."""
         self.units = gpus if gpus > 1 else 1
         """Worker units (GPUs) the job takes: ``gpus``, at least one."""
+        self.low = low
+        """Queued at low priority: behind its flow's normal jobs (rule 2)."""
 
-    def _fields(self) -> tuple[str, str, str, str, float, int, str]:
-        return (self.id, self.tier, self.tenant, self.app, self.enqueued_at, self.gpus, self.fn)
+    def _fields(self) -> tuple[str, str, str, str, float, int, str, bool]:
+        return (self.id, self.tier, self.tenant, self.app, self.enqueued_at, self.gpus, self.fn,
+                self.low)  # fmt: skip
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Job) and self._fields() == other._fields()
@@ -205,7 +219,7 @@ class Job:
     def __repr__(self) -> str:
         return (f"Job(id={self.id!r}, tier={self.tier!r}, tenant={self.tenant!r}, "
                 f"app={self.app!r}, enqueued_at={self.enqueued_at!r}, gpus={self.gpus!r}, "
-                f"fn={self.fn!r})")  # fmt: skip
+                f"fn={self.fn!r}, low={self.low!r})")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +269,11 @@ def _under_cap(
     return cap is None or inflight_by_app.get(job.app, 0) < cap
 
 
+def _flow_of(job: Job) -> tuple[str, str, int]:
+    """A job's flow within its tier: (tenant, function key, units)."""
+    return (job.tenant, job.function_key, job.units)
+
+
 def _candidates(
     queues: Mapping[str, Sequence[Job]],
     tiers: Iterable[Tier],
@@ -269,8 +288,9 @@ def _candidates(
 ) -> list[tuple[Tier, Job]]:
     """Rule 2 by a whole scan: per tier, the first job (FIFO) whose tenant and app are under
     cap, that takes at most ``max_units`` units, whose function is not in ``full`` (and, when
-    ``warm`` is given, is in ``warm``) and whose id is not in ``skip``. Sorted by (rank,
-    enqueued_at).
+    ``warm`` is given, is in ``warm``), whose id is not in ``skip`` and that is not a low job
+    behind a normal job of its flow (same tenant, function and units) not in ``skip``. Sorted
+    by (rank, enqueued_at).
 
     Raises ValueError for a non-empty queue whose tier is not in ``tiers`` (it would never be
     served).
@@ -284,8 +304,11 @@ def _candidates(
         tier = by_name.get(name)
         if tier is None:
             raise ValueError(f"jobs queued in unknown tier {name!r}")
+        normal = {_flow_of(j) for j in queue if not j.low and j.id not in skip}
         for job in queue:
             if job.units > max_units or job.function_key in full or job.id in skip:
+                continue
+            if job.low and _flow_of(job) in normal:
                 continue
             if warm is not None and job.function_key not in warm:
                 continue
@@ -490,14 +513,20 @@ class _LaneIndex:
 
 
 class _Flow:
-    """The jobs of one tenant in one lane of one tier, FIFO, and the key of its one live entry
-    in the lane's tenant order (None: it has none)."""
+    """The jobs of one tenant in one lane of one tier: its normal jobs FIFO (``jobs``), its low
+    ones FIFO (``low``), and the key of its one live entry in the lane's tenant order (None: it
+    has none). Its head, the job it offers, is ``jobs[0]``, else ``low[0]``."""
 
-    __slots__ = ("jobs", "pushed")
+    __slots__ = ("jobs", "low", "pushed")
 
     def __init__(self) -> None:
         self.jobs: deque[Job] = deque()
+        self.low: deque[Job] = deque()
         self.pushed: _Key | None = None
+
+    def head(self) -> Job:
+        """The first normal job, else the first low one (the flow holds a job)."""
+        return self.jobs[0] if self.jobs else self.low[0]
 
 
 class Backlog:
@@ -615,7 +644,7 @@ class Backlog:
         flow = self._flows.get(flow_key)
         if flow is None:
             self._flows[flow_key] = flow = _Flow()
-        jobs = flow.jobs
+        jobs = flow.low if job.low else flow.jobs
         if jobs and self._key[jobs[-1].id] > key:  # a reservation coming back: keep FIFO
             items = sorted([*jobs, job], key=lambda j: self._key[j.id])
             jobs.clear()
@@ -630,7 +659,9 @@ class Backlog:
             self._app_lanes.setdefault(job.app, set()).add(at)
             self._lane_app[lane] = job.app
         index.jobs += 1
-        if jobs[0] is job:
+        # ``job`` heads its flow: a new flow, a reservation coming back, or a normal job ahead
+        # of low ones (the low head's older entries are refreshed when next looked at)
+        if flow.head() is job:
             self._tenant_lanes.setdefault(job.tenant, set()).add(at)
             self._push_flow(index, flow, job.tenant, key)
             self._push_lane(job.tier, lane, index, key)
@@ -649,23 +680,30 @@ class Backlog:
 
     def _unindex(self, job: Job) -> None:
         """Take ``job``, the head of its flow, out of the index (the heap entries it leaves
-        behind are dropped or refreshed when next looked at)."""
+        behind are dropped or refreshed when next looked at; a new head older than them, a low
+        job behind the normal one taken, gets entries of its own)."""
         lane: Lane = (job.function_key, job.units)
         self._stale(job.tier, lane)
         flow_key = (job.tier, lane, job.tenant)
-        jobs = self._flows[flow_key].jobs
+        flow = self._flows[flow_key]
+        jobs = flow.low if job.low else flow.jobs
         if jobs[0] is job:
             jobs.popleft()
         else:
             jobs.remove(job)
         at = (job.tier, lane)
-        if not jobs:
+        index = self._lanes[at]
+        if not flow.jobs and not flow.low:
             del self._flows[flow_key]
             lanes = self._tenant_lanes[job.tenant]
             lanes.discard(at)
             if not lanes:
                 del self._tenant_lanes[job.tenant]
-        index = self._lanes[at]
+        elif flow.pushed is not None and not job.low:
+            key = self._key[flow.head().id]
+            if key < flow.pushed:
+                self._push_flow(index, flow, job.tenant, key)
+                self._push_lane(job.tier, lane, index, key)
         index.jobs -= 1
         if not index.jobs:
             del self._lanes[at]
@@ -708,7 +746,7 @@ class Backlog:
             self._stale_lanes(self._tenant_lanes.get(job.tenant, ()))
             for tier, lane in self._tenant_lanes.get(job.tenant, ()):
                 flow = self._flows[(tier, lane, job.tenant)]
-                key = self._key[flow.jobs[0].id]
+                key = self._key[flow.head().id]
                 index = self._lanes[(tier, lane)]
                 self._push_flow(index, flow, job.tenant, key)
                 self._push_lane(tier, lane, index, key)
@@ -787,7 +825,8 @@ class Backlog:
             if flow is None or flow.pushed != key:
                 heapq.heappop(heap)
                 continue
-            head = flow.jobs[0]
+            jobs = flow.jobs
+            head = jobs[0] if jobs else flow.low[0]
             head_key = keys[head.id]
             if head_key != key:
                 heapq.heapreplace(heap, (head_key, tenant))

@@ -49,9 +49,10 @@ def cmd_call(args: argparse.Namespace) -> int:
         raise InvalidRequestError(f"--json is not valid JSON: {exc}") from None
     if args.wait and not args.queue:
         raise InvalidRequestError("--wait goes with --queue (a call without it always waits)")
+    priority = args.priority
     with admin_for(args) as client:
         if args.queue:
-            handle = client.submit(args.app_id, payload)
+            handle = client.submit(args.app_id, payload, priority=priority)
             if not args.wait:
                 print(
                     f"request {handle.request_id} queued; follow it with: klieg request "
@@ -65,14 +66,16 @@ def cmd_call(args: argparse.Namespace) -> int:
                 client.follow(handle, _print_log)
             _print_item(client.wait(handle))
         elif args.logs:
-            _call_with_logs(client, args.app_id, payload)
+            _call_with_logs(client, args.app_id, payload, priority)
         else:
-            for item in client.call(args.app_id, payload):
+            for item in client.call(args.app_id, payload, priority=priority):
                 _print_item(item)
     return 0
 
 
-def _call_with_logs(client: AdminClient, app_id: str, payload: dict[str, Any]) -> None:
+def _call_with_logs(
+    client: AdminClient, app_id: str, payload: dict[str, Any], priority: str | None
+) -> None:
     """A call whose log lines go to stderr as they are logged: a generator endpoint through
     its stream (its logs followed beside it), any other through the queue."""
     owner, app, _ = split_app_id(app_id)
@@ -87,12 +90,12 @@ def _call_with_logs(client: AdminClient, app_id: str, payload: dict[str, Any]) -
         followers.append(thread)
 
     try:
-        for item in client.stream(app_id, payload, on_request=follow):
+        for item in client.stream(app_id, payload, on_request=follow, priority=priority):
             _print_item(item)
     except NotFoundError:
         if followers:
             raise
-        handle = client.submit(app_id, payload)  # not a generator endpoint
+        handle = client.submit(app_id, payload, priority=priority)  # not a generator endpoint
         client.follow(handle, _print_log)
         _print_item(client.result(handle.app_id, handle.request_id))
     for thread in followers:
@@ -187,6 +190,11 @@ def lifecycle_parsers(sub: Any, apps: Any) -> None:
         "--queue", action="store_true", help="submit through the queue and print the request id"
     )
     call.add_argument("--wait", action="store_true", help="with --queue: wait and print the result")
+    call.add_argument(
+        "--priority",
+        choices=("normal", "low"),
+        help="queue priority (X-Fal-Queue-Priority): low waits behind your normal requests",
+    )
     call.set_defaults(func=cmd_call)
     de = apps.add_parser("delete", help="delete an app (running and queued requests finish)")
     de.add_argument("app")

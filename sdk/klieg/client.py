@@ -191,8 +191,13 @@ class _Api:
         return {"fal_webhook": webhook_url} if webhook_url else {}
 
     @staticmethod
-    def timeout_headers(request_timeout: float | None) -> dict[str, str]:
-        return {"X-Fal-Request-Timeout": str(request_timeout)} if request_timeout else {}
+    def request_headers(request_timeout: float | None, priority: str | None) -> dict[str, str]:
+        """The fal headers of a call: its deadline (``X-Fal-Request-Timeout``) and its queue
+        priority (``X-Fal-Queue-Priority``: ``"normal"`` or ``"low"``)."""
+        headers = {"X-Fal-Request-Timeout": str(request_timeout)} if request_timeout else {}
+        if priority is not None:
+            headers["X-Fal-Queue-Priority"] = priority
+        return headers
 
     @staticmethod
     def handle(app_id: str, body: dict[str, Any]) -> RequestHandle:
@@ -241,13 +246,20 @@ class Client:
         arguments: dict[str, Any] | None = None,
         *,
         request_timeout: float | None = None,
+        priority: str | None = None,
     ) -> Any:
-        """Call an endpoint and wait for its output."""
+        """Call an endpoint and wait for its output. ``priority``: ``"low"`` queues it behind
+        the caller's normal requests of the same function (``X-Fal-Queue-Priority``).
+
+        Example::
+
+            out = client.run("local/digits", {"prompt": "a 7"}, priority="low")
+        """
         return self._json(
             self.http.post(
                 self.api.run_path(app_id),
                 json=arguments or {},
-                headers=self.api.timeout_headers(request_timeout),
+                headers=self.api.request_headers(request_timeout, priority),
             )
         )
 
@@ -258,15 +270,17 @@ class Client:
         *,
         webhook_url: str | None = None,
         request_timeout: float | None = None,
+        priority: str | None = None,
     ) -> RequestHandle:
-        """Queue a request; follow it with ``status``, ``result``, ``wait`` or ``cancel``."""
+        """Queue a request; follow it with ``status``, ``result``, ``wait`` or ``cancel``.
+        ``priority`` as in ``run``."""
         owner, app, path = split_app_id(app_id)
         body = self._json(
             self.http.post(
                 "/queue/" + "/".join(p for p in (owner, app, path.strip("/")) if p),
                 json=arguments or {},
                 params=self.api.submit_params(webhook_url),
-                headers=self.api.timeout_headers(request_timeout),
+                headers=self.api.request_headers(request_timeout, priority),
             )
         )
         return self.api.handle(app_id, body)
@@ -363,10 +377,11 @@ class Client:
         *,
         with_logs: bool = False,
         on_update: StatusCallback | None = None,
+        priority: str | None = None,
     ) -> Any:
         """Submit, report each status change (and new log lines) to ``on_update``, return the
-        result."""
-        handle = self.submit(app_id, arguments)
+        result. ``priority`` as in ``run``."""
+        handle = self.submit(app_id, arguments, priority=priority)
         path = self.api.request_path(handle.app_id, handle.request_id, "/status/stream")
         params = {"logs": "1" if with_logs else "0"}
         with self.http.stream("GET", path, params=params, timeout=None) as r:
@@ -384,11 +399,16 @@ class Client:
         arguments: dict[str, Any] | None = None,
         *,
         on_request: Callable[[str], None] | None = None,
+        priority: str | None = None,
     ) -> Iterator[Any]:
         """The items of a generator endpoint as they are produced; ``on_request`` gets the
-        request's id as soon as the gateway has queued it (before the first item)."""
+        request's id as soon as the gateway has queued it (before the first item). ``priority``
+        as in ``run``."""
         path = self.api.run_path(app_id, "stream")
-        with self.http.stream("POST", path, json=arguments or {}, timeout=None) as r:
+        headers = self.api.request_headers(None, priority)
+        with self.http.stream(
+            "POST", path, json=arguments or {}, headers=headers, timeout=None
+        ) as r:
             if not r.is_success:
                 r.read()
                 raise_for_error(r)
@@ -402,6 +422,7 @@ class Client:
         arguments: dict[str, Any] | None = None,
         *,
         request_timeout: float | None = None,
+        priority: str | None = None,
     ) -> Iterator[Any]:
         """Call any endpoint and yield what it produces: each item of a generator endpoint as
         it is produced, or the one output of any other endpoint (``run``'s).
@@ -413,7 +434,7 @@ class Client:
         """
         headers = {
             "Accept": "text/event-stream, application/json",
-            **self.api.timeout_headers(request_timeout),
+            **self.api.request_headers(request_timeout, priority),
         }
         path = self.api.run_path(app_id)
         with self.http.stream("POST", path, json=arguments or {}, headers=headers) as r:
@@ -476,11 +497,12 @@ class AsyncClient:
         arguments: dict[str, Any] | None = None,
         *,
         request_timeout: float | None = None,
+        priority: str | None = None,
     ) -> Any:
         r = await self.http.post(
             self.api.run_path(app_id),
             json=arguments or {},
-            headers=self.api.timeout_headers(request_timeout),
+            headers=self.api.request_headers(request_timeout, priority),
         )
         return self._json(r)
 
@@ -491,13 +513,14 @@ class AsyncClient:
         *,
         webhook_url: str | None = None,
         request_timeout: float | None = None,
+        priority: str | None = None,
     ) -> RequestHandle:
         owner, app, path = split_app_id(app_id)
         r = await self.http.post(
             "/queue/" + "/".join(p for p in (owner, app, path.strip("/")) if p),
             json=arguments or {},
             params=self.api.submit_params(webhook_url),
-            headers=self.api.timeout_headers(request_timeout),
+            headers=self.api.request_headers(request_timeout, priority),
         )
         return self.api.handle(app_id, self._json(r))
 
@@ -539,10 +562,17 @@ class AsyncClient:
         return await self.result(handle.app_id, handle.request_id)
 
     async def stream(
-        self, app_id: str, arguments: dict[str, Any] | None = None
+        self,
+        app_id: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        priority: str | None = None,
     ) -> AsyncIterator[Any]:
         path = self.api.run_path(app_id, "stream")
-        async with self.http.stream("POST", path, json=arguments or {}, timeout=None) as r:
+        headers = self.api.request_headers(None, priority)
+        async with self.http.stream(
+            "POST", path, json=arguments or {}, headers=headers, timeout=None
+        ) as r:
             if not r.is_success:
                 await r.aread()
                 raise_for_error(r)

@@ -97,6 +97,13 @@ def test_queue_prints_the_request_id_and_wait_prints_the_result(
     assert documents(waited.stdout) == [{"steps": 1}] and "step 0" in waited.stderr
     alone = klieg(platform, "call", "local/ticker/once", "--wait")
     assert alone.returncode == 1 and "--wait goes with --queue" in alone.stderr
+    low = klieg(platform, "call", "local/ticker/once", "--queue", "--priority", "low")
+    assert low.returncode == 0, low.stderr
+    with platform.admin() as admin:
+        assert admin.request(low.stdout.strip())["priority"] == "low"
+        assert admin.request(request_id)["priority"] == "normal"
+    bad = klieg(platform, "call", "local/ticker/once", "--priority", "urgent")
+    assert bad.returncode == 2 and "invalid choice: 'urgent'" in bad.stderr
 
 
 def test_a_gpu_function_without_its_pool_is_warned_at_deploy_and_logged_per_request(

@@ -44,9 +44,12 @@ def _setup(p: Platform) -> dict[str, str]:
     return keys
 
 
-def _submit(p: Platform, key: str, seconds: float, tag: str, app: str = "sched") -> dict[str, Any]:
+def _submit(
+    p: Platform, key: str, seconds: float, tag: str, app: str = "sched", priority: str = ""
+) -> dict[str, Any]:
+    headers = {"X-Fal-Queue-Priority": priority} if priority else {}
     with p.http(key=key) as http:
-        r = http.post(f"/queue/ops/{app}", json={"seconds": seconds, "tag": tag})
+        r = http.post(f"/queue/ops/{app}", json={"seconds": seconds, "tag": tag}, headers=headers)
         assert r.status_code == 200, r.text
         return dict(r.json())
 
@@ -106,6 +109,38 @@ def test_fifo_within_a_tier_and_queue_eta(one_slot: Any) -> None:
     starts = [_result(p, keys["ent"], s)["started"] for s in subs]
     _result(p, keys["ops"], blocker)
     assert starts == sorted(starts)
+
+
+def test_low_priority_waits_behind_its_tenants_normal_requests_only(one_slot: Any) -> None:
+    p, keys = one_slot
+    if "ent2" not in keys:
+        keys["ent2"] = p.admin().create_key("ent2", tier="enterprise")["key"]
+    blocker = _submit(p, keys["ops"], 1.5, "blocker")
+    time.sleep(0.2)
+    order = [
+        ("ent", "low1", "low"), ("ent", "low2", "low"), ("ent2", "theirs", ""),
+        ("ent", "normal1", ""), ("ent", "normal2", ""),
+    ]  # fmt: skip
+    subs = {tag: (who, _submit(p, keys[who], 0.05, tag, priority=pr)) for who, tag, pr in order}
+    started = {tag: _result(p, keys[who], sub)["started"] for tag, (who, sub) in subs.items()}
+    _result(p, keys["ops"], blocker)
+    # ent's normal requests start before its low ones, which were queued first; ent2's request
+    # is placed by its own arrival: ahead of ent's (whose first normal one came after it)
+    assert sorted(started, key=started.__getitem__) == [
+        "theirs",
+        "normal1",
+        "normal2",
+        "low1",
+        "low2",
+    ]
+    # a low request does not wait behind another tenant's normal one queued after it
+    blocker = _submit(p, keys["ops"], 1.0, "blocker")
+    time.sleep(0.2)
+    low = _submit(p, keys["ent"], 0.05, "low", priority="low")
+    theirs = _submit(p, keys["ent2"], 0.05, "theirs")
+    low_started = _result(p, keys["ent"], low)["started"]
+    assert low_started < _result(p, keys["ent2"], theirs)["started"]
+    _result(p, keys["ops"], blocker)
 
 
 @pytest.fixture(scope="module")

@@ -62,6 +62,7 @@ def test_backlog_answers_what_the_reference_answers(seed: int) -> None:
     by_app: dict[str, int] = defaultdict(int)
     running: list[Job] = []
     cold = {a: rng.choice([0.0, 30.0, 300.0]) for a in APPS}
+    low_share = rng.choice([0.0, 0.3, 0.7])  # low-priority jobs wait behind their flow's normal
     now, n = 0.0, 0
     rules = set()
     for _step in range(300):
@@ -70,7 +71,7 @@ def test_backlog_answers_what_the_reference_answers(seed: int) -> None:
             fn = rng.choice(FNS)
             tier = rng.choice(TIERS)
             job = Job(f"j{n}", tier.name, rng.choice(tenants), fn.split("/")[0], now,
-                      rng.choice([0, 1, 1, 2, 4, 8]), fn)  # fmt: skip
+                      rng.choice([0, 1, 1, 2, 4, 8]), fn, rng.random() < low_share)  # fmt: skip
             n += 1
             queues[tier.name].append(job)
             backlog.add(job)

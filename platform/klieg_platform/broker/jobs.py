@@ -55,10 +55,16 @@ TRANSITIONS: dict[Status | None, frozenset[Status]] = {
 ROUTING = (
     "id", "owner", "tenant", "app", "app_key", "tier", "gpus", "revision", "function",
     "endpoint", "pool", "payload", "payload_ref", "timeout_s", "deadline_ms", "webhook",
-    "stream", "reply_to", "status", "created_ms", "attempts",
+    "stream", "reply_to", "status", "created_ms", "attempts", "priority",
 )  # fmt: skip
 """Written once, at enqueue (with the first status and an attempt count of 0). ``reply_to``:
-the channel of the gateway waiting to answer the request (``keys.reply``), or empty."""
+the channel of the gateway waiting to answer the request (``keys.reply``), or empty;
+``priority``: ``NORMAL`` or ``LOW`` (``X-Fal-Queue-Priority``; a record without it is normal)."""
+
+NORMAL, LOW = "normal", "low"
+PRIORITIES = (NORMAL, LOW)
+"""A request's queue priority: a low one waits behind the normal ones of its tenant and function
+in its tier (``scheduler``, rule 2), nothing else."""
 
 STATE = (
     "status", "score", "worker", "started_ms", "finished_ms", "attempts", "cancel_requested",
@@ -91,7 +97,7 @@ JOB_ROW = len(JOB_HEAD) + len(JOB)
 STATE_VIEW = (
     "status", "owner", "tenant", "app", "pool", "outcome", "error", "http_status",
     "created_ms", "started_ms", "finished_ms", "attempts", "cancel_requested", "webhook",
-    "tier", *DELIVERY, "endpoint", "revision", "cold_ms", "setup_ms",
+    "tier", *DELIVERY, "endpoint", "revision", "cold_ms", "setup_ms", "priority",
 )  # fmt: skip
 """What ``RequestState`` reads (no payload, no result)."""
 
@@ -138,6 +144,7 @@ class NewRequest:
     tenant_cap: int = 0
     app_cap: int = 0
     gpus: int = 0
+    priority: str = NORMAL
 
     @property
     def app_key(self) -> str:
@@ -153,7 +160,7 @@ class NewRequest:
             "timeout_s": str(self.timeout_s), "deadline_ms": str(self.deadline_ms),
             "webhook": self.webhook, "stream": "1" if self.stream else "",
             "reply_to": self.reply_to, "status": Status.IN_QUEUE.value,
-            "created_ms": str(created_ms), "attempts": "0",
+            "created_ms": str(created_ms), "attempts": "0", "priority": self.priority,
         }  # fmt: skip
         return [item for name in ROUTING for item in (name, values[name])]
 
@@ -297,6 +304,7 @@ class RequestState:
     revision: str = ""
     cold_ms: int = 0
     setup_ms: int = 0
+    priority: str = NORMAL
 
     @classmethod
     def from_values(
@@ -338,6 +346,7 @@ class RequestState:
             revision=_s(row["revision"]),
             cold_ms=_int(row["cold_ms"]),
             setup_ms=_int(row["setup_ms"]),
+            priority=_s(row["priority"]) or NORMAL,
         )
 
 

@@ -10,18 +10,20 @@ keys from the prefixes, so they assume a single Redis node (not Redis Cluster).
 
 The lane index (``scheduler.Backlog`` in Redis, keys in ``keys.py``): besides its queue
 ``klieg:q:{pool}:{tier}``, every queued request that no worker has reserved sits in its flow
-(the FIFO of its tenant in its lane, a lane being the requests of one "revision/function" and
-size); a lane's tenants under cap are ordered by their oldest request, and a tier's lanes whose
-app is under cap by their oldest eligible request. ``index`` and ``unindex`` keep it exact as
-requests come and go; ``counted`` and ``recap`` take a tenant's or app's entries out when it
-reaches its cap and put them back when it falls under it, so a dispatch finds each tier's oldest
-eligible request at the head of one zset, however many capped requests wait.
+(its tenant's requests in its lane, a lane being the requests of one "revision/function" and
+size: the normal ones FIFO, then the low ones FIFO, in two zsets); a lane's tenants under cap
+are ordered by the score of their flow's head (its first normal request, else its first low
+one: ``flow_head``), and a tier's lanes whose app is under cap by their first tenant's.
+``index`` and ``unindex`` keep it exact as requests come and go; ``counted`` and ``recap`` take
+a tenant's or app's entries out when it reaches its cap and put them back when it falls under
+it, so a dispatch finds each tier's oldest eligible request at the head of one zset, however
+many capped requests wait.
 """
 
 from __future__ import annotations
 
 from klieg_platform import keys, scheduler
-from klieg_platform.broker.jobs import JOB, REPLY, Status, lua_list
+from klieg_platform.broker.jobs import JOB, LOW, REPLY, Status, lua_list
 
 DURATIONS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
              300.0, 600.0, 1800.0, 3600.0)  # fmt: skip
@@ -39,6 +41,7 @@ local T_RUN, A_RUN = '{keys.TENANT_INFLIGHT}', '{keys.APP_INFLIGHT}'
 local T_CAP, A_CAP = '{keys.TENANT_CAPS}', '{keys.APP_CAPS}'
 local COLD, SERVICE = '{keys.COLD_STATS}', '{keys.SERVICE_STATS}'
 local LANES, LANE, FLOW = '{keys.LANES_PREFIX}', '{keys.LANE_PREFIX}', '{keys.FLOW_PREFIX}'
+local LOW_FLOW = '{keys.LOW_FLOW_PREFIX}'
 local LANE_JOBS, LANE_APP = '{keys.LANE_JOBS_PREFIX}', '{keys.LANE_APP_PREFIX}'
 local FN_LANES = '{keys.FN_LANES_PREFIX}'
 local T_LANES, A_LANES = '{keys.TENANT_LANES_PREFIX}', '{keys.APP_LANES_PREFIX}'
@@ -111,39 +114,34 @@ local function open(pool, run, cap, who)
   return c <= 0 or (tonumber(redis.call('HGET', run, who) or '0') or 0) < c
 end
 
--- a request's scheduling view (fn: "revision/function"; lane: fn .. '#' .. units); nil if gone
+-- a request's scheduling view (fn: "revision/function"; lane: fn .. '#' .. units; low: queued
+-- at low priority); nil if gone
 local function load(id)
   local f = redis.call('HMGET', REQ .. id, 'status', 'pool', 'tier', 'score', 'tenant', 'app_key',
-                       'revision', 'function', 'gpus')
+                       'revision', 'function', 'gpus', 'priority')
   if not f[1] then return nil end
   local units = math.max(tonumber(f[9] or '0') or 0, 1)
   local fn = (f[7] or '') .. '/' .. (f[8] or '')
   return {{id = id, status = f[1], pool = f[2], tier = f[3], score = tonumber(f[4]),
-          tenant = f[5], app = f[6], fn = fn, units = units, lane = fn .. '#' .. units}}
+          tenant = f[5], app = f[6], fn = fn, units = units, lane = fn .. '#' .. units,
+          low = f[10] == '{LOW}'}}
+end
+
+-- the zset of request j's flow: its normal or its low requests
+local function flow_of(j, ref)
+  return (j.low and LOW_FLOW or FLOW) .. ref .. ':' .. j.tenant
+end
+
+-- the head of tenant's flow in lane ref ("pool:tier:lane"): its first normal request, else its
+-- first low one, as {{id, score}} (empty: the flow holds none)
+local function flow_head(ref, tenant)
+  local h = redis.call('ZRANGE', FLOW .. ref .. ':' .. tenant, 0, 0, 'WITHSCORES')
+  if h[1] then return h end
+  return redis.call('ZRANGE', LOW_FLOW .. ref .. ':' .. tenant, 0, 0, 'WITHSCORES')
 end
 
 local function job_open(j)
   return open(j.pool, T_RUN, T_CAP, j.tenant) and open(j.pool, A_RUN, A_CAP, j.app)
-end
-
--- request j (queued, not reserved) joins the lane index: its flow; its tenant into the lane's
--- order if under cap; the lane into the tier's order if its app is under cap
-local function index(j)
-  local at = j.pool .. ':' .. j.tier
-  local ref = at .. ':' .. j.lane
-  local flow = FLOW .. ref .. ':' .. j.tenant
-  redis.call('ZADD', flow, j.score, j.id)
-  if redis.call('HINCRBY', LANE_JOBS .. at, j.lane, 1) == 1 then
-    redis.call('HSET', LANE_APP .. at, j.lane, j.app)
-    redis.call('SADD', FN_LANES .. at .. ':' .. j.fn, j.lane)
-    if j.pool ~= UNCAPPED then redis.call('SADD', A_LANES .. j.app, ref) end
-  end
-  if j.pool ~= UNCAPPED then redis.call('SADD', T_LANES .. j.tenant, ref) end
-  if redis.call('ZRANGE', flow, 0, 0)[1] ~= j.id then return end
-  if not open(j.pool, T_RUN, T_CAP, j.tenant) then return end
-  redis.call('ZADD', LANE .. ref, j.score, j.tenant)
-  if redis.call('ZRANGE', LANE .. ref, 0, 0)[1] ~= j.tenant then return end
-  if open(j.pool, A_RUN, A_CAP, j.app) then redis.call('ZADD', LANES .. at, j.score, j.lane) end
 end
 
 -- lane ref ("pool:tier:lane") after its tenants' order changed: its tier's order follows its
@@ -161,13 +159,35 @@ local function relane(ref, add)
   end
 end
 
+-- request j (queued, not reserved) joins the lane index: its flow; its tenant into the lane's
+-- order if under cap; the lane into the tier's order if its app is under cap
+local function index(j)
+  local at = j.pool .. ':' .. j.tier
+  local ref = at .. ':' .. j.lane
+  redis.call('ZADD', flow_of(j, ref), j.score, j.id)
+  if redis.call('HINCRBY', LANE_JOBS .. at, j.lane, 1) == 1 then
+    redis.call('HSET', LANE_APP .. at, j.lane, j.app)
+    redis.call('SADD', FN_LANES .. at .. ':' .. j.fn, j.lane)
+    if j.pool ~= UNCAPPED then redis.call('SADD', A_LANES .. j.app, ref) end
+  end
+  if j.pool ~= UNCAPPED then redis.call('SADD', T_LANES .. j.tenant, ref) end
+  if flow_head(ref, j.tenant)[1] ~= j.id then return end
+  if not open(j.pool, T_RUN, T_CAP, j.tenant) then return end
+  redis.call('ZADD', LANE .. ref, j.score, j.tenant)
+  if not j.low and redis.call('EXISTS', LOW_FLOW .. ref .. ':' .. j.tenant) == 1 then
+    relane(ref, open(j.pool, A_RUN, A_CAP, j.app)) -- ahead of low ones: its tenant may move back
+    return
+  end
+  if redis.call('ZRANGE', LANE .. ref, 0, 0)[1] ~= j.tenant then return end
+  if open(j.pool, A_RUN, A_CAP, j.app) then redis.call('ZADD', LANES .. at, j.score, j.lane) end
+end
+
 -- request j leaves the lane index (it is taken, reserved or cancelled)
 local function unindex(j)
   local at = j.pool .. ':' .. j.tier
   local ref = at .. ':' .. j.lane
-  local flow = FLOW .. ref .. ':' .. j.tenant
-  redis.call('ZREM', flow, j.id)
-  local head = redis.call('ZRANGE', flow, 0, 0, 'WITHSCORES')
+  redis.call('ZREM', flow_of(j, ref), j.id)
+  local head = flow_head(ref, j.tenant)
   if head[1] then
     redis.call('ZADD', LANE .. ref, 'XX', head[2], j.tenant)
   else
@@ -196,7 +216,7 @@ end
 local function unpark_tenant(tenant)
   local apps, woken = {{}}, {{}}
   for _, ref in ipairs(redis.call('SMEMBERS', T_LANES .. tenant)) do
-    local head = redis.call('ZRANGE', FLOW .. ref .. ':' .. tenant, 0, 0, 'WITHSCORES')
+    local head = flow_head(ref, tenant)
     if head[1] then
       redis.call('ZADD', LANE .. ref, head[2], tenant)
       local pool, tier, lane = string.match(ref, '^([^:]*):([^:]*):(.*)$')
@@ -355,6 +375,16 @@ local function candidate(id, raw, t, now)
   return {{id = id, raw = raw, enq = enq, score = score, over = score >= 1, rank = t.rank}}
 end
 
+-- how many requests of request id's flow (raw: its queue score) go before it besides those of
+-- its tier queued before it: its flow's normal requests queued after it when it is low, less
+-- its flow's low requests queued before it when it is normal
+local function flow_ahead(id, raw)
+  local j = load(id)
+  local flow = j.pool .. ':' .. j.tier .. ':' .. j.lane .. ':' .. j.tenant
+  if j.low then return redis.call('ZCOUNT', FLOW .. flow, '(' .. raw, '+inf') end
+  return -redis.call('ZCOUNT', LOW_FLOW .. flow, '-inf', '(' .. raw)
+end
+
 -- how many queued requests of its pool go before request id, as the policy orders them at now
 -- (an estimate: caps and later arrivals can change it); -1 when it is not queued
 local function position(id, now, tiers)
@@ -386,7 +416,7 @@ local function position(id, now, tiers)
       end
     end
   end
-  return ahead
+  return ahead + flow_ahead(id, f[4])
 end
 """
 
@@ -536,7 +566,7 @@ end
 local function head(at, lane)
   local ref = at .. ':' .. lane
   local tenant = redis.call('ZRANGE', LANE .. ref, 0, 0)[1]
-  local h = redis.call('ZRANGE', FLOW .. ref .. ':' .. tenant, 0, 0, 'WITHSCORES')
+  local h = flow_head(ref, tenant)
   return h[1], tonumber(h[2])
 end
 
@@ -636,18 +666,19 @@ return choose(total)
 # ARGV: now_ms, lease_ms, worker_id, tiers spec, pool, revision, function, endpoint, n
 # Fills a batch: leases up to n queued requests of one endpoint (revision, function, endpoint
 # path) of ``pool`` to the worker whose runner is gathering them, in the policy's order (as
-# DISPATCH: over-SLO first by wait/SLO, then tier rank, then FIFO), skipping those whose tenant
-# or app is at its in-flight cap and those reserved. Looks only at the function's lanes in the
-# index: per tier and lane, the first n requests of that endpoint of each of its first n
-# tenants under cap, looking at 256 requests at most. Returns the rows of the leased jobs, 15
-# fields each (as DISPATCH's), with units '0': they share the runner's.
+# DISPATCH: each flow offers its requests in its order, normal before low, and the next taken
+# is the best of the flows' next by over-SLO first by wait/SLO, then tier rank, then FIFO),
+# skipping those whose tenant or app is at its in-flight cap and those reserved. Looks only at
+# the function's lanes in the index: per tier and lane, the first n requests of that endpoint of
+# each of its first n tenants under cap, looking at 256 requests at most. Returns the rows of
+# the leased jobs, as DISPATCH's, with units '0': they share the runner's.
 DISPATCH_FOR = (
     PRELUDE
     + """
 local now = tonumber(ARGV[1])
 local tiers = parse_tiers(ARGV[4])
 local pool, fnkey, ep, n = ARGV[5], ARGV[6] .. '/' .. ARGV[7], ARGV[8], tonumber(ARGV[9])
-local cands = {}
+local flows = {}
 local budget = 256
 for _, t in ipairs(tiers) do
   local at = pool .. ':' .. t.name
@@ -655,29 +686,38 @@ for _, t in ipairs(tiers) do
     local ref = at .. ':' .. lane
     if budget > 0 and redis.call('ZSCORE', LANES .. at, lane) then
       for _, tenant in ipairs(redis.call('ZRANGE', LANE .. ref, 0, n - 1)) do
-        local flow, from, found = FLOW .. ref .. ':' .. tenant, 0, 0
-        while budget > 0 and found < n do
-          local ids = redis.call('ZRANGE', flow, from, from + n - 1, 'WITHSCORES')
-          if #ids == 0 then break end
-          for i = 1, #ids, 2 do
-            budget = budget - 1
-            if redis.call('HGET', REQ .. ids[i], 'endpoint') == ep then
-              found = found + 1
-              cands[#cands + 1] = candidate(ids[i], tonumber(ids[i + 1]), t, now)
+        local cands, found = {}, 0
+        for _, prefix in ipairs({FLOW, LOW_FLOW}) do
+          local flow, from = prefix .. ref .. ':' .. tenant, 0
+          while budget > 0 and found < n do
+            local ids = redis.call('ZRANGE', flow, from, from + n - 1, 'WITHSCORES')
+            if #ids == 0 then break end
+            for i = 1, #ids, 2 do
+              budget = budget - 1
+              if redis.call('HGET', REQ .. ids[i], 'endpoint') == ep then
+                found = found + 1
+                cands[#cands + 1] = candidate(ids[i], tonumber(ids[i + 1]), t, now)
+              end
             end
+            from = from + n
           end
-          from = from + n
         end
+        if #cands > 0 then flows[#flows + 1] = {cands = cands, next = 1} end
       end
     end
   end
 end
-table.sort(cands, better)
 local out = {}
 local taken = 0
-for _, c in ipairs(cands) do
-  if taken >= n then break end
-  local j = load(c.id)
+while taken < n do
+  local pick
+  for _, f in ipairs(flows) do
+    local c = f.cands[f.next]
+    if c and (pick == nil or better(c, pick.cands[pick.next])) then pick = f end
+  end
+  if pick == nil then break end
+  local j = load(pick.cands[pick.next].id)
+  pick.next = pick.next + 1
   if job_open(j) then
     taken = taken + 1
     for _, v in ipairs(take(j, nil, '0', '0')) do out[#out + 1] = v end
@@ -703,8 +743,7 @@ local n = 0
 for _, id in ipairs(ids) do
   local j = load(id)
   if j and j.status == S_QUEUED and not held[id] then
-    local flow = FLOW .. pool .. ':' .. tier .. ':' .. j.lane .. ':' .. j.tenant
-    if not redis.call('ZSCORE', flow, id) then
+    if not redis.call('ZSCORE', flow_of(j, pool .. ':' .. tier .. ':' .. j.lane), id) then
       index(j)
       n = n + 1
     end

@@ -3,7 +3,8 @@
 ``GET /requests``: newest first. Query: ``app`` (``name`` or ``owner/name``), ``status``
 (``IN_QUEUE``, ``IN_PROGRESS``, ``COMPLETED``, or how a completed one ended: ``ok``, ``error``,
 ``cancelled``), ``since`` (unix seconds), ``limit`` (1-1000, default 50) and ``after`` (the
-``next`` cursor of the previous page). Each request: id, app, endpoint, revision, tier, status,
+``next`` cursor of the previous page). Each request: id, app, endpoint, revision, tier, queue
+priority (``normal`` or ``low``), status,
 outcome, error type, attempts, when it was created, and its seconds queued, running, and of
 those running the wait for a runner started for it (``cold_start_s``, null when a warm runner
 served it).
@@ -53,6 +54,7 @@ def row(state: RequestState) -> dict[str, Any]:
         "endpoint": state.endpoint,
         "revision": state.revision,
         "tier": state.tier,
+        "priority": state.priority,
         "status": state.status,
         "outcome": ending(state),
         "error_type": (state.error or {}).get("error_type"),

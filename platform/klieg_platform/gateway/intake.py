@@ -4,8 +4,10 @@
 reads the body under the size limit (checking it is JSON), checks it against the endpoint's
 input schema (``klieg.input_schema``: a 422 naming the field, media URLs of allowed schemes
 only) so that nothing invalid is queued, and builds the ``NewRequest``:
-``X-Fal-Request-Timeout`` becomes a deadline, ``?fal_webhook=`` the webhook, and a body larger
-than ``inline_payload_bytes`` goes to the blob store instead of Redis.
+``X-Fal-Request-Timeout`` becomes a deadline, ``X-Fal-Queue-Priority`` (``normal`` or ``low``)
+the queue priority, ``?fal_webhook=`` the webhook, and a body larger than
+``inline_payload_bytes`` goes to the blob store instead of Redis. A header with a bad value is a
+400 naming it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from klieg.exceptions import (
 )
 from klieg.types import EndpointSpec, normalize_path
 from klieg_platform.broker import NewRequest, Outcome
+from klieg_platform.broker.jobs import NORMAL, PRIORITIES
 from klieg_platform.disclosure import error_view
 from klieg_platform.gateway import auth
 from klieg_platform.gateway.errors import error_response
@@ -41,6 +44,7 @@ from klieg_platform.storage import offload_payload
 from klieg_platform.webhooks import refused_target
 
 TIMEOUT_HEADER = "x-fal-request-timeout"
+PRIORITY_HEADER = "x-fal-queue-priority"
 DEFAULT_SERVICE_S = 10.0
 """Assumed service time of an app that has not been measured yet."""
 
@@ -121,6 +125,18 @@ def _is_http_url(url: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname) and not CONTROL.search(url)
 
 
+def priority(request: Request) -> str:
+    """The queue priority ``X-Fal-Queue-Priority`` asks for (``normal`` without it);
+    ``InvalidRequestError`` naming the header for any value but ``normal`` or ``low``."""
+    raw = request.headers.get(PRIORITY_HEADER)
+    if raw is None:
+        return NORMAL
+    if raw not in PRIORITIES:
+        allowed = " or ".join(repr(p) for p in PRIORITIES)
+        raise InvalidRequestError(f"X-Fal-Queue-Priority must be {allowed}, got {raw!r}")
+    return raw
+
+
 async def webhook_url(request: Request, gw: GatewayState) -> str:
     """The ``?fal_webhook=`` URL, checked to be http(s) and, where the gateway delivers to
     public receivers only (``webhook_allow_private`` off), to have only public addresses; ""
@@ -169,6 +185,7 @@ async def intake(request: Request, *, allow_stream: bool) -> Intake:
     if route is None:
         raise NotFoundError(f"app {owner}/{resolved.spec.name} has no endpoint at '{path}'")
     fn, ep = route
+    queue_priority = priority(request)
     body, value = await read_input(request, gw.settings.max_body_bytes)
     schema = resolved.input_schema(ep)
     if schema is not None:
@@ -194,6 +211,7 @@ async def intake(request: Request, *, allow_stream: bool) -> Intake:
         tenant_cap=tenant.max_inflight,
         app_cap=resolved.app.max_inflight,
         gpus=fn.num_gpus,
+        priority=queue_priority,
     )
     return Intake(gw, new, ep)
 

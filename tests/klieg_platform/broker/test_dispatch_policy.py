@@ -23,6 +23,7 @@ from klieg_platform import keys
 from klieg_platform.broker import Blocked, Broker, NewRequest, Outcome
 from klieg_platform.broker import Elsewhere as BrokerElsewhere
 from klieg_platform.broker import Job as BrokerJob
+from klieg_platform.broker.jobs import LOW, NORMAL
 from klieg_platform.scheduler import Blocked as PolicyBlocked
 from klieg_platform.scheduler import Elsewhere as PolicyElsewhere
 from klieg_platform.scheduler import Job, Tier, parse_tiers, pick, pick_for_worker
@@ -35,6 +36,7 @@ def _scenario(rng: random.Random) -> tuple[list[NewRequest], list[int], dict[str
     tenants = [f"t{i}" for i in range(5)]
     apps = ["a", "b", "c"]
     caps = {t: rng.choice([1, 2]) for t in rng.sample(tenants, 2)}
+    low_share = rng.choice([0.0, 0.4])
     reqs, times = [], []
     for i in range(rng.randint(5, 120)):
         tier = rng.choice(TIERS)
@@ -46,7 +48,7 @@ def _scenario(rng: random.Random) -> tuple[list[NewRequest], list[int], dict[str
                 owner="o",
                 tenant=tenant,
                 app=app,
-                revision="rev",
+                revision=f"rev-{app}",  # a revision belongs to one app
                 function="f",
                 endpoint="/",
                 pool="CPU",
@@ -54,6 +56,7 @@ def _scenario(rng: random.Random) -> tuple[list[NewRequest], list[int], dict[str
                 timeout_s=30,
                 tier=tier.name,
                 tenant_cap=caps.get(tenant, 0),
+                priority=LOW if rng.random() < low_share else NORMAL,
             )
         )
         times.append(NOW_MS - int(rng.uniform(0, 3 * tier.slo_s) * 1000))
@@ -74,7 +77,9 @@ def test_lua_dispatch_matches_the_reference_policy(redis_url: str, seed: int) ->
             queues: dict[str, list[Job]] = defaultdict(list)
             for i in order:
                 r = reqs[i]
-                queues[r.tier].append(Job(r.id, r.tier, r.tenant, r.app_key, times[i] / 1000))
+                queues[r.tier].append(
+                    Job(r.id, r.tier, r.tenant, r.app_key, times[i] / 1000, low=r.priority == LOW)
+                )
             running: dict[str, int] = defaultdict(int)
             for step in range(len(reqs)):
                 now = NOW_MS + step * 1000
@@ -156,6 +161,7 @@ def _warm_scenario(rng: random.Random, n: int | None = None, capped_head: int = 
     capped_app = next(iter(app_caps)).removeprefix("o/")
     reqs, times = [], []
     recent_share = rng.choice([0.3, 0.7, 1.0])
+    low_share = rng.choice([0.0, 0.3, 0.6])
     for i in range(n if n is not None else rng.randint(5, 40)):
         tier = rng.choice(TIERS)
         tenant, app = rng.choice(tenants), rng.choice(APPS)
@@ -171,6 +177,7 @@ def _warm_scenario(rng: random.Random, n: int | None = None, capped_head: int = 
                 pool="GPU", payload=b"{}", timeout_s=30, tier=tier.name,
                 tenant_cap=tenant_caps.get(tenant, 0), app_cap=app_caps.get(f"o/{app}", 0),
                 gpus=rng.choice([0, 1, 1, 2, 4, 8]),
+                priority=LOW if rng.random() < low_share else NORMAL,
             )
         )  # fmt: skip
         recent = rng.random() < recent_share  # within a cold start or so, else up to 3 SLOs
@@ -214,7 +221,8 @@ async def _replay_warm(
         if broker is not None:
             await broker.queue.enqueue(r, at_ms=sc.times[i])
         fn = f"{r.revision}/{r.function}"
-        queues[r.tier].append(Job(r.id, r.tier, r.tenant, r.app_key, sc.times[i], r.gpus, fn))
+        low = r.priority == LOW
+        queues[r.tier].append(Job(r.id, r.tier, r.tenant, r.app_key, sc.times[i], r.gpus, fn, low))
     by_id = {j.id: j for q in queues.values() for j in q}
     cold_ms: dict[str, float] = {}
 
@@ -361,7 +369,8 @@ async def _assert_index_exact(
     reserved: dict[str, Job],
     counts: dict[str, dict[str, int]],
 ) -> None:
-    """The lane index in Redis holds exactly the queued, unreserved jobs, with their tenants and
+    """The lane index in Redis holds exactly the queued, unreserved jobs, normal and low apart,
+    with their tenants (by their flow's head: the first normal job, else the first low one) and
     lanes in order only while under cap; the reservations are the replay's."""
     r = broker.redis
     held = {j.id for j in reserved.values()}
@@ -371,6 +380,7 @@ async def _assert_index_exact(
         return cap is None or running.get(who, 0) < cap
 
     want: dict[str, dict[str, float]] = {}
+    heads: dict[tuple[str, str, str], tuple[bool, float]] = {}  # flow -> (low, score) of its head
     for tier, queue in queues.items():
         for j in queue:
             if j.id in held:
@@ -378,10 +388,13 @@ async def _assert_index_exact(
             score = await r.zscore(keys.queue("GPU", tier), j.id)
             assert score is not None, j
             lane = keys.lane(j.function_key, j.units)
-            want.setdefault(keys.flow("GPU", tier, lane, j.tenant), {})[j.id] = score
-            if under(counts["tenant_caps"], counts["inflight_by_tenant"], j.tenant):
-                tenants = want.setdefault(keys.lane_tenants("GPU", tier, lane), {})
-                tenants[j.tenant] = min(tenants.get(j.tenant, score), score)
+            want.setdefault(keys.flow("GPU", tier, lane, j.tenant, low=j.low), {})[j.id] = score
+            heads[(tier, lane, j.tenant)] = min(
+                heads.get((tier, lane, j.tenant), (j.low, score)), (j.low, score)
+            )
+    for (tier, lane, tenant), (_, score) in heads.items():
+        if under(counts["tenant_caps"], counts["inflight_by_tenant"], tenant):
+            want.setdefault(keys.lane_tenants("GPU", tier, lane), {})[tenant] = score
     for tier, queue in queues.items():
         for j in queue:
             lane = keys.lane(j.function_key, j.units)
@@ -389,7 +402,7 @@ async def _assert_index_exact(
             if tenants and under(counts["app_caps"], counts["inflight_by_app"], j.app):
                 want.setdefault(keys.lanes("GPU", tier), {})[lane] = min(tenants.values())
     got: dict[str, dict[str, float]] = {}
-    for prefix in (keys.FLOW_PREFIX, keys.LANE_PREFIX, keys.LANES_PREFIX):
+    for prefix in (keys.FLOW_PREFIX, keys.LOW_FLOW_PREFIX, keys.LANE_PREFIX, keys.LANES_PREFIX):
         async for key in r.scan_iter(match=prefix + "*"):
             members = await r.zrange(key, 0, -1, withscores=True)
             got[key.decode()] = {m.decode(): s for m, s in members}

@@ -139,3 +139,32 @@ def test_a_valid_body_is_queued(checked: httpx.Client) -> None:
     finally:
         for r in (sub, raw):
             checked.put(r.json()["cancel_url"])
+
+
+@pytest.mark.parametrize("value", ["urgent", "LOW", "", "high"])
+def test_a_bad_queue_priority_is_400_naming_the_header_and_queues_nothing(
+    checked: httpx.Client, value: str
+) -> None:
+    before = _request_records()
+    headers = {"X-Fal-Queue-Priority": value}
+    for path in ("/queue/local/checked", "/local/checked"):
+        r = checked.post(path, json={"text": "x"}, headers=headers)
+        assert r.status_code == 400, r.text
+        body = r.json()
+        assert body["error_type"] == "InvalidRequestError"
+        assert "X-Fal-Queue-Priority" in body["detail"] and repr(value) in body["detail"]
+    assert _request_records() == before
+
+
+def test_a_low_priority_request_is_queued_low(checked: httpx.Client) -> None:
+    sub = checked.post(
+        "/queue/local/checked", json={"text": "x"}, headers={"X-Fal-Queue-Priority": "low"}
+    )
+    assert sub.status_code == 200, sub.text
+    rid = sub.json()["request_id"]
+    client = redis.Redis.from_url(MACHINE_REDIS_URL)
+    try:
+        assert client.hget(keys.request(rid), "priority") == b"low"
+    finally:
+        client.close()
+        checked.put(sub.json()["cancel_url"])
