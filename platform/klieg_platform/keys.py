@@ -48,7 +48,8 @@ klieg:history:{tenant}    zset     the tenant's request ids by enqueue time (ms)
                                    the newest ``Settings.history_max``; ids whose record expired
                                    are dropped as they are read
 klieg:workers             hash     worker id -> heartbeat JSON (pools, slots, warm, idle, runners,
-                                   detail, cold_starts, gpu_ids, draining,
+                                   detail, cold_starts, gpu_ids, draining, hints: the
+                                   [function, hint] pairs of its idle runners,
                                    seen_ms); stale entries are ignored, removed at shutdown
 klieg:stats:service       hash     "owner/app" -> running mean service time (ms)
 klieg:stats:cold          hash     "owner/app" -> running mean cold-start time (ms)

@@ -45,7 +45,12 @@ W0. a reserved job fits the free units and is under cap: this worker's own reser
     the job it was drained for). This worker's reservation does not fit yet: ``Blocked(units)``,
     take nothing. This worker's reservation is now over cap: the reservation ends (the job waits
     in its queue like any other) and the rules go on;
-W1. best's function is idle here: take best;
+W1. best's function is idle here: take best, unless best carries a runner hint (fal's
+    ``X-Fal-Runner-Hint``, ``Job.hint``) that no idle runner of its function here reports but
+    one on another worker does (``hinted_here``, ``hinted_elsewhere``: (function key, hint)
+    pairs of idle runners), and best has waited less than ``HINT_WAIT_S``: then
+    ``Elsewhere()``, as W2 (that runner has what the request needs, a LoRA loaded say). The
+    preference lasts that short window only: past it any idle runner takes best;
 W2. best's function is idle on another worker: ``Elsewhere()``, take nothing (that worker
     serves it now, warm, instead of this one paying a cold start or draining for it);
 W3. best needs more units than are free: reserve best for this worker and answer
@@ -96,6 +101,11 @@ from typing import Protocol
 
 WARM_SHARE = 0.5
 """W4: under overload a warm job goes first while its score is at least this share of best's."""
+
+HINT_WAIT_S = 0.5
+"""W1: how long a job with a runner hint is left to the worker whose idle runner reports that
+hint, while a runner of its function idles here without it (fal: "goes to any available runner
+without waiting"; this bounds the wait to the other worker's next dispatch)."""
 
 DRAIN_SHARE = 1 / 16
 """W3: at most this share of a pool's workers drain for a reservation at once."""
@@ -173,6 +183,7 @@ class Job:
         "fn",
         "function_key",
         "gpus",
+        "hint",
         "id",
         "low",
         "tenant",
@@ -190,6 +201,7 @@ class Job:
         gpus: int = 1,
         fn: str = "",
         low: bool = False,
+        hint: str = "",
     ) -> None:
         self.id = id
         self.tier = tier
@@ -205,10 +217,12 @@ class Job:
         """Worker units (GPUs) the job takes: ``gpus``, at least one."""
         self.low = low
         """Queued at low priority: behind its flow's normal jobs (rule 2)."""
+        self.hint = hint
+        """Its runner hint (W1); empty: none."""
 
-    def _fields(self) -> tuple[str, str, str, str, float, int, str, bool]:
+    def _fields(self) -> tuple[str, str, str, str, float, int, str, bool, str]:
         return (self.id, self.tier, self.tenant, self.app, self.enqueued_at, self.gpus, self.fn,
-                self.low)  # fmt: skip
+                self.low, self.hint)  # fmt: skip
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Job) and self._fields() == other._fields()
@@ -219,7 +233,7 @@ class Job:
     def __repr__(self) -> str:
         return (f"Job(id={self.id!r}, tier={self.tier!r}, tenant={self.tenant!r}, "
                 f"app={self.app!r}, enqueued_at={self.enqueued_at!r}, gpus={self.gpus!r}, "
-                f"fn={self.fn!r}, low={self.low!r})")  # fmt: skip
+                f"fn={self.fn!r}, low={self.low!r}, hint={self.hint!r})")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,6 +414,21 @@ def _held(
     return _best(fits, now)[0] if fits else None
 
 
+Hinted = Collection[tuple[str, str]]
+"""(function key, hint) of each hint an idle runner of that function reports (W1)."""
+
+
+def _hinted_away(
+    job: Job, now: float, here: Hinted, elsewhere: Hinted, window_s: float = HINT_WAIT_S
+) -> bool:
+    """W1's exception: ``job``'s hint is reported by an idle runner on another worker and by
+    none here, and ``job`` has waited less than ``window_s``."""
+    if not job.hint or not elsewhere or now - job.enqueued_at >= window_s:
+        return False
+    pair = (job.function_key, job.hint)
+    return pair in elsewhere and pair not in here
+
+
 def _for_worker(
     candidates: Callable[[int], Sequence[tuple[Tier, Job]]],
     warm_candidates: Callable[[int], Sequence[tuple[Tier, Job]]],
@@ -410,15 +439,19 @@ def _for_worker(
     elsewhere: Collection[str],
     cold_start_s: Mapping[str, float],
     may_reserve: bool,
+    hinted_away: Callable[[Job], bool] | None = None,
 ) -> Job | Blocked | Elsewhere | None:
     """Rules W1-W5 over ``candidates(units)`` (rule 2, sorted, of jobs of at most ``units``)
     and, asked only when W4 needs them, ``warm_candidates(units)``. Without ``may_reserve``, W3
-    backfills: the same rules over the candidates that fit the free units."""
+    backfills: the same rules over the candidates that fit the free units. ``hinted_away``:
+    W1's exception (``_hinted_away``)."""
     found = candidates(total_units)
     if not found:
         return None
     best, score = _best(found, now)
     if best.function_key in here:
+        if hinted_away is not None and hinted_away(best):
+            return Elsewhere(best)  # W1, its hint idle on another worker
         return best  # W1
     if best.function_key in elsewhere:
         return Elsewhere(best)  # W2
@@ -426,7 +459,7 @@ def _for_worker(
         if may_reserve:
             return Blocked(best.units, best)
         return _for_worker(candidates, warm_candidates, now, free_units, free_units, here,
-                           elsewhere, cold_start_s, True)  # fmt: skip
+                           elsewhere, cold_start_s, True, hinted_away)  # fmt: skip
     young = score < 1.0 and now - best.enqueued_at < cold_start_s.get(best.app, 0.0)
     if here and (young or score >= 1.0):
         warm = warm_candidates(total_units)
@@ -456,6 +489,9 @@ def pick_for_worker(
     worker: str = "",
     reserved: Mapping[str, Job] = MappingProxyType({}),
     max_reserved: int | None = None,
+    hinted_here: Hinted = (),
+    hinted_elsewhere: Hinted = (),
+    hint_wait_s: float = HINT_WAIT_S,
 ) -> Job | Blocked | Elsewhere | None:
     """What ``worker`` takes (module docstring, rules W0-W5); None when nothing is a candidate.
 
@@ -467,7 +503,9 @@ def pick_for_worker(
     candidates. Pure, like ``pick``: the caller removes a returned job from its queue and counts
     it in flight, and keeps ``reserved``: a ``Blocked`` answer reserves its ``job`` for
     ``worker``; any other answer ends ``worker``'s reservation (taken, or back in its queue), and
-    a returned job reserved by another worker is no longer reserved.
+    a returned job reserved by another worker is no longer reserved. ``hinted_here`` and
+    ``hinted_elsewhere``: (function key, hint) pairs of the idle runners here and on the other
+    workers (W1); ``hint_wait_s``: W1's window, in the unit of ``now``.
     """
     counts = (inflight_by_tenant, inflight_by_app, tenant_caps, app_caps)
     others = [j for w, j in reserved.items() if w != worker]
@@ -489,6 +527,7 @@ def pick_for_worker(
         elsewhere,
         cold_start_s,
         max_reserved is None or len(others) < max_reserved,
+        lambda job: _hinted_away(job, now, hinted_here, hinted_elsewhere, hint_wait_s),
     )
 
 
@@ -997,6 +1036,8 @@ class Backlog:
         cold_start_s: Mapping[str, float] = _NO_TIMES,
         full: Collection[str] = (),
         max_reserved: int | None = None,
+        hinted_here: Hinted = (),
+        hinted_elsewhere: Hinted = (),
     ) -> Job | Blocked | Elsewhere | None:
         """``pick_for_worker`` over this backlog, keeping the reservations: a ``Blocked`` answer
         reserves its job for ``worker``, any other answer ends ``worker``'s reservation."""
@@ -1027,6 +1068,9 @@ class Backlog:
             elsewhere,
             cold_start_s,
             max_reserved is None or len(self.reserved) < max_reserved,
+            (lambda job: _hinted_away(job, now, hinted_here, hinted_elsewhere))
+            if hinted_elsewhere
+            else None,
         )
         if isinstance(got, Blocked) and got.job is not None:
             self._reserve(worker, got.job)

@@ -225,12 +225,19 @@ class App:
         name: str | None = None,
     ) -> Callable[[type[T]], type[T]]:
         """Record a class: ``setup()`` runs once per runner; ``@endpoint`` methods serve requests.
+        An optional ``provide_hints()`` returns the runner hints this runner serves best now
+        (strings: the LoRAs it has loaded, say); it is asked after ``setup()`` and after each
+        request, and a request whose ``X-Fal-Runner-Hint`` is one of them goes to this runner
+        while it is free (fal's routing hints).
 
         Example::
 
             @app.cls(gpu="H100", keep_alive=300)
             class Model:
-                def setup(self) -> None: ...
+                def setup(self) -> None:
+                    self.loras: dict[str, object] = {}
+                def provide_hints(self) -> list[str]:
+                    return list(self.loras)
                 @klieg.endpoint("/")
                 def generate(self, req: In) -> Out: ...
         """

@@ -49,10 +49,10 @@ def cmd_call(args: argparse.Namespace) -> int:
         raise InvalidRequestError(f"--json is not valid JSON: {exc}") from None
     if args.wait and not args.queue:
         raise InvalidRequestError("--wait goes with --queue (a call without it always waits)")
-    priority = args.priority
+    priority, hint = args.priority, args.hint
     with admin_for(args) as client:
         if args.queue:
-            handle = client.submit(args.app_id, payload, priority=priority)
+            handle = client.submit(args.app_id, payload, priority=priority, hint=hint)
             if not args.wait:
                 print(
                     f"request {handle.request_id} queued; follow it with: klieg request "
@@ -68,7 +68,7 @@ def cmd_call(args: argparse.Namespace) -> int:
         elif args.logs:
             _call_with_logs(client, args.app_id, payload, priority)
         else:
-            for item in client.call(args.app_id, payload, priority=priority):
+            for item in client.call(args.app_id, payload, priority=priority, hint=hint):
                 _print_item(item)
     return 0
 
@@ -194,6 +194,9 @@ def lifecycle_parsers(sub: Any, apps: Any) -> None:
         "--priority",
         choices=("normal", "low"),
         help="queue priority (X-Fal-Queue-Priority): low waits behind your normal requests",
+    )
+    call.add_argument(
+        "--hint", help="runner hint (X-Fal-Runner-Hint): prefer a runner whose app reports it"
     )
     call.set_defaults(func=cmd_call)
     de = apps.add_parser("delete", help="delete an app (running and queued requests finish)")

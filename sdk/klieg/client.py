@@ -191,12 +191,17 @@ class _Api:
         return {"fal_webhook": webhook_url} if webhook_url else {}
 
     @staticmethod
-    def request_headers(request_timeout: float | None, priority: str | None) -> dict[str, str]:
-        """The fal headers of a call: its deadline (``X-Fal-Request-Timeout``) and its queue
-        priority (``X-Fal-Queue-Priority``: ``"normal"`` or ``"low"``)."""
+    def request_headers(
+        request_timeout: float | None, priority: str | None, hint: str | None = None
+    ) -> dict[str, str]:
+        """The fal headers of a call: its deadline (``X-Fal-Request-Timeout``), its queue
+        priority (``X-Fal-Queue-Priority``: ``"normal"`` or ``"low"``) and its runner hint
+        (``X-Fal-Runner-Hint``)."""
         headers = {"X-Fal-Request-Timeout": str(request_timeout)} if request_timeout else {}
         if priority is not None:
             headers["X-Fal-Queue-Priority"] = priority
+        if hint is not None:
+            headers["X-Fal-Runner-Hint"] = hint
         return headers
 
     @staticmethod
@@ -247,19 +252,22 @@ class Client:
         *,
         request_timeout: float | None = None,
         priority: str | None = None,
+        hint: str | None = None,
     ) -> Any:
         """Call an endpoint and wait for its output. ``priority``: ``"low"`` queues it behind
-        the caller's normal requests of the same function (``X-Fal-Queue-Priority``).
+        the caller's normal requests of the same function (``X-Fal-Queue-Priority``); ``hint``:
+        a runner hint (``X-Fal-Runner-Hint``): a runner whose app's ``provide_hints()``
+        reports it is preferred (a LoRA it has loaded, say), any other serves it otherwise.
 
         Example::
 
-            out = client.run("local/digits", {"prompt": "a 7"}, priority="low")
+            out = client.run("local/digits", {"prompt": "a 7"}, priority="low", hint="lora-7")
         """
         return self._json(
             self.http.post(
                 self.api.run_path(app_id),
                 json=arguments or {},
-                headers=self.api.request_headers(request_timeout, priority),
+                headers=self.api.request_headers(request_timeout, priority, hint),
             )
         )
 
@@ -271,16 +279,17 @@ class Client:
         webhook_url: str | None = None,
         request_timeout: float | None = None,
         priority: str | None = None,
+        hint: str | None = None,
     ) -> RequestHandle:
         """Queue a request; follow it with ``status``, ``result``, ``wait`` or ``cancel``.
-        ``priority`` as in ``run``."""
+        ``priority`` and ``hint`` as in ``run``."""
         owner, app, path = split_app_id(app_id)
         body = self._json(
             self.http.post(
                 "/queue/" + "/".join(p for p in (owner, app, path.strip("/")) if p),
                 json=arguments or {},
                 params=self.api.submit_params(webhook_url),
-                headers=self.api.request_headers(request_timeout, priority),
+                headers=self.api.request_headers(request_timeout, priority, hint),
             )
         )
         return self.api.handle(app_id, body)
@@ -423,6 +432,7 @@ class Client:
         *,
         request_timeout: float | None = None,
         priority: str | None = None,
+        hint: str | None = None,
     ) -> Iterator[Any]:
         """Call any endpoint and yield what it produces: each item of a generator endpoint as
         it is produced, or the one output of any other endpoint (``run``'s).
@@ -434,7 +444,7 @@ class Client:
         """
         headers = {
             "Accept": "text/event-stream, application/json",
-            **self.api.request_headers(request_timeout, priority),
+            **self.api.request_headers(request_timeout, priority, hint),
         }
         path = self.api.run_path(app_id)
         with self.http.stream("POST", path, json=arguments or {}, headers=headers) as r:
@@ -498,11 +508,12 @@ class AsyncClient:
         *,
         request_timeout: float | None = None,
         priority: str | None = None,
+        hint: str | None = None,
     ) -> Any:
         r = await self.http.post(
             self.api.run_path(app_id),
             json=arguments or {},
-            headers=self.api.request_headers(request_timeout, priority),
+            headers=self.api.request_headers(request_timeout, priority, hint),
         )
         return self._json(r)
 
@@ -514,13 +525,14 @@ class AsyncClient:
         webhook_url: str | None = None,
         request_timeout: float | None = None,
         priority: str | None = None,
+        hint: str | None = None,
     ) -> RequestHandle:
         owner, app, path = split_app_id(app_id)
         r = await self.http.post(
             "/queue/" + "/".join(p for p in (owner, app, path.strip("/")) if p),
             json=arguments or {},
             params=self.api.submit_params(webhook_url),
-            headers=self.api.request_headers(request_timeout, priority),
+            headers=self.api.request_headers(request_timeout, priority, hint),
         )
         return self.api.handle(app_id, self._json(r))
 

@@ -20,6 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 _SECRET_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,127}")
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _RESERVED_SECRET_PREFIXES = ("KLIEG_", "PYTHON", "CUDA_", "LD_")
+_HINT = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
+MAX_HINTS = 64
+"""At most this many of the hints a runner reports count (the first ones)."""
 
 
 def module_name_problem(name: object) -> str | None:
@@ -36,6 +39,15 @@ def secret_name_problem(name: str) -> str | None:
         return f"invalid secret name {name!r}: upper-case letters, digits and _, as an env variable"
     if name.startswith(_RESERVED_SECRET_PREFIXES) or name in ("PATH", "HOME"):
         return f"secret name {name!r} is reserved"
+    return None
+
+
+def hint_problem(hint: object) -> str | None:
+    """Why ``hint`` cannot be a runner hint (a request's ``X-Fal-Runner-Hint``, an item of an
+    app's ``provide_hints()``): a string of 1-256 characters, none of them a control
+    character; None when it can."""
+    if not isinstance(hint, str) or not _HINT.fullmatch(hint):
+        return f"a runner hint is 1-256 characters, no control characters; got {hint!r:.80}"
     return None
 
 

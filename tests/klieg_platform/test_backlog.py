@@ -37,6 +37,7 @@ TIERS = parse_tiers("enterprise:60:1000,api:120:1000,light:600:1000,free:1800:10
 APPS = ["a", "b", "c"]
 FNS = [f"{app}/{name}" for app in APPS for name in ("f", "g")]
 WORKERS = ["w1", "w2", "w3"]
+HINTS = ["", "", "lora-a", "lora-b"]
 
 
 def _outcome(got: Job | Blocked | Elsewhere | None) -> tuple[str, str | int] | None:
@@ -71,7 +72,8 @@ def test_backlog_answers_what_the_reference_answers(seed: int) -> None:
             fn = rng.choice(FNS)
             tier = rng.choice(TIERS)
             job = Job(f"j{n}", tier.name, rng.choice(tenants), fn.split("/")[0], now,
-                      rng.choice([0, 1, 1, 2, 4, 8]), fn, rng.random() < low_share)  # fmt: skip
+                      rng.choice([0, 1, 1, 2, 4, 8]), fn, rng.random() < low_share,
+                      rng.choice(HINTS))  # fmt: skip
             n += 1
             queues[tier.name].append(job)
             backlog.add(job)
@@ -95,9 +97,12 @@ def test_backlog_answers_what_the_reference_answers(seed: int) -> None:
             here.append(rng.choice(plain).function_key)
         elsewhere = rng.sample(FNS, rng.randint(0, 2))
         full = rng.sample(FNS, rng.randint(0, 1))
+        pairs = [(fn, h) for fn in FNS for h in HINTS if h]
+        hinted_here = rng.sample(pairs, rng.randint(0, 3))
+        hinted_elsewhere = rng.sample(pairs, rng.randint(0, 6))
         ask = {"free_units": free, "total_units": total, "here": here, "elsewhere": elsewhere,
-               "cold_start_s": cold, "full": full,
-               "max_reserved": rng.choice([None, 1, 2])}  # fmt: skip
+               "cold_start_s": cold, "full": full, "max_reserved": rng.choice([None, 1, 2]),
+               "hinted_here": hinted_here, "hinted_elsewhere": hinted_elsewhere}  # fmt: skip
         want = pick_for_worker(queues, now, tiers=TIERS, **counts, worker=worker,
                                reserved=dict(reserved), **ask)  # type: ignore[arg-type]  # fmt: skip
         got = backlog.pick_for_worker(now, worker=worker, **ask)  # type: ignore[arg-type]

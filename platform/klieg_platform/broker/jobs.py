@@ -55,11 +55,12 @@ TRANSITIONS: dict[Status | None, frozenset[Status]] = {
 ROUTING = (
     "id", "owner", "tenant", "app", "app_key", "tier", "gpus", "revision", "function",
     "endpoint", "pool", "payload", "payload_ref", "timeout_s", "deadline_ms", "webhook",
-    "stream", "reply_to", "status", "created_ms", "attempts", "priority",
+    "stream", "reply_to", "status", "created_ms", "attempts", "priority", "hint",
 )  # fmt: skip
 """Written once, at enqueue (with the first status and an attempt count of 0). ``reply_to``:
 the channel of the gateway waiting to answer the request (``keys.reply``), or empty;
-``priority``: ``NORMAL`` or ``LOW`` (``X-Fal-Queue-Priority``; a record without it is normal)."""
+``priority``: ``NORMAL`` or ``LOW`` (``X-Fal-Queue-Priority``; a record without it is normal);
+``hint``: the runner hint (``X-Fal-Runner-Hint``), or empty."""
 
 NORMAL, LOW = "normal", "low"
 PRIORITIES = (NORMAL, LOW)
@@ -85,7 +86,7 @@ FIELDS = frozenset((*ROUTING, *STATE, *OUTCOME, *DELIVERY))
 
 JOB = (
     "revision", "function", "endpoint", "payload", "timeout_s", "owner", "app", "payload_ref",
-    "deadline_ms", "stream", "tenant",
+    "deadline_ms", "stream", "tenant", "hint",
 )  # fmt: skip
 """The record fields a leased job carries to its worker, in the order the take step returns
 them (after the id, the attempt count, ``more`` and ``units``)."""
@@ -145,6 +146,7 @@ class NewRequest:
     app_cap: int = 0
     gpus: int = 0
     priority: str = NORMAL
+    hint: str = ""
 
     @property
     def app_key(self) -> str:
@@ -161,6 +163,7 @@ class NewRequest:
             "webhook": self.webhook, "stream": "1" if self.stream else "",
             "reply_to": self.reply_to, "status": Status.IN_QUEUE.value,
             "created_ms": str(created_ms), "attempts": "0", "priority": self.priority,
+            "hint": self.hint,
         }  # fmt: skip
         return [item for name in ROUTING for item in (name, values[name])]
 
@@ -187,6 +190,8 @@ class Job:
     """Worker slots the request takes: its function's num_gpus, at least one."""
     tenant: str = ""
     """The id of the tenant that made the request."""
+    hint: str = ""
+    """Its runner hint: the worker prefers an idle runner reporting it (empty: none)."""
 
     @property
     def app_key(self) -> str:
@@ -213,6 +218,7 @@ class Job:
             stream=bool(f["stream"]),
             units=_int(units),
             tenant=_s(f["tenant"]),
+            hint=_s(f["hint"]),
         )
 
     @classmethod

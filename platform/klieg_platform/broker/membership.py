@@ -1,7 +1,8 @@
 """Worker membership: heartbeats in ``keys.WORKERS`` and what they tell about the fleet.
 
 Each worker writes its heartbeat document (pools, slots, the apps it holds warm, the
-"revision/function" of its idle runners and of all its runners, ``seen_ms``, and for the fleet
+"revision/function" of its idle runners and of all its runners, the runner hints its idle
+runners report (``hints``: ["revision/function", hint] pairs), ``seen_ms``, and for the fleet
 views each runner's state, its zygotes, its memory budget and use, its cold starts, GPU ids and
 whether it drains) every housekeeping round; a worker not heard from in ``WORKER_FRESH_S`` is
 taken for gone.
@@ -31,6 +32,8 @@ class Peers:
     many serve each pool."""
 
     idle: dict[str, set[str]] = field(default_factory=dict)
+    hinted: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
+    """Pool -> ("revision/function", hint) of the hints their idle runners report."""
     runners: Counter[str] = field(default_factory=Counter)
     busy: Counter[str] = field(default_factory=Counter)
     """"revision/function" -> how many of those runners serve (or start for) a request."""
@@ -60,18 +63,21 @@ class Membership:
         draining: bool = False,
         zygotes: Sequence[Mapping[str, Any]] = (),
         memory: Mapping[str, Any] | None = None,
+        hints: Collection[tuple[str, str]] = (),
     ) -> Peers:
         """A worker says it is alive: its pools, its slots, the apps it holds warm, and the
         "revision/function" of its idle runners and of all its runners; for the fleet views
         also each runner's ``detail`` (``RunnerSet.describe``), its ``zygotes``
         (``Zygotes.describe``), its ``memory`` budget and use (``Memory.describe``), its cold
-        starts so far, its GPU ids and whether it drains. Returns what the other live workers
-        hold."""
+        starts so far, its GPU ids and whether it drains; ``hints``: ("revision/function",
+        hint) of the runner hints its idle runners report. Returns what the other live
+        workers hold."""
         doc = {
             "pools": list(pools), "slots": slots, "warm": sorted(set(warm)),
             "idle": sorted(set(idle)), "runners": list(runners), "seen_ms": now_ms(),
             "detail": list(detail), "cold_starts": cold_starts, "gpu_ids": list(gpu_ids),
             "draining": draining, "zygotes": list(zygotes), "memory": dict(memory or {}),
+            "hints": sorted(set(hints)),
         }  # fmt: skip
         await self.redis.hset(keys.WORKERS, worker_id, json.dumps(doc))
         peers = Peers()
@@ -79,8 +85,10 @@ class Membership:
             if wid == worker_id:
                 continue
             peers.live += 1
+            hinted = {(str(fn), str(hint)) for fn, hint in other.get("hints", [])}
             for pool in other["pools"]:
                 peers.idle.setdefault(pool, set()).update(other.get("idle", []))
+                peers.hinted.setdefault(pool, set()).update(hinted)
                 peers.workers[pool] += 1
             peers.runners.update(other.get("runners", []))
             peers.busy.update(

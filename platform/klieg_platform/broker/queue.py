@@ -205,6 +205,8 @@ class Queue:
         warm_elsewhere: Collection[str] = (),
         full: Collection[str] = (),
         max_reserved: int | None = None,
+        hinted_here: Collection[tuple[str, str]] = (),
+        hinted_elsewhere: Collection[tuple[str, str]] = (),
         at_ms: int | None = None,
     ) -> Job | Blocked | Elsewhere | None:
         """Lease the request the policy picks next from ``pools`` (``["*"]``: every pool) to
@@ -212,7 +214,9 @@ class Queue:
         of ``warm_here`` ("revision/function"); other workers have idle ``warm_elsewhere``;
         requests of ``full`` functions (all runners here busy at max_concurrency) are left. At
         most ``max_reserved`` requests are reserved for draining workers at once (None: no
-        limit); past it a worker backfills (``scheduler``, rule W3)."""
+        limit); past it a worker backfills (``scheduler``, rule W3). ``hinted_here`` and
+        ``hinted_elsewhere``: ("revision/function", hint) of the hints idle runners here and on
+        other workers report (rule W1)."""
         row = await self._dispatch(
             args=[
                 at_ms or now_ms(),
@@ -225,6 +229,8 @@ class Queue:
                 ",".join(warm_elsewhere),
                 ",".join(full),
                 "" if max_reserved is None else max_reserved,
+                "\n".join(f"{fn}\t{hint}" for fn, hint in hinted_here),
+                "\n".join(f"{fn}\t{hint}" for fn, hint in hinted_elsewhere),
                 *pools,
             ]
         )

@@ -51,6 +51,7 @@ local LOGS = '{keys.LOGS_PREFIX}'
 local S_QUEUED, S_RUNNING = '{Status.IN_QUEUE}', '{Status.IN_PROGRESS}'
 local S_DONE = '{Status.COMPLETED}'
 local WARM_SHARE = {scheduler.WARM_SHARE!r}
+local HINT_WAIT_MS = {scheduler.HINT_WAIT_S * 1000!r}
 local M_REQUESTS = '{keys.METRICS_REQUESTS}'
 local M_QUEUE, M_RUN = '{keys.METRICS_QUEUE_S}', '{keys.METRICS_RUN_S}'
 local HISTORY = '{keys.HISTORY_PREFIX}'
@@ -455,10 +456,12 @@ return {string.format('%.0f', score), 0, pos}
 )
 
 # ARGV: now_ms, lease_ms, worker_id, tiers spec, free units, total units, warm here, warm
-#       elsewhere, full, max reserved ('': no limit), pool... ('*': every pool).
-#       "warm here/elsewhere": comma-separated
+#       elsewhere, full, max reserved ('': no limit), hinted here, hinted elsewhere, pool...
+#       ('*': every pool). "warm here/elsewhere": comma-separated
 #       "revision/function" of runners idle on this worker / on other workers; "full": those
-#       whose runners here are all busy at max_concurrency (never candidates: no hoarding).
+#       whose runners here are all busy at max_concurrency (never candidates: no hoarding);
+#       "hinted here/elsewhere": "revision/function<TAB>hint" lines, a hint an idle runner
+#       here / on another worker reports.
 # The policy of scheduler.pick_for_worker, over the lane index. A request takes max(gpus, 1)
 # units. Reservations past their deadline (their worker went silent) first return to the index.
 # Candidates: per tier, the oldest request whose tenant and app are under their in-flight caps,
@@ -471,7 +474,9 @@ return {string.format('%.0f', score), 0, pos}
 #       answer {'', 'blocked', units}; it fits: take it. Without one of its own,
 #       the best of the other workers' reservations that fit the free units and are under cap:
 #       take it;
-#   W1. best runs on a runner idle here: take it;
+#   W1. best runs on a runner idle here: take it; unless its record's hint is hinted
+#       elsewhere and not here and it has waited less than HINT_WAIT_MS: take nothing,
+#       {'', 'elsewhere'}, and wake that pool's workers (as W2);
 #   W2. best's function is idle on another worker: take nothing, {'', 'elsewhere'}, and wake
 #       that pool's workers;
 #   W3. best needs more units than are free: reserve it for this worker (until now + lease
@@ -495,9 +500,9 @@ local tiers = parse_tiers(ARGV[4])
 local by_name = {}
 for _, t in ipairs(tiers) do by_name[t.name] = t end
 local free, total = tonumber(ARGV[5]), tonumber(ARGV[6])
-local function set_of(csv)
+local function set_of(csv, items)
   local set, n = {}, 0
-  for item in string.gmatch(csv, '[^,]+') do set[item] = true; n = n + 1 end
+  for item in string.gmatch(csv, items or '[^,]+') do set[item] = true; n = n + 1 end
   return set, n
 end
 local here, n_here = set_of(ARGV[7])
@@ -505,12 +510,24 @@ local elsewhere = set_of(ARGV[8])
 local full = set_of(ARGV[9])
 local pools = {}
 local max_reserved = tonumber(ARGV[10])
-if ARGV[11] == '*' then
+local hinted_here = set_of(ARGV[11], '[^\\n]+')
+local hinted_elsewhere, n_hinted = set_of(ARGV[12], '[^\\n]+')
+if ARGV[13] == '*' then
   for _, p in ipairs(redis.call('SMEMBERS', POOLS)) do
     if p ~= UNCAPPED then pools[#pools + 1] = p end
   end
 else
-  for i = 11, #ARGV do pools[#pools + 1] = ARGV[i] end
+  for i = 13, #ARGV do pools[#pools + 1] = ARGV[i] end
+end
+
+-- W1's exception: candidate c's hint is reported by an idle runner elsewhere, by none here, and
+-- c is young enough to be left to it
+local function hinted_away(c)
+  if n_hinted == 0 or now - c.enq >= HINT_WAIT_MS then return false end
+  local hint = redis.call('HGET', REQ .. c.id, 'hint')
+  if not hint or hint == '' then return false end
+  local pair = c.fn .. '\\t' .. hint
+  return hinted_elsewhere[pair] and not hinted_here[pair]
 end
 -- '1' when the pools hold another queued request besides the one being taken, else '0'
 local function more()
@@ -613,8 +630,10 @@ choose = function(limit)
   end
   if best == nil then return nil end
 
-  if here[best.fn] then return take(load(best.id), nil, more(), tostring(best.units)) end -- W1
-  if elsewhere[best.fn] then -- W2
+  if here[best.fn] and not hinted_away(best) then -- W1
+    return take(load(best.id), nil, more(), tostring(best.units))
+  end
+  if elsewhere[best.fn] or here[best.fn] then -- W2, or W1's exception
     wake(best.pool)
     return {'', 'elsewhere'}
   end

@@ -5,9 +5,9 @@ reads the body under the size limit (checking it is JSON), checks it against the
 input schema (``klieg.input_schema``: a 422 naming the field, media URLs of allowed schemes
 only) so that nothing invalid is queued, and builds the ``NewRequest``:
 ``X-Fal-Request-Timeout`` becomes a deadline, ``X-Fal-Queue-Priority`` (``normal`` or ``low``)
-the queue priority, ``?fal_webhook=`` the webhook, and a body larger than
-``inline_payload_bytes`` goes to the blob store instead of Redis. A header with a bad value is a
-400 naming it.
+the queue priority, ``X-Fal-Runner-Hint`` the runner hint, ``?fal_webhook=`` the webhook, and
+a body larger than ``inline_payload_bytes`` goes to the blob store instead of Redis. A header
+with a bad value is a 400 naming it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from klieg.exceptions import (
     QueueFullError,
     ValidationError,
 )
-from klieg.types import EndpointSpec, normalize_path
+from klieg.types import EndpointSpec, hint_problem, normalize_path
 from klieg_platform.broker import NewRequest, Outcome
 from klieg_platform.broker.jobs import NORMAL, PRIORITIES
 from klieg_platform.disclosure import error_view
@@ -45,6 +45,7 @@ from klieg_platform.webhooks import refused_target
 
 TIMEOUT_HEADER = "x-fal-request-timeout"
 PRIORITY_HEADER = "x-fal-queue-priority"
+HINT_HEADER = "x-fal-runner-hint"
 DEFAULT_SERVICE_S = 10.0
 """Assumed service time of an app that has not been measured yet."""
 
@@ -137,6 +138,15 @@ def priority(request: Request) -> str:
     return raw
 
 
+def runner_hint(request: Request) -> str:
+    """The runner hint ``X-Fal-Runner-Hint`` names (empty without it, or empty);
+    ``InvalidRequestError`` naming the header when it is no hint (``klieg.types.hint_problem``)."""
+    raw = request.headers.get(HINT_HEADER, "")
+    if raw and (problem := hint_problem(raw)) is not None:
+        raise InvalidRequestError(f"X-Fal-Runner-Hint: {problem}")
+    return raw
+
+
 async def webhook_url(request: Request, gw: GatewayState) -> str:
     """The ``?fal_webhook=`` URL, checked to be http(s) and, where the gateway delivers to
     public receivers only (``webhook_allow_private`` off), to have only public addresses; ""
@@ -185,7 +195,7 @@ async def intake(request: Request, *, allow_stream: bool) -> Intake:
     if route is None:
         raise NotFoundError(f"app {owner}/{resolved.spec.name} has no endpoint at '{path}'")
     fn, ep = route
-    queue_priority = priority(request)
+    queue_priority, hint = priority(request), runner_hint(request)
     body, value = await read_input(request, gw.settings.max_body_bytes)
     schema = resolved.input_schema(ep)
     if schema is not None:
@@ -212,6 +222,7 @@ async def intake(request: Request, *, allow_stream: bool) -> Intake:
         app_cap=resolved.app.max_inflight,
         gpus=fn.num_gpus,
         priority=queue_priority,
+        hint=hint,
     )
     return Intake(gw, new, ep)
 

@@ -30,6 +30,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable
+from typing import TypeVar
 
 from klieg.types import EndpointSpec, FunctionSpec
 from klieg_platform import keys
@@ -58,6 +59,7 @@ from klieg_platform.worker.runners import RunnerSet
 from klieg_platform.worker.warmth import Warmth
 
 log = logging.getLogger("klieg.worker")
+_T = TypeVar("_T")
 
 FINISH_GRACE_S = 10.0
 """After the drain, how long requests whose runner has answered get to report their outcome."""
@@ -108,6 +110,8 @@ class Worker:
         self.handed_back: set[str] = set()
         """Requests this worker gave back to the queue as it stopped: none may start here."""
         self._warm_elsewhere: set[str] = set()
+        self._hinted_elsewhere: set[tuple[str, str]] = set()
+        """("revision/function", hint) of the hints idle runners of its peers report."""
         self._peers = Peers()
         self._own_wake = f"@{self.id}"
         """A wake list of this worker alone (``keys.wake``), pushed when it frees a runner."""
@@ -165,6 +169,8 @@ class Worker:
                         warm_elsewhere=self._warm_elsewhere,
                         full=full,
                         max_reserved=self._max_reserved(),
+                        hinted_here=self._idle_hints(),
+                        hinted_elsewhere=self._hinted_elsewhere,
                     )
                 except UNAVAILABLE as exc:  # what runs here goes on; dispatch when it is back
                     self.outage.lost(exc)
@@ -264,10 +270,10 @@ class Worker:
                     gpu_ids=self.runners.gpu_ids, zygotes=self.warmth.zygotes.describe(),
                     memory=self.warmth.memory.describe(),
                     draining=self._draining or self._stopping.is_set(),
+                    hints=[] if self._draining else self._idle_hints(),
                 )  # fmt: skip
-                idle = self._peers.idle
-                serving = idle if "*" in self.pools else {p: idle.get(p, set()) for p in self.pools}
-                self._warm_elsewhere = set().union(*serving.values()) if serving else set()
+                self._warm_elsewhere = self._serving(self._peers.idle)
+                self._hinted_elsewhere = self._serving(self._peers.hinted)
                 if not self._stopping.is_set():
                     await self.warmth.keep_warm(
                         self.id, self.pools, self._busy, self._peers.runners, self.background,
@@ -374,6 +380,17 @@ class Worker:
         else:
             serving = workers[keys.ALL_POOLS] + sum(workers[p] for p in self.pools)
         return max_reserved(1 + min(serving, peers.live))
+
+    def _serving(self, by_pool: dict[str, set[_T]]) -> set[_T]:
+        """What ``by_pool`` holds for the pools this worker serves (all of them for ``*``)."""
+        if "*" in self.pools:
+            return set().union(*by_pool.values())
+        return set().union(*(by_pool.get(p, set()) for p in self.pools))
+
+    def _idle_hints(self) -> list[tuple[str, str]]:
+        """("revision/function", hint) of the hints its idle runners report (none once it
+        stops)."""
+        return [] if self._stopping.is_set() else self.runners.idle_hints()
 
     def _idle_here(self) -> list[str]:
         """ "revision/function" of this worker's idle, live runners (none once it stops)."""

@@ -176,7 +176,8 @@ class Execution:
         answered (before the events are flushed)."""
         w, job = self.worker, self.job
         asked = time.monotonic()
-        runner = await w.runners.acquire((rev.id, fn.name), fn, w.warmth.starter(rev, fn))
+        start = w.warmth.starter(rev, fn)
+        runner = await w.runners.acquire((rev.id, fn.name), fn, start, hint=job.hint)
         if runner.calls == 0:
             self.cold_s = time.monotonic() - asked
             self.setup_s = runner.setup_s

@@ -71,6 +71,9 @@ class RunnerProcess:
         """The "owner/app" of its revision (set when it starts), for the fleet views."""
         self.memory_bytes: int | None = None
         """Its proportional set size when last measured (``memory.py``)."""
+        self.hints: frozenset[str] = frozenset()
+        """What its app's ``provide_hints()`` last returned (after setup, then after each call):
+        a request with one of these runner hints prefers this runner."""
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
@@ -130,6 +133,8 @@ class RunnerProcess:
             await self.kill()
             raise SetupFailed(SetupError(f"runner sent {msg!r} before it was ready"))
         self.setup_s = msg.setup_s
+        if msg.hints is not None:
+            self.hints = frozenset(msg.hints)
         self.ready = True
 
     async def call(
@@ -185,6 +190,8 @@ class RunnerProcess:
                     msg, body = await protocol.read(self._reader)
                     if isinstance(msg, protocol.Result):
                         results.append((msg, body))
+                        if msg.hints is not None:
+                            self.hints = frozenset(msg.hints)
                     elif isinstance(msg, protocol.Event):
                         on_event(msg, body)
             return results

@@ -5,7 +5,8 @@ with GPU ids, a GPU function's runner also holds that many ids (its CUDA_VISIBLE
 machine without GPUs the ids are logical. Guarantees: the runners (starting ones included) never
 hold more than ``slots`` units, and no two hold the same GPU id; a function never has more than
 its ``max_concurrency`` runners here; a warm idle runner of the same function is always
-preferred to a cold start; when the slots are full, the least recently used idle runners of
+preferred to a cold start (among those, one whose app reported the request's runner hint, then
+the most recently used); when the slots are full, the least recently used idle runners of
 other functions are stopped to make room (only if that makes enough room); idle runners past
 ``keep_alive`` are stopped, but each function keeps ``wanted`` runners across the platform:
 ``max(min_concurrency, busy runners + concurrency_buffer)``. A runner's spec carries its
@@ -49,10 +50,17 @@ class RunnerSet:
         """A function's spec with its scaling as overridden now (``respec``)."""
 
     async def acquire(
-        self, key: RunnerKey, spec: FunctionSpec, start: Starter, *, fresh: bool = False
+        self,
+        key: RunnerKey,
+        spec: FunctionSpec,
+        start: Starter,
+        *,
+        fresh: bool = False,
+        hint: str = "",
     ) -> RunnerProcess:
-        """A busy runner for ``key``: warm if one is idle (unless ``fresh``), else a new one
-        started by ``start``. ``spec``'s scaling gives way to the one ``respec`` learnt."""
+        """A busy runner for ``key``: warm if one is idle (unless ``fresh``; one reporting
+        ``hint`` first), else a new one started by ``start``. ``spec``'s scaling gives way to
+        the one ``respec`` learnt."""
         async with self._cond:
             while True:
                 spec = self._effective(key) or spec
@@ -60,7 +68,7 @@ class RunnerSet:
                     self._remove(dead)
                 idle = [r for r in self.runners if r.key == key and not r.busy]
                 if idle and not fresh:
-                    runner = max(idle, key=lambda r: r.last_used)
+                    runner = max(idle, key=lambda r: (bool(hint) and hint in r.hints, r.last_used))
                     runner.busy = True
                     return runner
                 mine = len([r for r in self.runners if r.key == key])
@@ -88,6 +96,15 @@ class RunnerSet:
             if len(mine) >= mine[0].spec.max_concurrency and all(r.busy for r in mine):
                 out.append(f"{key[0]}/{key[1]}")
         return out
+
+    def idle_hints(self) -> list[tuple[str, str]]:
+        """("revision/function", hint) of each hint an idle, live runner here reports."""
+        return sorted({
+            (f"{r.key[0]}/{r.key[1]}", h)
+            for r in self.runners
+            if not r.busy and r.alive and r.ready
+            for h in r.hints
+        })  # fmt: skip
 
     def describe(self) -> list[dict[str, Any]]:
         """Each runner for the fleet views: its "revision/function", "owner/app", state

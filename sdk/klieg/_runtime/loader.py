@@ -12,6 +12,7 @@ import base64
 import importlib
 import inspect
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from klieg.exceptions import (
     RequestCancelledError,
     ValidationError,
 )
-from klieg.types import FunctionSpec, normalize_path
+from klieg.types import MAX_HINTS, FunctionSpec, hint_problem, normalize_path
 
 
 def import_entry(code_dir: Path, module: str) -> Any:
@@ -201,6 +202,31 @@ class Target:
 
     def teardown(self) -> None:
         self._hook("teardown")
+
+    def hints(self) -> list[str] | None:
+        """What the instance's ``provide_hints()`` returns now (any iterable of strings: its
+        valid hints, the first ``MAX_HINTS``; an invalid one is dropped with a warning on
+        stderr); None when it has no such method or it raised (printed on stderr: the runner's
+        hints stay as they were)."""
+        hook = getattr(self.instance, "provide_hints", None)
+        if not callable(hook):
+            return None
+        try:
+            result = hook()
+            if inspect.isawaitable(result):
+                result = self.loop.run_until_complete(result)
+            items = list(result or ())
+        except Exception:
+            traceback.print_exc()
+            return None
+        hints: list[str] = []
+        for item in items:
+            problem = hint_problem(item)
+            if problem is not None:
+                print(f"provide_hints(): {problem}; ignored", file=sys.stderr)
+            elif item not in hints:
+                hints.append(item)
+        return hints[:MAX_HINTS]
 
     def endpoint(self, path: str) -> Endpoint:
         endpoint = self.endpoints.get(normalize_path(path))

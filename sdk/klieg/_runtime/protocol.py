@@ -5,7 +5,7 @@ is one message below, msgpack-encoded with its tag in ``type``; the body carries
 response payloads as the client sent them (JSON bytes), so nothing on the path re-encodes them.
 
 Messages (their fields are the class attributes):
-  runner -> worker  :class:`Ready`        after setup() succeeded
+  runner -> worker  :class:`Ready`        after setup() succeeded (with the runner's hints)
   runner -> worker  :class:`SetupFailed`  setup() raised; then the runner exits
   worker -> runner  :class:`Call` + body  run one request
   worker -> runner  :class:`Batch` + the bodies, concatenated (``sizes``)
@@ -16,7 +16,7 @@ Messages (their fields are the class attributes):
   runner -> worker  :class:`Media` + body the bytes behind a ``klieg-media://<token>`` URL in
                                           the next chunk or result
   runner -> worker  :class:`Result` + body (the output JSON when ``ok``; for a generator
-                    endpoint its last item)
+                    endpoint its last item; the runner's hints after the call)
   worker -> runner  :class:`Shutdown`     run teardown() and exit
 
 Errors cross the boundary only as :class:`WireError`, a serialised ``KliegError``.
@@ -73,9 +73,12 @@ class _Message(msgspec.Struct, omit_defaults=True, tag_field="type"):
 
 
 class Ready(_Message, tag="ready"):
+    """``hints``: what the app's ``provide_hints()`` returned after setup (None: it has none)."""
+
     pid: int
     setup_s: float = 0.0
     """How long the app's own ``setup()`` took."""
+    hints: list[str] | None = None
 
 
 class SetupFailed(_Message, tag="setup_failed"):
@@ -132,12 +135,15 @@ class Media(_Message, tag="media"):
 
 
 class Result(_Message, tag="result"):
-    """``error`` is set exactly when ``ok`` is false; ``logs``: lines not sent as ``Log``."""
+    """``error`` is set exactly when ``ok`` is false; ``logs``: lines not sent as ``Log``;
+    ``hints``: what the app's ``provide_hints()`` returned after the call (the last result of a
+    batch carries them), which replace the runner's; None: unchanged."""
 
     id: str
     ok: bool
     error: WireError | None = None
     logs: list[LogLine] = []
+    hints: list[str] | None = None
 
 
 class Shutdown(_Message, tag="shutdown"):

@@ -3,7 +3,9 @@
 Started by a worker with the env's own interpreter and one end of a socketpair (fd N). Loads
 the function, runs ``setup()`` once, says ``ready`` (or ``setup_failed`` and exits), then serves
 ``call`` and ``batch`` messages one at a time until ``shutdown`` or the socket closes (frames
-whose header is no message are skipped). See protocol.py. While a call runs, its log lines go
+whose header is no message are skipped). An app class's optional ``provide_hints()`` is asked
+after setup (its answer rides on ``ready``) and after each call or batch (on its last
+``result``), inside that request's log capture. See protocol.py. While a call runs, its log lines go
 out as ``log`` frames and a generator endpoint's items as ``chunk`` frames; SIGUSR1
 (CANCEL_SIGNAL) interrupts the endpoint code with RequestCancelledError, and the runner goes on
 serving.
@@ -100,6 +102,7 @@ def _serve_call(
     request_id = call.id
     out = b""
     error: WireError | None = None
+    hints: list[str] | None = None
     sink.emit = lambda line: channel.send(protocol.Log(request_id, line))
     context.set_token(call.token)
     try:
@@ -110,10 +113,11 @@ def _serve_call(
             traceback.print_exc()
         error = WireError.from_exception(exc)
     finally:
+        hints = target.hints()
         context.clear()
         logs.flush_streams()
         sink.emit = None
-    return protocol.Result(request_id, error is None, error, sink.drain()), out
+    return protocol.Result(request_id, error is None, error, sink.drain(), hints), out
 
 
 def _serve_batch(
@@ -137,18 +141,20 @@ def _serve_batch(
         results = [failed] * len(ids)
     finally:
         _Running.request_id = None
+        hints = target.hints()
         context.clear()
         logs.flush_streams()
         sink.emit = None
     lines = sink.drain()
     try:
-        for request_id, result in zip(ids, results, strict=True):
+        for i, (request_id, result) in enumerate(zip(ids, results, strict=True)):
+            last = hints if i == len(ids) - 1 else None
             if isinstance(result, KliegError):
                 error = WireError.from_exception(result)
-                channel.send(protocol.Result(request_id, False, error, lines))
+                channel.send(protocol.Result(request_id, False, error, lines, last))
             else:
                 _ship_media(channel, request_id, result)
-                channel.send(protocol.Result(request_id, True, None, lines), result)
+                channel.send(protocol.Result(request_id, True, None, lines, last), result)
     finally:
         media.PENDING.clear()
 
@@ -171,9 +177,10 @@ def serve(sock: socket.socket, code_dir: Path, spec: FunctionSpec) -> int:
         error = WireError(detail, SetupError.__name__, trace)
         channel.send(protocol.SetupFailed(error, sink.drain()))
         return 1
+    hints = target.hints()
     logs.flush_streams()
     sink.drain()
-    channel.send(protocol.Ready(os.getpid(), round(setup_s, 6)))
+    channel.send(protocol.Ready(os.getpid(), round(setup_s, 6), hints))
     while True:
         try:
             msg, body = protocol.recv(sock)
@@ -193,7 +200,7 @@ def serve(sock: socket.socket, code_dir: Path, spec: FunctionSpec) -> int:
             reply, out = _serve_call(channel, sink, target, msg, body)
         except RequestCancelledError as exc:  # the signal landed just as the call ended
             error = WireError.from_exception(exc)
-            reply, out = protocol.Result(msg.id, False, error, sink.drain()), b""
+            reply, out = protocol.Result(msg.id, False, error, sink.drain(), target.hints()), b""
         channel.send(reply, out)
 
 

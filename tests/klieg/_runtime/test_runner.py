@@ -113,6 +113,22 @@ APP_SOURCE = textwrap.dedent(
             return {"woke": True}
 
 
+    @app.cls()
+    class Loras:
+        def setup(self) -> None:
+            self.loaded = ["base"]
+
+        def provide_hints(self) -> list[object]:
+            if "boom" in self.loaded:
+                raise RuntimeError("hints broke")
+            return [*self.loaded, "", 7, "base"]  # the invalid ones and the repeat are dropped
+
+        @klieg.endpoint("/load")
+        def load(self, req: In) -> dict[str, int]:
+            self.loaded.append(req.text)
+            return {"loaded": len(self.loaded)}
+
+
     @app.function()
     @klieg.endpoint("/plain")
     def plain(req: In) -> dict[str, int]:
@@ -451,3 +467,23 @@ def test_cancel_signal_interrupts_the_running_call_and_the_runner_serves_on(
     os.kill(echo.proc.pid, signal.SIGUSR1)  # idle: ignored
     result, out = echo.call("/", {"text": "after"})
     assert result.ok is True and out["text"] == "after"
+
+
+def test_provide_hints_rides_on_ready_and_on_each_result(
+    code_dir: Path, tmp_path: Path, runners: list[Runner], echo: Runner
+) -> None:
+    app, _ = app_specs(code_dir)
+    runner = start_runner(code_dir, app, "Loras", tmp_path)
+    runners.append(runner)
+    ready, _ = runner.recv()
+    assert isinstance(ready, Ready) and ready.hints == ["base"]
+    result, out = runner.call("/load", {"text": "lora-a"})
+    assert out == {"loaded": 2} and result.hints == ["base", "lora-a"]
+    ignored = [line["message"] for line in result.logs if "provide_hints()" in line["message"]]
+    assert len(ignored) == 2 and "got ''" in ignored[0] and "got 7" in ignored[1]
+    result, out = runner.call("/load", {"text": "boom"})  # it raises: the hints stay as they were
+    assert out == {"loaded": 3} and result.ok and result.hints is None
+    assert any("hints broke" in line["message"] for line in result.logs)
+    # an app without provide_hints() reports none
+    result, _ = echo.call("/", {"text": "x"})
+    assert result.hints is None

@@ -24,9 +24,16 @@ from klieg_platform.broker import Blocked, Broker, NewRequest, Outcome
 from klieg_platform.broker import Elsewhere as BrokerElsewhere
 from klieg_platform.broker import Job as BrokerJob
 from klieg_platform.broker.jobs import LOW, NORMAL
+from klieg_platform.scheduler import (
+    HINT_WAIT_S,
+    Job,
+    Tier,
+    parse_tiers,
+    pick,
+    pick_for_worker,
+)
 from klieg_platform.scheduler import Blocked as PolicyBlocked
 from klieg_platform.scheduler import Elsewhere as PolicyElsewhere
-from klieg_platform.scheduler import Job, Tier, parse_tiers, pick, pick_for_worker
 
 TIERS = parse_tiers("enterprise:60:1000,api:120:1000,light:600:1000,free:1800:1000")
 NOW_MS = 1_800_000_000_000
@@ -140,6 +147,8 @@ TIERS_MS = tuple(Tier(t.name, t.slo_s * 1000, t.max_queued, t.rank) for t in TIE
 very integers and doubles the Lua uses, so float rounding cannot split them at a boundary."""
 APPS = ["a", "b", "c"]
 FN_KEYS = [f"{app}-r{k}/{name}" for app in APPS for k in (1, 2) for name in ("f", "g")]
+HINTS = ["", "", "lora a", "lora-b"]
+HINT_WAIT_MS = HINT_WAIT_S * 1000
 
 
 @dataclass(frozen=True)
@@ -148,6 +157,18 @@ class WarmScenario:
     times: list[int]
     tenant_caps: dict[str, int]
     app_caps: dict[str, int]
+    low_share: float
+
+    def request(self, rng: random.Random, i: int, tier: Tier, tenant: str, app: str) -> NewRequest:
+        """Request ``i``: of a random function of ``app``, size, priority and hint."""
+        return NewRequest(
+            id=f"r{i:03d}", owner="o", tenant=tenant, app=app,
+            revision=f"{app}-r{rng.randint(1, 2)}", function=rng.choice("fg"), endpoint="/",
+            pool="GPU", payload=b"{}", timeout_s=30, tier=tier.name,
+            tenant_cap=self.tenant_caps.get(tenant, 0), app_cap=self.app_caps.get(f"o/{app}", 0),
+            gpus=rng.choice([0, 1, 1, 2, 4, 8]),
+            priority=LOW if rng.random() < self.low_share else NORMAL, hint=rng.choice(HINTS),
+        )  # fmt: skip
 
 
 def _warm_scenario(rng: random.Random, n: int | None = None, capped_head: int = 0) -> WarmScenario:
@@ -159,9 +180,8 @@ def _warm_scenario(rng: random.Random, n: int | None = None, capped_head: int = 
     app_caps = {f"o/{a}": rng.choice([1, 3]) for a in rng.sample(APPS, 1)}
     capped_tenants = sorted(tenant_caps)
     capped_app = next(iter(app_caps)).removeprefix("o/")
-    reqs, times = [], []
+    sc = WarmScenario([], [], tenant_caps, app_caps, rng.choice([0.0, 0.3, 0.6]))
     recent_share = rng.choice([0.3, 0.7, 1.0])
-    low_share = rng.choice([0.0, 0.3, 0.6])
     for i in range(n if n is not None else rng.randint(5, 40)):
         tier = rng.choice(TIERS)
         tenant, app = rng.choice(tenants), rng.choice(APPS)
@@ -170,22 +190,13 @@ def _warm_scenario(rng: random.Random, n: int | None = None, capped_head: int = 
                 tenant = rng.choice(capped_tenants)
             else:
                 app = capped_app
-        reqs.append(
-            NewRequest(
-                id=f"r{i:03d}", owner="o", tenant=tenant, app=app,
-                revision=f"{app}-r{rng.randint(1, 2)}", function=rng.choice("fg"), endpoint="/",
-                pool="GPU", payload=b"{}", timeout_s=30, tier=tier.name,
-                tenant_cap=tenant_caps.get(tenant, 0), app_cap=app_caps.get(f"o/{app}", 0),
-                gpus=rng.choice([0, 1, 1, 2, 4, 8]),
-                priority=LOW if rng.random() < low_share else NORMAL,
-            )
-        )  # fmt: skip
+        sc.reqs.append(sc.request(rng, i, tier, tenant, app))
         recent = rng.random() < recent_share  # within a cold start or so, else up to 3 SLOs
         wait_s = rng.uniform(0, 40) if recent else rng.uniform(0, 3 * tier.slo_s)
         if i < capped_head:  # older than every other request
             wait_s = 4 * tier.slo_s + (capped_head - i)
-        times.append(NOW_MS - int(wait_s * 1000))
-    return WarmScenario(reqs, times, tenant_caps, app_caps)
+        sc.times.append(NOW_MS - int(wait_s * 1000))
+    return sc
 
 
 def _outcome(
@@ -207,13 +218,20 @@ LEASE_S = 100_000
 
 
 async def _replay_warm(
-    seed: int, broker: Broker | None, *, n: int | None = None, capped_head: int = 0
+    seed: int,
+    broker: Broker | None,
+    *,
+    n: int | None = None,
+    capped_head: int = 0,
+    arrivals: float = 0.2,
 ) -> Counter[str]:
     """Replay seed's scenario through the reference, and through ``broker`` when given (assert
-    they agree at every step), with several workers and their reservations. Returns how often
-    each rule (W0-W5, or none) decided."""
+    they agree at every step), with several workers and their reservations; at each step a
+    request arrives with probability ``arrivals``. Returns how often each rule (W0-W5, W1h: W1's
+    hint exception, or none) decided."""
     rng = random.Random(seed)
     sc = _warm_scenario(rng, n, capped_head)
+    steps = 2 * max(len(sc.reqs), 20)
     order = sorted(range(len(sc.reqs)), key=lambda i: sc.times[i])
     queues: dict[str, list[Job]] = defaultdict(list)
     for i in order:  # each queue is FIFO by enqueue time
@@ -222,7 +240,9 @@ async def _replay_warm(
             await broker.queue.enqueue(r, at_ms=sc.times[i])
         fn = f"{r.revision}/{r.function}"
         low = r.priority == LOW
-        queues[r.tier].append(Job(r.id, r.tier, r.tenant, r.app_key, sc.times[i], r.gpus, fn, low))
+        queues[r.tier].append(
+            Job(r.id, r.tier, r.tenant, r.app_key, sc.times[i], r.gpus, fn, low, r.hint)
+        )
     by_id = {j.id: j for q in queues.values() for j in q}
     cold_ms: dict[str, float] = {}
 
@@ -249,8 +269,17 @@ async def _replay_warm(
     reserved: dict[str, Job] = {}
     rules: Counter[str] = Counter()
     now = NOW_MS
-    for step in range(2 * len(sc.reqs)):
+    for step in range(steps):
         now += rng.randrange(0, 3000)
+        if rng.random() < arrivals:  # a request arrives now: young while W1's hint window lasts
+            r = sc.request(rng, len(by_id), rng.choice(TIERS), f"t{rng.randrange(5)}",
+                           rng.choice(APPS))  # fmt: skip
+            if broker is not None:
+                await broker.queue.enqueue(r, at_ms=now)
+            fn, low = f"{r.revision}/{r.function}", r.priority == LOW
+            job = Job(r.id, r.tier, r.tenant, r.app_key, now, r.gpus, fn, low, r.hint)
+            queues[r.tier].append(job)
+            by_id[r.id] = job
         if rng.random() < 0.25:
             await set_cold(f"o/{rng.choice(APPS)}", some_cold_ms())
         if running and rng.random() < 0.6:
@@ -283,13 +312,26 @@ async def _replay_warm(
         if best is not None and rng.random() < 0.15:
             full.append(best.function_key)
         limit = rng.choice([None, None, 1, 2])  # past it, a worker backfills instead of draining
+        pairs = [(fn, h) for fn in FN_KEYS for h in HINTS if h]
+        hinted_here = rng.sample(pairs, rng.randint(0, 2))
+        hinted_elsewhere = rng.sample(pairs, rng.randint(0, 3))
+        if best is not None and best.hint and rng.random() < 0.5:  # the hint idle elsewhere
+            hinted_elsewhere.append((best.function_key, best.hint))
+            if rng.random() < 0.5:  # and best's function idle here (W1)
+                here.append(best.function_key)
+            if rng.random() < 0.2:  # ... with that hint too
+                hinted_here.append((best.function_key, best.hint))
         want = pick_for_worker(queues, now, tiers=TIERS_MS, **counts, free_units=free,
                                total_units=total, here=here, elsewhere=elsewhere,
                                cold_start_s=cold_ms, full=full, worker=worker,
-                               reserved=reserved, max_reserved=limit)  # fmt: skip
-        rules[_rule(want, queues, now, total, here, full, counts, reserved, worker)] += 1
+                               reserved=reserved, max_reserved=limit, hinted_here=hinted_here,
+                               hinted_elsewhere=hinted_elsewhere,
+                               hint_wait_s=HINT_WAIT_MS)  # fmt: skip
+        rule = _rule(want, queues, now, total, here, full, counts, reserved, worker)
+        rules[rule] += 1
         if broker is not None:
-            warm = {"warm_here": here, "warm_elsewhere": elsewhere, "full": full}
+            warm = {"warm_here": here, "warm_elsewhere": elsewhere, "full": full,
+                    "hinted_here": hinted_here, "hinted_elsewhere": hinted_elsewhere}  # fmt: skip
             got = await broker.queue.dispatch(
                 ["GPU"], worker, LEASE_S, free_units=free, total_units=total, **warm,
                 max_reserved=limit, at_ms=now,
@@ -315,7 +357,7 @@ async def _replay_warm(
             by_tenant[want.tenant] += 1
             by_app[want.app] += 1
             running.append((want.id, worker))
-        if broker is not None and (step % 25 == 0 or step == 2 * len(sc.reqs) - 1):
+        if broker is not None and (step % 25 == 0 or step == steps - 1):
             await _assert_index_exact(broker, queues, reserved, counts)
     return rules
 
@@ -354,7 +396,8 @@ def _rule(
     if isinstance(got, PolicyBlocked):
         return "W0" if worker in reserved else "W3"
     if isinstance(got, PolicyElsewhere):
-        return "W2"
+        assert got.job is not None
+        return "W1h" if got.job.function_key in here else "W2"  # W1h: its hint idle elsewhere
     if any(got is held for held in reserved.values()):
         return "W0"
     best = pick(_fitting(queues, total, full, reserved, worker), now, tiers=TIERS_MS, **counts)
@@ -442,11 +485,30 @@ def test_lua_dispatch_matches_pick_for_worker_behind_long_capped_heads(
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_lua_dispatch_matches_pick_for_worker_as_hinted_requests_arrive(
+    redis_url: str, seed: int
+) -> None:
+    """Requests arriving as the workers dispatch: the best one is often young, so W1's hint
+    exception (a runner reporting its hint idles elsewhere) decides often."""
+
+    async def main() -> None:
+        broker = Broker.from_url(redis_url, result_ttl_s=60, max_attempts=3, tiers=TIERS)
+        try:
+            await _replay_warm(200 + seed, broker, n=2, arrivals=0.8)
+        finally:
+            await broker.close()
+
+    asyncio.run(main())
+
+
 def test_the_warm_scenarios_exercise_every_rule() -> None:
     rules: Counter[str] = Counter()
     for seed in range(24):
         rules += asyncio.run(_replay_warm(seed, None))
-    assert set(rules) == {"W0", "W1", "W2", "W3", "W4", "W5", "none"}
+    for seed in range(8):
+        rules += asyncio.run(_replay_warm(200 + seed, None, n=2, arrivals=0.8))
+    assert set(rules) == {"W0", "W1", "W1h", "W2", "W3", "W4", "W5", "none"}
     assert min(rules.values()) >= 10, rules
 
 

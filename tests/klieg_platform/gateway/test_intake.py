@@ -168,3 +168,25 @@ def test_a_low_priority_request_is_queued_low(checked: httpx.Client) -> None:
     finally:
         client.close()
         checked.put(sub.json()["cancel_url"])
+
+
+def test_a_bad_runner_hint_is_400_naming_the_header_and_a_good_one_is_queued(
+    checked: httpx.Client,
+) -> None:
+    before = _request_records()
+    for path in ("/queue/local/checked", "/local/checked"):
+        r = checked.post(path, json={"text": "x"}, headers={"X-Fal-Runner-Hint": "x" * 257})
+        assert r.status_code == 400, r.text
+        assert r.json()["error_type"] == "InvalidRequestError"
+        assert r.json()["detail"].startswith("X-Fal-Runner-Hint: a runner hint is 1-256")
+    assert _request_records() == before
+    sub = checked.post(
+        "/queue/local/checked", json={"text": "x"}, headers={"X-Fal-Runner-Hint": "lora 7"}
+    )
+    assert sub.status_code == 200, sub.text
+    client = redis.Redis.from_url(MACHINE_REDIS_URL)
+    try:
+        assert client.hget(keys.request(sub.json()["request_id"]), "hint") == b"lora 7"
+    finally:
+        client.close()
+        checked.put(sub.json()["cancel_url"])

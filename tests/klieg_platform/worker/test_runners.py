@@ -366,3 +366,25 @@ def test_full_names_functions_whose_runners_are_all_busy_at_max_concurrency() ->
         del b
 
     run(4, body)
+
+
+def test_an_idle_runner_reporting_the_requests_hint_is_preferred() -> None:
+    async def body(rs: RunnerSet, start: FakeStarter) -> None:
+        fn = spec("a", max_concurrency=2)
+        one, two = await rs.acquire(key("a"), fn, start), await rs.acquire(key("a"), fn, start)
+        one.ready = two.ready = True
+        one.hints, two.hints = frozenset({"lora-1"}), frozenset({"lora-2"})
+        await rs.release(one)
+        await rs.release(two)  # two is the most recently used
+        assert rs.idle_hints() == [("rev-1/a", "lora-1"), ("rev-1/a", "lora-2")]
+        got = await rs.acquire(key("a"), fn, start, hint="lora-1")
+        assert got is one, "the runner that reported the hint"
+        assert rs.idle_hints() == [("rev-1/a", "lora-2")], "a busy runner advertises none"
+        other = await rs.acquire(key("a"), fn, start, hint="lora-1")
+        assert other is two, "without it free, another idle runner serves at once"
+        await rs.release(one)
+        await rs.release(two)
+        assert await rs.acquire(key("a"), fn, start, hint="unknown") is two  # the most recent
+        assert len(start.started) == 2
+
+    run(2, body)
