@@ -181,6 +181,31 @@ def upload(out: Out) -> None:
         out["bytes_back"] = [got.status_code, got.text]
 
 
+def priority(out: Out) -> None:
+    """Low requests queued first, then normal ones, while blockers hold the slots."""
+    waiting = blockers(3.0)
+    route, handles = f"{APP}/lora", {}
+    for tag, level in (("low1", "low"), ("low2", "low"), ("normal1", None), ("normal2", None)):
+        handles[tag] = fal_client.submit(route, arguments={"seconds": 0.5}, priority=level)
+    out["positions"] = {tag: status_json(h.status())["position"] for tag, h in handles.items()}
+    started = {tag: h.get()["started"] for tag, h in handles.items()}
+    out["start_order"] = sorted(started, key=started.__getitem__)
+    out["blockers"] = [h.get()["text"] for h in waiting]
+
+
+def hint(out: Out) -> None:
+    """Two runners load LoRA "a" and "b"; hinted requests then go to the runner holding theirs."""
+    route = f"{APP}/lora"
+    first = [fal_client.submit(route, arguments={"lora": lora, "seconds": 1.5}) for lora in "ab"]
+    out["pids"] = {run["lora"]: run["pid"] for run in (h.get() for h in first)}
+    out["hinted_runs"] = [
+        [lora, fal_client.run(route, arguments={"lora": lora}, hint=lora)["pid"]] for lora in "abba"
+    ]
+    handle = fal_client.submit(route, arguments={"lora": "b"}, hint="b")
+    out["hinted_submit"] = handle.get()["pid"]
+    out["bad_hint"] = outcome(lambda: fal_client.run(route, arguments={}, hint="x" * 300))
+
+
 PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
     "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
@@ -192,6 +217,7 @@ SCENARIOS: dict[str, Callable[[Out], None]] = {
     f.__name__: f
     for f in (
         run, submit, subscribe, cancel_running, cancel_queued, stream, errors, workflow, upload,
+        priority, hint,
     )
 }  # fmt: skip
 

@@ -211,3 +211,22 @@ def test_upload_file_stores_into_klieg(scenario: Scenario, fal_env: dict[str, st
     )
     assert out["file_back"] == [200, True, "image/png"]
     assert out["bytes_url"].startswith(gateway) and out["bytes_back"] == [200, "plain words"]
+
+
+def test_low_priority_submits_wait_behind_the_callers_normal_ones(scenario: Scenario) -> None:
+    out = scenario("priority")
+    # while the blockers run: each low one has both normal ones ahead of it
+    assert out["positions"] == {"low1": 2, "low2": 3, "normal1": 0, "normal2": 1}, out
+    assert out["start_order"] == ["normal1", "normal2", "low1", "low2"], out
+    assert out["blockers"] == ["slept 3.0"] * BLOCKERS
+
+
+def test_hinted_requests_go_to_the_runner_reporting_their_hint(scenario: Scenario) -> None:
+    out = scenario("hint")
+    pids = out["pids"]
+    assert len(set(pids.values())) == 2, pids
+    assert [pid for _, pid in out["hinted_runs"]] == [pids[lora] for lora, _ in out["hinted_runs"]]
+    assert out["hinted_submit"] == pids["b"]
+    bad = out["bad_hint"]["error"]
+    assert (bad["status_code"], bad["error_type"]) == (400, "InvalidRequestError"), bad
+    assert "X-Fal-Runner-Hint" in bad["message"]

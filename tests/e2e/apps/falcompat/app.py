@@ -5,10 +5,13 @@ POST /{owner}/falcompat          {"text": "hi", "seconds": 0}  -> {"text": "hi",
 POST /{owner}/falcompat/stream   {"n": 3}  -> items {"text": "item 0", "index": 0}, ...
 POST /{owner}/falcompat/slow     {"seconds": 5}  -> {"text": "slept 5.0", "index": 0}
 POST /{owner}/falcompat/fail     {"text": "x"}  -> AppError
+POST /{owner}/falcompat/lora     {"lora": "a", "seconds": 0}  -> {"lora": "a", "pid": ...,
+                                 "started": ...}; its runner then reports "a" as a runner hint
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 
@@ -55,6 +58,28 @@ def slow(req: In) -> Out:
     print(f"sleeping {req.seconds}s", flush=True)
     time.sleep(req.seconds)
     return Out(text=f"slept {req.seconds}")
+
+
+class LoraIn(BaseModel):
+    lora: str = ""
+    seconds: float = Field(0.0, ge=0, le=60)
+
+
+@app.cls(keep_alive=300, max_concurrency=2)
+class Loras:
+    def setup(self) -> None:
+        self.loaded: list[str] = []
+
+    def provide_hints(self) -> list[str]:
+        return list(self.loaded)
+
+    @klieg.endpoint("/lora")
+    def lora(self, req: LoraIn) -> dict[str, object]:
+        started = time.time()
+        if req.lora and req.lora not in self.loaded:
+            self.loaded.append(req.lora)
+        time.sleep(req.seconds)
+        return {"lora": req.lora, "pid": os.getpid(), "started": started}
 
 
 @app.function(keep_alive=300)
