@@ -20,16 +20,17 @@ from klieg_platform import keys
 from tests.e2e.platform import TEST_APPS, Platform, running_platform, until, wait_for_status
 
 pytestmark = pytest.mark.timeout(240)
+LORA = "/local/falcompat/lora"
 
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     """A platform whose own worker serves only GPU-H100: the CPU workers the tests start serve
-    the hinted app."""
+    falcompat's ``/lora`` (a runner loads LoRAs and reports those it holds as hints)."""
     home = tmp_path_factory.mktemp("hints")
     with running_platform(home, extra_env={"KLIEG_WORKER_POOLS": "GPU-H100"}) as p:
         p.bootstrap()
-        p.deploy(TEST_APPS / "hinted" / "app.py")
+        p.deploy(TEST_APPS / "falcompat" / "app.py")
         yield p
 
 
@@ -77,7 +78,7 @@ def workers(platform: Platform) -> Iterator[CpuWorkers]:
 def generate(p: Platform, lora: str, hint: str | None = None, seconds: float = 0.0) -> Any:
     headers = {"X-Fal-Runner-Hint": hint} if hint else {}
     with p.http() as http:
-        r = http.post("/local/hinted", json={"lora": lora, "seconds": seconds}, headers=headers)
+        r = http.post(LORA, json={"lora": lora, "seconds": seconds}, headers=headers)
         assert r.status_code == 200, r.text
         return r.json()
 
@@ -101,7 +102,7 @@ def test_a_hinted_request_goes_to_the_runner_that_reported_its_hint_or_at_once_t
         assert generate(platform, lora, hint=lora)["pid"] == pids[lora], lora
     # the runner holding "a" is busy: a request hinted "a" does not wait for it
     with platform.http() as http:
-        busy = http.post("/queue/local/hinted", json={"lora": "a", "seconds": 3},
+        busy = http.post("/queue" + LORA, json={"lora": "a", "seconds": 3},
                          headers={"X-Fal-Runner-Hint": "a"}).json()  # fmt: skip
         until("the long request runs", lambda: http.get(busy["status_url"]).json()["status"]
               == "IN_PROGRESS", 30)  # fmt: skip

@@ -16,6 +16,7 @@ import random
 from collections import Counter, defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -456,16 +457,22 @@ async def _assert_index_exact(
     }
 
 
-@pytest.mark.parametrize("seed", range(24))
-def test_lua_dispatch_matches_pick_for_worker(redis_url: str, seed: int) -> None:
+def _replay_live(redis_url: str, seed: int, **options: Any) -> None:
+    """``_replay_warm`` through a broker on ``redis_url`` (``options``: its keywords)."""
+
     async def main() -> None:
         broker = Broker.from_url(redis_url, result_ttl_s=60, max_attempts=3, tiers=TIERS)
         try:
-            await _replay_warm(seed, broker)
+            await _replay_warm(seed, broker, **options)
         finally:
             await broker.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_lua_dispatch_matches_pick_for_worker(redis_url: str, seed: int) -> None:
+    _replay_live(redis_url, seed)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -475,14 +482,7 @@ def test_lua_dispatch_matches_pick_for_worker_behind_long_capped_heads(
     """300 queued, the 200 oldest of capped tenants or a capped app: far more than any scan
     window; the index must still find exactly the reference's candidates."""
 
-    async def main() -> None:
-        broker = Broker.from_url(redis_url, result_ttl_s=60, max_attempts=3, tiers=TIERS)
-        try:
-            await _replay_warm(100 + seed, broker, n=300, capped_head=200)
-        finally:
-            await broker.close()
-
-    asyncio.run(main())
+    _replay_live(redis_url, 100 + seed, n=300, capped_head=200)
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -492,14 +492,7 @@ def test_lua_dispatch_matches_pick_for_worker_as_hinted_requests_arrive(
     """Requests arriving as the workers dispatch: the best one is often young, so W1's hint
     exception (a runner reporting its hint idles elsewhere) decides often."""
 
-    async def main() -> None:
-        broker = Broker.from_url(redis_url, result_ttl_s=60, max_attempts=3, tiers=TIERS)
-        try:
-            await _replay_warm(200 + seed, broker, n=2, arrivals=0.8)
-        finally:
-            await broker.close()
-
-    asyncio.run(main())
+    _replay_live(redis_url, 200 + seed, n=2, arrivals=0.8)
 
 
 def test_the_warm_scenarios_exercise_every_rule() -> None:

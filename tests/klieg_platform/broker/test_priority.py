@@ -4,7 +4,6 @@ batch fills, requeues, hand-backs and queue positions."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -13,22 +12,12 @@ import pytest
 from klieg_platform import keys
 from klieg_platform.broker import Broker, Job, NewRequest, Outcome, now_ms
 from klieg_platform.broker.jobs import LOW, NORMAL
+from tests.klieg_platform.broker.test_queue import run
 
 pytestmark = pytest.mark.timeout(30)
 
 Body = Callable[[Broker], Awaitable[None]]
 T0 = now_ms() - 60_000
-
-
-def run(url: str, body: Body) -> None:
-    async def main() -> None:
-        broker = Broker.from_url(url, result_ttl_s=120, max_attempts=3)
-        try:
-            await body(broker)
-        finally:
-            await broker.close()
-
-    asyncio.run(main())
 
 
 def req(

@@ -6,7 +6,8 @@ POST /{owner}/falcompat/stream   {"n": 3}  -> items {"text": "item 0", "index": 
 POST /{owner}/falcompat/slow     {"seconds": 5}  -> {"text": "slept 5.0", "index": 0}
 POST /{owner}/falcompat/fail     {"text": "x"}  -> AppError
 POST /{owner}/falcompat/lora     {"lora": "a", "seconds": 0}  -> {"lora": "a", "pid": ...,
-                                 "started": ...}; its runner then reports "a" as a runner hint
+                                 "started": ..., "ended": ...}; its runner then reports "a" as
+                                 a runner hint (``provide_hints``)
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class Loras:
         if req.lora and req.lora not in self.loaded:
             self.loaded.append(req.lora)
         time.sleep(req.seconds)
-        return {"lora": req.lora, "pid": os.getpid(), "started": started}
+        return {"lora": req.lora, "pid": os.getpid(), "started": started, "ended": time.time()}
 
 
 @app.function(keep_alive=300)
