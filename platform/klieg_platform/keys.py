@@ -37,7 +37,8 @@ klieg:index              string   the lane index's version; absent on data queue
 klieg:pools               set      every pool that has ever had a request
 klieg:wake:{pool}         list     wake-up tokens; workers block on it when the queue is empty
 klieg:wake:*              list     wake-up tokens for workers that serve every pool
-klieg:wake:@{worker}      list     wake-up tokens of one worker: it freed a runner others waited for
+klieg:wake:@{worker}      list     wake-up tokens of one worker: it freed a runner others waited
+                                   for, or a request was left to its idle runner (expires 60 s on)
 klieg:inflight            zset     leased request ids, scored by lease deadline (ms)
 klieg:inflight:tenant     hash     tenant id -> requests in flight
 klieg:inflight:app        hash     "owner/app" -> requests in flight
@@ -193,6 +194,15 @@ def reserved_until(pool: str) -> str:
 
 def wake(pool: str) -> str:
     return WAKE_PREFIX + pool
+
+
+OWN_WAKE_MARK = "@"
+"""``wake(OWN_WAKE_MARK + worker id)`` is one worker's own wake list."""
+
+
+def own_wake(worker_id: str) -> str:
+    """The pool name of one worker's own wake list (``wake(own_wake(id))``)."""
+    return OWN_WAKE_MARK + worker_id
 
 
 def logs(request_id: str) -> str:

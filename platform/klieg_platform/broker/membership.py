@@ -34,6 +34,10 @@ class Peers:
     idle: dict[str, set[str]] = field(default_factory=dict)
     hinted: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
     """Pool -> ("revision/function", hint) of the hints their idle runners report."""
+    holders: dict[str, set[str]] = field(default_factory=dict)
+    """"revision/function" -> the workers holding a runner of it idle."""
+    hint_holders: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    """("revision/function", hint) -> the workers whose idle runner of it reports the hint."""
     runners: Counter[str] = field(default_factory=Counter)
     busy: Counter[str] = field(default_factory=Counter)
     """"revision/function" -> how many of those runners serve (or start for) a request."""
@@ -85,11 +89,16 @@ class Membership:
             if wid == worker_id:
                 continue
             peers.live += 1
+            idle = other.get("idle", [])
             hinted = {(str(fn), str(hint)) for fn, hint in other.get("hints", [])}
             for pool in other["pools"]:
-                peers.idle.setdefault(pool, set()).update(other.get("idle", []))
+                peers.idle.setdefault(pool, set()).update(idle)
                 peers.hinted.setdefault(pool, set()).update(hinted)
                 peers.workers[pool] += 1
+            for fn in idle:
+                peers.holders.setdefault(fn, set()).add(wid)
+            for pair in hinted:
+                peers.hint_holders.setdefault(pair, set()).add(wid)
             peers.runners.update(other.get("runners", []))
             peers.busy.update(
                 str(runner.get("function"))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -66,7 +66,23 @@ class Blocked:
 @dataclass(frozen=True)
 class Elsewhere:
     """Dispatch took nothing: the request the policy chose is held warm by another worker,
-    which should serve it without a cold start."""
+    which should serve it without a cold start; that worker was woken for it. Nothing changed
+    for this one: it waits for a wake token (or its view of the idle runners to change)
+    before it dispatches again. ``wait_s``: the request was left to a peer whose idle runner
+    reports its runner hint (``scheduler``, W1's exception) for this long at most, after which
+    any idle runner takes it; None: for as long as that peer holds its function idle (W2)."""
+
+    wait_s: float | None = None
+
+
+def _named(
+    items: Collection[T] | Mapping[T, Collection[str]], name: Callable[[T], str], sep: str
+) -> list[str]:
+    """``items`` as DISPATCH's arguments name them: each item's ``name``, and where ``items``
+    maps them to the workers holding them, ``sep`` and those workers' ids joined by "|"."""
+    if isinstance(items, Mapping):
+        return [name(k) + sep + "|".join(ws) if ws else name(k) for k, ws in items.items()]
+    return [name(k) for k in items]
 
 
 class Wakes:
@@ -202,21 +218,24 @@ class Queue:
         free_units: int = 1,
         total_units: int = 1,
         warm_here: Collection[str] = (),
-        warm_elsewhere: Collection[str] = (),
+        warm_elsewhere: Collection[str] | Mapping[str, Collection[str]] = (),
         full: Collection[str] = (),
         max_reserved: int | None = None,
         hinted_here: Collection[tuple[str, str]] = (),
-        hinted_elsewhere: Collection[tuple[str, str]] = (),
+        hinted_elsewhere: Collection[tuple[str, str]]
+        | Mapping[tuple[str, str], Collection[str]] = (),
         at_ms: int | None = None,
     ) -> Job | Blocked | Elsewhere | None:
         """Lease the request the policy picks next from ``pools`` (``["*"]``: every pool) to
         ``worker_id``, which has ``free_units`` of ``total_units`` slots free and idle runners
-        of ``warm_here`` ("revision/function"); other workers have idle ``warm_elsewhere``;
-        requests of ``full`` functions (all runners here busy at max_concurrency) are left. At
-        most ``max_reserved`` requests are reserved for draining workers at once (None: no
-        limit); past it a worker backfills (``scheduler``, rule W3). ``hinted_here`` and
-        ``hinted_elsewhere``: ("revision/function", hint) of the hints idle runners here and on
-        other workers report (rule W1)."""
+        of ``warm_here`` ("revision/function"); other workers have idle ``warm_elsewhere``
+        (a mapping names the workers holding each: an ``Elsewhere`` answer wakes those on
+        their own lists, else the pool's workers); requests of ``full`` functions (all runners
+        here busy at max_concurrency) are left. At most ``max_reserved`` requests are reserved
+        for draining workers at once (None: no limit); past it a worker backfills
+        (``scheduler``, rule W3). ``hinted_here`` and ``hinted_elsewhere``: ("revision/function",
+        hint) of the hints idle runners here and on other workers report (rule W1; a mapping
+        names the workers reporting each, woken alone when a request is left to them)."""
         row = await self._dispatch(
             args=[
                 at_ms or now_ms(),
@@ -226,18 +245,20 @@ class Queue:
                 free_units,
                 total_units,
                 ",".join(warm_here),
-                ",".join(warm_elsewhere),
+                ",".join(_named(warm_elsewhere, str, "|")),
                 ",".join(full),
                 "" if max_reserved is None else max_reserved,
                 "\n".join(f"{fn}\t{hint}" for fn, hint in hinted_here),
-                "\n".join(f"{fn}\t{hint}" for fn, hint in hinted_elsewhere),
+                "\n".join(_named(hinted_elsewhere, "\t".join, "\t")),
                 *pools,
             ]
         )
         if not row:
             return None
         if not row[0]:
-            return Blocked(int(row[2])) if row[1] == b"blocked" else Elsewhere()
+            if row[1] == b"blocked":
+                return Blocked(int(row[2]))
+            return Elsewhere(int(row[2]) / 1000 if len(row) > 2 else None)
         return Job.from_row(row)
 
     async def dispatch_for(
@@ -277,7 +298,8 @@ class Queue:
         return Wakes(self.redis, Wire.of(self.redis))
 
     async def nudge(self, pool: str) -> None:
-        """Push a wake token for ``pool`` (bounded, as the scripts' ``wake``)."""
+        """Push a wake token for ``pool`` (bounded, as the scripts' ``wake``; the list expires
+        a minute after its last token: a worker's own list outlives it by no more)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.lpush(keys.wake(pool), "1")
             pipe.ltrim(keys.wake(pool), 0, 63)

@@ -35,6 +35,7 @@ SLO_WINDOW_S = 660
 
 PRELUDE = f"""
 local REQ, QUEUE, WAKE = '{keys.REQUEST_PREFIX}', '{keys.QUEUE_PREFIX}', '{keys.WAKE_PREFIX}'
+local OWN_WAKE = '{keys.wake(keys.OWN_WAKE_MARK)}'
 local INFLIGHT, POOLS = '{keys.INFLIGHT}', '{keys.POOLS}'
 local HOOKS, DONE, CANCEL = '{keys.WEBHOOKS}', '{keys.DONE_CHANNEL}', '{keys.CANCEL_CHANNEL}'
 local T_RUN, A_RUN = '{keys.TENANT_INFLIGHT}', '{keys.APP_INFLIGHT}'
@@ -101,10 +102,23 @@ local function fold_mean(key, field, sample)
   redis.call('HSET', key, field, string.format('%.1f', mean))
 end
 
+-- one wake token on list w, which keeps at most 64
+local function push_wake(w)
+  if redis.call('LPUSH', w, '1') > 64 then redis.call('LTRIM', w, 0, 63) end
+end
+
 local function wake(pool)
-  for _, w in ipairs({{WAKE .. pool, WAKE .. '*'}}) do
-    redis.call('LPUSH', w, '1')
-    redis.call('LTRIM', w, 0, 63)
+  push_wake(WAKE .. pool)
+  push_wake(WAKE .. '*')
+end
+
+-- wake the workers ``holders`` names ("w1|w2") on their own lists (which expire once their
+-- worker is gone); the pool's workers when it names none
+local function wake_holders(pool, holders)
+  if holders == '' then return wake(pool) end
+  for w in string.gmatch(holders, '[^|]+') do
+    push_wake(OWN_WAKE .. w)
+    redis.call('EXPIRE', OWN_WAKE .. w, 60)
   end
 end
 
@@ -458,10 +472,12 @@ return {string.format('%.0f', score), 0, pos}
 # ARGV: now_ms, lease_ms, worker_id, tiers spec, free units, total units, warm here, warm
 #       elsewhere, full, max reserved ('': no limit), hinted here, hinted elsewhere, pool...
 #       ('*': every pool). "warm here/elsewhere": comma-separated
-#       "revision/function" of runners idle on this worker / on other workers; "full": those
-#       whose runners here are all busy at max_concurrency (never candidates: no hoarding);
-#       "hinted here/elsewhere": "revision/function<TAB>hint" lines, a hint an idle runner
-#       here / on another worker reports.
+#       "revision/function" of runners idle on this worker / on other workers (each of the
+#       latter optionally followed by "|worker id|worker id...", the workers holding it idle);
+#       "full": those whose runners here are all busy at max_concurrency (never candidates: no
+#       hoarding); "hinted here/elsewhere": "revision/function<TAB>hint" lines, a hint an idle
+#       runner here / on another worker reports (each of the latter optionally followed by
+#       "<TAB>worker id|worker id...", the workers whose idle runner reports it).
 # The policy of scheduler.pick_for_worker, over the lane index. A request takes max(gpus, 1)
 # units. Reservations past their deadline (their worker went silent) first return to the index.
 # Candidates: per tier, the oldest request whose tenant and app are under their in-flight caps,
@@ -476,9 +492,10 @@ return {string.format('%.0f', score), 0, pos}
 #       take it;
 #   W1. best runs on a runner idle here: take it; unless its record's hint is hinted
 #       elsewhere and not here and it has waited less than HINT_WAIT_MS: take nothing,
-#       {'', 'elsewhere'}, and wake that pool's workers (as W2);
+#       {'', 'elsewhere', ms left of HINT_WAIT_MS}, and wake the workers reporting the hint on
+#       their own lists (as W2);
 #   W2. best's function is idle on another worker: take nothing, {'', 'elsewhere'}, and wake
-#       that pool's workers;
+#       the workers holding it idle on their own lists (the pool's workers when none is named);
 #   W3. best needs more units than are free: reserve it for this worker (until now + lease
 #       ms, out of the index) and answer {'', 'blocked', units}: only this worker drains for it.
 #       With max reserved reservations held in these pools already, backfill instead: these
@@ -506,12 +523,24 @@ local function set_of(csv, items)
   return set, n
 end
 local here, n_here = set_of(ARGV[7])
-local elsewhere = set_of(ARGV[8])
+-- items of list (split by pattern ``items``), each "name<sep>holders" or "name" (``named``:
+-- matches both): name -> the workers holding it ("w1|w2"; '': unknown), and how many
+local function holders_of(list, items, named)
+  local map, n = {}, 0
+  for item in string.gmatch(list, items) do
+    local name, holders = string.match(item, named)
+    map[name] = holders
+    n = n + 1
+  end
+  return map, n
+end
+local elsewhere = holders_of(ARGV[8], '[^,]+', '^([^|]*)|?(.*)$')
 local full = set_of(ARGV[9])
 local pools = {}
 local max_reserved = tonumber(ARGV[10])
 local hinted_here = set_of(ARGV[11], '[^\\n]+')
-local hinted_elsewhere, n_hinted = set_of(ARGV[12], '[^\\n]+')
+local hinted_elsewhere, n_hinted = holders_of(ARGV[12], '[^\\n]+',
+                                              '^([^\\t]*\\t[^\\t]*)\\t?(.*)$')
 if ARGV[13] == '*' then
   for _, p in ipairs(redis.call('SMEMBERS', POOLS)) do
     if p ~= UNCAPPED then pools[#pools + 1] = p end
@@ -521,13 +550,14 @@ else
 end
 
 -- W1's exception: candidate c's hint is reported by an idle runner elsewhere, by none here, and
--- c is young enough to be left to it
+-- c is young enough to be left to it: the workers reporting it ('': unknown), else false
 local function hinted_away(c)
   if n_hinted == 0 or now - c.enq >= HINT_WAIT_MS then return false end
   local hint = redis.call('HGET', REQ .. c.id, 'hint')
   if not hint or hint == '' then return false end
   local pair = c.fn .. '\\t' .. hint
-  return hinted_elsewhere[pair] and not hinted_here[pair]
+  if hinted_here[pair] then return false end
+  return hinted_elsewhere[pair] or false
 end
 -- '1' when the pools hold another queued request besides the one being taken, else '0'
 local function more()
@@ -630,11 +660,16 @@ choose = function(limit)
   end
   if best == nil then return nil end
 
-  if here[best.fn] and not hinted_away(best) then -- W1
+  local away = here[best.fn] and hinted_away(best)
+  if here[best.fn] and not away then -- W1
     return take(load(best.id), nil, more(), tostring(best.units))
   end
-  if elsewhere[best.fn] or here[best.fn] then -- W2, or W1's exception
-    wake(best.pool)
+  if away then -- W1's exception: the workers reporting its hint serve it
+    wake_holders(best.pool, away)
+    return {'', 'elsewhere', string.format('%.0f', HINT_WAIT_MS - (now - best.enq))}
+  end
+  if elsewhere[best.fn] then -- W2
+    wake_holders(best.pool, elsewhere[best.fn])
     return {'', 'elsewhere'}
   end
   local bj = load(best.id)

@@ -5,12 +5,16 @@ to an ``Execution`` (``execution.py``), which runs it on a warm runner of its re
 cold-started one and completes it. A ``Blocked`` dispatch reserves a request for this worker:
 it drains (takes nothing else) until that request fits, dispatching again as slots free and at
 least every third of a lease to keep the reservation, and advertises no idle runners to its
-peers meanwhile. Housekeeping, every third of a lease: requeue expired leases (any worker's),
-stop idle runners past keep_alive and idle zygotes, heartbeat, and keep min_concurrency runners
-warm and zygotes started (``warmth.py``). The parts: ``RunnerSet`` (the runners and their
-slots), ``Warmth`` (cold starts, zygotes, setup backoff, prewarming), ``Revisions`` (the
-revision cache), ``Leases`` (one renewal loop for every lease held here, ``broker/leases.py``),
-a ``Batcher`` per batched endpoint.
+peers meanwhile. An ``Elsewhere`` dispatch (the request is left to a peer's idle runner, and the
+script woke that peer on its own wake list) makes the loop wait for a wake token, or for its view
+of the peers' idle runners to change, before it dispatches again (a request left to the peer
+whose idle runner reports its runner hint: until that preference ends at the latest).
+Housekeeping, every third of a lease: requeue expired leases (any worker's), stop idle runners
+past keep_alive and idle zygotes, heartbeat, and keep min_concurrency runners warm and zygotes
+started (``warmth.py``). The parts: ``RunnerSet`` (the runners and their slots), ``Warmth``
+(cold starts, zygotes, setup backoff, prewarming), ``Revisions`` (the revision cache),
+``Leases`` (one renewal loop for every lease held here, ``broker/leases.py``), a ``Batcher``
+per batched endpoint.
 
 Stopping (``stop()``, SIGTERM) drains: the worker takes no more work (no dispatch, no batch
 leased ahead, no prewarming, no idle runner advertised), hands back at once what it leased but
@@ -109,12 +113,18 @@ class Worker:
         self._executions: dict[str, tuple[Execution, asyncio.Task[None]]] = {}
         self.handed_back: set[str] = set()
         """Requests this worker gave back to the queue as it stopped: none may start here."""
-        self._warm_elsewhere: set[str] = set()
-        self._hinted_elsewhere: set[tuple[str, str]] = set()
-        """("revision/function", hint) of the hints idle runners of its peers report."""
+        self._warm_elsewhere: dict[str, tuple[str, ...]] = {}
+        """"revision/function" idle on peers serving our pools -> those peers."""
+        self._hinted_elsewhere: dict[tuple[str, str], tuple[str, ...]] = {}
+        """("revision/function", hint) of the hints idle runners of its peers serving our pools
+        report -> those peers."""
         self._peers = Peers()
-        self._own_wake = f"@{self.id}"
-        """A wake list of this worker alone (``keys.wake``), pushed when it frees a runner."""
+        self._own_wake = keys.own_wake(self.id)
+        """A wake list of this worker alone (``keys.wake``), pushed when it frees a runner or
+        a request is left to its idle runner."""
+        self._told_elsewhere = False
+        """The last dispatch left the request to a peer's idle runner: wait for a wake token,
+        or for that view of the peers to change, before dispatching again."""
         self._left_full = False
         self._draining = False
         """A request is reserved for this worker (Blocked): it drains for it and serves nothing
@@ -136,6 +146,7 @@ class Worker:
         )
         wakes = self.broker.queue.wakes()
         drained = False  # the last dispatch left nothing queued: block for a wake token first
+        wait_s = 1.0  # for at most this long
         need = 1  # slots the next request needs (more after a Blocked dispatch)
         # while draining, dispatch at least this often: it renews the reservation (it expires
         # after a lease) and learns when the reserved request went elsewhere
@@ -153,7 +164,7 @@ class Worker:
                     continue
                 try:
                     if drained:
-                        await wakes.wait([*self.pools, self._own_wake], 1.0)
+                        await wakes.wait([*self.pools, self._own_wake], wait_s)
                         if self._stopping.is_set():
                             break
                     full = self.runners.full()
@@ -179,13 +190,15 @@ class Worker:
                     continue
                 self.outage.back()
                 self._draining = isinstance(job, Blocked)
+                self._told_elsewhere = isinstance(job, Elsewhere)
                 if isinstance(job, Blocked):  # the request is reserved for us: drain for it
                     need, drained = job.units, False
                     continue
-                if isinstance(job, Elsewhere):  # a warm worker was woken for it; look again soon
-                    drained = False
-                    await asyncio.sleep(0.05)
+                if isinstance(job, Elsewhere):  # the warm peer was woken for it: wait for news
+                    drained = True  # (a hinted request: until it is anyone's at the latest)
+                    wait_s = 1.0 if job.wait_s is None else min(1.0, job.wait_s + 0.01)
                     continue
+                wait_s = 1.0
                 need = 1
                 drained = job is None or not job.more
                 if job is None:
@@ -272,8 +285,7 @@ class Worker:
                     draining=self._draining or self._stopping.is_set(),
                     hints=[] if self._draining else self._idle_hints(),
                 )  # fmt: skip
-                self._warm_elsewhere = self._serving(self._peers.idle)
-                self._hinted_elsewhere = self._serving(self._peers.hinted)
+                self._view_peers()
                 if not self._stopping.is_set():
                     await self.warmth.keep_warm(
                         self.id, self.pools, self._busy, self._peers.runners, self.background,
@@ -289,6 +301,23 @@ class Worker:
                 failed = False
                 self._probe("ready")
             await asyncio.sleep(period)
+
+    def _view_peers(self) -> None:
+        """Take the functions idle on peers serving our pools, and the hints their idle runners
+        report, with the peers holding each, from the latest heartbeats; after an
+        ``Elsewhere``, a change there wakes this worker's loop (the request it left to a peer
+        may be its own to take now)."""
+        peers = self._peers
+        warm = {fn: tuple(sorted(peers.holders.get(fn, ()))) for fn in self._serving(peers.idle)}
+        hinted = {
+            pair: tuple(sorted(peers.hint_holders.get(pair, ())))
+            for pair in self._serving(peers.hinted)
+        }
+        changed = warm != self._warm_elsewhere or hinted != self._hinted_elsewhere
+        self._warm_elsewhere, self._hinted_elsewhere = warm, hinted
+        if changed and self._told_elsewhere:
+            self._told_elsewhere = False
+            self.background(self.broker.queue.nudge(self._own_wake))
 
     def _probe(self, name: str) -> None:
         """``alive``: the loop runs; ``ready``: Redis took the heartbeat (``touch_probe``)."""

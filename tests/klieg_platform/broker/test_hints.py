@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from klieg_platform import keys
 from klieg_platform.broker import Broker, Elsewhere, Job, NewRequest, now_ms
 from klieg_platform.scheduler import HINT_WAIT_S
 
@@ -70,6 +71,42 @@ def test_a_young_hinted_request_is_left_to_the_worker_whose_runner_reports_its_h
             await q.enqueue(req("plain"), at_ms=now + window_ms)
             got = await ask("w2", [(FN, "lora-b")], now + window_ms + 1)
             assert isinstance(got, Job) and got.id == "plain" and got.hint == ""
+        finally:
+            await broker.close()
+
+    asyncio.run(main())
+
+
+def test_a_request_left_to_a_hinted_peer_wakes_that_peer_alone_for_the_window_left(
+    redis_url: str,
+) -> None:
+    async def main() -> None:
+        broker = Broker.from_url(redis_url, result_ttl_s=60, max_attempts=3)
+        q, r = broker.queue, broker.redis
+        now = now_ms()
+        lists = [keys.wake("GPU"), keys.wake(keys.ALL_POOLS)]
+        own = [keys.wake(keys.own_wake(w)) for w in ("w-a", "w-b")]
+        try:
+            await q.enqueue(req("hinted", "lora-a"), at_ms=now)
+            await r.delete(*lists, *own)  # the enqueue's tokens
+            hinted = {(FN, "lora-a"): ["w-a"], (FN, "lora-b"): ["w-b"]}
+            got = await q.dispatch(
+                ["GPU"], "w-c", 30, warm_here=[FN], warm_elsewhere={FN: ["w-a", "w-b"]},
+                hinted_elsewhere=hinted, at_ms=now + 100,
+            )  # fmt: skip
+            assert got == Elsewhere(wait_s=(HINT_WAIT_S * 1000 - 100) / 1000)
+            assert [await r.llen(k) for k in (*lists, *own)] == [0, 0, 1, 0]
+            # the peers reporting the hint not named: the pool's workers are woken
+            got = await q.dispatch(
+                ["GPU"], "w-c", 30, warm_here=[FN], hinted_elsewhere=list(hinted), at_ms=now + 200
+            )
+            assert isinstance(got, Elsewhere) and await r.llen(keys.wake("GPU")) == 1
+            # a request left to a peer's idle runner by W2 has no window
+            await q.enqueue(req("plain"), at_ms=now + 300)
+            taken = await q.dispatch(["GPU"], "w-a", 30, warm_here=[FN], at_ms=now + 300)
+            assert isinstance(taken, Job) and taken.id == "hinted"
+            got = await q.dispatch(["GPU"], "w-c", 30, warm_elsewhere={FN: ["w-b"]})
+            assert got == Elsewhere() and await r.llen(own[1]) == 1
         finally:
             await broker.close()
 

@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from klieg_platform import keys
-from klieg_platform.broker import Broker, Job, NewRequest, Outcome, now_ms
+from klieg_platform.broker import Broker, Elsewhere, Job, NewRequest, Outcome, now_ms
 from klieg_platform.config import HISTORY_GRACE_S, HISTORY_MAX
 
 pytestmark = pytest.mark.timeout(30)
@@ -494,6 +494,32 @@ def test_wait_for_work_times_out_without_work_for_its_pools(redis_url: str) -> N
             assert 0.25 <= time.monotonic() - start < 3
         finally:
             wakes.close()
+
+    run(redis_url, body)
+
+
+def test_a_request_left_to_a_warm_peer_wakes_that_peer_alone(redis_url: str) -> None:
+    async def body(b: Broker) -> None:
+        req = new("CPU")
+        await b.queue.enqueue(req)
+        lists = [keys.wake("CPU"), keys.wake(keys.ALL_POOLS)]
+        own = [keys.wake(keys.own_wake(w)) for w in ("w-warm", "w-other")]
+        await b.redis.delete(*lists, *own)
+        fn = f"{req.revision}/{req.function}"
+        elsewhere = {fn: ["w-warm"]}
+        got = await b.queue.dispatch(["*"], "w-cold", 30, warm_elsewhere=elsewhere)
+        assert isinstance(got, Elsewhere)
+        assert [await b.redis.llen(k) for k in (*lists, *own)] == [0, 0, 1, 0]
+        assert 0 < await b.redis.ttl(own[0]) <= 60, "a gone worker's list does not stay"
+        # the warm peer, woken, takes it with its idle runner
+        taken = await b.queue.dispatch(["*"], "w-warm", 30, warm_here=[fn])
+        assert isinstance(taken, Job) and taken.id == req.id
+        # no holder named: the pool's workers are woken, as before
+        await b.queue.enqueue(new("CPU"))
+        await b.redis.delete(*lists)
+        got = await b.queue.dispatch(["*"], "w-cold", 30, warm_elsewhere=[fn])
+        assert isinstance(got, Elsewhere)
+        assert await b.redis.llen(keys.wake(keys.ALL_POOLS)) == 1
 
     run(redis_url, body)
 
