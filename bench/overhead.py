@@ -435,7 +435,8 @@ async def count_round_trips(
 
 async def profile(klieg: Klieg, out_dir: Path, n: int, fmt: str) -> list[str]:
     """A sync c=32 pass recorded by py-spy, one flame graph (or ``fmt``: ``raw`` collapsed
-    stacks, ``speedscope``) per Klieg Python process."""
+    stacks, ``speedscope``) per Klieg Python process. Only samples holding the GIL count
+    (``--gil``): the graphs show where Python spends CPU, not where the event loop waits."""
     out_dir.mkdir(parents=True, exist_ok=True)
     auth = f"Key {klieg.key}"
     recorders = []
@@ -446,8 +447,9 @@ async def profile(klieg: Klieg, out_dir: Path, n: int, fmt: str) -> list[str]:
             svg = out_dir / f"{role}-{pid}.{suffix}"
             py_spy = str(Path(sys.executable).with_name("py-spy"))
             cmd = [py_spy, "record", "--pid", str(pid), "--rate", "250", "-o", str(svg)]
-            cmd += ["--format", fmt]
-            recorders.append((svg, subprocess.Popen(cmd, stderr=subprocess.DEVNULL)))
+            cmd += ["--format", fmt, "--gil", "--nonblocking"]
+            quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+            recorders.append((svg, subprocess.Popen(cmd, **quiet)))
     await asyncio.sleep(1.0)
     await run_load(klieg.port, auth, post_echo("/local/echo"), 32, n)
     for _, proc in recorders:

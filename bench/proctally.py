@@ -26,6 +26,7 @@ _SCRIPT_STATS = frozenset({"cmdstat_evalsha", "cmdstat_eval"})
 own names, so summing every command's time would count those twice)."""
 ROLES = (
     ("klieg._runtime.runner", "runner"),
+    ("klieg._runtime.zygote", "runner"),  # a runner forked from a zygote keeps its command line
     ("klieg_platform.gateway", "gateway"),
     ("klieg_platform.worker", "worker"),
     ("redis-server", "redis"),
