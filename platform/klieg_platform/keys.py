@@ -69,6 +69,9 @@ klieg:metrics:webhooks    hash     "{owner/app}|{result}" -> webhook tries (deli
 klieg:metrics:slo:{minute}
                           hash     "{tier}|met" and "{tier}|all": requests started that minute
                                    (epoch ms // 60000) within their tier's SLO, and all; 11 min
+klieg:metrics:pending     list     completed requests not yet in the counts above, one line each
+                                   ("{status}|{created}|{started}|{finished}|{labels}"); folded in
+                                   by a completion once 64 wait, and before every read
 klieg:slo                 hash     tier -> SLO (ms) of the queue wait, written by each gateway
 klieg:webhooks            zset     completed request ids with a webhook, scored by when the next
                                    try is due (ms); a sender's claim pushes it to its deadline
@@ -128,6 +131,7 @@ METRICS_COLD_S = PREFIX + "metrics:cold_s"
 METRICS_BATCH = PREFIX + "metrics:batch"
 METRICS_WEBHOOKS = PREFIX + "metrics:webhooks"
 METRICS_SLO_PREFIX = PREFIX + "metrics:slo:"
+METRICS_PENDING = PREFIX + "metrics:pending"
 SLO = PREFIX + "slo"
 WEBHOOKS = PREFIX + "webhooks"
 SWEEP_CLAIM = PREFIX + "sweep"

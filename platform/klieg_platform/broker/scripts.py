@@ -32,6 +32,9 @@ BATCH_SIZES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
 """Upper bounds of the batch-size histogram's buckets (then +Inf)."""
 SLO_WINDOW_S = 660
 """How long a minute's SLO counts are kept (the attainment covers the last 10 minutes)."""
+METRICS_FOLD = 64
+"""Completed requests' metric lines that wait on ``keys.METRICS_PENDING`` before a completion
+folds them into the counts (``FOLD_METRICS`` folds them before every read)."""
 
 PRELUDE = f"""
 local REQ, QUEUE, WAKE = '{keys.REQUEST_PREFIX}', '{keys.QUEUE_PREFIX}', '{keys.WAKE_PREFIX}'
@@ -53,7 +56,7 @@ local S_QUEUED, S_RUNNING = '{Status.IN_QUEUE}', '{Status.IN_PROGRESS}'
 local S_DONE = '{Status.COMPLETED}'
 local WARM_SHARE = {scheduler.WARM_SHARE!r}
 local HINT_WAIT_MS = {scheduler.HINT_WAIT_S * 1000!r}
-local M_REQUESTS = '{keys.METRICS_REQUESTS}'
+local M_REQUESTS, M_PENDING = '{keys.METRICS_REQUESTS}', '{keys.METRICS_PENDING}'
 local M_QUEUE, M_RUN = '{keys.METRICS_QUEUE_S}', '{keys.METRICS_RUN_S}'
 local HISTORY = '{keys.HISTORY_PREFIX}'
 local M_SLO, SLO = '{keys.METRICS_SLO_PREFIX}', '{keys.SLO}'
@@ -69,27 +72,68 @@ local function observe(key, labels, v, bounds)
   redis.call('HINCRBYFLOAT', key, labels .. '|sum', v)
 end
 
--- a completed request's metrics: its count by status, its queue and run times, and whether it
--- started within its tier's SLO (keys.py: klieg:metrics:*; labels stats.REQUEST_LABELS)
-local function measure(rk, now)
-  local m = redis.call('HMGET', rk, 'pool', 'tier', 'app_key', 'endpoint', 'created_ms',
-                       'started_ms', 'outcome', 'cancelled')
-  local labels = (m[1] or '') .. '|' .. (m[2] or '') .. '|' .. (m[3] or '') .. '|' .. (m[4] or '')
-  local status = 'error'
-  if m[8] == '1' then status = 'cancelled' elseif m[7] == 'ok' then status = 'ok' end
-  redis.call('HINCRBY', M_REQUESTS, labels .. '|' .. status, 1)
-  local started, created = tonumber(m[6] or ''), tonumber(m[5] or '')
-  if not started or started <= 0 or not created then return end
-  local wait_ms = math.max(0, started - created)
-  observe(M_QUEUE, labels, wait_ms / 1000, DURATIONS)
-  observe(M_RUN, labels, math.max(0, tonumber(now) - started) / 1000, DURATIONS)
-  local slo = tonumber(redis.call('HGET', SLO, m[2] or '') or '')
-  if slo then
-    local win = M_SLO .. math.floor(started / 60000)
-    if wait_ms <= slo then redis.call('HINCRBY', win, m[2] .. '|met', 1) end
-    redis.call('HINCRBY', win, m[2] .. '|all', 1)
-    redis.call('EXPIRE', win, {SLO_WINDOW_S})
+-- the bucket of value v in bounds (the first bound >= v; #bounds + 1: +Inf)
+local function bucket(v, bounds)
+  for b = 1, #bounds do
+    if v <= bounds[b] then return b end
   end
+  return #bounds + 1
+end
+
+-- the completed requests' lines waiting on M_PENDING (``measure``) go into the metrics' counts:
+-- each one's count by status, its queue and run times, and whether it started within its tier's
+-- SLO (keys.py: klieg:metrics:*; labels stats.REQUEST_LABELS), one command per count touched
+local function fold_metrics()
+  local lines = redis.call('LRANGE', M_PENDING, 0, -1)
+  if #lines == 0 then return 0 end
+  redis.call('DEL', M_PENDING)
+  local adds, floats, slos, windows = {{}}, {{}}, {{}}, {{}}
+  local function add(into, key, field, v)
+    local h = into[key]
+    if h == nil then h = {{}}; into[key] = h end
+    h[field] = (h[field] or 0) + v
+  end
+  for _, line in ipairs(lines) do
+    local status, created, started, finished, labels =
+      string.match(line, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+    add(adds, M_REQUESTS, labels .. '|' .. status, 1)
+    started, created = tonumber(started), tonumber(created)
+    if started and started > 0 and created then
+      local wait_ms = math.max(0, started - created)
+      local run_s = math.max(0, tonumber(finished) - started) / 1000
+      add(adds, M_QUEUE, labels .. '|' .. bucket(wait_ms / 1000, DURATIONS), 1)
+      add(floats, M_QUEUE, labels .. '|sum', wait_ms / 1000)
+      add(adds, M_RUN, labels .. '|' .. bucket(run_s, DURATIONS), 1)
+      add(floats, M_RUN, labels .. '|sum', run_s)
+      local tier = string.match(labels, '^[^|]*|([^|]*)')
+      if slos[tier] == nil then
+        slos[tier] = tonumber(redis.call('HGET', SLO, tier) or '') or false
+      end
+      if slos[tier] then
+        local win = M_SLO .. math.floor(started / 60000)
+        windows[win] = true
+        if wait_ms <= slos[tier] then add(adds, win, tier .. '|met', 1) end
+        add(adds, win, tier .. '|all', 1)
+      end
+    end
+  end
+  for key, h in pairs(adds) do
+    for field, v in pairs(h) do redis.call('HINCRBY', key, field, v) end
+  end
+  for key, h in pairs(floats) do
+    for field, v in pairs(h) do redis.call('HINCRBYFLOAT', key, field, v) end
+  end
+  for win in pairs(windows) do redis.call('EXPIRE', win, {SLO_WINDOW_S}) end
+  return #lines
+end
+
+-- a completed request's metrics, from r (``finishing``): one line on M_PENDING, "status|
+-- created_ms|started_ms|finished_ms|pool|tier|app|endpoint" (the labels last: the endpoint
+-- may hold a '|'), folded into the counts once {METRICS_FOLD} wait (readers fold first)
+local function measure(r, status, now)
+  local line = table.concat({{status, r.created_ms or '', r.started_ms or '', now, r.pool or '',
+                             r.tier or '', r.app_key or '', r.endpoint or ''}}, '|')
+  if redis.call('RPUSH', M_PENDING, line) >= {METRICS_FOLD} then fold_metrics() end
 end
 
 local function qkey(pool, tier) return QUEUE .. pool .. ':' .. tier end
@@ -277,8 +321,10 @@ end
 
 -- who's in-flight cap (hash cap) becomes new; crossing it parks or unparks
 local function recap(run, cap, who, new, park, unpark)
+  local was_set = redis.call('HGET', cap, who)
+  if was_set == new then return end
+  local old = tonumber(was_set or '0') or 0
   local running = tonumber(redis.call('HGET', run, who) or '0') or 0
-  local old = tonumber(redis.call('HGET', cap, who) or '0') or 0
   redis.call('HSET', cap, who, new)
   local was = old <= 0 or running < old
   local now = (tonumber(new) or 0) <= 0 or running < (tonumber(new) or 0)
@@ -314,24 +360,44 @@ local function stopped(rk)
   counted(f[1], f[2], -1)
 end
 
+-- what ``finish`` reads of record rk, by field name (nil: absent); one read
+local function finishing(rk)
+  local v = redis.call('HMGET', rk, 'status', 'worker', 'tenant', 'app_key', 'pool', 'tier',
+                       'endpoint', 'created_ms', 'started_ms', 'outcome', 'cancelled', 'webhook',
+                       'reply_to')
+  return {{status = v[1] or nil, worker = v[2] or nil, tenant = v[3] or nil,
+          app_key = v[4] or nil, pool = v[5] or nil, tier = v[6] or nil, endpoint = v[7] or nil,
+          created_ms = v[8] or nil, started_ms = v[9] or nil, outcome = v[10] or nil,
+          cancelled = v[11] or nil, webhook = v[12] or nil, reply_to = v[13] or nil}}
+end
+
 -- COMPLETED with the outcome field/value pairs ``fields``; the waiting gateway gets the outcome
--- on its reply channel (jobs.REPLY, one line each after the id), anyone else the id on DONE
-local function finish(id, now, ttl, fields)
+-- on its reply channel (jobs.REPLY, one line each after the id), anyone else the id on DONE.
+-- r: the record as ``finishing`` read it in this script (nil: read it here)
+local function finish(id, now, ttl, fields, r)
   local rk = REQ .. id
-  if redis.call('HGET', rk, 'status') == S_RUNNING then stopped(rk) end
+  r = r or finishing(rk)
+  if r.status == S_RUNNING and r.pool ~= UNCAPPED and r.tenant and r.app_key then
+    counted(r.tenant, r.app_key, -1)
+  end
   redis.call('HSET', rk, 'status', S_DONE, 'finished_ms', now, unpack(fields))
-  measure(rk, now)
+  local out = {{}}
+  for i = 1, #fields, 2 do out[fields[i]] = fields[i + 1] end
+  local status = 'error'
+  if (out.cancelled or r.cancelled) == '1' then
+    status = 'cancelled'
+  elseif (out.outcome or r.outcome) == 'ok' then
+    status = 'ok'
+  end
+  measure(r, status, now)
   redis.call('ZREM', INFLIGHT, id)
   redis.call('EXPIRE', rk, ttl)
   redis.call('EXPIRE', LOGS .. id, ttl)
-  local to = redis.call('HMGET', rk, 'webhook', 'reply_to')
-  if to[1] and to[1] ~= '' then redis.call('ZADD', HOOKS, now, id) end
-  if to[2] and to[2] ~= '' then
-    local out = {{}}
-    for i = 1, #fields, 2 do out[fields[i]] = fields[i + 1] end
+  if r.webhook and r.webhook ~= '' then redis.call('ZADD', HOOKS, now, id) end
+  if r.reply_to and r.reply_to ~= '' then
     local reply = {{id}}
     for _, name in ipairs({{{lua_list(REPLY)}}}) do reply[#reply + 1] = out[name] or '' end
-    redis.call('PUBLISH', to[2], table.concat(reply, '\\n'))
+    redis.call('PUBLISH', r.reply_to, table.concat(reply, '\\n'))
   else
     redis.call('PUBLISH', DONE, id)
   end
@@ -364,10 +430,11 @@ local function take(j, held, more, units)
   redis.call('ZREM', qkey(j.pool, j.tier), j.id)
   if held then unreserve(j.pool, held) else unindex(j) end
   local rk = REQ .. j.id
-  redis.call('HSET', rk, 'status', S_RUNNING, 'worker', ARGV[3], 'started_ms', ARGV[1])
-  local attempts = redis.call('HINCRBY', rk, 'attempts', 1)
+  local f = redis.call('HMGET', rk, {lua_list(JOB)}, 'app_key', 'pool', 'attempts')
+  local attempts = (tonumber(f[{len(JOB) + 3}] or '0') or 0) + 1
+  redis.call('HSET', rk, 'status', S_RUNNING, 'worker', ARGV[3], 'started_ms', ARGV[1],
+             'attempts', attempts)
   redis.call('ZADD', INFLIGHT, tonumber(ARGV[1]) + tonumber(ARGV[2]), j.id)
-  local f = redis.call('HMGET', rk, {lua_list(JOB)}, 'app_key', 'pool')
   if f[{len(JOB) + 2}] ~= UNCAPPED then
     counted(f[{JOB.index("tenant") + 1}], f[{len(JOB) + 1}], 1)
   end
@@ -840,12 +907,12 @@ return n
 COMPLETE = (
     PRELUDE
     + """
-local st = redis.call('HMGET', REQ .. ARGV[1], 'status', 'worker')
-if st[1] ~= S_RUNNING or st[2] ~= ARGV[2] then return 0 end
+local r = finishing(REQ .. ARGV[1])
+if r.status ~= S_RUNNING or r.worker ~= ARGV[2] then return 0 end
 local n = tonumber(ARGV[7])
 if n > 0 then redis.call('RPUSH', LOGS .. ARGV[1], unpack(ARGV, 8, 7 + n)) end
 if ARGV[5] ~= '' then fold_mean(SERVICE, ARGV[5], ARGV[6]) end
-finish(ARGV[1], ARGV[3], ARGV[4], {unpack(ARGV, 8 + n)})
+finish(ARGV[1], ARGV[3], ARGV[4], {unpack(ARGV, 8 + n)}, r)
 return 1
 """
 )
@@ -940,6 +1007,14 @@ RECORD_COLD = (
 fold_mean(COLD, ARGV[2], string.format('%.1f', tonumber(ARGV[3]) * 1000))
 observe('{keys.METRICS_COLD_S}', ARGV[1] .. '|' .. ARGV[2], tonumber(ARGV[3]), DURATIONS)
 return 1
+"""
+)
+
+# The completed requests' metric lines still pending go into the counts; returns how many.
+FOLD_METRICS = (
+    PRELUDE
+    + """
+return fold_metrics()
 """
 )
 

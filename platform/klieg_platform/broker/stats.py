@@ -3,8 +3,10 @@
 - Running means of service and cold-start times per app (``keys.SERVICE_STATS``,
   ``keys.COLD_STATS``; ms, one decimal), which the scheduler's estimates use.
 - The metrics' counts (``keys.METRICS_*``): requests by status and their queue and run times are
-  counted by the scripts as each request completes (``scripts.measure``); cold starts and batch
-  sizes by the worker, here. ``snapshot`` reads them all for ``GET /metrics``.
+  counted by the scripts as each request completes (``scripts.measure``: a line on
+  ``keys.METRICS_PENDING``, folded into the counts 64 at a time); cold starts and batch sizes by
+  the worker, here. ``snapshot`` folds what is pending, then reads them all for ``GET /metrics``:
+  every completed request is counted in what it reports.
 
 A count's hash field is its label values joined by ``|``, then its status or bucket
 (``keys.py``), in the order of ``REQUEST_LABELS``, ``COLD_LABELS`` and ``BATCH_LABELS``. Only
@@ -106,6 +108,7 @@ class Stats:
         self._record = redis.register_script(lua.RECORD_TIME)
         self._cold = redis.register_script(lua.RECORD_COLD)
         self._batch = redis.register_script(lua.RECORD_BATCH)
+        self._fold = redis.register_script(lua.FOLD_METRICS)
 
     async def record_time(self, kind: Kind, app_key: str, seconds: float) -> None:
         """Fold a service or cold-start time into the app's running mean (one atomic step:
@@ -155,6 +158,7 @@ class Stats:
         return json.loads(raw) if raw is not None else None
 
     async def snapshot(self, now_s: float | None = None) -> Snapshot:
+        await self._fold()
         minute = int((time.time() if now_s is None else now_s) // 60)
         windows = [keys.metrics_slo(m) for m in range(minute - 9, minute + 1)]
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -50,6 +50,32 @@ def test_completions_are_counted_by_status_with_queue_and_run_times(redis_url: s
     run(redis_url, body)
 
 
+def test_completions_wait_as_lines_and_are_folded_in_groups_and_before_a_read(
+    redis_url: str,
+) -> None:
+    async def body(b: Broker) -> None:
+        await b.stats.publish_slos(DEFAULT_TIERS)
+        n = lua.METRICS_FOLD + 6
+        reqs = [new() for _ in range(n)]
+        for req in reqs:
+            await b.queue.enqueue(req)
+        for _ in reqs:
+            assert await b.queue.dispatch(["CPU"], "w1", 30) is not None
+        for req in reqs:
+            assert await b.queue.complete(req.id, "w1", Outcome(ok=True, result=b"1"))
+        # the 64th completion folded the first 64 in; six lines wait for the next read
+        assert await b.redis.llen(keys.METRICS_PENDING) == 6
+        folded = await b.redis.hget(keys.METRICS_REQUESTS, "|".join((*APP, "ok")))
+        assert int(folded) == lua.METRICS_FOLD
+        snap = await b.stats.snapshot()
+        assert await b.redis.llen(keys.METRICS_PENDING) == 0
+        assert snap.requests == {(*APP, "ok"): n}
+        assert sum(snap.queue_s.buckets[APP]) == n and sum(snap.run_s.buckets[APP]) == n
+        assert snap.slo == {"free": (n, n)}
+
+    run(redis_url, body)
+
+
 def test_cold_starts_and_batches_are_counted_in_their_histograms(redis_url: str) -> None:
     async def body(b: Broker) -> None:
         await b.stats.record_cold_start("GPU-H100", "alice/video", 0.3)
