@@ -3,7 +3,8 @@
 A request's log lines are a list (``keys.logs``), a streaming request's items a Redis stream
 (``keys.chunks``) closed by one ``CHUNK_END`` entry; both expire with the record. Channels:
 ``keys.DONE_CHANNEL`` (completions, published by the scripts), ``keys.CANCEL_CHANNEL`` and
-``keys.ALIAS_CHANNEL``; ``listen`` renews a dropped subscription by itself.
+``keys.ALIAS_CHANNEL``; ``listen`` renews a dropped subscription by itself, and holds it on a
+``Wire`` connection (hiredis-parsed) where one speaks for the client.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import redis.asyncio as aioredis
 
 from klieg_platform import keys
 from klieg_platform.broker.outage import UNAVAILABLE, Outage
+from klieg_platform.broker.wire import Wire
 
 log = logging.getLogger("klieg.broker")
 
@@ -86,18 +88,24 @@ class Streams:
         a dropped subscription is renewed. ``ready`` is set once subscribed; ``on_subscribed``
         is called each time it is (again: messages sent meanwhile were missed)."""
         outage = Outage(f"subscription to {', '.join(channels)}")
+        wire = Wire.of(self.redis)
+
+        def subscribed() -> None:
+            outage.back()
+            if on_subscribed is not None:
+                on_subscribed()
+            if ready is not None:
+                ready.set()
+
+        def deliver(channel: bytes, data: bytes) -> None:
+            on_message(channel.decode(), data)
+
         while True:
-            pubsub = self.redis.pubsub()
             try:
-                await pubsub.subscribe(*channels)
-                outage.back()
-                if on_subscribed is not None:
-                    on_subscribed()
-                if ready is not None:
-                    ready.set()
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        on_message(message["channel"].decode(), message["data"])
+                if wire is not None:
+                    await wire.listen(channels, deliver, subscribed)
+                else:
+                    await self._listen(channels, on_message, subscribed)
             except asyncio.CancelledError:
                 raise
             except UNAVAILABLE as exc:
@@ -106,6 +114,21 @@ class Streams:
             except Exception:
                 log.exception("subscription to %s failed; subscribing again", list(channels))
                 await asyncio.sleep(0.5)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+
+    async def _listen(
+        self,
+        channels: Sequence[str],
+        on_message: Callable[[str, bytes], None],
+        subscribed: Callable[[], None],
+    ) -> None:
+        """``listen`` through redis-py's pub/sub (where no ``Wire`` speaks for the client)."""
+        pubsub = self.redis.pubsub()
+        try:
+            await pubsub.subscribe(*channels)
+            subscribed()
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    on_message(message["channel"].decode(), message["data"])
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()

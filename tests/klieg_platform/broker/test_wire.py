@@ -106,3 +106,33 @@ def test_a_loading_reply_is_unavailable_not_an_error_of_the_call(redis_url: str)
         assert await wire.call("PING") == b"PONG"
 
     run(redis_url, body)
+
+
+def test_a_subscription_delivers_each_message_and_ends_when_its_connection_drops(
+    redis_server_url: str,
+) -> None:
+    async def body(client: aioredis.Redis, wire: Wire) -> None:
+        got: list[tuple[bytes, bytes]] = []
+        subscribed = asyncio.Event()
+
+        def on_message(channel: bytes, data: bytes) -> None:
+            if data == b"boom":
+                raise ValueError("a handler that fails loses only its message")
+            got.append((channel, data))
+
+        listening = asyncio.create_task(wire.listen(["a", "b"], on_message, subscribed.set))
+        await asyncio.wait_for(subscribed.wait(), 5)
+        for channel, data in (("a", b"1"), ("c", b"ignored"), ("b", b"boom"), ("b", b"\r\n2")):
+            await client.publish(channel, data)
+        await client.set("k", "v")
+        assert await wire.call("GET", "k") == b"v", "the wire's own connection is apart"
+        while len(got) < 2:
+            await asyncio.sleep(0.01)
+        assert got == [(b"a", b"1"), (b"b", b"\r\n2")]
+        # the embedded server holds this test's connections alone
+        assert await client.client_kill_filter(_type="pubsub") == 1
+        with pytest.raises(RedisConnectionError):
+            await asyncio.wait_for(listening, 5)
+
+    run(redis_server_url, body)
+    run(redis_server_url, body, on_uvloop=True)
