@@ -177,5 +177,8 @@ def create_app(settings: Settings) -> Starlette:
         routes=ROUTES,
         exception_handlers=HANDLERS,
         lifespan=lifespan,
-        middleware=[Middleware(ListenerSplit, queue_port=settings.queue_port)],
+        middleware=[
+            Middleware(ListenerSplit, queue_port=settings.queue_port),
+            Middleware(run.RunRoutes, routes=ROUTES, handlers=HANDLERS),
+        ],
     )

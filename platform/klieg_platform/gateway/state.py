@@ -62,10 +62,11 @@ class GatewayState:
     _tokens: dict[str, tuple[float, Tenant]] = field(default_factory=dict)
     _routes: dict[tuple[str, str, str], Resolved] = field(default_factory=dict)
     _apps: dict[tuple[str, str], AppRecord] = field(default_factory=dict)
+    tiers: dict[str, Tier] = field(init=False)
+    """The settings' tiers by name."""
 
-    @property
-    def tiers(self) -> dict[str, Tier]:
-        return {t.name: t for t in self.settings.tiers}
+    def __post_init__(self) -> None:
+        self.tiers = {t.name: t for t in self.settings.tiers}
 
     def tier_of(self, tenant: Tenant) -> str:
         """The tenant's tier, or the default tier when the tenant's is not configured."""
