@@ -18,7 +18,7 @@ SLOs and ranks; their queue bounds raised to hold the largest size), then one wo
 
 Filling: the first request goes through ``Queue.enqueue``; the others are sent as raw
 ``EVALSHA`` frames of the same ENQUEUE script with the same arguments ``Queue.enqueue`` sends
-(``NewRequest.fields``), on a socket of their own, 100 frames per write, replies read as they
+(``NewRequest.values``), on a socket of their own, 100 frames per write, replies read as they
 come (hiredis): the script's own cost, without an asyncio future per request. The record of the
 first request and one of the others must hold the same fields. ``fill.requests_per_s`` is the
 whole fill. Each payload is 74 bytes of JSON, over Redis's ``hash-max-ziplist-value``

@@ -152,20 +152,21 @@ class NewRequest:
     def app_key(self) -> str:
         return f"{self.owner}/{self.app}"
 
+    def values(self, created_ms: int) -> list[Any]:
+        """The values of the record's ``ROUTING`` fields, in that order (``ENQUEUE`` pairs
+        them with the names)."""
+        return [
+            self.id, self.owner, self.tenant, self.app, self.app_key, self.tier, str(self.gpus),
+            self.revision, self.function, self.endpoint, self.pool, self.payload,
+            self.payload_ref, str(self.timeout_s), str(self.deadline_ms), self.webhook,
+            "1" if self.stream else "", self.reply_to, Status.IN_QUEUE.value, str(created_ms),
+            "0", self.priority, self.hint,
+        ]  # fmt: skip
+
     def fields(self, created_ms: int) -> list[Any]:
         """The record's ``ROUTING`` fields as HSET arguments (name, value, ...)."""
-        values: dict[str, Any] = {
-            "id": self.id, "owner": self.owner, "tenant": self.tenant, "app": self.app,
-            "app_key": self.app_key, "tier": self.tier, "gpus": str(self.gpus),
-            "revision": self.revision, "function": self.function, "endpoint": self.endpoint,
-            "pool": self.pool, "payload": self.payload, "payload_ref": self.payload_ref,
-            "timeout_s": str(self.timeout_s), "deadline_ms": str(self.deadline_ms),
-            "webhook": self.webhook, "stream": "1" if self.stream else "",
-            "reply_to": self.reply_to, "status": Status.IN_QUEUE.value,
-            "created_ms": str(created_ms), "attempts": "0", "priority": self.priority,
-            "hint": self.hint,
-        }  # fmt: skip
-        return [item for name in ROUTING for item in (name, values[name])]
+        values = self.values(created_ms)
+        return [item for pair in zip(ROUTING, values, strict=True) for item in pair]
 
 
 @dataclass(frozen=True)

@@ -164,6 +164,7 @@ class Queue:
         self._cancel = HotScript(redis, wire, lua.CANCEL)
         self._position = HotScript(redis, wire, lua.POSITION)
         self._reindex = HotScript(redis, wire, lua.REINDEX)
+        self._nudge = HotScript(redis, wire, lua.NUDGE)
 
     # ---- moves ------------------------------------------------------------------------
     async def enqueue(
@@ -190,7 +191,7 @@ class Queue:
         caps: list[Any] = [req.tenant, req.tenant_cap, req.app_key, req.app_cap]
         spec = self.tiers_spec if position else ""
         history = [self.history_max, at - self.history_keep_ms]
-        return [*head, *caps, spec, *history, *req.fields(at)]
+        return [*head, *caps, spec, *history, *req.values(at)]
 
     async def reindex(self, chunk: int = 1000) -> int:
         """Build the lane index for requests queued before it existed (data from an older
@@ -299,12 +300,9 @@ class Queue:
 
     async def nudge(self, pool: str) -> None:
         """Push a wake token for ``pool`` (bounded, as the scripts' ``wake``; the list expires
-        a minute after its last token: a worker's own list outlives it by no more)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.lpush(keys.wake(pool), "1")
-            pipe.ltrim(keys.wake(pool), 0, 63)
-            pipe.expire(keys.wake(pool), 60)
-            await pipe.execute()
+        a minute after its last token: a worker's own list outlives it by no more). One script
+        over the wire: it leaves with whatever else this turn of the event loop sends."""
+        await self._nudge(args=[keys.wake(pool)])
 
     async def renew_many(self, request_ids: Sequence[str], worker_id: str, lease_s: float) -> int:
         """Extend by ``lease_s`` the leases of ``request_ids`` that ``worker_id`` still holds;

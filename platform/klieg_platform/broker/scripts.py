@@ -22,8 +22,10 @@ many capped requests wait.
 
 from __future__ import annotations
 
+import re
+
 from klieg_platform import keys, scheduler
-from klieg_platform.broker.jobs import JOB, LOW, REPLY, Status, lua_list
+from klieg_platform.broker.jobs import JOB, LOW, REPLY, ROUTING, Status, lua_list
 
 DURATIONS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
              300.0, 600.0, 1800.0, 3600.0)  # fmt: skip
@@ -502,14 +504,66 @@ local function position(id, now, tiers)
 end
 """
 
+OWN_PART = "\n-- the script's own part\n"
+"""Where a script's own part begins, after the prelude steps it needs (``trim``)."""
+
+
+def _steps(prelude: str) -> tuple[str, dict[str, str]]:
+    """The prelude cut into its head (every line before its first step: key prefixes, statuses,
+    constants) and its steps, each ``local function`` with the comment lines above it, by
+    name, in order. A step must end at its function's closing ``end`` (nothing else between
+    two steps runs)."""
+    lines = prelude.split("\n")
+    starts = [i for i, line in enumerate(lines) if line.startswith("local function ")]
+    begins = []
+    for i in starts:
+        while i > 0 and lines[i - 1].startswith("--"):
+            i -= 1
+        begins.append(i)
+    steps: dict[str, str] = {}
+    for k, (begin, start) in enumerate(zip(begins, starts, strict=True)):
+        end = begins[k + 1] if k + 1 < len(begins) else len(lines)
+        name = lines[start].removeprefix("local function ").partition("(")[0]
+        text = lines[begin:end]
+        one_line = text[start - begin].endswith(" end")
+        closing = start - begin if one_line else text.index("end", start - begin)
+        if any(line.strip() for line in text[closing + 1 :]):
+            raise ValueError(f"the prelude runs something after step {name}")
+        steps[name] = "\n".join(text)
+    return "\n".join(lines[: begins[0]]), steps
+
+
+def trim(script: str) -> str:
+    """``script`` (``PRELUDE`` and its own part) with only the prelude steps its own part
+    calls, directly or through other steps, in the prelude's order. Redis runs a script's
+    whole text on each call: defining all the steps took about 10 µs of a call, those a
+    script needs about 4."""
+    own = script.removeprefix(PRELUDE)
+    head, steps = _steps(PRELUDE)
+    needed: set[str] = set()
+    todo = [own]
+    while todo:
+        text = todo.pop()
+        for name, step in steps.items():
+            if name not in needed and re.search(rf"\b{name}\b", text):
+                needed.add(name)
+                todo.append(step)
+    kept = [step for name, step in steps.items() if name in needed]
+    return "\n".join([head, *kept]) + OWN_PART + own
+
+
 # ARGV: id, pool, tier, now_ms, max_queued, tenant, tenant cap, app key, app cap, tiers spec
 #       ('': no position wanted), history cap (0: none), history cutoff (ms: ids enqueued
-#       before it leave the tenant's history), fields...
+#       before it leave the tenant's history), the values of the record's jobs.ROUTING fields
+#       in that order (``NewRequest.values``)
 # returns {score, 0, position (-1 when not asked)} when queued; {-1, queued_in_tier} when the
 # tier's queue is full. The caps given become the tenant's and the app's (one crossing its
 # in-flight count parks or unparks it), then the request joins its queue and the lane index.
-ENQUEUE = (
+ENQUEUE = trim(
     PRELUDE
+    + f"""
+local ROUTING_FIELDS = {{{lua_list(ROUTING)}}}
+"""
     + """
 local q = qkey(ARGV[2], ARGV[3])
 local queued = redis.call('ZCARD', q)
@@ -517,7 +571,12 @@ if queued >= tonumber(ARGV[5]) then return {-1, queued} end
 local score = tonumber(ARGV[4]) * 1000
 local last = redis.call('ZRANGE', q, -1, -1, 'WITHSCORES')
 if last[2] and tonumber(last[2]) >= score then score = tonumber(last[2]) + 1 end
-redis.call('HSET', REQ .. ARGV[1], 'score', string.format('%.0f', score), unpack(ARGV, 13))
+local record = {'score', string.format('%.0f', score)}
+for i, name in ipairs(ROUTING_FIELDS) do
+  record[#record + 1] = name
+  record[#record + 1] = ARGV[12 + i]
+end
+redis.call('HSET', REQ .. ARGV[1], unpack(record))
 redis.call('ZADD', q, score, ARGV[1])
 recap(T_RUN, T_CAP, ARGV[6], ARGV[7], park_tenant, unpark_tenant)
 recap(A_RUN, A_CAP, ARGV[8], ARGV[9], park_app, unpark_app)
@@ -574,7 +633,7 @@ return {string.format('%.0f', score), 0, pos}
 #   W5. otherwise best, with a cold start.
 # Cost: a few commands per tier and pool, plus the lanes skipped, the reservations of the pools
 # and the warm functions' lanes; never the capped requests queued.
-DISPATCH = (
+DISPATCH = trim(
     PRELUDE
     + """
 local now = tonumber(ARGV[1])
@@ -793,7 +852,7 @@ return choose(total)
 # the function's lanes in the index: per tier and lane, the first n requests of that endpoint of
 # each of its first n tenants under cap, looking at 256 requests at most. Returns the rows of
 # the leased jobs, as DISPATCH's, with units '0': they share the runner's.
-DISPATCH_FOR = (
+DISPATCH_FOR = trim(
     PRELUDE
     + """
 local now = tonumber(ARGV[1])
@@ -851,7 +910,7 @@ return out
 # ARGV: pool, tier, from, count. Puts the queued requests at ranks from..from+count-1 of the
 # tier's queue that the lane index lacks (queued before it existed) into it; reserved ones are
 # left out. Returns {next rank (-1: done), requests indexed}.
-REINDEX = (
+REINDEX = trim(
     PRELUDE
     + """
 local pool, tier = ARGV[1], ARGV[2]
@@ -877,7 +936,7 @@ return {from + count, n}
 
 # ARGV: id, now_ms, tiers spec. The request's queue position (``position``), -1 when it is not
 # queued.
-POSITION = (
+POSITION = trim(
     PRELUDE
     + """
 return position(ARGV[1], tonumber(ARGV[2]), parse_tiers(ARGV[3]))
@@ -886,7 +945,7 @@ return position(ARGV[1], tonumber(ARGV[2]), parse_tiers(ARGV[3]))
 
 # ARGV: worker_id, lease deadline ms, id... Renews the leases of those ids the worker still
 # holds; returns how many.
-RENEW = (
+RENEW = trim(
     PRELUDE
     + """
 local n = 0
@@ -904,7 +963,7 @@ return n
 # ARGV: id, worker_id, now_ms, ttl_s, service app key ('': none), service ms, n, n log lines,
 #       outcome field/value pairs. The lease holder's completion: its last log lines, the app's
 #       service time and the outcome, in one step; 0 when the lease was lost.
-COMPLETE = (
+COMPLETE = trim(
     PRELUDE
     + """
 local r = finishing(REQ .. ARGV[1])
@@ -918,7 +977,7 @@ return 1
 )
 
 # ARGV: id, worker_id
-REQUEUE = (
+REQUEUE = trim(
     PRELUDE
     + """
 local st = redis.call('HMGET', REQ .. ARGV[1], 'status', 'worker')
@@ -932,7 +991,7 @@ return 1
 # still leases goes back to its queue at its original position with its attempt not counted (the
 # worker left, it did not fail), and its reservations end (their requests rejoin the lane
 # index). Returns how many requests went back.
-HAND_BACK = (
+HAND_BACK = trim(
     PRELUDE
     + """
 for _, pool in ipairs(redis.call('SMEMBERS', POOLS)) do release(pool, ARGV[1]) end
@@ -951,7 +1010,7 @@ return n
 )
 
 # ARGV: now_ms, max_attempts, ttl_s, outcome field/value pairs (of a request lost too often)
-REQUEUE_EXPIRED = (
+REQUEUE_EXPIRED = trim(
     PRELUDE
     + """
 local ids = redis.call('ZRANGEBYSCORE', INFLIGHT, '-inf', ARGV[1], 'LIMIT', 0, 100)
@@ -976,7 +1035,7 @@ return n
 # ARGV: id, now_ms, ttl_s, outcome field/value pairs (of a cancelled request)
 # returns 1: a queued request was cancelled; 2: running, interruption signalled;
 #         0: already completed; -1: unknown
-CANCEL = (
+CANCEL = trim(
     PRELUDE
     + """
 local rk = REQ .. ARGV[1]
@@ -1001,7 +1060,7 @@ return 0
 
 # ARGV: pool, app key, cold-start seconds. Folds the app's mean cold start (ms) and counts it
 # in the cold-start histogram.
-RECORD_COLD = (
+RECORD_COLD = trim(
     PRELUDE
     + f"""
 fold_mean(COLD, ARGV[2], string.format('%.1f', tonumber(ARGV[3]) * 1000))
@@ -1011,7 +1070,7 @@ return 1
 )
 
 # The completed requests' metric lines still pending go into the counts; returns how many.
-FOLD_METRICS = (
+FOLD_METRICS = trim(
     PRELUDE
     + """
 return fold_metrics()
@@ -1019,7 +1078,7 @@ return fold_metrics()
 )
 
 # ARGV: pool, app key, endpoint, batch size. Counts it in the batch-size histogram.
-RECORD_BATCH = (
+RECORD_BATCH = trim(
     PRELUDE
     + f"""
 observe('{keys.METRICS_BATCH}', ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3], tonumber(ARGV[4]),
@@ -1028,8 +1087,16 @@ return 1
 """
 )
 
+# ARGV: a wake list (keys.wake). One token on it, as the prelude's ``push_wake``; the list
+# expires a minute after its last token (a worker's own list outlives its worker by no more).
+NUDGE = """
+if redis.call('LPUSH', ARGV[1], '1') > 64 then redis.call('LTRIM', ARGV[1], 0, 63) end
+redis.call('EXPIRE', ARGV[1], 60)
+return 1
+"""
+
 # KEYS: stats hash. ARGV: app key, sample (ms). A running mean, new samples weighted 0.2.
-RECORD_TIME = (
+RECORD_TIME = trim(
     PRELUDE
     + """
 fold_mean(KEYS[1], ARGV[1], ARGV[2])

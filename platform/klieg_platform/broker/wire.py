@@ -33,19 +33,31 @@ log = logging.getLogger("klieg.broker")
 
 
 def _encode(args: tuple[Any, ...]) -> bytes:
+    """One RESP command; str, bytes, int and float arguments (a bool is refused: it would
+    read as 0 or 1)."""
     out = [b"*%d\r\n" % len(args)]
+    push = out.append
     for arg in args:
-        if isinstance(arg, bool):
-            raise TypeError("cannot send a bool to Redis")
-        if isinstance(arg, bytes):
+        kind = type(arg)
+        if kind is str:
+            data = arg.encode()
+        elif kind is bytes:
             data = arg
+        elif kind is int:
+            data = b"%d" % arg
+        elif isinstance(arg, bool):
+            raise TypeError("cannot send a bool to Redis")
         elif isinstance(arg, str):
             data = arg.encode()
+        elif isinstance(arg, bytes):
+            data = bytes(arg)
         elif isinstance(arg, int | float):
             data = repr(arg).encode()
         else:
             raise TypeError(f"cannot send {type(arg).__name__} to Redis")
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        push(b"$%d\r\n" % len(data))
+        push(data)
+        push(b"\r\n")
     return b"".join(out)
 
 

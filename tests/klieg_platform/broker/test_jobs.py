@@ -60,7 +60,9 @@ def test_status_is_written_only_by_the_prelude_steps_as_the_moves_say() -> None:
         rest = rest.replace(_step(step), "")
     assert not _STATUS_WRITE.findall(rest), "the prelude writes a status outside its steps"
     for name, script in SCRIPTS.items():
-        body = script.removeprefix(lua.PRELUDE)
+        if name == "PRELUDE":
+            continue
+        body = script.partition(lua.OWN_PART)[2] if lua.OWN_PART in script else script
         assert not _STATUS_WRITE.findall(body), f"{name} writes a status outside the steps"
     enqueued = _new().fields(0)
     assert enqueued[enqueued.index("status") + 1] in jobs.MOVES["enqueue"]
@@ -160,3 +162,20 @@ def test_a_cancelled_record_is_completed_with_the_cancel_error(redis_url: str) -
             await b.close()
 
     asyncio.run(main())
+
+
+def test_a_script_defines_the_prelude_steps_it_calls_and_no_others() -> None:
+    steps = re.findall(r"^local function (\w+)\(", lua.PRELUDE, re.M)
+    for name, script in SCRIPTS.items():
+        defined, _, own = script.partition(lua.OWN_PART)
+        if not own:
+            continue  # the prelude itself, or a script without it
+        have = set(re.findall(r"^local function (\w+)\(", defined, re.M))
+        called = {step for step in steps if re.search(rf"\b{step}\(", own)}
+        assert called <= have, f"{name} calls steps it does not define: {called - have}"
+        assert have < set(steps) or name == "CANCEL", f"{name} defines every step"
+        assert defined.startswith(lua.PRELUDE[: lua.PRELUDE.index("\n--")]), "the head"
+    finish = lua.trim(lua.PRELUDE + "return finish('r', 0, 1, {})")
+    for step in ("finishing", "counted", "park_tenant", "unpark_app", "measure", "fold_metrics"):
+        assert f"local function {step}(" in finish, step
+    assert "local function take(" not in finish
