@@ -10,10 +10,10 @@ header read with ``json.loads``); the msgpack side is ``protocol.encode`` / ``pr
 into the typed messages.
 
 ``round_trip``: a worker-side asyncio reader (``protocol.read``, as ``RunnerProcess`` uses it)
-sends ``call`` frames over a real socketpair to an echo thread (the runner's blocking ``recv``,
-no endpoint code) that answers each with a ``result`` frame; µs per call and answer, best of
-``--repeats`` runs of ``--round-trips`` (default 20000). Both ends share one process and so the
-GIL, but each waits in a system call while the other works.
+sends ``call`` frames over a real socketpair to an echo thread (the runner's buffered blocking
+``Frames.recv``, no endpoint code) that answers each with a ``result`` frame; µs per call and
+answer, best of ``--repeats`` runs of ``--round-trips`` (default 20000). Both ends share one
+process and so the GIL, but each waits in a system call while the other works.
 
 Prints exactly one JSON line.
 """
@@ -135,9 +135,10 @@ def json_echo(sock: socket.socket) -> None:
 
 def msgpack_echo(sock: socket.socket) -> None:
     """The runner side of the msgpack scheme: answer each ``Call`` with a ``Result``."""
+    frames = protocol.Frames(sock)  # as the runner reads
     while True:
         try:
-            msg, body = protocol.recv(sock)
+            msg, body = frames.recv()
         except EOFError:
             return
         assert isinstance(msg, protocol.Call)

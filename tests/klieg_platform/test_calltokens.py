@@ -87,3 +87,23 @@ def test_runtime_context_picks_one_token_per_tenant() -> None:
     finally:
         context.clear()
     assert context.current_token() is None
+
+
+def test_issued_tokens_are_reused_only_while_they_cover_the_time_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [time.time()]
+    monkeypatch.setattr(calltokens.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(calltokens.time, "time", lambda: clock[0])
+    issued = calltokens.Issued(KEY)
+    first = issued.token("tenant123", 90)
+    assert issued.token("tenant123", 90) == first
+    assert issued.token("tenant123", 120) != first, "another duration, another token"
+    assert issued.token("other", 90) != first
+    assert calltokens.verify(KEY, first) == "tenant123"
+    assert int(first.split(".")[2]) >= clock[0] + 90 + calltokens.Issued.REUSE_S
+    clock[0] += calltokens.Issued.REUSE_S - 0.5
+    assert issued.token("tenant123", 90) == first, "still good for 90 s and more"
+    clock[0] += 1.0
+    again = issued.token("tenant123", 90)
+    assert again != first and int(again.split(".")[2]) >= clock[0] + 90

@@ -37,7 +37,7 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 from klieg.types import EndpointSpec, FunctionSpec
-from klieg_platform import keys
+from klieg_platform import calltokens, keys
 from klieg_platform.broker import (
     UNAVAILABLE,
     Blocked,
@@ -103,6 +103,8 @@ class Worker:
         self.cancelled: dict[str, float] = {}
         """Ids cancelled while (or before) they ran here, with when (monotonic)."""
         self.leases = Leases(broker.queue, self.id, settings.lease_s)
+        self.tokens = calltokens.Issued(settings.signing_key)
+        """The call tokens handed to runners with their requests (``klieg.call``)."""
         self.outage = Outage(f"worker {self.id}")
         """Redis out of reach: the loops keep trying, results wait (``until_available``)."""
         self._batchers: dict[tuple[str, str, str], Batcher] = {}

@@ -35,7 +35,6 @@ from klieg.exceptions import (
     RunnerCrashedError,
 )
 from klieg.types import FunctionSpec
-from klieg_platform import calltokens
 from klieg_platform.broker import UNAVAILABLE, Job, Outcome, now_ms, until_available
 from klieg_platform.registry import Revision
 from klieg_platform.storage import direct_url, media_key, put_async, result_key
@@ -213,10 +212,9 @@ class Execution:
     def _call_token(self, timeout_s: float) -> str:
         """A call token for the job's tenant, valid while it may run and a minute more; empty
         without a signing key or a tenant."""
-        key = self.worker.settings.signing_key
-        if not key or not self.job.tenant:
+        if not self.worker.settings.signing_key or not self.job.tenant:
             return ""
-        return calltokens.issue(key, self.job.tenant, timeout_s + 60)
+        return self.worker.tokens.token(self.job.tenant, timeout_s + 60)
 
     async def _result(self, result: protocol.Result, body: bytes) -> Outcome:
         """The outcome of the runner's ``result``: the output inline or as a blob when ok."""

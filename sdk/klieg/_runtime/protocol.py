@@ -194,6 +194,40 @@ def recv(sock: socket.socket) -> tuple[Message, bytes]:
     return decode(head), body
 
 
+class Frames:
+    """Blocking reads of whole frames from a socket (runner side), through a buffer: a frame
+    that arrived whole costs one system call, not one per part. Raises as ``recv``."""
+
+    CHUNK = 1 << 16
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buf = bytearray()
+
+    def recv(self) -> tuple[Message, bytes]:
+        self._fill(_HEAD.size)
+        hlen, blen = _HEAD.unpack_from(self._buf)
+        if hlen + blen > MAX_FRAME:
+            raise EOFError("frame too large")
+        end = _HEAD.size + hlen + blen
+        self._fill(end)
+        head = bytes(self._buf[_HEAD.size : _HEAD.size + hlen])
+        body = bytes(self._buf[_HEAD.size + hlen : end]) if blen else b""
+        del self._buf[:end]
+        return decode(head), body
+
+    def _fill(self, size: int) -> None:
+        while len(self._buf) < size:
+            chunk = self.sock.recv(max(size - len(self._buf), self.CHUNK))
+            if not chunk:
+                raise EOFError("peer closed the connection")
+            self._buf += chunk
+
+
+SPLIT_READ = 1 << 16
+"""A frame up to this size is read in one piece and cut (one await instead of two)."""
+
+
 async def read(reader: asyncio.StreamReader) -> tuple[Message, bytes]:
     """Async read of one frame (worker side). Raises EOFError when the runner is gone,
     ProtocolError when the frame is over MAX_FRAME or its header is no message."""
@@ -201,8 +235,12 @@ async def read(reader: asyncio.StreamReader) -> tuple[Message, bytes]:
         hlen, blen = _HEAD.unpack(await reader.readexactly(_HEAD.size))
         if hlen + blen > MAX_FRAME:
             raise ProtocolError(f"frame of {hlen + blen} bytes is over MAX_FRAME")
-        head = await reader.readexactly(hlen)
-        body = await reader.readexactly(blen) if blen else b""
+        if hlen + blen <= SPLIT_READ:
+            rest = await reader.readexactly(hlen + blen)
+            head, body = rest[:hlen], rest[hlen:]
+        else:
+            head = await reader.readexactly(hlen)
+            body = await reader.readexactly(blen) if blen else b""
     except (asyncio.IncompleteReadError, ConnectionError) as exc:
         raise EOFError("runner closed the connection") from exc
     return decode(head), body

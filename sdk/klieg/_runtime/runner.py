@@ -37,15 +37,23 @@ CANCEL_SIGNAL = signal.SIGUSR1
 
 
 class _Channel:
-    """The runner's end of the socket. Sends are serialised (log lines come from any thread) and
-    run with the cancel signal blocked, so a cancellation never cuts a frame in half."""
+    """The runner's end of the socket. Sends are serialised (log lines come from any thread).
+    The cancel signal's handler raises only in the main thread while a request's code runs
+    (``_Running``); a send from there runs with the signal blocked, so a cancellation never
+    cuts a frame in half. Elsewhere the signal only interrupts the system call, which is
+    retried: no blocking needed (two system calls saved on each result)."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.lock = threading.Lock()
+        self.main = threading.main_thread().ident
 
     def send(self, msg: protocol.Message, body: bytes = b"") -> None:
         frame = protocol.encode(msg, body)
+        if _Running.request_id is None or threading.get_ident() != self.main:
+            with self.lock:
+                self.sock.sendall(frame)
+            return
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {CANCEL_SIGNAL})
         try:
             with self.lock:
@@ -181,9 +189,10 @@ def serve(sock: socket.socket, code_dir: Path, spec: FunctionSpec) -> int:
     logs.flush_streams()
     sink.drain()
     channel.send(protocol.Ready(os.getpid(), round(setup_s, 6), hints))
+    frames = protocol.Frames(sock)
     while True:
         try:
-            msg, body = protocol.recv(sock)
+            msg, body = frames.recv()
         except protocol.ProtocolError:
             continue
         except EOFError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import threading
 from collections.abc import Iterator
 
 import msgspec
@@ -127,6 +128,30 @@ def test_a_truncated_frame_is_eof(pair: tuple[socket.socket, socket.socket]) -> 
         asyncio.run(read_all(whole[:-3], 1))
     with pytest.raises(EOFError):
         asyncio.run(read_all(b"", 1))
+
+
+def test_buffered_frames_read_back_to_back_and_large_ones_whole(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    a, b = pair
+    large = bytes(range(256)) * 1024  # over Frames.CHUNK and over SPLIT_READ
+    sent = [*MESSAGES, (Chunk("r1"), large), (Ready(2), b"")]
+    data = b"".join(protocol.encode(msg, body) for msg, body in sent)
+    writer = threading.Thread(target=a.sendall, args=(data,))
+    writer.start()
+    frames = protocol.Frames(b)
+    assert [frames.recv() for _ in sent] == sent
+    writer.join(5)
+    assert asyncio.run(read_all(data, len(sent))) == sent
+    a.sendall(frame(b"\xc1", b"{}") + protocol.encode(Ready(3)))
+    with pytest.raises(protocol.ProtocolError):
+        frames.recv()
+    assert frames.recv() == (Ready(3), b""), "the frame after a bad header reads"
+    whole = protocol.encode(Chunk("r1"), b"0123456789")
+    a.sendall(whole[:-3])
+    a.shutdown(socket.SHUT_WR)
+    with pytest.raises(EOFError):
+        frames.recv()
 
 
 def test_a_frame_over_max_frame_is_refused(pair: tuple[socket.socket, socket.socket]) -> None:
