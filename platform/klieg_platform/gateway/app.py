@@ -1,19 +1,25 @@
 """The gateway's Starlette app: routes, error handlers, and the services' lifespan.
 
 Each route names what it needs from its caller (``PUBLIC``, ``BOOTSTRAP``, ``CALLER`` or
-``MANAGE``; see ``auth.py``).
+``MANAGE``; see ``auth.py``). ``RouteIndex`` spares each request the router's scan of every
+route: it tries only the routes that can match the request's first path segment.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
+from starlette._exception_handler import wrap_app_handling_exceptions
+from starlette._utils import get_route_path
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from klieg_platform.broker import UNAVAILABLE
 from klieg_platform.collector import Collector
@@ -142,6 +148,57 @@ ROUTES = [
 ]
 
 
+class RouteIndex:
+    """ASGI middleware in front of the router (inside ``ListenerSplit``, whose path it sees).
+
+    The router tries every route in turn: dozens of patterns for a sync run, whose routes come
+    last. A route whose path starts with a literal segment matches only paths starting with
+    it, so for each first segment this keeps the routes that can match (that segment's and
+    those starting with a parameter), in the routes' order; the first of them to match fully
+    is the router's pick, and the request goes to it as the router and the exception
+    middleware would send it (the same scope keys, the app's exception handlers). A request
+    none of them matches fully (404, 405, a redirect) takes the router, as does every request
+    when a route is no plain ``Route``."""
+
+    def __init__(
+        self, app: ASGIApp, routes: Sequence[BaseRoute], handlers: Mapping[Any, Any]
+    ) -> None:
+        self.app = app
+        plain = [r for r in routes if type(r) is Route]
+        led = [r for r in plain if r.path.startswith("/{")]
+        first = {r.path.split("/")[1] for r in plain if r not in led}
+        self.by_segment: dict[str, list[Route]] = {
+            seg: [r for r in plain if r in led or r.path.split("/")[1] == seg] for seg in first
+        }
+        self.led: list[Route] = led
+        """The routes a path whose first segment no route spells out can match."""
+        self.indexed = len(plain) == len(routes)
+        by_class = {k: v for k, v in handlers.items() if k not in (500, Exception)}
+        self.handlers: tuple[dict[Any, Any], dict[int, Any]] = (by_class, {})
+        """As the exception middleware has them (``Exception`` stays with the outer error
+        middleware, as Starlette arranges it)."""
+
+    def candidates(self, scope: Scope) -> list[Route] | None:
+        """The routes a request can match, in order; None: it takes the router."""
+        if not self.indexed or scope["type"] != "http":
+            return None
+        segment = get_route_path(scope)[1:].partition("/")[0]
+        return self.by_segment.get(segment, self.led)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        for candidate in self.candidates(scope) or ():
+            match, child = candidate.matches(scope)
+            if match is Match.FULL:
+                scope["route"] = candidate
+                scope.update(child)
+                scope.setdefault("router", scope["app"].router)
+                scope["starlette.exception_handlers"] = self.handlers
+                request = Request(scope, receive, send)
+                await wrap_app_handling_exceptions(candidate.handle, request)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -179,6 +236,6 @@ def create_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
         middleware=[
             Middleware(ListenerSplit, queue_port=settings.queue_port),
-            Middleware(run.RunRoutes, routes=ROUTES, handlers=HANDLERS),
+            Middleware(RouteIndex, routes=ROUTES, handlers=HANDLERS),
         ],
     )

@@ -173,9 +173,10 @@ class Intake:
     endpoint: EndpointSpec
 
 
-async def intake(request: Request, *, allow_stream: bool) -> Intake:
+async def intake(request: Request, *, allow_stream: bool, reply_to: str = "") -> Intake:
     """Validate and build the request to enqueue. With ``allow_stream``, a path ending in
-    ``/stream`` (or ``Accept: text/event-stream``) on a generator endpoint asks for SSE."""
+    ``/stream`` (or ``Accept: text/event-stream``) on a generator endpoint asks for SSE.
+    ``reply_to``: the reply channel of a caller waiting for the outcome (not for SSE)."""
     gw = gateway(request)
     tenant = auth.caller(request)
     owner = request.path_params["owner"]
@@ -217,6 +218,7 @@ async def intake(request: Request, *, allow_stream: bool) -> Intake:
         deadline_ms=deadline_ms(request),
         webhook=await webhook_url(request, gw),
         stream=stream,
+        reply_to="" if stream else reply_to,
         tier=gw.tier_of(tenant),
         tenant_cap=tenant.max_inflight,
         app_cap=resolved.app.max_inflight,

@@ -1,26 +1,15 @@
 """Run routes: ``POST /{owner}/{app}[@ref][/{path}]`` answers with the endpoint's output once it
-is done; on a generator endpoint, ``.../stream`` answers with its items as server-sent events.
-
-``RunRoutes`` takes these requests past the router: the router tries each of the routes before
-them in turn (dozens of patterns for every sync call); a POST whose first path segment is no
-literal segment of another route can only be a run route, so it goes straight to the run
-route's app (``auth.Authenticate`` with its access mark, then ``run_sync``) with the same
-exception handlers as the exception middleware's. Every other request takes the router.
-"""
+is done; on a generator endpoint, ``.../stream`` answers with its items as server-sent events."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
-from starlette._exception_handler import wrap_app_handling_exceptions
-from starlette._utils import get_route_path
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from klieg.exceptions import NotFoundError
 from klieg_platform.broker import CHUNK_END, NewRequest
@@ -36,7 +25,8 @@ from klieg_platform.registry import WORKFLOW_PREFIX
 @answers(bodies.Output)
 @takes(bodies.INPUT, "the endpoint's input")
 async def run_sync(request: Request) -> Response:
-    job = await intake(request, allow_stream=True)
+    waiter: Waiter = request.app.state.waiter
+    job = await intake(request, allow_stream=True, reply_to=waiter.channel)
     return await enqueue_and_answer(request, job.gw, job.new)
 
 
@@ -54,8 +44,10 @@ async def enqueue_and_answer(request: Request, gw: GatewayState, new: NewRequest
         )
     waiter: Waiter = request.app.state.waiter
     fut = waiter.expect(new.id)
+    if new.reply_to != waiter.channel:
+        new = replace(new, reply_to=waiter.channel)
     try:
-        await enqueue(gw, replace(new, reply_to=waiter.channel))
+        await enqueue(gw, new)
     except BaseException:
         waiter.forget(new.id)
         raise
@@ -113,64 +105,3 @@ async def chunks(
                 yield _error_event(state.error, full)
             return
         completed = state is None or state.status == "COMPLETED"
-
-
-class RunRoutes:
-    """ASGI middleware (inside ``ListenerSplit``, whose path it sees): a request only the run
-    routes of ``routes`` can take goes to them directly; the rest go to ``app`` (the router).
-    ``handlers``: the app's exception handlers (``Exception`` stays with the outer error
-    middleware, as Starlette arranges it)."""
-
-    def __init__(
-        self, app: ASGIApp, routes: Sequence[BaseRoute], handlers: Mapping[Any, Any]
-    ) -> None:
-        self.app = app
-        runs = [r for r in routes if isinstance(r, Route) and r.endpoint is run_sync]
-        others = [r for r in routes if isinstance(r, Route) and r.endpoint is not run_sync]
-        self.taken = frozenset(r.path.split("/")[1] for r in others if not r.path.startswith("/{"))
-        """First path segments the other routes spell out: those requests take the router."""
-        shadowed = any(r.path.startswith("/{") and "POST" in (r.methods or ()) for r in others)
-        literal = any(not r.path.startswith("/{") for r in runs)
-        self.runs = [] if shadowed or literal else [r for r in runs if "POST" in (r.methods or ())]
-        """The run routes, in order; none when another route could take a POST by pattern."""
-        by_class: dict[Any, Any] = {
-            k: v for k, v in handlers.items() if k not in (500, Exception)
-        }  # as ExceptionMiddleware has them
-        self.handlers: tuple[dict[Any, Any], dict[int, Any]] = (by_class, {})
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        found = self.route_for(scope)
-        if found is None:
-            await self.app(scope, receive, send)
-        else:
-            await self._run(*found, scope, receive, send)
-
-    def route_for(self, scope: Scope) -> tuple[Route, dict[str, str]] | None:
-        """The run route a request goes to directly, with its path's parameters; None: it
-        takes the router."""
-        if scope["type"] != "http" or scope["method"] != "POST":
-            return None
-        path = get_route_path(scope)
-        if path[1:].partition("/")[0] in self.taken:
-            return None
-        for route in self.runs:
-            match = route.path_regex.match(path)
-            if match is not None:
-                return route, match.groupdict()
-        return None
-
-    async def _run(
-        self, route: Route, params: dict[str, str], scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        """What the router and the exception middleware do for a full match of ``route``."""
-        convert = route.param_convertors
-        scope["path_params"] = {
-            **scope.get("path_params", {}),
-            **{k: convert[k].convert(v) for k, v in params.items()},
-        }
-        scope["endpoint"] = route.endpoint
-        scope["route"] = route
-        scope.setdefault("router", scope["app"].router)
-        scope["starlette.exception_handlers"] = self.handlers
-        request = Request(scope, receive, send)
-        await wrap_app_handling_exceptions(route.app, request)(scope, receive, send)
