@@ -5,7 +5,7 @@
                                          [--write-trace FILE] [--sweep]
 
 Replays one trace three times through ``klieg_platform.simulator`` (the same cluster: workers,
-warm runners, cold starts, tenant and app caps, the same indexed ``scheduler.Backlog``) and prints
+warm runners, cold starts, tenant and app caps, the same indexed ``backlog.Backlog``) and prints
 one JSON line on stdout: per-tier wait percentiles and SLO attainment of each run, cold starts,
 GPU use and wall time, the trace summary and the targets. Progress on stderr. The runs:
 
@@ -417,7 +417,7 @@ def measure(
     }
 
 
-NATIVE_MODULES = ("klieg_platform.scheduler", "klieg_platform.simulator")
+NATIVE_MODULES = ("klieg_platform.scheduler", "klieg_platform.backlog", "klieg_platform.simulator")
 """What ``native`` compiles: the policy and the replay, the same source the broker mirrors."""
 
 SWEEP_GPUS = (256, 1024, 2560, 10_000)

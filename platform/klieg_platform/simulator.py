@@ -18,7 +18,7 @@ per app ``max_inflight`` (in-flight cap of the app).
 Cluster model, the same whatever the pick: each worker has ``gpus_per_worker`` GPUs; a runner of
 an app holds ``num_gpus`` GPUs on one worker and stays warm (idle, still holding them) after a
 request until it is evicted. A new runner pays its app's ``cold_start_s`` before the service
-time. Queued jobs live in a ``scheduler.Backlog`` (the indexed queues the live broker keeps in
+time. Queued jobs live in a ``backlog.Backlog`` (the indexed queues the live broker keeps in
 Redis; tenant caps per tier, app caps per app). Whenever jobs arrive or finish, dispatch runs,
 in one of two ways:
 
@@ -59,8 +59,8 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
+from klieg_platform.backlog import Backlog
 from klieg_platform.scheduler import (
-    Backlog,
     Blocked,
     Elsewhere,
     Job,

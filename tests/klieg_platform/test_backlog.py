@@ -8,8 +8,8 @@ from collections import defaultdict
 
 import pytest
 
+from klieg_platform.backlog import Backlog
 from klieg_platform.scheduler import (
-    Backlog,
     Blocked,
     Elsewhere,
     Job,

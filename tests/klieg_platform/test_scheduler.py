@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from klieg_platform import scheduler
+from klieg_platform.backlog import Backlog
 from klieg_platform.scheduler import (
     DEFAULT_TIERS,
-    Backlog,
     Blocked,
     Elsewhere,
     Job,

@@ -8,7 +8,7 @@ request: IN_QUEUE -> IN_PROGRESS), ``finish`` (-> COMPLETED + TTL + webhook due 
 ``requeue`` (IN_PROGRESS -> IN_QUEUE at its original position). Scripts derive request and queue
 keys from the prefixes, so they assume a single Redis node (not Redis Cluster).
 
-The lane index (``scheduler.Backlog`` in Redis, keys in ``keys.py``): besides its queue
+The lane index (``backlog.Backlog`` in Redis, keys in ``keys.py``): besides its queue
 ``klieg:q:{pool}:{tier}``, every queued request that no worker has reserved sits in its flow
 (its tenant's requests in its lane, a lane being the requests of one "revision/function" and
 size: the normal ones FIFO, then the low ones FIFO, in two zsets); a lane's tenants under cap
