@@ -72,17 +72,19 @@ from klieg_platform.autoscaler import PoolPlan, Scaler, pool_demand  # noqa: E40
 from klieg_platform.broker import LaneDepth  # noqa: E402
 from klieg_platform.scheduler import DEFAULT_TIERS, Tier  # noqa: E402
 from klieg_platform.simulator import (  # noqa: E402
+    FleetView,
+    RunStats,
+    Scaling,
+    simulate,
+    simulate_per_worker,
+)
+from klieg_platform.traces import (  # noqa: E402
     UNBOUNDED,
     AppSpec,
     Cluster,
-    FleetView,
     Request,
-    RunStats,
-    Scaling,
     Trace,
     read_trace,
-    simulate,
-    simulate_per_worker,
     write_trace,
 )
 
@@ -417,7 +419,12 @@ def measure(
     }
 
 
-NATIVE_MODULES = ("klieg_platform.scheduler", "klieg_platform.backlog", "klieg_platform.simulator")
+NATIVE_MODULES = (
+    "klieg_platform.scheduler",
+    "klieg_platform.backlog",
+    "klieg_platform.traces",
+    "klieg_platform.simulator",
+)
 """What ``native`` compiles: the policy and the replay, the same source the broker mirrors."""
 
 SWEEP_GPUS = (256, 1024, 2560, 10_000)

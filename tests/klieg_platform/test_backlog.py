@@ -20,15 +20,17 @@ from klieg_platform.scheduler import (
     pick_strict,
 )
 from klieg_platform.simulator import (
-    AppSpec,
-    Cluster,
     FleetView,
-    Request,
     Scaling,
-    Trace,
     _Replay,
     simulate,
     simulate_per_worker,
+)
+from klieg_platform.traces import (
+    AppSpec,
+    Cluster,
+    Request,
+    Trace,
 )
 
 pytestmark = pytest.mark.timeout(120)

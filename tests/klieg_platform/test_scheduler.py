@@ -31,14 +31,16 @@ from klieg_platform.scheduler import (
     retry_after_s,
 )
 from klieg_platform.simulator import (
+    RunStats,
+    simulate,
+    simulate_per_worker,
+)
+from klieg_platform.traces import (
     AppSpec,
     Cluster,
     Request,
-    RunStats,
     Trace,
     read_trace,
-    simulate,
-    simulate_per_worker,
     write_trace,
 )
 
