@@ -447,6 +447,7 @@ class Worker:
         runner = self.active.get(request_id)
         if runner is not None and runner.interrupt(request_id):
             log.info("request %s: cancelling on runner pid %s", request_id, runner.pid)
+            self.background(runner.keep_interrupting(request_id))
         for batcher in self._batchers.values():
             if batcher.cancel(request_id):
                 log.info("request %s: cancelled in its batch", request_id)

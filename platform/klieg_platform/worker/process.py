@@ -28,6 +28,9 @@ OnEvent = Callable[[protocol.Event, bytes], None]
 """Receives the ``log``, ``chunk`` and ``media`` frames of the running call, as they arrive."""
 Reply = tuple[protocol.Result, bytes]
 """A request's ``result`` frame and its body."""
+INTERRUPT_AGAIN_S = 0.25
+INTERRUPT_TRIES = 40
+"""``keep_interrupting``: how often, and at most how many more times, a cancel is signalled."""
 
 
 def exit_text(code: int | None) -> str:
@@ -217,6 +220,18 @@ class RunnerProcess:
             return False
         os.kill(self.proc.pid, CANCEL_SIGNAL)
         return True
+
+    async def keep_interrupting(
+        self, request_id: str, every_s: float = INTERRUPT_AGAIN_S, tries: int = INTERRUPT_TRIES
+    ) -> None:
+        """After ``interrupt``: signal again every ``every_s`` (at most ``tries`` times) while
+        the runner still serves ``request_id``. A signal that lands between the call's frame
+        and the start of its code is ignored by the runner (it serves nothing yet); a later one
+        interrupts the code. Once the result is in, ``interrupt`` refuses and this stops."""
+        for _ in range(tries):
+            await asyncio.sleep(every_s)
+            if not self.interrupt(request_id):
+                return
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Ask for teardown() and exit; kill if it does not exit within ``grace_s``."""

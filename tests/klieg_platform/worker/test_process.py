@@ -10,6 +10,7 @@ import asyncio
 import os
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.timeout(30)
 
 FAKE = textwrap.dedent(
     """
-    import os, socket, struct, sys, time
+    import os, signal, socket, struct, sys, time
     from klieg._runtime import protocol as p
 
     sock = socket.socket(fileno=int(sys.argv[sys.argv.index("--fd") + 1]))
@@ -36,11 +37,22 @@ FAKE = textwrap.dedent(
     if scenario == "garbage_first":
         sock.sendall(struct.pack(">II", 1, 0) + b"\\xc1")
         time.sleep(30)
+    signal.signal(signal.SIGUSR1, lambda *_: None)  # idle: the cancel signal does nothing
     sock.sendall(p.encode(p.Ready(os.getpid())))
     while True:
         msg, body = p.recv(sock)
         if isinstance(msg, p.Shutdown):
             sys.exit(0)
+        if scenario == "late_start":  # the call's code starts 0.5 s after its frame came
+            time.sleep(0.5)
+            cancelled = []
+            signal.signal(signal.SIGUSR1, lambda *_: cancelled.append(1))
+            deadline = time.monotonic() + 10
+            while not cancelled and time.monotonic() < deadline:
+                time.sleep(0.01)
+            error = p.WireError("cancelled", "RequestCancelledError") if cancelled else None
+            sock.sendall(p.encode(p.Result(msg.id, not cancelled, error)))
+            continue
         if scenario == "garbage_in_call":
             sock.sendall(struct.pack(">II", 1, 0) + b"\\xc1")
             time.sleep(30)
@@ -118,3 +130,30 @@ def test_a_bad_frame_during_a_call_kills_the_runner(tmp_path: Path) -> None:
             await runner.kill()
 
     asyncio.run(scenario())
+
+
+def test_a_cancel_before_the_code_starts_is_signalled_again_until_it_lands(
+    tmp_path: Path,
+) -> None:
+    """The first signal reaches the runner between the call's frame and its code, where it is
+    ignored; ``keep_interrupting`` signals again until one lands, and stops with the result."""
+
+    async def body() -> None:
+        runner = await started(tmp_path, "late_start")
+        try:
+            call = asyncio.create_task(runner.call("r1", "/", b"{}", 30, lambda *_: None))
+            while runner.serving != ("r1",):
+                await asyncio.sleep(0.005)
+            began = time.monotonic()
+            assert runner.interrupt("r1")  # lands before the code runs: ignored
+            again = asyncio.create_task(runner.keep_interrupting("r1", every_s=0.1))
+            result, _ = await call
+            assert not result.ok and result.error is not None
+            assert result.error.error_type == "RequestCancelledError"
+            assert time.monotonic() - began < 3  # not the 10 s the code would otherwise wait
+            await asyncio.wait_for(again, 1)  # served: it stopped by itself
+            assert not runner.interrupt("r1")
+        finally:
+            await runner.kill()
+
+    asyncio.run(body())
