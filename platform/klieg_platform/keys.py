@@ -81,6 +81,7 @@ klieg:collect             string   short claim: one gateway collects retired rev
 klieg:fleet:samples       list     JSON fleet samples, newest first (an hour kept)
 klieg:fleet:sampling      string   short claim: one gateway samples the fleet this period
 klieg:done                channel  ids of completed requests that name no reply channel
+                                   (this and the other fixed channels: see ``channel``)
 klieg:reply:{gateway}     channel  one gateway's sync requests as they complete, each with its
                                    outcome (``broker/jobs.py``: ``Outcome.from_reply``)
 klieg:cancel              channel  request ids whose running worker must interrupt them
@@ -145,6 +146,16 @@ DONE_CHANNEL = PREFIX + "done"
 CANCEL_CHANNEL = PREFIX + "cancel"
 ALIAS_CHANNEL = PREFIX + "aliases"
 KEYS_CHANNEL = PREFIX + "revoked-keys"
+FIXED_CHANNELS = frozenset((DONE_CHANNEL, CANCEL_CHANNEL, ALIAS_CHANNEL, KEYS_CHANNEL))
+
+
+def channel(name: str, db: int) -> str:
+    """The name a fixed channel (``FIXED_CHANNELS``) has on database ``db``. Redis's pub/sub spans
+    every database of a server, so clusters sharing one server (each on a database of its own)
+    would hear each other's completions, cancels and alias changes: on any database but 0 the
+    channel is ``{name}@{db}``. Other names (a gateway's ``reply`` channel, unique already) are
+    returned as they are."""
+    return f"{name}@{db}" if db and name in FIXED_CHANNELS else name
 
 
 def request(request_id: str) -> str:

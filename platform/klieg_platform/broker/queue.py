@@ -153,18 +153,23 @@ class Queue:
         self.max_attempts = max_attempts
         self.tiers = {t.name: t for t in tiers}
         self.tiers_spec = ",".join(f"{t.name}:{int(t.slo_s * 1000)}" for t in tiers)
-        self._enqueue = HotScript(redis, wire, lua.ENQUEUE)
-        self._dispatch = HotScript(redis, wire, lua.DISPATCH)
-        self._dispatch_for = HotScript(redis, wire, lua.DISPATCH_FOR)
-        self._renew = HotScript(redis, wire, lua.RENEW)
-        self._complete = HotScript(redis, wire, lua.COMPLETE)
-        self._requeue = HotScript(redis, wire, lua.REQUEUE)
-        self._requeue_expired = HotScript(redis, wire, lua.REQUEUE_EXPIRED)
-        self._hand_back = HotScript(redis, wire, lua.HAND_BACK)
-        self._cancel = HotScript(redis, wire, lua.CANCEL)
-        self._position = HotScript(redis, wire, lua.POSITION)
-        self._reindex = HotScript(redis, wire, lua.REINDEX)
-        self._nudge = HotScript(redis, wire, lua.NUDGE)
+        db = streams.db
+
+        def hot(source: str) -> HotScript:
+            return HotScript(redis, wire, lua.in_db(source, db))
+
+        self._enqueue = hot(lua.ENQUEUE)
+        self._dispatch = hot(lua.DISPATCH)
+        self._dispatch_for = hot(lua.DISPATCH_FOR)
+        self._renew = hot(lua.RENEW)
+        self._complete = hot(lua.COMPLETE)
+        self._requeue = hot(lua.REQUEUE)
+        self._requeue_expired = hot(lua.REQUEUE_EXPIRED)
+        self._hand_back = hot(lua.HAND_BACK)
+        self._cancel = hot(lua.CANCEL)
+        self._position = hot(lua.POSITION)
+        self._reindex = hot(lua.REINDEX)
+        self._nudge = hot(lua.NUDGE)
 
     # ---- moves ------------------------------------------------------------------------
     async def enqueue(

@@ -38,6 +38,14 @@ METRICS_FOLD = 64
 """Completed requests' metric lines that wait on ``keys.METRICS_PENDING`` before a completion
 folds them into the counts (``FOLD_METRICS`` folds them before every read)."""
 
+
+def in_db(source: str, db: int) -> str:
+    """``source`` publishing on database ``db``'s channels (``keys.channel``)."""
+    for name in (keys.DONE_CHANNEL, keys.CANCEL_CHANNEL):
+        source = source.replace(f"'{name}'", f"'{keys.channel(name, db)}'")
+    return source
+
+
 PRELUDE = f"""
 local REQ, QUEUE, WAKE = '{keys.REQUEST_PREFIX}', '{keys.QUEUE_PREFIX}', '{keys.WAKE_PREFIX}'
 local OWN_WAKE = '{keys.wake(keys.OWN_WAKE_MARK)}'

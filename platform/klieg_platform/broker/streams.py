@@ -3,8 +3,9 @@
 A request's log lines are a list (``keys.logs``), a streaming request's items a Redis stream
 (``keys.chunks``) closed by one ``CHUNK_END`` entry; both expire with the record. Channels:
 ``keys.DONE_CHANNEL`` (completions, published by the scripts), ``keys.CANCEL_CHANNEL`` and
-``keys.ALIAS_CHANNEL``; ``listen`` renews a dropped subscription by itself, and holds it on a
-``Wire`` connection (hiredis-parsed) where one speaks for the client.
+``keys.ALIAS_CHANNEL``, each named for the client's database (``keys.channel``: ``publish`` and
+``listen`` take and give the plain names); ``listen`` renews a dropped subscription by itself,
+and holds it on a ``Wire`` connection (hiredis-parsed) where one speaks for the client.
 """
 
 from __future__ import annotations
@@ -32,10 +33,20 @@ def _s(value: bytes) -> str:
     return value.decode()
 
 
+def db_of(redis: aioredis.Redis) -> int:
+    """The database number ``redis`` is connected to (0 unless its URL names another)."""
+    return int(redis.connection_pool.connection_kwargs.get("db") or 0)
+
+
 class Streams:
     def __init__(self, redis: aioredis.Redis, ttl_s: int) -> None:
         self.redis = redis
         self.ttl_s = ttl_s
+        self.db = db_of(redis)
+
+    def channel(self, name: str) -> str:
+        """``name``'s channel on this client's database (``keys.channel``)."""
+        return keys.channel(name, self.db)
 
     async def append_logs(self, request_id: str, lines: Sequence[dict[str, Any]]) -> None:
         key = keys.logs(request_id)
@@ -75,7 +86,7 @@ class Streams:
         return [(_s(entry_id), entry) for entry_id, entry in reply[0][1]]
 
     async def publish(self, channel: str, message: str) -> None:
-        await self.redis.publish(channel, message)
+        await self.redis.publish(self.channel(channel), message)
 
     async def listen(
         self,
@@ -89,6 +100,8 @@ class Streams:
         is called each time it is (again: messages sent meanwhile were missed)."""
         outage = Outage(f"subscription to {', '.join(channels)}")
         wire = Wire.of(self.redis)
+        named = {self.channel(c): c for c in channels}
+        plain = {n.encode(): c for n, c in named.items()}
 
         def subscribed() -> None:
             outage.back()
@@ -98,14 +111,14 @@ class Streams:
                 ready.set()
 
         def deliver(channel: bytes, data: bytes) -> None:
-            on_message(channel.decode(), data)
+            on_message(plain.get(channel) or channel.decode(), data)
 
         while True:
             try:
                 if wire is not None:
-                    await wire.listen(channels, deliver, subscribed)
+                    await wire.listen(list(named), deliver, subscribed)
                 else:
-                    await self._listen(channels, on_message, subscribed)
+                    await self._listen(list(named), deliver, subscribed)
             except asyncio.CancelledError:
                 raise
             except UNAVAILABLE as exc:
@@ -118,7 +131,7 @@ class Streams:
     async def _listen(
         self,
         channels: Sequence[str],
-        on_message: Callable[[str, bytes], None],
+        deliver: Callable[[bytes, bytes], None],
         subscribed: Callable[[], None],
     ) -> None:
         """``listen`` through redis-py's pub/sub (where no ``Wire`` speaks for the client)."""
@@ -128,7 +141,7 @@ class Streams:
             subscribed()
             async for message in pubsub.listen():
                 if message.get("type") == "message":
-                    on_message(message["channel"].decode(), message["data"])
+                    deliver(message["channel"], message["data"])
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()

@@ -62,7 +62,7 @@ async def enqueue_spaced(b: Broker, *reqs: NewRequest) -> None:
 
 async def subscribe(b: Broker) -> aioredis.client.PubSub:
     pubsub = b.redis.pubsub()
-    await pubsub.subscribe(keys.DONE_CHANNEL)
+    await pubsub.subscribe(b.streams.channel(keys.DONE_CHANNEL))
     confirm = await pubsub.get_message(timeout=5)
     assert confirm is not None and confirm["type"] == "subscribe"
     return pubsub
@@ -75,7 +75,7 @@ async def next_done(pubsub: aioredis.client.PubSub) -> bytes:
             ignore_subscribe_messages=True, timeout=1
         )
         if msg is not None:
-            assert msg["channel"] == keys.DONE_CHANNEL.encode()
+            assert msg["channel"].startswith(keys.DONE_CHANNEL.encode())
             data: bytes = msg["data"]
             return data
     raise AssertionError("no message on the done channel within 5s")
@@ -618,22 +618,17 @@ def test_completed_returns_on_the_message_or_on_a_reread_after_a_lost_one(redis_
 
 def test_a_request_with_a_reply_channel_completes_there_with_its_outcome(redis_url: str) -> None:
     async def body(b: Broker) -> None:
-        channel = keys.reply("gw-test")
+        channel = keys.reply(f"gw-{uuid.uuid4().hex}")
+        done = b.streams.channel(keys.DONE_CHANNEL)
         pubsub = b.redis.pubsub()
-        await pubsub.subscribe(channel, keys.DONE_CHANNEL)
+        await pubsub.subscribe(channel, done)
         for _ in range(2):
             assert (await pubsub.get_message(timeout=5) or {}).get("type") == "subscribe"
 
-        mine: set[bytes] = set()
-
         async def published() -> tuple[bytes, bytes]:
-            """The next message about a request of this test (pub/sub channels span the
-            server's databases: another Klieg on the machine's Redis publishes on them too)."""
-            while True:
-                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
-                assert msg is not None
-                if msg["channel"] != keys.DONE_CHANNEL.encode() or msg["data"] in mine:
-                    return msg["channel"], msg["data"]
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+            assert msg is not None
+            return msg["channel"], msg["data"]
 
         ok = replace(new(), reply_to=channel)
         await b.queue.enqueue(ok)
@@ -658,10 +653,9 @@ def test_a_request_with_a_reply_channel_completes_there_with_its_outcome(redis_u
         assert outcome == await b.queue.outcome(failed.id)
 
         plain = new()
-        mine.add(plain.id.encode())
         await b.queue.enqueue(plain)
         await b.queue.cancel(plain.id)
-        assert await published() == (keys.DONE_CHANNEL.encode(), plain.id.encode())
+        assert await published() == (done.encode(), plain.id.encode())
         await pubsub.aclose()
 
     run(redis_url, body)
@@ -800,3 +794,59 @@ def test_the_history_keeps_ids_as_long_as_records_and_at_most_history_max(redis_
         assert [s.id for s in page] == ["r3", "r2", "r1", "r0"]
 
     run(redis_url, body, history_max=4)
+
+
+def in_other_db(url: str, db: int) -> str:
+    """``url`` with database ``db`` instead of its own (a unix socket's or a TCP server's)."""
+    if url.startswith("unix://"):
+        return f"{url.split('?')[0]}?db={db}"
+    return f"{url.rsplit('/', 1)[0]}/{db}"
+
+
+def test_clusters_on_other_databases_of_one_server_do_not_hear_each_other(redis_url: str) -> None:
+    """Redis's pub/sub spans a server's databases: each database's completions, cancels and
+    alias changes go on channels of its own (``keys.channel``), so a Klieg on another database
+    of the same server (the machine's Redis shared by several) hears none of them."""
+
+    async def body(b: Broker) -> None:
+        other_db = 15 if b.streams.db != 15 else 14
+        other = Broker.from_url(in_other_db(redis_url, other_db), result_ttl_s=TTL_S,
+                                max_attempts=3)  # fmt: skip
+        heard: dict[str, list[tuple[str, bytes]]] = {"here": [], "there": []}
+        ready = {name: asyncio.Event() for name in heard}
+        channels = [keys.DONE_CHANNEL, keys.CANCEL_CHANNEL, keys.ALIAS_CHANNEL]
+        tasks = [
+            asyncio.create_task(
+                broker.streams.listen(
+                    channels, lambda c, d, n=name: heard[n].append((c, d)), ready[name]
+                )
+            )
+            for name, broker in (("here", b), ("there", other))
+        ]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in ready.values())), 5)
+            assert other.streams.db == other_db and b.streams.db != other_db
+            req = new()
+            await b.queue.enqueue(req)
+            await b.queue.cancel(req.id)
+            await b.streams.publish(keys.ALIAS_CHANNEL, "local/app")
+            deadline = time.monotonic() + 5
+            while len(heard["here"]) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert (keys.DONE_CHANNEL, req.id.encode()) in heard["here"]
+            assert (keys.ALIAS_CHANNEL, b"local/app") in heard["here"]
+            await asyncio.sleep(0.2)
+            assert heard["there"] == []
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await other.close()
+
+    run(redis_url, body)
+
+
+def test_fixed_channels_are_named_for_their_database() -> None:
+    assert keys.channel(keys.DONE_CHANNEL, 0) == "klieg:done"
+    assert keys.channel(keys.CANCEL_CHANNEL, 9) == "klieg:cancel@9"
+    assert keys.channel(keys.reply("gw"), 9) == keys.reply("gw")  # unique already

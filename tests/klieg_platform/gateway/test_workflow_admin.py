@@ -98,7 +98,7 @@ def test_rollback_and_alias(gateway: Gateway) -> None:
 
 def test_alias_move_is_published(gateway: Gateway) -> None:
     sub = redis.Redis.from_url(MACHINE_REDIS_URL).pubsub()
-    sub.subscribe(keys.ALIAS_CHANNEL)
+    sub.subscribe(keys.channel(keys.ALIAS_CHANNEL, int(MACHINE_REDIS_URL.rsplit("/", 1)[1])))
     try:
         assert sub.get_message(timeout=5) is not None  # the subscribe confirmation
         gateway.admin.put_workflow("pub", MOVIE)
