@@ -34,8 +34,12 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Two test processes (pytest-xdist), each whole test file in one of them: the suite mostly waits
+# on real processes (gateways, workers, runners, Redis), so two overlap well on two cores.
+TEST_PROCESSES ?= 2
+
 test: lint browser
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile
 
 bench: setup
 	$(BIN)/python bench/overhead.py

