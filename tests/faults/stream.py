@@ -133,13 +133,20 @@ class Stream:
         for thread in self._threads:
             thread.join(timeout=120)
 
-    def run_for(self, seconds: float, during: Callable[[], None] | None = None) -> None:
-        """Send for ``seconds``; ``during`` (the fault) is called a third of the way in."""
+    def run_for(
+        self, seconds: float, during: Callable[[], None] | None = None, *, at_least: int = 0
+    ) -> None:
+        """Send for ``seconds``; ``during`` (the fault) is called a third of the way in. With
+        ``at_least``, go on sending (for at most ``seconds`` more) until that many were
+        submitted: a slow machine still sends its few hundred."""
         self.start()
         time.sleep(seconds / 3)
         if during is not None:
             during()
         time.sleep(seconds * 2 / 3)
+        deadline = time.monotonic() + seconds
+        while self.tally.submitted < at_least and time.monotonic() < deadline:
+            time.sleep(0.05)
         self.stop()
 
     def _send_loop(self, sync: bool) -> None:

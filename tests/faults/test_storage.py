@@ -62,17 +62,17 @@ def on_s3(s3_proxy: FaultyProxy, tmp_path_factory: pytest.TempPathFactory) -> It
 
 def test_slow_s3(on_s3: Platform, s3_proxy: FaultyProxy) -> None:
     def slow() -> None:
-        s3_proxy.delay_s = 0.2
+        s3_proxy.delay_s = 0.1
 
     # each request waits on S3 several times, and the gateway's S3 calls share one thread pool
-    # of a few threads: about 30 requests/s get through, so this one streams for 11 s
+    # of a few threads: a few tens of requests/s get through, so this one streams until 300
     s = stream(on_s3, rate=70, threads=32)
     try:
-        s.run_for(11, slow)
+        s.run_for(8, slow, at_least=300)
     finally:
         s3_proxy.delay_s = 0.0
     tally = s.settle()
-    record("s3 slow (+0.2 s per request)", tally)
+    record("s3 slow (+0.1 s per request)", tally)
     assert tally.submitted >= 300, tally.figures()
     assert tally.completed == tally.submitted  # slower, never failing
 
@@ -85,7 +85,7 @@ def test_failing_s3(on_s3: Platform, s3_proxy: FaultyProxy) -> None:
 
     s = stream(on_s3, rate=60, threads=12)
     try:
-        s.run_for(6, failing)
+        s.run_for(6, failing, at_least=300)
     finally:
         s3_proxy.drop(False)
     tally = s.settle()
@@ -161,7 +161,7 @@ def test_blob_store_disk_full(small_disk: tuple[Platform, Path]) -> None:
 
     s = stream(platform, rate=60, threads=12)
     try:
-        s.run_for(6, fill)
+        s.run_for(6, fill, at_least=300)
     finally:
         filler.unlink(missing_ok=True)
     tally = s.settle()
