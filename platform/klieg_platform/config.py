@@ -138,10 +138,16 @@ class Settings:
     """``DOCKER_HOST``, which the Docker SDK reads too (``klieg images`` names it when no engine
     answers); None: the engine's default socket."""
     instance: str = ""
+    """A token ``klieg up`` gives the gateway it starts, read back from ``/health``."""
     secrets_key: str = field(default="", repr=False)
     """The key app secrets are sealed with (``vault.py``): ``KLIEG_SECRETS_KEY``, else
     ``$KLIEG_HOME/secrets-key``; empty: this platform stores no secrets."""
-    """A token ``klieg up`` gives the gateway it starts, read back from ``/health``."""
+    fleet_sample_s: float = 10.0
+    """How often the fleet is sampled for the console's charts, which keep an hour of samples
+    (``KLIEG_FLEET_SAMPLE_S``)."""
+    dev_ttl_s: float = 30.0
+    """How long a ``klieg run`` session's revision lives without a renewal
+    (``KLIEG_DEV_TTL_S``); the CLI renews it every third of this."""
 
     @property
     def effective_blob_retention_s(self) -> float:
@@ -247,6 +253,8 @@ class Settings:
             docker_host=env.get("DOCKER_HOST") or None,
             instance=env.get("KLIEG_INSTANCE", ""),
             secrets_key=env.get("KLIEG_SECRETS_KEY") or _read_key(home / "secrets-key"),
+            fleet_sample_s=float(env.get("KLIEG_FLEET_SAMPLE_S", "10")),
+            dev_ttl_s=float(env.get("KLIEG_DEV_TTL_S", "30")),
         )
 
 

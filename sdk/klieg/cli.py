@@ -252,8 +252,8 @@ def cmd_revisions(args: argparse.Namespace) -> int:
         print_json(revs)
     for r in [] if args.json else revs:
         print(
-            f"{r['id']}  env {r['env_key'][:12]}  code {r['code_hash'][:12]}  "
-            f"{','.join(r['aliases'])}"
+            f"{r['id']}  env {r['env_key'][:12]}  code {r['code_hash'][:12]}"
+            f"{' (preloaded)' if r.get('preload_code') else ''}  {','.join(r['aliases'])}"
         )
     return 0
 

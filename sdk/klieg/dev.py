@@ -12,7 +12,8 @@ While it runs:
   keeps serving;
 - the log lines of every request to the session's revisions are printed as they come,
   prefixed by the request id;
-- the session is renewed every ``RENEW_S`` (a session nobody renews expires by itself: the
+- the session is renewed at once and then every third of the time the platform keeps it
+  unrenewed (the renewal's ``ttl_s``; a session nobody renews expires by itself: the
   platform removes it);
 - Ctrl-C (SIGINT) or SIGTERM ends the session: its alias and revision go, and the app too
   when the session made it.
@@ -44,7 +45,7 @@ POLL_S = 0.1
 SETTLE_S = 0.05
 """A save is deployed once the folder has not changed for this long (editors write twice)."""
 RENEW_S = 10.0
-"""How often the session is renewed (the platform keeps a dev revision 30 s unrenewed)."""
+"""How often the session is renewed when the platform's reply does not say its ``ttl_s``."""
 LOGS_POLL_S = 0.25
 """How often the session's requests and their new log lines are read."""
 
@@ -172,9 +173,12 @@ class DevSession:
         self.say(f"reloaded in {took:.2f}s: revision {done['revision']}")
 
     def _renew(self) -> None:
-        while not self._stopping.wait(RENEW_S):
+        every_s = 0.0  # the first renewal, at once, says how long the platform keeps it
+        while not self._stopping.wait(every_s):
+            every_s = RENEW_S
             try:
-                self.admin.dev_renew(self.app, str(self.session))
+                renewed = self.admin.dev_renew(self.app, str(self.session))
+                every_s = float(renewed.get("ttl_s") or 3 * RENEW_S) / 3
             except NotFoundError:
                 self.say("the session expired (was this machine asleep?): deploying it again")
                 self._expired.set()

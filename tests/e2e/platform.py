@@ -86,6 +86,8 @@ def running_platform(
         KLIEG_LEASE_S="5",
         KLIEG_DRAIN_S="10",
         KLIEG_SETUP_BACKOFF_S="30",
+        KLIEG_DEV_TTL_S="6",
+        KLIEG_FLEET_SAMPLE_S="3",
         KLIEG_MAX_BODY_BYTES=str(1024 * 1024),
     )
     env.update(extra_env or {})

@@ -34,6 +34,8 @@ pytestmark = pytest.mark.timeout(300)
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = Path(os.environ.get("KLIEG_TEST_OUTPUT", REPO / "test-output")) / "console"
 WAIT_MS = 240_000
+SAMPLE_S = 3.0
+"""The fleet's sample period on the GPU fleet of these tests (10 s unless set)."""
 
 if not Path(CHROMIUM).exists():
     pytest.skip(
@@ -407,7 +409,8 @@ def gpu_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     """A platform of its own: its worker serves the CPU pool, a second one ``GPU-H100`` with two
     logical GPUs; the gpus test app deployed."""
     home = tmp_path_factory.mktemp("console-gpus")
-    with running_platform(home, extra_env={"KLIEG_WORKER_POOLS": "CPU"}) as p:
+    env = {"KLIEG_WORKER_POOLS": "CPU", "KLIEG_FLEET_SAMPLE_S": str(SAMPLE_S)}
+    with running_platform(home, extra_env=env) as p:
         p.bootstrap()
         p.deploy(TEST_APPS / "gpus" / "app.py")
         args = ["klieg_platform.worker", "--pool", "GPU-H100", "--gpus", "2", "--no-workflows"]
@@ -441,7 +444,7 @@ def test_the_fleet_lists_workers_with_their_gpus_and_its_charts_move(
     page.screenshot(path=str(SHOTS / "fleet-workers.png"), full_page=True)
     with gpu_fleet.http() as http:
         wait_for_status(http, sub["status_url"], "COMPLETED", timeout=60)
-    # the sample after the completion (one every 10 s) reaches the open page: a new chart point
+    # the sample after the completion (one every SAMPLE_S) reaches the open page: a new point
     # and the run's time as the mean run time
     page.wait_for_function(
         "([n]) => Number(document.querySelector('[data-chart=latency]').dataset.points) > n"
@@ -468,7 +471,9 @@ def test_the_fleet_stream_sends_each_new_sample(gpu_fleet: Platform) -> None:
                 break
     assert "history" in events[0] and "sample" not in events[0]
     samples = [e["sample"] for e in events if "sample" in e]
-    assert len(samples) == 2 and 8 <= samples[1]["at"] - samples[0]["at"] <= 12
+    apart = samples[1]["at"] - samples[0]["at"]
+    assert len(samples) == 2 and SAMPLE_S - 0.5 <= apart <= SAMPLE_S + 2, apart
+    assert events[0]["every_s"] == SAMPLE_S
     if events[0]["history"]:
         assert samples[0]["at"] > events[0]["history"][-1]["at"]
     assert all(e["workers"] and e["pools"] is not None for e in events)

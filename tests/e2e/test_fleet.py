@@ -138,7 +138,8 @@ def _history(platform: Platform, key: str | None = None) -> list[dict[str, Any]]
 def test_the_last_hour_is_sampled_for_the_charts(
     platform: Platform, echo_deployed: dict[str, object]
 ) -> None:
-    """One gateway samples the fleet every 10 s; the console's charts are the differences."""
+    """One gateway samples the fleet (every 3 s here, 10 s by default); the console's charts
+    are the differences."""
     with platform.http() as http:
         http.post("/local/echo", json={"text": "sampled"}).raise_for_status()
     started = time.time()

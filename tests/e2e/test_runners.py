@@ -44,7 +44,7 @@ def test_a_cold_start_forks_from_the_zygote_of_its_env(platform: Platform) -> No
     platform.deploy(APPS / "markdown" / "app.py")
     with platform.http() as http:
         newest = http.get("/apps/markdown/revisions").json()[0]
-        assert newest["preload"] == ["markdown", "pydantic"]
+        assert newest["preload"] == ["markdown", "pydantic"] and newest["preload_code"] is False
         pid = http.post("/local/markdown", json={"text": "x"}).json()["runner_pid"]
     zygote = _parent(pid)
     cmdline = Path(f"/proc/{zygote}/cmdline").read_bytes().split(b"\0")
@@ -58,6 +58,7 @@ def test_a_revision_whose_own_zygote_refuses_forks_from_its_envs(platform: Platf
     refuses (logged), and the runner forks from the env's zygote, which ran none of its code."""
     platform.deploy(TEST_APPS / "threadedcode" / "app.py")
     with platform.http() as http:
+        assert http.get("/apps/threadedcode/revisions").json()[0]["preload_code"] is True
         served = http.post("/local/threadedcode", json={})
         assert served.status_code == 200, served.text
     where = served.json()

@@ -116,7 +116,7 @@ def test_request_timeout_header_ends_the_request(semantics: Platform) -> None:
             "/local/semantics/sleep", json={"n": 0}, headers={"X-Fal-Request-Timeout": "x"}
         )
         assert bad.status_code == 400
-        for value in ("nan", "inf", "-1", "0"):
+        for value in ("nan", "inf", "-1", "0", "1e300", "604801"):
             bad = http.post(
                 "/local/semantics/sleep", json={"n": 0}, headers={"X-Fal-Request-Timeout": value}
             )

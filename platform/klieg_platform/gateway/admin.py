@@ -205,6 +205,7 @@ def _revision_json(rev: Revision, aliases: dict[str, str]) -> dict[str, Any]:
             for f in rev.spec.get("functions", [])
         ],
         "preload": list(rev.spec.get("preload") or ()),
+        "preload_code": bool(rev.spec.get("preload_code")),
     }
 
 

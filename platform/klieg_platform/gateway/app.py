@@ -215,7 +215,7 @@ def create_app(settings: Settings) -> Starlette:
         await sweeper.start()
         collector = Collector(broker, registry, gw.store, gw.packager)
         await collector.start()
-        sampler = fleet.FleetSampler(broker)
+        sampler = fleet.FleetSampler(broker, settings.fleet_sample_s)
         await sampler.start()
         app.state.gateway = gw
         app.state.waiter = waiter

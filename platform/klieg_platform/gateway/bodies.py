@@ -223,6 +223,9 @@ class RevisionView(Reply):
     aliases: list[str]
     hardware: list[Hardware]
     preload: list[str]
+    """What the env's zygote imports before forking this revision's runners."""
+    preload_code: bool
+    """Whether the revision has a zygote of its own that imports its code too."""
 
 
 class Revisions(RootModel[list[RevisionView]]):
@@ -430,6 +433,8 @@ class DevRenewed(Reply):
     session: str
     revision: str
     expires_at: float
+    ttl_s: float
+    """Seconds the revision lives unrenewed: renew well within it (the CLI, every third)."""
 
 
 class DevEnded(Reply):

@@ -78,9 +78,9 @@ async def fleet_stream(request: Request) -> Response:
     """SSE, once a second for ``for_s`` seconds (default 60): ``{"at", "runners", "pools",
     "workers"}`` (``runners`` as ``GET /runners`` shows them; ``pools`` and ``workers``, as
     ``GET /pools`` and ``GET /workers`` show them, for an admin tenant only, else null). The first
-    event also has ``history``, the last hour's samples (``fleet.samples_for``), and a later
-    event ``sample``, each sample taken since (every ``fleet.SAMPLE_EVERY_S``), so the charts
-    move while the page is open."""
+    event also has ``history``, the last hour's samples (``fleet.samples_for``), and
+    ``every_s``, the period they are taken at (``Settings.fleet_sample_s``); a later event has
+    ``sample``, each sample taken since, so the charts move while the page is open."""
     caller = auth.caller(request)
     gw = gateway(request)
     raw = request.query_params.get("for_s")
@@ -105,6 +105,7 @@ async def fleet_stream(request: Request) -> Response:
             }  # fmt: skip
             if history is not None:  # the first event carries the last hour
                 doc["history"], history = history, None
+                doc["every_s"] = gw.settings.fleet_sample_s
             else:
                 newest = await gw.broker.stats.latest_sample()
                 if newest is not None and newest["at"] != last_at:

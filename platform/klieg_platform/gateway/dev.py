@@ -3,7 +3,7 @@
 POST   /apps/{name}/dev[?session=S]   JSON {spec, archive} -> NDJSON progress, as a deploy:
                                       a dev revision behind the session's alias ``S`` (a new
                                       ``dev-<8 hex>`` when none is given)
-PUT    /apps/{name}/dev/{session}     renew: the session's revision lives ``DEV_TTL_S`` more
+PUT    /apps/{name}/dev/{session}     renew: the session's revision lives ``dev_ttl_s`` more
 DELETE /apps/{name}/dev/{session}     end: its alias goes, its revision is retired, and the
                                       app too when the session made it
 
@@ -35,8 +35,6 @@ from klieg_platform.gateway.admin import (
 from klieg_platform.gateway.contract import accepts, answers, query
 from klieg_platform.gateway.state import gateway
 
-DEV_TTL_S = 30.0
-"""How long a dev revision lives without a renewal (the CLI renews a third of it)."""
 _SESSION = re.compile(r"dev-[0-9a-f]{8}")
 
 
@@ -56,16 +54,18 @@ async def start(request: Request, body: bodies.Deploy) -> Response:
     given = request.query_params.get("session")
     session = _session(given) if given else f"dev-{secrets.token_hex(4)}"
     spec, code = deploy_body(request, body)
-    return deploy_response(gw, tenant, spec, code, alias=session, dev_ttl_s=DEV_TTL_S)
+    return deploy_response(gw, tenant, spec, code, alias=session, dev_ttl_s=gw.settings.dev_ttl_s)
 
 
 @answers(bodies.DevRenewed)
 async def renew(request: Request) -> Response:
-    """Push the session's expiry ``DEV_TTL_S`` on; 404 when it has ended (or expired)."""
+    """Push the session's expiry ``Settings.dev_ttl_s`` on; 404 when it has ended (or expired).
+    The reply says the time to live, so the CLI renews often enough whatever it is."""
     gw = gateway(request)
     app = await owned_app(gw, auth.caller(request), request.path_params["name"])
     session = _session(request.path_params["session"])
-    expires_at = time.time() + DEV_TTL_S
+    ttl_s = gw.settings.dev_ttl_s
+    expires_at = time.time() + ttl_s
 
     def renewed() -> str | None:
         current = gw.registry.get_alias(app, session)
@@ -76,7 +76,9 @@ async def renew(request: Request) -> Response:
     revision = await asyncio.to_thread(renewed)
     if revision is None:
         raise NotFoundError(f"dev session {session} of {app.name} has ended")
-    return JSONResponse({"session": session, "revision": revision, "expires_at": expires_at})
+    return JSONResponse(
+        {"session": session, "revision": revision, "expires_at": expires_at, "ttl_s": ttl_s}
+    )
 
 
 @answers(bodies.DevEnded)

@@ -173,9 +173,8 @@ async def list_pools(request: Request) -> Response:
 
 # ---- the last hour: one sample per period, for the console's charts ---------------------------
 
-SAMPLE_EVERY_S = 10.0
-SAMPLES_KEPT = 360
-"""An hour of samples."""
+HOUR_S = 3600.0
+"""The console's charts keep the samples of the last hour."""
 
 
 def _owner(app_key: str) -> str:
@@ -221,15 +220,17 @@ def samples_for(caller: Tenant, samples: list[dict[str, Any]]) -> list[dict[str,
 
 
 class FleetSampler(EachPeriod):
-    """Every ``SAMPLE_EVERY_S``, one gateway of the fleet (a claim) appends a ``sample`` and
+    """Every ``every_s`` (``Settings.fleet_sample_s``), one gateway of the fleet (a claim)
+    appends a ``sample``, keeping an hour of them, and
     publishes the tiers' SLOs again (for ``klieg_slo_attainment_ratio``: a Redis that lost them,
     flushed or restarted without its data, has them back within one period)."""
 
     name = "fleet sample"
 
-    def __init__(self, broker: Broker, every_s: float = SAMPLE_EVERY_S) -> None:
+    def __init__(self, broker: Broker, every_s: float) -> None:
         super().__init__(broker.claims, keys.FLEET_SAMPLE_CLAIM, every_s)
         self.broker = broker
+        self.kept = max(1, round(HOUR_S / every_s))
 
     async def step(self) -> None:
         await self.take()
@@ -238,6 +239,6 @@ class FleetSampler(EachPeriod):
         b = self.broker
         workers = worker_views(await b.workers.live())
         taken = sample(await b.stats.snapshot(), workers, await b.queue.depths(), now_ms() / 1000)
-        await b.stats.add_sample(taken, SAMPLES_KEPT)
+        await b.stats.add_sample(taken, self.kept)
         await b.stats.publish_slos(b.queue.tiers.values())
         return taken

@@ -46,6 +46,8 @@ from klieg_platform.webhooks import refused_target
 TIMEOUT_HEADER = "x-fal-request-timeout"
 PRIORITY_HEADER = "x-fal-queue-priority"
 HINT_HEADER = "x-fal-runner-hint"
+MAX_REQUEST_TIMEOUT_S = 7 * 24 * 3600.0
+"""The longest ``X-Fal-Request-Timeout`` taken: a week (a longer one is refused, 400)."""
 DEFAULT_SERVICE_S = 10.0
 """Assumed service time of an app that has not been measured yet."""
 
@@ -113,7 +115,7 @@ def deadline_ms(request: Request) -> int:
     raw = request.headers.get(TIMEOUT_HEADER)
     if raw is None:
         return 0
-    return int((time.time() + seconds(raw, TIMEOUT_HEADER)) * 1000)
+    return int((time.time() + seconds(raw, TIMEOUT_HEADER, most=MAX_REQUEST_TIMEOUT_S)) * 1000)
 
 
 def _is_http_url(url: str) -> bool:

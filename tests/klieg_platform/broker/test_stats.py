@@ -149,11 +149,13 @@ def test_webhook_tries_are_counted_by_result(redis_url: str) -> None:
 
 def test_the_fleet_sampler_keeps_an_hour_and_puts_lost_slos_back(redis_url: str) -> None:
     from klieg_platform import keys
-    from klieg_platform.gateway.fleet import SAMPLES_KEPT, FleetSampler
+    from klieg_platform.gateway.fleet import FleetSampler
 
     async def body(b: Broker) -> None:
         await b.redis.delete(keys.FLEET_SAMPLES, keys.SLO)  # as a flushed Redis would be
-        sampler = FleetSampler(b)
+        sampler = FleetSampler(b, 10.0)
+        assert sampler.kept == 360 and FleetSampler(b, 3.0).kept == 1200  # an hour of them
+        SAMPLES_KEPT = sampler.kept
         first = await sampler.take()
         assert await b.stats.samples() == [first]
         assert await b.redis.hlen(keys.SLO) == len(b.queue.tiers)

@@ -46,7 +46,8 @@ async function appPage(main, name) {
       revs.map((r) => h("tr", { "data-revision": r.id },
         h("td", { class: "mono" }, r.id),
         h("td", {}, when(r.created_at)),
-        h("td", { class: "mono" }, `${short(r.env_key)} · py${r.python}`),
+        h("td", { class: "mono", title: `preloads ${(r.preload || []).join(", ") || "nothing"}${r.preload_code ? " and its code" : ""}` },
+          `${short(r.env_key)} · py${r.python}${r.preload_code ? " · code preloaded" : ""}`),
         h("td", {}, (r.hardware || []).map((x) => pill(`${x.function}: ${x.gpu ? `${x.num_gpus || 1}× ${x.gpu}` : "CPU"}`))),
         h("td", {}, r.aliases.map((a) => pill(a, "alias"))),
         h("td", {}, h("button", { class: "small", onclick: async () => {

@@ -3,7 +3,9 @@
 
 import { h, pill, secs, short, sse, svg } from "./dom.js";
 
-const KEPT = 360; // one sample per 10 s: the last hour
+let every = 10; // seconds between samples, as the stream's first event says
+const kept = () => Math.max(1, Math.round(3600 / every)); // the last hour
+const period = () => `${Math.round(every * 10) / 10} s`;
 
 // The samples (running totals) as per-period series: requests queued and runners busy when each
 // was taken, and between consecutive samples the mean run time and the cold starts.
@@ -28,7 +30,7 @@ function chart(name, values, format) {
   const top = Math.max(0, ...values) || 1;
   const el = svg("svg", { viewBox: `0 0 ${CW} ${CH}`, preserveAspectRatio: "none", class: `chart ${name}`, "data-chart": name, "data-points": n });
   const title = svg("title");
-  title.textContent = n ? `${n} points, one per 10 s; highest ${format(Math.max(0, ...values))}` : "the first point comes with the next sample";
+  title.textContent = n ? `${n} points, one per ${period()}; highest ${format(Math.max(0, ...values))}` : "the first point comes with the next sample";
   el.append(title);
   if (!n) {
     el.append(svg("line", { x1: 0, y1: CH - 2, x2: CW, y2: CH - 2, class: "baseline" }));
@@ -117,14 +119,15 @@ export function fleetPage(main, signal) {
   const operator = h("div", {}, h("h2", {}, "Pools"), pools, h("h2", {}, "Workers"), workers);
   const live = h("span", { class: "pill" }, "connecting…");
   main.append(h("div", { class: "row" }, h("h1", {}, "Fleet"), h("span", { class: "spacer" }), live),
-    h("p", { class: "sub" }, "Live workers, GPU slots, runners and queues; the charts cover the last hour, a point every 10 s."),
+    h("p", { class: "sub" }, "Live workers, GPU slots, runners and queues; the charts cover the last hour."),
     stats, operator, h("h2", {}, "Runners"), runners);
   let samples = [];
   const show = (doc) => {
     live.replaceChildren("● live");
     live.className = "pill ok";
-    if (doc.history) samples = doc.history.slice(-KEPT);
-    if (doc.sample) samples = [...samples, doc.sample].slice(-KEPT);
+    if (doc.every_s) every = doc.every_s;
+    if (doc.history) samples = doc.history.slice(-kept());
+    if (doc.sample) samples = [...samples, doc.sample].slice(-kept());
     const series = periods(samples);
     const since = samples.length ? Math.max(0, doc.at - samples[0].at) : null;
     const count = (s) => doc.runners.filter((r) => r.state === s).length;
