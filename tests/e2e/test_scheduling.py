@@ -197,7 +197,8 @@ def test_capped_tenant_waits_without_blocking_others(two_workers: Any) -> None:
 
 def test_full_free_queue_sheds_with_429_and_retry_after(two_workers: Any) -> None:
     p, keys = two_workers
-    blockers = [_submit(p, keys["ops"], 2.0, f"b{i}") for i in range(2)]
+    # the blockers hold both slots until the free queue has been tried, on a loaded machine too
+    blockers = [_submit(p, keys["ops"], 6.0, f"b{i}") for i in range(2)]
     time.sleep(0.3)
     accepted = [_submit(p, keys["free1"], 0.01, f"f{i}") for i in range(3)]
     with p.http(key=keys["free2"]) as http:
