@@ -105,7 +105,7 @@ def test_each_request_gets_the_batch_logs(client: Any) -> None:
 
 
 def test_cancelling_one_request_of_a_running_batch(client: Any) -> None:
-    handles = [client.submit(APP, {"value": v, "sleep": 2.0}) for v in (1, 2, 3)]
+    handles = [client.submit(APP, {"value": v, "sleep": 4.0}) for v in (1, 2, 3)]
     deadline = time.monotonic() + 30
     while client.status(APP, handles[1].request_id)["status"] != "IN_PROGRESS":
         assert time.monotonic() < deadline
@@ -115,7 +115,7 @@ def test_cancelling_one_request_of_a_running_batch(client: Any) -> None:
     client.cancel(APP, handles[1].request_id)
     cancelled = _outcome(client, handles[1])
     assert cancelled["error_type"] == "RequestCancelledError"
-    assert time.monotonic() - started < 1.5  # completed at once, not when the batch ended
+    assert time.monotonic() - started < 2.5  # completed at once, not when the batch ended
     others = [_outcome(client, h) for h in (handles[0], handles[2])]
     assert [o["ok"]["doubled"] for o in others] == [2, 6]
     assert others[0]["ok"]["batch_size"] == 3
@@ -131,7 +131,7 @@ def test_the_next_batch_is_leased_while_a_full_batch_runs(client: Any) -> None:
     """A full batch running makes the batcher lease the next one as it queues (prefill): those
     requests are taken (IN_PROGRESS) before the running batch ends, run together right after
     it, and one of them cancelled while it waits completes at once, the others unharmed."""
-    running = [client.submit(APP, {"value": v, "sleep": 2.5}) for v in range(4)]
+    running = [client.submit(APP, {"value": v, "sleep": 4.0}) for v in range(4)]
     deadline = time.monotonic() + 30
     while any(client.status(APP, h.request_id)["status"] != "IN_PROGRESS" for h in running):
         assert time.monotonic() < deadline
@@ -144,7 +144,7 @@ def test_the_next_batch_is_leased_while_a_full_batch_runs(client: Any) -> None:
     started = time.monotonic()
     client.cancel(APP, ahead[0].request_id)
     assert _outcome(client, ahead[0])["error_type"] == "RequestCancelledError"
-    assert time.monotonic() - started < 1.0  # not when the running batch ended
+    assert time.monotonic() - started < 1.5  # not when the running batch ended
     first = [_outcome(client, h)["ok"] for h in running]
     assert [r["batch_size"] for r in first] == [4] * 4
     rest = [_outcome(client, h)["ok"] for h in ahead[1:]]

@@ -75,12 +75,12 @@ def test_outputs_flow_from_node_to_node(flows: Platform) -> None:
 def test_independent_nodes_run_in_parallel(flows: Platform) -> None:
     _run(flows, "parallel", {"seconds": 0.1})  # warm runners
     started = time.monotonic()
-    r = _run(flows, "parallel", {"seconds": 1.5})
+    r = _run(flows, "parallel", {"seconds": 2.5})
     elapsed = time.monotonic() - started
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["join"] == "denioj" and out["left"] != out["right"]  # two runners at once
-    assert elapsed < 2.8, f"two 1.5 s nodes took {elapsed:.1f}s: not in parallel"
+    assert elapsed < 4.5, f"two 2.5 s nodes took {elapsed:.1f}s: not in parallel"
 
 
 def test_queue_status_carries_per_node_events(flows: Platform) -> None:

@@ -62,7 +62,7 @@ def on_s3(s3_proxy: FaultyProxy, tmp_path_factory: pytest.TempPathFactory) -> It
 
 def test_slow_s3(on_s3: Platform, s3_proxy: FaultyProxy) -> None:
     def slow() -> None:
-        s3_proxy.delay_s = 0.1
+        s3_proxy.delay_s = 0.05
 
     # each request waits on S3 several times, and the gateway's S3 calls share one thread pool
     # of a few threads: a few tens of requests/s get through, so this one streams until 300
@@ -72,7 +72,7 @@ def test_slow_s3(on_s3: Platform, s3_proxy: FaultyProxy) -> None:
     finally:
         s3_proxy.delay_s = 0.0
     tally = s.settle()
-    record("s3 slow (+0.1 s per request)", tally)
+    record("s3 slow (+0.05 s per request)", tally)
     assert tally.submitted >= 300, tally.figures()
     assert tally.completed == tally.submitted  # slower, never failing
 
