@@ -37,6 +37,23 @@ def on_each_registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
         yield stack.enter_context(serve_gateway(tmp_path, url))
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def refusing(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """One gateway per registry for the tests that only send what must be refused (nothing
+    they send is written, so they share it)."""
+    home = tmp_path_factory.mktemp("refusing")
+    with contextlib.ExitStack() as stack:
+        url = f"sqlite:///{home / 'registry.db'}"
+        if request.param == "postgresql":
+            try:
+                url = stack.enter_context(fresh_database("klieg_bodies"))
+            except psycopg.OperationalError as exc:
+                pytest.fail(f"PostgreSQL is required at {ADMIN_URL}: {exc}", pytrace=False)
+        yield stack.enter_context(serve_gateway(home, url))
+
+
 def _send(gw: Gateway, method: str, path: str, body: Any = None, key: str | None = None) -> Any:
     """``body`` as JSON (bytes as they are: Python's JSON, NaN and Infinity included)."""
     headers = {"Authorization": f"Key {key or gw.admin.key}"}
@@ -116,10 +133,8 @@ NUL_PATHS = [
 
 
 @pytest.mark.parametrize(("method", "path"), NUL_PATHS)
-def test_a_control_character_in_a_path_is_a_400(
-    on_each_registry: Gateway, method: str, path: str
-) -> None:
-    response = _send(on_each_registry, method, path, {"max_inflight": 1, "revision": "latest"})
+def test_a_control_character_in_a_path_is_a_400(refusing: Gateway, method: str, path: str) -> None:
+    response = _send(refusing, method, path, {"max_inflight": 1, "revision": "latest"})
     _refused(response, 400, "InvalidRequestError")
     assert "control characters" in response.json()["detail"]
 
