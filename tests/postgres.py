@@ -7,6 +7,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
@@ -27,3 +28,17 @@ def fresh_database(prefix: str = "klieg_test") -> Iterator[str]:
         with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
             drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
             admin.execute(drop.format(sql.Identifier(name)))
+
+
+def registry_url(kind: str, home: Path, stack: contextlib.ExitStack, prefix: str) -> str:
+    """An empty registry's URL for a test parametrised over both databases: ``sqlite``, a file
+    under ``home``; ``postgresql``, a fresh database (``prefix``), dropped when ``stack``
+    closes. The test fails, saying why, where PostgreSQL does not answer: it never skips."""
+    if kind == "sqlite":
+        return f"sqlite:///{home / 'registry.db'}"
+    try:
+        return stack.enter_context(fresh_database(prefix))
+    except psycopg.OperationalError as exc:
+        import pytest
+
+        pytest.fail(f"PostgreSQL is required at {ADMIN_URL}: {exc}", pytrace=False)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 
 from klieg_platform.broker.limits import MIN_RATE_PER_S
@@ -19,7 +18,7 @@ from klieg_platform.gateway.app import ROUTES, _openapi
 from klieg_platform.gateway.contract import contract_of
 from klieg_platform.registry import MAX_INFLIGHT
 from tests.klieg_platform.gateway.conftest import Gateway, serve_gateway
-from tests.postgres import ADMIN_URL, fresh_database
+from tests.postgres import registry_url
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,10 +29,7 @@ def on_each_registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
         yield request.getfixturevalue("gateway")
         return
     with contextlib.ExitStack() as stack:
-        try:
-            url = stack.enter_context(fresh_database("klieg_bodies"))
-        except psycopg.OperationalError as exc:
-            pytest.fail(f"PostgreSQL is required at {ADMIN_URL}: {exc}", pytrace=False)
+        url = registry_url(request.param, tmp_path, stack, "klieg_bodies")
         yield stack.enter_context(serve_gateway(tmp_path, url))
 
 
@@ -45,12 +41,7 @@ def refusing(
     they send is written, so they share it)."""
     home = tmp_path_factory.mktemp("refusing")
     with contextlib.ExitStack() as stack:
-        url = f"sqlite:///{home / 'registry.db'}"
-        if request.param == "postgresql":
-            try:
-                url = stack.enter_context(fresh_database("klieg_bodies"))
-            except psycopg.OperationalError as exc:
-                pytest.fail(f"PostgreSQL is required at {ADMIN_URL}: {exc}", pytrace=False)
+        url = registry_url(request.param, home, stack, "klieg_bodies")
         yield stack.enter_context(serve_gateway(home, url))
 
 

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -24,7 +23,7 @@ from klieg_platform.packager import Packager
 from klieg_platform.registry import Registry, Tenant
 from klieg_platform.services import open_broker, open_store
 from tests.conftest import MACHINE_REDIS_URL
-from tests.postgres import ADMIN_URL, fresh_database
+from tests.postgres import registry_url
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -47,12 +46,7 @@ def world(
 ) -> Iterator[World]:
     home = tmp_path_factory.mktemp("resolve")
     with contextlib.ExitStack() as stack:
-        url = f"sqlite:///{home / 'registry.db'}"
-        if request.param == "postgresql":
-            try:
-                url = stack.enter_context(fresh_database("klieg_resolve"))
-            except psycopg.OperationalError as exc:
-                pytest.fail(f"PostgreSQL is required at {ADMIN_URL}: {exc}", pytrace=False)
+        url = registry_url(request.param, home, stack, "klieg_resolve")
         config = Settings(home=Path(home), redis_url=MACHINE_REDIS_URL, database_url=url)
         registry = Registry(url)
         registry.create_all()
