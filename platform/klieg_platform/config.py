@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import configparser
 import contextlib
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -253,8 +254,8 @@ class Settings:
             docker_host=env.get("DOCKER_HOST") or None,
             instance=env.get("KLIEG_INSTANCE", ""),
             secrets_key=env.get("KLIEG_SECRETS_KEY") or _read_key(home / "secrets-key"),
-            fleet_sample_s=float(env.get("KLIEG_FLEET_SAMPLE_S", "10")),
-            dev_ttl_s=float(env.get("KLIEG_DEV_TTL_S", "30")),
+            fleet_sample_s=_period(env.get("KLIEG_FLEET_SAMPLE_S"), "KLIEG_FLEET_SAMPLE_S", 10.0),
+            dev_ttl_s=_period(env.get("KLIEG_DEV_TTL_S"), "KLIEG_DEV_TTL_S", 30.0),
         )
 
 
@@ -287,6 +288,19 @@ def _count(value: str | None, name: str, default: int) -> int:
     if not value.strip().isdigit():
         raise ValueError(f"{name} must be a whole number, 0 or more: {value!r}")
     return int(value)
+
+
+def _period(value: str | None, name: str, default: float) -> float:
+    """A positive number of seconds; ``default`` when unset."""
+    if value is None or not value.strip():
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{name} must be a positive number of seconds: {value!r}")
+    return seconds
 
 
 def _read_key(path: Path) -> str:

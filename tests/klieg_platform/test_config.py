@@ -1,5 +1,6 @@
 """Settings read from the environment: the history cap (``KLIEG_HISTORY_MAX``), the worker's
-memory budget (``KLIEG_WORKER_MEMORY_MB``)."""
+memory budget (``KLIEG_WORKER_MEMORY_MB``), the fleet sample period and the dev sessions' time to
+live."""
 
 from __future__ import annotations
 
@@ -46,3 +47,15 @@ def test_a_cgroup_limit_below_the_machines_memory_is_what_the_machine_has(tmp_pa
     (cgroup / "memory" / "memory.limit_in_bytes").write_text(f"{1 << 62}\n")  # v1: unlimited
     assert machine_memory_bytes(meminfo, cgroup) == 16384000 * 1024
     assert machine_memory_bytes(tmp_path / "none", tmp_path / "none") == 0
+
+
+def test_the_sample_period_and_the_dev_ttl_are_positive_seconds(tmp_path: Path) -> None:
+    home = {"KLIEG_HOME": str(tmp_path)}
+    defaults = Settings.from_env(home)
+    assert (defaults.fleet_sample_s, defaults.dev_ttl_s) == (10.0, 30.0)
+    set_ = Settings.from_env(home | {"KLIEG_FLEET_SAMPLE_S": "2.5", "KLIEG_DEV_TTL_S": "6"})
+    assert (set_.fleet_sample_s, set_.dev_ttl_s) == (2.5, 6.0)
+    for name in ("KLIEG_FLEET_SAMPLE_S", "KLIEG_DEV_TTL_S"):
+        for bad in ("0", "-1", "nan", "inf", "soon"):
+            with pytest.raises(ValueError, match=f"{name} must be a positive number of seconds"):
+                Settings.from_env(home | {name: bad})
