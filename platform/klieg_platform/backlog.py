@@ -53,15 +53,29 @@ class _LaneIndex:
 
 class _Flow:
     """The jobs of one tenant in one lane of one tier: its normal jobs FIFO (``jobs``), its low
-    ones FIFO (``low``), and the key of its one live entry in the lane's tenant order (None: it
-    has none). Its head, the job it offers, is ``jobs[0]``, else ``low[0]``."""
+    ones FIFO (``low``, made when the first low job comes: most flows never hold one), and the
+    key of its one live entry in the lane's tenant order (None: it has none). Its head, the job
+    it offers, is ``jobs[0]``, else ``low[0]``."""
 
-    __slots__ = ("jobs", "low", "pushed")
+    __slots__ = ("_low", "jobs", "pushed")
 
     def __init__(self) -> None:
         self.jobs: deque[Job] = deque()
-        self.low: deque[Job] = deque()
+        self._low: deque[Job] | None = None
         self.pushed: _Key | None = None
+
+    @property
+    def low(self) -> deque[Job]:
+        if self._low is None:
+            self._low = deque()
+        return self._low
+
+    def queue(self, low: bool) -> deque[Job]:
+        """Its normal jobs, or (``low``) its low ones."""
+        return self.low if low else self.jobs
+
+    def empty(self) -> bool:
+        return not self.jobs and not self._low
 
     def head(self) -> Job:
         """The first normal job, else the first low one (the flow holds a job)."""
@@ -183,7 +197,7 @@ class Backlog:
         flow = self._flows.get(flow_key)
         if flow is None:
             self._flows[flow_key] = flow = _Flow()
-        jobs = flow.low if job.low else flow.jobs
+        jobs = flow.queue(job.low)
         if jobs and self._key[jobs[-1].id] > key:  # a reservation coming back: keep FIFO
             items = sorted([*jobs, job], key=lambda j: self._key[j.id])
             jobs.clear()
@@ -225,14 +239,14 @@ class Backlog:
         self._stale(job.tier, lane)
         flow_key = (job.tier, lane, job.tenant)
         flow = self._flows[flow_key]
-        jobs = flow.low if job.low else flow.jobs
+        jobs = flow.queue(job.low)
         if jobs[0] is job:
             jobs.popleft()
         else:
             jobs.remove(job)
         at = (job.tier, lane)
         index = self._lanes[at]
-        if not flow.jobs and not flow.low:
+        if flow.empty():
             del self._flows[flow_key]
             lanes = self._tenant_lanes[job.tenant]
             lanes.discard(at)

@@ -38,6 +38,7 @@ arrival does not dilute it).
 
 from __future__ import annotations
 
+import gc
 import heapq
 import math
 from collections import deque
@@ -526,7 +527,23 @@ class _Replay:
         check: Callable[[_Replay, float], None] | None = None,
     ) -> RunStats:
         """Replay every arrival and completion, calling ``dispatch(now)`` after each instant
-        (and ``check(self, now)`` after it, when given)."""
+        (and ``check(self, now)`` after it, when given). The cyclic garbage collector is off
+        meanwhile: a replay makes millions of objects that reference counting frees (no cycles
+        are left to collect), and the collector's passes over them took a seventh of the time."""
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._run(dispatch, progress, check)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _run(
+        self,
+        dispatch: Callable[[float], None],
+        progress: Callable[[float], None] | None,
+        check: Callable[[_Replay, float], None] | None,
+    ) -> RunStats:
         reqs = self.trace.requests
         apps, backlog, running, tiers = self.apps, self.backlog, self.running, self.tiers
         fleet, scaling, arrived = self.fleet, self.fleet.scaling, self.arrived
