@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from klieg_platform.scheduler import (
     _NO_COUNTS,
@@ -37,18 +37,85 @@ Lane = tuple[str, int]
 """Jobs of one function key that take the same units."""
 _Key = int
 """A queued job's place in FIFO order: its arrival sequence in the backlog."""
+_NO_CAP = -1
+_UNKNOWN = -1
+
+
+class _Capped:
+    """A tenant or an app: its in-flight cap (``_NO_CAP``: none), its jobs in flight, and the
+    lanes it has jobs queued in (a tenant: those where it has a flow; an app: every lane of its
+    functions there has been, empty or not)."""
+
+    __slots__ = ("cap", "inflight", "lanes")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.inflight = 0
+        self.lanes: dict[_LaneIndex, None] = {}
+
+    def open(self) -> bool:
+        """Under its cap: it may start one more job."""
+        return self.cap == _NO_CAP or self.inflight < self.cap
+
+
+class _TierIndex:
+    """One tier's orders and what is cached of them: per lane size, the lanes by their oldest
+    eligible job (``heaps``); ``_top`` of each with nothing full (``tops``, per size);
+    ``_first`` with nothing full (``firsts``, per max units); the fewest units of its
+    candidates (``smallest``, ``_UNKNOWN`` until worked out). A cached value holds until
+    ``_stale`` drops it: when a job of the tier enters or leaves the index, or a tenant or app
+    with jobs there reaches its cap or falls under it."""
+
+    __slots__ = ("firsts", "heaps", "position", "queued", "smallest", "tier", "tops")
+
+    def __init__(self, tier: Tier, position: int) -> None:
+        self.tier = tier
+        self.position = position
+        """Its place in rank order."""
+        self.queued = 0
+        """Jobs queued in it, reserved ones included."""
+        self.heaps: dict[int, list[tuple[_Key, _LaneIndex]]] = {}
+        self.tops: dict[int, Job | None] = {}
+        self.firsts: dict[int, Job | None] = {}
+        self.smallest = _UNKNOWN
+
+
+class _FnIndex:
+    """The lanes of one function key in one tier, and (while ``known``) ``heads``: (units,
+    head) of those whose app is under cap and that have a head."""
+
+    __slots__ = ("heads", "known", "lanes")
+
+    def __init__(self) -> None:
+        self.lanes: list[_LaneIndex] = []
+        self.heads: list[tuple[int, Job]] = []
+        self.known = False
 
 
 class _LaneIndex:
-    """One lane of one tier: its tenants by their oldest job, how many jobs it holds, and the
-    key of its one live entry in the tier's order (None: it has none)."""
+    """One lane of one tier: its flows (tenant -> ``_Flow``), its tenants by their oldest job
+    (a heap of (key, tenant)), how many jobs it holds, the key of its one live entry in the
+    tier's order (None: it has none), and (while ``known``) its ``head``, ``_lane_head``.
+    A lane, once made, stays for the backlog's life, so an entry of the tier's order can hold
+    it itself (a key belongs to one job, of one lane: equal keys in a heap are of one lane)."""
 
-    __slots__ = ("jobs", "pushed", "tenants")
+    __slots__ = ("app", "flows", "fn", "fn_index", "head", "jobs", "known", "pushed", "tenants",
+                 "tier", "units")  # fmt: skip
 
-    def __init__(self) -> None:
+    def __init__(
+        self, tier: _TierIndex, fn: str, units: int, app: _Capped, fn_index: _FnIndex
+    ) -> None:
+        self.tier = tier
+        self.fn = fn
+        self.units = units
+        self.app = app
+        self.fn_index = fn_index
+        self.flows: dict[str, _Flow] = {}
         self.tenants: list[tuple[_Key, str]] = []
         self.jobs = 0
         self.pushed: _Key | None = None
+        self.head: Job | None = None
+        self.known = False
 
 
 class _Flow:
@@ -57,9 +124,10 @@ class _Flow:
     key of its one live entry in the lane's tenant order (None: it has none). Its head, the job
     it offers, is ``jobs[0]``, else ``low[0]``."""
 
-    __slots__ = ("_low", "jobs", "pushed")
+    __slots__ = ("_low", "jobs", "pushed", "tenant")
 
-    def __init__(self) -> None:
+    def __init__(self, tenant: _Capped) -> None:
+        self.tenant = tenant
         self.jobs: deque[Job] = deque()
         self._low: deque[Job] | None = None
         self.pushed: _Key | None = None
@@ -90,6 +158,10 @@ class Backlog:
     queue and counts it in flight; ``finish`` ends it. The picks answer what the reference
     functions of the same name answer for the same queues, counts and reservations, and
     ``pick_for_worker`` keeps the reservations itself (W0, W3).
+
+    The index is made of objects that refer to each other (a lane to its tier, app and flows, a
+    flow to its tenant), so that a pick follows references instead of looking tuples up in
+    dictionaries: compiled, that was most of a replay's time.
     """
 
     def __init__(
@@ -102,43 +174,27 @@ class Backlog:
         self.tiers = tuple(sorted(tiers, key=lambda t: t.rank))
         self._ranked = len({t.rank for t in self.tiers}) == len(self.tiers)
         """Every tier has a rank of its own: one candidate per tier, in tier order, is sorted."""
+        self._ordered = [_TierIndex(t, i) for i, t in enumerate(self.tiers)]
+        """Per tier in rank order, its index."""
         self._tier = {t.name: t for t in self.tiers}
+        self._indexes = {t.tier.name: t for t in self._ordered}
         self.tenant_caps = dict(tenant_caps)
         self.app_caps = dict(app_caps)
-        self.inflight_by_tenant: dict[str, int] = {}
-        self.inflight_by_app: dict[str, int] = {}
+        self._tenants: dict[str, _Capped] = {}
+        self._apps: dict[str, _Capped] = {}
         self.reserved: dict[str, Job] = {}
         """Worker -> the job it drains for (still queued, not a candidate)."""
         self._reserved_units: dict[int, dict[str, Job]] = {}
         """Units -> worker -> its reserved job, of those that take that many units."""
         self._holders: dict[str, str] = {}
         """Reserved job id -> the worker that holds it."""
-        self._queued = dict.fromkeys(self._tier, 0)
         self._total = 0
         self._seq = 0
         self._key: dict[str, _Key] = {}
-        self._flows: dict[tuple[str, Lane, str], _Flow] = {}
-        self._lanes: dict[tuple[str, Lane], _LaneIndex] = {}
-        self._heads: dict[str, dict[int, list[tuple[_Key, Lane]]]] = {n: {} for n in self._tier}
-        """Tier -> units -> its lanes of that many units, by their oldest eligible job."""
-        self._heads_of: dict[tuple[str, Lane], Job | None] = {}
-        """(tier, lane) -> ``_lane_head``, while it holds (dropped by ``_stale``)."""
-        self._tops: dict[tuple[str, int], Job | None] = {}
-        """(tier, units) -> ``_top`` of that order with nothing full, while it holds: dropped
-        (``_stale``) when a job of that tier and size enters or leaves the index, or a tenant or
-        app with jobs there reaches its cap or falls under it."""
-        self._firsts: dict[str, dict[int, Job | None]] = {n: {} for n in self._tier}
-        """Tier -> max units -> ``_first`` with nothing full, while every ``_tops`` entry of
-        the tier holds."""
-        self._smallest: dict[str, int] = {}
-        """Tier -> the fewest units of its candidates (0: none), while its ``_tops`` hold."""
-        self._fn_heads: dict[tuple[str, str], list[tuple[int, Job]]] = {}
-        """(tier, function key) -> (units, head) of its lanes whose app is under cap and that
-        have a head, while they hold (dropped by ``_stale``)."""
-        self._fn_lanes: dict[tuple[str, str], set[Lane]] = {}
-        self._tenant_lanes: dict[str, set[tuple[str, Lane]]] = {}
-        self._app_lanes: dict[str, set[tuple[str, Lane]]] = {}
-        self._lane_app: dict[Lane, str] = {}
+        self._lanes: dict[tuple[str, str, int], _LaneIndex] = {}
+        """(tier, function key, units) -> its lane."""
+        self._fns: dict[str, list[_FnIndex]] = {}
+        """Function key -> its lanes per tier, in rank order."""
 
     # -- counts ----------------------------------------------------------------------------------
 
@@ -148,55 +204,76 @@ class Backlog:
 
     def queued_in(self, tier: str) -> int:
         """Jobs queued in ``tier`` (for ``admit``)."""
-        return self._queued[tier]
+        return self._indexes[tier].queued
 
-    def _tenant_open(self, tenant: str) -> bool:
-        cap = self.tenant_caps.get(tenant)
-        return cap is None or self.inflight_by_tenant.get(tenant, 0) < cap
+    def _tenant(self, name: str) -> _Capped:
+        found = self._tenants.get(name)
+        if found is None:
+            found = self._tenants[name] = _Capped(self.tenant_caps.get(name, _NO_CAP))
+        return found
 
-    def _app_open(self, app: str) -> bool:
-        cap = self.app_caps.get(app)
-        return cap is None or self.inflight_by_app.get(app, 0) < cap
+    def _app(self, name: str) -> _Capped:
+        found = self._apps.get(name)
+        if found is None:
+            found = self._apps[name] = _Capped(self.app_caps.get(name, _NO_CAP))
+        return found
 
     def under_cap(self, job: Job) -> bool:
         """Whether ``job``'s tenant and app are both under their in-flight caps."""
-        return self._tenant_open(job.tenant) and self._app_open(job.app)
+        return self._tenant(job.tenant).open() and self._app(job.app).open()
 
     # -- changes ---------------------------------------------------------------------------------
 
     def add(self, job: Job) -> None:
         """Queue ``job``, FIFO: after every job added before it (as ``queues`` lists them)."""
-        tier = self._tier.get(job.tier)
+        tier = self._indexes.get(job.tier)
         if tier is None:
             raise ValueError(f"jobs queued in unknown tier {job.tier!r}")
         self._seq += 1
         key = self._seq
         self._key[job.id] = key
-        self._queued[job.tier] += 1
+        tier.queued += 1
         self._total += 1
         self._index(job, key)
 
-    def _stale(self, tier: str, lane: Lane) -> None:
-        """The head of ``lane`` in ``tier`` may have changed, and so the tier's candidate among
-        jobs of that size."""
-        self._heads_of.pop((tier, lane), None)
-        self._fn_heads.pop((tier, lane[0]), None)
-        self._tops.pop((tier, lane[1]), None)
-        self._firsts[tier].clear()
-        self._smallest.pop(tier, None)
+    def _stale(self, lane: _LaneIndex) -> None:
+        """The head of ``lane`` may have changed, and so its tier's candidate among jobs of
+        that size."""
+        lane.known = False
+        lane.fn_index.known = False
+        tier = lane.tier
+        tier.tops.pop(lane.units, None)
+        tier.firsts.clear()
+        tier.smallest = _UNKNOWN
 
-    def _stale_lanes(self, lanes: Iterable[tuple[str, Lane]]) -> None:
-        """A tenant or app with jobs in ``lanes`` reached its cap or fell under it."""
-        for tier, lane in lanes:
-            self._stale(tier, lane)
+    def _stale_lanes(self, who: _Capped) -> None:
+        """A tenant or app with jobs in its lanes reached its cap or fell under it."""
+        for lane in who.lanes:
+            self._stale(lane)
+
+    def _lane(self, job: Job) -> _LaneIndex:
+        """The lane of ``job`` (made the first time a job of its tier, function and size
+        comes)."""
+        at = (job.tier, job.function_key, job.units)
+        lane = self._lanes.get(at)
+        if lane is None:
+            tier = self._indexes[job.tier]
+            fns = self._fns.get(job.function_key)
+            if fns is None:
+                fns = self._fns[job.function_key] = [_FnIndex() for _ in self._ordered]
+            app = self._app(job.app)
+            fn_index = fns[tier.position]
+            lane = self._lanes[at] = _LaneIndex(tier, job.function_key, job.units, app, fn_index)
+            fn_index.lanes.append(lane)
+            app.lanes[lane] = None
+        return lane
 
     def _index(self, job: Job, key: _Key) -> None:
-        lane: Lane = (job.function_key, job.units)
-        self._stale(job.tier, lane)
-        flow_key = (job.tier, lane, job.tenant)
-        flow = self._flows.get(flow_key)
+        lane = self._lane(job)
+        self._stale(lane)
+        flow = lane.flows.get(job.tenant)
         if flow is None:
-            self._flows[flow_key] = flow = _Flow()
+            lane.flows[job.tenant] = flow = _Flow(self._tenant(job.tenant))
         jobs = flow.queue(job.low)
         if jobs and self._key[jobs[-1].id] > key:  # a reservation coming back: keep FIFO
             items = sorted([*jobs, job], key=lambda j: self._key[j.id])
@@ -204,70 +281,54 @@ class Backlog:
             jobs.extend(items)
         else:
             jobs.append(job)
-        at = (job.tier, lane)
-        index = self._lanes.get(at)
-        if index is None:
-            self._lanes[at] = index = _LaneIndex()
-            self._fn_lanes.setdefault((job.tier, job.function_key), set()).add(lane)
-            self._app_lanes.setdefault(job.app, set()).add(at)
-            self._lane_app[lane] = job.app
-        index.jobs += 1
+        lane.jobs += 1
         # ``job`` heads its flow: a new flow, a reservation coming back, or a normal job ahead
         # of low ones (the low head's older entries are refreshed when next looked at)
         if flow.head() is job:
-            self._tenant_lanes.setdefault(job.tenant, set()).add(at)
-            self._push_flow(index, flow, job.tenant, key)
-            self._push_lane(job.tier, lane, index, key)
+            flow.tenant.lanes[lane] = None
+            self._push_flow(lane, flow, job.tenant, key)
+            self._push_lane(lane, key)
 
-    def _push_flow(self, index: _LaneIndex, flow: _Flow, tenant: str, key: _Key) -> None:
+    def _push_flow(self, lane: _LaneIndex, flow: _Flow, tenant: str, key: _Key) -> None:
         """Make sure the lane's tenant order holds the flow at ``key`` or older."""
         if flow.pushed is None or key < flow.pushed:
-            heapq.heappush(index.tenants, (key, tenant))
+            heapq.heappush(lane.tenants, (key, tenant))
             flow.pushed = key
 
-    def _push_lane(self, tier: str, lane: Lane, index: _LaneIndex, key: _Key) -> None:
+    def _push_lane(self, lane: _LaneIndex, key: _Key) -> None:
         """Make sure the tier's order holds the lane at ``key`` or older."""
-        if index.pushed is None or key < index.pushed:
-            heapq.heappush(self._heads[tier].setdefault(lane[1], []), (key, lane))
-            index.pushed = key
+        if lane.pushed is None or key < lane.pushed:
+            heaps = lane.tier.heaps
+            heap = heaps.get(lane.units)
+            if heap is None:
+                heap = heaps[lane.units] = []
+            heapq.heappush(heap, (key, lane))
+            lane.pushed = key
 
     def _unindex(self, job: Job) -> None:
         """Take ``job``, the head of its flow, out of the index (the heap entries it leaves
         behind are dropped or refreshed when next looked at; a new head older than them, a low
         job behind the normal one taken, gets entries of its own)."""
-        lane: Lane = (job.function_key, job.units)
-        self._stale(job.tier, lane)
-        flow_key = (job.tier, lane, job.tenant)
-        flow = self._flows[flow_key]
+        lane = self._lanes[(job.tier, job.function_key, job.units)]
+        self._stale(lane)
+        flow = lane.flows[job.tenant]
         jobs = flow.queue(job.low)
         if jobs[0] is job:
             jobs.popleft()
         else:
             jobs.remove(job)
-        at = (job.tier, lane)
-        index = self._lanes[at]
         if flow.empty():
-            del self._flows[flow_key]
-            lanes = self._tenant_lanes[job.tenant]
-            lanes.discard(at)
-            if not lanes:
-                del self._tenant_lanes[job.tenant]
+            del lane.flows[job.tenant]
+            del flow.tenant.lanes[lane]
         elif flow.pushed is not None and not job.low:
             key = self._key[flow.head().id]
             if key < flow.pushed:
-                self._push_flow(index, flow, job.tenant, key)
-                self._push_lane(job.tier, lane, index, key)
-        index.jobs -= 1
-        if not index.jobs:
-            del self._lanes[at]
-            fns = self._fn_lanes[(job.tier, job.function_key)]
-            fns.discard(lane)
-            if not fns:
-                del self._fn_lanes[(job.tier, job.function_key)]
-            apps = self._app_lanes[job.app]
-            apps.discard(at)
-            if not apps:
-                del self._app_lanes[job.app]
+                self._push_flow(lane, flow, job.tenant, key)
+                self._push_lane(lane, key)
+        lane.jobs -= 1
+        if not lane.jobs:  # empty: its entries are dead
+            lane.pushed = None
+            lane.tenants.clear()
 
     def start(self, job: Job) -> str | None:
         """``job`` (returned by a pick) leaves the queue and runs: it counts in flight. Returns
@@ -279,45 +340,46 @@ class Backlog:
             del self.reserved[holder]
             self._count_reserved(holder, job, False)
         del self._key[job.id]
-        self._queued[job.tier] -= 1
+        self._indexes[job.tier].queued -= 1
         self._total -= 1
-        self.inflight_by_tenant[job.tenant] = self.inflight_by_tenant.get(job.tenant, 0) + 1
-        self.inflight_by_app[job.app] = self.inflight_by_app.get(job.app, 0) + 1
-        if not self._tenant_open(job.tenant):
-            self._stale_lanes(self._tenant_lanes.get(job.tenant, ()))
-        if not self._app_open(job.app):
-            self._stale_lanes(self._app_lanes.get(job.app, ()))
+        tenant, app = self._tenant(job.tenant), self._app(job.app)
+        tenant.inflight += 1
+        app.inflight += 1
+        if not tenant.open():
+            self._stale_lanes(tenant)
+        if not app.open():
+            self._stale_lanes(app)
         return holder
 
     def finish(self, job: Job) -> None:
         """``job`` stopped running: its tenant and app may fall under cap again."""
-        tenant_was = self._tenant_open(job.tenant)
-        app_was = self._app_open(job.app)
-        self.inflight_by_tenant[job.tenant] -= 1
-        self.inflight_by_app[job.app] -= 1
-        if not tenant_was and self._tenant_open(job.tenant):
-            self._stale_lanes(self._tenant_lanes.get(job.tenant, ()))
-            for tier, lane in self._tenant_lanes.get(job.tenant, ()):
-                flow = self._flows[(tier, lane, job.tenant)]
+        tenant, app = self._tenant(job.tenant), self._app(job.app)
+        tenant_was, app_was = tenant.open(), app.open()
+        tenant.inflight -= 1
+        app.inflight -= 1
+        if not tenant_was and tenant.open():
+            self._stale_lanes(tenant)
+            for lane in tenant.lanes:
+                flow = lane.flows[job.tenant]
                 key = self._key[flow.head().id]
-                index = self._lanes[(tier, lane)]
-                self._push_flow(index, flow, job.tenant, key)
-                self._push_lane(tier, lane, index, key)
-        if not app_was and self._app_open(job.app):
-            self._stale_lanes(self._app_lanes.get(job.app, ()))
-            for tier, lane in self._app_lanes.get(job.app, ()):
-                head = self._lane_head(tier, lane)
+                self._push_flow(lane, flow, job.tenant, key)
+                self._push_lane(lane, key)
+        if not app_was and app.open():
+            self._stale_lanes(app)
+            for lane in app.lanes:
+                head = self._lane_head(lane)
                 if head is not None:
-                    self._push_lane(tier, lane, self._lanes[(tier, lane)], self._key[head.id])
+                    self._push_lane(lane, self._key[head.id])
 
     def holds(self, job_id: str) -> bool:
         """Whether the job of ``job_id`` is queued here (reserved or not)."""
         return job_id in self._key
 
     def lane_depths(self) -> list[tuple[str, str, int, int]]:
-        """(tier, function key, units, jobs) of every lane of the index (reserved jobs have
-        left it), as the live lane index counts them."""
-        return [(tier, fn, units, index.jobs) for (tier, (fn, units)), index in self._lanes.items()]
+        """(tier, function key, units, jobs) of every lane of the index that holds jobs
+        (reserved jobs have left it), as the live lane index counts them."""
+        return [(lane.tier.tier.name, lane.fn, lane.units, lane.jobs)
+                for lane in self._lanes.values() if lane.jobs]  # fmt: skip
 
     def release(self, worker: str) -> None:
         """``worker`` no longer drains (it stops, say): the job it held reserved, if any, goes
@@ -357,24 +419,22 @@ class Backlog:
 
     # -- lookups ---------------------------------------------------------------------------------
 
-    def _lane_head(self, tier: str, lane: Lane) -> Job | None:
+    def _lane_head(self, lane: _LaneIndex) -> Job | None:
         """The oldest job of the lane whose tenant is under cap (cached until ``_stale``)."""
-        cached = self._heads_of
-        if (tier, lane) in cached:
-            return cached[(tier, lane)]
-        head = cached[(tier, lane)] = self._find_lane_head(tier, lane)
-        return head
+        if not lane.known:
+            lane.head = self._find_lane_head(lane)
+            lane.known = True
+        return lane.head
 
-    def _find_lane_head(self, tier: str, lane: Lane) -> Job | None:
+    def _find_lane_head(self, lane: _LaneIndex) -> Job | None:
         """``_lane_head``, worked out: a capped tenant's entry is dropped (``finish`` pushes it
         back), a stale one refreshed, a dead duplicate dropped."""
-        index = self._lanes.get((tier, lane))
-        if index is None:
+        if not lane.jobs:
             return None
-        heap, flows, keys = index.tenants, self._flows, self._key
+        heap, flows, keys = lane.tenants, lane.flows, self._key
         while heap:
             key, tenant = heap[0]
-            flow = flows.get((tier, lane, tenant))
+            flow = flows.get(tenant)
             if flow is None or flow.pushed != key:
                 heapq.heappop(heap)
                 continue
@@ -384,68 +444,68 @@ class Backlog:
             if head_key != key:
                 heapq.heapreplace(heap, (head_key, tenant))
                 flow.pushed = head_key
-            elif not self._tenant_open(tenant):
+            elif not flow.tenant.open():
                 heapq.heappop(heap)
                 flow.pushed = None
             else:
                 return head
         return None
 
-    def _first(self, tier: str, max_units: int, full: Collection[str]) -> Job | None:
+    def _first(self, tier: _TierIndex, max_units: int, full: Collection[str]) -> Job | None:
         """The oldest lane head of ``tier`` under cap that fits ``max_units`` and whose function
         is not in ``full``: the oldest of the heads of each lane size that fits."""
-        if not full:
-            firsts = self._firsts[tier]
-            if max_units in firsts:
-                return firsts[max_units]
+        firsts = tier.firsts
+        if not full and max_units in firsts:
+            return firsts[max_units]
         found: Job | None = None
         found_key = 0
-        for units, heap in self._heads[tier].items():
+        for units, heap in tier.heaps.items():
             if units > max_units or not heap:
                 continue
-            head = self._top(tier, heap, full) if full else self._top_of(tier, units, heap)
+            head = self._top(heap, full) if full else self._top_of(tier, units, heap)
             if head is not None and (found is None or self._key[head.id] < found_key):
                 found, found_key = head, self._key[head.id]
         if not full:
             firsts[max_units] = found
         return found
 
-    def _top_of(self, tier: str, units: int, heap: list[tuple[_Key, Lane]]) -> Job | None:
+    def _top_of(
+        self, tier: _TierIndex, units: int, heap: list[tuple[_Key, _LaneIndex]]
+    ) -> Job | None:
         """``_top`` of ``tier``'s order of ``units``-unit lanes (``heap``), with nothing full;
-        cached in ``_tops``."""
-        tops = self._tops
-        if (tier, units) in tops:
-            return tops[(tier, units)]
-        head = tops[(tier, units)] = self._top(tier, heap, ())
+        cached in the tier's ``tops``."""
+        tops = tier.tops
+        if units in tops:
+            return tops[units]
+        head = tops[units] = self._top(heap, ())
         return head
 
-    def _top(self, tier: str, heap: list[tuple[_Key, Lane]], full: Collection[str]) -> Job | None:
+    def _top(self, heap: list[tuple[_Key, _LaneIndex]], full: Collection[str]) -> Job | None:
         """The oldest lane head under cap in ``heap`` whose function is not in ``full``. Lanes
         skipped for ``full`` go back into the order afterwards."""
-        lanes, keys = self._lanes, self._key
-        skipped: list[tuple[_Key, Lane]] = []
+        keys = self._key
+        skipped: list[tuple[_Key, _LaneIndex]] = []
         found: Job | None = None
         while heap:
             key, lane = heap[0]
-            index = lanes.get((tier, lane))
-            if index is None or index.pushed != key:
+            if lane.pushed != key:
                 heapq.heappop(heap)
                 continue
-            if not self._app_open(self._lane_app[lane]):
+            if not lane.app.open():
                 heapq.heappop(heap)
-                index.pushed = None
+                lane.pushed = None
                 continue
-            head = self._lane_head(tier, lane)
+            head = self._lane_head(lane)
             if head is None:
                 heapq.heappop(heap)
-                index.pushed = None
+                lane.pushed = None
                 continue
             head_key = keys[head.id]
             if head_key != key:
                 heapq.heapreplace(heap, (head_key, lane))
-                index.pushed = head_key
+                lane.pushed = head_key
                 continue
-            if full and lane[0] in full:
+            if full and lane.fn in full:
                 skipped.append(heapq.heappop(heap))
                 continue
             found = head
@@ -458,20 +518,18 @@ class Backlog:
         """The fewest units a candidate (rule 2: queued, not reserved, under caps) takes; 0:
         there is none. Cached until the index or the caps change."""
         smallest = 0
-        cached = self._smallest
-        for tier in self._tier:
-            if tier in cached:
-                least = cached[tier]
-            else:
+        for tier in self._ordered:
+            least = tier.smallest
+            if least == _UNKNOWN:
                 least = 0
-                for units, heap in self._heads[tier].items():
+                for units, heap in tier.heaps.items():
                     if (
                         (not least or units < least)
                         and heap
                         and self._top_of(tier, units, heap) is not None
                     ):
                         least = units
-                cached[tier] = least
+                tier.smallest = least
             if least and (not smallest or least < smallest):
                 smallest = least
         return smallest
@@ -481,10 +539,10 @@ class Backlog:
     ) -> list[tuple[Tier, Job]]:
         """Rule 2: per tier its candidate, sorted by (rank, enqueued_at)."""
         found = []
-        for tier in self.tiers:
-            job = self._first(tier.name, max_units, full)
+        for tier in self._ordered:
+            job = self._first(tier, max_units, full)
             if job is not None:
-                found.append((tier, job))
+                found.append((tier.tier, job))
         if not self._ranked:  # else ``found`` is in rank order already
             found.sort(key=lambda c: (c[0].rank, c[1].enqueued_at))
         return found
@@ -493,36 +551,41 @@ class Backlog:
         self, here: Collection[str], max_units: int = ANY_UNITS, full: Collection[str] = ()
     ) -> list[tuple[Tier, Job]]:
         """W4's candidates: per tier the oldest job under cap whose function is in ``here``."""
-        found = []
-        keys, cached = self._key, self._fn_heads
-        for tier in self.tiers:
-            if not self._queued[tier.name]:
+        ordered, keys = self._ordered, self._key
+        best: list[Job | None] = [None] * len(ordered)
+        best_key = [0] * len(ordered)
+        for fn in here:
+            per_tier = self._fns.get(fn)
+            if per_tier is None or fn in full:
                 continue
-            best: Job | None = None
-            best_key = 0
-            for fn in here:
-                heads = cached.get((tier.name, fn))
-                if heads is None:
-                    heads = cached[(tier.name, fn)] = self._heads_of_fn(tier.name, fn)
-                if not heads or fn in full:
+            for i, fn_index in enumerate(per_tier):
+                if not ordered[i].queued:
                     continue
-                for units, head in heads:
-                    if units <= max_units and (best is None or keys[head.id] < best_key):
-                        best, best_key = head, keys[head.id]
-            if best is not None:
-                found.append((tier, best))
+                for units, head in self._heads_of_fn(fn_index):
+                    if units <= max_units:
+                        key = keys[head.id]
+                        if best[i] is None or key < best_key[i]:
+                            best[i], best_key[i] = head, key
+        found = []
+        for i, job in enumerate(best):
+            if job is not None:
+                found.append((ordered[i].tier, job))
         if not self._ranked:  # else ``found`` is in rank order already
             found.sort(key=lambda c: (c[0].rank, c[1].enqueued_at))
         return found
 
-    def _heads_of_fn(self, tier: str, fn: str) -> list[tuple[int, Job]]:
-        """(units, head) of the lanes of ``fn`` in ``tier`` that have a head under cap."""
+    def _heads_of_fn(self, fn_index: _FnIndex) -> list[tuple[int, Job]]:
+        """(units, head) of the lanes of a function in a tier that have a head under cap
+        (cached until ``_stale``)."""
+        if fn_index.known:
+            return fn_index.heads
         heads = []
-        for lane in self._fn_lanes.get((tier, fn), ()):
-            if self._app_open(self._lane_app[lane]):
-                head = self._lane_head(tier, lane)
+        for lane in fn_index.lanes:
+            if lane.jobs and lane.app.open():
+                head = self._lane_head(lane)
                 if head is not None:
-                    heads.append((lane[1], head))
+                    heads.append((lane.units, head))
+        fn_index.heads, fn_index.known = heads, True
         return heads
 
     def pick(self, now: float) -> Job | None:
@@ -532,8 +595,8 @@ class Backlog:
 
     def pick_strict(self, now: float) -> Job | None:
         """``pick_strict`` over this backlog."""
-        for tier in self.tiers:
-            job = self._first(tier.name, ANY_UNITS, ())
+        for tier in self._ordered:
+            job = self._first(tier, ANY_UNITS, ())
             if job is not None:
                 return job
         return None

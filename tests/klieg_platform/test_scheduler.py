@@ -195,10 +195,13 @@ def test_capped_jobs_ahead_never_hide_a_candidate() -> None:
     }  # fmt: skip
     assert ids(pick(queues, 2e4, **counts)) == "ok"
     backlog = Backlog(tenant_caps=counts["tenant_caps"], app_caps=counts["app_caps"])
+    running = [job("r0", "free", 0.0, tenant="busy"),
+               *(job(f"r{k}", "free", 0.0, tenant="x", app="video") for k in (1, 2))]  # fmt: skip
+    for j in running:  # in flight: "busy" and "video" at their caps
+        backlog.add(j)
+        backlog.start(j)
     for j in queues["free"]:
         backlog.add(j)
-    backlog.inflight_by_tenant.update(counts["inflight_by_tenant"])
-    backlog.inflight_by_app.update(counts["inflight_by_app"])
     assert ids(backlog.pick(2e4)) == "ok"
 
 
