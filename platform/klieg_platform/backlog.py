@@ -39,6 +39,11 @@ _Key = int
 """A queued job's place in FIFO order: its arrival sequence in the backlog."""
 _NO_CAP = -1
 _UNKNOWN = -1
+_ID_BITS = 24
+"""The heaps of the index hold plain ints, ``key << _ID_BITS | id`` (a flow's tenant, or a
+lane): ordered by the key as (key, id) pairs would be, and several times cheaper to compare and
+to keep than tuples (the heap operations were a fifth of a replay's time)."""
+_ID_MASK = (1 << _ID_BITS) - 1
 
 
 class _Capped:
@@ -46,10 +51,12 @@ class _Capped:
     lanes it has jobs queued in (a tenant: those where it has a flow; an app: every lane of its
     functions there has been, empty or not)."""
 
-    __slots__ = ("cap", "inflight", "lanes")
+    __slots__ = ("cap", "id", "inflight", "lanes")
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, id: int = 0) -> None:
         self.cap = cap
+        self.id = id
+        """A tenant's number in the heaps of its lanes' tenant orders."""
         self.inflight = 0
         self.lanes: dict[_LaneIndex, None] = {}
 
@@ -74,7 +81,8 @@ class _TierIndex:
         """Its place in rank order."""
         self.queued = 0
         """Jobs queued in it, reserved ones included."""
-        self.heaps: dict[int, list[tuple[_Key, _LaneIndex]]] = {}
+        self.heaps: dict[int, list[int]] = {}
+        """Units -> the lanes of that size, as ``key << _ID_BITS | lane id`` entries."""
         self.tops: dict[int, Job | None] = {}
         self.firsts: dict[int, Job | None] = {}
         self.smallest = _UNKNOWN
@@ -93,25 +101,26 @@ class _FnIndex:
 
 
 class _LaneIndex:
-    """One lane of one tier: its flows (tenant -> ``_Flow``), its tenants by their oldest job
-    (a heap of (key, tenant)), how many jobs it holds, the key of its one live entry in the
-    tier's order (None: it has none), and (while ``known``) its ``head``, ``_lane_head``.
-    A lane, once made, stays for the backlog's life, so an entry of the tier's order can hold
-    it itself (a key belongs to one job, of one lane: equal keys in a heap are of one lane)."""
+    """One lane of one tier: its flows (tenant id -> ``_Flow``), its tenants by their oldest
+    job (a heap of ``key << _ID_BITS | tenant id``), how many jobs it holds, the key of its one
+    live entry in the tier's order (None: it has none), and (while ``known``) its ``head``,
+    ``_lane_head``. A lane, once made, stays for the backlog's life: ``id``, its place in
+    ``Backlog._lane_list``, names it in the tier's order."""
 
-    __slots__ = ("app", "flows", "fn", "fn_index", "head", "jobs", "known", "pushed", "tenants",
-                 "tier", "units")  # fmt: skip
+    __slots__ = ("app", "flows", "fn", "fn_index", "head", "id", "jobs", "known", "pushed",
+                 "tenants", "tier", "units")  # fmt: skip
 
     def __init__(
-        self, tier: _TierIndex, fn: str, units: int, app: _Capped, fn_index: _FnIndex
+        self, id: int, tier: _TierIndex, fn: str, units: int, app: _Capped, fn_index: _FnIndex
     ) -> None:
+        self.id = id
         self.tier = tier
         self.fn = fn
         self.units = units
         self.app = app
         self.fn_index = fn_index
-        self.flows: dict[str, _Flow] = {}
-        self.tenants: list[tuple[_Key, str]] = []
+        self.flows: dict[int, _Flow] = {}
+        self.tenants: list[int] = []
         self.jobs = 0
         self.pushed: _Key | None = None
         self.head: Job | None = None
@@ -193,6 +202,8 @@ class Backlog:
         self._key: dict[str, _Key] = {}
         self._lanes: dict[tuple[str, str, int], _LaneIndex] = {}
         """(tier, function key, units) -> its lane."""
+        self._lane_list: list[_LaneIndex] = []
+        """Lane id -> its lane."""
         self._fns: dict[str, list[_FnIndex]] = {}
         """Function key -> its lanes per tier, in rank order."""
 
@@ -209,7 +220,11 @@ class Backlog:
     def _tenant(self, name: str) -> _Capped:
         found = self._tenants.get(name)
         if found is None:
-            found = self._tenants[name] = _Capped(self.tenant_caps.get(name, _NO_CAP))
+            number = len(self._tenants)
+            if number > _ID_MASK:
+                raise ValueError(f"more than {_ID_MASK + 1} tenants in one backlog")
+            cap = self.tenant_caps.get(name, _NO_CAP)
+            found = self._tenants[name] = _Capped(cap, number)
         return found
 
     def _app(self, name: str) -> _Capped:
@@ -263,7 +278,12 @@ class Backlog:
                 fns = self._fns[job.function_key] = [_FnIndex() for _ in self._ordered]
             app = self._app(job.app)
             fn_index = fns[tier.position]
-            lane = self._lanes[at] = _LaneIndex(tier, job.function_key, job.units, app, fn_index)
+            number = len(self._lane_list)
+            if number > _ID_MASK:
+                raise ValueError(f"more than {_ID_MASK + 1} lanes in one backlog")
+            lane = _LaneIndex(number, tier, job.function_key, job.units, app, fn_index)
+            self._lanes[at] = lane
+            self._lane_list.append(lane)
             fn_index.lanes.append(lane)
             app.lanes[lane] = None
         return lane
@@ -271,9 +291,10 @@ class Backlog:
     def _index(self, job: Job, key: _Key) -> None:
         lane = self._lane(job)
         self._stale(lane)
-        flow = lane.flows.get(job.tenant)
+        tenant = self._tenant(job.tenant)
+        flow = lane.flows.get(tenant.id)
         if flow is None:
-            lane.flows[job.tenant] = flow = _Flow(self._tenant(job.tenant))
+            lane.flows[tenant.id] = flow = _Flow(tenant)
         jobs = flow.queue(job.low)
         if jobs and self._key[jobs[-1].id] > key:  # a reservation coming back: keep FIFO
             items = sorted([*jobs, job], key=lambda j: self._key[j.id])
@@ -285,14 +306,14 @@ class Backlog:
         # ``job`` heads its flow: a new flow, a reservation coming back, or a normal job ahead
         # of low ones (the low head's older entries are refreshed when next looked at)
         if flow.head() is job:
-            flow.tenant.lanes[lane] = None
-            self._push_flow(lane, flow, job.tenant, key)
+            tenant.lanes[lane] = None
+            self._push_flow(lane, flow, key)
             self._push_lane(lane, key)
 
-    def _push_flow(self, lane: _LaneIndex, flow: _Flow, tenant: str, key: _Key) -> None:
+    def _push_flow(self, lane: _LaneIndex, flow: _Flow, key: _Key) -> None:
         """Make sure the lane's tenant order holds the flow at ``key`` or older."""
         if flow.pushed is None or key < flow.pushed:
-            heapq.heappush(lane.tenants, (key, tenant))
+            heapq.heappush(lane.tenants, key << _ID_BITS | flow.tenant.id)
             flow.pushed = key
 
     def _push_lane(self, lane: _LaneIndex, key: _Key) -> None:
@@ -302,7 +323,7 @@ class Backlog:
             heap = heaps.get(lane.units)
             if heap is None:
                 heap = heaps[lane.units] = []
-            heapq.heappush(heap, (key, lane))
+            heapq.heappush(heap, key << _ID_BITS | lane.id)
             lane.pushed = key
 
     def _unindex(self, job: Job) -> None:
@@ -311,19 +332,20 @@ class Backlog:
         job behind the normal one taken, gets entries of its own)."""
         lane = self._lanes[(job.tier, job.function_key, job.units)]
         self._stale(lane)
-        flow = lane.flows[job.tenant]
+        tenant = self._tenant(job.tenant)
+        flow = lane.flows[tenant.id]
         jobs = flow.queue(job.low)
         if jobs[0] is job:
             jobs.popleft()
         else:
             jobs.remove(job)
         if flow.empty():
-            del lane.flows[job.tenant]
-            del flow.tenant.lanes[lane]
+            del lane.flows[tenant.id]
+            del tenant.lanes[lane]
         elif flow.pushed is not None and not job.low:
             key = self._key[flow.head().id]
             if key < flow.pushed:
-                self._push_flow(lane, flow, job.tenant, key)
+                self._push_flow(lane, flow, key)
                 self._push_lane(lane, key)
         lane.jobs -= 1
         if not lane.jobs:  # empty: its entries are dead
@@ -360,9 +382,9 @@ class Backlog:
         if not tenant_was and tenant.open():
             self._stale_lanes(tenant)
             for lane in tenant.lanes:
-                flow = lane.flows[job.tenant]
+                flow = lane.flows[tenant.id]
                 key = self._key[flow.head().id]
-                self._push_flow(lane, flow, job.tenant, key)
+                self._push_flow(lane, flow, key)
                 self._push_lane(lane, key)
         if not app_was and app.open():
             self._stale_lanes(app)
@@ -433,7 +455,8 @@ class Backlog:
             return None
         heap, flows, keys = lane.tenants, lane.flows, self._key
         while heap:
-            key, tenant = heap[0]
+            entry = heap[0]
+            key, tenant = entry >> _ID_BITS, entry & _ID_MASK
             flow = flows.get(tenant)
             if flow is None or flow.pushed != key:
                 heapq.heappop(heap)
@@ -442,7 +465,7 @@ class Backlog:
             head = jobs[0] if jobs else flow.low[0]
             head_key = keys[head.id]
             if head_key != key:
-                heapq.heapreplace(heap, (head_key, tenant))
+                heapq.heapreplace(heap, head_key << _ID_BITS | tenant)
                 flow.pushed = head_key
             elif not flow.tenant.open():
                 heapq.heappop(heap)
@@ -469,9 +492,7 @@ class Backlog:
             firsts[max_units] = found
         return found
 
-    def _top_of(
-        self, tier: _TierIndex, units: int, heap: list[tuple[_Key, _LaneIndex]]
-    ) -> Job | None:
+    def _top_of(self, tier: _TierIndex, units: int, heap: list[int]) -> Job | None:
         """``_top`` of ``tier``'s order of ``units``-unit lanes (``heap``), with nothing full;
         cached in the tier's ``tops``."""
         tops = tier.tops
@@ -480,14 +501,16 @@ class Backlog:
         head = tops[units] = self._top(heap, ())
         return head
 
-    def _top(self, heap: list[tuple[_Key, _LaneIndex]], full: Collection[str]) -> Job | None:
+    def _top(self, heap: list[int], full: Collection[str]) -> Job | None:
         """The oldest lane head under cap in ``heap`` whose function is not in ``full``. Lanes
         skipped for ``full`` go back into the order afterwards."""
         keys = self._key
-        skipped: list[tuple[_Key, _LaneIndex]] = []
+        lanes = self._lane_list
+        skipped: list[int] = []
         found: Job | None = None
         while heap:
-            key, lane = heap[0]
+            entry = heap[0]
+            key, lane = entry >> _ID_BITS, lanes[entry & _ID_MASK]
             if lane.pushed != key:
                 heapq.heappop(heap)
                 continue
@@ -502,7 +525,7 @@ class Backlog:
                 continue
             head_key = keys[head.id]
             if head_key != key:
-                heapq.heapreplace(heap, (head_key, lane))
+                heapq.heapreplace(heap, head_key << _ID_BITS | lane.id)
                 lane.pushed = head_key
                 continue
             if full and lane.fn in full:

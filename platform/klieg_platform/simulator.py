@@ -500,9 +500,12 @@ class _Replay:
         self.waits: dict[str, list[float]] = {t.name: [] for t in self.tiers}
         self.shed = {t.name: 0 for t in self.tiers}
         self.cold_start_s = {a.name: a.cold_start_s for a in self.apps.values()}
-        self.running: list[tuple[float, int, _Runner, Job]] = []
+        self.ends: list[float] = []
+        """When running jobs end, a heap (of plain floats: cheaper to order than tuples)."""
+        self.ending: dict[float, list[tuple[_Runner, Job]]] = {}
+        """End time -> the runners and jobs that end then, in the order they started."""
         self.service = [r.service_s for r in trace.requests]
-        self.cold_starts = self.seq = 0
+        self.cold_starts = 0
         self.busy_gpu_s = self.cold_gpu_s = self.window_busy_gpu_s = 0.0
         reqs = trace.requests
         self.window = (reqs[0].t, reqs[-1].t) if reqs else (0.0, 0.0)
@@ -545,26 +548,26 @@ class _Replay:
         check: Callable[[_Replay, float], None] | None,
     ) -> RunStats:
         reqs = self.trace.requests
-        apps, backlog, running, tiers = self.apps, self.backlog, self.running, self.tiers
+        apps, backlog, ends, tiers = self.apps, self.backlog, self.ends, self.tiers
         fleet, scaling, arrived = self.fleet, self.fleet.scaling, self.arrived
         i = 0
         start = reqs[0].t if reqs else 0.0
         now = report_at = start
         tick = start if scaling is not None else math.inf
-        while i < len(reqs) or running or (scaling is not None and len(backlog)):
+        while i < len(reqs) or ends or (scaling is not None and len(backlog)):
             now = min(
                 reqs[i].t if i < len(reqs) else math.inf,
-                running[0][0] if running else math.inf,
+                ends[0] if ends else math.inf,
                 tick,
                 fleet.next_boot(),
             )
-            while running and running[0][0] <= now:
-                _, _, runner, done = heapq.heappop(running)
-                self.nodes.release(runner)
-                self.touched.add(runner.worker.id)
-                self.busy_gpus -= runner.gpus
-                backlog.finish(done)
-                fleet.released(runner.worker, now)
+            while ends and ends[0] <= now:
+                for runner, done in self.ending.pop(heapq.heappop(ends)):
+                    self.nodes.release(runner)
+                    self.touched.add(runner.worker.id)
+                    self.busy_gpus -= runner.gpus
+                    backlog.finish(done)
+                    fleet.released(runner.worker, now)
             fleet.boot(now)
             while i < len(reqs) and reqs[i].t <= now:
                 r = reqs[i]
@@ -651,8 +654,11 @@ class _Replay:
         overlap = min(end, hi) - max(begin, lo)
         if overlap > 0:
             self.window_busy_gpu_s += overlap * app.num_gpus
-        self.seq += 1
-        heapq.heappush(self.running, (end, self.seq, runner, job))
+        at = self.ending.get(end)
+        if at is None:
+            self.ending[end] = at = []
+            heapq.heappush(self.ends, end)
+        at.append((runner, job))
 
     def dispatch_global(self, strict: bool, now: float) -> None:
         """Pick (``Backlog.pick`` or ``pick_strict``) and place anywhere (``_Nodes.place``) until
