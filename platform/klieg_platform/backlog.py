@@ -107,8 +107,8 @@ class _LaneIndex:
     ``_lane_head``. A lane, once made, stays for the backlog's life: ``id``, its place in
     ``Backlog._lane_list``, names it in the tier's order."""
 
-    __slots__ = ("app", "flows", "fn", "fn_index", "head", "id", "jobs", "known", "pushed",
-                 "tenants", "tier", "units")  # fmt: skip
+    __slots__ = ("app", "flows", "fn", "fn_index", "head", "head_key", "id", "jobs", "known",
+                 "pushed", "tenants", "tier", "units")  # fmt: skip
 
     def __init__(
         self, id: int, tier: _TierIndex, fn: str, units: int, app: _Capped, fn_index: _FnIndex
@@ -124,6 +124,8 @@ class _LaneIndex:
         self.jobs = 0
         self.pushed: _Key | None = None
         self.head: Job | None = None
+        self.head_key: _Key = 0
+        """The key of ``head``, while it is one."""
         self.known = False
 
 
@@ -290,11 +292,16 @@ class Backlog:
 
     def _index(self, job: Job, key: _Key) -> None:
         lane = self._lane(job)
-        self._stale(lane)
         tenant = self._tenant(job.tenant)
         flow = lane.flows.get(tenant.id)
         if flow is None:
             lane.flows[tenant.id] = flow = _Flow(tenant)
+        elif not flow.empty() and not job.low and not flow.jobs:
+            self._stale(lane)  # it goes ahead of its flow's low jobs: the lane's head may change
+        if not (lane.known and lane.head is not None and key > lane.head_key):
+            # Else the lane keeps its head, and all worked out of it: the newest job comes last
+            # (most jobs: the key is the newest there is) behind an older head.
+            self._stale(lane)
         jobs = flow.queue(job.low)
         if jobs and self._key[jobs[-1].id] > key:  # a reservation coming back: keep FIFO
             items = sorted([*jobs, job], key=lambda j: self._key[j.id])
@@ -471,6 +478,7 @@ class Backlog:
                 heapq.heappop(heap)
                 flow.pushed = None
             else:
+                lane.head_key = head_key
                 return head
         return None
 
