@@ -254,19 +254,19 @@ class Backlog:
         self._index(job, key)
 
     def _stale(self, lane: _LaneIndex) -> None:
-        """The head of ``lane`` may have changed, and so its tier's candidate among jobs of
-        that size."""
+        """The head of ``lane`` may have changed, and so what is worked out of it."""
         lane.known = False
+        self._stale_orders(lane)
+
+    def _stale_orders(self, lane: _LaneIndex) -> None:
+        """What is worked out of ``lane``'s head may have changed (its tier's candidate among
+        jobs of that size, its function's heads): its head changed, or its app reached its cap
+        or fell under it."""
         lane.fn_index.known = False
         tier = lane.tier
         tier.tops.pop(lane.units, None)
         tier.firsts.clear()
         tier.smallest = _UNKNOWN
-
-    def _stale_lanes(self, who: _Capped) -> None:
-        """A tenant or app with jobs in its lanes reached its cap or fell under it."""
-        for lane in who.lanes:
-            self._stale(lane)
 
     def _lane(self, job: Job) -> _LaneIndex:
         """The lane of ``job`` (made the first time a job of its tier, function and size
@@ -372,12 +372,20 @@ class Backlog:
         self._indexes[job.tier].queued -= 1
         self._total -= 1
         tenant, app = self._tenant(job.tenant), self._app(job.app)
+        tenant_was, app_was = tenant.open(), app.open()
         tenant.inflight += 1
         app.inflight += 1
-        if not tenant.open():
-            self._stale_lanes(tenant)
-        if not app.open():
-            self._stale_lanes(app)
+        if tenant_was and not tenant.open():
+            # Its flows leave their lanes: a lane's head changes where one of them was it. (A
+            # lane whose head is not worked out: nothing worked out depends on it, and its head
+            # can only get younger.)
+            for lane in tenant.lanes:
+                head = lane.head
+                if lane.known and head is not None and head.tenant == job.tenant:
+                    self._stale(lane)
+        if app_was and not app.open():
+            for lane in app.lanes:  # its lanes leave the orders; their heads stay
+                self._stale_orders(lane)
         return holder
 
     def finish(self, job: Job) -> None:
@@ -387,18 +395,19 @@ class Backlog:
         tenant.inflight -= 1
         app.inflight -= 1
         if not tenant_was and tenant.open():
-            self._stale_lanes(tenant)
+            # Its flows come back: a lane's head changes where one is older than it.
             for lane in tenant.lanes:
                 flow = lane.flows[tenant.id]
                 key = self._key[flow.head().id]
+                if not (lane.known and lane.head is not None and key > lane.head_key):
+                    self._stale(lane)
                 self._push_flow(lane, flow, key)
                 self._push_lane(lane, key)
         if not app_was and app.open():
-            self._stale_lanes(app)
-            for lane in app.lanes:
-                head = self._lane_head(lane)
-                if head is not None:
-                    self._push_lane(lane, self._key[head.id])
+            for lane in app.lanes:  # its lanes come back into the orders, their heads as they were
+                self._stale_orders(lane)
+                if self._lane_head(lane) is not None:
+                    self._push_lane(lane, lane.head_key)
 
     def holds(self, job_id: str) -> bool:
         """Whether the job of ``job_id`` is queued here (reserved or not)."""
