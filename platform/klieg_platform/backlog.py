@@ -333,13 +333,12 @@ class Backlog:
             heapq.heappush(heap, key << _ID_BITS | lane.id)
             lane.pushed = key
 
-    def _unindex(self, job: Job) -> None:
-        """Take ``job``, the head of its flow, out of the index (the heap entries it leaves
-        behind are dropped or refreshed when next looked at; a new head older than them, a low
-        job behind the normal one taken, gets entries of its own)."""
+    def _unindex(self, job: Job, tenant: _Capped) -> None:
+        """Take ``job`` (of ``tenant``), the head of its flow, out of the index (the heap
+        entries it leaves behind are dropped or refreshed when next looked at; a new head older
+        than them, a low job behind the normal one taken, gets entries of its own)."""
         lane = self._lanes[(job.tier, job.function_key, job.units)]
         self._stale(lane)
-        tenant = self._tenant(job.tenant)
         flow = lane.flows[tenant.id]
         jobs = flow.queue(job.low)
         if jobs[0] is job:
@@ -362,16 +361,16 @@ class Backlog:
     def start(self, job: Job) -> str | None:
         """``job`` (returned by a pick) leaves the queue and runs: it counts in flight. Returns
         the worker that held it reserved, if one did."""
+        tenant, app = self._tenant(job.tenant), self._app(job.app)
         holder = self._holders.get(job.id)
         if holder is None:
-            self._unindex(job)
+            self._unindex(job, tenant)
         else:
             del self.reserved[holder]
             self._count_reserved(holder, job, False)
         del self._key[job.id]
         self._indexes[job.tier].queued -= 1
         self._total -= 1
-        tenant, app = self._tenant(job.tenant), self._app(job.app)
         tenant_was, app_was = tenant.open(), app.open()
         tenant.inflight += 1
         app.inflight += 1
@@ -445,7 +444,7 @@ class Backlog:
 
     def _reserve(self, worker: str, job: Job) -> None:
         self._release(worker)
-        self._unindex(job)
+        self._unindex(job, self._tenant(job.tenant))
         self.reserved[worker] = job
         self._count_reserved(worker, job, True)
 
