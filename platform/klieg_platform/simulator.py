@@ -515,7 +515,8 @@ class _Replay:
         self.service_sum: dict[str, list[float]] = {}
         """App -> [requests started, their service seconds] (the autoscaler's measured means)."""
         self.arrived: dict[str, deque[Job]] = {t.name: deque() for t in self.tiers}
-        """Tier -> its jobs in arrival order, the started ones dropped lazily from the front."""
+        """Tier -> its jobs in arrival order, the started ones dropped lazily from the front
+        (kept with ``Scaling`` only: what ``view`` reads)."""
         self.touched: set[int] = set()
         """The ids of the workers whose runners finished since the last dispatch."""
         self.floor = 1
@@ -574,7 +575,8 @@ class _Replay:
                 if admit(r.tier, backlog.queued_in(r.tier), tiers):
                     job = Job(str(i), r.tier, r.tenant, r.app, r.t, apps[r.app].num_gpus)
                     backlog.add(job)
-                    arrived[r.tier].append(job)
+                    if scaling is not None:
+                        arrived[r.tier].append(job)
                 else:
                     self.shed[r.tier] += 1
                 i += 1
