@@ -306,7 +306,10 @@ class _Nodes:
         w.idle_gpus += runner.gpus
         w.idle_apps[runner.app] = w.idle_apps.get(runner.app, 0) + 1
         self.idle_count[runner.app] = self.idle_count.get(runner.app, 0) + 1
-        self.idle_by_app.setdefault(runner.app, {})[runner.id] = runner
+        of_app = self.idle_by_app.get(runner.app)
+        if of_app is None:  # (not setdefault: its default would be made on every call)
+            of_app = self.idle_by_app[runner.app] = {}
+        of_app[runner.id] = runner
         self._rebucket(w, old_free, old_avail)
 
 
@@ -645,7 +648,9 @@ class _Replay:
         run_s = self.service[int(job.id)]
         self.busy_gpu_s += run_s * app.num_gpus
         self.busy_gpus += runner.gpus
-        measured = self.service_sum.setdefault(job.app, [0.0, 0.0])
+        measured = self.service_sum.get(job.app)
+        if measured is None:
+            measured = self.service_sum[job.app] = [0.0, 0.0]
         measured[0] += 1
         measured[1] += run_s
         cold_s = app.cold_start_s if cold else 0.0
