@@ -130,35 +130,81 @@ class _LaneIndex:
 
 
 class _Flow:
-    """The jobs of one tenant in one lane of one tier: its normal jobs FIFO (``jobs``), its low
-    ones FIFO (``low``, made when the first low job comes: most flows never hold one), and the
-    key of its one live entry in the lane's tenant order (None: it has none). Its head, the job
-    it offers, is ``jobs[0]``, else ``low[0]``."""
+    """The jobs of one tenant in one lane of one tier: its normal jobs FIFO (``jobs[first:]``:
+    taking the head moves ``first`` on, and the jobs taken are dropped from the list in bulk,
+    which costs less than a deque per flow), its low ones FIFO (``low``, made when the first low
+    job comes: most flows never hold one), and the key of its one live entry in the lane's
+    tenant order (None: it has none). Its head, the job it offers, is its first normal job, else
+    its first low one."""
 
-    __slots__ = ("_low", "jobs", "pushed", "tenant")
+    __slots__ = ("first", "jobs", "low", "pushed", "tenant")
 
     def __init__(self, tenant: _Capped) -> None:
         self.tenant = tenant
-        self.jobs: deque[Job] = deque()
-        self._low: deque[Job] | None = None
+        self.jobs: list[Job] = []
+        self.first = 0
+        self.low: deque[Job] | None = None
         self.pushed: _Key | None = None
 
-    @property
-    def low(self) -> deque[Job]:
-        if self._low is None:
-            self._low = deque()
-        return self._low
-
-    def queue(self, low: bool) -> deque[Job]:
-        """Its normal jobs, or (``low``) its low ones."""
-        return self.low if low else self.jobs
+    def has_normal(self) -> bool:
+        return self.first < len(self.jobs)
 
     def empty(self) -> bool:
-        return not self.jobs and not self._low
+        return self.first == len(self.jobs) and not self.low
 
     def head(self) -> Job:
         """The first normal job, else the first low one (the flow holds a job)."""
-        return self.jobs[0] if self.jobs else self.low[0]
+        if self.first < len(self.jobs):
+            return self.jobs[self.first]
+        low = self.low
+        assert low
+        return low[0]
+
+    def put(self, job: Job, key: _Key, keys: Mapping[str, _Key]) -> None:
+        """Queue ``job``, whose key is ``key`` (``keys``: every queued job's), FIFO: last, or at
+        its place (a reservation coming back)."""
+        if job.low:
+            low = self.low
+            if low is None:
+                low = self.low = deque()
+            if low and keys[low[-1].id] > key:
+                items = sorted([*low, job], key=lambda j: keys[j.id])
+                low.clear()
+                low.extend(items)
+            else:
+                low.append(job)
+            return
+        jobs = self.jobs
+        if self.first < len(jobs) and keys[jobs[-1].id] > key:
+            items = sorted([*jobs[self.first :], job], key=lambda j: keys[j.id])
+            jobs.clear()
+            jobs.extend(items)
+            self.first = 0
+        else:
+            jobs.append(job)
+
+    def take(self, job: Job) -> None:
+        """Take ``job`` (its queue's head, as a rule) out."""
+        if job.low:
+            low = self.low
+            assert low is not None
+            if low[0] is job:
+                low.popleft()
+            else:
+                low.remove(job)
+            return
+        jobs, first = self.jobs, self.first
+        if jobs[first] is job:
+            first += 1
+            if first == len(jobs):
+                jobs.clear()
+                first = 0
+            elif first >= 16 and first * 2 >= len(jobs):
+                del jobs[:first]
+                first = 0
+            self.first = first
+        else:
+            del jobs[jobs.index(job, first)]
 
 
 class Backlog:
@@ -296,19 +342,13 @@ class Backlog:
         flow = lane.flows.get(tenant.id)
         if flow is None:
             lane.flows[tenant.id] = flow = _Flow(tenant)
-        elif not flow.empty() and not job.low and not flow.jobs:
+        elif not flow.empty() and not job.low and not flow.has_normal():
             self._stale(lane)  # it goes ahead of its flow's low jobs: the lane's head may change
         if not (lane.known and lane.head is not None and key > lane.head_key):
             # Else the lane keeps its head, and all worked out of it: the newest job comes last
             # (most jobs: the key is the newest there is) behind an older head.
             self._stale(lane)
-        jobs = flow.queue(job.low)
-        if jobs and self._key[jobs[-1].id] > key:  # a reservation coming back: keep FIFO
-            items = sorted([*jobs, job], key=lambda j: self._key[j.id])
-            jobs.clear()
-            jobs.extend(items)
-        else:
-            jobs.append(job)
+        flow.put(job, key, self._key)
         lane.jobs += 1
         # ``job`` heads its flow: a new flow, a reservation coming back, or a normal job ahead
         # of low ones (the low head's older entries are refreshed when next looked at)
@@ -340,11 +380,7 @@ class Backlog:
         lane = self._lanes[(job.tier, job.function_key, job.units)]
         self._stale(lane)
         flow = lane.flows[tenant.id]
-        jobs = flow.queue(job.low)
-        if jobs[0] is job:
-            jobs.popleft()
-        else:
-            jobs.remove(job)
+        flow.take(job)
         if flow.empty():
             del lane.flows[tenant.id]
             del tenant.lanes[lane]
@@ -476,8 +512,7 @@ class Backlog:
             if flow is None or flow.pushed != key:
                 heapq.heappop(heap)
                 continue
-            jobs = flow.jobs
-            head = jobs[0] if jobs else flow.low[0]
+            head = flow.head()
             head_key = keys[head.id]
             if head_key != key:
                 heapq.heapreplace(heap, head_key << _ID_BITS | tenant)
