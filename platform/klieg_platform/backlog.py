@@ -33,8 +33,6 @@ from klieg_platform.scheduler import (
     _hinted_away,
 )
 
-Lane = tuple[str, int]
-"""Jobs of one function key that take the same units."""
 _Key = int
 """A queued job's place in FIFO order: its arrival sequence in the backlog."""
 _NO_CAP = -1
@@ -90,13 +88,13 @@ class _TierIndex:
 
 class _FnIndex:
     """The lanes of one function key in one tier, and (while ``known``) ``heads``: (units,
-    head) of those whose app is under cap and that have a head."""
+    key, head) of those whose app is under cap and that have a head."""
 
     __slots__ = ("heads", "known", "lanes")
 
     def __init__(self) -> None:
         self.lanes: list[_LaneIndex] = []
-        self.heads: list[tuple[int, Job]] = []
+        self.heads: list[tuple[int, _Key, Job]] = []
         self.known = False
 
 
@@ -127,6 +125,11 @@ class _LaneIndex:
         self.head_key: _Key = 0
         """The key of ``head``, while it is one."""
         self.known = False
+
+    def behind_head(self, key: _Key) -> bool:
+        """Whether a job of ``key`` comes behind the lane's known head (so it cannot change
+        it)."""
+        return self.known and self.head is not None and key > self.head_key
 
 
 class _Flow:
@@ -342,9 +345,10 @@ class Backlog:
         flow = lane.flows.get(tenant.id)
         if flow is None:
             lane.flows[tenant.id] = flow = _Flow(tenant)
-        elif not flow.empty() and not job.low and not flow.has_normal():
-            self._stale(lane)  # it goes ahead of its flow's low jobs: the lane's head may change
-        if not (lane.known and lane.head is not None and key > lane.head_key):
+            ahead_of_low = False
+        else:  # a normal job goes ahead of its flow's low ones: the lane's head may change
+            ahead_of_low = not job.low and not flow.empty() and not flow.has_normal()
+        if ahead_of_low or not lane.behind_head(key):
             # Else the lane keeps its head, and all worked out of it: the newest job comes last
             # (most jobs: the key is the newest there is) behind an older head.
             self._stale(lane)
@@ -434,7 +438,7 @@ class Backlog:
             for lane in tenant.lanes:
                 flow = lane.flows[tenant.id]
                 key = self._key[flow.head().id]
-                if not (lane.known and lane.head is not None and key > lane.head_key):
+                if not lane.behind_head(key):
                     self._stale(lane)
                 self._push_flow(lane, flow, key)
                 self._push_lane(lane, key)
@@ -537,8 +541,10 @@ class Backlog:
             if units > max_units or not heap:
                 continue
             head = self._top(heap, full) if full else self._top_of(tier, units, heap)
-            if head is not None and (found is None or self._key[head.id] < found_key):
-                found, found_key = head, self._key[head.id]
+            if head is not None:
+                key = self._key[head.id]
+                if found is None or key < found_key:
+                    found, found_key = head, key
         if not full:
             firsts[max_units] = found
         return found
@@ -555,7 +561,6 @@ class Backlog:
     def _top(self, heap: list[int], full: Collection[str]) -> Job | None:
         """The oldest lane head under cap in ``heap`` whose function is not in ``full``. Lanes
         skipped for ``full`` go back into the order afterwards."""
-        keys = self._key
         lanes = self._lane_list
         skipped: list[int] = []
         found: Job | None = None
@@ -574,7 +579,7 @@ class Backlog:
                 heapq.heappop(heap)
                 lane.pushed = None
                 continue
-            head_key = keys[head.id]
+            head_key = lane.head_key
             if head_key != key:
                 heapq.heapreplace(heap, head_key << _ID_BITS | lane.id)
                 lane.pushed = head_key
@@ -625,7 +630,7 @@ class Backlog:
         self, here: Collection[str], max_units: int = ANY_UNITS, full: Collection[str] = ()
     ) -> list[tuple[Tier, Job]]:
         """W4's candidates: per tier the oldest job under cap whose function is in ``here``."""
-        ordered, keys = self._ordered, self._key
+        ordered = self._ordered
         best: list[Job | None] = [None] * len(ordered)
         best_key = [0] * len(ordered)
         for fn in here:
@@ -635,11 +640,9 @@ class Backlog:
             for i, fn_index in enumerate(per_tier):
                 if not ordered[i].queued:
                     continue
-                for units, head in self._heads_of_fn(fn_index):
-                    if units <= max_units:
-                        key = keys[head.id]
-                        if best[i] is None or key < best_key[i]:
-                            best[i], best_key[i] = head, key
+                for units, key, head in self._heads_of_fn(fn_index):
+                    if units <= max_units and (best[i] is None or key < best_key[i]):
+                        best[i], best_key[i] = head, key
         found = []
         for i, job in enumerate(best):
             if job is not None:
@@ -648,8 +651,8 @@ class Backlog:
             found.sort(key=lambda c: (c[0].rank, c[1].enqueued_at))
         return found
 
-    def _heads_of_fn(self, fn_index: _FnIndex) -> list[tuple[int, Job]]:
-        """(units, head) of the lanes of a function in a tier that have a head under cap
+    def _heads_of_fn(self, fn_index: _FnIndex) -> list[tuple[int, _Key, Job]]:
+        """(units, key, head) of the lanes of a function in a tier that have a head under cap
         (cached until ``_stale``)."""
         if fn_index.known:
             return fn_index.heads
@@ -658,7 +661,7 @@ class Backlog:
             if lane.jobs and lane.app.open():
                 head = self._lane_head(lane)
                 if head is not None:
-                    heads.append((lane.units, head))
+                    heads.append((lane.units, lane.head_key, head))
         fn_index.heads, fn_index.known = heads, True
         return heads
 
