@@ -41,7 +41,7 @@ folds them into the counts (``FOLD_METRICS`` folds them before every read)."""
 
 def in_db(source: str, db: int) -> str:
     """``source`` publishing on database ``db``'s channels (``keys.channel``)."""
-    for name in (keys.DONE_CHANNEL, keys.CANCEL_CHANNEL):
+    for name in keys.FIXED_CHANNELS:
         source = source.replace(f"'{name}'", f"'{keys.channel(name, db)}'")
     return source
 
