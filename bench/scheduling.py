@@ -7,7 +7,8 @@
 Replays one trace three times through ``klieg_platform.simulator`` (the same cluster: workers,
 warm runners, cold starts, tenant and app caps, the same indexed ``backlog.Backlog``) and prints
 one JSON line on stdout: per-tier wait percentiles and SLO attainment of each run, cold starts,
-GPU use and wall time, the trace summary and the targets. Progress on stderr. The runs:
+GPU use (and the share of GPU time spent in cold starts, in all and per app archetype) and wall
+time, the trace summary and the targets. Progress on stderr. The runs:
 
 - ``policy``: what the live broker does. Each worker asks ``Backlog.pick_for_worker`` (the
   SLO-normalised pick plus reservations, warm affinity and backfill,
@@ -329,6 +330,18 @@ def dispatchable_share(trace: Trace) -> float:
     return served_total / (gpus * span)
 
 
+def cold_share_by_kind(stats: RunStats) -> dict[str, float]:
+    """``cold_start_gpu_share`` split by app archetype (APP_MIX; an app ``video-3`` is a
+    ``video`` app): which kinds of app the GPU time spent in cold starts went to."""
+    total = sum(stats.cold_start_gpu_s.values())
+    kinds: dict[str, float] = {}
+    for app, gpu_s in stats.cold_start_gpu_s.items():
+        kind = app.split("-", 1)[0]
+        kinds[kind] = kinds.get(kind, 0.0) + gpu_s
+    share = stats.cold_start_gpu_share
+    return {kind: round(share * gpu_s / total, 4) for kind, gpu_s in sorted(kinds.items())}
+
+
 def measure(
     trace: Trace, scenario: str, seed: int | None, autoscaling: Autoscaling | None = None
 ) -> dict[str, Any]:
@@ -397,7 +410,11 @@ def measure(
         }
     return {
         **{
-            name: {**stats.as_dict(), "wall_s": round(wall, 2)}
+            name: {
+                **stats.as_dict(),
+                "cold_start_gpu_share_by_kind": cold_share_by_kind(stats),
+                "wall_s": round(wall, 2),
+            }
             for name, (stats, wall) in runs.items()
         },
         "trace": {
@@ -457,6 +474,7 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         "cold_starts": policy["cold_starts"],
         "baseline_cold_starts": baseline["cold_starts"],
         "cold_start_gpu_share": policy["cold_start_gpu_share"],
+        "cold_start_gpu_share_by_kind": policy["cold_start_gpu_share_by_kind"],
         "p50_wait_free_s": policy["tiers"]["free"]["p50_wait_s"],
         "wall_s": {
             name: result[name]["wall_s"]

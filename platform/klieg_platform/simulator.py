@@ -43,7 +43,7 @@ import heapq
 import math
 from collections import deque
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from klieg_platform.backlog import Backlog
@@ -337,6 +337,9 @@ class RunStats:
     """GPU-hours of the workers there were (up, booting or retiring) over the makespan."""
     workers_mean: float = 0.0
     workers_peak: int = 0
+    cold_start_gpu_s: Mapping[str, float] = field(default_factory=dict)
+    """App -> the GPU-seconds its cold starts took (they sum to ``cold_start_gpu_share``'s
+    numerator): which apps the cold starts went to."""
 
     def as_dict(self) -> dict[str, Any]:
         tiers = {
@@ -510,6 +513,7 @@ class _Replay:
         self.service = [r.service_s for r in trace.requests]
         self.cold_starts = 0
         self.busy_gpu_s = self.cold_gpu_s = self.window_busy_gpu_s = 0.0
+        self.cold_gpu_s_by_app: dict[str, float] = {}
         reqs = trace.requests
         self.window = (reqs[0].t, reqs[-1].t) if reqs else (0.0, 0.0)
         self.fleet = _Fleet(self.nodes, scaling, self.window[0])
@@ -611,6 +615,7 @@ class _Replay:
             gpu_hours=gpu_s / 3600.0,
             workers_mean=fleet.worker_s / makespan,
             workers_peak=fleet.peak,
+            cold_start_gpu_s=dict(self.cold_gpu_s_by_app),
         )
 
     def view(self, now: float) -> FleetView:
@@ -653,9 +658,13 @@ class _Replay:
             measured = self.service_sum[job.app] = [0.0, 0.0]
         measured[0] += 1
         measured[1] += run_s
-        cold_s = app.cold_start_s if cold else 0.0
-        self.cold_starts += cold
-        self.cold_gpu_s += cold_s * app.num_gpus
+        cold_s = 0.0
+        if cold:
+            cold_s = app.cold_start_s
+            self.cold_starts += 1
+            self.cold_gpu_s += cold_s * app.num_gpus
+            by_app = self.cold_gpu_s_by_app
+            by_app[job.app] = by_app.get(job.app, 0.0) + cold_s * app.num_gpus
         begin, end = now + cold_s, now + cold_s + run_s
         lo, hi = self.window
         overlap = min(end, hi) - max(begin, lo)

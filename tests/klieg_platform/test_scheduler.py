@@ -454,6 +454,8 @@ def test_simulator_waits_for_warm_runners_and_counts_cold_starts() -> None:
     assert stats.cold_starts == 2
     assert stats.makespan_s == pytest.approx(25.0)
     assert stats.gpu_utilisation == pytest.approx(30.0 / (2 * 25.0))
+    assert stats.cold_start_gpu_s == {"gen": 10.0}  # two cold starts of 5 s on one GPU each
+    assert stats.cold_start_gpu_share == pytest.approx(10.0 / (2 * 25.0))
 
 
 def per_worker(trace: Trace) -> RunStats:
@@ -631,6 +633,11 @@ def test_bench_prints_one_json_line(capsys: pytest.CaptureFixture[str], tmp_path
     assert set(result) >= {"policy", "policy_no_affinity", "baseline", "trace", "targets"}
     assert result["trace"]["gpus"] == 32
     assert set(result["targets"]) >= {"below_capacity_attainment_min", "overload_worst_over_best"}
+    # the GPU time in cold starts, split by the archetype of the apps that paid it
+    for run in ("policy", "baseline"):
+        kinds = result[run]["cold_start_gpu_share_by_kind"]
+        assert set(kinds) <= set(module.APP_MIX) and kinds
+        assert sum(kinds.values()) == pytest.approx(result[run]["cold_start_gpu_share"], abs=5e-4)
     assert module.main(["--trace", str(saved)]) == 0
     replayed = json.loads(capsys.readouterr().out)
     assert replayed["policy"] == {**result["policy"], "wall_s": replayed["policy"]["wall_s"]}
