@@ -6,7 +6,13 @@ the functions a worker skips, not by the queue (``scheduler``'s module docstring
 per tier, the *lanes* (jobs of one function and size) ordered by their oldest eligible job; per
 lane, the tenants ordered by their oldest job; per tenant and lane, a FIFO (a *flow*, its normal
 jobs before its low-priority ones). A tenant at its cap leaves its lanes' tenant orders, an app
-at its cap leaves the tier orders, and both come back when they fall under cap. The simulator
+at its cap leaves the tier orders, and both come back when they fall under cap. A lane left to
+its app's busy runners (W2b: the app's counts, its ``set_timing`` and ``set_idle``, and its
+head's age say so) leaves its tier's order when a walk meets it, and comes back when its head
+is no longer young or anything it depends on changes: so ``pick_for_worker`` never looks at it,
+and no pick costs more for it. W2b is a rule of ``pick_for_worker``: a backlog given timings
+leaves those lanes out of ``pick`` and ``pick_strict`` too (the simulator gives them only to
+per-worker replays). The simulator
 replays traces through it, and property tests hold it equal to the reference and to the Lua of
 the live broker.
 """
@@ -31,6 +37,7 @@ from klieg_platform.scheduler import (
     _for_worker,
     _held,
     _hinted_away,
+    busy_runners_first,
 )
 
 _Key = int
@@ -47,9 +54,12 @@ _ID_MASK = (1 << _ID_BITS) - 1
 class _Capped:
     """A tenant or an app: its in-flight cap (``_NO_CAP``: none), its jobs in flight, and the
     lanes it has jobs queued in (a tenant: those where it has a flow; an app: every lane of its
-    functions there has been, empty or not)."""
+    functions there has been, empty or not). An app also keeps what W2b weighs: its jobs in
+    the index (``queued``: reserved ones have left it), its cold start and mean service time
+    (``Backlog.set_timing``; no service time: never W2b) and whether its busy runners reach
+    all its queued jobs within a cold start (``waits``)."""
 
-    __slots__ = ("cap", "id", "inflight", "lanes")
+    __slots__ = ("cap", "cold", "id", "inflight", "lanes", "queued", "service", "waits")
 
     def __init__(self, cap: int, id: int = 0) -> None:
         self.cap = cap
@@ -57,6 +67,10 @@ class _Capped:
         """A tenant's number in the heaps of its lanes' tenant orders."""
         self.inflight = 0
         self.lanes: dict[_LaneIndex, None] = {}
+        self.queued = 0
+        self.cold = 0.0
+        self.service = 0.0
+        self.waits = False
 
     def open(self) -> bool:
         """Under its cap: it may start one more job."""
@@ -105,8 +119,8 @@ class _LaneIndex:
     ``_lane_head``. A lane, once made, stays for the backlog's life: ``id``, its place in
     ``Backlog._lane_list``, names it in the tier's order."""
 
-    __slots__ = ("app", "flows", "fn", "fn_index", "head", "head_key", "id", "jobs", "known",
-                 "pushed", "tenants", "tier", "units")  # fmt: skip
+    __slots__ = ("app", "deferred", "flows", "fn", "fn_index", "head", "head_key", "id", "jobs",
+                 "known", "pushed", "tenants", "tier", "units")  # fmt: skip
 
     def __init__(
         self, id: int, tier: _TierIndex, fn: str, units: int, app: _Capped, fn_index: _FnIndex
@@ -125,6 +139,9 @@ class _LaneIndex:
         self.head_key: _Key = 0
         """The key of ``head``, while it is one."""
         self.known = False
+        self.deferred = False
+        """Left to its app's busy runners (W2b): out of its tier's order until that may have
+        changed (``Backlog._undefer``)."""
 
     def behind_head(self, key: _Key) -> bool:
         """Whether a job of ``key`` comes behind the lane's known head (so it cannot change
@@ -257,6 +274,14 @@ class Backlog:
         """Lane id -> its lane."""
         self._fns: dict[str, list[_FnIndex]] = {}
         """Function key -> its lanes per tier, in rank order."""
+        self._idle: set[str] = set()
+        """Function keys with an idle runner on some worker (``set_idle``): never W2b."""
+        self._now = 0.0
+        """The time of the latest pick (``advance``): W2b's clock."""
+        self._expiry: list[tuple[float, int]] = []
+        """(when, lane id): a lane left to busy runners whose head stops being young then."""
+        self._returning: list[_LaneIndex] = []
+        """Lanes no longer left to busy runners, back in their orders at the next pick."""
 
     # -- counts ----------------------------------------------------------------------------------
 
@@ -303,9 +328,87 @@ class Backlog:
         self._index(job, key)
 
     def _stale(self, lane: _LaneIndex) -> None:
-        """The head of ``lane`` may have changed, and so what is worked out of it."""
+        """The head of ``lane`` may have changed, and so what is worked out of it (and whether
+        it is left to busy runners: it is looked at again)."""
         lane.known = False
         self._stale_orders(lane)
+        if lane.deferred:
+            self._undefer(lane)
+
+    # -- W2b: lanes left to their app's busy runners ---------------------------------------------
+
+    def set_idle(self, fn: str, idle: bool) -> None:
+        """Whether function ``fn`` has an idle runner on some worker (its lanes are never left
+        to busy runners then: W1 or W2 serves them)."""
+        if idle == (fn in self._idle):
+            return
+        if idle:
+            self._idle.add(fn)
+        else:
+            self._idle.discard(fn)
+        for fn_index in self._fns.get(fn, ()):
+            for lane in fn_index.lanes:
+                if lane.deferred:
+                    self._undefer(lane)
+                elif lane.jobs:
+                    self._stale_orders(lane)
+
+    def set_timing(self, app: str, cold_start_s: float, service_s: float) -> None:
+        """``app``'s measured cold start and mean service time (W2b; a service time of 0: the
+        app's jobs are never left to busy runners)."""
+        a = self._app(app)
+        if a.cold == cold_start_s and a.service == service_s:
+            return
+        if a.cold != cold_start_s:  # its lanes' heads stop being young at other times
+            for lane in a.lanes:
+                if lane.deferred:
+                    self._undefer(lane)
+        a.cold, a.service = cold_start_s, service_s
+        self._recount(a)
+
+    def _recount(self, app: _Capped) -> None:
+        """Whether ``app``'s busy runners reach all its queued jobs within a cold start, after
+        its counts changed; where that changes, its lanes' place in the orders may."""
+        waits = app.service > 0 and busy_runners_first(
+            0.0, app.inflight, app.queued, app.cold, app.service
+        )
+        if waits == app.waits:
+            return
+        app.waits = waits
+        for lane in app.lanes:
+            if lane.deferred:
+                self._undefer(lane)
+            elif lane.jobs:
+                self._stale_orders(lane)
+
+    def _undefer(self, lane: _LaneIndex) -> None:
+        """``lane`` is no longer left to busy runners: back into its tier's order at the next
+        pick (``advance``), where the walk looks at it again."""
+        lane.deferred = False
+        self._stale_orders(lane)
+        self._returning.append(lane)
+
+    def advance(self, now: float) -> None:
+        """The time is ``now`` (every pick calls it; a caller that reads ``smallest_candidate``
+        first calls it too): lanes whose head is no longer young come back into the orders, and
+        so do those ``_undefer`` let go."""
+        if now > self._now:
+            self._now = now
+        expiry, lanes = self._expiry, self._lane_list
+        while expiry and expiry[0][0] <= now:
+            lane = lanes[heapq.heappop(expiry)[1]]
+            if lane.deferred:
+                self._undefer(lane)
+        if self._returning:
+            self._settle()
+
+    def _settle(self) -> None:
+        """The lanes ``_undefer`` let go, back into their orders."""
+        returning = self._returning
+        while returning:
+            lane = returning.pop()
+            if not lane.deferred and lane.jobs and self._lane_head(lane) is not None:
+                self._push_lane(lane, lane.head_key)
 
     def _stale_orders(self, lane: _LaneIndex) -> None:
         """What is worked out of ``lane``'s head may have changed (its tier's candidate among
@@ -354,6 +457,8 @@ class Backlog:
             self._stale(lane)
         flow.put(job, key, self._key)
         lane.jobs += 1
+        lane.app.queued += 1
+        self._recount(lane.app)
         # ``job`` heads its flow: a new flow, a reservation coming back, or a normal job ahead
         # of low ones (the low head's older entries are refreshed when next looked at)
         if flow.head() is job:
@@ -368,7 +473,10 @@ class Backlog:
             flow.pushed = key
 
     def _push_lane(self, lane: _LaneIndex, key: _Key) -> None:
-        """Make sure the tier's order holds the lane at ``key`` or older."""
+        """Make sure the tier's order holds the lane at ``key`` or older (unless it is left to
+        busy runners: ``_undefer`` puts it back)."""
+        if lane.deferred:
+            return
         if lane.pushed is None or key < lane.pushed:
             heaps = lane.tier.heaps
             heap = heaps.get(lane.units)
@@ -397,6 +505,8 @@ class Backlog:
         if not lane.jobs:  # empty: its entries are dead
             lane.pushed = None
             lane.tenants.clear()
+        lane.app.queued -= 1
+        self._recount(lane.app)
 
     def start(self, job: Job) -> str | None:
         """``job`` (returned by a pick) leaves the queue and runs: it counts in flight. Returns
@@ -425,6 +535,7 @@ class Backlog:
         if app_was and not app.open():
             for lane in app.lanes:  # its lanes leave the orders; their heads stay
                 self._stale_orders(lane)
+        self._recount(app)
         return holder
 
     def finish(self, job: Job) -> None:
@@ -447,6 +558,7 @@ class Backlog:
                 self._stale_orders(lane)
                 if self._lane_head(lane) is not None:
                     self._push_lane(lane, lane.head_key)
+        self._recount(app)
 
     def holds(self, job_id: str) -> bool:
         """Whether the job of ``job_id`` is queued here (reserved or not)."""
@@ -584,6 +696,14 @@ class Backlog:
                 heapq.heapreplace(heap, head_key << _ID_BITS | lane.id)
                 lane.pushed = head_key
                 continue
+            app = lane.app
+            if app.waits and lane.fn not in self._idle and self._now - head.enqueued_at < app.cold:
+                # W2b: left to the app's busy runners while its head is young
+                heapq.heappop(heap)
+                lane.pushed = None
+                lane.deferred = True
+                heapq.heappush(self._expiry, (head.enqueued_at + app.cold, lane.id))
+                continue
             if full and lane.fn in full:
                 skipped.append(heapq.heappop(heap))
                 continue
@@ -596,6 +716,8 @@ class Backlog:
     def smallest_candidate(self) -> int:
         """The fewest units a candidate (rule 2: queued, not reserved, under caps) takes; 0:
         there is none. Cached until the index or the caps change."""
+        if self._returning:
+            self._settle()
         smallest = 0
         for tier in self._ordered:
             least = tier.smallest
@@ -617,6 +739,8 @@ class Backlog:
         self, max_units: int = ANY_UNITS, full: Collection[str] = ()
     ) -> list[tuple[Tier, Job]]:
         """Rule 2: per tier its candidate, sorted by (rank, enqueued_at)."""
+        if self._returning:
+            self._settle()
         found = []
         for tier in self._ordered:
             job = self._first(tier, max_units, full)
@@ -667,11 +791,13 @@ class Backlog:
 
     def pick(self, now: float) -> Job | None:
         """``pick`` over this backlog."""
+        self.advance(now)
         found = self.candidates()
         return _best(found, now)[0] if found else None
 
     def pick_strict(self, now: float) -> Job | None:
         """``pick_strict`` over this backlog."""
+        self.advance(now)
         for tier in self._ordered:
             job = self._first(tier, ANY_UNITS, ())
             if job is not None:
@@ -695,6 +821,7 @@ class Backlog:
     ) -> Job | Blocked | Elsewhere | None:
         """``pick_for_worker`` over this backlog, keeping the reservations: a ``Blocked`` answer
         reserves its job for ``worker``, any other answer ends ``worker``'s reservation."""
+        self.advance(now)
         held = None
         mine = self.reserved.get(worker)
         if mine is not None or (self.reserved and self.smallest_reserved() <= free_units):
@@ -706,12 +833,15 @@ class Backlog:
                 for w, j in holders.items()
                 if w != worker
             )
-            held = _held(mine, others, self._tier, now, free_units, total_units, self.under_cap)
+            held = _held(mine, others, self._tier, now, free_units, total_units, self.under_cap,
+                         lambda j: self._key[j.id])  # fmt: skip
         if isinstance(held, Blocked):
             return held
         if isinstance(held, Job):
             return held  # start() ends its reservation
-        self._release(worker)
+        self._release(worker)  # (its job back in its lane: the counts of W2b may change)
+        if self._returning:
+            self._settle()
         got = _for_worker(
             lambda units: self.candidates(units, full),
             lambda units: self.warm_candidates(here, units, full),

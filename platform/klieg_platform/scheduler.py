@@ -53,6 +53,14 @@ W1. best's function is idle here: take best, unless best carries a runner hint (
     preference lasts that short window only: past it any idle runner takes best;
 W2. best's function is idle on another worker: ``Elsewhere()``, take nothing (that worker
     serves it now, warm, instead of this one paying a cold start or draining for it);
+W2b. best is young for its app (it has waited less than the app's cold start), its function
+    idles on no worker (``idle``: ``here`` and ``elsewhere`` unless given), and its app's busy
+    runners reach every queued job of the app within a cold start: ``inflight * cold_start >=
+    queued * service`` (``busy_runners_first``; ``service_s``: the app's measured mean service
+    time; the queued jobs are those not reserved): best's lane (tier, function, units) is left
+    to them, and the rules start again without it. A cold start now would start best no sooner
+    than one of those runners will, and would take a GPU from other work for the cold start's
+    length; best waits for that reason at most a cold start;
 W3. best needs more units than are free: reserve best for this worker and answer
     ``Blocked(units)``: the worker drains until it fits, so a big job is not starved by small
     ones, and only this worker drains for it (the others go on serving the queue). At most
@@ -67,10 +75,10 @@ W4. some job whose function is idle here is a candidate by the same test (per ti
 W5. otherwise best, paying a cold start.
 
 So a job is never cold-started while a runner of its function idles on a worker that can take
-it, and warm work goes first while that is better for the queue than a cold start: while the
-best job would have waited for its cold start anyway, or, under overload, while the warm job is
-about as late as the best one (so the fleet is not spent on cold starts exactly when it is
-short of GPUs).
+it, nor while its own app's busy runners will reach it as soon, and warm work goes first while
+that is better for the queue than a cold start: while the best job would have waited for its
+cold start anyway, or, under overload, while the warm job is about as late as the best one (so
+the fleet is not spent on cold starts exactly when it is short of GPUs).
 
 ``pick_strict`` is the strict-priority baseline the policy is measured against: the lowest rank
 with a candidate wins, FIFO within it (same candidates, same caps). Back pressure (``admit``,
@@ -299,12 +307,13 @@ def _candidates(
     warm: Collection[str] | None = None,
     full: Collection[str] = (),
     skip: Collection[str] = (),
+    skip_lanes: Collection[tuple[str, str, int]] = (),
 ) -> list[tuple[Tier, Job]]:
     """Rule 2 by a whole scan: per tier, the first job (FIFO) whose tenant and app are under
     cap, that takes at most ``max_units`` units, whose function is not in ``full`` (and, when
-    ``warm`` is given, is in ``warm``), whose id is not in ``skip`` and that is not a low job
-    behind a normal job of its flow (same tenant, function and units) not in ``skip``. Sorted
-    by (rank, enqueued_at).
+    ``warm`` is given, is in ``warm``), whose id is not in ``skip``, whose lane (tier, function
+    key, units) is not in ``skip_lanes`` and that is not a low job behind a normal job of its
+    flow (same tenant, function and units) not in ``skip``. Sorted by (rank, enqueued_at).
 
     Raises ValueError for a non-empty queue whose tier is not in ``tiers`` (it would never be
     served).
@@ -321,6 +330,8 @@ def _candidates(
         normal = {_flow_of(j) for j in queue if not j.low and j.id not in skip}
         for job in queue:
             if job.units > max_units or job.function_key in full or job.id in skip:
+                continue
+            if skip_lanes and (name, job.function_key, job.units) in skip_lanes:
                 continue
             if job.low and _flow_of(job) in normal:
                 continue
@@ -397,11 +408,13 @@ def _held(
     free_units: int,
     total_units: int,
     under_cap: Callable[[Job], bool],
+    fifo: Callable[[Job], int],
 ) -> Job | Blocked | object | None:
     """Rule W0, for a worker holding ``mine`` (None: no reservation) while ``others`` (every
     other reservation, or at least those that fit) are held elsewhere: the reserved job to
     take, ``Blocked`` (still draining), ``_VOID`` (this worker's reservation ends untaken) or
-    None (no reservation applies: go on with W1-W5)."""
+    None (no reservation applies: go on with W1-W5). ``fifo``: a job's place in its tier's
+    FIFO order, which decides between reservations of one tier enqueued at the same time."""
     if mine is not None:
         if not under_cap(mine):
             return _VOID
@@ -409,7 +422,7 @@ def _held(
     room = min(free_units, total_units)
     fits = sorted(
         ((tiers[j.tier], j) for j in others if j.units <= room and under_cap(j)),
-        key=lambda c: (c[0].rank, c[1].enqueued_at),
+        key=lambda c: (c[0].rank, c[1].enqueued_at, fifo(c[1])),
     )
     return _best(fits, now)[0] if fits else None
 
@@ -440,11 +453,14 @@ def _for_worker(
     cold_start_s: Mapping[str, float],
     may_reserve: bool,
     hinted_away: Callable[[Job], bool] | None = None,
+    left_to_busy: Callable[[Job], bool] | None = None,
 ) -> Job | Blocked | Elsewhere | None:
     """Rules W1-W5 over ``candidates(units)`` (rule 2, sorted, of jobs of at most ``units``)
     and, asked only when W4 needs them, ``warm_candidates(units)``. Without ``may_reserve``, W3
     backfills: the same rules over the candidates that fit the free units. ``hinted_away``:
-    W1's exception (``_hinted_away``)."""
+    W1's exception (``_hinted_away``). ``left_to_busy``: W2b, asked of best; True when best's
+    lane is left to its busy runners, which ``candidates`` then leave out (the indexed form
+    leaves such lanes out of its orders itself and passes None)."""
     found = candidates(total_units)
     if not found:
         return None
@@ -455,11 +471,15 @@ def _for_worker(
         return best  # W1
     if best.function_key in elsewhere:
         return Elsewhere(best)  # W2
+    if left_to_busy is not None and left_to_busy(best):  # W2b: the rules again, without it
+        return _for_worker(candidates, warm_candidates, now, free_units, total_units, here,
+                           elsewhere, cold_start_s, may_reserve, hinted_away,
+                           left_to_busy)  # fmt: skip
     if best.units > free_units:  # W3
         if may_reserve:
             return Blocked(best.units, best)
         return _for_worker(candidates, warm_candidates, now, free_units, free_units, here,
-                           elsewhere, cold_start_s, True, hinted_away)  # fmt: skip
+                           elsewhere, cold_start_s, True, hinted_away, left_to_busy)  # fmt: skip
     young = score < 1.0 and now - best.enqueued_at < cold_start_s.get(best.app, 0.0)
     if here and (young or score >= 1.0):
         warm = warm_candidates(total_units)
@@ -492,6 +512,8 @@ def pick_for_worker(
     hinted_here: Hinted = (),
     hinted_elsewhere: Hinted = (),
     hint_wait_s: float = HINT_WAIT_S,
+    service_s: Mapping[str, float] = _NO_TIMES,
+    idle: Collection[str] | None = None,
 ) -> Job | Blocked | Elsewhere | None:
     """What ``worker`` takes (module docstring, rules W0-W5); None when nothing is a candidate.
 
@@ -505,18 +527,45 @@ def pick_for_worker(
     ``worker``; any other answer ends ``worker``'s reservation (taken, or back in its queue), and
     a returned job reserved by another worker is no longer reserved. ``hinted_here`` and
     ``hinted_elsewhere``: (function key, hint) pairs of the idle runners here and on the other
-    workers (W1); ``hint_wait_s``: W1's window, in the unit of ``now``.
+    workers (W1); ``hint_wait_s``: W1's window, in the unit of ``now``. ``service_s``: each
+    app's measured mean service time, in the unit of ``cold_start_s`` (an app without one is
+    never left to its busy runners, W2b); ``idle``: the functions with an idle runner on any
+    worker (default: ``here`` and ``elsewhere``).
     """
     counts = (inflight_by_tenant, inflight_by_app, tenant_caps, app_caps)
     others = [j for w, j in reserved.items() if w != worker]
     by_name = {t.name: t for t in tiers}
+    place = {j.id: i for queue in queues.values() for i, j in enumerate(queue)}
     held = _held(reserved.get(worker), others, by_name, now, free_units, total_units,
-                 lambda j: _under_cap(j, *counts))  # fmt: skip
+                 lambda j: _under_cap(j, *counts), lambda j: place[j.id])  # fmt: skip
     if isinstance(held, Job | Blocked):
         return held
     skip = {j.id for w, j in reserved.items() if w != worker or held is not _VOID}
+    skip_lanes: set[tuple[str, str, int]] = set()
+    idle_fns = set(here) | set(elsewhere) if idle is None else idle
+    queued_by_app: dict[str, int] = {}
+    for queue in queues.values():
+        for j in queue:
+            if j.id not in skip:
+                queued_by_app[j.app] = queued_by_app.get(j.app, 0) + 1
+
+    def left_to_busy(job: Job) -> bool:
+        app = job.app
+        if job.function_key in idle_fns or not busy_runners_first(
+            now - job.enqueued_at,
+            inflight_by_app.get(app, 0),
+            queued_by_app.get(app, 0),
+            cold_start_s.get(app, 0.0),
+            service_s.get(app, 0.0),
+        ):
+            return False
+        skip_lanes.add((job.tier, job.function_key, job.units))
+        return True
+
     return _for_worker(
-        lambda units: _candidates(queues, tiers, *counts, max_units=units, full=full, skip=skip),
+        lambda units: _candidates(
+            queues, tiers, *counts, max_units=units, full=full, skip=skip, skip_lanes=skip_lanes
+        ),
         lambda units: _candidates(
             queues, tiers, *counts, max_units=units, warm=here, full=full, skip=skip
         ),
@@ -528,6 +577,23 @@ def pick_for_worker(
         cold_start_s,
         max_reserved is None or len(others) < max_reserved,
         lambda job: _hinted_away(job, now, hinted_here, hinted_elsewhere, hint_wait_s),
+        left_to_busy if service_s else None,
+    )
+
+
+def busy_runners_first(
+    waited_s: float, inflight: int, queued: int, cold_start_s: float, service_s: float
+) -> bool:
+    """W2b: whether a job that has waited ``waited_s`` is left to its app's busy runners
+    rather than cold-started: less than a cold start has passed, the app has ``inflight``
+    requests running, and those runners, each serving one request per ``service_s``, reach all
+    ``queued`` requests of the app within about a cold start (``queued * service_s <=
+    inflight * cold_start_s``). A job left so waits at most a cold start for that reason."""
+    return (
+        inflight > 0
+        and service_s > 0
+        and waited_s < cold_start_s
+        and queued * service_s <= inflight * cold_start_s
     )
 
 

@@ -27,7 +27,8 @@ in one of two ways:
   worker ask (the live broker wakes it), then the asker asks again; ``Blocked`` (the worker
   drains for its reservation) ends that worker's turn; a worker whose reservation another worker
   took asks again; a worker that drains asks again at the next arrival or completion, as a live
-  one does when a slot frees.
+  one does when a slot frees. The backlog is told which apps have idle runners and each app's
+  cold start and mean service time so far (W2b), as the live broker reads them from Redis.
 
 Wait = dispatch time - arrival; ``gpu_utilisation`` = service GPU-seconds / (GPUs x makespan);
 cold starts are not busy time, ``cold_start_gpu_share`` is their GPU-seconds over the same
@@ -180,6 +181,8 @@ class _Nodes:
         self.idle_count: dict[str, int] = {}
         """App -> idle runners of it on all workers (no zero counts)."""
         self.runners = 0
+        self.on_idle: Callable[[str, bool], None] | None = None
+        """Told when an app gets its first idle runner (True) or loses its last (False)."""
 
     def _rebucket(self, w: _Worker, old_free: int, old_avail: int) -> None:
         if not w.up:
@@ -240,6 +243,8 @@ class _Nodes:
                 del counts[runner.app]
             else:
                 counts[runner.app] -= 1
+        if self.on_idle is not None and runner.app not in self.idle_count:
+            self.on_idle(runner.app, False)
 
     def _new_runner(self, w: _Worker, app: AppSpec) -> _Runner:
         """Start a runner of ``app`` on ``w``, evicting its idle runners (least recently used
@@ -305,7 +310,9 @@ class _Nodes:
         self.idle[runner.id] = runner
         w.idle_gpus += runner.gpus
         w.idle_apps[runner.app] = w.idle_apps.get(runner.app, 0) + 1
-        self.idle_count[runner.app] = self.idle_count.get(runner.app, 0) + 1
+        count = self.idle_count[runner.app] = self.idle_count.get(runner.app, 0) + 1
+        if count == 1 and self.on_idle is not None:
+            self.on_idle(runner.app, True)
         of_app = self.idle_by_app.get(runner.app)
         if of_app is None:  # (not setdefault: its default would be made on every call)
             of_app = self.idle_by_app[runner.app] = {}
@@ -519,6 +526,8 @@ class _Replay:
         self.fleet = _Fleet(self.nodes, scaling, self.window[0])
         self.max_reserved = max_reserved(len(self.fleet.up) or 1)
         self.busy_gpus = 0
+        self.timed = False
+        """The backlog is told each app's idle runners and timings (W2b): per-worker replays."""
         self.service_sum: dict[str, list[float]] = {}
         """App -> [requests started, their service seconds] (the autoscaler's measured means)."""
         self.arrived: dict[str, deque[Job]] = {t.name: deque() for t in self.tiers}
@@ -658,6 +667,8 @@ class _Replay:
             measured = self.service_sum[job.app] = [0.0, 0.0]
         measured[0] += 1
         measured[1] += run_s
+        if self.timed:  # W2b weighs the app's cold start against its measured service time
+            self.backlog.set_timing(job.app, app.cold_start_s, measured[1] / measured[0])
         cold_s = 0.0
         if cold:
             cold_s = app.cold_start_s
@@ -727,6 +738,7 @@ class _Replay:
         when all have asked."""
         nodes, backlog = self.nodes, self.backlog
         touched, self.touched = self.touched, set()
+        backlog.advance(now)
         if not self._start_floor():
             return
         for wid in touched:  # a slot freed: the reservation may fit now
@@ -835,4 +847,6 @@ def simulate_per_worker(
     cluster's ``workers``; without, all of them serve throughout.
     """
     replay = _Replay(trace, scaling)
+    replay.timed = True
+    replay.nodes.on_idle = replay.backlog.set_idle
     return replay.run(lambda now: replay.dispatch_workers(now), progress, check)

@@ -375,6 +375,28 @@ def test_w5_otherwise_the_best_pays_a_cold_start() -> None:
     assert for_worker({}, 105.0) is None
 
 
+def test_w2b_a_young_job_is_left_to_its_apps_busy_runners() -> None:
+    """Two image runners busy, 5 s a request, 20 s a cold start: they reach 8 queued requests
+    within a cold start, so a young one is not cold-started; another app's job goes instead."""
+    a1 = wjob("a1", "enterprise", 100.0)
+    b1 = wjob("b1", "api", 101.0, app="video")
+    left = {"inflight_by_app": {"image": 2}, "service_s": {"image": 5.0, "video": 120.0}}
+    queues = {"enterprise": [a1], "api": [b1]}
+    assert for_worker(queues, 105.0, **left) is b1  # a1 (the best) is left to the busy runners
+    assert for_worker({"enterprise": [a1]}, 105.0, **left) is None  # and no GPU takes it
+    # ... not once it has waited a cold start, nor with no runner busy, nor while a runner of
+    # its function idles somewhere (W1, W2), nor without a measured service time
+    assert for_worker(queues, 100.0 + COLD["image"], **left) is a1
+    assert for_worker(queues, 105.0, service_s=left["service_s"]) is a1
+    assert isinstance(for_worker(queues, 105.0, elsewhere=["image"], **left), Elsewhere)
+    assert for_worker(queues, 105.0, inflight_by_app={"image": 2}) is a1
+    # nor when its queue is longer than the busy runners reach within a cold start: 2 runners x
+    # 20 s / 5 s = 8 requests
+    many = [wjob(f"a{k}", "enterprise", 100.0 + k / 100) for k in range(1, 10)]
+    assert for_worker({"enterprise": many[:8], "api": [b1]}, 105.0, **left) is b1
+    assert for_worker({"enterprise": many, "api": [b1]}, 105.0, **left) is many[0]
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_pick_for_worker_without_warmth_or_limits_is_pick(seed: int) -> None:
     rng = random.Random(seed)

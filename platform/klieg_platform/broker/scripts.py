@@ -430,7 +430,7 @@ local function better(c, b)
   if c.over ~= b.over then return c.over end
   if c.over and c.score ~= b.score then return c.score > b.score end
   if c.rank ~= b.rank then return c.rank < b.rank end
-  return c.enq < b.enq
+  return c.raw < b.raw
 end
 
 -- lease queued request j (``load``) to worker ARGV[3] (now ARGV[1], lease ms ARGV[2]); held:
@@ -630,6 +630,9 @@ return {string.format('%.0f', score), 0, pos}
 #       their own lists (as W2);
 #   W2. best's function is idle on another worker: take nothing, {'', 'elsewhere'}, and wake
 #       the workers holding it idle on their own lists (the pool's workers when none is named);
+#   W2b. best is young and its app's busy runners reach every request of the app in the index
+#       within a cold start (running * cold >= queued * mean service, SERVICE and COLD): the
+#       rules again, without best's lane (it waits for them, at most a cold start);
 #   W3. best needs more units than are free: reserve it for this worker (until now + lease
 #       ms, out of the index) and answer {'', 'blocked', units}: only this worker drains for it.
 #       With max reserved reservations held in these pools already, backfill instead: these
@@ -757,6 +760,24 @@ local function reserved_count()
   return n
 end
 
+-- W2b: candidate c (request j) is young and its app's busy runners reach all its app's queued
+-- requests within a cold start (scheduler.busy_runners_first); c's function is idle nowhere
+-- (W1 and W2 went first)
+local left = {}
+local function left_to_busy(j, c)
+  local service = tonumber(redis.call('HGET', SERVICE, j.app) or '0') or 0
+  local cold = tonumber(redis.call('HGET', COLD, j.app) or '0') or 0
+  if service <= 0 or now - c.enq >= cold then return false end
+  local running = tonumber(redis.call('HGET', A_RUN, j.app) or '0') or 0
+  if running <= 0 then return false end
+  local queued = 0
+  for _, ref in ipairs(redis.call('SMEMBERS', A_LANES .. j.app)) do
+    local pool, tier, lane = string.match(ref, '^([^:]*):([^:]*):(.*)$')
+    queued = queued + (tonumber(redis.call('HGET', LANE_JOBS .. pool .. ':' .. tier, lane)) or 0)
+  end
+  return queued * service <= running * cold
+end
+
 -- rules 2 and W1-W5 over the requests of at most limit units (W3's backfill: the free units)
 local choose
 choose = function(limit)
@@ -772,7 +793,7 @@ choose = function(limit)
         if #lanes == 0 then break end
         for i = 1, #lanes, 2 do
           local fn, units = string.match(lanes[i], '^(.*)#(%d+)$')
-          if tonumber(units) <= limit and not full[fn] then
+          if tonumber(units) <= limit and not full[fn] and not left[at .. ':' .. lanes[i]] then
             found = {lane = lanes[i], fn = fn, units = tonumber(units),
                      raw = tonumber(lanes[i + 1])}
             break
@@ -789,6 +810,7 @@ choose = function(limit)
       local id, raw = head(first.at, first.lane)
       local c = candidate(id, raw, t, now)
       c.fn, c.units, c.pool = first.fn, first.units, first.pool
+      c.ref = first.at .. ':' .. first.lane
       if better(c, best) then best = c end
     end
   end
@@ -807,6 +829,10 @@ choose = function(limit)
     return {'', 'elsewhere'}
   end
   local bj = load(best.id)
+  if left_to_busy(bj, best) then -- W2b: the rules again, without its lane
+    left[best.ref] = true
+    return choose(limit)
+  end
   if best.units > free then -- W3
     if max_reserved and reserved_count() >= max_reserved then return choose(free) end
     unindex(bj)

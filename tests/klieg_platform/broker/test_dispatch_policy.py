@@ -246,23 +246,35 @@ async def _replay_warm(
         )
     by_id = {j.id: j for q in queues.values() for j in q}
     cold_ms: dict[str, float] = {}
+    service_ms: dict[str, float] = {}
+    """The apps' measured cold starts and mean service times (W4 and W2b weigh them)."""
 
-    async def set_cold(app_key: str, ms: float | None) -> None:
+    async def set_stat(key: str, known: dict[str, float], app_key: str, ms: float | None) -> None:
         if ms is None:
-            cold_ms.pop(app_key, None)
+            known.pop(app_key, None)
         else:
-            cold_ms[app_key] = ms
+            known[app_key] = ms
         if broker is not None:
             if ms is None:
-                await broker.redis.hdel(keys.COLD_STATS, app_key)
+                await broker.redis.hdel(key, app_key)
             else:
-                await broker.redis.hset(keys.COLD_STATS, app_key, f"{ms:.1f}")
+                await broker.redis.hset(key, app_key, f"{ms:.1f}")
+
+    async def set_cold(app_key: str, ms: float | None) -> None:
+        await set_stat(keys.COLD_STATS, cold_ms, app_key, ms)
+
+    async def set_service(app_key: str, ms: float | None) -> None:
+        await set_stat(keys.SERVICE_STATS, service_ms, app_key, ms)
 
     def some_cold_ms() -> float | None:  # .5 ms: a whole-ms wait never equals a cold start
         return None if rng.random() < 0.2 else rng.randrange(0, 150_000) + 0.5
 
+    def some_service_ms() -> float | None:
+        return None if rng.random() < 0.3 else rng.randrange(1, 60_000) + 0.5
+
     for app in APPS:
         await set_cold(f"o/{app}", some_cold_ms())
+        await set_service(f"o/{app}", some_service_ms())
     totals = {w: rng.choice([1, 2, 4, 8]) for w in WORKERS}
     by_tenant: dict[str, int] = defaultdict(int)
     by_app: dict[str, int] = defaultdict(int)
@@ -283,6 +295,8 @@ async def _replay_warm(
             by_id[r.id] = job
         if rng.random() < 0.25:
             await set_cold(f"o/{rng.choice(APPS)}", some_cold_ms())
+        if rng.random() < 0.1:
+            await set_service(f"o/{rng.choice(APPS)}", some_service_ms())
         if running and rng.random() < 0.6:
             rid, holder = running.pop(rng.randrange(len(running)))
             done = by_id[rid]
@@ -327,9 +341,17 @@ async def _replay_warm(
                                cold_start_s=cold_ms, full=full, worker=worker,
                                reserved=reserved, max_reserved=limit, hinted_here=hinted_here,
                                hinted_elsewhere=hinted_elsewhere,
-                               hint_wait_s=HINT_WAIT_MS)  # fmt: skip
+                               hint_wait_s=HINT_WAIT_MS, service_s=service_ms)  # fmt: skip
         rule = _rule(want, queues, now, total, here, full, counts, reserved, worker)
         rules[rule] += 1
+        plain = pick_for_worker(queues, now, tiers=TIERS_MS, **counts, free_units=free,
+                                total_units=total, here=here, elsewhere=elsewhere,
+                                cold_start_s=cold_ms, full=full, worker=worker,
+                                reserved=reserved, max_reserved=limit, hinted_here=hinted_here,
+                                hinted_elsewhere=hinted_elsewhere,
+                                hint_wait_s=HINT_WAIT_MS)  # fmt: skip
+        if _outcome(plain) != _outcome(want):  # W2b decided: a lane was left to busy runners
+            rules["W2b"] += 1
         if broker is not None:
             warm = {"warm_here": here, "warm_elsewhere": elsewhere, "full": full,
                     "hinted_here": hinted_here, "hinted_elsewhere": hinted_elsewhere}  # fmt: skip
@@ -501,7 +523,7 @@ def test_the_warm_scenarios_exercise_every_rule() -> None:
         rules += asyncio.run(_replay_warm(seed, None))
     for seed in range(8):
         rules += asyncio.run(_replay_warm(200 + seed, None, n=2, arrivals=0.8))
-    assert set(rules) == {"W0", "W1", "W1h", "W2", "W3", "W4", "W5", "none"}
+    assert set(rules) == {"W0", "W1", "W1h", "W2", "W2b", "W3", "W4", "W5", "none"}
     assert min(rules.values()) >= 10, rules
 
 
