@@ -348,6 +348,8 @@ class Backlog:
             self._idle.discard(fn)
         for fn_index in self._fns.get(fn, ()):
             for lane in fn_index.lanes:
+                if not lane.app.waits:  # none of its lanes is left, nor would a walk leave one
+                    return  # (a function's lanes are all of one app)
                 if lane.deferred:
                     self._undefer(lane)
                 elif lane.jobs:
