@@ -57,7 +57,8 @@ class Session:
     """A ``klieg run`` process and the lines it printed on stderr."""
 
     def __init__(self, platform: Platform, folder: Path) -> None:
-        env = dict(os.environ, KLIEG_URL=platform.url, KLIEG_KEY=platform.key)
+        env = dict(os.environ, KLIEG_URL=platform.url, KLIEG_KEY=platform.key,
+                   PYTHONFAULTHANDLER="1")  # fmt: skip
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "klieg.cli", "run", str(folder / "app.py")],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -70,6 +71,21 @@ class Session:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.lines.append(line.rstrip("\n"))
+
+    def stops_within(self, timeout_s: float) -> None:
+        """It exits, with 0, within ``timeout_s``; else the failure shows what it printed and
+        where each of its threads was (SIGABRT: ``PYTHONFAULTHANDLER`` prints their stacks)."""
+        try:
+            code = self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)
+            self.proc.wait(timeout=30)
+            self._reader.join(timeout=10)
+            raise AssertionError(
+                f"klieg run did not stop within {timeout_s} s; it printed, then its stacks:\n"
+                + "\n".join(self.lines)
+            ) from None
+        assert code == 0, "\n".join(self.lines)
 
     def wait_for(self, pattern: str, timeout_s: float = 120) -> re.Match[str]:
         """The first line printed so far (or within ``timeout_s``) matching ``pattern``."""
@@ -130,7 +146,7 @@ def test_saves_are_served_at_once_logs_stream_and_ctrl_c_removes_the_session(
         until("the new env answers", lambda: call().json()["v"] == 3, timeout_s=180)
     finally:
         session.proc.send_signal(signal.SIGINT)
-        assert session.proc.wait(timeout=60) == 0
+        session.stops_within(60)
     session.wait_for(r"stopped: session dev-[0-9a-f]{8} removed")
     gone = httpx.post(url, json={}, headers=headers, timeout=30)
     assert gone.status_code == 404
