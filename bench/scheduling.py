@@ -275,6 +275,7 @@ def autoscaled(trace: Trace, settings: Autoscaling) -> Scaling:
             idle=Counter(view.idle),
             service=view.service_s,
             cold=view.cold_start_s,
+            room=view.room,
         )
         return scaler.decide({plan.name: demand}, view.now)[plan.name]
 

@@ -272,14 +272,18 @@ async def read_demands(
     buffer_slots: Mapping[str, int] | None = None,
 ) -> dict[str, Demand]:
     """Each pool's demand from Redis: queues per tier, and per function from the lane index;
-    busy slots and idle warm runners from the workers' heartbeats; each app's measured service
-    and cold-start times (an app not measured yet: the mean over the apps that are). ``depths``
-    and ``live``: the queues and heartbeats, where the caller has just read them."""
+    the oldest wait of a request that can start (the lane orders' heads) and each capped app's
+    room under its cap; busy slots and idle warm runners from the workers' heartbeats; each
+    app's measured service and cold-start times (an app not measured yet: the mean over the
+    apps that are). ``depths`` and ``live``: the queues and heartbeats, where the caller has
+    just read them."""
     if depths is None:
         depths = await broker.queue.depths()
     if live is None:
         live = await broker.workers.live()
     lanes = await broker.queue.lanes(pools)
+    heads = await broker.queue.heads_waited(pools)
+    room = await broker.queue.app_room()
     service = await broker.stats.means("service")
     cold = await broker.stats.means("cold")
     busy, idle = fleet_capacity(live)
@@ -288,7 +292,7 @@ async def read_demands(
         mine = [d for d in depths if d.pool == pool]
         out[pool] = pool_demand(
             queued={d.tier: d.queued for d in mine},
-            oldest_wait_s={d.tier: d.oldest_wait_s for d in mine},
+            oldest_wait_s={d.tier: heads.get((pool, d.tier), 0.0) for d in mine},
             busy_slots=busy.get(pool, 0),
             lanes=[n for n in lanes if n.pool == pool],
             idle=idle.get(pool, Counter()) + idle.get(keys.ALL_POOLS, Counter()),
@@ -296,6 +300,7 @@ async def read_demands(
             cold=cold,
             warm_slots=warm_slots.get(pool, 0),
             buffer_slots=(buffer_slots or {}).get(pool, 0),
+            room=room,
         )
     return out
 
@@ -311,12 +316,20 @@ def pool_demand(
     cold: Mapping[str, float],
     warm_slots: int = 0,
     buffer_slots: int = 0,
+    room: Mapping[str, int] | None = None,
 ) -> Demand:
     """One pool's ``Demand`` from its signals: queues per tier, its lanes, busy slots, idle warm
     runners per function, the apps' measured times and what ``min_concurrency`` and
     ``concurrency_buffer`` keep (``read_demands`` reads them from Redis and the registry; the
-    simulator has them from its replay)."""
-    waiting = waiting_by_function(lanes, idle, service, cold)
+    simulator has them from its replay). ``room``: per capped app ("owner/app"), how many more
+    of its requests its in-flight cap lets start now; the rest of its queued requests are no
+    demand (more workers would not start them), the most important tiers' first in. So
+    ``oldest_wait_s`` should be the oldest wait of a request that can start (the heads of the
+    lane index, which leaves capped apps and tenants out)."""
+    capped: Counter[str] = Counter()
+    waiting = waiting_by_function(lanes, idle, service, cold, room, capped)
+    if capped:
+        queued = {tier: max(0, n - capped[tier]) for tier, n in queued.items()}
     return Demand(
         queued=queued,
         oldest_wait_s=oldest_wait_s,
@@ -351,19 +364,31 @@ def waiting_by_function(
     idle: Counter[str],
     service: Mapping[str, float],
     cold: Mapping[str, float],
+    room: Mapping[str, int] | None = None,
+    capped: Counter[str] | None = None,
 ) -> list[Waiting]:
     """A pool's waiting requests per tier and function, each with its app's service and cold
     start times (unmeasured: the mean over measured apps, else the defaults) and the idle warm
     runners of its function, given to the most important tier first (``lanes`` come in tier
-    order)."""
+    order). With ``room`` (``pool_demand``), a capped app's requests past its room are left
+    out, and counted per tier in ``capped``."""
     service_s = _plain_mean(service, DEFAULT_SERVICE_S)
     cold_s = _plain_mean(cold, 0.0)
     per: dict[tuple[str, str], Waiting] = {}
     free = Counter(idle)
+    left = dict(room or {})
     for lane in lanes:
+        n = lane.queued
+        if lane.app in left:
+            n = min(n, max(left[lane.app], 0))
+            left[lane.app] -= n
+            if capped is not None and n < lane.queued:
+                capped[lane.tier] += lane.queued - n
         prior = per.get((lane.tier, lane.function))
-        queued = lane.queued + (prior.queued if prior else 0)
-        warm = min(free[lane.function], lane.queued)
+        if n <= 0 and prior is None:
+            continue
+        queued = n + (prior.queued if prior else 0)
+        warm = min(free[lane.function], n)
         free[lane.function] -= warm
         per[(lane.tier, lane.function)] = Waiting(
             lane.tier, queued, service.get(lane.app, service_s), cold.get(lane.app, cold_s),

@@ -568,9 +568,26 @@ class Backlog:
 
     def lane_depths(self) -> list[tuple[str, str, int, int]]:
         """(tier, function key, units, jobs) of every lane of the index that holds jobs
-        (reserved jobs have left it), as the live lane index counts them."""
-        return [(lane.tier.tier.name, lane.fn, lane.units, lane.jobs)
-                for lane in self._lanes.values() if lane.jobs]  # fmt: skip
+        (reserved jobs have left it), as the live lane index counts them, in tier order."""
+        lanes = [lane for lane in self._lanes.values() if lane.jobs]
+        lanes.sort(key=lambda lane: lane.tier.position)
+        return [(lane.tier.tier.name, lane.fn, lane.units, lane.jobs) for lane in lanes]
+
+    def oldest_startable(self, tier: str) -> Job | None:
+        """The oldest job of ``tier`` that can start now: its candidate (rule 2: under caps, not
+        left to busy runners) or a reserved job, whichever is older; None if there is none."""
+        if self._returning:
+            self._settle()
+        found = self._first(self._indexes[tier], ANY_UNITS, ())
+        for job in self.reserved.values():
+            if job.tier == tier and (found is None or self._key[job.id] < self._key[found.id]):
+                found = job
+        return found
+
+    def room(self) -> dict[str, int]:
+        """App -> how many more of its jobs its in-flight cap lets start now (capped apps)."""
+        return {name: max(0, app.cap - app.inflight) for name, app in self._apps.items()
+                if app.cap != _NO_CAP}  # fmt: skip
 
     def release(self, worker: str) -> None:
         """``worker`` no longer drains (it stops, say): the job it held reserved, if any, goes

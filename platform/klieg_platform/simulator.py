@@ -42,7 +42,6 @@ from __future__ import annotations
 import gc
 import heapq
 import math
-from collections import deque
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -70,6 +69,8 @@ class FleetView:
     queued: Mapping[str, int]
     """Tier -> requests waiting (reserved ones included)."""
     oldest_wait_s: Mapping[str, float]
+    """Tier -> the wait of its oldest request that can start (a candidate or a reservation;
+    not one held back by a cap), as the live lane orders' heads give it."""
     lanes: tuple[tuple[str, str, int, int], ...]
     """(tier, app, GPUs per request, requests waiting) per lane of the index."""
     busy_gpus: int
@@ -79,6 +80,8 @@ class FleetView:
     service_s: Mapping[str, float]
     """App -> the mean service time of its requests started so far."""
     cold_start_s: Mapping[str, float]
+    room: Mapping[str, int] = field(default_factory=dict)
+    """Capped app -> how many more of its requests its cap lets start now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -530,9 +533,6 @@ class _Replay:
         """The backlog is told each app's idle runners and timings (W2b): per-worker replays."""
         self.service_sum: dict[str, list[float]] = {}
         """App -> [requests started, their service seconds] (the autoscaler's measured means)."""
-        self.arrived: dict[str, deque[Job]] = {t.name: deque() for t in self.tiers}
-        """Tier -> its jobs in arrival order, the started ones dropped lazily from the front
-        (kept with ``Scaling`` only: what ``view`` reads)."""
         self.touched: set[int] = set()
         """The ids of the workers whose runners finished since the last dispatch."""
         self.floor = 1
@@ -566,7 +566,7 @@ class _Replay:
     ) -> RunStats:
         reqs = self.trace.requests
         apps, backlog, ends, tiers = self.apps, self.backlog, self.ends, self.tiers
-        fleet, scaling, arrived = self.fleet, self.fleet.scaling, self.arrived
+        fleet, scaling = self.fleet, self.fleet.scaling
         i = 0
         start = reqs[0].t if reqs else 0.0
         now = report_at = start
@@ -591,8 +591,6 @@ class _Replay:
                 if admit(r.tier, backlog.queued_in(r.tier), tiers):
                     job = Job(str(i), r.tier, r.tenant, r.app, r.t, apps[r.app].num_gpus)
                     backlog.add(job)
-                    if scaling is not None:
-                        arrived[r.tier].append(job)
                 else:
                     self.shed[r.tier] += 1
                 i += 1
@@ -631,11 +629,10 @@ class _Replay:
         """The ``FleetView`` of this replay at ``now``."""
         backlog = self.backlog
         oldest = {}
-        for tier, order in self.arrived.items():
-            while order and not backlog.holds(order[0].id):
-                order.popleft()
-            if order:
-                oldest[tier] = now - order[0].enqueued_at
+        for tier in self.tiers:
+            head = backlog.oldest_startable(tier.name)
+            if head is not None:
+                oldest[tier.name] = now - head.enqueued_at
         fleet = self.fleet
         return FleetView(
             now=now,
@@ -647,6 +644,7 @@ class _Replay:
             idle=dict(self.nodes.idle_count),
             service_s={app: total / n for app, (n, total) in self.service_sum.items()},
             cold_start_s=self.cold_start_s,
+            room=backlog.room(),
         )
 
     def start(self, job: Job, runner: _Runner, cold: bool, now: float) -> None:

@@ -26,9 +26,11 @@ from klieg_platform.autoscaler import (
     Waiting,
     buffer_slots,
     parse_plans,
+    pool_demand,
     read_demands,
     slots_needed,
 )
+from klieg_platform.broker import LaneDepth
 from klieg_platform.scheduler import DEFAULT_TIERS
 
 TIERS = {t.name: t for t in DEFAULT_TIERS}  # enterprise: 60 s SLO ... free: 1800 s
@@ -95,6 +97,30 @@ def test_slots_cover_running_work_and_start_waiting_work_within_the_slo() -> Non
     assert slots_needed(Demand(warm_slots=4, busy_slots=1), TIERS) == 4
     # concurrency_buffer: spare slots beyond the busy ones, whatever min_concurrency keeps
     assert slots_needed(Demand(warm_slots=4, busy_slots=3, buffer_slots=2), TIERS) == 5
+
+
+def test_requests_an_apps_cap_holds_back_are_no_demand() -> None:
+    """A capped app's queue past its room under the cap needs no worker: more would not start
+    it. Its room goes to its most important tier first."""
+    lanes = [
+        LaneDepth("GPU", "enterprise", "rev-video/f", "o/video", 10),
+        LaneDepth("GPU", "enterprise", "rev-image/f", "o/image", 4),
+        LaneDepth("GPU", "free", "rev-video/f", "o/video", 30),
+    ]
+    signals: dict[str, Any] = {
+        "queued": {"enterprise": 14, "free": 30}, "oldest_wait_s": {}, "busy_slots": 6,
+        "lanes": lanes, "idle": {}, "service": {"o/video": 60.0, "o/image": 6.0}, "cold": {},
+    }  # fmt: skip
+    free = pool_demand(**signals)
+    held = pool_demand(**signals, room={"o/video": 2})  # at its cap but for 2 more
+    assert held.queued == {"enterprise": 6, "free": 0}
+    assert {(w.tier, w.service_s): w.queued for w in held.waiting} == {
+        ("enterprise", 60.0): 2, ("enterprise", 6.0): 4,
+    }  # fmt: skip
+    # 6 busy + 2 video (60 s in 60 s) + 4 image (6 s in 60 s): 9 slots, not 6 + 10 + 1 + 1
+    assert slots_needed(held, TIERS) == 9
+    assert slots_needed(free, TIERS) == 18
+    assert pool_demand(**signals, room={"o/video": 0}).queued == {"enterprise": 4, "free": 0}
 
 
 def test_buffer_slots_count_each_pools_concurrency_buffer_in_gpus() -> None:
@@ -436,6 +462,38 @@ def test_the_demand_is_read_per_app_with_the_warm_runners_of_the_heartbeats(
             Waiting("enterprise", 1, service_s=2.0, cold_s=25.0, warm=1),
             Waiting("enterprise", 1, service_s=21.0, cold_s=25.0, units=4),
         ]  # the big app unmeasured: the means over the measured apps; 4 GPUs, 4 slots
+
+    import asyncio
+
+    asyncio.run(main())
+
+
+def test_the_demand_leaves_out_what_an_apps_cap_holds_back(redis_url: str) -> None:
+    """An app at its in-flight cap: its queued requests are no demand, and the urgency is the
+    oldest wait of a request that can start (the lane orders' heads), not of a capped one."""
+    from dataclasses import replace
+
+    from klieg_platform.broker import Broker, now_ms
+
+    async def main() -> None:
+        broker = Broker.from_url(redis_url, result_ttl_s=60, max_attempts=3)
+        try:
+            at = now_ms()
+            for i in range(5):  # the capped app's, queued 10 minutes ago
+                req = replace(_request(f"c{i}", "capped"), app_cap=1)
+                await broker.queue.enqueue(req, at_ms=at - 600_000 + i)
+            await broker.queue.enqueue(_request("q0", "quick"), at_ms=at - 5_000)
+            taken = await broker.queue.dispatch(["CPU"], "w1", 60)  # c0: the app at its cap
+            assert taken is not None and taken.id == "c0"
+            assert await broker.queue.app_room() == {"o/capped": 0}
+            heads = await broker.queue.heads_waited(["CPU"])
+            demands = await read_demands(broker, {}, ["CPU"])
+        finally:
+            await broker.close()
+        assert 4.5 <= heads[("CPU", "enterprise")] < 60  # q0's wait, not the capped ones' 600 s
+        cpu = demands["CPU"]
+        assert cpu.queued["enterprise"] == 1  # q0; the 4 capped requests wait for c0, not slots
+        assert [w.queued for w in cpu.waiting] == [1]
 
     import asyncio
 

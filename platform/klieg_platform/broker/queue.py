@@ -540,6 +540,35 @@ class Queue:
                     out.append(LaneDepth(pool, tier, function, app, int(n), int(units or 1)))
         return out
 
+    async def heads_waited(self, pools: Sequence[str]) -> dict[tuple[str, str], float]:
+        """Per pool and tier, how long the oldest request that can start has waited (s): the
+        head of the tier's lane order, which leaves out the apps and tenants at their caps;
+        cells whose lane order is empty are left out."""
+        cells = [(pool, tier) for pool in pools for tier in self.tiers]
+        now = now_ms()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for pool, tier in cells:
+                pipe.zrange(keys.lanes(pool, tier), 0, 0, withscores=True)
+            replies = await pipe.execute()
+        return {
+            cell: round(max(0.0, (now - head[0][1] / 1000) / 1000), 3)
+            for cell, head in zip(cells, replies, strict=True)
+            if head
+        }
+
+    async def app_room(self) -> dict[str, int]:
+        """Per app with an in-flight cap ("owner/app"), how many more of its requests the cap
+        lets start now."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.APP_CAPS)
+            pipe.hgetall(keys.APP_INFLIGHT)
+            caps, running = await pipe.execute()
+        room = {}
+        for app, cap in caps.items():
+            if int(cap) > 0:
+                room[app.decode()] = max(0, int(cap) - int(running.get(app, 0)))
+        return room
+
     async def revisions_busy(self, app_key: str) -> set[str]:
         """The revisions of ``app_key`` ("owner/app") that requests still need: queued (in
         its lanes, or reserved by a draining worker) or running. A revision outside this set
