@@ -118,7 +118,9 @@ class DevSession:
         self.say(f"playground: {self.admin.url}/console#/playground/{self.owner}/{self.app}"
                  f"@{self.session}")  # fmt: skip
         self.say("watching for changes; Ctrl-C stops and removes this session")
-        previous = signal.signal(signal.SIGTERM, _interrupt)
+        # SIGINT explicitly too: a process started where SIGINT is ignored (a background job of
+        # a script, nohup) inherits that, and Python then never raises KeyboardInterrupt for it
+        previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
         threads = [
             threading.Thread(target=self._renew, name="klieg-renew", daemon=True),
             threading.Thread(target=self._follow_logs, name="klieg-logs", daemon=True),
@@ -131,7 +133,8 @@ class DevSession:
             pass
         finally:
             self._stopping.set()
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             self.end()
 
     def end(self) -> None:

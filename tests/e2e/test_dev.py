@@ -59,9 +59,12 @@ class Session:
     def __init__(self, platform: Platform, folder: Path) -> None:
         env = dict(os.environ, KLIEG_URL=platform.url, KLIEG_KEY=platform.key,
                    PYTHONFAULTHANDLER="1")  # fmt: skip
+        # Started with SIGINT ignored, as a background job of a script is: Ctrl-C (SIGINT)
+        # must stop it all the same.
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "klieg.cli", "run", str(folder / "app.py")],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
         )  # fmt: skip
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
