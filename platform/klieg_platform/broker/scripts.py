@@ -760,14 +760,14 @@ local function reserved_count()
   return n
 end
 
--- W2b: candidate c (request j) is young and its app's busy runners reach all its app's queued
--- requests within a cold start (scheduler.busy_runners_first); c's function is idle nowhere
--- (W1 and W2 went first)
+-- W2b: candidate c (request j, whose app's measured cold start is cold) is young and its app's
+-- busy runners reach all its app's queued requests within a cold start
+-- (scheduler.busy_runners_first); c's function is idle nowhere (W1 and W2 went first)
 local left = {}
-local function left_to_busy(j, c)
+local function left_to_busy(j, c, cold)
+  if now - c.enq >= cold then return false end
   local service = tonumber(redis.call('HGET', SERVICE, j.app) or '0') or 0
-  local cold = tonumber(redis.call('HGET', COLD, j.app) or '0') or 0
-  if service <= 0 or now - c.enq >= cold then return false end
+  if service <= 0 then return false end
   local running = tonumber(redis.call('HGET', A_RUN, j.app) or '0') or 0
   if running <= 0 then return false end
   local queued = 0
@@ -829,7 +829,8 @@ choose = function(limit)
     return {'', 'elsewhere'}
   end
   local bj = load(best.id)
-  if left_to_busy(bj, best) then -- W2b: the rules again, without its lane
+  local cold = tonumber(redis.call('HGET', COLD, bj.app) or '0') or 0
+  if left_to_busy(bj, best, cold) then -- W2b: the rules again, without its lane
     left[best.ref] = true
     return choose(limit)
   end
@@ -840,7 +841,6 @@ choose = function(limit)
     redis.call('ZADD', RESERVED_UNTIL .. bj.pool, until_ms, worker)
     return {'', 'blocked', tostring(best.units)}
   end
-  local cold = tonumber(redis.call('HGET', COLD, bj.app) or '0')
   local young = not best.over and now - best.enq < cold
   if n_here > 0 and (young or best.over) then -- W4
     local warm
