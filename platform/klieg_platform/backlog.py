@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from klieg_platform.scheduler import (
     _NO_COUNTS,
@@ -347,13 +347,9 @@ class Backlog:
         else:
             self._idle.discard(fn)
         for fn_index in self._fns.get(fn, ()):
-            for lane in fn_index.lanes:
-                if not lane.app.waits:  # none of its lanes is left, nor would a walk leave one
-                    return  # (a function's lanes are all of one app)
-                if lane.deferred:
-                    self._undefer(lane)
-                elif lane.jobs:
-                    self._stale_orders(lane)
+            if fn_index.lanes and not fn_index.lanes[0].app.waits:
+                return  # none of its lanes is left, nor would a walk leave one (one app's lanes)
+            self._look_again(fn_index.lanes)
 
     def set_timing(self, app: str, cold_start_s: float, service_s: float) -> None:
         """``app``'s measured cold start and mean service time (W2b; a service time of 0: the
@@ -377,7 +373,13 @@ class Backlog:
         if waits == app.waits:
             return
         app.waits = waits
-        for lane in app.lanes:
+        self._look_again(app.lanes)
+
+    def _look_again(self, lanes: Iterable[_LaneIndex]) -> None:
+        """Whether ``lanes`` are left to busy runners may have changed: those left come back
+        (the walk leaves them again if they still are), and the orders of those with jobs are
+        worked out again (the walk may leave them now)."""
+        for lane in lanes:
             if lane.deferred:
                 self._undefer(lane)
             elif lane.jobs:
@@ -858,9 +860,7 @@ class Backlog:
             return held
         if isinstance(held, Job):
             return held  # start() ends its reservation
-        self._release(worker)  # (its job back in its lane: the counts of W2b may change)
-        if self._returning:
-            self._settle()
+        self._release(worker)  # (the lanes W2b lets go meanwhile: ``candidates`` settles them)
         got = _for_worker(
             lambda units: self.candidates(units, full),
             lambda units: self.warm_candidates(here, units, full),

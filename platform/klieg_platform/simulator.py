@@ -522,8 +522,9 @@ class _Replay:
         """End time -> the runners and jobs that end then, in the order they started."""
         self.service = [r.service_s for r in trace.requests]
         self.cold_starts = 0
-        self.busy_gpu_s = self.cold_gpu_s = self.window_busy_gpu_s = 0.0
-        self.cold_gpu_s_by_app: dict[str, float] = {}
+        self.busy_gpu_s = self.window_busy_gpu_s = 0.0
+        self.cold_gpu_s: dict[str, float] = {}
+        """App -> the GPU-seconds its cold starts took."""
         reqs = trace.requests
         self.window = (reqs[0].t, reqs[-1].t) if reqs else (0.0, 0.0)
         self.fleet = _Fleet(self.nodes, scaling, self.window[0])
@@ -616,13 +617,13 @@ class _Replay:
             tiers={t.name: _tier_stats(t, waits[t.name], shed[t.name]) for t in self.tiers},
             cold_starts=self.cold_starts,
             gpu_utilisation=self.busy_gpu_s / gpu_s,
-            cold_start_gpu_share=self.cold_gpu_s / gpu_s,
+            cold_start_gpu_share=sum(self.cold_gpu_s.values()) / gpu_s,
             makespan_s=makespan,
             window_utilisation=self.window_busy_gpu_s / (gpus * span) if span > 0 else 0.0,
             gpu_hours=gpu_s / 3600.0,
             workers_mean=fleet.worker_s / makespan,
             workers_peak=fleet.peak,
-            cold_start_gpu_s=dict(self.cold_gpu_s_by_app),
+            cold_start_gpu_s=dict(self.cold_gpu_s),
         )
 
     def view(self, now: float) -> FleetView:
@@ -671,8 +672,7 @@ class _Replay:
         if cold:
             cold_s = app.cold_start_s
             self.cold_starts += 1
-            self.cold_gpu_s += cold_s * app.num_gpus
-            by_app = self.cold_gpu_s_by_app
+            by_app = self.cold_gpu_s
             by_app[job.app] = by_app.get(job.app, 0.0) + cold_s * app.num_gpus
         begin, end = now + cold_s, now + cold_s + run_s
         lo, hi = self.window
