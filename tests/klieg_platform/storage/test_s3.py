@@ -26,7 +26,7 @@ import pytest
 from klieg.exceptions import InvalidRequestError, NotFoundError
 from klieg_platform.config import Settings
 from klieg_platform.services import open_store
-from klieg_platform.storage import BlobStore, StorageError, direct_url
+from klieg_platform.storage import BlobStore, StorageError, direct_url, media_key
 from klieg_platform.storage.local import LocalBlobStore
 from klieg_platform.storage.s3 import MAX_PRESIGN_S, S3BlobStore
 from tests.klieg_platform.storage.s3server import ACCESS_KEY, SECRET_KEY, make_s3_store
@@ -333,3 +333,16 @@ def test_delete_many_deletes_past_a_thousand_and_ignores_absent_keys(store: Blob
     assert store.written_before("media/", time.time() + 60, 2000) == ["media/kept/one.bin"]
     store.delete_many([])
     assert store.exists("media/kept/one.bin")
+
+
+def test_the_files_of_many_requests_share_at_most_256_folders(tmp_path: Path) -> None:
+    """A file an endpoint returns lives in a folder by its request id's first two characters,
+    not in a new folder per request (on a local disk that was an inode per request)."""
+    store = LocalBlobStore(tmp_path)
+    ids = [uuid.uuid4().hex for _ in range(300)]
+    for rid in ids:
+        store.put(media_key(rid, "tok", "a.png"), rid.encode())
+    folders = os.listdir(tmp_path / "media")
+    assert len(folders) <= 256 and {len(name) for name in folders} == {2}
+    assert all(store.get(media_key(rid, "tok", "a.png")) == rid.encode() for rid in ids)
+    assert media_key(ids[0], "t", "x.png") == f"media/{ids[0][:2]}/{ids[0]}-t-x.png"
