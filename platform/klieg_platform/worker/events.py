@@ -5,7 +5,12 @@ must not await I/O inside the frame loop, and must not reorder them. An ``EventF
 queues the events and one task handles them: log lines are batched into one append; media bytes
 are stored as blobs and their ``klieg-media://`` placeholders become signed URLs, in the chunks
 that follow and (``rewrite``) in the result. ``close()`` flushes everything, so the request is
-completed only after its last line, file and chunk are stored.
+completed only after its last file and chunk are stored.
+
+Log lines linger ``LOG_LINGER_S`` before they are appended (a media or chunk frame behind them
+sends them at once, in order): the lines a request prints in its last moments, all of a short
+request's, are not appended but left in ``leftover`` at ``close()``, and ride the completion
+(``Outcome.logs``, written by the same script) instead of costing an append of their own.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from klieg.media import PENDING_SCHEME
 from klieg_platform.broker import Broker
 
 log = logging.getLogger("klieg.worker")
+
+LOG_LINGER_S = 0.1
+"""How long a log line waits for company before it is appended (live logs are that much late)."""
 
 
 StoreMedia = Callable[[str, protocol.Media, bytes], Awaitable[str]]
@@ -41,20 +49,33 @@ class EventForwarder:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         """Started by the first event: a request that sends none costs no task."""
+        self._timer: asyncio.TimerHandle | None = None
+        self.leftover: list[dict[str, Any]] = []
+        """The log lines still waiting at ``close()``: the completion carries them."""
 
     def __call__(self, msg: protocol.Event, body: bytes) -> None:
         """``RunnerProcess.call``'s ``on_event``: queue one frame."""
         if isinstance(msg, protocol.Log):
             self._pending.append(("log", msg.line))
+            if self._timer is None and not self._wake.is_set():
+                self._timer = asyncio.get_running_loop().call_later(LOG_LINGER_S, self._send)
         elif isinstance(msg, protocol.Media):
             self._pending.append(("media", (msg, body)))
+            self._send()
         elif isinstance(msg, protocol.Chunk) and self.stream:
             self._pending.append(("chunk", body))
+            self._send()
         else:
             return
-        self._wake.set()
         if self._task is None:
             self._task = asyncio.create_task(self._run())
+
+    def _send(self) -> None:
+        """Hand what waits to the task now."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._wake.set()
 
     async def _run(self) -> None:
         while True:
@@ -86,7 +107,14 @@ class EventForwarder:
         return body
 
     async def close(self) -> None:
+        """Store every file and chunk still waiting; the log lines after the last of them are
+        not appended but left in ``leftover``."""
         self._closing = True
+        tail = len(self._pending)
+        while tail and self._pending[tail - 1][0] == "log":
+            tail -= 1
+        self.leftover = [line for _, line in self._pending[tail:]]
+        del self._pending[tail:]
         if self._task is not None:
-            self._wake.set()
+            self._send()
             await self._task

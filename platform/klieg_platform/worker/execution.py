@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from klieg._runtime import protocol
@@ -71,6 +72,8 @@ class Execution:
         self.setup_s: float | None = None
         """How much of ``cold_s`` the app's own setup() took."""
         self.phase = PREPARING
+        self.events: EventForwarder | None = None
+        """The request's live events, once it reached the runner's side."""
 
     async def run(self) -> None:
         w, job = self.worker, self.job
@@ -92,10 +95,17 @@ class Execution:
         finally:
             self.phase = FINISHING
             w.settled(job)
+        leftover = self.events.leftover if self.events is not None else []
         try:
             if outcome is None:
+                if leftover:  # the attempt's last lines stay in its log, as a retry's follow
+                    await until_available(
+                        lambda: w.broker.streams.append_logs(job.id, leftover), w.outage
+                    )
                 await until_available(lambda: w.broker.queue.requeue(job.id, w.id), w.outage)
                 return
+            if leftover:
+                outcome = replace(outcome, logs=[*leftover, *outcome.logs])
             service_s = self.service_s if outcome.ok else None
             done = await until_available(
                 lambda: w.broker.queue.finish_job(
@@ -128,6 +138,7 @@ class Execution:
         if job.payload_ref:
             payload = await asyncio.to_thread(w.store.get, job.payload_ref)
         events = EventForwarder(w.broker, job.id, stream=job.stream, store_media=self._store_media)
+        self.events = events
         if (notice := w.warmth.hardware_notice(fn, w.id, w.pools)) is not None:
             events(protocol.Log(job.id, notice), b"")
         try:
