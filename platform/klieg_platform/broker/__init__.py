@@ -55,7 +55,7 @@ class Broker:
     ) -> None:
         self.redis = redis
         self.wire = Wire.of(redis)
-        self.streams = Streams(redis, result_ttl_s)
+        self.streams = Streams(redis, result_ttl_s, self.wire)
         self.queue = Queue(
             redis,
             self.streams,
@@ -66,7 +66,7 @@ class Broker:
             history_max=history_max,
         )
         self.workers = Membership(redis)
-        self.stats = Stats(redis)
+        self.stats = Stats(redis, self.wire)
         self.claims = Claims(redis)
         self.limits = Limits(redis)
 

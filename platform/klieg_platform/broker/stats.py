@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 
 from klieg_platform import keys
 from klieg_platform.broker import scripts as lua
+from klieg_platform.broker.wire import HotScript, Wire
 from klieg_platform.scheduler import Tier
 
 Kind = Literal["service", "cold"]
@@ -103,11 +104,11 @@ class Snapshot:
 
 
 class Stats:
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, wire: Wire | None = None) -> None:
         self.redis = redis
         self._record = redis.register_script(lua.RECORD_TIME)
         self._cold = redis.register_script(lua.RECORD_COLD)
-        self._batch = redis.register_script(lua.RECORD_BATCH)
+        self._batch = HotScript(redis, wire, lua.RECORD_BATCH)  # one per batch a worker runs
         self._fold = redis.register_script(lua.FOLD_METRICS)
 
     async def record_time(self, kind: Kind, app_key: str, seconds: float) -> None:

@@ -39,17 +39,27 @@ def db_of(redis: aioredis.Redis) -> int:
 
 
 class Streams:
-    def __init__(self, redis: aioredis.Redis, ttl_s: int) -> None:
+    def __init__(self, redis: aioredis.Redis, ttl_s: int, wire: Wire | None = None) -> None:
         self.redis = redis
         self.ttl_s = ttl_s
         self.db = db_of(redis)
+        self.wire = wire
+        """The request path's connection (``Broker.wire``): log appends go over it."""
 
     def channel(self, name: str) -> str:
         """``name``'s channel on this client's database (``keys.channel``)."""
         return keys.channel(name, self.db)
 
     async def append_logs(self, request_id: str, lines: Sequence[dict[str, Any]]) -> None:
+        """Append ``lines`` to the request's log, which expires with its record. Over the
+        ``wire`` (where there is one) the two commands leave in one write, pipelined, not in a
+        transaction: a log left without its expiry gets it when the request completes."""
         key = keys.logs(request_id)
+        if self.wire is not None:
+            encoded = [json.dumps(line) for line in lines]
+            pushed = self.wire.call("RPUSH", key, *encoded)
+            await asyncio.gather(pushed, self.wire.call("EXPIRE", key, self.ttl_s))
+            return
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.rpush(key, *(json.dumps(line) for line in lines))
             pipe.expire(key, self.ttl_s)
