@@ -281,11 +281,13 @@ async def read_demands(
         depths = await broker.queue.depths()
     if live is None:
         live = await broker.workers.live()
-    lanes = await broker.queue.lanes(pools)
-    heads = await broker.queue.heads_waited(pools)
-    room = await broker.queue.app_room()
-    service = await broker.stats.means("service")
-    cold = await broker.stats.means("cold")
+    lanes, heads, room, service, cold = await asyncio.gather(  # concurrent reads, not in turn
+        broker.queue.lanes(pools),
+        broker.queue.heads_waited(pools),
+        broker.queue.app_room(),
+        broker.stats.means("service"),
+        broker.stats.means("cold"),
+    )
     busy, idle = fleet_capacity(live)
     out = {}
     for pool in pools:
