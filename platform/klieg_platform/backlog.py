@@ -351,6 +351,11 @@ class Backlog:
                 return  # none of its lanes is left, nor would a walk leave one (one app's lanes)
             self._look_again(fn_index.lanes)
 
+    def service_of(self, app: str) -> float:
+        """``app``'s mean service time as ``set_timing`` last gave it (0: none)."""
+        a = self._apps.get(app)
+        return a.service if a is not None else 0.0
+
     def set_timing(self, app: str, cold_start_s: float, service_s: float) -> None:
         """``app``'s measured cold start and mean service time (W2b; a service time of 0: the
         app's jobs are never left to busy runners)."""
@@ -874,6 +879,8 @@ class Backlog:
             (lambda job: _hinted_away(job, now, hinted_here, hinted_elsewhere))
             if hinted_elsewhere
             else None,
+            None,
+            self.service_of,
         )
         if isinstance(got, Blocked) and got.job is not None:
             self._reserve(worker, got.job)

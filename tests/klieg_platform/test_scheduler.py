@@ -369,6 +369,25 @@ def test_w4_applies_while_the_best_is_young_or_the_warm_job_about_as_late() -> N
     assert for_worker({"enterprise": [other], "api": [warm]}, 101.0, here=["audio"]) is other
 
 
+def test_w4_asks_less_of_a_warm_job_when_best_would_start_slower_than_it_serves() -> None:
+    """Over its SLO, best (an api image job: 20 s cold start, 2.0 of its SLO waited) against a
+    warm enterprise job far less late (0.07 of its SLO): cold-started while its app serves about
+    as slowly as it starts, left behind the warm job while a cold start costs four of its
+    requests' service. A warm job of a less important tier gets no such favour."""
+    best = wjob("best", "api", 100.0)
+    warm = wjob("warm", "enterprise", 335.8, app="audio")
+    queues = {"enterprise": [warm], "api": [best]}
+    assert scheduler.COLD_WEIGHT == 6
+    assert scheduler.warm_share(20.0, 5.0) == pytest.approx(0.5 * 0.25**6)
+    assert scheduler.warm_share(20.0, 20.0) == scheduler.warm_share(20.0, 0.0) == 0.5
+    for service, want in ((5.0, warm), (20.0, best), (None, best)):
+        times = {} if service is None else {"image": service}
+        assert for_worker(queues, 340.0, here=["audio"], service_s=times) is want, service
+    lower = wjob("lower", "free", 214.0, app="audio")  # 126 s of 1800: 0.07 of its SLO
+    queues = {"api": [best], "free": [lower]}
+    assert for_worker(queues, 340.0, here=["audio"], service_s={"image": 5.0}) is best
+
+
 def test_w5_otherwise_the_best_pays_a_cold_start() -> None:
     e1 = wjob("e1", "enterprise", 100.0)
     assert for_worker({"enterprise": [e1]}, 105.0) is e1

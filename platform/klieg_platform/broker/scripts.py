@@ -64,7 +64,7 @@ local UNCAPPED = '{keys.WORKFLOW_POOL}'
 local LOGS = '{keys.LOGS_PREFIX}'
 local S_QUEUED, S_RUNNING = '{Status.IN_QUEUE}', '{Status.IN_PROGRESS}'
 local S_DONE = '{Status.COMPLETED}'
-local WARM_SHARE = {scheduler.WARM_SHARE!r}
+local WARM_SHARE, COLD_WEIGHT = {scheduler.WARM_SHARE!r}, {scheduler.COLD_WEIGHT!r}
 local HINT_WAIT_MS = {scheduler.HINT_WAIT_S * 1000!r}
 local M_REQUESTS, M_PENDING = '{keys.METRICS_REQUESTS}', '{keys.METRICS_PENDING}'
 local M_QUEUE, M_RUN = '{keys.METRICS_QUEUE_S}', '{keys.METRICS_RUN_S}'
@@ -640,7 +640,9 @@ return {string.format('%.0f', score), 0, pos}
 #   W4. best is young (within its SLO and waited less than its app's measured cold start), or
 #       over its SLO: the best of the warm candidates (per tier the oldest request under caps of
 #       a function idle here, fitting the total), if it fits the free units and best is young or
-#       its wait/SLO is at least WARM_SHARE of best's, with no cold start;
+#       its wait/SLO is at least WARM_SHARE of best's (for a warm candidate of best's tier or a
+#       more important one, times (service / cold start) ** COLD_WEIGHT where best's app's cold
+#       start is longer than its mean service time, SERVICE and COLD), with no cold start;
 #   W5. otherwise best, with a cold start.
 # Cost: a few commands per tier and pool, plus the lanes skipped, the reservations of the pools
 # and the warm functions' lanes; never the capped requests queued.
@@ -778,6 +780,15 @@ local function left_to_busy(j, c, cold)
   return queued * service <= running * cold
 end
 
+-- W4's share of best's score a warm candidate needs under overload (scheduler.warm_share), for
+-- a best of app, whose measured cold start is cold: less where it is longer than the app's
+-- mean service time
+local function warm_share(app, cold)
+  local service = tonumber(redis.call('HGET', SERVICE, app) or '0') or 0
+  if cold <= service or service <= 0 then return WARM_SHARE end
+  return WARM_SHARE * (service / cold) ^ COLD_WEIGHT
+end
+
 -- rules 2 and W1-W5 over the requests of at most limit units (W3's backfill: the free units)
 local choose
 choose = function(limit)
@@ -867,7 +878,9 @@ choose = function(limit)
         if better(c, warm) then warm = c end
       end
     end
-    if warm and warm.units <= free and (young or warm.score >= WARM_SHARE * best.score) then
+    local close = young or (warm and warm.score >= (warm.rank <= best.rank
+      and warm_share(bj.app, cold) or WARM_SHARE) * best.score)
+    if warm and warm.units <= free and close then
       return take(load(warm.id), nil, more(), tostring(warm.units))
     end
   end

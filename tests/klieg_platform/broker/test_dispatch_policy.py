@@ -563,6 +563,50 @@ def test_a_job_is_young_while_its_wait_is_below_the_cold_start(
     asyncio.run(main())
 
 
+@pytest.mark.parametrize(
+    ("service_ms", "warm", "taken"), [("5000", "q", "q"), ("20000", "q", "r"), ("5000", "p", "r")]
+)
+def test_a_warm_job_goes_first_under_overload_while_best_would_start_slower_than_it_serves(
+    redis_url: str, service_ms: str, warm: str, taken: str
+) -> None:
+    """Best ("r": 2.0 of the api SLO waited; its app starts in 20 s) against a warm request far
+    less late ("q": 0.07 of the enterprise SLO): the warm one goes first while best's app serves
+    in a quarter of its cold start (W4, ``warm_share``), best while it serves as slowly; best
+    too against a warm request of a less important tier ("p", free)."""
+
+    async def main() -> None:
+        broker = Broker.from_url(redis_url, result_ttl_s=60, max_attempts=3, tiers=TIERS)
+        try:
+            reqs = (("r", "a", "f", "api", 240_000), ("q", "b", "g", "enterprise", 4_200),
+                    ("p", "c", "h", "free", 125_000))  # fmt: skip
+            for rid, app, fn, tier, waited in reqs:
+                req = NewRequest(
+                    id=rid, owner="o", tenant=f"t-{rid}", app=app, revision=f"{app}-r1",
+                    function=fn, endpoint="/", pool="GPU", payload=b"{}", timeout_s=30,
+                    tier=tier,
+                )  # fmt: skip
+                await broker.queue.enqueue(req, at_ms=NOW_MS - waited)
+            await broker.redis.hset(keys.COLD_STATS, "o/a", "20000.0")
+            await broker.redis.hset(keys.SERVICE_STATS, "o/a", service_ms)
+            queues = {
+                "enterprise": [Job("q", "enterprise", "t-q", "o/b", NOW_MS - 4_200, 0, "b-r1/g")],
+                "api": [Job("r", "api", "t-r", "o/a", NOW_MS - 240_000, 0, "a-r1/f")],
+                "free": [Job("p", "free", "t-p", "o/c", NOW_MS - 125_000, 0, "c-r1/h")],
+            }
+            here = ["b-r1/g" if warm == "q" else "c-r1/h"]
+            want = pick_for_worker(queues, NOW_MS, tiers=TIERS_MS, free_units=1, total_units=1,
+                                   here=here, cold_start_s={"o/a": 20_000.0},
+                                   service_s={"o/a": float(service_ms)})  # fmt: skip
+            got = await broker.queue.dispatch(
+                ["GPU"], "w", 30, free_units=1, total_units=1, warm_here=here, at_ms=NOW_MS
+            )
+            assert _outcome(got) == _outcome(want) == ("job", taken)
+        finally:
+            await broker.close()
+
+    asyncio.run(main())
+
+
 def _gpu_req(
     rid: str, gpus: int, tenant: str = "t", app: str = "a", tenant_cap: int = 0
 ) -> NewRequest:
