@@ -762,13 +762,18 @@ local function reserved_count()
   return n
 end
 
+-- app's measured mean service time (ms; 0: none), which W2b and W4 weigh against its cold start
+local function service_of(app)
+  return tonumber(redis.call('HGET', SERVICE, app) or '0') or 0
+end
+
 -- W2b: candidate c (request j, whose app's measured cold start is cold) is young and its app's
 -- busy runners reach all its app's queued requests within a cold start
 -- (scheduler.busy_runners_first); c's function is idle nowhere (W1 and W2 went first)
 local left = {}
 local function left_to_busy(j, c, cold)
   if now - c.enq >= cold then return false end
-  local service = tonumber(redis.call('HGET', SERVICE, j.app) or '0') or 0
+  local service = service_of(j.app)
   if service <= 0 then return false end
   local running = tonumber(redis.call('HGET', A_RUN, j.app) or '0') or 0
   if running <= 0 then return false end
@@ -784,7 +789,7 @@ end
 -- a best of app, whose measured cold start is cold: less where it is longer than the app's
 -- mean service time
 local function warm_share(app, cold)
-  local service = tonumber(redis.call('HGET', SERVICE, app) or '0') or 0
+  local service = service_of(app)
   if cold <= service or service <= 0 then return WARM_SHARE end
   return WARM_SHARE * (service / cold) ^ COLD_WEIGHT
 end

@@ -54,14 +54,13 @@ class Streams:
         """Append ``lines`` to the request's log, which expires with its record. Over the
         ``wire`` (where there is one) the two commands leave in one write, pipelined, not in a
         transaction: a log left without its expiry gets it when the request completes."""
-        key = keys.logs(request_id)
+        key, encoded = keys.logs(request_id), [json.dumps(line) for line in lines]
         if self.wire is not None:
-            encoded = [json.dumps(line) for line in lines]
             pushed = self.wire.call("RPUSH", key, *encoded)
             await asyncio.gather(pushed, self.wire.call("EXPIRE", key, self.ttl_s))
             return
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(key, *(json.dumps(line) for line in lines))
+            pipe.rpush(key, *encoded)
             pipe.expire(key, self.ttl_s)
             await pipe.execute()
 
