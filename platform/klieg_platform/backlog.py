@@ -37,6 +37,7 @@ from klieg_platform.scheduler import (
     _for_worker,
     _held,
     _hinted_away,
+    _warm_first,
     busy_runners_first,
 )
 
@@ -860,7 +861,9 @@ class Backlog:
                 if w != worker
             )
             held = _held(mine, others, self._tier, now, free_units, total_units, self.under_cap,
-                         lambda j: self._key[j.id])  # fmt: skip
+                         lambda j: self._key[j.id],
+                         lambda job: _warm_first(job, here, lambda: self.warm_candidates(
+                             here, room, full)))  # fmt: skip
         if isinstance(held, Blocked):
             return held
         if isinstance(held, Job):

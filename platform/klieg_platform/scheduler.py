@@ -44,7 +44,12 @@ W0. a reserved job fits the free units and is under cap: this worker's own reser
     best (rule 4) of the other workers' reservations that fit: take it (a drained slot goes to
     the job it was drained for). This worker's reservation does not fit yet: ``Blocked(units)``,
     take nothing. This worker's reservation is now over cap: the reservation ends (the job waits
-    in its queue like any other) and the rules go on;
+    in its queue like any other) and the rules go on. Another worker's reservation is not taken
+    while this worker holds warm work for its idle runners (``_warm_first``: the reserved job's
+    function is not idle here, and a job whose function is idle here is a candidate that fits
+    the free units): the rules go on, and the reservation waits for the worker that drains for
+    it. Taking it would evict a warm runner whose own app has requests waiting, for a cold
+    start, and that app would pay a cold start of its own next;
 W1. best's function is idle here: take best, unless best carries a runner hint (fal's
     ``X-Fal-Runner-Hint``, ``Job.hint``) that no idle runner of its function here reports but
     one on another worker does (``hinted_here``, ``hinted_elsewhere``: (function key, hint)
@@ -422,12 +427,15 @@ def _held(
     total_units: int,
     under_cap: Callable[[Job], bool],
     fifo: Callable[[Job], int],
+    warm_first: Callable[[Job], bool] | None = None,
 ) -> Job | Blocked | object | None:
     """Rule W0, for a worker holding ``mine`` (None: no reservation) while ``others`` (every
     other reservation, or at least those that fit) are held elsewhere: the reserved job to
     take, ``Blocked`` (still draining), ``_VOID`` (this worker's reservation ends untaken) or
     None (no reservation applies: go on with W1-W5). ``fifo``: a job's place in its tier's
-    FIFO order, which decides between reservations of one tier enqueued at the same time."""
+    FIFO order, which decides between reservations of one tier enqueued at the same time.
+    ``warm_first``: whether this worker's warm work goes before another worker's reserved job
+    (``_warm_first``)."""
     if mine is not None:
         if not under_cap(mine):
             return _VOID
@@ -437,7 +445,19 @@ def _held(
         ((tiers[j.tier], j) for j in others if j.units <= room and under_cap(j)),
         key=lambda c: (c[0].rank, c[1].enqueued_at, fifo(c[1])),
     )
-    return _best(fits, now)[0] if fits else None
+    if not fits:
+        return None
+    job = _best(fits, now)[0]
+    return None if warm_first is not None and warm_first(job) else job
+
+
+def _warm_first(
+    job: Job, here: Collection[str], warm_candidates: Callable[[], Sequence[object]]
+) -> bool:
+    """W0's exception: another worker's reserved ``job`` is left to it while its function is not
+    idle here and ``warm_candidates()`` (W4's, of the jobs that fit the free units) is not
+    empty."""
+    return bool(here) and job.function_key not in here and bool(warm_candidates())
 
 
 Hinted = Collection[tuple[str, str]]
@@ -569,8 +589,13 @@ def pick_for_worker(
     others = [j for w, j in reserved.items() if w != worker]
     by_name = {t.name: t for t in tiers}
     place = {j.id: i for queue in queues.values() for i, j in enumerate(queue)}
+    every = {j.id for j in reserved.values()}
+    room = min(free_units, total_units)
     held = _held(reserved.get(worker), others, by_name, now, free_units, total_units,
-                 lambda j: _under_cap(j, *counts), lambda j: place[j.id])  # fmt: skip
+                 lambda j: _under_cap(j, *counts), lambda j: place[j.id],
+                 lambda job: _warm_first(job, here, lambda: _candidates(
+                     queues, tiers, *counts, max_units=room, warm=here, full=full,
+                     skip=every)))  # fmt: skip
     if isinstance(held, Job | Blocked):
         return held
     skip = {j.id for w, j in reserved.items() if w != worker or held is not _VOID}

@@ -321,6 +321,31 @@ def test_w0_a_reservation_is_served_first_by_whoever_fits_it() -> None:
     assert got is urgent
 
 
+def test_w0_another_workers_reservation_waits_while_warm_work_waits_here() -> None:
+    """A worker whose idle runner has work queued serves it, not another worker's reservation
+    that would evict that runner for a cold start; without such work, or where the reserved
+    job's own function idles here, it takes the reservation."""
+    big = wjob("big", "api", 0.0, app="video", gpus=8, fn="r1/video")
+    mine = wjob("mine", "free", 50.0, app="video-2", gpus=8, fn="r1/video-2")
+    queues = {"api": [big], "free": [mine]}
+    held = {"w1": big}
+    kw: dict[str, Any] = {"free": 8, "worker": "w2", "reserved": held}
+    assert for_worker(queues, 100.0, **kw, here=["r1/video-2"]) is mine
+    assert for_worker({"api": [big]}, 100.0, **kw, here=["r1/video-2"]) is big
+    assert for_worker(queues, 100.0, **kw, here=["r1/video-2", "r1/video"]) is big
+    assert for_worker(queues, 100.0, **kw) is big, "nothing idle here"
+    # Warm work that does not fit the free units does not hold the reservation back.
+    wide = wjob("wide", "free", 50.0, app="video-2", gpus=16, fn="r1/video-2")
+    got = for_worker({"api": [big], "free": [wide]}, 100.0, **kw, total=16, here=["r1/video-2"])
+    assert got is big
+    small = wjob("small", "free", 50.0, app="image", fn="r1/image")
+    got = for_worker({"api": [big], "free": [small]}, 100.0, **kw, here=["r1/image"])
+    assert got is small
+    capped = {"app_caps": {"image": 1}, "inflight_by_app": {"image": 1}}
+    got = for_worker({"api": [big], "free": [small]}, 100.0, **kw, here=["r1/image"], **capped)
+    assert got is big, "the warm work is capped: it is not a candidate"
+
+
 def test_w4_a_young_best_gives_way_to_the_best_warm_candidate() -> None:
     e1 = wjob("e1", "enterprise", 100.0, app="image")  # the pick; 5 s < image's 20 s cold start
     e2 = wjob("e2", "enterprise", 101.0, app="audio")

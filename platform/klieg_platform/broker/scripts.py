@@ -623,7 +623,9 @@ return {string.format('%.0f', score), 0, pos}
 #       to the index) and the rules go on; it needs more units than are free: renew it and
 #       answer {'', 'blocked', units}; it fits: take it. Without one of its own,
 #       the best of the other workers' reservations that fit the free units and are under cap:
-#       take it;
+#       take it, unless its function is not idle here and a warm candidate (W4's) fits the free
+#       units: then the rules go on (the warm work goes first here; the reservation waits for
+#       its own worker);
 #   W1. best runs on a runner idle here: take it; unless its record's hint is hinted
 #       elsewhere and not here and it has waited less than HINT_WAIT_MS: take nothing,
 #       {'', 'elsewhere', ms left of HINT_WAIT_MS}, and wake the workers reporting the hint on
@@ -710,6 +712,44 @@ local function more()
   return '0'
 end
 
+-- the head of lane (of pool:tier at) and its score
+local function head(at, lane)
+  local ref = at .. ':' .. lane
+  local tenant = redis.call('ZRANGE', LANE .. ref, 0, 0)[1]
+  local h = flow_head(ref, tenant)
+  return h[1], tonumber(h[2])
+end
+
+-- W4's warm candidate: per tier the oldest request under caps of a function idle here (not
+-- full) of at most limit units, and the best of those (nil: none)
+local function warm_best(limit)
+  local warm
+  for _, t in ipairs(tiers) do
+    local first
+    for _, pool in ipairs(pools) do
+      local at = pool .. ':' .. t.name
+      for fn in pairs(here) do
+        if not full[fn] then
+          for _, lane in ipairs(redis.call('SMEMBERS', FN_LANES .. at .. ':' .. fn)) do
+            local units = tonumber(string.match(lane, '#(%d+)$'))
+            local raw = units <= limit and redis.call('ZSCORE', LANES .. at, lane)
+            if raw and (first == nil or tonumber(raw) < first.raw) then
+              first = {at = at, lane = lane, units = units, raw = tonumber(raw)}
+            end
+          end
+        end
+      end
+    end
+    if first then
+      local id, raw = head(first.at, first.lane)
+      local c = candidate(id, raw, t, now)
+      c.units = first.units
+      if better(c, warm) then warm = c end
+    end
+  end
+  return warm
+end
+
 -- W0
 local own, others = nil, {}
 for _, pool in ipairs(pools) do
@@ -745,15 +785,10 @@ else
       if better(c, pick) then pick = c end
     end
   end
+  if pick and n_here > 0 and not here[pick.j.fn] and warm_best(math.min(free, total)) then
+    pick = nil -- this worker's warm work goes first
+  end
   if pick then return take(pick.j, pick.w, more(), tostring(pick.j.units)) end
-end
-
--- the head of lane (of pool:tier at) and its score
-local function head(at, lane)
-  local ref = at .. ':' .. lane
-  local tenant = redis.call('ZRANGE', LANE .. ref, 0, 0)[1]
-  local h = flow_head(ref, tenant)
-  return h[1], tonumber(h[2])
 end
 
 local function reserved_count()
@@ -859,30 +894,7 @@ choose = function(limit)
   end
   local young = not best.over and now - best.enq < cold
   if n_here > 0 and (young or best.over) then -- W4
-    local warm
-    for _, t in ipairs(tiers) do
-      local first
-      for _, pool in ipairs(pools) do
-        local at = pool .. ':' .. t.name
-        for fn in pairs(here) do
-          if not full[fn] then
-            for _, lane in ipairs(redis.call('SMEMBERS', FN_LANES .. at .. ':' .. fn)) do
-              local units = tonumber(string.match(lane, '#(%d+)$'))
-              local raw = units <= limit and redis.call('ZSCORE', LANES .. at, lane)
-              if raw and (first == nil or tonumber(raw) < first.raw) then
-                first = {at = at, lane = lane, units = units, raw = tonumber(raw)}
-              end
-            end
-          end
-        end
-      end
-      if first then
-        local id, raw = head(first.at, first.lane)
-        local c = candidate(id, raw, t, now)
-        c.units = first.units
-        if better(c, warm) then warm = c end
-      end
-    end
+    local warm = warm_best(limit)
     local close = young or (warm and warm.score >= (warm.rank <= best.rank
       and warm_share(bj.app, cold) or WARM_SHARE) * best.score)
     if warm and warm.units <= free and close then

@@ -671,6 +671,45 @@ def test_a_reservation_of_a_silent_worker_expires_and_others_take_reservations_t
     asyncio.run(main())
 
 
+@pytest.mark.parametrize(("here", "taken"), [("b-r1/f", "warm"), ("c-r1/f", "big"), ("", "big")])
+def test_another_workers_reservation_waits_while_warm_work_waits_here(
+    redis_url: str, here: str, taken: str
+) -> None:
+    """W0's exception, against the reference: worker b, whose idle runner of app b has a request
+    queued, serves that one and leaves worker a's reservation to a; with an idle runner of an
+    app with nothing queued (c), or none, it takes the reservation."""
+
+    async def main() -> None:
+        broker = Broker.from_url(redis_url, result_ttl_s=60, max_attempts=3, tiers=TIERS)
+        q = broker.queue
+        try:
+            await q.enqueue(_gpu_req("big", 2, tenant="t-big"), at_ms=NOW_MS - 2000)
+            got = await q.dispatch(["GPU"], "a", 30, free_units=1, total_units=2, at_ms=NOW_MS)
+            assert got == Blocked(2)
+            warm = NewRequest(
+                id="warm", owner="o", tenant="t-warm", app="b", revision="b-r1", function="f",
+                endpoint="/", pool="GPU", payload=b"{}", timeout_s=30, tier="free", gpus=2,
+            )  # fmt: skip
+            await q.enqueue(warm, at_ms=NOW_MS - 1000)
+            big = Job("big", "api", "t-big", "o/a", NOW_MS - 2000, 2, "a-r1/f")
+            queues = {
+                "api": [big],
+                "free": [Job("warm", "free", "t-warm", "o/b", NOW_MS - 1000, 2, "b-r1/f")],
+            }
+            idle = [here] if here else []
+            want = pick_for_worker(queues, NOW_MS, tiers=TIERS_MS, free_units=2, total_units=2,
+                                   here=idle, worker="b", reserved={"a": big})  # fmt: skip
+            got = await q.dispatch(["GPU"], "b", 30, free_units=2, total_units=2,
+                                   warm_here=idle, at_ms=NOW_MS)  # fmt: skip
+            assert _outcome(got) == _outcome(want) == ("job", taken)
+            reserved = await broker.redis.hgetall(keys.reserved("GPU"))
+            assert reserved == ({b"a": b"big"} if taken == "warm" else {})
+        finally:
+            await broker.close()
+
+    asyncio.run(main())
+
+
 def test_cancelling_a_reserved_job_ends_its_reservation(redis_url: str) -> None:
     async def main() -> None:
         broker = Broker.from_url(redis_url, result_ttl_s=60, max_attempts=3, tiers=TIERS)
