@@ -35,7 +35,9 @@ klieg:reserved-until:{pool}
 klieg:index              string   the lane index's version; absent on data queued before it
                                    (``Queue.reindex`` then builds it from klieg:q)
 klieg:pools               set      every pool that has ever had a request
-klieg:wake:{pool}         list     wake-up tokens; workers block on it when the queue is empty
+klieg:wake:{pool}         list     wake-up tokens; workers block on it when the queue is empty; a
+                                   token is the "revision/function" of the request that woke it,
+                                   or WAKE_ANY ("1": anything may be startable, a cap fell)
 klieg:wake:*              list     wake-up tokens for workers that serve every pool
 klieg:wake:@{worker}      list     wake-up tokens of one worker: it freed a runner others waited
                                    for, or a request was left to its idle runner (expires 60 s on)
@@ -211,6 +213,9 @@ def wake(pool: str) -> str:
     return WAKE_PREFIX + pool
 
 
+WAKE_ANY = "1"
+"""A wake token that names no function: anything may be startable now (a cap fell, a slot
+freed). Other tokens name the "revision/function" that woke the list (``Wakes.wait``)."""
 OWN_WAKE_MARK = "@"
 """``wake(OWN_WAKE_MARK + worker id)`` is one worker's own wake list."""
 

@@ -93,13 +93,39 @@ class Wakes:
         self.redis = redis
         self.wire = wire
 
-    async def wait(self, pools: Sequence[str], timeout_s: float) -> None:
-        """Block until a wake token arrives for one of ``pools`` or the timeout passes."""
+    async def wait(
+        self,
+        pools: Sequence[str],
+        timeout_s: float,
+        startable: Callable[[str], bool] | None = None,
+    ) -> None:
+        """Block until a wake token arrives for one of ``pools`` or the timeout passes. A token
+        names the "revision/function" of the request that woke the list (or of the runner that
+        freed), or is ``keys.WAKE_ANY`` (anything may start: a cap fell, a slot freed). With
+        ``startable``, a token naming a function for which it answers False (its runners here
+        are all busy: a dispatch could not start it) is passed over, and the wait goes on until
+        the same deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            token = await self._pop(pools, timeout_s)
+            if token is None or startable is None or token == keys.WAKE_ANY or startable(token):
+                return
+            timeout_s = deadline - loop.time()
+            if timeout_s < 0.001:  # (a zero timeout would block for good)
+                return
+
+    async def _pop(self, pools: Sequence[str], timeout_s: float) -> str | None:
+        """One blocking pop over the pools' wake lists: the token, or None at the timeout."""
         names = [keys.wake(p) for p in pools]
         if self.wire is None:
-            await self.redis.blpop(names, timeout=timeout_s)
+            got = await self.redis.blpop(names, timeout=timeout_s)
         else:
-            await self.wire.call("BLPOP", *names, f"{timeout_s:.3f}")
+            got = await self.wire.call("BLPOP", *names, f"{timeout_s:.3f}")
+        if not got:
+            return None
+        token = got[1]
+        return token.decode() if isinstance(token, bytes) else str(token)
 
     def close(self) -> None:
         if self.wire is not None:
@@ -303,11 +329,13 @@ class Queue:
         """A connection of its own for one loop's blocking waits for work (``Wakes.wait``)."""
         return Wakes(self.redis, Wire.of(self.redis))
 
-    async def nudge(self, pool: str) -> None:
+    async def nudge(self, pool: str, token: str = keys.WAKE_ANY) -> None:
         """Push a wake token for ``pool`` (bounded, as the scripts' ``wake``; the list expires
-        a minute after its last token: a worker's own list outlives it by no more). One script
-        over the wire: it leaves with whatever else this turn of the event loop sends."""
-        await self._nudge(args=[keys.wake(pool)])
+        a minute after its last token: a worker's own list outlives it by no more): ``token``
+        names a "revision/function" that may start now, or is ``keys.WAKE_ANY`` (``Wakes.wait``).
+        One script over the wire: it leaves with whatever else this turn of the event loop
+        sends."""
+        await self._nudge(args=[keys.wake(pool), token])
 
     async def renew_many(self, request_ids: Sequence[str], worker_id: str, lease_s: float) -> int:
         """Extend by ``lease_s`` the leases of ``request_ids`` that ``worker_id`` still holds;

@@ -48,7 +48,7 @@ def in_db(source: str, db: int) -> str:
 
 PRELUDE = f"""
 local REQ, QUEUE, WAKE = '{keys.REQUEST_PREFIX}', '{keys.QUEUE_PREFIX}', '{keys.WAKE_PREFIX}'
-local OWN_WAKE = '{keys.wake(keys.OWN_WAKE_MARK)}'
+local OWN_WAKE, WAKE_ANY = '{keys.wake(keys.OWN_WAKE_MARK)}', '{keys.WAKE_ANY}'
 local INFLIGHT, POOLS = '{keys.INFLIGHT}', '{keys.POOLS}'
 local HOOKS, DONE, CANCEL = '{keys.WEBHOOKS}', '{keys.DONE_CHANNEL}', '{keys.CANCEL_CHANNEL}'
 local T_RUN, A_RUN = '{keys.TENANT_INFLIGHT}', '{keys.APP_INFLIGHT}'
@@ -156,14 +156,15 @@ local function fold_mean(key, field, sample)
   redis.call('HSET', key, field, string.format('%.1f', mean))
 end
 
--- one wake token on list w, which keeps at most 64
-local function push_wake(w)
-  if redis.call('LPUSH', w, '1') > 64 then redis.call('LTRIM', w, 0, 63) end
+-- one wake token on list w, which keeps at most 64: the "revision/function" of the request
+-- that woke it (``fn``), or '1' (anything may be startable now)
+local function push_wake(w, fn)
+  if redis.call('LPUSH', w, fn or WAKE_ANY) > 64 then redis.call('LTRIM', w, 0, 63) end
 end
 
-local function wake(pool)
-  push_wake(WAKE .. pool)
-  push_wake(WAKE .. '*')
+local function wake(pool, fn)
+  push_wake(WAKE .. pool, fn)
+  push_wake(WAKE .. '*', fn)
 end
 
 -- wake the workers ``holders`` names ("w1|w2") on their own lists (which expire once their
@@ -421,7 +422,7 @@ local function requeue(id)
   local j = load(id)
   redis.call('ZADD', qkey(j.pool, j.tier), j.score, id)
   index(j)
-  wake(j.pool)
+  wake(j.pool, j.fn)
 end
 
 -- is candidate c better than b by the policy?
@@ -588,7 +589,8 @@ redis.call('HSET', REQ .. ARGV[1], unpack(record))
 redis.call('ZADD', q, score, ARGV[1])
 recap(T_RUN, T_CAP, ARGV[6], ARGV[7], park_tenant, unpark_tenant)
 recap(A_RUN, A_CAP, ARGV[8], ARGV[9], park_app, unpark_app)
-index(load(ARGV[1]))
+local j = load(ARGV[1])
+index(j)
 redis.call('SADD', POOLS, ARGV[2])
 local hk, most = HISTORY .. ARGV[6], tonumber(ARGV[11])
 redis.call('ZADD', hk, ARGV[4], ARGV[1])
@@ -596,7 +598,7 @@ redis.call('ZREMRANGEBYSCORE', hk, '-inf', '(' .. ARGV[12])
 if most > 0 and redis.call('ZCARD', hk) > most then
   redis.call('ZREMRANGEBYRANK', hk, 0, -most - 1)
 end
-wake(ARGV[2])
+wake(ARGV[2], j.fn)
 local pos = -1
 if ARGV[10] ~= '' then pos = position(ARGV[1], tonumber(ARGV[4]), parse_tiers(ARGV[10])) end
 return {string.format('%.0f', score), 0, pos}
@@ -1151,10 +1153,11 @@ return 1
 """
 )
 
-# ARGV: a wake list (keys.wake). One token on it, as the prelude's ``push_wake``; the list
-# expires a minute after its last token (a worker's own list outlives its worker by no more).
+# ARGV: a wake list (keys.wake), the token (a "revision/function", or keys.WAKE_ANY). One token
+# on it, as the prelude's ``push_wake``; the list expires a minute after its last token (a
+# worker's own list outlives its worker by no more).
 NUDGE = """
-if redis.call('LPUSH', ARGV[1], '1') > 64 then redis.call('LTRIM', ARGV[1], 0, 63) end
+if redis.call('LPUSH', ARGV[1], ARGV[2]) > 64 then redis.call('LTRIM', ARGV[1], 0, 63) end
 redis.call('EXPIRE', ARGV[1], 60)
 return 1
 """

@@ -166,7 +166,7 @@ class Worker:
                     continue
                 try:
                     if drained:
-                        await wakes.wait([*self.pools, self._own_wake], wait_s)
+                        await wakes.wait([*self.pools, self._own_wake], wait_s, self._startable)
                         if self._stopping.is_set():
                             break
                     full = self.runners.full()
@@ -349,7 +349,7 @@ class Worker:
 
         async def release(runner: RunnerProcess) -> None:
             await self.runners.release(runner)
-            self._freed()
+            self._freed(f"{rev.id}/{fn.name}")
 
         async def fill(n: int) -> list[str]:
             if self._stopping.is_set():  # a stopping worker leases nothing more
@@ -381,13 +381,26 @@ class Worker:
         self._track(asyncio.create_task(guarded()))
 
     # ---- inside the agent ---------------------------------------------------------------
-    def _freed(self) -> None:
-        """A slot or a runner became free. When the last dispatch left requests of busy
-        functions queued, wake this worker's loop: the queue will not (nothing new arrived)."""
+    def _freed(self, fn: str = keys.WAKE_ANY) -> None:
+        """A slot or a runner became free (a runner of ``fn``, "revision/function", when
+        named). When the last dispatch left requests of busy functions queued, wake this
+        worker's loop: the queue will not (nothing new arrived). The token names ``fn``: by the
+        time the loop pops it, a batcher with its next batch leased ahead may hold the runner
+        again, and the loop then passes it over (``_startable``) instead of dispatching."""
         self._slot_free.set()
         if self._left_full:
             self._left_full = False
-            self.background(self.broker.queue.nudge(self._own_wake))
+            self.background(self.broker.queue.nudge(self._own_wake, fn))
+
+    def _startable(self, fn: str) -> bool:
+        """Whether a request of ``fn`` ("revision/function") could start here now: not all of
+        its runners here are busy at their max_concurrency (a dispatch leaves ``full`` ones
+        out). A wake token for one that could not is no reason to dispatch; the release of one
+        of its runners wakes this loop instead (``_freed``, told so here)."""
+        if fn in self.runners.full():
+            self._left_full = True
+            return False
+        return True
 
     def _spawn(self, job: Job) -> None:
         self.active[job.id] = None

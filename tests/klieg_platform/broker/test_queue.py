@@ -498,6 +498,51 @@ def test_wait_for_work_times_out_without_work_for_its_pools(redis_url: str) -> N
     run(redis_url, body)
 
 
+def test_a_wake_token_names_its_request_s_function_and_a_busy_one_is_passed_over(
+    redis_url: str,
+) -> None:
+    """An enqueue's token is its "revision/function"; a wait told that function cannot start
+    here passes such tokens over (no dispatch for nothing) until its deadline, and returns at
+    once on any other token."""
+
+    async def body(b: Broker) -> None:
+        await b.redis.delete(keys.wake("CPU"), keys.wake(keys.ALL_POOLS))
+        await b.queue.enqueue(new("CPU"))
+        assert await b.redis.lrange(keys.wake("CPU"), 0, -1) == [b"rev-1/echo"]
+        assert await b.redis.lrange(keys.wake(keys.ALL_POOLS), 0, -1) == [b"rev-1/echo"]
+        asked: list[str] = []
+
+        def startable(fn: str) -> bool:
+            asked.append(fn)
+            return fn != "rev-1/echo"
+
+        wakes = b.queue.wakes()
+        try:
+            start = time.monotonic()
+            await wakes.wait(["CPU"], 0.4, startable)
+            assert 0.35 <= time.monotonic() - start < 3, "passed over, to the deadline"
+            assert asked == ["rev-1/echo"] and await b.redis.llen(keys.wake("CPU")) == 0
+            for token in ("rev-1/echo", "rev-2/other"):
+                await b.redis.rpush(keys.wake("CPU"), token)
+            start = time.monotonic()
+            await wakes.wait(["CPU"], 5.0, startable)
+            assert time.monotonic() - start < 1.0, "another function's token wakes it"
+            await b.queue.nudge("CPU", "rev-1/echo")  # a runner of it freed, busy again since
+            await b.queue.nudge("CPU")  # keys.WAKE_ANY: anything may be startable
+            start = time.monotonic()
+            await wakes.wait(["CPU"], 5.0, startable)
+            assert time.monotonic() - start < 1.0
+            assert asked == ["rev-1/echo", "rev-1/echo", "rev-2/other"], "WAKE_ANY: not asked"
+            start = time.monotonic()
+            await wakes.wait(["CPU"], 0.3, startable)
+            assert time.monotonic() - start >= 0.25, "the freed runner's token, passed over"
+            assert asked[-1] == "rev-1/echo" and await b.redis.llen(keys.wake("CPU")) == 0
+        finally:
+            wakes.close()
+
+    run(redis_url, body)
+
+
 def test_a_request_left_to_a_warm_peer_wakes_that_peer_alone(redis_url: str) -> None:
     async def body(b: Broker) -> None:
         req = new("CPU")
