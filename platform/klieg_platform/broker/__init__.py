@@ -66,7 +66,7 @@ class Broker:
             history_max=history_max,
         )
         self.workers = Membership(redis)
-        self.stats = Stats(redis, self.wire)
+        self.stats = Stats(redis)
         self.claims = Claims(redis)
         self.limits = Limits(redis)
 

@@ -354,17 +354,20 @@ class Queue:
         service_s: float | None = None,
         cold_s: float | None = None,
         setup_s: float | None = None,
+        batch: int = 0,
     ) -> bool:
         """Close a streamed job's chunk stream, then ``complete`` it (False: lease lost);
         ``service_s``: how long its runner took, folded into its app's service time; ``cold_s``:
         how long it waited for a runner started for it, ``setup_s`` how much of that the app's
-        setup() took."""
+        setup() took; ``batch``: the size of the batch it ran in, when it is the request that
+        counts that batch (``complete``)."""
         if job.stream:
             await self.streams.end_chunks(job.id, None if outcome.ok else outcome.error)
         service = (job.app_key, service_s) if service_s is not None else None
         return await self.complete(
-            job.id, worker_id, outcome, service=service, cold_s=cold_s, setup_s=setup_s
-        )
+            job.id, worker_id, outcome, service=service, cold_s=cold_s, setup_s=setup_s,
+            batch=batch,
+        )  # fmt: skip
 
     async def complete(
         self,
@@ -375,11 +378,13 @@ class Queue:
         service: tuple[str, float] | None = None,
         cold_s: float | None = None,
         setup_s: float | None = None,
+        batch: int = 0,
     ) -> bool:
         """Record the outcome (and its log lines, ``service``: an app key and a service time
         to fold into its mean, ``cold_s``, the request's cold start, and ``setup_s``, its
-        setup() part) and notify waiters, in one script. False when the lease was lost
-        meanwhile."""
+        setup() part) and notify waiters, in one script. ``batch`` (> 0): count a batch of that
+        size run for the request's endpoint (one request of each batch carries it: the count
+        costs no round trip of its own). False when the lease was lost meanwhile."""
         logs = outcome.logs
         if len(logs) > MAX_LINES_INLINE:
             await self.streams.append_logs(request_id, logs)
@@ -390,7 +395,8 @@ class Queue:
         cold = ["cold_ms", str(round(cold_s * 1000))] if cold_s else []
         if cold and setup_s is not None:
             cold += ["setup_ms", str(round(setup_s * 1000))]
-        return bool(await self._complete(args=[*head, *lines, *outcome.fields(), *cold]))
+        counted = ["batch", str(batch)] if batch > 0 else []
+        return bool(await self._complete(args=[*head, *lines, *outcome.fields(), *cold, *counted]))
 
     async def requeue(self, request_id: str, worker_id: str) -> bool:
         """Put a request this worker holds back in its queue, at its original position."""

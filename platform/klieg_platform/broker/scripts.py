@@ -68,9 +68,11 @@ local WARM_SHARE, COLD_WEIGHT = {scheduler.WARM_SHARE!r}, {scheduler.COLD_WEIGHT
 local HINT_WAIT_MS = {scheduler.HINT_WAIT_S * 1000!r}
 local M_REQUESTS, M_PENDING = '{keys.METRICS_REQUESTS}', '{keys.METRICS_PENDING}'
 local M_QUEUE, M_RUN = '{keys.METRICS_QUEUE_S}', '{keys.METRICS_RUN_S}'
+local M_BATCH = '{keys.METRICS_BATCH}'
 local HISTORY = '{keys.HISTORY_PREFIX}'
 local M_SLO, SLO = '{keys.METRICS_SLO_PREFIX}', '{keys.SLO}'
 local DURATIONS = {{{", ".join(repr(b) for b in DURATIONS)}}}
+local BATCH_SIZES = {{{", ".join(repr(b) for b in BATCH_SIZES)}}}
 
 -- count value v in the histogram hash key under labels (bucket i: the first bound >= v)
 local function observe(key, labels, v, bounds)
@@ -1027,8 +1029,10 @@ return n
 )
 
 # ARGV: id, worker_id, now_ms, ttl_s, service app key ('': none), service ms, n, n log lines,
-#       outcome field/value pairs. The lease holder's completion: its last log lines, the app's
-#       service time and the outcome, in one step; 0 when the lease was lost.
+#       outcome field/value pairs, optionally ending in 'batch', size: the request counts the
+#       batch it ran in (one request per batch does) in the batch-size histogram. The lease
+#       holder's completion: its last log lines, the app's service time and the outcome, in one
+#       step; 0 when the lease was lost.
 COMPLETE = trim(
     PRELUDE
     + """
@@ -1037,7 +1041,14 @@ if r.status ~= S_RUNNING or r.worker ~= ARGV[2] then return 0 end
 local n = tonumber(ARGV[7])
 if n > 0 then redis.call('RPUSH', LOGS .. ARGV[1], unpack(ARGV, 8, 7 + n)) end
 if ARGV[5] ~= '' then fold_mean(SERVICE, ARGV[5], ARGV[6]) end
-finish(ARGV[1], ARGV[3], ARGV[4], {unpack(ARGV, 8 + n)}, r)
+local fields = {unpack(ARGV, 8 + n)}
+if fields[#fields - 1] == 'batch' then
+  observe(M_BATCH, (r.pool or '') .. '|' .. (r.app_key or '') .. '|' .. (r.endpoint or ''),
+          tonumber(fields[#fields]), BATCH_SIZES)
+  fields[#fields] = nil
+  fields[#fields] = nil
+end
+finish(ARGV[1], ARGV[3], ARGV[4], fields, r)
 return 1
 """
 )
@@ -1140,16 +1151,6 @@ FOLD_METRICS = trim(
     PRELUDE
     + """
 return fold_metrics()
-"""
-)
-
-# ARGV: pool, app key, endpoint, batch size. Counts it in the batch-size histogram.
-RECORD_BATCH = trim(
-    PRELUDE
-    + f"""
-observe('{keys.METRICS_BATCH}', ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3], tonumber(ARGV[4]),
-        {{{", ".join(repr(b) for b in BATCH_SIZES)}}})
-return 1
 """
 )
 

@@ -27,7 +27,6 @@ import redis.asyncio as aioredis
 
 from klieg_platform import keys
 from klieg_platform.broker import scripts as lua
-from klieg_platform.broker.wire import HotScript, Wire
 from klieg_platform.scheduler import Tier
 
 Kind = Literal["service", "cold"]
@@ -104,11 +103,10 @@ class Snapshot:
 
 
 class Stats:
-    def __init__(self, redis: aioredis.Redis, wire: Wire | None = None) -> None:
+    def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
         self._record = redis.register_script(lua.RECORD_TIME)
         self._cold = redis.register_script(lua.RECORD_COLD)
-        self._batch = HotScript(redis, wire, lua.RECORD_BATCH)  # one per batch a worker runs
         self._fold = redis.register_script(lua.FOLD_METRICS)
 
     async def record_time(self, kind: Kind, app_key: str, seconds: float) -> None:
@@ -119,10 +117,6 @@ class Stats:
     async def record_cold_start(self, pool: str, app_key: str, seconds: float) -> None:
         """A runner of ``app_key`` started in ``seconds``: its mean and its histogram."""
         await self._cold(args=[pool, app_key, f"{seconds:.6f}"])
-
-    async def record_batch(self, pool: str, app_key: str, endpoint: str, size: int) -> None:
-        """A batch of ``size`` requests of ``app_key``'s ``endpoint`` ran."""
-        await self._batch(args=[pool, app_key, endpoint, size])
 
     async def mean_time(self, kind: Kind, app_key: str) -> float | None:
         value = await self.redis.hget(_key(kind), app_key)

@@ -361,11 +361,7 @@ class Worker:
                 self._spawn(extra)
             return [extra.id for extra in jobs]
 
-        def on_batch(size: int) -> None:
-            app_key = f"{rev.owner}/{rev.app}"
-            self.background(self.broker.stats.record_batch(fn.pool, app_key, ep.path, size))
-
-        batcher = Batcher(ep, acquire=acquire, release=release, fill=fill, on_batch=on_batch)
+        batcher = Batcher(ep, acquire=acquire, release=release, fill=fill)
         self._batchers[bkey] = batcher
         return batcher
 

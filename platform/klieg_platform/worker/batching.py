@@ -63,11 +63,8 @@ class Batcher:
         acquire: Callable[[], Awaitable[RunnerProcess]],
         release: Callable[[RunnerProcess], Awaitable[None]],
         fill: Fill,
-        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self.endpoint = endpoint
-        self._on_batch = on_batch
-        """Told the size of each batch run (the batch-size metric)."""
         self.max_size = max(1, endpoint.max_batch_size)
         self.wait_s = endpoint.batch_wait_ms / 1000
         self._acquire = acquire
@@ -83,6 +80,8 @@ class Batcher:
         self.sizes: list[int] = []
         """Sizes of the batches run, newest last (at most 1000 kept)."""
         self._cold: dict[str, tuple[float, float | None]] = {}
+        self._counts: dict[str, int] = {}
+        """The first request of each batch run -> the batch's size (``counts_batch``)."""
 
     async def submit(
         self,
@@ -106,6 +105,12 @@ class Batcher:
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.create_task(self._loop())
         return await member.future
+
+    def counts_batch(self, request_id: str) -> int:
+        """The size of the batch ``request_id`` (submitted here) ran in, when it is the request
+        that counts that batch in the batch-size metric (its completion does), else 0. Asked
+        once, after ``submit``."""
+        return self._counts.pop(request_id, 0)
 
     def cold_start_of(self, request_id: str) -> tuple[float, float | None] | None:
         """How long ``request_id`` (submitted here) waited for a runner started for its batch,
@@ -245,8 +250,8 @@ class Batcher:
         for member in live:
             self._running[member.request_id] = (runner, len(live), member)
         self.sizes = [*self.sizes[-999:], len(live)]
-        if live and self._on_batch is not None:
-            self._on_batch(len(live))
+        if live:
+            self._counts[live[0].request_id] = len(live)
         by_id = {m.request_id: m for m in live}
 
         def route(msg: protocol.Event, body: bytes) -> None:

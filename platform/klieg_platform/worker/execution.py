@@ -71,6 +71,8 @@ class Execution:
         """How long it waited for a runner started for it (None: a warm runner took it)."""
         self.setup_s: float | None = None
         """How much of ``cold_s`` the app's own setup() took."""
+        self.batch = 0
+        """The size of the batch it ran in, when its completion counts that batch (else 0)."""
         self.phase = PREPARING
         self.events: EventForwarder | None = None
         """The request's live events, once it reached the runner's side."""
@@ -115,6 +117,7 @@ class Execution:
                     service_s=service_s,
                     cold_s=self.cold_s,
                     setup_s=self.setup_s,
+                    batch=self.batch,
                 ),
                 w.outage,
             )
@@ -155,6 +158,7 @@ class Execution:
                 finally:
                     cold = batcher.cold_start_of(job.id)
                     self.cold_s, self.setup_s = cold if cold else (None, None)
+                    self.batch = batcher.counts_batch(job.id)
             else:
                 result, body = await self._direct(rev, fn, payload, timeout, events, token)
         except SetupFailed as failed:

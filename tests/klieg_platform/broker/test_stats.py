@@ -77,21 +77,38 @@ def test_completions_wait_as_lines_and_are_folded_in_groups_and_before_a_read(
 
 
 def test_cold_starts_and_batches_are_counted_in_their_histograms(redis_url: str) -> None:
+    """A batch is counted by the completion of the one request that carries its size."""
+
     async def body(b: Broker) -> None:
         await b.stats.record_cold_start("GPU-H100", "alice/video", 0.3)
         await b.stats.record_cold_start("GPU-H100", "alice/video", 42.0)
-        for size in (1, 8, 8, 500):
-            await b.stats.record_batch("CPU", "alice/digits", "/embed", size)
-        await b.stats.record_batch("CPU", "alice/digits", "/", 3)
+        embed = [dataclasses.replace(new(), endpoint="/embed") for _ in range(5)]
+        root = [dataclasses.replace(new(), endpoint="/") for _ in range(2)]
+        for req in (*embed, *root):
+            await b.queue.enqueue(req)
+        for _ in range(7):
+            assert await b.queue.dispatch(["CPU"], "w1", 30) is not None
+        sizes = {embed[0].id: 1, embed[1].id: 8, embed[2].id: 8, embed[3].id: 500, root[0].id: 3}
+        for req in (*embed, *root):
+            done = Outcome(ok=True, result=b"1")
+            assert await b.queue.complete(req.id, "w1", done, batch=sizes.get(req.id, 0))
+            record = await b.redis.hgetall(keys.request(req.id))
+            assert b"batch" not in record and record[b"outcome"] == b"ok"
         snap = await b.stats.snapshot()
         cold = snap.cold_s.buckets[("GPU-H100", "alice/video")]
         assert cold[lua.DURATIONS.index(0.5)] == 1 and cold[lua.DURATIONS.index(60.0)] == 1
         assert snap.cold_s.sums[("GPU-H100", "alice/video")] == pytest.approx(42.3)
         assert await b.stats.mean_time("cold", "alice/video") == pytest.approx(8.64)
-        batch = snap.batch.buckets[("CPU", "alice/digits", "/embed")]
+        batch = snap.batch.buckets[("CPU", "alice/echo", "/embed")]
         assert batch[0] == 1 and batch[lua.BATCH_SIZES.index(8.0)] == 2 and batch[-1] == 1
-        assert sum(snap.batch.buckets[("CPU", "alice/digits", "/")]) == 1
-        assert snap.batch.sums[("CPU", "alice/digits", "/")] == 3
+        assert sum(snap.batch.buckets[("CPU", "alice/echo", "/")]) == 1
+        assert snap.batch.sums[("CPU", "alice/echo", "/")] == 3
+        # a completion whose lease is lost counts nothing
+        late = new()
+        await b.queue.enqueue(late)
+        assert await b.queue.dispatch(["CPU"], "w1", 30) is not None
+        assert not await b.queue.complete(late.id, "w2", Outcome(ok=True), batch=4)
+        assert ("CPU", "alice/echo", "/say") not in (await b.stats.snapshot()).batch.buckets
 
     run(redis_url, body)
 
