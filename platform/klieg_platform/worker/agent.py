@@ -326,21 +326,22 @@ class Worker:
         touch_probe(self.settings.probe_dir, name)
 
     # ---- what executions share ----------------------------------------------------------
-    def settled(self, job: Job) -> None:
+    def settled(self, job: Job, batched: bool = False) -> None:
         """``job``'s execution no longer holds its slots or a runner (it holds its lease until
-        its outcome is in Redis)."""
+        its outcome is in Redis). ``batched``: it ran in a batch, whose runner's release the
+        batcher reported (and woke this loop for, when that was needed)."""
         self.active.pop(job.id, None)
         self._busy -= job.units
-        self._freed()
+        self._freed(wake=not batched)
         for batcher in self._batchers.values():
             batcher.settled(job.id)
 
     def batcher(self, rev: Revision, fn: FunctionSpec, ep: EndpointSpec) -> Batcher:
         """The ``Batcher`` of a batched endpoint (made on first use)."""
         bkey = (rev.id, fn.name, ep.path)
-        batcher = self._batchers.get(bkey)
-        if batcher is not None:
-            return batcher
+        found = self._batchers.get(bkey)
+        if found is not None:
+            return found
         start = self.warmth.starter(rev, fn)
 
         async def acquire() -> RunnerProcess:
@@ -348,8 +349,12 @@ class Worker:
             return await self.runners.acquire((rev.id, fn.name), now, start)
 
         async def release(runner: RunnerProcess) -> None:
+            key = f"{rev.id}/{fn.name}"
+            # its function's last busy runner, and the next batch is here or leased ahead: that
+            # batch takes it again at once, so there is nothing to wake the loop for (yet)
+            again = batcher.has_next and key in self.runners.full()
             await self.runners.release(runner)
-            self._freed(f"{rev.id}/{fn.name}")
+            self._freed(key, wake=not again)
 
         async def fill(n: int) -> list[str]:
             if self._stopping.is_set():  # a stopping worker leases nothing more
@@ -377,14 +382,15 @@ class Worker:
         self._track(asyncio.create_task(guarded()))
 
     # ---- inside the agent ---------------------------------------------------------------
-    def _freed(self, fn: str = keys.WAKE_ANY) -> None:
+    def _freed(self, fn: str = keys.WAKE_ANY, wake: bool = True) -> None:
         """A slot or a runner became free (a runner of ``fn``, "revision/function", when
         named). When the last dispatch left requests of busy functions queued, wake this
         worker's loop: the queue will not (nothing new arrived). The token names ``fn``: by the
         time the loop pops it, a batcher with its next batch leased ahead may hold the runner
-        again, and the loop then passes it over (``_startable``) instead of dispatching."""
+        again, and the loop then passes it over (``_startable``) instead of dispatching.
+        Without ``wake``, the loop is not woken now but still is by the next release."""
         self._slot_free.set()
-        if self._left_full:
+        if self._left_full and wake:
             self._left_full = False
             self.background(self.broker.queue.nudge(self._own_wake, fn))
 

@@ -106,6 +106,12 @@ class Batcher:
             self._loop_task = asyncio.create_task(self._loop())
         return await member.future
 
+    @property
+    def has_next(self) -> bool:
+        """Requests submitted here, or leased here and on their way, wait for a runner: the
+        loop gathers them into the next batch as soon as it has one."""
+        return bool(self._pending or self._expected)
+
     def counts_batch(self, request_id: str) -> int:
         """The size of the batch ``request_id`` (submitted here) ran in, when it is the request
         that counts that batch in the batch-size metric (its completion does), else 0. Asked

@@ -72,6 +72,8 @@ class Execution:
         self.setup_s: float | None = None
         """How much of ``cold_s`` the app's own setup() took."""
         self.batch = 0
+        self.batched = False
+        """It went to a batcher, which reports its runner's release itself."""
         """The size of the batch it ran in, when its completion counts that batch (else 0)."""
         self.phase = PREPARING
         self.events: EventForwarder | None = None
@@ -96,7 +98,7 @@ class Execution:
             outcome = error_outcome(KliegError(f"worker error: {type(exc).__name__}: {exc}"))
         finally:
             self.phase = FINISHING
-            w.settled(job)
+            w.settled(job, batched=self.batched)
         leftover = self.events.leftover if self.events is not None else []
         try:
             if outcome is None:
@@ -150,6 +152,7 @@ class Execution:
                 if job.id in w.cancelled:
                     raise RequestCancelledError("request cancelled")
                 batcher = w.batcher(rev, fn, ep)
+                self.batched = True
                 self.started = time.monotonic()
                 try:
                     result, body = await batcher.submit(
