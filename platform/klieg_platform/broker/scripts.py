@@ -159,7 +159,7 @@ local function fold_mean(key, field, sample)
 end
 
 -- one wake token on list w, which keeps at most 64: the "revision/function" of the request
--- that woke it (``fn``), or '1' (anything may be startable now)
+-- that woke it (``fn``), or WAKE_ANY (anything may be startable now)
 local function push_wake(w, fn)
   if redis.call('LPUSH', w, fn or WAKE_ANY) > 64 then redis.call('LTRIM', w, 0, 63) end
 end

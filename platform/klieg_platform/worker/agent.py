@@ -343,18 +343,18 @@ class Worker:
         if found is not None:
             return found
         start = self.warmth.starter(rev, fn)
+        fn_key = f"{rev.id}/{fn.name}"  # as wake tokens and ``RunnerSet.full`` name it
 
         async def acquire() -> RunnerProcess:
             now = self.revisions.effective((rev.id, fn.name)) or fn  # scaling as overridden now
             return await self.runners.acquire((rev.id, fn.name), now, start)
 
         async def release(runner: RunnerProcess) -> None:
-            key = f"{rev.id}/{fn.name}"
             # its function's last busy runner, and the next batch is here or leased ahead: that
             # batch takes it again at once, so there is nothing to wake the loop for (yet)
-            again = batcher.has_next and key in self.runners.full()
+            again = batcher.has_next and fn_key in self.runners.full()
             await self.runners.release(runner)
-            self._freed(key, wake=not again)
+            self._freed(fn_key, wake=not again)
 
         async def fill(n: int) -> list[str]:
             if self._stopping.is_set():  # a stopping worker leases nothing more

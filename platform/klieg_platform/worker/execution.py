@@ -72,9 +72,9 @@ class Execution:
         self.setup_s: float | None = None
         """How much of ``cold_s`` the app's own setup() took."""
         self.batch = 0
+        """The size of the batch it ran in, when its completion counts that batch (else 0)."""
         self.batched = False
         """It went to a batcher, which reports its runner's release itself."""
-        """The size of the batch it ran in, when its completion counts that batch (else 0)."""
         self.phase = PREPARING
         self.events: EventForwarder | None = None
         """The request's live events, once it reached the runner's side."""
