@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import ssl
@@ -25,9 +26,17 @@ TEST_APPS = Path(__file__).resolve().parent / "apps"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` ports free on 127.0.0.1 and distinct from each other (bound together, then let
+    go: asked one at a time, the kernel may hand out the same one twice)."""
+    with contextlib.ExitStack() as stack:
+        held = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in held:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in held]
 
 
 @dataclass
@@ -93,9 +102,7 @@ def running_platform(
     env.update(extra_env or {})
     home.mkdir(parents=True, exist_ok=True)
     made = tls.ensure(home) if with_tls else None
-    port, queue_port = free_port(), free_port()
-    while queue_port == port:
-        queue_port = free_port()
+    port, queue_port = free_ports(2)
     if made is not None:
         env.update(
             KLIEG_TLS_CERT=str(made.cert),

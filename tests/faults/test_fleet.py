@@ -22,7 +22,7 @@ import redis
 from klieg_platform import vault
 from klieg_platform.config import Settings
 from klieg_platform.local import ensure_signing_key, settings_env
-from tests.e2e.platform import Platform, free_port, wait_healthy
+from tests.e2e.platform import Platform, free_ports, wait_healthy
 from tests.faults.conftest import deploy_steady, record
 from tests.faults.proxy import FaultyProxy
 from tests.faults.stream import Stream
@@ -64,7 +64,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         with moto_server(home / "moto.log") as s3:
-            ports = [free_port(), free_port()]
+            ports = free_ports(2)
             proxy = FaultyProxy(ports)
             settings = ensure_signing_key(Settings.from_env({
                 "KLIEG_HOME": str(home),

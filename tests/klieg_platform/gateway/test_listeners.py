@@ -23,7 +23,7 @@ from starlette.routing import Route
 from klieg_platform import tls
 from klieg_platform.config import Settings
 from klieg_platform.gateway.listeners import ListenerSplit, sockets
-from tests.e2e.platform import free_port
+from tests.e2e.platform import free_ports
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -111,7 +111,8 @@ def _demo_app(queue_port: int, started: list[int]) -> Starlette:
 @pytest.fixture()
 def two_listeners(tmp_path: Path) -> Iterator[tuple[str, str, tls.TlsFiles, list[int]]]:
     made = tls.ensure(tmp_path)
-    settings = Settings(home=tmp_path, port=free_port(), queue_port=free_port())
+    port, queue_port = free_ports(2)
+    settings = Settings(home=tmp_path, port=port, queue_port=queue_port)
     assert settings.queue_port is not None
     started: list[int] = []
     config = uvicorn.Config(
